@@ -1,0 +1,35 @@
+// Command portspace shares source ports and IPv4 addresses safely: it dials
+// from chosen port sets, runs a NAT engine, and generates stateless ACLs.
+// Each subcommand lives in its own file and is a thin layer over a package.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// subcommands holds the constructors of the top-level subcommands; each
+// subcommand's file adds its own in init, so files do not touch each other.
+var subcommands []func() *cobra.Command
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "portspace",
+		Short:         "Share source ports and IPv4 addresses by 4-tuple",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	for _, c := range subcommands {
+		root.AddCommand(c())
+	}
+	return root
+}
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "portspace:", err)
+		os.Exit(1)
+	}
+}
