@@ -63,13 +63,13 @@ func ParseSharing(in string) (Sharing, error) {
 	case "exclusive", "bind":
 		return Exclusive, nil
 	}
-	return 0, fmt.Errorf("%w: sharing %q: want 4-tuple or exclusive", ErrInput, in)
+	return 0, badInput(nil, "sharing %q: want 4-tuple or exclusive", in)
 }
 
 // MarshalText implements encoding.TextMarshaler.
 func (s Sharing) MarshalText() ([]byte, error) {
 	if s > Exclusive {
-		return nil, fmt.Errorf("%w: sharing %d is not FourTuple or Exclusive", ErrInput, uint8(s))
+		return nil, badInput(nil, "sharing %d is not FourTuple or Exclusive", uint8(s))
 	}
 	return []byte(s.String()), nil
 }
@@ -153,22 +153,22 @@ type Result struct {
 // (the rates are float64 and do not overflow).
 func Compute(in Input) (Result, error) {
 	if !in.Ports.IsValid() {
-		return Result{}, fmt.Errorf("%w: ports: the port set is empty", ErrInput)
+		return Result{}, badInput(nil, "ports: the port set is empty")
 	}
 	if in.TimeWait < 0 {
-		return Result{}, fmt.Errorf("%w: time-wait %v is negative", ErrInput, in.TimeWait)
+		return Result{}, badInput(nil, "time-wait %v is negative", in.TimeWait)
 	}
 	if in.Hold < 0 {
-		return Result{}, fmt.Errorf("%w: hold %v is negative", ErrInput, in.Hold)
+		return Result{}, badInput(nil, "hold %v is negative", in.Hold)
 	}
 	if in.Destinations < 0 {
-		return Result{}, fmt.Errorf("%w: destinations %d is negative", ErrInput, in.Destinations)
+		return Result{}, badInput(nil, "destinations %d is negative", in.Destinations)
 	}
 	if in.Sources < 0 {
-		return Result{}, fmt.Errorf("%w: sources %d is negative", ErrInput, in.Sources)
+		return Result{}, badInput(nil, "sources %d is negative", in.Sources)
 	}
 	if in.Sharing > Exclusive {
-		return Result{}, fmt.Errorf("%w: sharing %d is not FourTuple or Exclusive", ErrInput, uint8(in.Sharing))
+		return Result{}, badInput(nil, "sharing %d is not FourTuple or Exclusive", uint8(in.Sharing))
 	}
 	tw := in.TimeWait
 	if tw == 0 {
@@ -214,6 +214,28 @@ func Compute(in Input) (Result, error) {
 		PerSourceMaxConcurrentPerDestination: n,
 		PerSourceMaxNewPerSecond:             float64(n) / period,
 	}, nil
+}
+
+// inputError is an error about an input: its message starts with the
+// package name once, and it matches ErrInput and, if set, a cause.
+type inputError struct {
+	msg   string
+	cause error
+}
+
+func (e *inputError) Error() string { return "capacity: " + e.msg }
+
+func (e *inputError) Unwrap() []error {
+	if e.cause == nil {
+		return []error{ErrInput}
+	}
+	return []error{ErrInput, e.cause}
+}
+
+// badInput returns an inputError with a formatted message and a cause
+// (which may be nil) for errors.Is.
+func badInput(cause error, format string, args ...any) error {
+	return &inputError{msg: fmt.Sprintf(format, args...), cause: cause}
 }
 
 // mul returns a×b for non-negative a and b, and false if it exceeds int64.

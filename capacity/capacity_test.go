@@ -285,3 +285,31 @@ func TestJSONFields(t *testing.T) {
 		t.Errorf("JSON has %d fields, want 13: %s", len(m), b)
 	}
 }
+
+// TestPlatformProfiles: the acl table resolves through ParsePorts, and the
+// Linux default gives the seed text's ≈470 connections per second.
+func TestPlatformProfiles(t *testing.T) {
+	var p Profiles = PlatformProfiles{}
+	if len(p.ProfileNames()) == 0 {
+		t.Fatal("no platform profiles")
+	}
+	for _, name := range p.ProfileNames() {
+		want, ok := p.Profile(name)
+		got, err := ParsePorts(strings.ToUpper(name), p)
+		if !ok || err != nil || !got.Equal(want) {
+			t.Errorf("%s: ParsePorts gave %v, %v; profile %v, %v", name, got, err, want, ok)
+		}
+	}
+	linux, err := ParsePorts("linux", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Compute(Input{Ports: linux, Destinations: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lr := linux.Range(0)
+	if want := float64(lr.Len()) / 60; !near(r.MaxNewPerSecond, want) || math.Floor(r.MaxNewPerSecond) != 470 {
+		t.Errorf("linux: %v/s, want %v (≈470)", r.MaxNewPerSecond, want)
+	}
+}

@@ -1,7 +1,6 @@
 package capacity
 
 import (
-	"fmt"
 	"strings"
 
 	"github.com/portspace/portspace/tuple"
@@ -25,12 +24,12 @@ type Profiles interface {
 // tuple.ErrSyntax or ErrUnknownProfile.
 func ParsePorts(in string, profiles Profiles) (tuple.PortSet, error) {
 	if strings.TrimSpace(in) == "" {
-		return tuple.PortSet{}, fmt.Errorf("%w: ports %q: empty", ErrInput, in)
+		return tuple.PortSet{}, badInput(nil, "ports %q: empty", in)
 	}
 	if strings.Contains(in, "=") {
 		s, err := tuple.ParsePortSet(in)
 		if err != nil {
-			return tuple.PortSet{}, fmt.Errorf("%w: ports %q: %w", ErrInput, in, err)
+			return tuple.PortSet{}, badInput(err, "ports %q: %v", in, err)
 		}
 		return s, nil
 	}
@@ -38,22 +37,22 @@ func ParsePorts(in string, profiles Profiles) (tuple.PortSet, error) {
 	for raw := range strings.SplitSeq(in, ",") {
 		item := strings.TrimSpace(raw)
 		if item == "" {
-			return tuple.PortSet{}, fmt.Errorf("%w: ports %q: empty item", ErrInput, in)
+			return tuple.PortSet{}, badInput(nil, "ports %q: empty item", in)
 		}
 		if c := item[0]; c >= '0' && c <= '9' {
 			r, err := tuple.ParsePortRange(item)
 			if err != nil {
-				return tuple.PortSet{}, fmt.Errorf("%w: ports %q: item %q: %w", ErrInput, in, item, err)
+				return tuple.PortSet{}, badInput(err, "ports %q: item %q: %v", in, item, err)
 			}
 			set = set.Union(tuple.PortSetOf(r))
 			continue
 		}
 		if profiles == nil {
-			return tuple.PortSet{}, fmt.Errorf("%w: ports %q: item %q: %w (no profiles available)", ErrInput, in, item, ErrUnknownProfile)
+			return tuple.PortSet{}, badInput(ErrUnknownProfile, "ports %q: item %q: unknown profile (no profiles available)", in, item)
 		}
 		p, ok := profiles.Profile(strings.ToLower(item))
 		if !ok {
-			return tuple.PortSet{}, fmt.Errorf("%w: ports %q: item %q: %w; known: %s", ErrInput, in, item, ErrUnknownProfile, strings.Join(profiles.ProfileNames(), ", "))
+			return tuple.PortSet{}, badInput(ErrUnknownProfile, "ports %q: item %q: unknown profile; known: %s", in, item, strings.Join(profiles.ProfileNames(), ", "))
 		}
 		set = set.Union(p)
 	}
