@@ -2,7 +2,10 @@ module github.com/portspace/portspace
 
 go 1.26.8
 
-require github.com/spf13/cobra v1.10.2
+require (
+	github.com/gopacket/gopacket v1.7.7
+	github.com/spf13/cobra v1.10.2
+)
 
 require (
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
