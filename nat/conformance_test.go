@@ -1,0 +1,428 @@
+package nat_test
+
+// NAT conformance suite, RFC 4787 (UDP) requirements U1..U14. Each test is
+// named after the requirement ID of docs/nat-conformance.md (and the table
+// in the project's NAT reference notes) and drives IPv4 packets through
+// the engine with a fake clock. TCP (RFC 5382) is in
+// conformance_tcp_test.go, ICMP (RFC 5508) in conformance_icmp_test.go,
+// the RFC 7857 updates in conformance_update_test.go, CGN (RFC 6888) in
+// conformance_cgn_test.go.
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/tuple"
+)
+
+var ping = udpMk("ping")
+var pong = udpMk("pong")
+
+// RFC 4787 REQ-1: one internal endpoint keeps one external endpoint
+// whatever the destination (address or port).
+func TestConformance_U1_EndpointIndependentMapping(t *testing.T) {
+	for _, preset := range []string{"rfc-recommended", "full-cone", "cgn"} {
+		t.Run(preset, func(t *testing.T) {
+			r := presetRig(t, preset, nil)
+			e1 := r.out(ping, hostX, srvA)
+			e2 := r.out(ping, hostX, srvAb)
+			e3 := r.out(ping, hostX, srvB)
+			if e1 != e2 || e1 != e3 {
+				t.Fatalf("one internal endpoint got %v, %v, %v for three destinations", e1, e2, e3)
+			}
+			// Replies from each destination reach the same internal endpoint.
+			for _, s := range []netip.AddrPort{srvA, srvAb, srvB} {
+				r.inTo(pong, s, e1, hostX)
+			}
+			// A second internal endpoint gets its own external endpoint.
+			if e4 := r.out(ping, hostX2, srvA); e4 == e1 {
+				t.Fatalf("two internal endpoints share %v", e1)
+			}
+		})
+	}
+	// Control: an address-and-port-dependent preset does not pass the same
+	// check, so the check can tell the behaviours apart.
+	r := presetRig(t, "symmetric", nil)
+	if e1, e2 := r.out(ping, hostX, srvA), r.out(ping, hostX, srvAb); e1 == e2 {
+		t.Fatalf("symmetric preset reused %v for a new destination port", e1)
+	}
+}
+
+// RFC 4787 REQ-2: paired IP address pooling: every mapping of one internal
+// host uses the same external address, with several in the pool.
+func TestConformance_U2_PairedPooling(t *testing.T) {
+	pool := []netip.Addr{extIP, extIP2, netip.MustParseAddr("203.0.113.3"), netip.MustParseAddr("203.0.113.4")}
+	r := newRig(t, nat.Config{External: pool})
+	used := map[netip.Addr]bool{}
+	for h := 10; h < 30; h++ {
+		host := netip.AddrFrom4([4]byte{192, 168, 1, byte(h)})
+		var addr netip.Addr
+		for p := uint16(40000); p < 40010; p++ {
+			dst := srvA
+			if p%2 == 1 {
+				dst = srvB
+			}
+			ext := r.out(ping, netip.AddrPortFrom(host, p), dst)
+			if addr.IsValid() && ext.Addr() != addr {
+				t.Fatalf("host %v: mapping %d uses %v, earlier ones %v", host, p, ext.Addr(), addr)
+			}
+			addr = ext.Addr()
+		}
+		used[addr] = true
+	}
+	if len(used) < 2 {
+		t.Errorf("20 hosts all on %v: the pool of %d addresses is not used", used, len(pool))
+	}
+}
+
+// RFC 4787 REQ-3: no port overloading: when the pool is exhausted a new
+// internal endpoint is refused, never given a port already in use.
+func TestConformance_U3_NoPortOverloading(t *testing.T) {
+	r := newRig(t, nat.Config{Ports: tuple.MustParsePortSet("50000-50003")})
+	seen := map[netip.AddrPort]netip.AddrPort{}
+	for i := range 4 {
+		in := netip.AddrPortFrom(hostX.Addr(), 40000+uint16(i))
+		ext := r.out(ping, in, srvA)
+		if prev, ok := seen[ext]; ok {
+			t.Fatalf("%v and %v share %v", prev, in, ext)
+		}
+		seen[ext] = in
+	}
+	for _, in := range []netip.AddrPort{hostY, netip.AddrPortFrom(hostX.Addr(), 41000)} {
+		res := r.send(true, ping, in, srvB) // srvB: a 5-tuple no mapping uses
+		if res.v.Action == nat.Forward {
+			t.Fatalf("pool of 4 exhausted, but %v was sent from %v (held by %v)", in, res.pv.From(), seen[res.pv.From()])
+		}
+		if res.v.Reason != nat.ReasonPortsExhausted {
+			t.Errorf("refusal reason %q, want %q", res.v.Reason, nat.ReasonPortsExhausted)
+		}
+	}
+	// The existing mappings are untouched.
+	for ext, in := range seen {
+		r.inTo(pong, srvA, ext, in)
+	}
+}
+
+// RFC 4787 REQ-3a: the port class (0-1023 or 1024-65535) is kept.
+func TestConformance_U3a_PortClassKept(t *testing.T) {
+	r := newRig(t, nat.Config{Algorithm: 0}) // default: keyed hash, no preservation
+	for _, p := range []uint16{1, 53, 123, 500, 1023, 1024, 4500, 40000, 65535} {
+		ext := r.out(ping, netip.AddrPortFrom(hostX.Addr(), p), srvA)
+		if (p < 1024) != (ext.Port() < 1024) {
+			t.Errorf("internal port %d mapped to %d: class changed", p, ext.Port())
+		}
+	}
+}
+
+// RFC 4787 REQ-4: port parity preservation (RECOMMENDED), in the
+// rfc-recommended preset and with Config.Parity.
+func TestConformance_U4_PortParity(t *testing.T) {
+	r := presetRig(t, "rfc-recommended", nil)
+	for p := uint16(40000); p < 40040; p++ {
+		h := netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 168, 1, byte(10 + p%7)}), p)
+		ext := r.out(ping, h, srvA)
+		if ext.Port()%2 != p%2 {
+			t.Errorf("internal port %d mapped to %d: parity changed", p, ext.Port())
+		}
+	}
+}
+
+// RFC 4787 REQ-5: the UDP mapping timer is at least 2 minutes: a mapping
+// idle for just under 2 minutes still works (with the timer set to its
+// minimum, 2 min, so the test pins the bound rather than the default).
+func TestConformance_U5_UDPTimerAtLeast2Min(t *testing.T) {
+	r := newRig(t, nat.Config{UDPTimeout: 2 * time.Minute})
+	r.at(500 * time.Millisecond) // a sub-second start must not shorten the timer
+	ext := r.out(ping, hostX, srvA)
+	r.at(500*time.Millisecond + 2*time.Minute - time.Millisecond)
+	r.inTo(pong, srvA, ext, hostX)
+}
+
+// RFC 4787 REQ-5a: shorter timers for well-known destination ports (MAY).
+// The engine has one UDP timer for every port; this pins that a mapping
+// to port 53 gets the same timer as any other.
+func TestConformance_U5a_NoShorterTimerForWellKnownPorts(t *testing.T) {
+	r := newRig(t, nat.Config{})
+	dns := netip.MustParseAddrPort("198.51.100.53:53")
+	ext := r.out(ping, hostX, dns)
+	r.at(nat.DefaultUDPTimeout - time.Second)
+	r.inTo(pong, dns, ext, hostX)
+}
+
+// RFC 4787 REQ-5b: the UDP timer is configurable: a 3-minute timer keeps
+// the mapping to 3 minutes and drops it after.
+func TestConformance_U5b_UDPTimerConfigurable(t *testing.T) {
+	r := newRig(t, nat.Config{UDPTimeout: 3 * time.Minute})
+	ext := r.out(ping, hostX, srvA)
+	r.at(3*time.Minute - time.Second)
+	r.inTo(pong, srvA, ext, hostX)
+	r.out(ping, hostX, srvA) // refresh at 2:59
+	r.at(2*(3*time.Minute-time.Second) + 2*time.Second)
+	v := r.blocked(pong, srvA, ext)
+	if v.Reason != nat.ReasonNoMapping {
+		t.Errorf("after the timer: reason %q, want %q", v.Reason, nat.ReasonNoMapping)
+	}
+}
+
+// RFC 4787 REQ-5c: the default UDP timer is at least 5 minutes
+// (RECOMMENDED).
+func TestConformance_U5c_DefaultUDPTimer5Min(t *testing.T) {
+	r := newRig(t, nat.Config{})
+	if got := r.e.Config().UDPTimeout; got < 5*time.Minute {
+		t.Errorf("default UDPTimeout %v, want >= 5m", got)
+	}
+	ext := r.out(ping, hostX, srvA)
+	r.at(5*time.Minute - time.Millisecond)
+	r.inTo(pong, srvA, ext, hostX)
+}
+
+// RFC 4787 REQ-6: outbound refresh is true: each outbound packet restarts
+// the timer.
+func TestConformance_U6_OutboundRefresh(t *testing.T) {
+	r := newRig(t, nat.Config{UDPTimeout: 2 * time.Minute})
+	ext := r.out(ping, hostX, srvA)
+	for i := 1; i <= 5; i++ {
+		r.at(time.Duration(i) * 100 * time.Second)
+		if got := r.out(ping, hostX, srvA); got != ext {
+			t.Fatalf("refreshed mapping moved from %v to %v", ext, got)
+		}
+	}
+	r.at(500*time.Second + 119*time.Second)
+	r.inTo(pong, srvA, ext, hostX)
+}
+
+// RFC 4787 REQ-6a: inbound refresh MAY be true. It is off by default (an
+// inbound packet alone does not extend the mapping) and on with
+// Config.InboundRefresh.
+func TestConformance_U6a_InboundRefresh(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		t.Run(fmt.Sprint("InboundRefresh=", on), func(t *testing.T) {
+			r := newRig(t, nat.Config{UDPTimeout: 2 * time.Minute, InboundRefresh: on})
+			ext := r.out(ping, hostX, srvA)
+			r.at(100 * time.Second)
+			r.inTo(pong, srvA, ext, hostX)
+			r.at(100*time.Second + 119*time.Second) // 3:39 after the only outbound packet
+			res := r.send(false, pong, srvA, ext)
+			if got := res.v.Action == nat.Forward; got != on {
+				t.Fatalf("2:19 after an inbound packet and 3:39 after the outbound one: forwarded=%v, want %v (%s)", got, on, res.v.Reason)
+			}
+		})
+	}
+}
+
+// RFC 4787 REQ-8: filtering. EIF lets any remote endpoint in, ADF only the
+// addresses the internal endpoint sent to, APDF only the endpoints; all
+// three are configurable.
+func TestConformance_U8_FilteringBehaviour(t *testing.T) {
+	for _, tc := range []struct {
+		f                 nat.Filtering
+		sameAddr, otherIP bool // srvAb and srvB admitted after sending to srvA
+	}{
+		{nat.FilterEIF, true, true},
+		{nat.FilterADF, true, false},
+		{nat.FilterAPDF, false, false},
+	} {
+		t.Run(tc.f.String(), func(t *testing.T) {
+			r := newRig(t, nat.Config{Filtering: tc.f})
+			ext := r.out(ping, hostX, srvA)
+			r.inTo(pong, srvA, ext, hostX)
+			for _, c := range []struct {
+				from netip.AddrPort
+				want bool
+			}{{srvAb, tc.sameAddr}, {srvB, tc.otherIP}} {
+				res := r.send(false, pong, c.from, ext)
+				if got := res.v.Action == nat.Forward; got != c.want {
+					t.Errorf("%v -> %v: forwarded=%v, want %v (%s)", c.from, ext, got, c.want, res.v.Reason)
+				}
+				if res.v.Action == nat.Forward && res.pv.To() != hostX {
+					t.Errorf("%v -> %v delivered to %v", c.from, ext, res.pv.To())
+				}
+			}
+			// No packet reaches an external port without a mapping.
+			if v := r.blocked(pong, srvA, netip.AddrPortFrom(ext.Addr(), ext.Port()^1)); v.Reason != nat.ReasonNoMapping {
+				t.Errorf("packet to an unmapped port: %q, want %q", v.Reason, nat.ReasonNoMapping)
+			}
+		})
+	}
+}
+
+// RFC 4787 REQ-9 and REQ-9a: hairpinning, with the hairpinned packet's
+// source being the sender's external endpoint.
+func TestConformance_U9_Hairpinning(t *testing.T) {
+	r := newRig(t, nat.Config{})
+	extX := r.out(ping, hostX, srvA)
+	res := r.send(true, ping, hostY, extX)
+	if res.v.Action != nat.Hairpin {
+		t.Fatalf("Y -> X's external endpoint %v: %v (%s), want hairpin", extX, res.v.Action, res.v.Reason)
+	}
+	if res.pv.To() != hostX {
+		t.Fatalf("hairpinned to %v, want %v", res.pv.To(), hostX)
+	}
+	extY := res.pv.From()
+	if !r.isExternal(extY.Addr()) || extY == extX {
+		t.Fatalf("hairpinned packet has source %v; REQ-9a wants Y's external endpoint", extY)
+	}
+	// Y's mapping is a real one: X answers to it and the answer hairpins to Y
+	// from X's external endpoint; and it is the endpoint Y uses outside.
+	res = r.send(true, pong, hostX, extY)
+	if res.v.Action != nat.Hairpin || res.pv.To() != hostY || res.pv.From() != extX {
+		t.Fatalf("X -> %v: %v to %v from %v, want hairpin to %v from %v", extY, res.v.Action, res.pv.To(), res.pv.From(), hostY, extX)
+	}
+	if got := r.out(ping, hostY, srvB); got != extY {
+		t.Fatalf("Y's mapping outside is %v, hairpin source was %v", got, extY)
+	}
+}
+
+// RFC 4787 REQ-10: ALGs off (the engine has none): a payload that an FTP or
+// SIP ALG would rewrite passes byte for byte, with only the header fields
+// translated (send checks the exact bytes).
+func TestConformance_U10_NoALG(t *testing.T) {
+	r := newRig(t, nat.Config{})
+	for _, p := range []string{
+		"PORT 192,168,1,10,156,64\r\n",
+		"INVITE sip:bob@198.51.100.7 SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.10:5060\r\n",
+	} {
+		r.out(udpMk(p), hostX, netip.AddrPortFrom(srvA.Addr(), 5060))
+	}
+}
+
+// RFC 4787 REQ-11: deterministic behaviour: under port pressure an EIM NAT
+// keeps EIM (the same external endpoint for a new destination) and its
+// filtering, and refuses new endpoints instead of changing behaviour.
+func TestConformance_U11_DeterministicUnderPressure(t *testing.T) {
+	r := newRig(t, nat.Config{Filtering: nat.FilterADF, Ports: tuple.MustParsePortSet("50000-50007")})
+	first := r.out(ping, hostX, srvA)
+	for i := 1; i < 8; i++ {
+		r.out(ping, netip.AddrPortFrom(hostY.Addr(), 41000+uint16(i)), srvA)
+	}
+	// The pool is full: a new destination still reuses the mapping...
+	if got := r.out(ping, hostX, srvB); got != first {
+		t.Fatalf("under port pressure the mapping for a new destination is %v, was %v", got, first)
+	}
+	// ...a new endpoint is refused rather than overloaded...
+	if res := r.send(true, ping, hostX2, srvB); res.v.Action == nat.Forward {
+		t.Fatalf("new endpoint sent from %v with the pool full", res.pv.From())
+	}
+	// ...and ADF still filters as before.
+	r.inTo(pong, srvAb, first, hostX)
+	r.blocked(pong, netip.MustParseAddrPort("198.51.100.9:3478"), first)
+}
+
+// RFC 4787 REQ-12: receipt of ICMP never terminates a mapping.
+func TestConformance_U12_ICMPDoesNotKillMapping(t *testing.T) {
+	r := newRig(t, nat.Config{})
+	ext := r.out(ping, hostX, srvA)
+	sent := udpPkt(ext, srvA, "ping")
+	for _, tc := range []struct{ typ, code uint8 }{
+		{icmpUnreachable, codePortUnreach}, {icmpUnreachable, codeHostUnreach},
+		{icmpUnreachable, codeAdminProhib}, {icmpTimeExc, codeTTLExceeded},
+	} {
+		res := r.run(false, icmpErrPkt(srvA.Addr(), ext.Addr(), tc.typ, tc.code, sent, len(sent), 0))
+		if res.v.Action != nat.Forward {
+			t.Fatalf("ICMP %d/%d about %v -> %v: %v (%s), want forward", tc.typ, tc.code, ext, srvA, res.v.Action, res.v.Reason)
+		}
+	}
+	r.at(time.Second)
+	r.inTo(pong, srvA, ext, hostX)
+	if got := r.out(ping, hostX, srvA); got != ext {
+		t.Fatalf("after ICMP errors the mapping moved from %v to %v", ext, got)
+	}
+}
+
+// RFC 4787 REQ-12a: ICMP errors are not filtered by source: an error from
+// a router the host never sent to reaches the host, even with APDF.
+func TestConformance_U12a_ICMPNotFilteredBySource(t *testing.T) {
+	r := newRig(t, nat.Config{Filtering: nat.FilterAPDF})
+	ext := r.out(ping, hostX, srvA)
+	sent := udpPkt(ext, srvA, "ping")
+	res := r.run(false, icmpErrPkt(routerR, ext.Addr(), icmpTimeExc, codeTTLExceeded, sent, 28, 0))
+	if res.v.Action != nat.Forward {
+		t.Fatalf("time exceeded from %v: %v (%s), want forward", routerR, res.v.Action, res.v.Reason)
+	}
+	want := icmpErrPkt(routerR, hostX.Addr(), icmpTimeExc, codeTTLExceeded, udpPkt(hostX, srvA, "ping"), 28, 0)
+	if string(res.out) != string(want) {
+		t.Fatalf("translated error\n got  % x\n want % x", res.out, want)
+	}
+}
+
+// RFC 4787 REQ-12b: destination unreachable is translated: outer
+// destination and embedded source go back to the internal endpoint, the
+// type, code and the rest stay (checked byte for byte).
+func TestConformance_U12b_DestinationUnreachableTranslated(t *testing.T) {
+	r := newRig(t, nat.Config{})
+	ext := r.out(ping, hostX, srvA)
+	for _, quote := range []int{28, 33} { // the RFC 792 minimum, and the whole packet
+		sent := udpPkt(ext, srvA, "ping")
+		res := r.run(false, icmpErrPkt(srvA.Addr(), ext.Addr(), icmpUnreachable, codePortUnreach, sent, quote, 0))
+		if res.v.Action != nat.Forward {
+			t.Fatalf("port unreachable: %v (%s)", res.v.Action, res.v.Reason)
+		}
+		want := icmpErrPkt(srvA.Addr(), hostX.Addr(), icmpUnreachable, codePortUnreach, udpPkt(hostX, srvA, "ping"), quote, 0)
+		if string(res.out) != string(want) {
+			t.Fatalf("quote %d: translated error\n got  % x\n want % x", quote, res.out, want)
+		}
+	}
+}
+
+// RFC 4787 REQ-13: a packet with DF=1 that would need fragmenting gets
+// "fragmentation needed". Not applicable: the engine translates headers in
+// place, never changes a packet's length and has no MTU; the link that
+// forwards the packet owns fragmentation. This pins that a full-size DF=1
+// packet keeps its length and DF bit, and that "fragmentation needed" from
+// the path comes back to the host with its MTU intact (path MTU discovery).
+func TestConformance_U13_DFPacketsAndPMTUD(t *testing.T) {
+	r := newRig(t, nat.Config{})
+	big := make([]byte, 1472)
+	for i := range big {
+		big[i] = byte(i)
+	}
+	m := udpMk(string(big))
+	ext := r.out(m, hostX, srvA) // exact bytes: length 1500 and DF kept
+	sent := m(ext, srvA)
+	res := r.run(false, icmpErrPkt(routerR, ext.Addr(), icmpUnreachable, codeFragNeeded, sent, 28, 1400))
+	if res.v.Action != nat.Forward {
+		t.Fatalf("fragmentation needed: %v (%s)", res.v.Action, res.v.Reason)
+	}
+	want := icmpErrPkt(routerR, hostX.Addr(), icmpUnreachable, codeFragNeeded, m(hostX, srvA), 28, 1400)
+	if string(res.out) != string(want) {
+		t.Fatalf("translated frag-needed\n got  % x\n want % x", res.out, want)
+	}
+}
+
+// RFC 4787 REQ-14: receive fragments in and out of order. Not supported:
+// the engine drops every fragment with Verdict.Reason "fragment", in both
+// directions, and expects the datapath to reassemble first (the kernel does
+// before netfilter). This pins that behaviour.
+func TestConformance_U14_FragmentsDropped(t *testing.T) {
+	r := newRig(t, nat.Config{})
+	ext := r.out(ping, hostX, srvA)
+	frag := func(b []byte, mf bool, off uint16) []byte {
+		b[6] = byte(off >> 8 & 0x1f)
+		if mf {
+			b[6] |= 0x20
+		}
+		b[7] = byte(off)
+		b[10], b[11] = 0, 0
+		c := ^csum(0, b[:20])
+		b[10], b[11] = byte(c>>8), byte(c)
+		return b
+	}
+	for _, tc := range []struct {
+		name     string
+		outbound bool
+		b        []byte
+	}{
+		{"first fragment out", true, frag(udpPkt(hostX, srvA, "0123456789abcdef"), true, 0)},
+		{"last fragment out", true, frag(udpPkt(hostX, srvA, "0123456789abcdef"), false, 2)},
+		{"first fragment in", false, frag(udpPkt(srvA, ext, "0123456789abcdef"), true, 0)},
+		{"later fragment in first", false, frag(udpPkt(srvA, ext, "0123456789abcdef"), false, 3)},
+	} {
+		res := r.run(tc.outbound, tc.b)
+		if res.v.Action != nat.Drop || res.v.Reason != nat.ReasonFragment {
+			t.Errorf("%s: %v (%s), want drop (%s)", tc.name, res.v.Action, res.v.Reason, nat.ReasonFragment)
+		}
+	}
+}
