@@ -71,7 +71,7 @@ func TestConformance_NRST_RSTKeepsState4Min(t *testing.T) {
 	r := newRig(t, nat.Config{})
 	extA := r.tcpOpen(hostX, web)
 	extB := r.tcpOpen(hostX2, web)
-	r.inTo(tcpMk(tcpRST, 5001, 0), web, extA, hostX)  // translated byte for byte
+	r.inTo(tcpMk(tcpRST, 5001, 0), web, extA, hostX)     // translated byte for byte
 	r.out(tcpMk(tcpRST|tcpACK, 1001, 5001), hostX2, web) // outbound too
 	r.at(4*time.Minute - time.Millisecond)
 	r.inTo(tcpMk(tcpRST, 5001, 0), web, extB, hostX2) // state still there
