@@ -71,8 +71,6 @@ func TestConformance_C2_PairedPoolingDefault(t *testing.T) {
 	for i := range 12 {
 		var addr netip.Addr
 		for p := range 20 {
-			// Enough ports to need more than one 512-port block? No: blocks
-			// of one subscriber also stay on its address; see C4 for limits.
 			ext := r.out(ping, netip.AddrPortFrom(subscriber(i), 40000+uint16(p)), srvA)
 			if addr.IsValid() && ext.Addr() != addr {
 				t.Fatalf("subscriber %v on %v and %v", subscriber(i), addr, ext.Addr())
