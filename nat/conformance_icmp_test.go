@@ -64,6 +64,25 @@ func TestConformance_I1_ICMPQueries(t *testing.T) {
 	if ext3 := r.echoOut(hostY.Addr(), 0x1234, srvA.Addr(), 1); ext3 == ext {
 		t.Fatalf("two hosts share ICMP identifier mapping %v", ext)
 	}
+	// The other query types (timestamp, address mask) pass the same way.
+	for _, q := range []struct {
+		req, rep uint8
+		body     int
+	}{{13, 14, 12}, {17, 18, 4}} {
+		body := make([]byte, q.body)
+		res := r.run(true, icmpQueryPkt(hostX.Addr(), srvA.Addr(), q.req, 0x0777, 1, body))
+		if res.v.Action != nat.Forward {
+			t.Fatalf("ICMP query type %d: %v (%s)", q.req, res.v.Action, res.v.Reason)
+		}
+		qe := res.pv.From()
+		if want := icmpQueryPkt(qe.Addr(), srvA.Addr(), q.req, qe.Port(), 1, body); string(res.out) != string(want) {
+			t.Fatalf("type %d translated\n got  % x\n want % x", q.req, res.out, want)
+		}
+		res = r.run(false, icmpQueryPkt(srvA.Addr(), qe.Addr(), q.rep, qe.Port(), 1, body))
+		if want := icmpQueryPkt(srvA.Addr(), hostX.Addr(), q.rep, 0x0777, 1, body); res.v.Action != nat.Forward || string(res.out) != string(want) {
+			t.Fatalf("type %d reply: %v (%s)\n got  % x\n want % x", q.rep, res.v.Action, res.v.Reason, res.out, want)
+		}
+	}
 	// An unsolicited inbound echo request is not delivered.
 	if res := r.run(false, icmpEchoPkt(srvA.Addr(), ext.Addr(), icmpEcho, ext.Port(), 9)); res.v.Action == nat.Forward {
 		t.Fatalf("unsolicited echo request delivered to %v", res.pv.To())

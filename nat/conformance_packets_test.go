@@ -129,11 +129,18 @@ func tcpPkt(src, dst netip.AddrPort, flags uint8, seq, ack uint32) []byte {
 
 // icmpEchoPkt builds an ICMP echo request (typ icmpEcho) or reply.
 func icmpEchoPkt(src, dst netip.Addr, typ uint8, id, seq uint16) []byte {
-	m := make([]byte, 8+4)
+	return icmpQueryPkt(src, dst, typ, id, seq, []byte("ping"))
+}
+
+// icmpQueryPkt builds an ICMP query message (echo, timestamp, information,
+// address mask; RFC 792, RFC 950) of type typ with identifier id, sequence
+// number seq and the given body.
+func icmpQueryPkt(src, dst netip.Addr, typ uint8, id, seq uint16, body []byte) []byte {
+	m := make([]byte, 8+len(body))
 	m[0] = typ
 	binary.BigEndian.PutUint16(m[4:], id)
 	binary.BigEndian.PutUint16(m[6:], seq)
-	copy(m[8:], "ping")
+	copy(m[8:], body)
 	binary.BigEndian.PutUint16(m[2:], ^csum(0, m))
 	return ipv4(src, dst, protoICMP, 1, false, m)
 }
@@ -227,7 +234,7 @@ func parse(b []byte, quoted bool) (view, error) {
 			return v, fmt.Errorf("bad ICMP checksum")
 		}
 		switch v.ICMPType {
-		case icmpEcho, icmpEchoReply:
+		case icmpEcho, icmpEchoReply, 13, 14, 15, 16, 17, 18:
 			v.SrcPort = binary.BigEndian.Uint16(p[4:])
 			v.DstPort = v.SrcPort
 		case icmpUnreachable, icmpTimeExc, 4, 5, 12:

@@ -76,6 +76,17 @@ func TestConformance_U2_PairedPooling(t *testing.T) {
 	if len(used) < 2 {
 		t.Errorf("20 hosts all on %v: the pool of %d addresses is not used", used, len(pool))
 	}
+	// When its address runs out of ports, a host is refused rather than
+	// moved to another address of the pool.
+	r = newRig(t, nat.Config{External: []netip.Addr{extIP, extIP2}, Ports: tuple.MustParsePortSet("50000-50001")})
+	first := r.out(ping, hostX, srvA)
+	r.out(ping, hostX2, srvA)
+	if res := r.send(true, ping, netip.AddrPortFrom(hostX.Addr(), 40002), srvA); res.v.Action == nat.Forward {
+		t.Fatalf("host with %v's ports all used was sent from %v", first.Addr(), res.pv.From())
+	}
+	if other := r.out(ping, hostY, srvA); other.Addr() == first.Addr() {
+		t.Fatalf("Y got %v on the full address", other)
+	}
 }
 
 // RFC 4787 REQ-3: no port overloading: when the pool is exhausted a new
