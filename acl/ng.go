@@ -80,7 +80,6 @@ func ParseNG(file string, data []byte, opt NGOptions) (*Policy, error) {
 				}
 				s.Ports = append(s.Ports, ps)
 			}
-			s.Ports = normalizeSpecs(s.Ports)
 			if prev := p.Service(s.Name); prev != nil {
 				// naclgen lets a later definition replace an earlier one.
 				errs.add(pos, item, "defined twice (first at line %d)", prev.Pos.Line)
@@ -260,6 +259,7 @@ func zoneType(z *Zone) string {
 }
 
 func sameSpecs(a, b []PortSpec) bool {
+	a, b = normalizeSpecs(a), normalizeSpecs(b)
 	if len(a) != len(b) {
 		return false
 	}

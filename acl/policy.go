@@ -158,7 +158,7 @@ type Service struct {
 type Zone struct {
 	Name     string
 	External bool
-	Prefixes []netip.Prefix // masked, sorted, IPv4 before IPv6
+	Prefixes []netip.Prefix // masked, sorted (IPv4 first), no duplicates
 	Tags     []string
 	// Ephemeral lists the profiles and ranges of the zone's clients: the
 	// return range of every flow that this zone starts includes them.

@@ -417,7 +417,7 @@ func renderNFT(b *bytes.Buffer, res *Result, source string) error {
 				if (eg && !h.out) || (!eg && !h.in) {
 					continue
 				}
-				for _, pr := range a.Prefixes {
+				for _, pr := range aggregate(a.Prefixes) {
 					fam, dir := "ip", "daddr"
 					if !pr.Addr().Is4() {
 						fam = "ip6"

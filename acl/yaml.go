@@ -346,7 +346,6 @@ func (d *ydec) service(p *Policy, n *yaml.Node) {
 	if !hasDef && len(ports) == 0 && m["name"] != nil {
 		d.errs.add(s.Pos, item, "has neither protocol nor ports")
 	}
-	s.Ports = normalizeSpecs(s.Ports)
 	p.Services = append(p.Services, s)
 }
 
@@ -372,7 +371,7 @@ func (d *ydec) zone(p *Policy, n *yaml.Node) {
 			}
 			z.Prefixes = append(z.Prefixes, pr)
 		}
-		z.Prefixes = aggregate(z.Prefixes)
+		z.Prefixes = uniqPrefixes(z.Prefixes)
 	}
 	z.Tags = d.strs(m["tags"], item+" tags")
 	z.Ephemeral = d.strs(m["ephemeral"], item+" ephemeral")
@@ -489,7 +488,7 @@ func (p *Policy) BindCIDRs(m *CIDRMap) error {
 	for _, name := range names {
 		ps := m.Zones[name]
 		if name == ZoneVPC {
-			p.VPC = aggregate(ps)
+			p.VPC = uniqPrefixes(ps)
 			continue
 		}
 		z := p.Zone(name)
@@ -497,7 +496,15 @@ func (p *Policy) BindCIDRs(m *CIDRMap) error {
 			errs.add(m.pos[name], fmt.Sprintf("zone %q", name), "not a zone of policy %s", p.File)
 			continue
 		}
-		z.Prefixes = aggregate(ps)
+		z.Prefixes = uniqPrefixes(ps)
 	}
 	return errs.err()
+}
+
+// uniqPrefixes returns ps sorted (IPv4 first) without duplicates. Merging
+// is left to generation, so that --no-merge shows the declared addresses.
+func uniqPrefixes(ps []netip.Prefix) []netip.Prefix {
+	out := slices.Clone(ps)
+	sortPrefixes(out)
+	return slices.Compact(out)
 }
