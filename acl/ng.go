@@ -311,6 +311,9 @@ func WriteYAML(p *Policy, header string) []byte {
 			b.WriteString("# " + l + "\n")
 		}
 	}
+	if len(p.VPC)+len(p.DefaultEphemeral)+len(p.Profiles)+len(p.Services)+len(p.Zones)+len(p.Flows)+len(p.Allow) == 0 {
+		b.WriteString("{}\n")
+	}
 	if len(p.VPC) > 0 {
 		var vs []string
 		for _, v := range p.VPC {
