@@ -226,7 +226,7 @@ func (g *gen) checkBound() error {
 	for i := range g.p.Zones {
 		z := &g.p.Zones[i]
 		if len(z.Prefixes) == 0 && (!z.External || used[z.Name] || used[ZoneAll]) {
-			errs.add(z.Pos, fmt.Sprintf("zone %q", z.Name), "has no cidrs; give them in the policy or with --cidrs (only --format terraform can bind zones through local.naclgen_subnets)")
+			errs.add(z.Pos, fmt.Sprintf("zone %q", z.Name), "has no cidrs; give them in the policy or with --cidrs (--format terraform binds them through local.naclgen_subnets instead)")
 		}
 	}
 	return errs.err()
