@@ -21,6 +21,7 @@ import (
 // The packet test's topology, all inside namespaces the test creates:
 //
 //	cli 10.231.1.2 --c0/r0-- rtr (10.231.1.1, 10.231.2.1) --r1/s0-- srv 10.231.2.2
+//	    fd00:231:1::2             (fd00:231:1::1, fd00:231:2::1)       fd00:231:2::2
 //
 // The generated ruleset is loaded in all three: the router filters in its
 // forward hook (all four rules of a flow), the hosts in input and output.
@@ -29,8 +30,8 @@ services:
   - {name: web, protocol: tcp, ports: [8080]}
   - {name: echo, protocol: udp, ports: [5353]}
 zones:
-  - {name: clients, type: internal, cidrs: [10.231.1.0/24]}
-  - {name: servers, type: internal, cidrs: [10.231.2.0/24]}
+  - {name: clients, type: internal, cidrs: [10.231.1.0/24, "fd00:231:1::/64"]}
+  - {name: servers, type: internal, cidrs: [10.231.2.0/24, "fd00:231:2::/64"]}
 flows:
   - from: clients
     to: servers
@@ -64,7 +65,7 @@ func serveHelper(args []string) {
 		proto, port, _ := strings.Cut(a, ":")
 		addr := ":" + port
 		if proto == "tcp" {
-			ln, err := net.Listen("tcp4", addr)
+			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				fmt.Println("listen:", err)
 				os.Exit(1)
@@ -79,7 +80,7 @@ func serveHelper(args []string) {
 				}
 			}()
 		} else {
-			pc, err := net.ListenPacket("udp4", addr)
+			pc, err := net.ListenPacket("udp", addr)
 			if err != nil {
 				fmt.Println("listen:", err)
 				os.Exit(1)
@@ -115,10 +116,10 @@ func dialHelper(args []string) string {
 	var c net.Conn
 	if args[0] == "tcp" {
 		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: sport}}
-		c, err = d.Dial("tcp4", dst.String())
+		c, err = d.Dial("tcp", dst.String())
 	} else {
 		d := net.Dialer{LocalAddr: &net.UDPAddr{Port: sport}}
-		c, err = d.Dial("udp4", dst.String())
+		c, err = d.Dial("udp", dst.String())
 	}
 	if err != nil {
 		return "fail: " + err.Error()
@@ -187,11 +188,18 @@ func dial(t *testing.T, ns *netnstest.NS, proto, dst string, sport int) string {
 func TestPacketFilter(t *testing.T) {
 	netnstest.RequireCommand(t, "nft")
 	cli, rtr, srv := netnstest.New(t), netnstest.New(t), netnstest.New(t)
+	for _, ns := range []*netnstest.NS{cli, rtr, srv} {
+		// No duplicate address detection: addresses are usable at once.
+		ns.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	}
 	rtr.MustRun(t, "ip", "link", "add", "r0", "type", "veth", "peer", "name", "c0", "netns", cli.Name)
 	rtr.MustRun(t, "ip", "link", "add", "r1", "type", "veth", "peer", "name", "s0", "netns", srv.Name)
 	for _, c := range [][]string{
 		{"ip", "addr", "add", "10.231.1.1/24", "dev", "r0"},
 		{"ip", "addr", "add", "10.231.2.1/24", "dev", "r1"},
+		{"ip", "addr", "add", "fd00:231:1::1/64", "dev", "r0", "nodad"},
+		{"ip", "addr", "add", "fd00:231:2::1/64", "dev", "r1", "nodad"},
+		{"sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
 		{"ip", "link", "set", "r0", "up"},
 		{"ip", "link", "set", "r1", "up"},
 		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
@@ -202,10 +210,17 @@ func TestPacketFilter(t *testing.T) {
 		ns        *netnstest.NS
 		dev, addr string
 		gw        string
-	}{{cli, "c0", "10.231.1.2/24", "10.231.1.1"}, {srv, "s0", "10.231.2.2/24", "10.231.2.1"}} {
+		addr6     string
+		gw6       string
+	}{
+		{cli, "c0", "10.231.1.2/24", "10.231.1.1", "fd00:231:1::2/64", "fd00:231:1::1"},
+		{srv, "s0", "10.231.2.2/24", "10.231.2.1", "fd00:231:2::2/64", "fd00:231:2::1"},
+	} {
 		h.ns.MustRun(t, "ip", "addr", "add", h.addr, "dev", h.dev)
+		h.ns.MustRun(t, "ip", "addr", "add", h.addr6, "dev", h.dev, "nodad")
 		h.ns.MustRun(t, "ip", "link", "set", h.dev, "up")
 		h.ns.MustRun(t, "ip", "route", "add", "default", "via", h.gw)
+		h.ns.MustRun(t, "ip", "-6", "route", "add", "default", "via", h.gw6)
 	}
 	// Listeners on the service ports, a port no flow allows, and a port
 	// inside the clients' return range (for the reverse test).
@@ -214,8 +229,10 @@ func TestPacketFilter(t *testing.T) {
 
 	// Control: before the rules, a source port outside the profile works,
 	// so the failures below are the filter's doing.
-	if got := dial(t, cli, "tcp", "10.231.2.2:8080", 41000); got != "ok" {
-		t.Fatalf("without rules, the topology does not work: %s", got)
+	for i, dst := range []string{"10.231.2.2:8080", "[fd00:231:2::2]:8080"} {
+		if got := dial(t, cli, "tcp", dst, 41100+i); got != "ok" {
+			t.Fatalf("without rules, the topology does not work (%s): %s", dst, got)
+		}
 	}
 
 	p, err := ParsePolicy("packet.yaml", []byte(packetPolicy))
@@ -255,11 +272,23 @@ func TestPacketFilter(t *testing.T) {
 		{"tcp port no flow allows", cli, "tcp", "10.231.2.2:8081", 40003, false},
 		{"udp port no flow allows", cli, "udp", "10.231.2.2:5354", 40004, false},
 		{"server cannot start a connection into the return range", srv, "tcp", "10.231.1.2:40700", 40800, false},
+		{"IPv6 tcp service from a port in the profile", cli, "tcp", "[fd00:231:2::2]:8080", 40011, true},
+		{"IPv6 udp service from a port in the profile", cli, "udp", "[fd00:231:2::2]:5353", 40012, true},
+		{"IPv6 tcp return to a client port outside the profile", cli, "tcp", "[fd00:231:2::2]:8080", 41011, false},
+		{"IPv6 udp return to a client port outside the profile", cli, "udp", "[fd00:231:2::2]:5353", 41012, false},
+		{"IPv6 tcp port no flow allows", cli, "tcp", "[fd00:231:2::2]:8081", 40013, false},
 	}
-	for _, c := range cases {
-		got := dial(t, c.from, c.proto, c.dst, c.sport)
-		if (got == "ok") != c.wantConnect {
-			t.Errorf("%s (%s %s from port %d): got %s, want connect=%v", c.name, c.proto, c.dst, c.sport, got, c.wantConnect)
+	// Each case uses its own source port, so they run in parallel and the
+	// failing ones wait out their timeouts together.
+	t.Run("flows", func(t *testing.T) {
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				t.Parallel()
+				got := dial(t, c.from, c.proto, c.dst, c.sport)
+				if (got == "ok") != c.wantConnect {
+					t.Errorf("%s %s from port %d: got %s, want connect=%v", c.proto, c.dst, c.sport, got, c.wantConnect)
+				}
+			})
 		}
-	}
+	})
 }
