@@ -57,10 +57,10 @@ flows: [{from: a, to: b, services: [svc]}]
 		t.Fatal(err)
 	}
 	a, b := res.ACLs[0], res.ACLs[1]
-	wantRules(t, "A egress", a.Egress, "100 allow all - 10.1.0.0/24", "200 allow tcp 1000 10.2.0.0/24")
-	wantRules(t, "B ingress", b.Ingress, "100 allow all - 10.2.0.0/24", "200 allow tcp 1000 10.1.0.0/24")
-	wantRules(t, "B egress", b.Egress, "100 allow all - 10.2.0.0/24", "200 allow tcp 32768-65535 10.1.0.0/24")
-	wantRules(t, "A ingress", a.Ingress, "100 allow all - 10.1.0.0/24", "200 allow tcp 32768-65535 10.2.0.0/24")
+	wantRules(t, "A egress", a.Egress, "100 allow all - 10.1.0.0/24", "1000 allow tcp 1000 10.2.0.0/24")
+	wantRules(t, "B ingress", b.Ingress, "100 allow all - 10.2.0.0/24", "1000 allow tcp 1000 10.1.0.0/24")
+	wantRules(t, "B egress", b.Egress, "100 allow all - 10.2.0.0/24", "1000 allow tcp 32768-65535 10.1.0.0/24")
+	wantRules(t, "A ingress", a.Ingress, "100 allow all - 10.1.0.0/24", "1000 allow tcp 32768-65535 10.2.0.0/24")
 }
 
 // TestEphemeralSelection checks the return range: default strict, the
@@ -117,17 +117,17 @@ flows:
 	wantRules(t, "web ingress", res.ACLs[2].Ingress,
 		"100 allow all - 10.0.1.0/24",
 		"200 allow all - 2001:db8::/64", // own traffic first
-		"300 allow udp 32768-65535 10.0.3.0/24",
-		"400 deny all - 10.0.0.0/16",
-		"500 deny all - 2001:db8::/64", // no IPv6 VPC range given: the internal zones'
-		"600 allow tcp 443 0.0.0.0/0",
-		"700 allow tcp 443 ::/0")
+		"1000 allow udp 32768-65535 10.0.3.0/24",
+		"10000 deny all - 10.0.0.0/16",
+		"10100 deny all - 2001:db8::/64", // no IPv6 VPC range given: the internal zones'
+		"11000 allow tcp 443 0.0.0.0/0",
+		"11100 allow tcp 443 ::/0")
 	// dns hears from app and web: 10.0.1.0/24 + 10.0.2.0/24 are not
 	// siblings, so two rules.
 	wantRules(t, "dns ingress", res.ACLs[1].Ingress,
 		"100 allow all - 10.0.3.0/24",
-		"200 allow udp 53 10.0.1.0/24",
-		"300 allow udp 53 10.0.2.0/24")
+		"1000 allow udp 53 10.0.1.0/24",
+		"1100 allow udp 53 10.0.2.0/24")
 }
 
 // TestMergeMinimal checks that adjacent ports and sibling CIDRs merge and
@@ -152,8 +152,8 @@ flows:
 	}
 	wantRules(t, "srv ingress merged", res.ACLs[2].Ingress,
 		"100 allow all - 10.9.0.0/24",
-		"200 allow tcp 80-90 10.8.0.0/24",
-		"300 allow tcp 443-444 10.8.0.0/24")
+		"1000 allow tcp 80-90 10.8.0.0/24",
+		"1100 allow tcp 443-444 10.8.0.0/24")
 	raw, err := Generate(p, Options{NoMerge: true})
 	if err != nil {
 		t.Fatal(err)
@@ -373,7 +373,7 @@ func TestUnbound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantRules(t, "a egress", res.ACLs[0].Egress, "100 allow all - 10.1.0.0/24", "200 allow tcp 80 10.2.0.0/24")
+	wantRules(t, "a egress", res.ACLs[0].Egress, "100 allow all - 10.1.0.0/24", "1000 allow tcp 80 10.2.0.0/24")
 	m, _ = ParseCIDRs("c.yaml", []byte("a: 10.1.0.0/24\nzz: 10.3.0.0/24\n"))
 	if err := p.BindCIDRs(m); err == nil || !strings.Contains(err.Error(), `c.yaml:2: zone "zz": not a zone`) {
 		t.Errorf("unknown zone in cidrs: %v", err)
@@ -381,4 +381,88 @@ func TestUnbound(t *testing.T) {
 	if _, err := ParseCIDRs("c.yaml", []byte("a: 10.1.0.1/24\n")); err == nil || !strings.Contains(err.Error(), "c.yaml:1: zone \"a\"") {
 		t.Errorf("bad cidr: %v", err)
 	}
+}
+
+// TestNumberingStable checks that rule numbers start at fixed bases per
+// section, so adding a flow between zones does not renumber the VPC deny
+// or the internet rules.
+func TestNumberingStable(t *testing.T) {
+	src := `
+services: [{name: s, protocol: tcp, ports: [443]}, {name: t, protocol: tcp, ports: [22]}]
+zones:
+  - {name: a, type: internal, cidrs: [10.1.0.0/24]}
+  - {name: b, type: internal, cidrs: [10.2.0.0/24]}
+flows:
+  - {from: internet, to: a, services: [s]}
+`
+	one, err := Generate(mustPolicy(t, src), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	two, err := Generate(mustPolicy(t, src+"  - {from: b, to: a, services: [t]}\n"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No vpc given: the deny covers the internal zones' CIDRs.
+	wantRules(t, "one flow", one.ACLs[0].Ingress, "100 allow all - 10.1.0.0/24",
+		"10000 deny all - 10.1.0.0/24", "10100 deny all - 10.2.0.0/24", "11000 allow tcp 443 0.0.0.0/0")
+	wantRules(t, "two flows", two.ACLs[0].Ingress, "100 allow all - 10.1.0.0/24", "1000 allow tcp 22 10.2.0.0/24",
+		"10000 deny all - 10.1.0.0/24", "10100 deny all - 10.2.0.0/24", "11000 allow tcp 443 0.0.0.0/0")
+}
+
+// TestOverlapWarning checks the lint warning for zones whose CIDRs overlap.
+func TestOverlapWarning(t *testing.T) {
+	p := mustPolicy(t, `
+zones:
+  - {name: a, type: internal, cidrs: [10.1.0.0/24]}
+  - {name: b, type: external, cidrs: [10.0.0.0/8]}
+flows: [{from: b, to: a}]
+`)
+	found := false
+	for _, f := range Lint(p) {
+		if strings.Contains(f.String(), `t.yaml:4: warning: zone "b": 10.0.0.0/8 overlaps 10.1.0.0/24 of zone a (line 3)`) {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no overlap warning in %v", Lint(p))
+	}
+}
+
+// TestSampleCounts pins the rule counts that docs/acl.md publishes for the
+// naclgen-format sample testdata/vpc.ng with testdata/vpc-cidrs.yaml
+// (reproduce: portspace acl lint acl/testdata/vpc.ng --cidrs
+// acl/testdata/vpc-cidrs.yaml).
+func TestSampleCounts(t *testing.T) {
+	p := loadCase(t, goldenCase{"vpc", "vpc.ng", "vpc-cidrs.yaml"})
+	count := func(noMerge bool) (total, over, max int) {
+		res, err := Generate(p, Options{NoMerge: noMerge, NoLimit: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range res.ACLs {
+			for _, eg := range []bool{false, true} {
+				n := a.Count(eg, false) + 1
+				total += n
+				if n > DefaultMaxRules {
+					over++
+				}
+				max = maxInt(max, n)
+			}
+		}
+		return
+	}
+	mt, mo, mm := count(false)
+	rt, ro, rm := count(true)
+	if mt != 108 || mo != 0 || mm != 12 || rt != 181 || ro != 2 || rm != 37 {
+		t.Errorf("vpc.ng: merged %d rules (max %d, %d over 20), unmerged %d (max %d, %d over); docs/acl.md says 108 (12, 0) and 181 (37, 2)",
+			mt, mm, mo, rt, rm, ro)
+	}
+}
+
+func maxInt(a, b int) int {
+	if a > b {
+		return a
+	}
+	return b
 }

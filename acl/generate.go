@@ -240,6 +240,14 @@ const (
 	secInternet
 )
 
+// RuleStep is the distance between consecutive rule numbers.
+const RuleStep = 100
+
+// sectionBase holds the first rule number of each section: the zone's own
+// traffic from 100, flows between zones from 1000, the VPC deny from 10000,
+// internet flows from 11000 (AWS allows 1-32766).
+var sectionBase = [...]int{secSelf: 100, secNormal: 1000, secDeny: 10000, secInternet: 11000}
+
 // peer is a rule's peer: a prefix or an unbound reference.
 type peer struct {
 	prefix netip.Prefix
@@ -444,6 +452,7 @@ func (g *gen) acl(z *Zone) (*ACL, error) {
 	a := &ACL{Zone: z.Name, SingleAZ: z.Has(TagSingleAZ), Prefixes: z.Prefixes}
 	for _, eg := range []bool{false, true} {
 		var rules []Rule
+		next := 0
 		for sec := secSelf; sec <= secInternet; sec++ {
 			var part []atom
 			for _, at := range atoms {
@@ -451,10 +460,16 @@ func (g *gen) acl(z *Zone) (*ACL, error) {
 					part = append(part, at)
 				}
 			}
-			rules = append(rules, g.build(part, eg)...)
-		}
-		for i := range rules {
-			rules[i].Number = 100 * (i + 1)
+			built := g.build(part, eg)
+			// Each section starts at its fixed base (or after the one
+			// before, if that ran long), so that a change in one section
+			// does not renumber the others.
+			next = max(next, sectionBase[sec])
+			for i := range built {
+				built[i].Number = next
+				next += RuleStep
+			}
+			rules = append(rules, built...)
 		}
 		if eg {
 			a.Egress = rules

@@ -52,6 +52,7 @@ func (f Finding) asError() error { return &Error{Pos: f.Pos, Item: f.Item, Msg: 
 //   - warning: a return range that overlaps Kubernetes' NodePort range
 //     30000-32767;
 //   - warning: zones and services that no flow uses;
+//   - warning: zones whose CIDRs overlap;
 //   - warning: a flow whose zones share no address family.
 func Lint(p *Policy) []Finding {
 	var out []Finding
@@ -113,6 +114,9 @@ func Lint(p *Policy) []Finding {
 	}
 	// A port served by zone Z inside a return range that Z accepts.
 	for z, ss := range servedBy {
+		if zz := p.Zone(z); zz == nil || zz.External {
+			continue // no ACL of ours carries it
+		}
 		for _, s := range ss {
 			for _, st := range startedBy[z] {
 				if st.flow == s.flow {
@@ -122,6 +126,19 @@ func Lint(p *Policy) []Finding {
 					add(SevError, s.flow.Pos, "flow "+s.flow.Name(),
 						"service %s port %s/%s served by zone %s lies inside the return range %s of flow %s (%s), which opens it to zone %s",
 						s.svc, ov, s.proto, z, st.ret, st.flow.Name(), st.flow.Pos, st.flow.To)
+				}
+			}
+		}
+	}
+	for i := range p.Zones {
+		for j := i + 1; j < len(p.Zones); j++ {
+			a, b := &p.Zones[i], &p.Zones[j]
+			for _, pa := range a.Prefixes {
+				for _, pb := range b.Prefixes {
+					if pa.Overlaps(pb) {
+						add(SevWarning, b.Pos, fmt.Sprintf("zone %q", b.Name), "%s overlaps %s of zone %s (line %d); rules for one also match the other",
+							pb, pa, a.Name, a.Pos.Line)
+					}
 				}
 			}
 		}

@@ -22,7 +22,7 @@ resource "aws_network_acl" "app" {
 
   # app->resolver dns return
   ingress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.0.2/32"
@@ -32,7 +32,7 @@ resource "aws_network_acl" "app" {
 
   # app->resolver dns return
   ingress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.0.0.2/32"
@@ -42,7 +42,7 @@ resource "aws_network_acl" "app" {
 
   # web->app app
   ingress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.1.0/24"
@@ -52,7 +52,7 @@ resource "aws_network_acl" "app" {
 
   # web->app app
   ingress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.2.0/24"
@@ -62,7 +62,7 @@ resource "aws_network_acl" "app" {
 
   # app->db postgres return
   ingress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.20.0/24"
@@ -72,7 +72,7 @@ resource "aws_network_acl" "app" {
 
   # office->app ssh
   ingress {
-    rule_no    = 700
+    rule_no    = 1500
     action     = "allow"
     protocol   = "6"
     cidr_block = "192.0.2.0/24"
@@ -92,7 +92,7 @@ resource "aws_network_acl" "app" {
 
   # app->resolver dns
   egress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.0.2/32"
@@ -102,7 +102,7 @@ resource "aws_network_acl" "app" {
 
   # app->resolver dns
   egress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.0.0.2/32"
@@ -112,7 +112,7 @@ resource "aws_network_acl" "app" {
 
   # web->app app return
   egress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.1.0/24"
@@ -122,7 +122,7 @@ resource "aws_network_acl" "app" {
 
   # web->app app return
   egress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.2.0/24"
@@ -132,7 +132,7 @@ resource "aws_network_acl" "app" {
 
   # app->db postgres
   egress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.20.0/24"
@@ -142,7 +142,7 @@ resource "aws_network_acl" "app" {
 
   # office->app ssh return
   egress {
-    rule_no    = 700
+    rule_no    = 1500
     action     = "allow"
     protocol   = "6"
     cidr_block = "192.0.2.0/24"
@@ -152,7 +152,7 @@ resource "aws_network_acl" "app" {
 
   # office->app ssh return
   egress {
-    rule_no    = 800
+    rule_no    = 1600
     action     = "allow"
     protocol   = "6"
     cidr_block = "192.0.2.0/24"
@@ -183,7 +183,7 @@ resource "aws_network_acl" "db" {
 
   # db->resolver dns return
   ingress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.0.2/32"
@@ -193,7 +193,7 @@ resource "aws_network_acl" "db" {
 
   # db->resolver dns return
   ingress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.0.0.2/32"
@@ -203,7 +203,7 @@ resource "aws_network_acl" "db" {
 
   # app->db postgres
   ingress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.10.0/23"
@@ -223,7 +223,7 @@ resource "aws_network_acl" "db" {
 
   # db->resolver dns
   egress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.0.2/32"
@@ -233,7 +233,7 @@ resource "aws_network_acl" "db" {
 
   # db->resolver dns
   egress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.0.0.2/32"
@@ -243,7 +243,7 @@ resource "aws_network_acl" "db" {
 
   # app->db postgres return
   egress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.10.0/23"
@@ -296,7 +296,7 @@ resource "aws_network_acl" "web" {
 
   # web->resolver dns return
   ingress {
-    rule_no    = 400
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.0.2/32"
@@ -306,7 +306,7 @@ resource "aws_network_acl" "web" {
 
   # web->resolver dns return
   ingress {
-    rule_no    = 500
+    rule_no    = 1100
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.0.0.2/32"
@@ -316,7 +316,7 @@ resource "aws_network_acl" "web" {
 
   # web->app app return
   ingress {
-    rule_no    = 600
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.10.0/23"
@@ -326,7 +326,7 @@ resource "aws_network_acl" "web" {
 
   # office->web ssh
   ingress {
-    rule_no    = 700
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "192.0.2.0/24"
@@ -336,7 +336,7 @@ resource "aws_network_acl" "web" {
 
   # office->web ping
   ingress {
-    rule_no    = 800
+    rule_no    = 1400
     action     = "allow"
     protocol   = "1"
     cidr_block = "192.0.2.0/24"
@@ -348,7 +348,7 @@ resource "aws_network_acl" "web" {
 
   # vpc deny
   ingress {
-    rule_no    = 900
+    rule_no    = 10000
     action     = "deny"
     protocol   = "-1"
     cidr_block = "10.0.0.0/16"
@@ -358,7 +358,7 @@ resource "aws_network_acl" "web" {
 
   # vpc deny
   ingress {
-    rule_no         = 1000
+    rule_no         = 10100
     action          = "deny"
     protocol        = "-1"
     ipv6_cidr_block = "2001:db8:100::/56"
@@ -368,7 +368,7 @@ resource "aws_network_acl" "web" {
 
   # internet->web https
   ingress {
-    rule_no    = 1100
+    rule_no    = 11000
     action     = "allow"
     protocol   = "6"
     cidr_block = "0.0.0.0/0"
@@ -378,7 +378,7 @@ resource "aws_network_acl" "web" {
 
   # internet->web https
   ingress {
-    rule_no         = 1200
+    rule_no         = 11100
     action          = "allow"
     protocol        = "6"
     ipv6_cidr_block = "::/0"
@@ -418,7 +418,7 @@ resource "aws_network_acl" "web" {
 
   # web->resolver dns
   egress {
-    rule_no    = 400
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.0.2/32"
@@ -428,7 +428,7 @@ resource "aws_network_acl" "web" {
 
   # web->resolver dns
   egress {
-    rule_no    = 500
+    rule_no    = 1100
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.0.0.2/32"
@@ -438,7 +438,7 @@ resource "aws_network_acl" "web" {
 
   # web->app app
   egress {
-    rule_no    = 600
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.0.10.0/23"
@@ -448,7 +448,7 @@ resource "aws_network_acl" "web" {
 
   # office->web ssh return
   egress {
-    rule_no    = 700
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "192.0.2.0/24"
@@ -458,7 +458,7 @@ resource "aws_network_acl" "web" {
 
   # office->web ssh return
   egress {
-    rule_no    = 800
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "192.0.2.0/24"
@@ -468,7 +468,7 @@ resource "aws_network_acl" "web" {
 
   # office->web ping return
   egress {
-    rule_no    = 900
+    rule_no    = 1500
     action     = "allow"
     protocol   = "1"
     cidr_block = "192.0.2.0/24"
@@ -480,7 +480,7 @@ resource "aws_network_acl" "web" {
 
   # vpc deny
   egress {
-    rule_no    = 1000
+    rule_no    = 10000
     action     = "deny"
     protocol   = "-1"
     cidr_block = "10.0.0.0/16"
@@ -490,7 +490,7 @@ resource "aws_network_acl" "web" {
 
   # vpc deny
   egress {
-    rule_no         = 1100
+    rule_no         = 10100
     action          = "deny"
     protocol        = "-1"
     ipv6_cidr_block = "2001:db8:100::/56"
@@ -500,7 +500,7 @@ resource "aws_network_acl" "web" {
 
   # internet->web https return
   egress {
-    rule_no    = 1200
+    rule_no    = 11000
     action     = "allow"
     protocol   = "6"
     cidr_block = "0.0.0.0/0"
@@ -510,7 +510,7 @@ resource "aws_network_acl" "web" {
 
   # internet->web https return
   egress {
-    rule_no         = 1300
+    rule_no         = 11100
     action          = "allow"
     protocol        = "6"
     ipv6_cidr_block = "::/0"

@@ -22,7 +22,7 @@ resource "aws_network_acl" "back" {
 
   # back->dns dns return
   ingress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "dns")
@@ -32,7 +32,7 @@ resource "aws_network_acl" "back" {
 
   # back->dns dns return
   ingress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "17"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "dns")
@@ -42,7 +42,7 @@ resource "aws_network_acl" "back" {
 
   # front->back https
   ingress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "front")
@@ -62,7 +62,7 @@ resource "aws_network_acl" "back" {
 
   # back->dns dns
   egress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "dns")
@@ -72,7 +72,7 @@ resource "aws_network_acl" "back" {
 
   # back->dns dns
   egress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "17"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "dns")
@@ -82,7 +82,7 @@ resource "aws_network_acl" "back" {
 
   # front->back https return
   egress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "front")
@@ -113,7 +113,7 @@ resource "aws_network_acl" "front" {
 
   # front->back https return
   ingress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "back")
@@ -123,7 +123,7 @@ resource "aws_network_acl" "front" {
 
   # front->dns dns return
   ingress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "dns")
@@ -133,7 +133,7 @@ resource "aws_network_acl" "front" {
 
   # front->dns dns return
   ingress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "17"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "dns")
@@ -143,7 +143,7 @@ resource "aws_network_acl" "front" {
 
   # vpc deny
   ingress {
-    rule_no    = 500
+    rule_no    = 10000
     action     = "deny"
     protocol   = "-1"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "vpc")
@@ -153,7 +153,7 @@ resource "aws_network_acl" "front" {
 
   # internet->front https
   ingress {
-    rule_no    = 600
+    rule_no    = 11000
     action     = "allow"
     protocol   = "6"
     cidr_block = "0.0.0.0/0"
@@ -173,7 +173,7 @@ resource "aws_network_acl" "front" {
 
   # front->back https
   egress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "back")
@@ -183,7 +183,7 @@ resource "aws_network_acl" "front" {
 
   # front->dns dns
   egress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "dns")
@@ -193,7 +193,7 @@ resource "aws_network_acl" "front" {
 
   # front->dns dns
   egress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "17"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "dns")
@@ -203,7 +203,7 @@ resource "aws_network_acl" "front" {
 
   # vpc deny
   egress {
-    rule_no    = 500
+    rule_no    = 10000
     action     = "deny"
     protocol   = "-1"
     cidr_block = lookup(local.naclgen_subnets["cidrs"], "vpc")
@@ -213,7 +213,7 @@ resource "aws_network_acl" "front" {
 
   # internet->front https return
   egress {
-    rule_no    = 600
+    rule_no    = 11000
     action     = "allow"
     protocol   = "6"
     cidr_block = "0.0.0.0/0"

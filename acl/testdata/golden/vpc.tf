@@ -22,7 +22,7 @@ resource "aws_network_acl" "app" {
 
   # web->app https
   ingress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.4.0/22"
@@ -33,7 +33,7 @@ resource "aws_network_acl" "app" {
   # app->data hsm return
   # app->data postgres return
   ingress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.12.0/22"
@@ -43,7 +43,7 @@ resource "aws_network_acl" "app" {
 
   # mgmt->app ssh
   ingress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -53,7 +53,7 @@ resource "aws_network_acl" "app" {
 
   # mgmt->app metrics
   ingress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -63,7 +63,7 @@ resource "aws_network_acl" "app" {
 
   # app->shared dns return
   ingress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -74,7 +74,7 @@ resource "aws_network_acl" "app" {
   # app->shared dns return
   # app->shared ntp return
   ingress {
-    rule_no    = 700
+    rule_no    = 1500
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -84,7 +84,7 @@ resource "aws_network_acl" "app" {
 
   # vpc deny
   ingress {
-    rule_no    = 800
+    rule_no    = 10000
     action     = "deny"
     protocol   = "-1"
     cidr_block = "10.20.0.0/16"
@@ -94,7 +94,7 @@ resource "aws_network_acl" "app" {
 
   # app->internet https return
   ingress {
-    rule_no    = 900
+    rule_no    = 11000
     action     = "allow"
     protocol   = "6"
     cidr_block = "0.0.0.0/0"
@@ -114,7 +114,7 @@ resource "aws_network_acl" "app" {
 
   # web->app https return
   egress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.4.0/22"
@@ -124,7 +124,7 @@ resource "aws_network_acl" "app" {
 
   # app->data hsm
   egress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.12.0/22"
@@ -134,7 +134,7 @@ resource "aws_network_acl" "app" {
 
   # app->data postgres
   egress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.12.0/22"
@@ -145,7 +145,7 @@ resource "aws_network_acl" "app" {
   # mgmt->app metrics return
   # mgmt->app ssh return
   egress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -155,7 +155,7 @@ resource "aws_network_acl" "app" {
 
   # app->shared dns
   egress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -165,7 +165,7 @@ resource "aws_network_acl" "app" {
 
   # app->shared dns
   egress {
-    rule_no    = 700
+    rule_no    = 1500
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -175,7 +175,7 @@ resource "aws_network_acl" "app" {
 
   # app->shared ntp
   egress {
-    rule_no    = 800
+    rule_no    = 1600
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -185,7 +185,7 @@ resource "aws_network_acl" "app" {
 
   # vpc deny
   egress {
-    rule_no    = 900
+    rule_no    = 10000
     action     = "deny"
     protocol   = "-1"
     cidr_block = "10.20.0.0/16"
@@ -195,7 +195,7 @@ resource "aws_network_acl" "app" {
 
   # app->internet https
   egress {
-    rule_no    = 1000
+    rule_no    = 11000
     action     = "allow"
     protocol   = "6"
     cidr_block = "0.0.0.0/0"
@@ -226,7 +226,7 @@ resource "aws_network_acl" "data" {
 
   # app->data hsm
   ingress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.8.0/22"
@@ -236,7 +236,7 @@ resource "aws_network_acl" "data" {
 
   # app->data postgres
   ingress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.8.0/22"
@@ -246,7 +246,7 @@ resource "aws_network_acl" "data" {
 
   # mgmt->data ssh
   ingress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -256,7 +256,7 @@ resource "aws_network_acl" "data" {
 
   # mgmt->data metrics
   ingress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -266,7 +266,7 @@ resource "aws_network_acl" "data" {
 
   # data->shared dns return
   ingress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -277,7 +277,7 @@ resource "aws_network_acl" "data" {
   # data->shared dns return
   # data->shared ntp return
   ingress {
-    rule_no    = 700
+    rule_no    = 1500
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -298,7 +298,7 @@ resource "aws_network_acl" "data" {
   # app->data hsm return
   # app->data postgres return
   egress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.8.0/22"
@@ -309,7 +309,7 @@ resource "aws_network_acl" "data" {
   # mgmt->data metrics return
   # mgmt->data ssh return
   egress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -319,7 +319,7 @@ resource "aws_network_acl" "data" {
 
   # data->shared dns
   egress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -329,7 +329,7 @@ resource "aws_network_acl" "data" {
 
   # data->shared dns
   egress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -339,7 +339,7 @@ resource "aws_network_acl" "data" {
 
   # data->shared ntp
   egress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -372,7 +372,7 @@ resource "aws_network_acl" "dmz" {
 
   # dmz->web https return
   ingress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.4.0/22"
@@ -382,7 +382,7 @@ resource "aws_network_acl" "dmz" {
 
   # mgmt->dmz ssh
   ingress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -392,7 +392,7 @@ resource "aws_network_acl" "dmz" {
 
   # mgmt->dmz metrics
   ingress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -402,7 +402,7 @@ resource "aws_network_acl" "dmz" {
 
   # dmz->shared dns return
   ingress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -413,7 +413,7 @@ resource "aws_network_acl" "dmz" {
   # dmz->shared dns return
   # dmz->shared ntp return
   ingress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -423,7 +423,7 @@ resource "aws_network_acl" "dmz" {
 
   # vpc deny
   ingress {
-    rule_no    = 700
+    rule_no    = 10000
     action     = "deny"
     protocol   = "-1"
     cidr_block = "10.20.0.0/16"
@@ -433,7 +433,7 @@ resource "aws_network_acl" "dmz" {
 
   # internet->dmz http
   ingress {
-    rule_no    = 800
+    rule_no    = 11000
     action     = "allow"
     protocol   = "6"
     cidr_block = "0.0.0.0/0"
@@ -443,7 +443,7 @@ resource "aws_network_acl" "dmz" {
 
   # internet->dmz https
   ingress {
-    rule_no    = 900
+    rule_no    = 11100
     action     = "allow"
     protocol   = "6"
     cidr_block = "0.0.0.0/0"
@@ -463,7 +463,7 @@ resource "aws_network_acl" "dmz" {
 
   # dmz->web https
   egress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.4.0/22"
@@ -474,7 +474,7 @@ resource "aws_network_acl" "dmz" {
   # mgmt->dmz metrics return
   # mgmt->dmz ssh return
   egress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -484,7 +484,7 @@ resource "aws_network_acl" "dmz" {
 
   # dmz->shared dns
   egress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -494,7 +494,7 @@ resource "aws_network_acl" "dmz" {
 
   # dmz->shared dns
   egress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -504,7 +504,7 @@ resource "aws_network_acl" "dmz" {
 
   # dmz->shared ntp
   egress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -514,7 +514,7 @@ resource "aws_network_acl" "dmz" {
 
   # vpc deny
   egress {
-    rule_no    = 700
+    rule_no    = 10000
     action     = "deny"
     protocol   = "-1"
     cidr_block = "10.20.0.0/16"
@@ -525,7 +525,7 @@ resource "aws_network_acl" "dmz" {
   # internet->dmz http return
   # internet->dmz https return
   egress {
-    rule_no    = 800
+    rule_no    = 11000
     action     = "allow"
     protocol   = "6"
     cidr_block = "0.0.0.0/0"
@@ -565,7 +565,7 @@ resource "aws_network_acl" "mgmt" {
   # mgmt->web metrics return
   # mgmt->web ssh return
   ingress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.0.0/20"
@@ -577,7 +577,7 @@ resource "aws_network_acl" "mgmt" {
   # mgmt->shared metrics return
   # mgmt->shared ssh return
   ingress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -588,7 +588,7 @@ resource "aws_network_acl" "mgmt" {
   # mgmt->shared dns return
   # mgmt->shared ntp return
   ingress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -598,7 +598,7 @@ resource "aws_network_acl" "mgmt" {
 
   # corpnet->mgmt ssh
   ingress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "172.16.0.0/15"
@@ -608,7 +608,7 @@ resource "aws_network_acl" "mgmt" {
 
   # corpnet->mgmt https
   ingress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "172.16.0.0/15"
@@ -631,7 +631,7 @@ resource "aws_network_acl" "mgmt" {
   # mgmt->dmz ssh
   # mgmt->web ssh
   egress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.0.0/20"
@@ -644,7 +644,7 @@ resource "aws_network_acl" "mgmt" {
   # mgmt->dmz metrics
   # mgmt->web metrics
   egress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.0.0/20"
@@ -654,7 +654,7 @@ resource "aws_network_acl" "mgmt" {
 
   # mgmt->shared ssh
   egress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -664,7 +664,7 @@ resource "aws_network_acl" "mgmt" {
 
   # mgmt->shared dns
   egress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -674,7 +674,7 @@ resource "aws_network_acl" "mgmt" {
 
   # mgmt->shared metrics
   egress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -684,7 +684,7 @@ resource "aws_network_acl" "mgmt" {
 
   # mgmt->shared dns
   egress {
-    rule_no    = 700
+    rule_no    = 1500
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -694,7 +694,7 @@ resource "aws_network_acl" "mgmt" {
 
   # mgmt->shared ntp
   egress {
-    rule_no    = 800
+    rule_no    = 1600
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -705,7 +705,7 @@ resource "aws_network_acl" "mgmt" {
   # corpnet->mgmt https return
   # corpnet->mgmt ssh return
   egress {
-    rule_no    = 900
+    rule_no    = 1700
     action     = "allow"
     protocol   = "6"
     cidr_block = "172.16.0.0/15"
@@ -741,7 +741,7 @@ resource "aws_network_acl" "shared" {
   # dmz->shared dns
   # web->shared dns
   ingress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.0.0/20"
@@ -754,7 +754,7 @@ resource "aws_network_acl" "shared" {
   # dmz->shared dns
   # web->shared dns
   ingress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.0.0/20"
@@ -767,7 +767,7 @@ resource "aws_network_acl" "shared" {
   # dmz->shared ntp
   # web->shared ntp
   ingress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.0.0/20"
@@ -777,7 +777,7 @@ resource "aws_network_acl" "shared" {
 
   # web->shared smtp
   ingress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.4.0/22"
@@ -787,7 +787,7 @@ resource "aws_network_acl" "shared" {
 
   # mgmt->shared ssh
   ingress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -797,7 +797,7 @@ resource "aws_network_acl" "shared" {
 
   # mgmt->shared dns
   ingress {
-    rule_no    = 700
+    rule_no    = 1500
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -807,7 +807,7 @@ resource "aws_network_acl" "shared" {
 
   # mgmt->shared metrics
   ingress {
-    rule_no    = 800
+    rule_no    = 1600
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -817,7 +817,7 @@ resource "aws_network_acl" "shared" {
 
   # mgmt->shared dns
   ingress {
-    rule_no    = 900
+    rule_no    = 1700
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.16.0/22"
@@ -827,7 +827,7 @@ resource "aws_network_acl" "shared" {
 
   # mgmt->shared ntp
   ingress {
-    rule_no    = 1000
+    rule_no    = 1800
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.16.0/22"
@@ -837,7 +837,7 @@ resource "aws_network_acl" "shared" {
 
   # partner->shared smtp
   ingress {
-    rule_no    = 1100
+    rule_no    = 1900
     action     = "allow"
     protocol   = "6"
     cidr_block = "198.51.100.0/24"
@@ -861,7 +861,7 @@ resource "aws_network_acl" "shared" {
   # web->shared dns return
   # web->shared smtp return
   egress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.0.0/20"
@@ -878,7 +878,7 @@ resource "aws_network_acl" "shared" {
   # web->shared dns return
   # web->shared ntp return
   egress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.0.0/20"
@@ -890,7 +890,7 @@ resource "aws_network_acl" "shared" {
   # mgmt->shared metrics return
   # mgmt->shared ssh return
   egress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -901,7 +901,7 @@ resource "aws_network_acl" "shared" {
   # mgmt->shared dns return
   # mgmt->shared ntp return
   egress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.16.0/22"
@@ -911,7 +911,7 @@ resource "aws_network_acl" "shared" {
 
   # partner->shared smtp return
   egress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "198.51.100.0/24"
@@ -944,7 +944,7 @@ resource "aws_network_acl" "web" {
 
   # dmz->web https
   ingress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.0.0/22"
@@ -954,7 +954,7 @@ resource "aws_network_acl" "web" {
 
   # web->app https return
   ingress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.8.0/22"
@@ -964,7 +964,7 @@ resource "aws_network_acl" "web" {
 
   # mgmt->web ssh
   ingress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -974,7 +974,7 @@ resource "aws_network_acl" "web" {
 
   # mgmt->web metrics
   ingress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -985,7 +985,7 @@ resource "aws_network_acl" "web" {
   # web->shared dns return
   # web->shared smtp return
   ingress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -996,7 +996,7 @@ resource "aws_network_acl" "web" {
   # web->shared dns return
   # web->shared ntp return
   ingress {
-    rule_no    = 700
+    rule_no    = 1500
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -1016,7 +1016,7 @@ resource "aws_network_acl" "web" {
 
   # dmz->web https return
   egress {
-    rule_no    = 200
+    rule_no    = 1000
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.0.0/22"
@@ -1026,7 +1026,7 @@ resource "aws_network_acl" "web" {
 
   # web->app https
   egress {
-    rule_no    = 300
+    rule_no    = 1100
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.8.0/22"
@@ -1037,7 +1037,7 @@ resource "aws_network_acl" "web" {
   # mgmt->web metrics return
   # mgmt->web ssh return
   egress {
-    rule_no    = 400
+    rule_no    = 1200
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.16.0/22"
@@ -1047,7 +1047,7 @@ resource "aws_network_acl" "web" {
 
   # web->shared smtp
   egress {
-    rule_no    = 500
+    rule_no    = 1300
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -1057,7 +1057,7 @@ resource "aws_network_acl" "web" {
 
   # web->shared dns
   egress {
-    rule_no    = 600
+    rule_no    = 1400
     action     = "allow"
     protocol   = "6"
     cidr_block = "10.20.20.0/22"
@@ -1067,7 +1067,7 @@ resource "aws_network_acl" "web" {
 
   # web->shared dns
   egress {
-    rule_no    = 700
+    rule_no    = 1500
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
@@ -1077,7 +1077,7 @@ resource "aws_network_acl" "web" {
 
   # web->shared ntp
   egress {
-    rule_no    = 800
+    rule_no    = 1600
     action     = "allow"
     protocol   = "17"
     cidr_block = "10.20.20.0/22"
