@@ -21,6 +21,7 @@ type goldenCase struct {
 }
 
 var goldenCases = []goldenCase{
+	{"doc", "doc.yaml", ""}, // docs/acl.md shows these outputs
 	{"example", "example.yaml", ""},
 	{"vpc", "vpc.ng", "vpc-cidrs.yaml"},
 	{"small-unbound", "small.ng", ""}, // Terraform binds through local.naclgen_subnets
