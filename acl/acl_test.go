@@ -3,8 +3,11 @@ package acl
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -465,4 +468,57 @@ func maxInt(a, b int) int {
 		return a
 	}
 	return b
+}
+
+// TestLintDeterministic checks that findings come out in the same order on
+// every run (they are gathered from maps).
+func TestLintDeterministic(t *testing.T) {
+	src := `
+services: [{name: a, protocol: tcp, ports: [40001]}, {name: b, protocol: tcp, ports: [40002]}, {name: c, protocol: tcp, ports: [40003]}]
+zones:
+  - {name: x, type: internal, cidrs: [10.1.0.0/24]}
+  - {name: y, type: internal, cidrs: [10.2.0.0/24]}
+  - {name: z, type: internal, cidrs: [10.3.0.0/24]}
+flows:
+  - {from: x, to: y, services: [a, b, c]}
+  - {from: y, to: z, services: [a, b, c]}
+  - {from: y, to: x, services: [a, b, c]}
+`
+	p := mustPolicy(t, src)
+	first := fmt.Sprint(Lint(p))
+	for range 20 {
+		if got := fmt.Sprint(Lint(p)); got != first {
+			t.Fatalf("lint order changed:\n%s\n%s", first, got)
+		}
+	}
+}
+
+// BenchmarkGenerate measures parsing, linting, generating and rendering
+// the six-zone sample as Terraform.
+func BenchmarkGenerate(b *testing.B) {
+	data, err := os.ReadFile(filepath.Join("testdata", "vpc.ng"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	cd, err := os.ReadFile(filepath.Join("testdata", "vpc-cidrs.yaml"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		p, err := ParseNG("vpc.ng", data, NGOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, _ := ParseCIDRs("vpc-cidrs.yaml", cd)
+		if err := p.BindCIDRs(m); err != nil {
+			b.Fatal(err)
+		}
+		res, err := Generate(p, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := Render(io.Discard, res, "terraform", "vpc.ng"); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -168,12 +168,23 @@ func Lint(p *Policy) []Finding {
 			}
 		}
 	}
-	slices.SortStableFunc(out, func(a, b Finding) int {
+	// A total order, so that output does not depend on map iteration.
+	slices.SortFunc(out, func(a, b Finding) int {
 		if c := strings.Compare(a.Pos.File, b.Pos.File); c != 0 {
 			return c
 		}
-		return a.Pos.Line - b.Pos.Line
+		if a.Pos.Line != b.Pos.Line {
+			return a.Pos.Line - b.Pos.Line
+		}
+		if a.Severity != b.Severity {
+			return int(b.Severity) - int(a.Severity)
+		}
+		if c := strings.Compare(a.Item, b.Item); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Msg, b.Msg)
 	})
+	out = slices.Compact(out)
 	return out
 }
 
