@@ -252,7 +252,7 @@ func TestLimit(t *testing.T) {
 	if !errors.Is(err, ErrTooManyRules) {
 		t.Fatalf("got %v, want ErrTooManyRules", err)
 	}
-	for _, want := range []string{"limit of 20", "zone a egress IPv4: 27 rules (26 + default deny)", "zone b ingress IPv4: 27 rules (26 + default deny)"} {
+	for _, want := range []string{"limit of 20", "t.yaml:28: zone a egress IPv4: 27 rules (26 + default deny)", "t.yaml:29: zone b ingress IPv4: 27 rules (26 + default deny)"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

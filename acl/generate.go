@@ -124,7 +124,7 @@ var ErrTooManyRules = errors.New("acl: too many rules")
 // their exact counts.
 type LimitError struct {
 	Max  int
-	Over []string // "zone dmz ingress IPv4: 23 rules (22 + default deny)"
+	Over []string // "p.yaml:7: zone dmz ingress IPv4: 23 rules (22 + default deny)"
 }
 
 func (e *LimitError) Error() string {
@@ -180,8 +180,8 @@ func Generate(p *Policy, opt Options) (*Result, error) {
 		for _, eg := range []bool{false, true} {
 			for _, v6 := range []bool{false, true} {
 				if n := a.Count(eg, v6); n+1 > opt.MaxRules {
-					over = append(over, fmt.Sprintf("zone %s %s %s: %d rules (%d + default deny)",
-						z.Name, dirName(eg), famName(v6), n+1, n))
+					over = append(over, fmt.Sprintf("%s: zone %s %s %s: %d rules (%d + default deny)",
+						z.Pos, z.Name, dirName(eg), famName(v6), n+1, n))
 				}
 			}
 		}
