@@ -81,3 +81,28 @@ func FuzzParseNG(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseCIDRs feeds arbitrary YAML to the --cidrs parser: no panics,
+// errors carry file:line, and every accepted prefix is masked.
+func FuzzParseCIDRs(f *testing.F) {
+	// A CIDR, a list, the vpc key, IPv6.
+	f.Add([]byte("vpc: 10.0.0.0/16\na: [10.0.1.0/24, \"2001:db8::/64\"]\n"))
+	// Host bits, a map value, a duplicate key.
+	f.Add([]byte("a: 10.0.0.1/24\nb: {c: d}\na: 10.0.0.0/8\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := ParseCIDRs("c.yaml", data)
+		if err != nil {
+			if !strings.Contains(err.Error(), "c.yaml:") {
+				t.Fatalf("error without file:line: %v", err)
+			}
+			return
+		}
+		for z, ps := range m.Zones {
+			for _, p := range ps {
+				if p.Masked() != p {
+					t.Fatalf("zone %s: %v has host bits", z, p)
+				}
+			}
+		}
+	})
+}

@@ -258,8 +258,11 @@ func newACLImportCmd() *cobra.Command {
 			if policy != "" {
 				header += " and " + filepath.Base(policy)
 			}
-			header += ".\nnaclgen files carry no addresses: add cidrs, or pass --cidrs FILE to\n" +
-				"generate; --format terraform binds them through local.naclgen_subnets."
+			header += "."
+			if cidrs == "" {
+				header += "\nnaclgen files carry no addresses: add cidrs, or pass --cidrs FILE to\n" +
+					"generate; --format terraform binds them through local.naclgen_subnets."
+			}
 			_, err = cmd.OutOrStdout().Write(acl.WriteYAML(p, header))
 			return err
 		},
