@@ -101,10 +101,10 @@ func serveHelper(args []string) {
 	io.Copy(io.Discard, os.Stdin)
 }
 
-// dialHelper args: proto, destination ip:port, source port. It returns
-// "ok" when a message makes the round trip within the timeout.
+// dialHelper args: proto, destination ip:port, source port, timeout. It
+// returns "ok" when a message makes the round trip within the timeout.
 func dialHelper(args []string) string {
-	if len(args) != 3 {
+	if len(args) != 4 {
 		return "fail: bad args"
 	}
 	dst, err := netip.ParseAddrPort(args[1])
@@ -112,7 +112,10 @@ func dialHelper(args []string) string {
 		return "fail: " + err.Error()
 	}
 	sport, _ := strconv.Atoi(args[2])
-	const timeout = time.Second
+	timeout, err := time.ParseDuration(args[3])
+	if err != nil {
+		return "fail: " + err.Error()
+	}
 	var c net.Conn
 	if args[0] == "tcp" {
 		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: sport}}
@@ -166,9 +169,16 @@ func startServer(t *testing.T, ns *netnstest.NS, ports ...string) {
 	}
 }
 
-func dial(t *testing.T, ns *netnstest.NS, proto, dst string, sport int) string {
+// dial runs the dial helper in ns. A connection that should work gets a
+// generous timeout (the machine may be busy); one that should fail waits
+// one second for a reply that must not come.
+func dial(t *testing.T, ns *netnstest.NS, proto, dst string, sport int, wantOK bool) string {
 	t.Helper()
-	out, err := helperCmd(ns, "dial", proto, dst, strconv.Itoa(sport)).CombinedOutput()
+	timeout := "1s"
+	if wantOK {
+		timeout = "10s"
+	}
+	out, err := helperCmd(ns, "dial", proto, dst, strconv.Itoa(sport), timeout).CombinedOutput()
 	if err != nil {
 		t.Fatalf("dial helper: %v: %s", err, out)
 	}
@@ -230,7 +240,7 @@ func TestPacketFilter(t *testing.T) {
 	// Control: before the rules, a source port outside the profile works,
 	// so the failures below are the filter's doing.
 	for i, dst := range []string{"10.231.2.2:8080", "[fd00:231:2::2]:8080"} {
-		if got := dial(t, cli, "tcp", dst, 41100+i); got != "ok" {
+		if got := dial(t, cli, "tcp", dst, 41100+i, true); got != "ok" {
 			t.Fatalf("without rules, the topology does not work (%s): %s", dst, got)
 		}
 	}
@@ -284,7 +294,7 @@ func TestPacketFilter(t *testing.T) {
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
 				t.Parallel()
-				got := dial(t, c.from, c.proto, c.dst, c.sport)
+				got := dial(t, c.from, c.proto, c.dst, c.sport, c.wantConnect)
 				if (got == "ok") != c.wantConnect {
 					t.Errorf("%s %s from port %d: got %s, want connect=%v", c.proto, c.dst, c.sport, got, c.wantConnect)
 				}
