@@ -31,11 +31,13 @@ ports. See docs/acl.md.`,
 // aclInput holds the flags shared by generate and lint.
 type aclInput struct {
 	cidrs       string
+	policy      string
 	codeDefault bool
 }
 
 func (in *aclInput) flags(c *cobra.Command) {
 	c.Flags().StringVar(&in.cidrs, "cidrs", "", "YAML map of zone (or vpc) to a CIDR or list of CIDRs; overrides the policy's addresses")
+	c.Flags().StringVar(&in.policy, "policy", "", "for .ng input: naclgen .policy file that must permit every flow")
 	c.Flags().BoolVar(&in.codeDefault, "ng-code-default", false, "for .ng input: default return range 1024-65535 as naclgen's code (not its docs)")
 }
 
@@ -54,6 +56,18 @@ func (in *aclInput) load(path string) (*acl.Policy, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if in.policy != "" {
+		if !strings.HasSuffix(path, ".ng") {
+			return nil, fmt.Errorf("acl: --policy applies to naclgen .ng input; a YAML policy has an allow list")
+		}
+		pd, err := os.ReadFile(in.policy)
+		if err != nil {
+			return nil, fmt.Errorf("acl: %w", err)
+		}
+		if err := acl.ApplyNGPolicy(p, in.policy, pd); err != nil {
+			return nil, err
+		}
 	}
 	if in.cidrs != "" {
 		data, err := os.ReadFile(in.cidrs)

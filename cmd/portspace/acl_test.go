@@ -80,3 +80,21 @@ func TestACLImportGenerate(t *testing.T) {
 		t.Errorf("lint prints no counts:\n%s", lint)
 	}
 }
+
+// TestACLLintPolicy checks naclgen's implementation-versus-policy check
+// through lint --policy: a flow the policy does not permit fails.
+func TestACLLintPolicy(t *testing.T) {
+	dir := t.TempDir()
+	impl := filepath.Join(dir, "i.ng")
+	pol := filepath.Join(dir, "i.policy")
+	os.WriteFile(impl, []byte("service ssh 22/tcp\nzone a internal\nzone b internal\nrule a {\n > b ssh\n}\n"), 0o644)
+	os.WriteFile(pol, []byte("zone a internal\nzone b internal\nrule b {\n > a\n}\n"), 0o644)
+	out, _, err := runCLI(t, "acl", "lint", impl, "--policy", pol)
+	if err == nil || !strings.Contains(out, "i.ng:5: error: flow a->b: not permitted by the policy's allow list (services ssh)") {
+		t.Errorf("lint --policy: err %v, output:\n%s", err, out)
+	}
+	os.WriteFile(pol, []byte("zone a internal\nzone b internal\nrule a {\n > b\n}\n"), 0o644)
+	if _, _, err := runCLI(t, "acl", "lint", impl, "--policy", pol); err != nil {
+		t.Errorf("permitted flow: %v", err)
+	}
+}
