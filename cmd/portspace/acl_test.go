@@ -1,23 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
-
-func runCLI(t *testing.T, args ...string) (stdout, stderr string, err error) {
-	t.Helper()
-	root := newRootCmd()
-	var o, e bytes.Buffer
-	root.SetOut(&o)
-	root.SetErr(&e)
-	root.SetArgs(args)
-	err = root.Execute()
-	return o.String(), e.String(), err
-}
 
 // TestACLGenerateFailsQuietly checks that a failing generation writes
 // nothing to stdout: a lint error, a quota overflow and an unbound zone.
