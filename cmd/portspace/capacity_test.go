@@ -1,27 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"math"
 	"strings"
 	"testing"
 )
 
-// runCLI runs the portspace root command with args and returns its output.
-func runCLI(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	root := newRootCmd()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(args)
-	err := root.Execute()
-	return out.String(), err
-}
-
 func TestCapacityJSON(t *testing.T) {
-	out, err := runCLI(t, "capacity", "--ports", "1000-1999", "--time-wait", "60s", "--destinations", "3", "--sources", "2", "--json")
+	out, _, err := runCLI(t, "capacity", "--ports", "1000-1999", "--time-wait", "60s", "--destinations", "3", "--sources", "2", "--json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +38,7 @@ func TestCapacityJSON(t *testing.T) {
 }
 
 func TestCapacityTableProfile(t *testing.T) {
-	out, err := runCLI(t, "capacity", "--ports", "linux")
+	out, _, err := runCLI(t, "capacity", "--ports", "linux")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +66,7 @@ func TestCapacityBadInputNamesFlag(t *testing.T) {
 		{[]string{"--sharing", "5-tuple"}, `--sharing: capacity: sharing "5-tuple"`},
 		{[]string{"--hold", "-1s"}, "hold -1s"},
 	} {
-		_, err := runCLI(t, append([]string{"capacity"}, tc.args...)...)
+		_, _, err := runCLI(t, append([]string{"capacity"}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err %v, want it to contain %q", tc.args, err, tc.want)
 		}
