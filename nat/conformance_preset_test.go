@@ -83,6 +83,13 @@ func TestConformance_PresetClassification(t *testing.T) {
 				t.Errorf("%s claims overlapping; X and Y (same port, other destinations) got %v and %v", name, eX, eY)
 			}
 		},
+		"sequential ports": func(t *testing.T, name string) {
+			r := presetRig(t, name, nil)
+			a, b := r.out(ping, hostX, srvA), r.out(ping, hostY, srvA)
+			if b.Port() != a.Port()+1 {
+				t.Errorf("%s claims sequential ports; got %d then %d", name, a.Port(), b.Port())
+			}
+		},
 		"120 s port quarantine": func(t *testing.T, name string) {
 			if q := presetRig(t, name, nil).e.Config().Quarantine; q < 120*time.Second {
 				t.Errorf("%s: quarantine %v", name, q)
