@@ -296,6 +296,32 @@ func TestConformance_T8_TCPHairpinning(t *testing.T) {
 	}
 }
 
+// RFC 5382 REQ-2a and REQ-8 together: two hosts behind one APDF NAT open
+// a TCP connection to each other's external endpoints by crossing SYNs
+// through the hairpin.
+func TestConformance_T8_HairpinnedSimultaneousOpen(t *testing.T) {
+	r := presetRig(t, "port-restricted-cone", nil)
+	extX := r.out(tcpMk(tcpSYN, 1, 0), hostX, web)
+	extY := r.out(tcpMk(tcpSYN, 1, 0), hostY, web2)
+	if res := r.send(true, tcpMk(tcpSYN, 1000, 0), hostX, extY); res.v.Action == nat.Hairpin {
+		t.Fatalf("X's SYN reached Y through APDF before Y sent to %v", extX)
+	}
+	for _, step := range []struct {
+		m                          mk
+		from, to, wantTo, wantFrom netip.AddrPort
+	}{
+		{tcpMk(tcpSYN, 7000, 0), hostY, extX, hostX, extY},
+		{tcpMk(tcpSYN|tcpACK, 1000, 7001), hostX, extY, hostY, extX},
+		{tcpMk(tcpACK, 7001, 1001), hostY, extX, hostX, extY},
+		{tcpMk(tcpACK|tcpPSH, 1001, 7001), hostX, extY, hostY, extX},
+	} {
+		res := r.send(true, step.m, step.from, step.to)
+		if res.v.Action != nat.Hairpin || res.pv.To() != step.wantTo || res.pv.From() != step.wantFrom {
+			t.Fatalf("%v -> %v: %v %v -> %v (%s), want hairpin %v -> %v", step.from, step.to, res.v.Action, res.pv.From(), res.pv.To(), res.v.Reason, step.wantFrom, step.wantTo)
+		}
+	}
+}
+
 // RFC 5382 REQ-9: ICMP destination unreachable about a TCP connection is
 // translated (byte for byte; the quote covers the TCP checksum here).
 func TestConformance_T9_TCPICMPUnreachableTranslated(t *testing.T) {

@@ -112,6 +112,16 @@ func TestConformance_U3_NoPortOverloading(t *testing.T) {
 	for ext, in := range seen {
 		r.inTo(pong, srvA, ext, in)
 	}
+	// Port preservation does not overload either: two hosts with the same
+	// source port get different external endpoints.
+	r = presetRig(t, "full-cone", nil)
+	same := netip.AddrPortFrom(hostY.Addr(), hostX.Port())
+	eX, eY := r.out(ping, hostX, srvA), r.out(ping, same, srvA)
+	if eX == eY {
+		t.Fatalf("%v and %v share %v", hostX, same, eX)
+	}
+	r.inTo(pong, srvA, eX, hostX)
+	r.inTo(pong, srvA, eY, same)
 }
 
 // RFC 4787 REQ-3a: the port class (0-1023 or 1024-65535) is kept.
@@ -281,6 +291,26 @@ func TestConformance_U9_Hairpinning(t *testing.T) {
 	}
 	if got := r.out(ping, hostY, srvB); got != extY {
 		t.Fatalf("Y's mapping outside is %v, hairpin source was %v", got, extY)
+	}
+
+	// Under APDF, hairpinned packets are filtered like any other, and two
+	// hosts behind the NAT can still punch to each other's external
+	// endpoints: X's first packet opens X's side and is filtered at Y's;
+	// Y's packet then reaches X, and X's next one reaches Y.
+	r = newRig(t, nat.Config{Filtering: nat.FilterAPDF})
+	extX = r.out(ping, hostX, srvA)
+	extY = r.out(ping, hostY, srvB)
+	if res := r.send(true, ping, hostX, extY); res.v.Action == nat.Hairpin {
+		t.Fatalf("APDF: X's first packet to %v hairpinned to %v though Y never sent to %v", extY, res.pv.To(), extX)
+	}
+	for _, step := range []struct{ from, to, wantTo, wantFrom netip.AddrPort }{
+		{hostY, extX, hostX, extY},
+		{hostX, extY, hostY, extX},
+	} {
+		res := r.send(true, pong, step.from, step.to)
+		if res.v.Action != nat.Hairpin || res.pv.To() != step.wantTo || res.pv.From() != step.wantFrom {
+			t.Fatalf("APDF punch %v -> %v: %v %v -> %v (%s), want hairpin %v -> %v", step.from, step.to, res.v.Action, res.pv.From(), res.pv.To(), res.v.Reason, step.wantFrom, step.wantTo)
+		}
 	}
 }
 
