@@ -312,6 +312,26 @@ func TestConformance_C14_LogVolume(t *testing.T) {
 	if b, _ := count("deterministic"); b != 0 {
 		t.Fatalf("deterministic: %d block events, want 0 (the block is computed)", b)
 	}
+	// Deterministic mapping needs no log: every external endpoint a
+	// subscriber gets lies in the block computed for it, and maps back.
+	r := presetRig(t, "deterministic", nil)
+	det := r.e.Deterministic()
+	for i := range 6 {
+		sub := subscriber(i * 37)
+		addr, block, ok := det.Forward(sub)
+		if !ok {
+			t.Fatalf("no deterministic block for %v", sub)
+		}
+		for p := range 5 {
+			ext := r.out(ping, netip.AddrPortFrom(sub, 40000+uint16(p)), srvA)
+			if ext.Addr() != addr || !block.Contains(ext.Port()) {
+				t.Fatalf("%v got %v, outside its block %v %v", sub, ext, addr, block)
+			}
+			if back, ok := det.Reverse(ext); !ok || back != sub {
+				t.Fatalf("Reverse(%v) = %v, %v; want %v", ext, back, ok, sub)
+			}
+		}
+	}
 }
 
 // RFC 6888 REQ-15: ports hard to guess: with the default algorithm the
