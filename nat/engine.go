@@ -156,6 +156,7 @@ type Engine struct {
 	overlap                                        bool
 
 	sessions, mappings, loose int
+	inMembers                 int // sessions created inbound on another flow's mapping
 	subs                      map[uint32]*subCount
 
 	held    []heldSYN
@@ -422,7 +423,9 @@ func (e *Engine) lookupOut(proto uint8, ia uint32, ip uint16, ra uint32, rp uint
 			return o, o
 		}
 	}
-	if (o != 0 && t.at(o-1).refs > 0) || e.loose > 0 {
+	// Other sessions of the mapping; under ADM/APDM a session opened by an
+	// inbound SYN on another flow's mapping has a different mapping key.
+	if (o != 0 && t.at(o-1).refs > 0) || e.loose > 0 || e.inMembers > 0 && t.mode.mapRemAddr {
 		if s := t.find(mkKey(kOut, proto, ia, ip, ra, rp)); s != 0 {
 			if e.alive(t.at(s-1), ns) {
 				return s, o
@@ -607,6 +610,10 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 			e.filterUp(r)
 			e.afterCreate(o-1, now)
 			return o, Verdict{}
+		}
+		if e.loose > 0 && t.find(mkKey(kIn, proto, r.extAddr, r.extPort, ra, rp)) != 0 {
+			// An overloaded session already uses this 5-tuple.
+			return 0, e.refuse(p, rPortsExhausted)
 		}
 		i, ok := t.alloc()
 		if !ok {
@@ -794,6 +801,9 @@ func (e *Engine) expireRec(i uint32, now time.Time, reason string) {
 			ira, irp = r.remAddr, r.remPort
 		}
 		proto, ea, ep := r.proto, r.extAddr, r.extPort
+		if r.aux&auxInbound != 0 {
+			e.inMembers--
+		}
 		t.unindex(i)
 		t.release(i)
 		if o := t.find(mkKey(kMapIn, proto, ea, ep, ira, irp)); o != 0 {
@@ -909,8 +919,8 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 		return e.drop(rSessionLimit)
 	}
 	ia, ip := r.intAddr, r.intPort
-	var ns2 uint32
-	if r.flags&fZombie != 0 {
+	if r.flags&fZombie != 0 && e.cfg.Mapping == MappingEIM {
+		// The holder's keys do not include the remote: revive it.
 		r.flags &^= fZombie
 		r.remAddr, r.remPort, r.state, r.aux = ra, rp, tcpInSYN, auxInbound
 		r.expire = ns + e.tmTrans + 1
@@ -927,13 +937,13 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 			proto: proto, state: tcpInSYN, aux: auxInbound, expire: ns + e.tmTrans + 1}
 		r.refs++
 		e.t.index(i)
+		e.inMembers++
 		e.sessionUp(ia)
 		e.filterUp(m)
 		if e.cfg.LogDestinations && e.cfg.Events != nil {
 			e.cfg.Events.Record(e.sessionEvent(m, SessionCreated, now, ""))
 		}
 	}
-	_ = ns2
 	_ = p.SetDst(ap4(ia, ip))
 	return Verdict{Action: Forward}
 }
@@ -986,6 +996,9 @@ func (e *Engine) Expire(now time.Time) {
 			}
 			e.expireRec(uint32(c<<chunkBits+j), now, reason)
 		}
+	}
+	for _, a := range e.alloc {
+		a.Expire(now)
 	}
 	for k := 0; k < e.nheld; {
 		h := &e.held[k]

@@ -477,6 +477,10 @@ func (a *Allocator) advance(sub netip.Addr, remote netip.AddrPort, dist uint32) 
 	}
 }
 
+// Expire returns to the pool the quarantined ports whose time has come
+// (Get and Put do this too).
+func (a *Allocator) Expire(now time.Time) { a.release(now) }
+
 func (a *Allocator) release(now time.Time) {
 	if a.qn == 0 {
 		return
