@@ -71,6 +71,29 @@ func TestConformance_T2_ValidTCPSequences(t *testing.T) {
 		r.inTo(tcpMk(tcpFIN|tcpACK, 111, 202), peer, ext, hostX)
 		r.out(tcpMk(tcpACK, 202, 112), hostX, peer)
 	})
+	// A connection opened from outside through an address(-and-port)-
+	// dependent mapping is answered from the endpoint it was opened to.
+	for _, tc := range []struct {
+		name string
+		cfg  nat.Config
+		peer netip.AddrPort
+	}{
+		{"opened from outside, ADM+ADF", nat.Config{Mapping: nat.MappingADM, Filtering: nat.FilterADF}, netip.AddrPortFrom(web.Addr(), 5555)},
+		{"opened from outside, APDM+EIF", nat.Config{Mapping: nat.MappingAPDM, Filtering: nat.FilterEIF}, netip.MustParseAddrPort("198.51.100.9:5555")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, tc.cfg)
+			ext := r.out(tcpMk(tcpSYN, 1, 0), hostX, web)
+			r.inTo(tcpMk(tcpSYN, 100, 0), tc.peer, ext, hostX)
+			if got := r.out(tcpMk(tcpSYN|tcpACK, 200, 101), hostX, tc.peer); got != ext {
+				t.Fatalf("SYN-ACK to %v left from %v; the peer opened the connection to %v", tc.peer, got, ext)
+			}
+			r.inTo(tcpMk(tcpACK, 101, 201), tc.peer, ext, hostX)
+			if got := r.out(tcpMk(tcpACK|tcpPSH, 201, 101), hostX, tc.peer); got != ext {
+				t.Fatalf("data to %v left from %v, want %v", tc.peer, got, ext)
+			}
+		})
+	}
 }
 
 // RFC 5382 REQ-2 (simultaneous open MUST): the SYNs of two hosts cross.
