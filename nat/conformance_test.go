@@ -112,6 +112,32 @@ func TestConformance_U3_NoPortOverloading(t *testing.T) {
 	for ext, in := range seen {
 		r.inTo(pong, srvA, ext, in)
 	}
+	// At scale (the table grows several times): 3000 endpoints on a
+	// 3000-port pool all get distinct ports and all receive their replies;
+	// one more is refused; after the timer all ports are free again.
+	const n = 3000
+	r = newRig(t, nat.Config{Ports: tuple.PortSetOf(tuple.PortRangeFrom(20000, 20000+n-1)), UDPTimeout: 2 * time.Minute})
+	byExt := map[netip.AddrPort]netip.AddrPort{}
+	for i := range n {
+		in := netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 168, 1, byte(i % 200)}), 30000+uint16(i))
+		ext := r.out(ping, in, srvA)
+		if prev, ok := byExt[ext]; ok {
+			t.Fatalf("%v and %v share %v", prev, in, ext)
+		}
+		byExt[ext] = in
+	}
+	if res := r.send(true, ping, hostX2, srvA); res.v.Action == nat.Forward {
+		t.Fatalf("pool of %d exhausted, but another endpoint got %v", n, res.pv.From())
+	}
+	for ext, in := range byExt {
+		r.inTo(pong, srvA, ext, in)
+	}
+	r.at(2*time.Minute + 2*time.Second)
+	if s := r.e.Stats(); s.Mappings != 0 || s.Sessions != 0 {
+		t.Fatalf("after the timer: %d mappings, %d sessions", s.Mappings, s.Sessions)
+	}
+	r.out(ping, hostX2, srvA)
+
 	// Port preservation does not overload either: two hosts with the same
 	// source port get different external endpoints.
 	r = presetRig(t, "full-cone", nil)
