@@ -151,6 +151,19 @@ func TestKernelFourTupleMatchesModel(t *testing.T) {
 		}
 		t.Errorf("dial %v with every 4-tuple in TIME-WAIT: %v, want EADDRNOTAVAIL", a.ln.Addr(), err)
 	}
+	// TIME-WAIT holds 4-tuples, not ports: a third destination still gets
+	// every port, though each is in TIME-WAIT towards the first and
+	// established towards the second.
+	c := listen(t, 30003)
+	cs, err := fill(&d, c.ln.Addr().String())
+	t.Cleanup(func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	})
+	if !errors.Is(err, syscall.EADDRNOTAVAIL) || int64(len(cs)) != res.MaxConcurrentPerDestination {
+		t.Errorf("third destination: %d connections, stopped by %v; model says %d", len(cs), err, res.MaxConcurrentPerDestination)
+	}
 }
 
 // TestKernelExclusiveMatchesModel: with bind() before connect(), a port
