@@ -194,6 +194,28 @@ func TestConformance_T4_UnsolicitedSYN(t *testing.T) {
 		// The connection works: the peer's retransmitted SYN now crosses.
 		r.inTo(tcpMk(tcpSYN, 4242, 0), peer, ext, hostX)
 	})
+	t.Run("to a port without mapping", func(t *testing.T) {
+		r := newRig(t, nat.Config{})
+		unused := netip.AddrPortFrom(extIP, 55555)
+		res := r.run(false, tcpPkt(peer, unused, tcpSYN, 1, 0))
+		if res.v.Action != nat.Drop || res.v.Reason != nat.ReasonSYNHeld {
+			t.Fatalf("SYN to an unmapped port: %v (%s), want held", res.v.Action, res.v.Reason)
+		}
+		for s := 1; s <= 5; s++ {
+			r.at(time.Duration(s) * time.Second)
+			if n := len(r.e.Replies()); n != 0 {
+				t.Fatalf("answered after %ds", s)
+			}
+		}
+		got := 0
+		for s := 6; s <= 9; s++ {
+			r.at(time.Duration(s) * time.Second)
+			got += len(r.e.Replies())
+		}
+		if got != 1 {
+			t.Fatalf("%d answers between 6 and 9 s, want one port unreachable", got)
+		}
+	})
 	t.Run("silent drop by policy (4a)", func(t *testing.T) {
 		r := newRig(t, nat.Config{Filtering: nat.FilterAPDF, SilentSYNDrop: true})
 		ext := r.tcpOpen(hostX, web)
