@@ -116,6 +116,7 @@ type Stats struct {
 	Replied           uint64 // Reply verdicts
 	Dropped           uint64 // Drop verdicts
 	Expired           uint64 // sessions retired by timers
+	Untranslated      uint64 // packets forwarded untouched (Config.NoTranslate)
 	HeldSYNReplies    uint64 // port-unreachable messages for held SYNs (Engine.Replies)
 	Sessions          int    // live sessions (flows)
 	Mappings          int    // live mappings
@@ -145,6 +146,7 @@ type Engine struct {
 	det   *portalloc.Deterministic
 
 	inside []struct{ a, m uint32 }
+	noXlat []struct{ a, m uint32 }
 	ext    []uint32
 	extMap map[uint32]bool
 
@@ -195,6 +197,7 @@ func secs(d time.Duration) uint32 { return uint32((d + time.Second - 1) / time.S
 func New(cfg Config) (*Engine, error) {
 	cfg.External = append([]netip.Addr(nil), cfg.External...)
 	cfg.Internal = append([]netip.Prefix(nil), cfg.Internal...)
+	cfg.NoTranslate = append([]netip.Prefix(nil), cfg.NoTranslate...)
 	cfg, err := cfg.normalized()
 	if err != nil {
 		return nil, err
@@ -212,12 +215,10 @@ func New(cfg Config) (*Engine, error) {
 	e.tmClose, e.tmICMP, e.tmHold = secs(cfg.TCPClosing), secs(cfg.ICMPTimeout), secs(cfg.SYNHold)
 	e.filt = [3]Filtering{cfg.TCPFiltering, cfg.Filtering, cfg.Filtering}
 	for _, p := range cfg.Internal {
-		a := u4(p.Addr())
-		m := uint32(0)
-		if p.Bits() > 0 {
-			m = ^uint32(0) << (32 - p.Bits())
-		}
-		e.inside = append(e.inside, struct{ a, m uint32 }{a, m})
+		e.inside = append(e.inside, prefix32(p))
+	}
+	for _, p := range cfg.NoTranslate {
+		e.noXlat = append(e.noXlat, prefix32(p))
 	}
 	e.extMap = map[uint32]bool{}
 	for _, a := range cfg.External {
@@ -281,6 +282,25 @@ func (e *Engine) now(t time.Time) uint32 {
 		d = 1 << 31
 	}
 	return uint32(d)
+}
+
+func prefix32(p netip.Prefix) struct{ a, m uint32 } {
+	m := uint32(0)
+	if p.Bits() > 0 {
+		m = ^uint32(0) << (32 - p.Bits())
+	}
+	return struct{ a, m uint32 }{u4(p.Addr()) & m, m}
+}
+
+// noTranslate reports whether traffic with remote a:port is exempt from
+// translation (Config.NoTranslate, RFC 6888 REQ-6).
+func (e *Engine) noTranslate(a uint32, port uint16, proto tuple.Proto) bool {
+	for _, p := range e.noXlat {
+		if a&p.m == p.a {
+			return !e.cfg.NoTranslatePorts.IsValid() || proto.HasPorts() && e.cfg.NoTranslatePorts.Contains(port)
+		}
+	}
+	return false
 }
 
 func (e *Engine) isInside(a uint32) bool {
@@ -354,6 +374,11 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 		return e.drop(rFragment)
 	}
 	dst := u4(p.Dst())
+	if len(e.noXlat) > 0 && e.noTranslate(dst, p.DstPort(), p.Proto()) {
+		e.st.Forwarded++
+		e.st.Untranslated++
+		return Verdict{Action: Forward} // RFC 6888 REQ-6
+	}
 	hairpin := e.isExternal(dst)
 	if hairpin && e.cfg.NoHairpinning {
 		return e.drop(rNoHairpin)
@@ -827,7 +852,8 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 	e.mappings--
 	if e.cfg.Events != nil {
 		ev := Event{Time: now, Kind: MappingDeleted, Proto: tuple.Proto(proto), Subscriber: a4(ia),
-			Internal: ap4(ia, ip), External: ext, Reason: reason}
+			Internal: ap4(ia, ip), External: ext, Reason: reason,
+			Block: e.alloc[pidx(tuple.Proto(proto))].BlockOf(a4(ia), ext)}
 		if e.cfg.LogDestinations {
 			ev.Remote = rem
 		}
@@ -848,6 +874,11 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	}
 	ns := e.now(now)
 	if !e.isExternal(u4(p.Dst())) {
+		if len(e.noXlat) > 0 && e.isInside(u4(p.Dst())) && e.noTranslate(u4(p.Src()), p.SrcPort(), p.Proto()) {
+			e.st.Forwarded++
+			e.st.Untranslated++
+			return Verdict{Action: Forward} // reply of untranslated traffic (RFC 6888 REQ-6)
+		}
 		return e.drop(rNotExternal)
 	}
 	if p.IsFragment() {

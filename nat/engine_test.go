@@ -590,7 +590,7 @@ func TestEvents(t *testing.T) {
 			if ev.Subscriber != hostA.Addr() || ev.Proto != tuple.UDP {
 				t.Fatalf("event %+v", ev)
 			}
-			if (ev.Kind == MappingCreated || ev.Kind == MappingDeleted) && (ev.External != x || ev.Internal != hostA) {
+			if (ev.Kind == MappingCreated || ev.Kind == MappingDeleted) && (ev.External != x || ev.Internal != hostA || !ev.Block.Contains(x.Port())) {
 				t.Fatalf("mapping event %+v", ev)
 			}
 		}
@@ -714,5 +714,26 @@ func TestEstablishedNoAlloc(t *testing.T) {
 	})
 	if n != 0 {
 		t.Fatalf("%v allocations per 6 packets", n)
+	}
+}
+
+// TestNoTranslate: traffic to exempt destinations passes untouched in both
+// directions (RFC 6888 REQ-6); other destinations are still translated.
+func TestNoTranslate(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.NoTranslate = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/31")} }))
+	pkt := udpPkt(t, hostA, srv1)
+	v, b := out(e, pkt, t0)
+	if v.Action != Forward || string(b) != string(pkt) {
+		t.Fatalf("exempt destination: %v, changed=%v", v.Action, string(b) != string(pkt))
+	}
+	reply := udpPkt(t, srv1, hostA)
+	if v, b := in(e, reply, t0); v.Action != Forward || string(b) != string(reply) {
+		t.Fatalf("exempt reply: %v %s", v.Action, v.Reason)
+	}
+	if x := mapUDP(t, e, hostA, srv2, t0); x.Addr() != extA {
+		t.Fatalf("other destination not translated: %v", x)
+	}
+	if st := e.Stats(); st.Untranslated != 2 {
+		t.Fatalf("Untranslated = %d", st.Untranslated)
 	}
 }

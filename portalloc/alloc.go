@@ -797,6 +797,25 @@ func (a *Allocator) Put(sub netip.Addr, ext netip.AddrPort, now time.Time) (free
 	return freed, nil
 }
 
+// BlockOf returns the port block that ext belongs to for subscriber sub:
+// the RFC 7422 block in deterministic mode, the aligned block in block
+// mode, and the invalid PortRange otherwise. It does not allocate.
+func (a *Allocator) BlockOf(sub netip.Addr, ext netip.AddrPort) tuple.PortRange {
+	if a.cfg.Deterministic != nil {
+		_, blk, _ := a.cfg.Deterministic.Forward(sub)
+		return blk
+	}
+	p := ext.Port()
+	if a.nblocks == 0 || p < a.blockBase {
+		return tuple.PortRange{}
+	}
+	b := (int(p) - int(a.blockBase)) / a.cfg.BlockSize
+	if b >= a.nblocks {
+		return tuple.PortRange{}
+	}
+	return a.blockRange(int32(b))
+}
+
 // Checker reports whether an external endpoint is already used in a way
 // that forbids sharing it for the flow being set up (for example, the NAT
 // already has a session from ext to the same remote endpoint).
