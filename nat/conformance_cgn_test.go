@@ -154,6 +154,47 @@ func TestConformance_C5_StateLimits(t *testing.T) {
 	}
 }
 
+// RFC 6888 REQ-6: translation can be turned off for specific destination
+// addresses and ports (Config.NoTranslate, NoTranslatePorts): packets to
+// them leave unchanged and their replies come in unchanged, while other
+// destinations are translated as usual.
+func TestConformance_C6_NoTranslationPerDestination(t *testing.T) {
+	r := presetRig(t, "cgn", func(c *nat.Config) { c.NoTranslate = []netip.Prefix{netip.PrefixFrom(srvA.Addr(), 32)} })
+	for _, tc := range []struct {
+		outbound bool
+		b        []byte
+	}{
+		{true, udpPkt(hostX, srvA, "ping")},
+		{true, tcpPkt(hostX, netip.AddrPortFrom(srvA.Addr(), 443), tcpSYN, 1, 0)},
+		{true, icmpEchoPkt(hostX.Addr(), srvA.Addr(), icmpEcho, 9, 1)},
+		{false, udpPkt(srvA, hostX, "pong")},
+		{false, tcpPkt(netip.AddrPortFrom(srvA.Addr(), 443), hostX, tcpSYN|tcpACK, 7, 2)},
+	} {
+		orig := append([]byte(nil), tc.b...)
+		res := r.run(tc.outbound, tc.b)
+		if res.v.Action != nat.Forward || string(res.out) != string(orig) {
+			t.Fatalf("outbound=%v %v -> %v: %v (%s), changed=%v; want forwarded unchanged", tc.outbound, res.pv.From(), res.pv.To(), res.v.Action, res.v.Reason, string(res.out) != string(orig))
+		}
+	}
+	if s := r.e.Stats(); s.Untranslated != 5 || s.Mappings != 0 {
+		t.Fatalf("stats: %d untranslated, %d mappings", s.Untranslated, s.Mappings)
+	}
+	// Other destinations are translated, and nobody else reaches inside
+	// addresses directly.
+	r.out(ping, hostX, srvB)
+	if res := r.run(false, udpPkt(srvB, hostX, "pong")); res.v.Action == nat.Forward {
+		t.Fatalf("%v reached the internal address %v untranslated", srvB, hostX)
+	}
+	// Limited to ports: only port 53 of the prefix is exempt.
+	r = newRig(t, nat.Config{NoTranslate: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}, NoTranslatePorts: tuple.MustParsePortSet("53")})
+	dns := netip.AddrPortFrom(srvA.Addr(), 53)
+	b := udpPkt(hostX, dns, "q")
+	if res := r.run(true, b); res.v.Action != nat.Forward || res.pv.From() != hostX {
+		t.Fatalf("to %v: %v from %v, want untranslated", dns, res.v.Action, res.pv.From())
+	}
+	r.out(ping, hostX, srvA) // port 3478 of the same address is translated
+}
+
 // RFC 6888 REQ-7: EIF is recommended; the cgn preset has it.
 func TestConformance_C7_CGNEndpointIndependentFiltering(t *testing.T) {
 	r := presetRig(t, "cgn", nil)
