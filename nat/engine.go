@@ -167,6 +167,7 @@ type Engine struct {
 	rbuf    []byte
 	reply   [576]byte
 
+	frags    [fragSlots]fragEntry
 	st       Stats
 	drops    [numReasons]uint64
 	badDrops [packet.NumReasons]uint64
@@ -370,8 +371,8 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if !e.isInside(u4(src)) {
 		return e.drop(rNotInternal)
 	}
-	if p.IsFragment() {
-		return e.drop(rFragment)
+	if p.IsFragment() && !p.HasTransport() {
+		return e.outboundFragment(&p, ns)
 	}
 	dst := u4(p.Dst())
 	if len(e.noXlat) > 0 && e.noTranslate(dst, p.DstPort(), p.Proto()) {
@@ -383,6 +384,9 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if hairpin && e.cfg.NoHairpinning {
 		return e.drop(rNoHairpin)
 	}
+	if p.IsFragment() && (hairpin || p.Proto() == tuple.ICMP && p.IsICMPError()) {
+		return e.drop(rFragment)
+	}
 	if p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.outboundError(&p, now, ns)
 	}
@@ -390,6 +394,9 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 		return e.drop(rICMPUnsolicited)
 	}
 	v := e.outboundFlow(&p, now, ns)
+	if v.Action == Forward && p.IsFragment() {
+		e.noteFragment(&p, true, u4(src), ns)
+	}
 	if v.Action != Forward || !hairpin {
 		if v.Action == Forward {
 			e.st.Forwarded++
@@ -881,7 +888,10 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 		}
 		return e.drop(rNotExternal)
 	}
-	if p.IsFragment() {
+	if p.IsFragment() && !p.HasTransport() {
+		return e.inboundFragment(&p, ns)
+	}
+	if p.IsFragment() && p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.drop(rFragment)
 	}
 	var v Verdict
@@ -891,7 +901,11 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	case p.Proto() == tuple.ICMP && p.IsICMPQueryRequest():
 		v = e.drop(rICMPUnsolicited)
 	default:
+		dst := u4(p.Dst())
 		v = e.inboundFlow(&p, now, ns, false)
+		if v.Action == Forward && p.IsFragment() {
+			e.noteFragment(&p, false, dst, ns)
+		}
 	}
 	if v.Action == Forward {
 		e.st.Forwarded++

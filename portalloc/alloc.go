@@ -797,6 +797,23 @@ func (a *Allocator) Put(sub netip.Addr, ext netip.AddrPort, now time.Time) (free
 	return freed, nil
 }
 
+// PairedAddr returns the external address subscriber sub's ports come
+// from under Paired pooling (or its RFC 7422 address); ok is false under
+// Arbitrary pooling, where it is not fixed.
+func (a *Allocator) PairedAddr(sub netip.Addr) (netip.Addr, bool) {
+	if a.cfg.Deterministic != nil {
+		out, _, ok := a.cfg.Deterministic.Forward(sub)
+		return out, ok
+	}
+	if si, ok := a.subs[sub]; ok && a.subList[si].ai >= 0 {
+		return a.addrs[a.subList[si].ai].addr, true
+	}
+	if a.cfg.Pooling != Paired {
+		return netip.Addr{}, false
+	}
+	return a.addrs[a.pairedIndex(sub)].addr, true
+}
+
 // BlockOf returns the port block that ext belongs to for subscriber sub:
 // the RFC 7422 block in deterministic mode, the aligned block in block
 // mode, and the invalid PortRange otherwise. It does not allocate.
