@@ -227,7 +227,9 @@ type Config struct {
 	LogDestinations bool
 	// Events receives mapping and block events; nil disables them.
 	Events EventSink
-	// Logger receives debug logs of state changes; nil discards.
+	// Logger receives debug logs of mappings created and deleted and of
+	// sessions refused (only when its handler is enabled at debug level,
+	// checked once by New); nil discards.
 	Logger *slog.Logger
 
 	// Secret keys the port-selection and table hashes (default random).

@@ -2,6 +2,7 @@ package nat
 
 import (
 	"errors"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -794,5 +795,18 @@ func TestFragments(t *testing.T) {
 	}
 	if d := decode(t, reassemble(i1, i2)); d.dst != hostA || d.src != srv1 {
 		t.Fatalf("reassembled inbound %v->%v", d.src, d.dst)
+	}
+}
+
+// TestLogger: a debug-level Logger sees mappings come and go.
+func TestLogger(t *testing.T) {
+	var sb strings.Builder
+	e := newEngine(t, testConfig(func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&sb, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}))
+	mapUDP(t, e, hostA, srv1, t0)
+	e.Expire(t0.Add(time.Hour))
+	if !strings.Contains(sb.String(), "mapping created") || !strings.Contains(sb.String(), "mapping deleted") {
+		t.Fatalf("log: %s", sb.String())
 	}
 }
