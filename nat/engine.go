@@ -213,7 +213,7 @@ func New(cfg Config) (*Engine, error) {
 			mapRemAddr: cfg.Mapping != MappingEIM || cfg.Overlapping,
 			mapRemPort: cfg.Mapping == MappingAPDM || cfg.Overlapping,
 			inRem:      cfg.Overlapping,
-		})
+		}, cfg.ExpectedSessions)
 	e.overlap = cfg.Overlapping
 	e.debug = cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
 	e.tmUDP, e.tmEst, e.tmTrans = secs(cfg.UDPTimeout), secs(cfg.TCPEstablished), secs(cfg.TCPTransitory)

@@ -810,3 +810,37 @@ func TestLogger(t *testing.T) {
 		t.Fatalf("log: %s", sb.String())
 	}
 }
+
+func TestSessionsAndSizeHint(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.ExpectedSessions = 5000 }))
+	slots := len(e.t.slots)
+	x := mapUDP(t, e, hostA, srv1, t0)
+	tcpOut(t, e, hostB, srv2, "S", t0)
+	for i := 0; i < 4000; i++ {
+		mapUDP(t, e, netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), uint16(1024+i)), srv1, t0)
+	}
+	if len(e.t.slots) != slots {
+		t.Fatalf("index grew from %d to %d slots below ExpectedSessions", slots, len(e.t.slots))
+	}
+	found := 0
+	for s := range e.Sessions() {
+		switch {
+		case s.Internal == hostA:
+			found++
+			if s.External != x || s.Remote != srv1 || s.Proto != tuple.UDP || !s.Mapping || s.State != "" {
+				t.Fatalf("UDP session %+v", s)
+			}
+			if d := s.Expires.Sub(t0); d < 5*time.Minute || d > 5*time.Minute+time.Second {
+				t.Fatalf("expires in %v", d)
+			}
+		case s.Internal == hostB:
+			found++
+			if s.State != "syn-out" || s.Remote != srv2 {
+				t.Fatalf("TCP session %+v", s)
+			}
+		}
+	}
+	if found != 2 {
+		t.Fatalf("found %d of 2 sessions", found)
+	}
+}
