@@ -1,9 +1,11 @@
 package nat
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -156,6 +158,7 @@ type Engine struct {
 	tmUDP, tmEst, tmTrans, tmClose, tmICMP, tmHold uint32
 	filt                                           [3]Filtering // by proto index
 	overlap                                        bool
+	debug                                          bool // Logger enabled at debug level
 
 	sessions, mappings, loose int
 	inMembers                 int // sessions created inbound on another flow's mapping
@@ -167,6 +170,7 @@ type Engine struct {
 	rbuf    []byte
 	reply   [576]byte
 
+	frags    [fragSlots]fragEntry
 	st       Stats
 	drops    [numReasons]uint64
 	badDrops [packet.NumReasons]uint64
@@ -209,8 +213,9 @@ func New(cfg Config) (*Engine, error) {
 			mapRemAddr: cfg.Mapping != MappingEIM || cfg.Overlapping,
 			mapRemPort: cfg.Mapping == MappingAPDM || cfg.Overlapping,
 			inRem:      cfg.Overlapping,
-		})
+		}, cfg.ExpectedSessions)
 	e.overlap = cfg.Overlapping
+	e.debug = cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
 	e.tmUDP, e.tmEst, e.tmTrans = secs(cfg.UDPTimeout), secs(cfg.TCPEstablished), secs(cfg.TCPTransitory)
 	e.tmClose, e.tmICMP, e.tmHold = secs(cfg.TCPClosing), secs(cfg.ICMPTimeout), secs(cfg.SYNHold)
 	e.filt = [3]Filtering{cfg.TCPFiltering, cfg.Filtering, cfg.Filtering}
@@ -370,8 +375,8 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if !e.isInside(u4(src)) {
 		return e.drop(rNotInternal)
 	}
-	if p.IsFragment() {
-		return e.drop(rFragment)
+	if p.IsFragment() && !p.HasTransport() {
+		return e.outboundFragment(&p, ns)
 	}
 	dst := u4(p.Dst())
 	if len(e.noXlat) > 0 && e.noTranslate(dst, p.DstPort(), p.Proto()) {
@@ -383,6 +388,9 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if hairpin && e.cfg.NoHairpinning {
 		return e.drop(rNoHairpin)
 	}
+	if p.IsFragment() && (hairpin || p.Proto() == tuple.ICMP && p.IsICMPError()) {
+		return e.drop(rFragment)
+	}
 	if p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.outboundError(&p, now, ns)
 	}
@@ -390,6 +398,9 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 		return e.drop(rICMPUnsolicited)
 	}
 	v := e.outboundFlow(&p, now, ns)
+	if v.Action == Forward && p.IsFragment() {
+		e.noteFragment(&p, true, u4(src), ns)
+	}
 	if v.Action != Forward || !hairpin {
 		if v.Action == Forward {
 			e.st.Forwarded++
@@ -600,6 +611,10 @@ func (e *Engine) sessionDown(ia uint32) {
 // refuse answers a packet for which no session can be created: ICMP type 3
 // code 13 to its source (RFC 5508 REQ-8), or a plain drop.
 func (e *Engine) refuse(p *packet.Packet, r reasonID) Verdict {
+	if e.debug {
+		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: session refused",
+			slog.String("reason", reasonList[r]), slog.String("flow", p.Tuple().String()))
+	}
 	if e.cfg.NoICMPReplies {
 		return e.drop(r)
 	}
@@ -717,6 +732,11 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 			}
 			e.cfg.Events.Record(ev)
 		}
+	}
+	if e.debug {
+		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: mapping created",
+			slog.String("proto", tuple.Proto(proto).String()), slog.String("internal", netip.AddrPortFrom(sub, ip).String()),
+			slog.String("external", lease.Ext.String()))
 	}
 	e.afterCreate(i, now)
 	return i + 1, Verdict{}
@@ -850,6 +870,11 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 	t.unindex(i)
 	t.release(i)
 	e.mappings--
+	if e.debug {
+		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: mapping deleted",
+			slog.String("proto", tuple.Proto(proto).String()), slog.String("internal", ap4(ia, ip).String()),
+			slog.String("external", ext.String()), slog.String("reason", reason))
+	}
 	if e.cfg.Events != nil {
 		ev := Event{Time: now, Kind: MappingDeleted, Proto: tuple.Proto(proto), Subscriber: a4(ia),
 			Internal: ap4(ia, ip), External: ext, Reason: reason,
@@ -881,7 +906,10 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 		}
 		return e.drop(rNotExternal)
 	}
-	if p.IsFragment() {
+	if p.IsFragment() && !p.HasTransport() {
+		return e.inboundFragment(&p, ns)
+	}
+	if p.IsFragment() && p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.drop(rFragment)
 	}
 	var v Verdict
@@ -891,7 +919,11 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	case p.Proto() == tuple.ICMP && p.IsICMPQueryRequest():
 		v = e.drop(rICMPUnsolicited)
 	default:
+		dst := u4(p.Dst())
 		v = e.inboundFlow(&p, now, ns, false)
+		if v.Action == Forward && p.IsFragment() {
+			e.noteFragment(&p, false, dst, ns)
+		}
 	}
 	if v.Action == Forward {
 		e.st.Forwarded++

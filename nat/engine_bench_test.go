@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/portspace/portspace/packet"
-	"github.com/portspace/portspace/tuple"
 )
 
 // Benchmarks of the translation table. Each published figure in
@@ -74,6 +73,8 @@ func BenchmarkTranslate(b *testing.B) {
 		buf := append([]byte(nil), tmpl...)
 		e.Outbound(buf, t0)
 		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
 		for b.Loop() {
 			buf = append(buf[:0], tmpl...)
 			if e.Outbound(buf, t0).Action != Forward {
@@ -87,6 +88,8 @@ func BenchmarkTranslate(b *testing.B) {
 		in := udpPkt(b, srv1, x)
 		buf := append([]byte(nil), in...)
 		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
 		for b.Loop() {
 			buf = append(buf[:0], in...)
 			if e.Inbound(buf, t0).Action != Forward {
@@ -100,6 +103,8 @@ func BenchmarkTranslate(b *testing.B) {
 		e.Outbound(buf, t0)
 		ack := tcpPkt(b, hostA, srv1, "A")
 		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
 		for b.Loop() {
 			buf = append(buf[:0], ack...)
 			if e.Outbound(buf, t0).Action != Forward {
@@ -108,23 +113,31 @@ func BenchmarkTranslate(b *testing.B) {
 		}
 	})
 	b.Run("bare", func(b *testing.B) {
-		type fk struct {
-			proto    tuple.Proto
-			src, dst netip.AddrPort
+		// The flow key packed into two words, as a careful NAT would.
+		type fk struct{ w0, w1 uint64 }
+		mk := func(p *packet.Packet) fk {
+			s, d := p.Src().As4(), p.Dst().As4()
+			return fk{uint64(u4(netip.AddrFrom4(s)))<<32 | uint64(u4(netip.AddrFrom4(d))),
+				uint64(p.SrcPort())<<32 | uint64(p.DstPort())<<16 | uint64(p.Proto())}
 		}
-		m := map[fk]netip.AddrPort{{tuple.UDP, hostA, srv1}: netip.AddrPortFrom(extA, 40000)}
-		for i := 0; i < 1000; i++ { // a few more entries, as a table would hold
-			m[fk{tuple.UDP, netip.AddrPortFrom(hostB.Addr(), uint16(i)), srv1}] = netip.AddrPortFrom(extA, uint16(i))
-		}
-		buf := append([]byte(nil), tmpl...)
+		m := map[fk]netip.AddrPort{}
 		var p packet.Packet
+		for i := 0; i < 1000; i++ { // a few entries, as a table would hold
+			_ = p.Parse(udpPkt(b, netip.AddrPortFrom(hostB.Addr(), uint16(i)), srv1))
+			m[mk(&p)] = netip.AddrPortFrom(extA, uint16(i))
+		}
+		_ = p.Parse(append([]byte(nil), tmpl...))
+		m[mk(&p)] = netip.AddrPortFrom(extA, 40000)
+		buf := append([]byte(nil), tmpl...)
 		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
 		for b.Loop() {
 			buf = append(buf[:0], tmpl...)
 			if p.Parse(buf) != nil {
 				b.Fatal("parse")
 			}
-			x, ok := m[fk{p.Proto(), p.SrcAddrPort(), p.DstAddrPort()}]
+			x, ok := m[mk(&p)]
 			if !ok {
 				b.Fatal("miss")
 			}
@@ -144,6 +157,7 @@ func BenchmarkSetup(b *testing.B) {
 	tmpl := udpPkt(b, hostA, srv1)
 	var buf []byte
 	b.ReportAllocs()
+	c0 := cpuNanos()
 	for i := 0; i < b.N; i++ {
 		buf = flowPacket(buf, tmpl, i)
 		if v := e.Outbound(buf, t0); v.Action != Forward {
@@ -151,6 +165,9 @@ func BenchmarkSetup(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "setups/s")
+	if c := cpuNanos() - c0; c > 0 {
+		b.ReportMetric(float64(b.N)/(float64(c)/1e9), "setups/cpu-s")
+	}
 }
 
 // BenchmarkMemory measures the heap growth of an engine holding 1 M UDP
@@ -188,35 +205,62 @@ func long() bool {
 }
 
 // BenchmarkLookup measures established-flow translation (outbound UDP) on
-// random flows of tables of 1 k to 10 M sessions: the figure should stay
-// flat apart from cache misses. The 10 M case needs about 1 GB and a minute
-// of set-up; it is skipped under -short and at -benchtime 1x.
+// tables of 1 k to 10 M sessions. "random" picks each packet's flow at
+// random from the whole table (cache and TLB misses grow with the table);
+// "hot" cycles over 1024 random flows of the table, so it shows the cost of
+// the hash probe alone, which should stay flat. The 10 M case needs about
+// 1 GB and a minute of set-up; it is skipped under -short and at
+// -benchtime 1x.
 //
 //	go test -run '^$' -bench 'Lookup' -count 5 ./nat
 func BenchmarkLookup(b *testing.B) {
 	tmpl := udpPkt(b, hostA, srv1)
 	for _, n := range []int{1_000, 100_000, 1_000_000, 10_000_000} {
-		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) {
-			if n > 1_000_000 && !long() {
-				b.Skip("10 M sessions: skipped under -short and -benchtime 1x")
-			}
-			e := newEngine(b, benchConfig())
-			fill(b, e, tmpl, n)
-			const np = 1 << 14
-			pkts := make([][]byte, np)
-			r := rand.New(rand.NewPCG(1, 2))
-			for i := range pkts {
-				pkts[i] = flowPacket(nil, tmpl, r.IntN(n))
-			}
-			buf := make([]byte, 0, len(tmpl))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				buf = append(buf[:0], pkts[i&(np-1)]...)
-				if e.Outbound(buf, t0).Action != Forward {
-					b.Fatal("dropped")
+		var e *Engine
+		for _, mode := range []string{"random", "hot"} {
+			b.Run(fmt.Sprintf("sessions=%d/%s", n, mode), func(b *testing.B) {
+				if n > 1_000_000 && !long() {
+					b.Skip("10 M sessions: skipped under -short and -benchtime 1x")
 				}
-			}
-		})
+				if e == nil {
+					e = newEngine(b, benchConfig())
+					fill(b, e, tmpl, n)
+				}
+				np := 1 << 14
+				if mode == "hot" {
+					np = 1 << 10
+				}
+				// One contiguous buffer of packets, so reading them costs
+				// the same at every table size.
+				pl := len(tmpl)
+				all := make([]byte, np*pl)
+				r := rand.New(rand.NewPCG(1, 2))
+				for i := 0; i < np; i++ {
+					copy(all[i*pl:], flowPacket(nil, tmpl, r.IntN(n)))
+				}
+				buf := make([]byte, 0, pl)
+				b.ReportAllocs()
+				b.ResetTimer()
+				c0 := cpuNanos()
+				defer func() { reportCPU(b, c0) }()
+				for i := 0; i < b.N; i++ {
+					k := (i & (np - 1)) * pl
+					buf = append(buf[:0], all[k:k+pl]...)
+					if e.Outbound(buf, t0).Action != Forward {
+						b.Fatal("dropped")
+					}
+				}
+			})
+		}
+		e = nil
+		runtime.GC()
+	}
+}
+
+// reportCPU adds the cpu-ns/op metric: process CPU time per iteration
+// since c0 (see cpuNanos).
+func reportCPU(b *testing.B, c0 int64) {
+	if c := cpuNanos() - c0; c > 0 && b.N > 0 {
+		b.ReportMetric(float64(c)/float64(b.N), "cpu-ns/op")
 	}
 }

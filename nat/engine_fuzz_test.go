@@ -119,7 +119,37 @@ func runOps(t *testing.T, ops []byte) {
 			x := exts[int(arg/9)%len(exts)]
 			var pkt []byte
 			outbound := true
-			switch op % 10 {
+			if op%12 >= 10 {
+				var f1, f2 []byte
+				if op%12 == 10 {
+					f1, f2 = fragments(udpPkt(t, h, r), 8)
+				} else {
+					f1, f2 = fragments(udpPkt(t, r, x), 8)
+					outbound = false
+				}
+				if arg&1 != 0 {
+					f1, f2 = f2, f1
+				}
+				b1, b2 := append([]byte(nil), f1...), append([]byte(nil), f2...)
+				var v1, v2 Verdict
+				if outbound {
+					v1, v2 = e.Outbound(b1, now), e.Outbound(b2, now)
+				} else {
+					v1, v2 = e.Inbound(b1, now), e.Inbound(b2, now)
+				}
+				checkOut(t, true, v1, b1)
+				checkOut(t, true, v2, b2)
+				if v1.Action == Forward && v2.Action == Forward {
+					if arg&1 != 0 {
+						b1, b2 = b2, b1
+					}
+					if _, msg := decodeCheck(reassemble(b1, b2), false); msg != "" {
+						t.Fatalf("reassembled: %s", msg)
+					}
+				}
+				continue
+			}
+			switch op % 12 {
 			case 0:
 				pkt = udpPkt(t, h, r)
 			case 1:

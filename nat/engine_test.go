@@ -2,6 +2,7 @@ package nat
 
 import (
 	"errors"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -634,19 +635,9 @@ func TestMalformed(t *testing.T) {
 			t.Errorf("%s inbound: %v %q", name, v.Action, v.Reason)
 		}
 	}
-	frag := append([]byte(nil), good...)
-	frag[6] |= 0x20 // MF
-	frag[10], frag[11] = 0, 0
-	var s uint32
-	for i := 0; i < 20; i += 2 {
-		s += uint32(frag[i])<<8 | uint32(frag[i+1])
-	}
-	for s > 0xffff {
-		s = s&0xffff + s>>16
-	}
-	frag[10], frag[11] = byte(^s>>8), byte(^s)
-	if v, _ := out(e, frag, t0); v.Reason != ReasonFragment {
-		t.Errorf("fragment: %v %q", v.Action, v.Reason)
+	_, second := fragments(udpPkt(t, srv1, netip.AddrPortFrom(extA, 40000)), 8)
+	if v, _ := in(e, second, t0); v.Reason != ReasonFragment {
+		t.Errorf("unmatched fragment: %v %q", v.Action, v.Reason)
 	}
 	if v, _ := out(e, udpPkt(t, netip.MustParseAddrPort("172.16.0.1:1"), srv1), t0); v.Reason != ReasonNotInternal {
 		t.Errorf("foreign source: %q", v.Reason)
@@ -735,5 +726,185 @@ func TestNoTranslate(t *testing.T) {
 	}
 	if st := e.Stats(); st.Untranslated != 2 {
 		t.Fatalf("Untranslated = %d", st.Untranslated)
+	}
+}
+
+// ipSum sets the IPv4 header checksum of b.
+func ipSum(b []byte) {
+	b[10], b[11] = 0, 0
+	var s uint32
+	hl := int(b[0]&15) * 4
+	for i := 0; i < hl; i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	b[10], b[11] = byte(^s>>8), byte(^s)
+}
+
+// fragments splits an IPv4 packet into two fragments, the first carrying
+// split bytes (a multiple of 8) of the transport header and payload.
+func fragments(pkt []byte, split int) (first, second []byte) {
+	first = append([]byte(nil), pkt[:20+split]...)
+	first[2], first[3] = byte((20+split)>>8), byte(20+split)
+	first[6] |= 0x20 // MF
+	ipSum(first)
+	second = append(append([]byte(nil), pkt[:20]...), pkt[20+split:]...)
+	n := len(second)
+	second[2], second[3] = byte(n>>8), byte(n)
+	off := split / 8
+	second[6], second[7] = byte(off>>8)&0x1f, byte(off)
+	ipSum(second)
+	return first, second
+}
+
+// reassemble joins two fragments made by fragments.
+func reassemble(first, second []byte) []byte {
+	b := append(append([]byte(nil), first...), second[20:]...)
+	b[2], b[3] = byte(len(b)>>8), byte(len(b))
+	b[6], b[7] = 0, 0
+	ipSum(b)
+	return b
+}
+
+// TestFragments: the fragments of a datagram are translated in both
+// directions, outbound in any order (RFC 4787 REQ-14), and the reassembled
+// datagram has valid checksums.
+func TestFragments(t *testing.T) {
+	e := newEngine(t, testConfig(nil))
+	big := udpPkt(t, hostA, srv1)
+	big = append(big[:0:0], big...)
+	f1, f2 := fragments(udpPkt(t, hostA, srv1), 8)
+	// Out of order: the second fragment first.
+	v2, o2 := out(e, f2, t0)
+	v1, o1 := out(e, f1, t0)
+	if v1.Action != Forward || v2.Action != Forward {
+		t.Fatalf("outbound fragments: %v %s / %v %s", v1.Action, v1.Reason, v2.Action, v2.Reason)
+	}
+	d := decode(t, reassemble(o1, o2))
+	if d.src.Addr() != extA || d.dst != srv1 {
+		t.Fatalf("reassembled outbound %v->%v", d.src, d.dst)
+	}
+	x := d.src
+	g1, g2 := fragments(udpPkt(t, srv1, x), 8)
+	w1, i1 := in(e, g1, t0)
+	w2, i2 := in(e, g2, t0)
+	if w1.Action != Forward || w2.Action != Forward {
+		t.Fatalf("inbound fragments: %v %s / %v %s", w1.Action, w1.Reason, w2.Action, w2.Reason)
+	}
+	if d := decode(t, reassemble(i1, i2)); d.dst != hostA || d.src != srv1 {
+		t.Fatalf("reassembled inbound %v->%v", d.src, d.dst)
+	}
+}
+
+// TestLogger: a debug-level Logger sees mappings come and go.
+func TestLogger(t *testing.T) {
+	var sb strings.Builder
+	e := newEngine(t, testConfig(func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&sb, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}))
+	mapUDP(t, e, hostA, srv1, t0)
+	e.Expire(t0.Add(time.Hour))
+	if !strings.Contains(sb.String(), "mapping created") || !strings.Contains(sb.String(), "mapping deleted") {
+		t.Fatalf("log: %s", sb.String())
+	}
+}
+
+func TestSessionsAndSizeHint(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.ExpectedSessions = 5000 }))
+	slots := len(e.t.slots)
+	x := mapUDP(t, e, hostA, srv1, t0)
+	tcpOut(t, e, hostB, srv2, "S", t0)
+	for i := 0; i < 4000; i++ {
+		mapUDP(t, e, netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), uint16(1024+i)), srv1, t0)
+	}
+	if len(e.t.slots) != slots {
+		t.Fatalf("index grew from %d to %d slots below ExpectedSessions", slots, len(e.t.slots))
+	}
+	found := 0
+	for s := range e.Sessions() {
+		switch {
+		case s.Internal == hostA:
+			found++
+			if s.External != x || s.Remote != srv1 || s.Proto != tuple.UDP || !s.Mapping || s.State != "" {
+				t.Fatalf("UDP session %+v", s)
+			}
+			if d := s.Expires.Sub(t0); d < 5*time.Minute || d > 5*time.Minute+time.Second {
+				t.Fatalf("expires in %v", d)
+			}
+		case s.Internal == hostB:
+			found++
+			if s.State != "syn-out" || s.Remote != srv2 {
+				t.Fatalf("TCP session %+v", s)
+			}
+		}
+	}
+	if found != 2 {
+		t.Fatalf("found %d of 2 sessions", found)
+	}
+}
+
+// TestOverloading: with Overloading, a pool of one port serves two internal
+// endpoints towards different remotes (RFC 4787 §4.2.2, for experiments),
+// and each gets only its own remote's packets.
+func TestOverloading(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) {
+		c.Ports, c.MixClasses, c.Overloading = tuple.PortSetOf(tuple.PortRangeFrom(6000, 6000)), true, true
+		c.Filtering = FilterAPDF
+	}))
+	xa := mapUDP(t, e, hostA, srv1, t0)
+	xb := mapUDP(t, e, hostB, srv2, t0)
+	if xa != xb {
+		t.Fatalf("not overloaded: %v %v", xa, xb)
+	}
+	if v, _ := out(e, udpPkt(t, netip.AddrPortFrom(hostB.Addr(), 9), srv1), t0); v.Action == Forward {
+		t.Fatal("same 5-tuple handed out twice")
+	}
+	for from, want := range map[netip.AddrPort]netip.AddrPort{srv1: hostA, srv2: hostB} {
+		v, b := in(e, udpPkt(t, from, xa), t0)
+		if d := decode(t, b); v.Action != Forward || d.dst != want {
+			t.Fatalf("from %v: %v %s to %v", from, v.Action, v.Reason, d.dst)
+		}
+	}
+	e.Expire(t0.Add(time.Hour))
+	if st := e.Stats(); st.Records != 0 || st.Sessions != 0 {
+		t.Fatalf("left %+v", st)
+	}
+}
+
+// TestADFAfterOwnerExpiry: address-dependent filtering follows the
+// sessions of the mapping, also when the first one has ended.
+func TestADFAfterOwnerExpiry(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.Filtering = FilterADF; c.UDPTimeout = 2 * time.Minute }))
+	x := mapUDP(t, e, hostA, srv1, t0)
+	mapUDP(t, e, hostA, srv2, t0.Add(100*time.Second))
+	e.Expire(t0.Add(150 * time.Second)) // srv1's session ends, srv2's lives
+	if v, _ := in(e, udpPkt(t, srv1b, x), t0.Add(150*time.Second)); v.Action != Drop {
+		t.Fatal("srv1's address still admitted after its session ended")
+	}
+	if v, _ := in(e, udpPkt(t, netip.AddrPortFrom(srv2.Addr(), 9), x), t0.Add(150*time.Second)); v.Action != Forward {
+		t.Fatalf("srv2's address refused: %s", v.Reason)
+	}
+}
+
+// TestMaxSessionsAndArbitraryPooling: the global session limit refuses new
+// flows (RFC 6888 REQ-5), and arbitrary pooling spreads mappings of one
+// host over the addresses.
+func TestMaxSessionsAndArbitraryPooling(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.MaxSessions = 3 }))
+	for i := 0; i < 3; i++ {
+		mapUDP(t, e, netip.AddrPortFrom(hostA.Addr(), uint16(100+i)), srv1, t0)
+	}
+	if v, _ := out(e, udpPkt(t, hostB, srv1), t0); v.Action != Reply || v.Reason != ReasonSessionLimit {
+		t.Fatalf("4th session: %v %s", v.Action, v.Reason)
+	}
+	e = newEngine(t, testConfig(func(c *Config) { c.External = []netip.Addr{extA, extB}; c.Pooling = PoolingArbitrary }))
+	addrs := map[netip.Addr]bool{}
+	for i := 0; i < 40; i++ {
+		addrs[mapUDP(t, e, netip.AddrPortFrom(hostA.Addr(), uint16(2000+i)), netip.AddrPortFrom(srv1.Addr(), uint16(i+1)), t0).Addr()] = true
+	}
+	if len(addrs) != 2 {
+		t.Fatalf("arbitrary pooling used %d addresses", len(addrs))
 	}
 }
