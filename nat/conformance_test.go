@@ -513,7 +513,9 @@ func TestConformance_U14_Fragments(t *testing.T) {
 	t.Run("TCP inbound in order", func(t *testing.T) {
 		r := newRig(t, nat.Config{})
 		ext := r.tcpOpen(hostX, web)
-		m := func(s, d netip.AddrPort) []byte { return withTCPPayload(tcpPkt(s, d, tcpACK|tcpPSH, 5001, 1001), payload) }
+		m := func(s, d netip.AddrPort) []byte {
+			return withTCPPayload(tcpPkt(s, d, tcpACK|tcpPSH, 5001, 1001), payload)
+		}
 		out := sendFrags(r, false, fragment(m(web, ext), 0, 24, 48), 0, 1, 2)
 		same(out, fragment(m(web, hostX), 0, 24, 48))
 	})
