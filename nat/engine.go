@@ -164,6 +164,7 @@ type Engine struct {
 	inMembers                 int // sessions created inbound on another flow's mapping
 	subs                      map[uint32]*subCount
 
+	cursor  uint32 // next record ExpireSome visits
 	held    []heldSYN
 	nheld   int
 	replies [][]byte
@@ -1036,29 +1037,50 @@ func (e *Engine) holdSYN(p *packet.Packet, ea uint32, ep uint16, ra uint32, rp u
 
 // Expire retires sessions and mappings whose timers ran out and answers
 // SYNs held longer than Config.SYNHold with ICMP port unreachable (see
-// Replies). It visits every record: call it about once a second. Lookups
-// also retire the dead records they meet, so translation stays correct
-// however rarely Expire runs.
+// Replies). It visits every record (about 1-3 ms per million): call it
+// about once a second, or use ExpireSome to bound the pause. Lookups also
+// retire the dead records they meet, so translation stays correct however
+// rarely either runs.
 func (e *Engine) Expire(now time.Time) {
+	e.ExpireSome(now, 0)
+}
+
+// ExpireSome is Expire visiting at most max records (0 = all), continuing
+// from where the previous call stopped, so a datapath can spread the sweep
+// over many short calls. Held SYNs and quarantined ports are handled on
+// every call. It reports whether the sweep completed a pass over the table.
+func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 	ns := e.now(now)
 	e.replies = e.replies[:0]
 	e.rbuf = e.rbuf[:0]
 	t := e.t
-	for c := range t.chunks {
-		for j := range t.chunks[c] {
-			r := &t.chunks[c][j]
-			if r.flags&fUsed == 0 || r.flags&(fZombie|fFilter) != 0 || ns < r.expire {
-				continue
-			}
-			reason := ReasonIdle
-			switch r.state {
-			case tcpFinBoth:
-				reason = ReasonTCPClosed
-			case tcpRst:
-				reason = ReasonTCPRst
-			}
-			e.expireRec(uint32(c<<chunkBits+j), now, reason)
+	total := int(t.next)
+	if max <= 0 || max > total {
+		max = total
+	}
+	for n := 0; n < max; n++ {
+		if e.cursor >= t.next {
+			e.cursor = 0
+			wrapped = true
 		}
+		i := e.cursor
+		e.cursor++
+		r := t.at(i)
+		if r.flags&fUsed == 0 || r.flags&(fZombie|fFilter) != 0 || ns < r.expire {
+			continue
+		}
+		reason := ReasonIdle
+		switch r.state {
+		case tcpFinBoth:
+			reason = ReasonTCPClosed
+		case tcpRst:
+			reason = ReasonTCPRst
+		}
+		e.expireRec(i, now, reason)
+	}
+	if e.cursor >= t.next {
+		e.cursor = 0
+		wrapped = true
 	}
 	for _, a := range e.alloc {
 		a.Expire(now)
@@ -1087,6 +1109,7 @@ func (e *Engine) Expire(now time.Time) {
 		}
 		e.unhold(k)
 	}
+	return wrapped
 }
 
 // Replies returns the ICMP messages produced by the last Expire call (port

@@ -908,3 +908,26 @@ func TestMaxSessionsAndArbitraryPooling(t *testing.T) {
 		t.Fatalf("arbitrary pooling used %d addresses", len(addrs))
 	}
 }
+
+// TestExpireSome: the sweep can be spread over short calls and retires the
+// same state as a full Expire.
+func TestExpireSome(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.UDPTimeout = 2 * time.Minute }))
+	for i := 0; i < 100; i++ {
+		mapUDP(t, e, netip.AddrPortFrom(hostA.Addr(), uint16(2000+i)), srv1, t0)
+	}
+	later := t0.Add(3 * time.Minute)
+	calls := 0
+	for !e.ExpireSome(later, 7) {
+		calls++
+		if calls > 100 {
+			t.Fatal("sweep never wrapped")
+		}
+	}
+	if calls < 13 {
+		t.Fatalf("wrapped after %d calls of 7 records over 100 records", calls)
+	}
+	if st := e.Stats(); st.Sessions != 0 || st.Records != 0 {
+		t.Fatalf("left %+v", st)
+	}
+}

@@ -182,14 +182,15 @@ type qentry struct {
 
 // Allocator hands out external ports. It is not safe for concurrent use.
 type Allocator struct {
-	cfg     Config
-	addrs   []addrState
-	addrIdx map[netip.Addr]int // for pools of more than 8 addresses
-	allowed [words]uint64
-	classes [2]tuple.PortRange // low, high; with MixClasses both are the bounds
-	rng     *rand.Rand
-	next    uint32
-	table   []uint32
+	cfg      Config
+	addrs    []addrState
+	addrIdx  map[netip.Addr]int // for pools of more than 8 addresses
+	allowed  [words]uint64
+	classes  [2]tuple.PortRange // low, high; with MixClasses both are the bounds
+	rng      *rand.Rand
+	next     uint32
+	table    []uint32
+	lastSlot uint32 // DoubleHash: table slot of the current search
 	// blocks
 	blockBase uint16
 	nblocks   int
@@ -454,6 +455,7 @@ func (a *Allocator) startValue(sub netip.Addr, remote netip.AddrPort) uint32 {
 		return a.rng.Uint32()
 	case DoubleHash:
 		i := tableIndex(a.cfg.Secret, sub, remote) % uint32(len(a.table))
+		a.lastSlot = i
 		return Offset(a.cfg.Secret, sub, remote) + a.table[i]
 	case RandomIncrements:
 		a.next += uint32(a.rng.IntN(a.cfg.Increment)) + 1
@@ -472,8 +474,7 @@ func (a *Allocator) advance(sub netip.Addr, remote netip.AddrPort, dist uint32) 
 	case Sequential:
 		a.next += dist + 1
 	case DoubleHash:
-		i := tableIndex(a.cfg.Secret, sub, remote) % uint32(len(a.table))
-		a.table[i] += dist + 1
+		a.table[a.lastSlot] += dist + 1 // the slot startValue used
 	}
 }
 
@@ -566,7 +567,7 @@ func (a *Allocator) Get(sub netip.Addr, want uint16, remote netip.AddrPort, now 
 	case a.nblocks > 0:
 		l, err = a.getBlock(si, want, remote)
 	default:
-		l, err = a.getPlain(sub, want, remote)
+		l, err = a.getPlain(si, want, remote)
 	}
 	s = &a.subList[si]
 	if err != nil {
@@ -620,10 +621,15 @@ func (a *Allocator) pick(ai int, sub netip.Addr, want uint16, remote netip.AddrP
 	return p, ok
 }
 
-func (a *Allocator) getPlain(sub netip.Addr, want uint16, remote netip.AddrPort) (Lease, error) {
+func (a *Allocator) getPlain(si int32, want uint16, remote netip.AddrPort) (Lease, error) {
 	r := a.class(want)
+	s := &a.subList[si]
+	sub := s.addr
 	if a.cfg.Pooling == Paired {
-		ai := a.pairedIndex(sub)
+		if s.ai < 0 {
+			s.ai = int32(a.pairedIndex(sub)) // hashed once per subscriber
+		}
+		ai := int(s.ai)
 		p, ok := a.pick(ai, sub, want, remote, r)
 		if !ok {
 			return Lease{}, ErrExhausted
