@@ -522,3 +522,77 @@ func BenchmarkGenerate(b *testing.B) {
 		}
 	}
 }
+
+// TestVPCDenyEveryFamily checks that in every ACL, direction and address
+// family with internet rules a VPC deny of that family comes first, also
+// when some zones are unbound (Terraform binding) and others carry IPv6:
+// without it ::/0 would match the VPC's own IPv6 subnets.
+func TestVPCDenyEveryFamily(t *testing.T) {
+	p := mustPolicy(t, `
+services: [{name: https, protocol: tcp, ports: [443]}]
+zones:
+  - {name: a, type: internal}
+  - {name: b, type: internal, cidrs: [10.1.0.0/24, "2001:db8:1::/64"]}
+  - {name: c, type: internal, cidrs: ["2001:db8:2::/64"]}
+flows:
+  - {from: internet, to: b, services: [https]}
+  - {from: c, to: internet, services: [https]}
+  - {from: a, to: b, services: [https]}
+`)
+	res, err := Generate(p, Options{AllowUnbound: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, a := range res.ACLs {
+		for _, rs := range [][]Rule{a.Ingress, a.Egress} {
+			for _, v6 := range []bool{false, true} {
+				denied := map[string]bool{}
+				for _, r := range rs {
+					if r.IPv6() != v6 { // unbound peers count as IPv4
+						continue
+					}
+					if r.Action == Deny {
+						denied[r.Peer()] = true
+					}
+					if r.Prefix.IsValid() && r.Prefix.Bits() == 0 {
+						checked++
+						if len(denied) == 0 {
+							t.Errorf("zone %s %s rule %d (%s) has no VPC deny of its family before it",
+								a.Zone, dirName(r.Egress), r.Number, r.Peer())
+						}
+					}
+				}
+			}
+		}
+	}
+	if checked != 6 {
+		t.Errorf("checked %d internet rules, want 6 (b: 2 ingress, 2 egress; c: 1 each way)", checked)
+	}
+	b := res.ACLs[1]
+	wantRules(t, "b ingress", b.Ingress,
+		"100 allow all - 10.1.0.0/24", "200 allow all - 2001:db8:1::/64",
+		"1000 allow tcp 443 <a>",
+		"10000 deny all - <vpc>", "10100 deny all - 2001:db8:1::/64", "10200 deny all - 2001:db8:2::/64",
+		"11000 allow tcp 443 0.0.0.0/0", "11100 allow tcp 443 ::/0")
+}
+
+// TestUnboundExternal checks that an external zone without addresses that
+// no flow names does not stop generation, even with a flow from all (which
+// stands for internal zones only).
+func TestUnboundExternal(t *testing.T) {
+	p := mustPolicy(t, `
+zones:
+  - {name: a, type: internal, cidrs: [10.1.0.0/24]}
+  - {name: b, type: internal, cidrs: [10.2.0.0/24]}
+  - {name: spare, type: external}
+flows: [{from: all, to: b}]
+`)
+	if _, err := Generate(p, Options{}); err != nil {
+		t.Errorf("unused unbound external zone: %v", err)
+	}
+	p.Flows = append(p.Flows, Flow{From: "spare", To: "a", Pos: Pos{"t.yaml", 7}})
+	if _, err := Generate(p, Options{}); err == nil || !strings.Contains(err.Error(), `t.yaml:5: zone "spare": has no cidrs`) {
+		t.Errorf("used unbound external zone: %v", err)
+	}
+}
