@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"flag"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -164,6 +165,41 @@ func TestNFTCheck(t *testing.T) {
 		abs, _ := filepath.Abs(f)
 		if out, err := ns.Run("nft", "-c", "-f", abs); err != nil {
 			t.Errorf("nft -c -f %s: %v\n%s", f, err, out)
+		}
+	}
+}
+
+// TestTerraformFmt runs `terraform fmt -check` on every Terraform golden
+// file where terraform is installed (an extra, independent syntax and
+// layout check; CI does not install terraform, and the golden files pin
+// the output there).
+func TestTerraformFmt(t *testing.T) {
+	tf, err := exec.LookPath("terraform")
+	if err != nil {
+		t.Skip("terraform is not installed; TestGolden still pins the output")
+	}
+	files, err := filepath.Glob(filepath.Join("testdata", "golden", "*.tf"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no Terraform golden files (%v)", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// `terraform fmt -` formats standard input to standard output.
+		cmd := exec.Command(tf, "fmt", "-no-color", "-")
+		cmd.Stdin = bytes.NewReader(data)
+		cmd.Env = append(os.Environ(), "CHECKPOINT_DISABLE=1")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Errorf("terraform fmt %s: %v\n%s", f, err, stderr.Bytes())
+			continue
+		}
+		if !bytes.Equal(out, data) {
+			t.Errorf("%s is not as terraform fmt lays it out:\n%s", f, firstDiff(data, out))
 		}
 	}
 }

@@ -59,7 +59,7 @@ func renderTerraform(b *bytes.Buffer, res *Result, source string) {
 	for i := range res.ACLs {
 		a := &res.ACLs[i]
 		fmt.Fprintf(b, "\nresource \"aws_network_acl\" %q {\n", a.Zone)
-		b.WriteString("  vpc_id     = local.naclgen_vpc_id\n")
+		b.WriteString("  vpc_id = local.naclgen_vpc_id\n")
 		b.WriteString("  subnet_ids = [\n")
 		if a.SingleAZ {
 			fmt.Fprintf(b, "    lookup(local.naclgen_subnets[\"ids\"], %q),\n", a.Zone)
