@@ -41,11 +41,6 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 		}
 		sortPrefixes(p.VPC)
 	}
-	if v := top["default_ephemeral"]; v != nil {
-		for _, n := range d.list(v, "default_ephemeral") {
-			p.DefaultEphemeral = append(p.DefaultEphemeral, n.Value)
-		}
-	}
 	if v := top["profiles"]; v != nil {
 		p.Profiles = map[string][]string{}
 		if v.Kind != yaml.MappingNode {
@@ -71,6 +66,15 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 				}
 				p.Profiles[k.Value] = items
 			}
+		}
+	}
+	if v := top["default_ephemeral"]; v != nil {
+		for _, n := range d.list(v, "default_ephemeral") {
+			// Checked here, after the custom profiles, for the line.
+			if _, err := p.ephemeral([]string{n.Value}); err != nil {
+				d.errs.add(d.pos(n), "default_ephemeral", "%s", trimPkg(err))
+			}
+			p.DefaultEphemeral = append(p.DefaultEphemeral, n.Value)
 		}
 	}
 	if v := top["services"]; v != nil {
@@ -330,6 +334,7 @@ func (d *ydec) service(p *Policy, n *yaml.Node) {
 	switch {
 	case hasDef && !def.HasPorts() && len(ports) > 0:
 		d.errs.add(d.pos(m["ports"]), item, "protocol %s has no ports", def)
+		ports = nil
 	case hasDef && !def.HasPorts():
 		s.Ports = append(s.Ports, PortSpec{Proto: def})
 	case hasDef && len(ports) == 0:
