@@ -357,6 +357,42 @@ allow:
 	}
 }
 
+// TestLintServedProtocol checks that a served TCP port inside the return
+// range of a flow whose return rules are UDP only is no error (nothing
+// opens it), while a TCP flow with the same range is.
+func TestLintServedProtocol(t *testing.T) {
+	src := `
+services:
+  - {name: hi, protocol: tcp, ports: [40000]}
+  - {name: dns, protocol: udp, ports: [53]}
+  - {name: web, protocol: tcp, ports: [443]}
+zones:
+  - {name: a, type: internal, cidrs: [10.1.0.0/24]}
+  - {name: b, type: internal, cidrs: [10.2.0.0/24]}
+  - {name: c, type: internal, cidrs: [10.3.0.0/24]}
+flows:
+  - {from: c, to: a, services: [hi], ephemeral: [windows-legacy]}
+`
+	for _, c := range []struct {
+		flow string
+		want bool
+	}{
+		{"  - {from: a, to: b, services: [dns]}\n", false},
+		{"  - {from: a, to: b, services: [web]}\n", true},
+		{"  - {from: a, to: b}\n", true}, // all protocols
+	} {
+		got := false
+		for _, f := range Lint(mustPolicy(t, src+c.flow)) {
+			if f.Severity == SevError && strings.Contains(f.Msg, "served by zone a") {
+				got = true
+			}
+		}
+		if got != c.want {
+			t.Errorf("%s: served-port error %v, want %v", strings.TrimSpace(c.flow), got, c.want)
+		}
+	}
+}
+
 // TestUnbound checks that only Terraform and table render zones without
 // addresses, and that --cidrs binds them.
 func TestUnbound(t *testing.T) {

@@ -68,8 +68,9 @@ func Lint(p *Policy) []Finding {
 	}
 	servedBy := map[string][]served{} // zone -> ports it serves
 	type started struct {
-		flow *Flow
-		ret  tuple.PortSet
+		flow   *Flow
+		ret    tuple.PortSet
+		protos []Protocol // the protocols of its return rules
 	}
 	startedBy := map[string][]started{} // zone -> return ranges it accepts
 	usedZones := map[string]bool{}
@@ -93,7 +94,11 @@ func Lint(p *Policy) []Finding {
 			add(SevWarning, f.Pos, item, "return range %s overlaps the Kubernetes NodePort range %s (ports %s)",
 				ret, NodePortRange, ov)
 		}
-		startedBy[ef.from] = append(startedBy[ef.from], started{f, ret})
+		st := started{flow: f, ret: ret}
+		for _, ns := range g.specs(f) {
+			st.protos = append(st.protos, ns.spec.Proto)
+		}
+		startedBy[ef.from] = append(startedBy[ef.from], st)
 		for _, ns := range g.specs(f) {
 			if !ns.spec.Proto.HasPorts() {
 				continue
@@ -119,7 +124,9 @@ func Lint(p *Policy) []Finding {
 		}
 		for _, s := range ss {
 			for _, st := range startedBy[z] {
-				if st.flow == s.flow {
+				// Only a return rule of the served protocol (or of all
+				// protocols) opens the port.
+				if st.flow == s.flow || !slices.Contains(st.protos, s.proto) && !slices.Contains(st.protos, ProtoAll) {
 					continue
 				}
 				if ov := s.ports.Intersect(st.ret); ov.IsValid() {
