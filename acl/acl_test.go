@@ -634,3 +634,21 @@ flows: [{from: all, to: b}]
 		t.Errorf("used unbound external zone: %v", err)
 	}
 }
+
+// TestHandBuiltPolicy checks that a Policy built in code with unknown
+// references gets errors from Lint and Generate, not a panic.
+func TestHandBuiltPolicy(t *testing.T) {
+	p := &Policy{File: "h.yaml",
+		Zones: []Zone{{Name: "a", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}, Pos: Pos{"h.yaml", 2}}},
+		Flows: []Flow{{From: "a", To: "b", Services: []string{"x"}, Pos: Pos{"h.yaml", 3}}},
+	}
+	_, err := Generate(p, Options{})
+	for _, want := range []string{`h.yaml:3: flow a->b: unknown zone "b"`, `h.yaml:3: flow a->b: unknown service "x"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Generate: %v, want %q", err, want)
+		}
+	}
+	if fs := Lint(p); len(fs) != 2 || fs[0].Severity != SevError {
+		t.Errorf("Lint: %v", fs)
+	}
+}

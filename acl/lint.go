@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -54,10 +55,25 @@ func (f Finding) asError() error { return &Error{Pos: f.Pos, Item: f.Item, Msg: 
 //   - warning: zones and services that no flow uses;
 //   - warning: zones whose CIDRs overlap;
 //   - warning: a flow whose zones share no address family.
+//
+// A policy built by hand rather than parsed is first checked like a parsed
+// one: unknown zones, services, tags or profiles are error findings, and
+// Lint stops there.
 func Lint(p *Policy) []Finding {
 	var out []Finding
 	add := func(sev Severity, pos Pos, item, format string, args ...any) {
 		out = append(out, Finding{sev, pos, item, fmt.Sprintf(format, args...)})
+	}
+	if err := p.check(); err != nil {
+		for _, e := range flatten(err) {
+			var ae *Error
+			if errors.As(e, &ae) {
+				add(SevError, ae.Pos, ae.Item, "%s", ae.Msg)
+			} else {
+				add(SevError, Pos{p.File, 1}, "policy", "%s", trimPkg(e))
+			}
+		}
+		return out
 	}
 	g := &gen{p: p}
 	type served struct {
@@ -228,4 +244,12 @@ func (p *Policy) blockedServices(f *Flow) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// flatten returns the errors that errors.Join combined, or err itself.
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
