@@ -1,0 +1,13 @@
+package bench
+
+import "golang.org/x/sys/unix"
+
+// openFilesLimit returns this process's RLIMIT_NOFILE soft limit (Go raises
+// it to the hard limit at start-up).
+func openFilesLimit() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
+		return 1024
+	}
+	return int(rl.Cur)
+}
