@@ -64,7 +64,9 @@ type WorkersFigures struct {
 
 // TotalBytes is the sum of the workers' resident sets and the kernel's
 // slab growth: the memory the held connections cost.
-func (w *WorkersFigures) TotalBytes() int64 { return w.RSSHeldBytes + w.SlabDeltaBytes + w.SockMemBytes }
+func (w *WorkersFigures) TotalBytes() int64 {
+	return w.RSSHeldBytes + w.SlabDeltaBytes + w.SockMemBytes
+}
 
 // MemorySummary renders the memory figures in one line.
 func (w *WorkersFigures) MemorySummary() string {
