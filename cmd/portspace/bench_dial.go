@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/signal"
@@ -45,7 +44,7 @@ With no flags it runs a few-second TCP comparison: source 127.0.0.1, ports
 One process may hold only so many open files (RLIMIT_NOFILE); an in-process
 TCP connection takes two (dialed and accepted), so in-process runs cap
 --conns and say so. --workers N spreads the connections over N dialer and N
-listener processes (docs/bench-dial.md: the one-million-connection run).`,
+listener processes of the first of --dialers (docs/bench-dial.md: the one-million-connection run).`,
 		Example: `  portspace bench dial
   portspace bench dial --proto udp --json
   portspace bench dial --ports 40000-40009 --dests 20 --conns 201
@@ -58,18 +57,19 @@ listener processes (docs/bench-dial.md: the one-million-connection run).`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			if f.role != "" {
-				return runBenchRole(ctx, cmd, f.role, f.shard, cfg)
-			}
 			dialers, err := benchDialers(cfg, names)
 			if err != nil {
 				return err
+			}
+			if f.role != "" {
+				return bench.RunRole(ctx, f.role, f.shard, cfg, dialers[0].Dialer, cmd.InOrStdin(), cmd.OutOrStdout())
 			}
 			var rep *bench.Report
 			if f.workers > 0 {
 				rep, err = bench.RunWorkers(ctx, cfg, bench.WorkersOptions{
 					Workers: f.workers,
-					Command: workerCommand(cmd, f),
+					Command: workerCommand(f, names[0]),
+					Dialer:  names[0],
 				})
 			} else {
 				rep, err = bench.Run(ctx, cfg, dialers)
@@ -175,23 +175,10 @@ func benchDialers(cfg bench.Config, names []string) ([]bench.NamedDialer, error)
 	return out, nil
 }
 
-// runBenchRole runs this process as one listener or dialer process of a
-// --workers run, talking to the coordinator over stdin and stdout.
-func runBenchRole(ctx context.Context, cmd *cobra.Command, role, shard string, cfg bench.Config) error {
-	var d bench.Dialer
-	if role == bench.RoleDialer {
-		var err error
-		if d, err = newPortspaceDialer(cfg); err != nil {
-			return err
-		}
-	}
-	return bench.RunRole(ctx, role, shard, cfg, d, cmd.InOrStdin(), cmd.OutOrStdout())
-}
-
 // workerCommand returns the argument list that re-runs this command as a
 // worker process: the same flags, to which the coordinator adds --role and
 // --shard.
-func workerCommand(cmd *cobra.Command, f benchDialFlags) []string {
+func workerCommand(f benchDialFlags, dialer string) []string {
 	exe, err := os.Executable()
 	if err != nil {
 		exe = "/proc/self/exe"
@@ -199,7 +186,7 @@ func workerCommand(cmd *cobra.Command, f benchDialFlags) []string {
 	args := []string{exe, "bench", "dial",
 		"--proto", f.proto, "--sources", f.sources, "--ports", f.ports, "--dests", f.dests,
 		"--conns", fmt.Sprint(f.conns), "--concurrency", fmt.Sprint(f.concurrency),
-		"--timeout", f.timeout.String()}
+		"--timeout", f.timeout.String(), "--dialers", dialer}
 	return args
 }
 

@@ -37,6 +37,9 @@ type WorkersOptions struct {
 	Command []string
 	// Stderr receives the workers' standard error (nil: os.Stderr).
 	Stderr io.Writer
+	// Dialer is the name the dialer processes' figures are reported
+	// under (empty: DialerPortspace).
+	Dialer string
 }
 
 // WorkersFigures are the extra figures of a multi-process run: how many
@@ -130,7 +133,7 @@ func connsFor(total, n int, s shard) int {
 // processes that each dial a shard of the destinations with the same
 // portspace dialer settings (so they share the port set), hold the
 // connections, and report. The coordinator takes the census and the memory
-// figures while everything is held. Only the portspace dialer runs.
+// figures while everything is held. One dialer runs (opts.Dialer).
 func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -223,7 +226,11 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 		}
 		dialers = append(dialers, p)
 	}
-	res := Result{Dialer: DialerPortspace, Proto: cfg.Proto.String(), Mode: "hold", Failed: map[string]int{}, FailSamples: map[string]string{}}
+	name := opts.Dialer
+	if name == "" {
+		name = DialerPortspace
+	}
+	res := Result{Dialer: name, Proto: cfg.Proto.String(), Mode: "hold", Failed: map[string]int{}, FailSamples: map[string]string{}}
 	for _, k := range ErrKinds {
 		res.Failed[k] = 0
 	}
@@ -282,7 +289,11 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 		wf.SlabDeltaBytes = s - slab0
 	}
 	if cfg.Census == CensusOn {
-		res.Census = TakeCensus(CensusFilter{Proto: cfg.Proto, Sources: cfg.Sources, Dests: eps, Ports: cfg.Ports})
+		f := CensusFilter{Proto: cfg.Proto, Sources: cfg.Sources, Dests: eps}
+		if name == DialerPortspace {
+			f.Ports = cfg.Ports
+		}
+		res.Census = TakeCensus(f)
 	}
 	rep.Workers = wf
 	rep.Results = append(rep.Results, res)
