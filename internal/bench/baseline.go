@@ -18,8 +18,11 @@ type Baseline struct {
 	next atomic.Uint64
 }
 
-// NewBaseline returns a Baseline for proto over sources.
+// NewBaseline returns a Baseline for proto over sources (nil: 127.0.0.1).
 func NewBaseline(proto tuple.Proto, sources []netip.Addr) *Baseline {
+	if len(sources) == 0 {
+		sources = []netip.Addr{netip.MustParseAddr(DefaultSource)}
+	}
 	b := &Baseline{ds: make([]net.Dialer, len(sources))}
 	for i, a := range sources {
 		ap := netip.AddrPortFrom(a, 0)

@@ -35,3 +35,6 @@ func Classify(err, exhausted error) string {
 
 // errAddrInUse is the bind error of a taken endpoint.
 var errAddrInUse = syscall.EADDRINUSE
+
+// errAddrNotAvail is the connect error of a 4-tuple already in use.
+var errAddrNotAvail = syscall.EADDRNOTAVAIL

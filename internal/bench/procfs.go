@@ -73,9 +73,11 @@ func parseSockstat(text string, p tuple.Proto) (inuse, memBytes int64) {
 			case "inuse":
 				inuse = n
 			case "mem":
-				memBytes = n * int64(os.Getpagesize())
+				memBytes = n * int64(pageSize())
 			}
 		}
 	}
 	return inuse, memBytes
 }
+
+func pageSize() int { return os.Getpagesize() }
