@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/portspace/portspace/dial"
 	"github.com/portspace/portspace/internal/bench"
 	"github.com/portspace/portspace/tuple"
 )
@@ -19,10 +20,10 @@ func init() { benchSubcommands = append(benchSubcommands, newBenchDialCmd) }
 type benchDialFlags struct {
 	proto, sources, ports, dests, fill, dialers string
 	destPort                                    uint16
-	conns, concurrency, workers                 int
+	conns, concurrency, workers, rounds, warmup int
 	hold, timeout                               time.Duration
 	census, json                                bool
-	role, shard                                 string
+	role, shard, strategy                       string
 }
 
 func newBenchDialCmd() *cobra.Command {
@@ -57,7 +58,7 @@ listener processes of the first of --dialers (docs/bench-dial.md: the one-millio
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			dialers, err := benchDialers(cfg, names)
+			dialers, err := benchDialers(cfg, names, f.strategy)
 			if err != nil {
 				return err
 			}
@@ -92,9 +93,12 @@ listener processes of the first of --dialers (docs/bench-dial.md: the one-millio
 	fl.IntVar(&f.conns, "conns", bench.DefaultConns, "measured connections per dialer (in-process runs cap what they hold)")
 	fl.StringVar(&f.fill, "fill", "", "pre-fill levels in percent of the capacity, such as 95 or 0,95: hold that many connections, then measure --conns connections, each closed once open")
 	fl.DurationVar(&f.hold, "hold", 0, "how long to hold the connections after the census")
+	fl.IntVar(&f.rounds, "rounds", 2, "rounds per phase, the dialers' order alternating each round; figures are summed")
+	fl.IntVar(&f.warmup, "warmup", 0, "connections each dialer opens and closes before measuring (0: min(--conns, 1000); -1: none)")
 	fl.IntVar(&f.concurrency, "concurrency", bench.DefaultConcurrency, "dials in flight at once")
 	fl.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "timeout of each dial")
 	fl.StringVar(&f.dialers, "dialers", bench.DialerPortspace+","+bench.DialerBaseline, "dialers to run, in order: portspace, net.Dialer")
+	fl.StringVar(&f.strategy, "strategy", "auto", "the portspace dialer's port-selection strategy: auto, kernel or search")
 	fl.BoolVar(&f.census, "census", true, "take a sock_diag census of the held connections")
 	fl.BoolVar(&f.json, "json", false, "print the report as JSON")
 	fl.IntVar(&f.workers, "workers", 0, "spread the run over this many dialer processes and as many listener processes (0: in-process)")
@@ -138,7 +142,11 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 	}
 	cfg.DestPort = f.destPort
 	cfg.Conns = f.conns
+	if f.rounds < 1 {
+		return cfg, nil, fmt.Errorf("bench dial: --rounds %d: want at least 1", f.rounds)
+	}
 	cfg.Hold, cfg.Concurrency, cfg.Timeout = f.hold, f.concurrency, f.timeout
+	cfg.Rounds, cfg.Warmup = f.rounds, f.warmup
 	if !f.census {
 		cfg.Census = bench.CensusOff
 	}
@@ -158,14 +166,14 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 }
 
 // benchDialers builds the named dialers for cfg.
-func benchDialers(cfg bench.Config, names []string) ([]bench.NamedDialer, error) {
+func benchDialers(cfg bench.Config, names []string, strategy string) ([]bench.NamedDialer, error) {
 	var out []bench.NamedDialer
 	for _, n := range names {
 		switch n {
 		case bench.DialerBaseline:
 			out = append(out, bench.NamedDialer{Name: n, Dialer: bench.NewBaseline(cfg.Proto, cfg.Sources)})
 		case bench.DialerPortspace:
-			d, err := newPortspaceDialer(cfg)
+			d, err := newPortspaceDialer(cfg, strategy)
 			if err != nil {
 				return nil, err
 			}
@@ -186,14 +194,25 @@ func workerCommand(f benchDialFlags, dialer string) []string {
 	args := []string{exe, "bench", "dial",
 		"--proto", f.proto, "--sources", f.sources, "--ports", f.ports, "--dests", f.dests,
 		"--conns", fmt.Sprint(f.conns), "--concurrency", fmt.Sprint(f.concurrency),
-		"--timeout", f.timeout.String(), "--dialers", dialer}
+		"--timeout", f.timeout.String(), "--dialers", dialer, "--strategy", f.strategy}
 	return args
 }
 
 // portspaceExhausted is the portspace dialer's exhaustion sentinel.
-var portspaceExhausted error
+var portspaceExhausted = dial.ErrExhausted
 
 // newPortspaceDialer builds the portspace dialer for cfg.
-func newPortspaceDialer(cfg bench.Config) (bench.Dialer, error) {
-	return nil, fmt.Errorf("bench dial: the portspace dialer is not merged yet; run with --dialers %s", bench.DialerBaseline)
+func newPortspaceDialer(cfg bench.Config, strategy string) (bench.Dialer, error) {
+	d := &dial.Dialer{Sources: cfg.Sources, Ports: cfg.Ports, Timeout: cfg.Timeout}
+	switch strategy {
+	case "auto", "":
+		d.Strategy = dial.Auto
+	case "kernel":
+		d.Strategy = dial.Kernel
+	case "search":
+		d.Strategy = dial.Search
+	default:
+		return nil, fmt.Errorf("bench dial: --strategy %q: want auto, kernel or search", strategy)
+	}
+	return d, nil
 }

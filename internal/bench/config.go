@@ -74,6 +74,12 @@ type Config struct {
 	// Hold is how long the open connections are held after the census
 	// before they are closed (0: not at all).
 	Hold time.Duration
+	// Rounds repeats every phase, alternating the order of the dialers
+	// (A B, then B A, ...), and sums the figures over the rounds (0: 1).
+	Rounds int
+	// Warmup is the number of connections each dialer opens and closes
+	// before anything is measured (0: min(Conns, 1000); negative: none).
+	Warmup int
 	// Concurrency is the number of goroutines dialing at once (0: 4).
 	Concurrency int
 	// Timeout bounds each dial (0: 5s).
@@ -114,6 +120,9 @@ func (c Config) withDefaults() Config {
 	if c.Conns == 0 {
 		c.Conns = DefaultConns
 	}
+	if c.Rounds <= 0 {
+		c.Rounds = 1
+	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = DefaultConcurrency
 	}
@@ -121,6 +130,17 @@ func (c Config) withDefaults() Config {
 		c.Timeout = DefaultTimeout
 	}
 	return c
+}
+
+// warmup returns the number of warm-up connections per dialer.
+func (c Config) warmup() int {
+	switch {
+	case c.Warmup < 0:
+		return 0
+	case c.Warmup > 0:
+		return c.Warmup
+	}
+	return min(c.Conns, 1000)
 }
 
 // Capacity is the number of connections the port set allows at once:

@@ -24,6 +24,7 @@ type Report struct {
 	DestLast       string           `json:"dest_last,omitempty"`
 	Capacity       int              `json:"capacity"`
 	Conns          int              `json:"conns"`
+	Rounds         int              `json:"rounds"`
 	Concurrency    int              `json:"concurrency"`
 	HoldSeconds    float64          `json:"hold_seconds"`
 	OpenFilesLimit int              `json:"open_files_limit"`
@@ -49,6 +50,7 @@ func newReport(c Config) *Report {
 		Dests:       len(c.Dests),
 		Capacity:    c.Capacity(),
 		Conns:       c.Conns,
+		Rounds:      c.Rounds,
 		Concurrency: c.Concurrency,
 		HoldSeconds: c.Hold.Seconds(),
 	}
@@ -142,8 +144,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "portspace bench dial: %s from %s, ports %s (%d), %s, capacity %d\n",
 		r.Proto, strings.Join(srcs, ","), r.Ports, r.PortCount, dests, r.Capacity)
-	fmt.Fprintf(&b, "%d measured connections per dialer, concurrency %d, hold %v, open-files limit %d\n",
-		r.Conns, r.Concurrency, time.Duration(r.HoldSeconds*float64(time.Second)), r.OpenFilesLimit)
+	rounds := ""
+	if r.Rounds > 1 {
+		rounds = fmt.Sprintf(" and round (%d rounds, dialer order alternating, figures summed)", r.Rounds)
+	}
+	fmt.Fprintf(&b, "%d measured connections per dialer%s, concurrency %d, hold %v, open-files limit %d\n",
+		r.Conns, rounds, r.Concurrency, time.Duration(r.HoldSeconds*float64(time.Second)), r.OpenFilesLimit)
 	if wf := r.Workers; wf != nil {
 		fmt.Fprintf(&b, "%d dialer and %d listener processes; peak memory: %s\n",
 			wf.DialerProcs, wf.ListenerProcs, wf.MemorySummary())

@@ -136,12 +136,34 @@ func Run(ctx context.Context, cfg Config, dialers []NamedDialer) (*Report, error
 	if len(levels) == 0 {
 		levels = []float64{-1}
 	}
-	for _, f := range levels {
+	if n := cfg.warmup(); n > 0 {
 		for _, d := range dialers {
-			if err := ctx.Err(); err != nil {
-				return rep, err
+			r.open(ctx, d.Dialer, 0, n, true)
+		}
+	}
+	for _, f := range levels {
+		acc := make([]*accum, len(dialers))
+		for round := 0; round < cfg.Rounds; round++ {
+			for k := range dialers {
+				i := k
+				if round%2 == 1 { // alternate the order: A B, B A, ...
+					i = len(dialers) - 1 - k
+				}
+				if err := ctx.Err(); err != nil {
+					return rep, err
+				}
+				res, b := r.phase(ctx, dialers[i], f, capacity)
+				if acc[i] == nil {
+					acc[i] = &accum{res: res}
+				} else {
+					acc[i].add(res)
+				}
+				acc[i].lats = append(acc[i].lats, b.lats...)
+				acc[i].elapsed += b.elapsed
 			}
-			rep.Results = append(rep.Results, r.phase(ctx, d, f, capacity))
+		}
+		for _, a := range acc {
+			rep.Results = append(rep.Results, a.result())
 		}
 	}
 	rep.compare()
@@ -231,8 +253,54 @@ func (r *runner) open(ctx context.Context, d Dialer, first, n int, churn bool) b
 	return b
 }
 
+// accum adds up one dialer's phases over the rounds.
+type accum struct {
+	res     Result
+	lats    []time.Duration
+	elapsed time.Duration
+}
+
+func (a *accum) add(r Result) {
+	x := &a.res
+	x.Prefilled += r.Prefilled
+	x.PrefillFailed += r.PrefillFailed
+	x.Attempted += r.Attempted
+	x.Opened += r.Opened
+	for k, v := range r.Failed {
+		x.Failed[k] += v
+	}
+	for k, v := range r.FailSamples {
+		if _, ok := x.FailSamples[k]; !ok {
+			x.FailSamples[k] = v
+		}
+	}
+	x.Held += r.Held
+	x.Distinct += r.Distinct
+	x.Census.Taken = x.Census.Taken && r.Census.Taken
+	x.Census.Seen += r.Census.Seen
+	x.Census.Distinct += r.Census.Distinct
+	x.Census.Duplicates += r.Census.Duplicates
+	x.Census.OutsidePorts += r.Census.OutsidePorts
+	if x.Census.Err == "" {
+		x.Census.Err = r.Census.Err
+	}
+	x.EchoChecked += r.EchoChecked
+	x.EchoFailed += r.EchoFailed
+}
+
+// result returns the summed Result with rate and latencies over all rounds.
+func (a *accum) result() Result {
+	x := a.res
+	x.Seconds = a.elapsed.Seconds()
+	x.ConnsPerSec = Rate(x.Opened, a.elapsed)
+	lat := Summarize(a.lats)
+	x.P50us, x.P99us = us(lat.P50), us(lat.P99)
+	x.MeanUs, x.MaxUs = us(lat.Mean), us(lat.Max)
+	return x
+}
+
 // phase runs one dialer at one fill level (fill < 0: hold mode).
-func (r *runner) phase(ctx context.Context, nd NamedDialer, fill float64, capacity int) Result {
+func (r *runner) phase(ctx context.Context, nd NamedDialer, fill float64, capacity int) (Result, batch) {
 	res := Result{Dialer: nd.Name, Proto: r.cfg.Proto.String(), Mode: "hold"}
 	var held []net.Conn
 	defer func() {
@@ -254,11 +322,6 @@ func (r *runner) phase(ctx context.Context, nd NamedDialer, fill float64, capaci
 	held = appendConns(held, b.conns)
 	res.Attempted, res.Opened = r.cfg.Conns, b.opened
 	res.Failed, res.FailSamples = b.failed, b.samples
-	res.Seconds = b.elapsed.Seconds()
-	res.ConnsPerSec = Rate(b.opened, b.elapsed)
-	lat := Summarize(b.lats)
-	res.P50us, res.P99us = us(lat.P50), us(lat.P99)
-	res.MeanUs, res.MaxUs = us(lat.Mean), us(lat.Max)
 
 	res.Held = len(held)
 	distinct := make(map[tuple.Tuple]bool, len(held))
@@ -284,7 +347,7 @@ func (r *runner) phase(ctx context.Context, nd NamedDialer, fill float64, capaci
 		case <-ctx.Done():
 		}
 	}
-	return res
+	return res, b
 }
 
 func appendConns(dst, src []net.Conn) []net.Conn {
