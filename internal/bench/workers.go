@@ -269,15 +269,26 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 	res.P50us, res.P99us, res.MeanUs, res.MaxUs = us(lat.P50), us(lat.P99), us(lat.Mean), us(lat.Max)
 
 	wf := &WorkersFigures{DialerProcs: len(dialers), ListenerProcs: len(listeners)}
-	for _, p := range listeners {
-		if err := p.send("report"); err != nil {
-			return nil, err
+	// A connect returns before the listener's accept does: poll the
+	// listeners until they have accepted every connection (TCP) or for
+	// at most 10 seconds.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var accepted int64
+		for _, p := range listeners {
+			if err := p.send("report"); err != nil {
+				return nil, err
+			}
+			m, err := p.next()
+			if err != nil {
+				return nil, fmt.Errorf("bench: listener process: %w", err)
+			}
+			accepted += m.Accepted
 		}
-		m, err := p.next()
-		if err != nil {
-			return nil, fmt.Errorf("bench: listener process: %w", err)
+		wf.Accepted = accepted
+		if cfg.Proto != tuple.TCP || accepted >= int64(res.Opened) || time.Now().After(deadline) {
+			break
 		}
-		wf.Accepted += m.Accepted
+		time.Sleep(10 * time.Millisecond)
 	}
 	for _, p := range procs {
 		rss, hwm := procMemory(p.cmd.Process.Pid)
