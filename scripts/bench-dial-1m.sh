@@ -13,6 +13,7 @@
 #   scripts/bench-dial-1m.sh                 # 1,000,000 connections
 #   DESTS=200 scripts/bench-dial-1m.sh       # 200,000 connections
 #   JSON=1 scripts/bench-dial-1m.sh          # the report as JSON
+#   TIMEOUT=5s scripts/bench-dial-1m.sh      # per-dial timeout (default 30s)
 set -eu
 
 DESTS=${DESTS:-1000}
@@ -23,6 +24,9 @@ CONNS=$((DESTS * NPORTS))
 # connections per dialer (and per listener) process.
 PER=19
 WORKERS=${WORKERS:-$(((DESTS + PER - 1) / PER))}
+# A generous dial timeout: on a loaded machine a SYN dropped from a full
+# accept queue is retransmitted after 1 s, 3 s, 7 s...
+TIMEOUT=${TIMEOUT:-30s}
 NS=psbench-$$
 BIN=${BIN:-$(mktemp -d)/portspace}
 
@@ -48,7 +52,7 @@ ip netns exec "$NS" sysctl -qw net.core.somaxconn=4096
 ip netns exec "$NS" sysctl -qw net.ipv4.tcp_max_syn_backlog=4096
 
 set -- bench dial --proto tcp --sources 127.0.0.1 --ports "$PORTS" --dests "$DESTS" \
-	--conns "$CONNS" --workers "$WORKERS" --dialers portspace --concurrency 4
+	--conns "$CONNS" --workers "$WORKERS" --dialers portspace --concurrency 4 --timeout "$TIMEOUT"
 [ -n "${JSON:-}" ] && set -- "$@" --json
 echo "+ portspace $*" >&2
 ip netns exec "$NS" "$BIN" "$@"

@@ -160,7 +160,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	for _, res := range r.Results {
 		phase := phaseName(res.Mode, res.FillPercent)
 		if res.Mode == "fill" {
-			phase += fmt.Sprintf(" (%d held)", res.Prefilled)
+			phase += fmt.Sprintf(" (%d held)", res.Prefilled/max(r.Rounds, 1))
 		}
 		census, dups := "-", "-"
 		if res.Census.Taken {
