@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,7 +24,7 @@ type benchDialFlags struct {
 	destPort                                    uint16
 	conns, concurrency, workers, rounds, warmup int
 	hold, timeout                               time.Duration
-	census, json                                bool
+	census, json, ipv6, inNetns                 bool
 	role, shard, strategy                       string
 }
 
@@ -58,6 +60,16 @@ listener processes of the first of --dialers (docs/bench-dial.md: the one-millio
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
+			if f.ipv6 && !f.inNetns {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("bench dial: --ipv6: %w", err)
+				}
+				addrs := append([]netip.Addr{}, cfg.Sources...)
+				addrs = append(addrs, cfg.Dests...)
+				args := append(append([]string{exe}, os.Args[1:]...), "--in-netns")
+				return bench.RunInNamespace(ctx, addrs, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
 			dialers, err := benchDialers(cfg, names, f.strategy)
 			if err != nil {
 				return err
@@ -101,6 +113,9 @@ listener processes of the first of --dialers (docs/bench-dial.md: the one-millio
 	fl.StringVar(&f.strategy, "strategy", "auto", "the portspace dialer's port-selection strategy: auto, kernel or search")
 	fl.BoolVar(&f.census, "census", true, "take a sock_diag census of the held connections")
 	fl.BoolVar(&f.json, "json", false, "print the report as JSON")
+	fl.BoolVar(&f.ipv6, "ipv6", false, "run over IPv6 in a network namespace the command creates (root): source and destinations in "+bench.NamespacePrefix.String()+" on its loopback; --dests takes a count")
+	fl.BoolVar(&f.inNetns, "in-netns", false, "internal: this process runs inside the namespace --ipv6 created")
+	_ = fl.MarkHidden("in-netns")
 	fl.IntVar(&f.workers, "workers", 0, "spread the run over this many dialer processes and as many listener processes (0: in-process)")
 	fl.StringVar(&f.role, "role", "", "internal: run as a listener or dialer process of --workers")
 	fl.StringVar(&f.shard, "shard", "", "internal: this process's destinations, FIRST-LAST (indices)")
@@ -123,7 +138,20 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 	if cfg.Ports, err = tuple.ParsePortSet(f.ports); err != nil {
 		return cfg, nil, fmt.Errorf("bench dial: --ports: %w", err)
 	}
-	if cfg.Dests, err = bench.ParseDests(f.dests); err != nil {
+	if f.ipv6 {
+		n, err := strconv.Atoi(strings.TrimSpace(f.dests))
+		if err != nil {
+			return cfg, nil, fmt.Errorf("bench dial: --dests %q: with --ipv6, a count of destinations", f.dests)
+		}
+		if f.sources != bench.DefaultSource {
+			return cfg, nil, fmt.Errorf("bench dial: --sources %q: with --ipv6 the source is the namespace's own address", f.sources)
+		}
+		src, dests, err := bench.NamespaceIPv6(n)
+		if err != nil {
+			return cfg, nil, err
+		}
+		cfg.Sources, cfg.Dests, cfg.LocalPrefix = []netip.Addr{src}, dests, bench.NamespacePrefix
+	} else if cfg.Dests, err = bench.ParseDests(f.dests); err != nil {
 		return cfg, nil, err
 	}
 	if strings.TrimSpace(f.fill) != "" {
@@ -195,6 +223,9 @@ func workerCommand(f benchDialFlags, dialer string) []string {
 		"--proto", f.proto, "--sources", f.sources, "--ports", f.ports, "--dests", f.dests,
 		"--conns", fmt.Sprint(f.conns), "--concurrency", fmt.Sprint(f.concurrency),
 		"--timeout", f.timeout.String(), "--dialers", dialer, "--strategy", f.strategy}
+	if f.ipv6 {
+		args = append(args, "--ipv6", "--in-netns")
+	}
 	return args
 }
 

@@ -89,6 +89,10 @@ type Config struct {
 	// Exhausted is the dialer's "no port left" sentinel, matched with
 	// errors.Is to count failures of kind ErrKindExhausted (nil: none).
 	Exhausted error
+	// LocalPrefix, when valid, is accepted for sources and destinations
+	// besides loopback. Set it only inside a network namespace the run
+	// created and put those addresses on (see NamespaceIPv6).
+	LocalPrefix netip.Prefix
 	// OpenFiles overrides the open-files limit used to cap in-process runs
 	// (0: RLIMIT_NOFILE of this process).
 	OpenFiles int
@@ -158,7 +162,7 @@ func (c Config) Validate() error {
 	}
 	v6 := c.Sources[0].Is6()
 	for _, a := range c.Sources {
-		if err := checkLoopback("source", a); err != nil {
+		if err := c.checkLocal("source", a); err != nil {
 			return err
 		}
 		if a.Is6() != v6 {
@@ -166,7 +170,7 @@ func (c Config) Validate() error {
 		}
 	}
 	for _, a := range c.Dests {
-		if err := checkLoopback("destination", a); err != nil {
+		if err := c.checkLocal("destination", a); err != nil {
 			return err
 		}
 		if a.Is6() != v6 {
@@ -185,6 +189,39 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// checkLocal is checkLoopback that also accepts c.LocalPrefix.
+func (c Config) checkLocal(what string, a netip.Addr) error {
+	if c.LocalPrefix.IsValid() && c.LocalPrefix.Contains(a) {
+		return nil
+	}
+	return checkLoopback(what, a)
+}
+
+// NamespacePrefix is the IPv6 prefix (a unique local address block, RFC
+// 4193) of an IPv6 run: its addresses exist only on the loopback device of
+// the network namespace the run creates.
+var NamespacePrefix = netip.MustParsePrefix("fd00:5053:6269::/64")
+
+// NamespaceIPv6 returns the addresses of an IPv6 run inside its own
+// namespace: the source ::1:0:0:1 and n destinations ::2:0:0:1 up of
+// NamespacePrefix.
+func NamespaceIPv6(n int) (source netip.Addr, dests []netip.Addr, err error) {
+	if n <= 0 || n > MaxDests {
+		return source, nil, &InputError{Flag: "--dests", In: strconv.Itoa(n), Msg: fmt.Sprintf("want a count from 1 to %d", MaxDests)}
+	}
+	base := NamespacePrefix.Addr().As16()
+	base[9] = 1
+	base[15] = 1
+	source = netip.AddrFrom16(base)
+	base[9] = 2
+	a := netip.AddrFrom16(base)
+	for range n {
+		dests = append(dests, a)
+		a = a.Next()
+	}
+	return source, dests, nil
 }
 
 // checkLoopback refuses addresses outside 127.0.0.0/8 and ::1: the harness

@@ -220,3 +220,31 @@ func FuzzParseFill(f *testing.F) {
 		}
 	})
 }
+
+func TestNamespaceIPv6(t *testing.T) {
+	src, dests, err := NamespaceIPv6(300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[netip.Addr]bool{src: true}
+	for _, a := range dests {
+		if !NamespacePrefix.Contains(a) || seen[a] {
+			t.Fatalf("destination %v is outside %v or repeated", a, NamespacePrefix)
+		}
+		seen[a] = true
+	}
+	if len(dests) != 300 || !NamespacePrefix.Contains(src) {
+		t.Fatalf("source %v, %d destinations", src, len(dests))
+	}
+	c := Config{Sources: []netip.Addr{src}, Dests: dests}
+	if err := c.Validate(); err == nil {
+		t.Errorf("namespace addresses validate without LocalPrefix")
+	}
+	c.LocalPrefix = NamespacePrefix
+	if err := c.Validate(); err != nil {
+		t.Errorf("namespace addresses with LocalPrefix: %v", err)
+	}
+	if _, _, err := NamespaceIPv6(0); !errors.Is(err, ErrBadInput) {
+		t.Errorf("NamespaceIPv6(0) = %v", err)
+	}
+}

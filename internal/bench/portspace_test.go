@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"testing"
@@ -153,4 +154,32 @@ func benchChurn(b *testing.B, cfg Config, name string, fill float64) {
 	lat := Summarize(bt.lats)
 	b.ReportMetric(float64(lat.P50.Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(lat.P99.Nanoseconds()), "p99-ns")
+}
+
+// TestRunIPv6 runs both dialers over IPv6 inside a namespace whose loopback
+// carries the NamespaceIPv6 addresses (root only), as "bench dial --ipv6".
+func TestRunIPv6(t *testing.T) {
+	src, dests, err := NamespaceIPv6(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var setup [][]string
+	for _, a := range append([]netip.Addr{src}, dests...) {
+		setup = append(setup, netnstest.SetupCmd("ip", "addr", "add", a.String()+"/128", "dev", "lo", "nodad"))
+	}
+	if !netnstest.InNetNS(t, setup...) {
+		return
+	}
+	cfg := Config{Sources: []netip.Addr{src}, Dests: dests, LocalPrefix: NamespacePrefix,
+		Ports: tuple.MustParsePortSet("40000-40099"), Conns: 150, Exhausted: dial.ErrExhausted}
+	for _, p := range []tuple.Proto{tuple.TCP, tuple.UDP} {
+		cfg.Proto = p
+		rep, err := Run(context.Background(), cfg, []NamedDialer{portspaceDialer(cfg), {DialerBaseline, NewBaseline(p, cfg.Sources)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rep.Results {
+			checkHeld(t, r, 150)
+		}
+	}
 }
