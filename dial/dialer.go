@@ -443,7 +443,24 @@ func (d *Dialer) dialAddr(ctx context.Context, st *state, pl *plan, proto tuple.
 		}
 		return c, err
 	}
-	start := int(st.rr.Add(1) % uint32(n))
+	// Round robin over the sources of the destination's family.
+	m := 0
+	for _, s := range d.Sources {
+		if s.Unmap().Is4() == dst.Addr().Is4() {
+			m++
+		}
+	}
+	skip := int(st.rr.Add(1) % uint32(m))
+	start := 0
+	for i, s := range d.Sources {
+		if s.Unmap().Is4() == dst.Addr().Is4() {
+			if skip == 0 {
+				start = i
+				break
+			}
+			skip--
+		}
+	}
 	var last error
 	for i := range n {
 		src := d.Sources[(start+i)%n].Unmap()

@@ -97,7 +97,8 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 //  3. Exact sock_diag lookup of (destination -> source:port): the socket
 //     the kernel would deliver that 4-tuple's datagrams to. A socket
 //     already connected to the destination wins over ours; if the answer
-//     is not our cookie, the 4-tuple is taken.
+//     is not our cookie, the 4-tuple is taken. No answer (ENOENT) means the
+//     best match is a socket that is being closed: taken, too.
 //  4. connect(destination); SO_REUSEADDR=1 again to release the lock.
 func (d *Dialer) udpTry(src netip.Addr, port uint16, dst netip.AddrPort) (c *net.UDPConn, err error) {
 	fd, err := netsys.UDPSocket(dst.Addr().Is6())
@@ -140,7 +141,10 @@ func (d *Dialer) udpTry(src netip.Addr, port uint16, dst netip.AddrPort) (c *net
 		return fail(err)
 	}
 	if !found {
-		return fail(fmt.Errorf("sock_diag finds no socket for %v -> %v, not even our own bound one", dst, local))
+		// The best match is a socket being closed (its refcount already
+		// dropped; the kernel skips it): the 4-tuple frees soon, but not
+		// now.
+		return nil, fmt.Errorf("%w: %v -> %v belongs to a closing socket", errPortTaken, local, dst)
 	}
 	if got != own {
 		return nil, fmt.Errorf("%w: %v -> %v is connected by another socket (cookie %#x)", errPortTaken, local, dst, got)
