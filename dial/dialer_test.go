@@ -20,8 +20,8 @@ func TestBadInput(t *testing.T) {
 	var d Dialer
 	ctx := context.Background()
 	for _, tc := range []struct{ network, address, want string }{
-		{"tcp", "127.0.0.1", `dial: address "127.0.0.1"`},      // no port
-		{"tcp", "127.0.0.1:http-nope", `bad port "http-nope"`}, // unknown service
+		{"tcp", "127.0.0.1", `dial: address "127.0.0.1"`},       // no port
+		{"tcp", "127.0.0.1:http-nope", `bad port "http-nope"`},  // unknown service
 		{"tcp", "300.1.1.1:80", `dial: address "300.1.1.1:80"`}, // not an address, not a resolvable name
 		{"sctp", "127.0.0.1:80", `unknown network "sctp"`},
 		{"tcp4", "[::1]:80", `::1 is not a tcp4 address`},
