@@ -149,12 +149,29 @@ func TestSSDetectsDuplicates(t *testing.T) {
 }
 
 // TestUDPCrossProcessRace runs the cross-process race (see raceProcs) and
-// checks ss snapshots for duplicate 4-tuples.
+// checks ss snapshots for duplicate 4-tuples. Its control run disables the
+// lock (SO_REUSEADDR and bind alone, as plain programs do) with fewer dials
+// and must see duplicates, which shows the check can fail.
 func TestUDPCrossProcessRace(t *testing.T) {
 	netnstest.RequireCommand(t, "ss")
 	if !netnstest.InNetNS(t) {
 		return
 	}
+	dups, summary := runRace(t, false, raceDials)
+	if len(dups) > 0 {
+		t.Fatalf("duplicate 4-tuples with the lock: %v", dups)
+	}
+	t.Log(summary)
+	dups, _ = runRace(t, true, 200)
+	if len(dups) == 0 {
+		t.Fatal("control run without the lock left no duplicate 4-tuple; the check is blind")
+	}
+	t.Logf("control without the lock: %d duplicate 4-tuples, e.g. %s", len(dups), dups[0])
+}
+
+// runRace starts raceProcs children that dial dials times each and returns
+// the duplicate 4-tuples seen in ss snapshots during and after the run.
+func runRace(t *testing.T, unsafe bool, dials int) (dups []string, summary string) {
 	raceSetPorts := tuple.MustParsePortSet(raceSet)
 	ours := func(ap netip.AddrPort) bool { return ap.Addr() == v4src(1) && raceSetPorts.Contains(ap.Port()) }
 	type child struct {
@@ -168,7 +185,10 @@ func TestUDPCrossProcessRace(t *testing.T) {
 	for range raceProcs {
 		c := &child{ready: make(chan string, 1)}
 		c.cmd = exec.Command(os.Args[0], "-test.run=^TestUDPRaceChild$", "-test.count=1")
-		c.cmd.Env = append(os.Environ(), raceEnv+"=1")
+		c.cmd.Env = append(os.Environ(), raceEnv+"="+strconv.Itoa(dials))
+		if unsafe {
+			c.cmd.Env = append(c.cmd.Env, raceEnv+"_UNSAFE=1")
+		}
 		var err error
 		if c.stdin, err = c.cmd.StdinPipe(); err != nil {
 			t.Fatal(err)
@@ -216,15 +236,19 @@ func TestUDPCrossProcessRace(t *testing.T) {
 			lines = append(lines, line)
 		}()
 	}
+	seen := map[string]bool{}
 	snapshots := 0
 	for {
 		mu.Lock()
 		done := reports == raceProcs
 		mu.Unlock()
-		dups, _ := duplicates(ssUDP(t), ours)
+		d, _ := duplicates(ssUDP(t), ours)
 		snapshots++
-		if len(dups) > 0 {
-			t.Fatalf("snapshot %d during the race: duplicate 4-tuples: %v", snapshots, dups)
+		for _, x := range d {
+			if !seen[x] {
+				seen[x] = true
+				dups = append(dups, fmt.Sprintf("snapshot %d: %s", snapshots, x))
+			}
 		}
 		if done {
 			break
@@ -238,31 +262,33 @@ func TestUDPCrossProcessRace(t *testing.T) {
 		}
 		held += h
 		exhausted += ex
-		if ok+ex != raceDials || ok < raceDials/2 {
-			t.Fatalf("child report %q: want %d dials, mostly successful", line, raceDials)
+		if ok+ex != dials || ok < dials/2 {
+			t.Fatalf("child report %q: want %d dials, mostly successful", line, dials)
 		}
 	}
-	dups, n := duplicates(ssUDP(t), ours)
-	if len(dups) > 0 {
-		t.Fatalf("final snapshot: duplicate 4-tuples: %v", dups)
+	final, n := duplicates(ssUDP(t), ours)
+	for _, x := range final {
+		dups = append(dups, "final: "+x)
 	}
 	if n != held {
 		t.Fatalf("ss lists %d connected sockets in the set; the children hold %d", n, held)
 	}
-	t.Logf("%d processes × %d dials: %d sockets held at the end, %d dials exhausted, %d ss snapshots, no duplicate 4-tuple", raceProcs, raceDials, held, exhausted, snapshots)
+	return dups, fmt.Sprintf("%d processes × %d dials: %d sockets held at the end, %d dials exhausted, %d ss snapshots", raceProcs, dials, held, exhausted, snapshots)
 }
 
 // TestUDPRaceChild is one process of TestUDPCrossProcessRace; it runs only
 // when that test starts it.
 func TestUDPRaceChild(t *testing.T) {
-	if os.Getenv(raceEnv) == "" {
+	dials, _ := strconv.Atoi(os.Getenv(raceEnv))
+	if dials == 0 {
 		t.Skip("runs only as a child of TestUDPCrossProcessRace")
 	}
+	testHookSkipLock = os.Getenv(raceEnv+"_UNSAFE") != ""
 	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet(raceSet), Strategy: Search}
 	ring := make([]net.Conn, 0, raceWindow)
 	ok, exhausted := 0, 0
 	ctx := context.Background()
-	for i := range raceDials {
+	for i := range dials {
 		if len(ring) == raceWindow {
 			ring[0].Close()
 			ring = append(ring[:0], ring[1:]...)

@@ -133,6 +133,9 @@ func (d *Dialer) udpTry(src netip.Addr, port uint16, dst netip.AddrPort) (c *net
 		}
 		return nil, sourceError(src, err)
 	}
+	if testHookSkipLock {
+		return d.udpFinish(fd, &owned, dst, fail)
+	}
 	if err := netsys.SetReuseAddr(fd, false); err != nil {
 		return fail(err)
 	}
@@ -149,13 +152,23 @@ func (d *Dialer) udpTry(src netip.Addr, port uint16, dst netip.AddrPort) (c *net
 	if got != own {
 		return nil, fmt.Errorf("%w: %v -> %v is connected by another socket (cookie %#x)", errPortTaken, local, dst, got)
 	}
+	return d.udpFinish(fd, &owned, dst, fail)
+}
+
+// testHookSkipLock makes udpTry skip the lock and the lookup (SO_REUSEADDR,
+// bind, connect, as programs that do not cooperate do). Only the race
+// test's control run sets it, to show that its duplicate check works.
+var testHookSkipLock bool
+
+// udpFinish connects fd, releases the lock and turns fd into a conn.
+func (d *Dialer) udpFinish(fd int, owned *bool, dst netip.AddrPort, fail func(error) (*net.UDPConn, error)) (*net.UDPConn, error) {
 	if err := netsys.Connect(fd, dst); err != nil {
 		return fail(err)
 	}
 	if err := netsys.SetReuseAddr(fd, true); err != nil {
 		return fail(err)
 	}
-	owned = false
+	*owned = false
 	nc, err := netsys.FileConn(fd, "udp")
 	if err != nil {
 		return fail(err)
