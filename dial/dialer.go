@@ -120,12 +120,13 @@ type Dialer struct {
 
 // state is what a Dialer computes once, at its first dial.
 type state struct {
-	log  *slog.Logger
-	caps netsys.Caps
-	tcp  plan
-	udp  plan
-	sel  *selector
-	rr   atomic.Uint32
+	log   *slog.Logger
+	caps  netsys.Caps
+	tcp   plan
+	udp   plan
+	sel   *selector
+	diags *diagPool
+	rr    atomic.Uint32
 }
 
 // plan is the resolved strategy for one protocol.
@@ -140,6 +141,7 @@ var discard = slog.New(slog.DiscardHandler)
 func (d *Dialer) init() *state {
 	d.once.Do(func() {
 		st := &state{log: d.Logger, sel: newSelector()}
+		st.diags = newDiagPool(st)
 		if st.log == nil {
 			st.log = discard
 		}

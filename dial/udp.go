@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"syscall"
 
 	"github.com/portspace/portspace/internal/netsys"
@@ -139,7 +140,7 @@ func (d *Dialer) udpTry(src netip.Addr, port uint16, dst netip.AddrPort) (c *net
 	if err := netsys.SetReuseAddr(fd, false); err != nil {
 		return fail(err)
 	}
-	got, found, err := netsys.LookupUDP(local, dst)
+	got, found, err := d.st.diags.lookup(local, dst)
 	if err != nil {
 		return fail(err)
 	}
@@ -188,4 +189,51 @@ func (f fdConn) Read(func(fd uintptr) bool) error {
 
 func (f fdConn) Write(func(fd uintptr) bool) error {
 	return errors.New("dial: RawConn.Write is not available during Control")
+}
+
+// diagPool keeps a few open sock_diag sockets for a Dialer, so that a lookup
+// costs one sendto and one recvfrom. A Dialer's sockets are closed when it
+// is garbage collected.
+type diagPool struct {
+	ch chan *netsys.Diag
+}
+
+func newDiagPool(owner *state) *diagPool {
+	p := &diagPool{ch: make(chan *netsys.Diag, 4)}
+	runtime.AddCleanup(owner, func(p *diagPool) { p.closeAll() }, p)
+	return p
+}
+
+func (p *diagPool) lookup(local, remote netip.AddrPort) (uint64, bool, error) {
+	var d *netsys.Diag
+	select {
+	case d = <-p.ch:
+	default:
+		var err error
+		if d, err = netsys.OpenDiag(); err != nil {
+			return 0, false, err
+		}
+	}
+	cookie, found, err := d.LookupUDP(local, remote)
+	if err != nil {
+		d.Close()
+		return 0, false, err
+	}
+	select {
+	case p.ch <- d:
+	default:
+		d.Close()
+	}
+	return cookie, found, nil
+}
+
+func (p *diagPool) closeAll() {
+	for {
+		select {
+		case d := <-p.ch:
+			d.Close()
+		default:
+			return
+		}
+	}
 }
