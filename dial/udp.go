@@ -29,7 +29,7 @@ func (d *Dialer) udpKernel(ctx context.Context, pl *plan, src netip.Addr, dst ne
 		r := pl.ports.Range(0)
 		lo, hi = r.First(), r.Last()
 	}
-	nd := d.netDialer(func(fd int) error {
+	nd := d.netDialer(lo == 0, func(fd int) error {
 		if lo != 0 {
 			return netsys.SetLocalPortRange(fd, lo, hi)
 		}
