@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/portspace/portspace/internal/netnstest"
 	"github.com/portspace/portspace/tuple"
@@ -185,6 +186,67 @@ func TestContextCanceled(t *testing.T) {
 		}
 		if _, err := d.DialContext(ctx, "tcp", "127.0.0.1:9"); !errors.Is(err, context.Canceled) {
 			t.Errorf("%v: %v, want context.Canceled", s, err)
+		}
+	}
+}
+
+// TestTimeout checks that Timeout bounds a connect that gets no answer (the
+// listener's accept queue is full, so its SYNs are dropped) and that the
+// error reports Timeout() like net's.
+func TestTimeout(t *testing.T) {
+	if !netnstest.InNetNS(t, netnstest.SetupCmd("sysctl", "-w", "net.core.somaxconn=1")) {
+		return
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0") // backlog 1, never accepted
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dst := ln.Addr().String()
+	var fill []net.Conn
+	defer func() { closeAll(fill) }()
+	for _, s := range []Strategy{Kernel, Search} {
+		d := &Dialer{Sources: []netip.Addr{v4src(1)}, Strategy: s, Timeout: 300 * time.Millisecond, MaxAttempts: 4}
+		if s == Search {
+			d.Ports = tuple.MustParsePortSet("20000-20099")
+		}
+		var err error
+		for range 8 { // fill the accept queue, then one more dial must hang
+			var c net.Conn
+			if c, err = d.Dial("tcp", dst); err != nil {
+				break
+			}
+			fill = append(fill, c)
+		}
+		var ne net.Error
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() || errors.Is(err, ErrExhausted) {
+			t.Fatalf("%v: dial to a full accept queue: %v, want a timeout", s, err)
+		}
+	}
+}
+
+// TestPSIDPortSet dials from an RFC 7597 PSID port set (63 ranges of 16
+// ports) and checks every local port is in it.
+func TestPSIDPortSet(t *testing.T) {
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	set, err := tuple.PSIDPortSet(6, 6, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := tcpSink(t, false)
+	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: set}
+	var conns []net.Conn
+	defer func() { closeAll(conns) }()
+	for i := range 100 {
+		c, err := d.Dial("tcp", netip.AddrPortFrom(v4dst(1+i%3), port).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if lp := fourTuple(c)[0].Port(); !set.Contains(lp) {
+			t.Fatalf("port %d is not in %v", lp, set)
 		}
 	}
 }
