@@ -120,12 +120,13 @@ type Dialer struct {
 
 // state is what a Dialer computes once, at its first dial.
 type state struct {
-	log  *slog.Logger
-	caps netsys.Caps
-	tcp  plan
-	udp  plan
-	sel  *selector
-	rr   atomic.Uint32
+	log   *slog.Logger
+	caps  netsys.Caps
+	tcp   plan
+	udp   plan
+	sel   *selector
+	diags *diagPool
+	rr    atomic.Uint32
 }
 
 // plan is the resolved strategy for one protocol.
@@ -140,6 +141,7 @@ var discard = slog.New(slog.DiscardHandler)
 func (d *Dialer) init() *state {
 	d.once.Do(func() {
 		st := &state{log: d.Logger, sel: newSelector()}
+		st.diags = newDiagPool(st)
 		if st.log == nil {
 			st.log = discard
 		}
@@ -443,7 +445,24 @@ func (d *Dialer) dialAddr(ctx context.Context, st *state, pl *plan, proto tuple.
 		}
 		return c, err
 	}
-	start := int(st.rr.Add(1) % uint32(n))
+	// Round robin over the sources of the destination's family.
+	m := 0
+	for _, s := range d.Sources {
+		if s.Unmap().Is4() == dst.Addr().Is4() {
+			m++
+		}
+	}
+	skip := int(st.rr.Add(1) % uint32(m))
+	start := 0
+	for i, s := range d.Sources {
+		if s.Unmap().Is4() == dst.Addr().Is4() {
+			if skip == 0 {
+				start = i
+				break
+			}
+			skip--
+		}
+	}
 	var last error
 	for i := range n {
 		src := d.Sources[(start+i)%n].Unmap()

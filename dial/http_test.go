@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"testing"
 
 	"golang.org/x/net/proxy"
@@ -78,4 +79,16 @@ func TestPlainLoopbackKernel(t *testing.T) {
 	if _, ok := c.(*net.TCPConn); !ok {
 		t.Fatalf("conn is %T, want *net.TCPConn", c)
 	}
+	// Names resolve as with net.Dialer.
+	port := ln.Addr().(*net.TCPAddr).Port
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c2, err := d.Dial("tcp4", net.JoinHostPort("localhost", strconv.Itoa(port)))
+	if err != nil {
+		t.Fatalf("dial localhost: %v", err)
+	}
+	c2.Close()
 }

@@ -41,12 +41,15 @@ func syscallOf(err error) string {
 	return ""
 }
 
-func (d *Dialer) netDialer(control func(fd int) error) net.Dialer {
+// netDialer returns a net.Dialer that runs control on each socket, then the
+// user's Control. With optional set, control failing as unsupported (on
+// platforms other than Linux) is ignored: it only adds SO_REUSEADDR.
+func (d *Dialer) netDialer(optional bool, control func(fd int) error) net.Dialer {
 	return net.Dialer{
 		KeepAlive:       d.KeepAlive,
 		KeepAliveConfig: d.KeepAliveConfig,
 		Control: func(network, address string, c syscall.RawConn) error {
-			if err := netsys.Control(c, control); err != nil {
+			if err := netsys.Control(c, control); err != nil && !(optional && errors.Is(err, netsys.ErrUnsupported)) {
 				return err
 			}
 			if d.Control != nil {
@@ -67,7 +70,7 @@ func (d *Dialer) tcpKernel(ctx context.Context, pl *plan, src netip.Addr, dst ne
 		r := pl.ports.Range(0)
 		lo, hi = r.First(), r.Last()
 	}
-	nd := d.netDialer(func(fd int) error {
+	nd := d.netDialer(!src.IsValid() && lo == 0, func(fd int) error {
 		if err := netsys.SetReuseAddr(fd, true); err != nil {
 			return err
 		}
@@ -129,7 +132,7 @@ func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 }
 
 func (d *Dialer) tcpTry(ctx context.Context, src netip.Addr, port uint16, dst netip.AddrPort) (net.Conn, error) {
-	nd := d.netDialer(func(fd int) error { return netsys.SetReuseAddr(fd, true) })
+	nd := d.netDialer(false, func(fd int) error { return netsys.SetReuseAddr(fd, true) })
 	nd.LocalAddr = tcpAddr(src, port)
 	c, err := nd.DialContext(ctx, tcpNetwork(dst), dst.String())
 	if err == nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"syscall"
 
 	"github.com/portspace/portspace/internal/netsys"
@@ -28,7 +29,7 @@ func (d *Dialer) udpKernel(ctx context.Context, pl *plan, src netip.Addr, dst ne
 		r := pl.ports.Range(0)
 		lo, hi = r.First(), r.Last()
 	}
-	nd := d.netDialer(func(fd int) error {
+	nd := d.netDialer(lo == 0, func(fd int) error {
 		if lo != 0 {
 			return netsys.SetLocalPortRange(fd, lo, hi)
 		}
@@ -97,7 +98,8 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 //  3. Exact sock_diag lookup of (destination -> source:port): the socket
 //     the kernel would deliver that 4-tuple's datagrams to. A socket
 //     already connected to the destination wins over ours; if the answer
-//     is not our cookie, the 4-tuple is taken.
+//     is not our cookie, the 4-tuple is taken. No answer (ENOENT) means the
+//     best match is a socket that is being closed: taken, too.
 //  4. connect(destination); SO_REUSEADDR=1 again to release the lock.
 func (d *Dialer) udpTry(src netip.Addr, port uint16, dst netip.AddrPort) (c *net.UDPConn, err error) {
 	fd, err := netsys.UDPSocket(dst.Addr().Is6())
@@ -132,26 +134,42 @@ func (d *Dialer) udpTry(src netip.Addr, port uint16, dst netip.AddrPort) (c *net
 		}
 		return nil, sourceError(src, err)
 	}
+	if testHookSkipLock {
+		return d.udpFinish(fd, &owned, dst, fail)
+	}
 	if err := netsys.SetReuseAddr(fd, false); err != nil {
 		return fail(err)
 	}
-	got, found, err := netsys.LookupUDP(local, dst)
+	got, found, err := d.st.diags.lookup(local, dst)
 	if err != nil {
 		return fail(err)
 	}
 	if !found {
-		return fail(fmt.Errorf("sock_diag finds no socket for %v -> %v, not even our own bound one", dst, local))
+		// The best match is a socket being closed (its refcount already
+		// dropped; the kernel skips it): the 4-tuple frees soon, but not
+		// now.
+		return nil, fmt.Errorf("%w: %v -> %v belongs to a closing socket", errPortTaken, local, dst)
 	}
 	if got != own {
 		return nil, fmt.Errorf("%w: %v -> %v is connected by another socket (cookie %#x)", errPortTaken, local, dst, got)
 	}
+	return d.udpFinish(fd, &owned, dst, fail)
+}
+
+// testHookSkipLock makes udpTry skip the lock and the lookup (SO_REUSEADDR,
+// bind, connect, as programs that do not cooperate do). Only the race
+// test's control run sets it, to show that its duplicate check works.
+var testHookSkipLock bool
+
+// udpFinish connects fd, releases the lock and turns fd into a conn.
+func (d *Dialer) udpFinish(fd int, owned *bool, dst netip.AddrPort, fail func(error) (*net.UDPConn, error)) (*net.UDPConn, error) {
 	if err := netsys.Connect(fd, dst); err != nil {
 		return fail(err)
 	}
 	if err := netsys.SetReuseAddr(fd, true); err != nil {
 		return fail(err)
 	}
-	owned = false
+	*owned = false
 	nc, err := netsys.FileConn(fd, "udp")
 	if err != nil {
 		return fail(err)
@@ -171,4 +189,51 @@ func (f fdConn) Read(func(fd uintptr) bool) error {
 
 func (f fdConn) Write(func(fd uintptr) bool) error {
 	return errors.New("dial: RawConn.Write is not available during Control")
+}
+
+// diagPool keeps a few open sock_diag sockets for a Dialer, so that a lookup
+// costs one sendto and one recvfrom. A Dialer's sockets are closed when it
+// is garbage collected.
+type diagPool struct {
+	ch chan *netsys.Diag
+}
+
+func newDiagPool(owner *state) *diagPool {
+	p := &diagPool{ch: make(chan *netsys.Diag, 4)}
+	runtime.AddCleanup(owner, func(p *diagPool) { p.closeAll() }, p)
+	return p
+}
+
+func (p *diagPool) lookup(local, remote netip.AddrPort) (uint64, bool, error) {
+	var d *netsys.Diag
+	select {
+	case d = <-p.ch:
+	default:
+		var err error
+		if d, err = netsys.OpenDiag(); err != nil {
+			return 0, false, err
+		}
+	}
+	cookie, found, err := d.LookupUDP(local, remote)
+	if err != nil {
+		d.Close()
+		return 0, false, err
+	}
+	select {
+	case p.ch <- d:
+	default:
+		d.Close()
+	}
+	return cookie, found, nil
+}
+
+func (p *diagPool) closeAll() {
+	for {
+		select {
+		case d := <-p.ch:
+			d.Close()
+		default:
+			return
+		}
+	}
 }

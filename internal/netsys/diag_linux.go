@@ -34,14 +34,38 @@ var diagSeq atomic.Uint32
 // or found == false when no socket would receive the datagram (ENOENT).
 // It needs no privileges.
 func LookupUDP(local, remote netip.AddrPort) (cookie uint64, found bool, err error) {
+	d, err := OpenDiag()
+	if err != nil {
+		return 0, false, err
+	}
+	defer d.Close()
+	return d.LookupUDP(local, remote)
+}
+
+// Diag is an open NETLINK_SOCK_DIAG socket for repeated lookups. It is not
+// safe for concurrent use.
+type Diag struct {
+	fd int
+}
+
+// OpenDiag opens a sock_diag netlink socket.
+func OpenDiag() (*Diag, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, os.NewSyscallError("socket AF_NETLINK", err)
+	}
+	return &Diag{fd: fd}, nil
+}
+
+// Close closes the netlink socket.
+func (d *Diag) Close() error { return os.NewSyscallError("close", unix.Close(d.fd)) }
+
+// LookupUDP is the package-level LookupUDP on an open socket.
+func (d *Diag) LookupUDP(local, remote netip.AddrPort) (cookie uint64, found bool, err error) {
 	if local.Addr().Is4() != remote.Addr().Is4() {
 		return 0, false, fmt.Errorf("netsys: sock_diag lookup %v -> %v: mixed address families", local, remote)
 	}
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
-	if err != nil {
-		return 0, false, os.NewSyscallError("socket AF_NETLINK", err)
-	}
-	defer unix.Close(fd)
+	fd := d.fd
 
 	var req [nlmsgHdrLen + inetDiagReqLen]byte
 	seq := diagSeq.Add(1)
@@ -85,7 +109,10 @@ func LookupUDP(local, remote netip.AddrPort) (cookie uint64, found bool, err err
 				return 0, false, fmt.Errorf("netsys: sock_diag: malformed reply (length %d of %d)", l, len(b))
 			}
 			msg := b[nlmsgHdrLen:l]
-			if ne.Uint32(b[8:]) != seq {
+			if ne.Uint32(b[8:]) != seq { // a stale reply to an earlier request
+				if align4(l) >= len(b) {
+					break
+				}
 				b = b[align4(l):]
 				continue
 			}
@@ -108,6 +135,9 @@ func LookupUDP(local, remote netip.AddrPort) (cookie uint64, found bool, err err
 				}
 				c := msg[msgSockidOff+sockidCookieOff:]
 				return uint64(ne.Uint32(c[0:])) | uint64(ne.Uint32(c[4:]))<<32, true, nil
+			}
+			if align4(l) >= len(b) {
+				break
 			}
 			b = b[align4(l):]
 		}

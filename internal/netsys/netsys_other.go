@@ -73,3 +73,17 @@ func IsAddrNotAvail(err error) bool { return false }
 
 // IsAddrInUse reports whether err is EADDRINUSE.
 func IsAddrInUse(err error) bool { return false }
+
+// Diag is a sock_diag socket; only supported on Linux.
+type Diag struct{}
+
+// OpenDiag is only supported on Linux.
+func OpenDiag() (*Diag, error) { return nil, unsupported("sock_diag") }
+
+// Close does nothing outside Linux.
+func (d *Diag) Close() error { return nil }
+
+// LookupUDP is only supported on Linux.
+func (d *Diag) LookupUDP(local, remote netip.AddrPort) (uint64, bool, error) {
+	return 0, false, unsupported("sock_diag")
+}
