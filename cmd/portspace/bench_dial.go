@@ -42,7 +42,7 @@ independent sock_diag census, connections per second and p50/p99 connect
 latency.
 
 With no flags it runs a few-second TCP comparison: source 127.0.0.1, ports
-40000-40999, 20 destinations, 5000 connections per dialer. It needs no root.
+40000-40999, 20 destinations, 4000 connections per dialer and round, 4 rounds. It needs no root.
 
 One process may hold only so many open files (RLIMIT_NOFILE); an in-process
 TCP connection takes two (dialed and accepted), so in-process runs cap
@@ -105,7 +105,7 @@ listener processes of the first of --dialers (docs/bench-dial.md: the one-millio
 	fl.IntVar(&f.conns, "conns", bench.DefaultConns, "measured connections per dialer (in-process runs cap what they hold)")
 	fl.StringVar(&f.fill, "fill", "", "pre-fill levels in percent of the capacity, such as 95 or 0,95: hold that many connections, then measure --conns connections, each closed once open")
 	fl.DurationVar(&f.hold, "hold", 0, "how long to hold the connections after the census")
-	fl.IntVar(&f.rounds, "rounds", 2, "rounds per phase, the dialers' order alternating each round; figures are summed")
+	fl.IntVar(&f.rounds, "rounds", 4, "rounds per phase, the dialers' order alternating each round; figures are summed")
 	fl.IntVar(&f.warmup, "warmup", 0, "connections each dialer opens and closes before measuring (0: min(--conns, 1000); -1: none)")
 	fl.IntVar(&f.concurrency, "concurrency", bench.DefaultConcurrency, "dials in flight at once")
 	fl.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "timeout of each dial")

@@ -37,7 +37,7 @@ const (
 	DefaultSource      = "127.0.0.1"
 	DefaultPorts       = "40000-40999"
 	DefaultDests       = 20
-	DefaultConns       = 5000
+	DefaultConns       = 4000
 	DefaultConcurrency = 4
 	DefaultTimeout     = 5 * time.Second
 	// MaxDests bounds the number of destination addresses a run may use.
@@ -62,7 +62,7 @@ type Config struct {
 	// first destination and reused for the others where it is free).
 	DestPort uint16
 	// Conns is the number of connections each dialer opens and measures
-	// (0: 5000). In-process runs cap the connections they hold to what
+	// (0: 4000). In-process runs cap the connections they hold to what
 	// the open-files limit allows, and say so in the report's notes.
 	Conns int
 	// Fill lists pre-fill levels in percent of the capacity

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -78,12 +79,29 @@ func (r *Report) compare() {
 	for _, k := range keys {
 		p, ok1 := byKey[k][DialerPortspace]
 		b, ok2 := byKey[k][DialerBaseline]
-		if ok1 && ok2 && b.ConnsPerSec > 0 {
-			r.Comparisons = append(r.Comparisons, Comparison{
-				What:  fmt.Sprintf("%s/%s conns per second (%s)", DialerPortspace, DialerBaseline, phaseName(k.mode, k.fill)),
-				Ratio: round3(p.ConnsPerSec / b.ConnsPerSec),
-			})
+		if !ok1 || !ok2 || b.ConnsPerSec <= 0 {
+			continue
 		}
+		c := Comparison{
+			What:  fmt.Sprintf("%s/%s conns per second (%s)", DialerPortspace, DialerBaseline, phaseName(k.mode, k.fill)),
+			Ratio: round3(p.ConnsPerSec / b.ConnsPerSec),
+		}
+		if n := len(p.RoundConnsPerSec); n > 1 && n == len(b.RoundConnsPerSec) {
+			// Each round runs both dialers back to back; the median of
+			// the per-round ratios resists a burst of other load on the
+			// machine better than the ratio of the sums.
+			ratios := make([]float64, 0, n)
+			for i := range n {
+				if b.RoundConnsPerSec[i] > 0 {
+					ratios = append(ratios, p.RoundConnsPerSec[i]/b.RoundConnsPerSec[i])
+				}
+			}
+			if len(ratios) > 0 {
+				c.What += fmt.Sprintf(", median of %d per-round ratios", len(ratios))
+				c.Ratio = round3(median(ratios))
+			}
+		}
+		r.Comparisons = append(r.Comparisons, c)
 	}
 	for _, name := range []string{DialerPortspace, DialerBaseline} {
 		zero, ok := byKey[key{"fill", 0}][name]
@@ -102,6 +120,17 @@ func (r *Report) compare() {
 			}
 		}
 	}
+}
+
+// median returns the median of v (the mean of the middle two for an even
+// count); it sorts v.
+func median(v []float64) float64 {
+	slices.Sort(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
 }
 
 func phaseName(mode string, fill float64) string {

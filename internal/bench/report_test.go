@@ -139,3 +139,19 @@ func TestParseSockstat(t *testing.T) {
 		t.Errorf("UDP: inuse %d", in)
 	}
 }
+
+// TestCompareMedianOfRounds checks that with per-round rates the rate
+// ratio is the median of the per-round ratios, not the ratio of the sums.
+func TestCompareMedianOfRounds(t *testing.T) {
+	r := &Report{Results: []Result{
+		{Dialer: DialerPortspace, Mode: "hold", ConnsPerSec: 100, RoundConnsPerSec: []float64{90, 100, 10}},
+		{Dialer: DialerBaseline, Mode: "hold", ConnsPerSec: 50, RoundConnsPerSec: []float64{100, 100, 100}},
+	}}
+	r.compare()
+	if len(r.Comparisons) != 1 || r.Comparisons[0].Ratio != 0.9 || !strings.Contains(r.Comparisons[0].What, "median of 3 per-round ratios") {
+		t.Errorf("comparisons %+v, want the median ratio 0.9 of 3 rounds", r.Comparisons)
+	}
+	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
+		t.Errorf("median(1..4) = %v, want 2.5", got)
+	}
+}

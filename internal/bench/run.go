@@ -45,6 +45,8 @@ type Result struct {
 	EchoFailed  int     `json:"echo_failed,omitempty"`
 	Seconds     float64 `json:"seconds"`
 	ConnsPerSec float64 `json:"conns_per_sec"`
+	// RoundConnsPerSec is the rate of each round, in round order.
+	RoundConnsPerSec []float64 `json:"round_conns_per_sec,omitempty"`
 	P50us       float64 `json:"p50_us"`
 	P99us       float64 `json:"p99_us"`
 	MeanUs      float64 `json:"mean_us"`
@@ -160,6 +162,7 @@ func Run(ctx context.Context, cfg Config, dialers []NamedDialer) (*Report, error
 				}
 				acc[i].lats = append(acc[i].lats, b.lats...)
 				acc[i].elapsed += b.elapsed
+				acc[i].rates = append(acc[i].rates, Rate(b.opened, b.elapsed))
 			}
 		}
 		for _, a := range acc {
@@ -258,6 +261,7 @@ type accum struct {
 	res     Result
 	lats    []time.Duration
 	elapsed time.Duration
+	rates   []float64
 }
 
 func (a *accum) add(r Result) {
@@ -293,6 +297,9 @@ func (a *accum) result() Result {
 	x := a.res
 	x.Seconds = a.elapsed.Seconds()
 	x.ConnsPerSec = Rate(x.Opened, a.elapsed)
+	if len(a.rates) > 1 {
+		x.RoundConnsPerSec = a.rates
+	}
 	lat := Summarize(a.lats)
 	x.P50us, x.P99us = us(lat.P50), us(lat.P99)
 	x.MeanUs, x.MaxUs = us(lat.Mean), us(lat.Max)
