@@ -47,10 +47,10 @@ type Result struct {
 	ConnsPerSec float64 `json:"conns_per_sec"`
 	// RoundConnsPerSec is the rate of each round, in round order.
 	RoundConnsPerSec []float64 `json:"round_conns_per_sec,omitempty"`
-	P50us       float64 `json:"p50_us"`
-	P99us       float64 `json:"p99_us"`
-	MeanUs      float64 `json:"mean_us"`
-	MaxUs       float64 `json:"max_us"`
+	P50us            float64   `json:"p50_us"`
+	P99us            float64   `json:"p99_us"`
+	MeanUs           float64   `json:"mean_us"`
+	MaxUs            float64   `json:"max_us"`
 }
 
 // FailedTotal returns the number of failed measured dials.
