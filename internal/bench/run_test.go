@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 
+	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
 	"github.com/portspace/portspace/tuple"
@@ -90,6 +91,7 @@ func checkHeld(t *testing.T, r Result, want int) {
 func TestRunBaseline(t *testing.T) {
 	for _, p := range []tuple.Proto{tuple.TCP, tuple.UDP} {
 		t.Run(p.String(), func(t *testing.T) {
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent()) // Run stops every goroutine it starts
 			cfg := small(p)
 			rep, err := Run(context.Background(), cfg, []NamedDialer{{DialerBaseline, NewBaseline(p, nil)}})
 			if err != nil {
