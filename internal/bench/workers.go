@@ -309,6 +309,9 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 	}
 	rep.Workers = wf
 	rep.Results = append(rep.Results, res)
+	if cfg.Proto == tuple.TCP && wf.Accepted != int64(res.Opened) {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("the listener processes accepted %d connections and the dialer processes opened %d (a dial that timed out after its handshake completed is accepted but not opened)", wf.Accepted, res.Opened))
+	}
 	rep.Notes = append(rep.Notes, fmt.Sprintf("time to open is wall time from starting %d dialer processes until the last reported its connections open", len(dialers)))
 	if cfg.Hold > 0 {
 		select {
