@@ -102,6 +102,12 @@ func (r *Report) compare() {
 			}
 		}
 		r.Comparisons = append(r.Comparisons, c)
+		if p.CPUPerConnUs > 0 && b.CPUPerConnUs > 0 {
+			r.Comparisons = append(r.Comparisons, Comparison{
+				What:  fmt.Sprintf("%s/%s CPU time per connection (%s)", DialerPortspace, DialerBaseline, phaseName(k.mode, k.fill)),
+				Ratio: round3(p.CPUPerConnUs / b.CPUPerConnUs),
+			})
+		}
 	}
 	for _, name := range []string{DialerPortspace, DialerBaseline} {
 		zero, ok := byKey[key{"fill", 0}][name]
@@ -185,20 +191,23 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "dialer\tphase\topened\texhausted\teaddrnotavail\ttimeout\tother\tdistinct\tcensus\tdups\tconn/s\tp50\tp99\t")
+	fmt.Fprintln(tw, "dialer\tphase\topened\texhausted\teaddrnotavail\ttimeout\tother\tdistinct\tcensus\tdups\tconn/s\tcpu/conn\tp50\tp99\t")
 	for _, res := range r.Results {
 		phase := phaseName(res.Mode, res.FillPercent)
 		if res.Mode == "fill" {
 			phase += fmt.Sprintf(" (%d held)", res.Prefilled/max(r.Rounds, 1))
 		}
-		census, dups := "-", "-"
+		census, dups, cpu := "-", "-", "-"
+		if res.CPUPerConnUs > 0 {
+			cpu = fmtUs(res.CPUPerConnUs)
+		}
 		if res.Census.Taken {
 			census, dups = strconv.Itoa(res.Census.Seen), strconv.Itoa(res.Census.Duplicates)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%s\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%s\t%s\t%s\t\n",
 			res.Dialer, phase, res.Opened, res.Attempted,
 			res.Failed[ErrKindExhausted], res.Failed[ErrKindEADDRNOTAVAIL], res.Failed[ErrKindTimeout], res.Failed[ErrKindOther],
-			res.Distinct, census, dups, res.ConnsPerSec, fmtUs(res.P50us), fmtUs(res.P99us))
+			res.Distinct, census, dups, res.ConnsPerSec, cpu, fmtUs(res.P50us), fmtUs(res.P99us))
 	}
 	tw.Flush()
 	if len(r.Comparisons) > 0 {

@@ -45,6 +45,10 @@ type Result struct {
 	EchoFailed  int     `json:"echo_failed,omitempty"`
 	Seconds     float64 `json:"seconds"`
 	ConnsPerSec float64 `json:"conns_per_sec"`
+	// CPUPerConnUs is the process CPU time (user + system, the listeners'
+	// accepts included) per opened connection: a cost that other load on
+	// a shared machine disturbs much less than the rate.
+	CPUPerConnUs float64 `json:"cpu_per_conn_us"`
 	// RoundConnsPerSec is the rate of each round, in round order.
 	RoundConnsPerSec []float64 `json:"round_conns_per_sec,omitempty"`
 	P50us            float64   `json:"p50_us"`
@@ -162,6 +166,7 @@ func Run(ctx context.Context, cfg Config, dialers []NamedDialer) (*Report, error
 				}
 				acc[i].lats = append(acc[i].lats, b.lats...)
 				acc[i].elapsed += b.elapsed
+				acc[i].cpu += b.cpu
 				acc[i].rates = append(acc[i].rates, Rate(b.opened, b.elapsed))
 			}
 		}
@@ -192,6 +197,7 @@ type batch struct {
 	failed  map[string]int
 	samples map[string]string
 	elapsed time.Duration
+	cpu     time.Duration // process CPU time (user + system) spent
 }
 
 // open dials n connections, the i-th to endpoint (first+i) mod len(eps),
@@ -206,6 +212,7 @@ func (r *runner) open(ctx context.Context, d Dialer, first, n int, churn bool) b
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	ok := make([]bool, n)
+	cpu0 := processCPU()
 	start := time.Now()
 	for w := 0; w < r.cfg.Concurrency; w++ {
 		wg.Add(1)
@@ -245,6 +252,7 @@ func (r *runner) open(ctx context.Context, d Dialer, first, n int, churn bool) b
 	}
 	wg.Wait()
 	b.elapsed = time.Since(start)
+	b.cpu = processCPU() - cpu0
 	lats := b.lats[:0]
 	for i, l := range b.lats {
 		if ok[i] {
@@ -261,6 +269,7 @@ type accum struct {
 	res     Result
 	lats    []time.Duration
 	elapsed time.Duration
+	cpu     time.Duration
 	rates   []float64
 }
 
@@ -297,6 +306,9 @@ func (a *accum) result() Result {
 	x := a.res
 	x.Seconds = a.elapsed.Seconds()
 	x.ConnsPerSec = Rate(x.Opened, a.elapsed)
+	if x.Opened > 0 {
+		x.CPUPerConnUs = us(a.cpu / time.Duration(x.Opened))
+	}
 	if len(a.rates) > 1 {
 		x.RoundConnsPerSec = a.rates
 	}

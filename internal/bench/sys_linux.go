@@ -1,6 +1,10 @@
 package bench
 
-import "golang.org/x/sys/unix"
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+)
 
 // openFilesLimit returns this process's RLIMIT_NOFILE soft limit (Go raises
 // it to the hard limit at start-up).
@@ -10,4 +14,13 @@ func openFilesLimit() int {
 		return 1024
 	}
 	return int(rl.Cur)
+}
+
+// processCPU returns the user plus system CPU time this process has used.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
