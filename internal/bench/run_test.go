@@ -102,6 +102,9 @@ func TestRunBaseline(t *testing.T) {
 			}
 			r := rep.Results[0]
 			checkHeld(t, r, cfg.Conns)
+			if r.CPUPerConnUs <= 0 {
+				t.Errorf("CPU time per connection %vµs, want > 0", r.CPUPerConnUs)
+			}
 			if p == tuple.UDP && (r.EchoChecked != cfg.Conns || r.EchoFailed != 0) {
 				t.Errorf("UDP echo: %d checked, %d failed; want %d, 0", r.EchoChecked, r.EchoFailed, cfg.Conns)
 			}
