@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -11,16 +10,12 @@ import (
 	"github.com/portspace/portspace/tuple"
 )
 
-// runBenchDial runs "portspace bench dial args..." and returns its output.
+// runBenchDial runs "portspace bench dial args..." through the shared runCLI
+// and returns its standard output.
 func runBenchDial(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	root := newRootCmd()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(append([]string{"bench", "dial"}, args...))
-	err := root.Execute()
-	return out.String(), err
+	out, _, err := runCLI(t, append([]string{"bench", "dial"}, args...)...)
+	return out, err
 }
 
 // TestBenchDialFlags checks that the flags become the right Config.
