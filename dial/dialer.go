@@ -257,7 +257,11 @@ func (d *Dialer) kernelRangeOK(st *state) (bool, string) {
 }
 
 func (d *Dialer) searchPlan(st *state, proto, why string) plan {
-	ports := d.Ports
+	// Port 0 would ask the kernel to choose; it is never a source port.
+	ports := d.Ports.Subtract(tuple.PortSetOf(tuple.SinglePort(0)))
+	if d.Ports.IsValid() && !ports.IsValid() {
+		return plan{strategy: Search, err: fmt.Errorf("dial: %s: port set %s holds no usable port", proto, d.Ports)}
+	}
 	if !ports.IsValid() {
 		var err error
 		if ports, err = ephemeral(true); err != nil {

@@ -94,6 +94,9 @@ func TestExhaustionExact(t *testing.T) {
 				if !errors.Is(err, ErrExhausted) {
 					t.Fatalf("dial to %v: %v, want ErrExhausted", dst, err)
 				}
+				if i == 1 {
+					t.Logf("dial %d: %v", len(conns)+1, err)
+				}
 			}
 			// Closing one connection frees exactly its 4-tuple.
 			victim := conns[7]

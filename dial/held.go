@@ -1,13 +1,12 @@
 package dial
 
 import (
-	"encoding/binary"
-	"hash/maphash"
 	"math/bits"
 	"net/netip"
 	"slices"
 	"sync"
 
+	"github.com/portspace/portspace/portalloc"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -124,29 +123,26 @@ func (h *holdSet) nextFree(from, limit, size uint32) (idx, skipped uint32, ok bo
 // selector keeps a Dialer's hold sets. Its methods are the port-selection
 // step; once a destination has an entry they do not allocate.
 type selector struct {
-	seed maphash.Seed
-	mu   sync.Mutex
-	held map[holdKey]*holdSet
+	secret portalloc.Secret
+	mu     sync.Mutex
+	held   map[holdKey]*holdSet
 }
 
 func newSelector() *selector {
-	return &selector{seed: maphash.MakeSeed(), held: make(map[holdKey]*holdSet)}
+	return &selector{secret: portalloc.NewSecret(), held: make(map[holdKey]*holdSet)}
 }
 
 // offset is the keyed hash F(source, destination address, destination port,
-// secret) of RFC 6056 §3.3.3 (Algorithm 3): it spreads the starting points
-// of different destinations over the port set, so that searches toward
-// different destinations do not all begin on the same ports, and an outsider
-// cannot predict them.
+// secret) of RFC 6056 §3.3.3 (Algorithm 3), portalloc.Offset (SipHash-2-4
+// under a per-Dialer random secret): it spreads the starting points of
+// different destinations over the port set, so that searches toward
+// different destinations do not all begin on the same ports, and an
+// outsider cannot predict them. The protocol is folded into the source
+// address's hash input by toggling a bit of the secret.
 func (s *selector) offset(k holdKey) uint64 {
-	var b [16 + 16 + 2 + 1]byte
-	src := k.src.As16()
-	dst := k.dst.Addr().As16()
-	copy(b[0:], src[:])
-	copy(b[16:], dst[:])
-	binary.BigEndian.PutUint16(b[32:], k.dst.Port())
-	b[34] = byte(k.proto)
-	return maphash.Bytes(s.seed, b[:])
+	secret := s.secret
+	secret[15] ^= byte(k.proto)
+	return uint64(portalloc.Offset(secret, k.src, k.dst))
 }
 
 // search is one dial's walk over the port set for one key.
