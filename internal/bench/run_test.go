@@ -213,6 +213,9 @@ func TestRunWorkers(t *testing.T) {
 	if w == nil || w.DialerProcs != 2 || w.ListenerProcs != 2 || w.Accepted != 120 {
 		t.Fatalf("workers %+v, want 2 dialer and 2 listener processes and 120 accepted", w)
 	}
+	if r.CPUPerConnUs <= 0 {
+		t.Errorf("CPU time per connection %vµs, want > 0 (summed over the workers)", r.CPUPerConnUs)
+	}
 	if w.RSSHeldBytes <= 0 || w.RSSPeakBytes < w.RSSHeldBytes {
 		t.Errorf("RSS held %d, peak %d: want 0 < held <= peak", w.RSSHeldBytes, w.RSSPeakBytes)
 	}

@@ -85,7 +85,9 @@ type roleMsg struct {
 	Accepted int64   `json:"accepted,omitempty"`
 	Result   *Result `json:"result,omitempty"`
 	LatNs    []int64 `json:"lat_ns,omitempty"`
-	Err      string  `json:"error,omitempty"`
+	// CPUNs is the worker's CPU time (user + system) so far.
+	CPUNs int64  `json:"cpu_ns,omitempty"`
+	Err   string `json:"error,omitempty"`
 }
 
 // shard is a contiguous run of destination indices [First, Last].
@@ -236,6 +238,7 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 		res.Failed[k] = 0
 	}
 	var lats []time.Duration
+	var cpu time.Duration
 	for _, p := range dialers {
 		m, err := p.next()
 		if err != nil {
@@ -262,6 +265,7 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 		for _, ns := range m.LatNs {
 			lats = append(lats, time.Duration(ns))
 		}
+		cpu += time.Duration(m.CPUNs)
 	}
 	elapsed := time.Since(t0)
 	res.Seconds = elapsed.Seconds()
@@ -273,8 +277,10 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 	// A connect returns before the listener's accept does: poll the
 	// listeners until they have accepted every connection (TCP) or for
 	// at most 10 seconds.
+	var listenCPU time.Duration
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		var accepted int64
+		listenCPU = 0
 		for _, p := range listeners {
 			if err := p.send("report"); err != nil {
 				return nil, err
@@ -284,12 +290,16 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 				return nil, fmt.Errorf("bench: listener process: %w", err)
 			}
 			accepted += m.Accepted
+			listenCPU += time.Duration(m.CPUNs)
 		}
 		wf.Accepted = accepted
 		if cfg.Proto != tuple.TCP || accepted >= int64(res.Opened) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	if res.Opened > 0 {
+		res.CPUPerConnUs = us((cpu + listenCPU) / time.Duration(res.Opened))
 	}
 	for _, p := range procs {
 		rss, hwm := procMemory(p.cmd.Process.Pid)
@@ -435,7 +445,7 @@ func RunRole(ctx context.Context, role, shardSpec string, cfg Config, d Dialer, 
 		sc := bufio.NewScanner(in)
 		for sc.Scan() {
 			if sc.Text() == "report" {
-				if err := enc.Encode(roleMsg{Accepted: int64(l.Accepted())}); err != nil {
+				if err := enc.Encode(roleMsg{Accepted: int64(l.Accepted()), CPUNs: int64(processCPU())}); err != nil {
 					return err
 				}
 			}
@@ -475,7 +485,7 @@ func RunRole(ctx context.Context, role, shardSpec string, cfg Config, d Dialer, 
 		for i, l := range b.lats {
 			lat[i] = int64(l)
 		}
-		if err := enc.Encode(roleMsg{Result: res, LatNs: lat}); err != nil {
+		if err := enc.Encode(roleMsg{Result: res, LatNs: lat, CPUNs: int64(processCPU())}); err != nil {
 			return err
 		}
 		_, _ = io.Copy(io.Discard, in)
