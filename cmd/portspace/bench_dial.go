@@ -38,20 +38,26 @@ func newBenchDialCmd() *cobra.Command {
 net.Dialer bound to the source with port 0 (the baseline), holds them, and
 reports per dialer: connections opened, failures by kind (exhausted,
 EADDRNOTAVAIL, timeout, other), distinct 4-tuples, duplicates found by an
-independent sock_diag census, connections per second and p50/p99 connect
-latency.
+independent sock_diag census, connections per second, CPU time per
+connection and p50/p99 connect latency.
 
-With no flags it runs a few-second TCP comparison: source 127.0.0.1, ports
-40000-40999, 20 destinations, 4000 connections per dialer and round, 4 rounds. It needs no root.
+With no flags it runs a TCP comparison of a few seconds that needs no root:
+source 127.0.0.1, ports 40000-40999, 20 destinations, 4000 connections per
+dialer and round, 4 rounds with the dialers' order alternating.
 
 One process may hold only so many open files (RLIMIT_NOFILE); an in-process
 TCP connection takes two (dialed and accepted), so in-process runs cap
---conns and say so. --workers N spreads the connections over N dialer and N
-listener processes of the first of --dialers (docs/bench-dial.md: the one-million-connection run).`,
+--conns and say so. --workers N spreads the connections of the first of
+--dialers over N dialer and N listener processes (docs/bench-dial.md: the
+one-million-connection run).`,
 		Example: `  portspace bench dial
   portspace bench dial --proto udp --json
-  portspace bench dial --ports 40000-40009 --dests 20 --conns 201
-  portspace bench dial --ports 40000-40099 --dests 20 --fill 0,95 --conns 2000`,
+  # capacity: 10 ports x 20 destinations = 200; the 201st is exhausted
+  portspace bench dial --ports 40000-40009 --dests 20 --conns 201 --concurrency 1 --rounds 1
+  # latency with the port set 95% full (measure latency one dial at a time)
+  portspace bench dial --ports 40000-40099 --dests 20 --fill 0,95 --conns 2000 --concurrency 1
+  # 200,000 connections over 11 dialer and 11 listener processes
+  portspace bench dial --dests 200 --conns 200000 --workers 11 --dialers portspace`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, names, err := f.config()
