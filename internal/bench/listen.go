@@ -104,17 +104,21 @@ func (l *Listeners) accept(ln *net.TCPListener) {
 			// or reset; keep accepting what we can.
 			continue
 		}
-		l.accepted.Add(1)
 		t := tuple.From(tuple.TCP, c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort())
 		l.mu.Lock()
-		if l.tomb[t] {
+		released := l.tomb[t]
+		if released {
 			delete(l.tomb, t)
-			l.mu.Unlock()
-			abort(c)
-			continue
+		} else {
+			l.held[t] = c
 		}
-		l.held[t] = c
 		l.mu.Unlock()
+		if released {
+			abort(c)
+		}
+		// Counted once held or released, so that Accepted == n means
+		// Held reflects all n.
+		l.accepted.Add(1)
 	}
 }
 
