@@ -81,3 +81,35 @@ func parseSockstat(text string, p tuple.Proto) (inuse, memBytes int64) {
 }
 
 func pageSize() int { return os.Getpagesize() }
+
+// ephemeralRange returns the network namespace's ip_local_port_range.
+func ephemeralRange() (tuple.PortRange, bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return tuple.PortRange{}, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return tuple.PortRange{}, false
+	}
+	lo, err1 := strconv.ParseUint(f[0], 10, 16)
+	hi, err2 := strconv.ParseUint(f[1], 10, 16)
+	if err1 != nil || err2 != nil || lo > hi {
+		return tuple.PortRange{}, false
+	}
+	return tuple.PortRangeFrom(uint16(lo), uint16(hi)), true
+}
+
+// portNotes explains port sets the kernel cannot confine connections to:
+// ports outside ip_local_port_range, and ports below 1024 without root.
+func portNotes(ports tuple.PortSet) []string {
+	var notes []string
+	if eph, ok := ephemeralRange(); ok && !tuple.PortSetOf(eph).ContainsSet(ports) {
+		notes = append(notes, "the port set "+ports.String()+" is not inside net.ipv4.ip_local_port_range ("+eph.String()+
+			"): IP_LOCAL_PORT_RANGE only narrows that range, so the portspace dialer falls back to its user-space port search")
+	}
+	if lo := ports.Bounds().First(); lo < 1024 && os.Geteuid() != 0 {
+		notes = append(notes, "the port set "+ports.String()+" holds ports below 1024, which only root (CAP_NET_BIND_SERVICE) may bind")
+	}
+	return notes
+}

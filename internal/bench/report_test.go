@@ -155,3 +155,21 @@ func TestCompareMedianOfRounds(t *testing.T) {
 		t.Errorf("median(1..4) = %v, want 2.5", got)
 	}
 }
+
+// TestPortNotes checks that a port set outside the ephemeral range is
+// explained, and that one inside it is not.
+func TestPortNotes(t *testing.T) {
+	eph, ok := ephemeralRange()
+	if !ok {
+		t.Skip("no /proc/sys/net/ipv4/ip_local_port_range")
+	}
+	if n := portNotes(tuple.PortSetOf(eph)); len(n) != 0 {
+		t.Errorf("the ephemeral range itself gave notes %q", n)
+	}
+	if eph.First() > 1100 {
+		outside := tuple.MustParsePortSet("1024-1100")
+		if n := portNotes(outside); len(n) == 0 || !strings.Contains(n[0], "ip_local_port_range") {
+			t.Errorf("ports 1024-1100 gave notes %q, want one naming ip_local_port_range", n)
+		}
+	}
+}

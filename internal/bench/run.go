@@ -129,6 +129,7 @@ func Run(ctx context.Context, cfg Config, dialers []NamedDialer) (*Report, error
 		}
 	}
 	rep.Conns = cfg.Conns
+	rep.Notes = append(rep.Notes, portNotes(cfg.Ports)...)
 
 	l, err := Listen(cfg.Proto, cfg.Dests, cfg.DestPort)
 	if err != nil {

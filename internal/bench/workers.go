@@ -158,6 +158,7 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 	rep := newReport(cfg)
 	rep.OpenFilesLimit = limit
 	rep.Rounds = 1 // a multi-process run has one round
+	rep.Notes = append(rep.Notes, portNotes(cfg.Ports)...)
 	room := limit - 256 - 2*cfg.Concurrency
 	n := len(cfg.Dests)
 	dshards := split(n, opts.Workers)
