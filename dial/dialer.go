@@ -548,3 +548,19 @@ func sourceError(src netip.Addr, err error) error {
 	}
 	return fmt.Errorf("dial: bind to source %v: %w", src, err)
 }
+
+// StrategyFor reports the strategy (Kernel or Search) that dials on network
+// use, after the Dialer's one-time probes, or the error such dials return
+// because no strategy fits.
+func (d *Dialer) StrategyFor(network string) (Strategy, error) {
+	proto, _, err := parseNetwork(network)
+	if err != nil {
+		return Auto, err
+	}
+	st := d.init()
+	pl := st.tcp
+	if proto == tuple.UDP {
+		pl = st.udp
+	}
+	return pl.strategy, pl.err
+}

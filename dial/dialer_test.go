@@ -86,8 +86,10 @@ func TestPlanChoice(t *testing.T) {
 		t.Fatalf("debug log does not explain the user-space path:\n%s", buf.String())
 	}
 	d = &Dialer{Ports: tuple.MustParsePortSet("40100-40199")}
-	if st := d.init(); st.tcp.strategy != Kernel || st.udp.strategy != Search {
-		t.Fatalf("inside the ephemeral range: tcp %v udp %v, want kernel and search", st.tcp.strategy, st.udp.strategy)
+	ts, terr := d.StrategyFor("tcp6")
+	us, uerr := d.StrategyFor("udp")
+	if ts != Kernel || us != Search || terr != nil || uerr != nil {
+		t.Fatalf("inside the ephemeral range: tcp %v (%v) udp %v (%v), want kernel and search", ts, terr, us, uerr)
 	}
 	d = &Dialer{Ports: tuple.MustParsePortSet("40100-40199,40300-40399"), Strategy: Kernel}
 	if _, err := d.Dial("tcp", "127.0.0.1:1"); !errors.Is(err, ErrStrategy) || !strings.Contains(err.Error(), "not one range") {
