@@ -20,9 +20,9 @@ func TestBadInput(t *testing.T) {
 	var d Dialer
 	ctx := context.Background()
 	for _, tc := range []struct{ network, address, want string }{
-		{"tcp", "127.0.0.1", `dial: address "127.0.0.1"`},       // no port
-		{"tcp", "127.0.0.1:http-nope", `bad port "http-nope"`},  // unknown service
-		{"tcp", "bad!host:80", `dial: address "bad!host:80"`},   // not an address, and not a valid name (rejected without a DNS query)
+		{"tcp", "127.0.0.1", `dial: address "127.0.0.1"`},      // no port
+		{"tcp", "127.0.0.1:http-nope", `bad port "http-nope"`}, // unknown service
+		{"tcp", "bad!host:80", `dial: address "bad!host:80"`},  // not an address, and not a valid name (rejected without a DNS query)
 		{"sctp", "127.0.0.1:80", `unknown network "sctp"`},
 		{"tcp4", "[::1]:80", `::1 is not a tcp4 address`},
 		{"udp6", "127.0.0.1:53", `127.0.0.1 is not a udp6 address`},
