@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -326,6 +327,33 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	return nil, first
 }
 
+// splitAddress splits "host:port" without touching the network: lit is the
+// host as an IP literal (unmapped; loopback of the family for an empty
+// host), or invalid when host is a name to resolve; port is the numeric port,
+// or portName the service name to look up.
+func splitAddress(address string, fam family) (host string, lit netip.Addr, port uint16, portName string, err error) {
+	host, portStr, err := net.SplitHostPort(address)
+	if err != nil {
+		return "", netip.Addr{}, 0, "", fmt.Errorf("dial: address %q: %w", address, err)
+	}
+	if p, perr := strconv.ParseUint(portStr, 10, 16); perr == nil {
+		port = uint16(p)
+	} else if portStr == "" || strings.TrimLeft(portStr, "0123456789") == "" {
+		return "", netip.Addr{}, 0, "", fmt.Errorf("dial: address %q: bad port %q", address, portStr)
+	} else {
+		portName = portStr
+	}
+	switch a, aerr := netip.ParseAddr(host); {
+	case host == "" && fam == fam6:
+		lit = netip.IPv6Loopback()
+	case host == "":
+		lit = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	case aerr == nil:
+		lit = a.Unmap()
+	}
+	return host, lit, port, portName, nil
+}
+
 // family is the address family a network name allows.
 type family uint8
 
@@ -367,27 +395,20 @@ func (f family) allows(a netip.Addr) bool {
 // directly, names through net.DefaultResolver, an empty host as loopback.
 // With Sources set, only destinations of a family some source has are kept.
 func (d *Dialer) resolve(ctx context.Context, network string, fam family, address string) ([]netip.AddrPort, error) {
-	host, portStr, err := net.SplitHostPort(address)
+	host, lit, port, portName, err := splitAddress(address, fam)
 	if err != nil {
-		return nil, fmt.Errorf("dial: address %q: %w", address, err)
+		return nil, err
 	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		p, lerr := net.DefaultResolver.LookupPort(ctx, network, portStr)
-		if lerr != nil {
-			return nil, fmt.Errorf("dial: address %q: bad port %q: %w", address, portStr, lerr)
+	if portName != "" {
+		p, err := net.DefaultResolver.LookupPort(ctx, network, portName)
+		if err != nil {
+			return nil, fmt.Errorf("dial: address %q: bad port %q: %w", address, portName, err)
 		}
-		port = uint64(p)
+		port = uint16(p)
 	}
 	var addrs []netip.Addr
-	if host == "" {
-		if fam == fam6 {
-			addrs = []netip.Addr{netip.IPv6Loopback()}
-		} else {
-			addrs = []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1})}
-		}
-	} else if a, err := netip.ParseAddr(host); err == nil {
-		addrs = []netip.Addr{a.Unmap()}
+	if lit.IsValid() {
+		addrs = []netip.Addr{lit}
 	} else {
 		ipnet := "ip"
 		switch fam {
@@ -547,4 +568,20 @@ func sourceError(src netip.Addr, err error) error {
 		return fmt.Errorf("dial: source %v is not an address of this host: %w", src, err)
 	}
 	return fmt.Errorf("dial: bind to source %v: %w", src, err)
+}
+
+// StrategyFor reports the strategy (Kernel or Search) that dials on network
+// use, after the Dialer's one-time probes, or the error such dials return
+// because no strategy fits.
+func (d *Dialer) StrategyFor(network string) (Strategy, error) {
+	proto, _, err := parseNetwork(network)
+	if err != nil {
+		return Auto, err
+	}
+	st := d.init()
+	pl := st.tcp
+	if proto == tuple.UDP {
+		pl = st.udp
+	}
+	return pl.strategy, pl.err
 }

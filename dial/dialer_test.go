@@ -20,9 +20,9 @@ func TestBadInput(t *testing.T) {
 	var d Dialer
 	ctx := context.Background()
 	for _, tc := range []struct{ network, address, want string }{
-		{"tcp", "127.0.0.1", `dial: address "127.0.0.1"`},       // no port
-		{"tcp", "127.0.0.1:http-nope", `bad port "http-nope"`},  // unknown service
-		{"tcp", "300.1.1.1:80", `dial: address "300.1.1.1:80"`}, // not an address, not a resolvable name
+		{"tcp", "127.0.0.1", `dial: address "127.0.0.1"`},      // no port
+		{"tcp", "127.0.0.1:http-nope", `bad port "http-nope"`}, // unknown service
+		{"tcp", "bad!host:80", `dial: address "bad!host:80"`},  // not an address, and not a valid name (rejected without a DNS query)
 		{"sctp", "127.0.0.1:80", `unknown network "sctp"`},
 		{"tcp4", "[::1]:80", `::1 is not a tcp4 address`},
 		{"udp6", "127.0.0.1:53", `127.0.0.1 is not a udp6 address`},
@@ -86,8 +86,10 @@ func TestPlanChoice(t *testing.T) {
 		t.Fatalf("debug log does not explain the user-space path:\n%s", buf.String())
 	}
 	d = &Dialer{Ports: tuple.MustParsePortSet("40100-40199")}
-	if st := d.init(); st.tcp.strategy != Kernel || st.udp.strategy != Search {
-		t.Fatalf("inside the ephemeral range: tcp %v udp %v, want kernel and search", st.tcp.strategy, st.udp.strategy)
+	ts, terr := d.StrategyFor("tcp6")
+	us, uerr := d.StrategyFor("udp")
+	if ts != Kernel || us != Search || terr != nil || uerr != nil {
+		t.Fatalf("inside the ephemeral range: tcp %v (%v) udp %v (%v), want kernel and search", ts, terr, us, uerr)
 	}
 	d = &Dialer{Ports: tuple.MustParsePortSet("40100-40199,40300-40399"), Strategy: Kernel}
 	if _, err := d.Dial("tcp", "127.0.0.1:1"); !errors.Is(err, ErrStrategy) || !strings.Contains(err.Error(), "not one range") {
@@ -176,29 +178,41 @@ func TestMultiSource(t *testing.T) {
 // TestUDPKernelNoSharing checks the forced Kernel strategy for UDP: each
 // socket gets its own port from the set, so the set bounds the total.
 func TestUDPKernelNoSharing(t *testing.T) {
-	if !netnstest.InNetNS(t) {
-		return
-	}
-	port := uint16(udpSink(t, false).LocalAddr().(*net.UDPAddr).Port)
-	ports := tuple.MustParsePortSet("40000-40009")
-	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: ports, Strategy: Kernel}
-	var conns []net.Conn
-	defer func() { closeAll(conns) }()
-	used := map[uint16]bool{}
-	for i := 1; i <= ports.Len(); i++ {
-		c, err := d.Dial("udp", netip.AddrPortFrom(v4dst(i), port).String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
-		lp := fourTuple(c)[0].Port()
-		if used[lp] || !ports.Contains(lp) {
-			t.Fatalf("port %d reused or outside %v", lp, ports)
-		}
-		used[lp] = true
-	}
-	if _, err := d.Dial("udp", netip.AddrPortFrom(v4dst(20), port).String()); !errors.Is(err, ErrExhausted) {
-		t.Fatalf("11th socket: %v, want ErrExhausted", err)
+	for _, v6 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "udp4", true: "udp6"}[v6], func(t *testing.T) {
+			var setup [][]string
+			if v6 {
+				setup = v6Setup(11, 1)
+			}
+			if !netnstest.InNetNS(t, setup...) {
+				return
+			}
+			src, dstOf := v4src(1), v4dst
+			if v6 {
+				src, dstOf = v6src(1), v6dst
+			}
+			port := uint16(udpSink(t, v6).LocalAddr().(*net.UDPAddr).Port)
+			ports := tuple.MustParsePortSet("40000-40009")
+			d := &Dialer{Sources: []netip.Addr{src}, Ports: ports, Strategy: Kernel}
+			var conns []net.Conn
+			defer func() { closeAll(conns) }()
+			used := map[uint16]bool{}
+			for i := 1; i <= ports.Len(); i++ {
+				c, err := d.Dial("udp", netip.AddrPortFrom(dstOf(i), port).String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				conns = append(conns, c)
+				lp := fourTuple(c)[0].Port()
+				if used[lp] || !ports.Contains(lp) {
+					t.Fatalf("port %d reused or outside %v", lp, ports)
+				}
+				used[lp] = true
+			}
+			if _, err := d.Dial("udp", netip.AddrPortFrom(dstOf(11), port).String()); !errors.Is(err, ErrExhausted) {
+				t.Fatalf("11th socket: %v, want ErrExhausted", err)
+			}
+		})
 	}
 }
 
@@ -252,4 +266,34 @@ func TestUDPTraffic(t *testing.T) {
 			t.Fatalf("conn %d read %x %v, want its own reply %x", i, buf[:n], err, 0xA0+i)
 		}
 	}
+}
+
+func FuzzSplitAddress(f *testing.F) {
+	f.Add("127.0.0.1:80")         // IPv4 literal
+	f.Add("[fd00::1:1]:443")      // IPv6 literal
+	f.Add("[::ffff:10.0.0.1]:53") // IPv4-mapped, unmapped to IPv4
+	f.Add("[fe80::1%eth0]:22")    // zone
+	f.Add(":8080")                // empty host: loopback
+	f.Add("example.net:https")    // name and service name
+	f.Add("127.0.0.1")            // missing port
+	f.Add("127.0.0.1:70000")      // port out of range
+	f.Add("[::1]:")               // empty port
+	f.Fuzz(func(t *testing.T, address string) {
+		host, lit, port, name, err := splitAddress(address, famAny)
+		if err != nil {
+			return
+		}
+		if name != "" && port != 0 {
+			t.Fatalf("%q: both a port %d and a service name %q", address, port, name)
+		}
+		if lit.IsValid() && name == "" {
+			back := netip.AddrPortFrom(lit, port).String()
+			if got, err := netip.ParseAddrPort(back); err != nil || got.Addr() != lit || got.Port() != port {
+				t.Fatalf("%q -> %v port %d does not round-trip (%q)", address, lit, port, back)
+			}
+		}
+		if !lit.IsValid() && host == "" {
+			t.Fatalf("%q: empty host without a loopback literal", address)
+		}
+	})
 }

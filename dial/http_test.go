@@ -92,3 +92,40 @@ func TestPlainLoopbackKernel(t *testing.T) {
 	}
 	c2.Close()
 }
+
+// TestSearchWithoutSources dials with a port set but no source: TCP binds
+// the wildcard address, UDP asks the kernel for the route's source.
+func TestSearchWithoutSources(t *testing.T) {
+	ports := tuple.MustParsePortSet("61010-61019")
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	sink, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	d := &Dialer{Ports: ports, Strategy: Search}
+	for _, tc := range []struct{ network, addr string }{{"tcp", ln.Addr().String()}, {"udp", sink.LocalAddr().String()}} {
+		c, err := d.Dial(tc.network, tc.addr)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.network, err)
+		}
+		ft := fourTuple(c)
+		c.Close()
+		if !ft[0].Addr().IsLoopback() || !ports.Contains(ft[0].Port()) {
+			t.Fatalf("%s: local end %v, want loopback with a port in %v", tc.network, ft[0], ports)
+		}
+	}
+}
