@@ -96,6 +96,10 @@ one-million-connection run).`,
 			if err != nil {
 				return err
 			}
+			if f.workers > 0 {
+				dialers = dialers[:1] // the worker processes run the first
+			}
+			rep.Notes = append(rep.Notes, strategyNotes(cfg, dialers)...)
 			if f.json {
 				return rep.WriteJSON(cmd.OutOrStdout())
 			}
@@ -252,4 +256,21 @@ func newPortspaceDialer(cfg bench.Config, strategy string) (bench.Dialer, error)
 		return nil, fmt.Errorf("bench dial: --strategy %q: want auto, kernel or search", strategy)
 	}
 	return d, nil
+}
+
+// strategyNotes says which port-selection strategy the portspace dialer
+// used for the run's protocol.
+func strategyNotes(cfg bench.Config, dialers []bench.NamedDialer) []string {
+	for _, d := range dialers {
+		pd, ok := d.Dialer.(*dial.Dialer)
+		if !ok {
+			continue
+		}
+		s, err := pd.StrategyFor(cfg.Proto.String())
+		if err != nil {
+			return []string{fmt.Sprintf("portspace dialer: %v", err)}
+		}
+		return []string{fmt.Sprintf("portspace dialer strategy for %s: %v", cfg.Proto, s)}
+	}
+	return nil
 }
