@@ -1,0 +1,252 @@
+package dial
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/portspace/portspace/internal/netnstest"
+	"github.com/portspace/portspace/tuple"
+)
+
+// TestReleaseReuse checks that closing a Search-strategy TCP conn gives its
+// port back: with one port and one destination, a second dial is exhausted
+// until the first conn closes, then gets the same 4-tuple.
+func TestReleaseReuse(t *testing.T) {
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	ln, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	dst := netip.AddrPortFrom(v4dst(1), uint16(ln.Addr().(*net.TCPAddr).Port)).String()
+	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet("20000"), Strategy: Search}
+	c1, err := d.Dial("tcp", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c1.(*TCPConn); !ok {
+		t.Fatalf("Search conn is %T, want *TCPConn", c1)
+	}
+	if _, err := d.Dial("tcp", dst); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("second dial: %v, want ErrExhausted", err)
+	}
+	// The server closes first, so TIME_WAIT stays on its side; the client
+	// reads EOF, then closes.
+	s1 := <-accepted
+	s1.Close()
+	if _, err := io.Copy(io.Discard, c1); err != nil {
+		t.Fatal(err)
+	}
+	want := fourTuple(c1)
+	if err := c1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := d.Dial("tcp", dst)
+	if err != nil {
+		t.Fatalf("dial after close: %v", err)
+	}
+	defer c2.Close()
+	if got := fourTuple(c2); got != want {
+		t.Fatalf("after close got %v, want %v", got, want)
+	}
+	if n := d.st.sel.holding(holdKey{proto: tuple.TCP, src: v4src(1), dst: netip.MustParseAddrPort(dst)}); n != 1 {
+		t.Fatalf("dialer holds %d ports toward %s, want 1", n, dst)
+	}
+	c2.Close()
+	c2.Close() // a second Close releases nothing more
+	if len(d.st.sel.held) != 0 {
+		t.Fatalf("hold sets left after every conn closed: %d", len(d.st.sel.held))
+	}
+}
+
+// TestConcurrentExhaustion dials from many goroutines at once (Search, TCP
+// and UDP): exactly ports × destinations dials succeed, with distinct
+// 4-tuples, and the rest fail with ErrExhausted.
+func TestConcurrentExhaustion(t *testing.T) {
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	for _, network := range []string{"tcp", "udp"} {
+		var port uint16
+		if network == "tcp" {
+			port = tcpSink(t, false)
+		} else {
+			port = uint16(udpSink(t, false).LocalAddr().(*net.UDPAddr).Port)
+		}
+		ports := tuple.MustParsePortSet("20000-20007")
+		d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: ports, Strategy: Search}
+		const ndst, workers, per = 4, 16, 4 // 64 dials for 32 4-tuples
+		var mu sync.Mutex
+		seen := map[[2]netip.AddrPort]bool{}
+		var conns []net.Conn
+		exhausted := 0
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := range per {
+					dst := netip.AddrPortFrom(v4dst(1+(w+i)%ndst), port)
+					c, err := d.Dial(network, dst.String())
+					mu.Lock()
+					switch {
+					case err == nil:
+						ft := fourTuple(c)
+						if seen[ft] {
+							t.Errorf("%s: duplicate 4-tuple %v", network, ft)
+						}
+						seen[ft] = true
+						conns = append(conns, c)
+					case errors.Is(err, ErrExhausted):
+						exhausted++
+					default:
+						t.Errorf("%s: %v", network, err)
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if len(conns) != ports.Len()*ndst || exhausted != workers*per-len(conns) {
+			t.Errorf("%s: %d conns and %d exhausted, want %d and %d", network, len(conns), exhausted, ports.Len()*ndst, workers*per-ports.Len()*ndst)
+		}
+		closeAll(conns)
+	}
+}
+
+// TestControlHook checks that the user's Control runs for every strategy
+// with the destination, and that its error aborts the dial.
+func TestControlHook(t *testing.T) {
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	tport := tcpSink(t, false)
+	uport := uint16(udpSink(t, false).LocalAddr().(*net.UDPAddr).Port)
+	boom := errors.New("boom")
+	for _, tc := range []struct {
+		network string
+		s       Strategy
+		ports   string
+	}{{"tcp", Kernel, "40000-40009"}, {"tcp", Search, "20000-20009"}, {"udp", Search, "20000-20009"}, {"udp", Kernel, "40000-40009"}} {
+		port := tport
+		if tc.network == "udp" {
+			port = uport
+		}
+		dst := netip.AddrPortFrom(v4dst(1), port).String()
+		var calls int
+		var gotAddr string
+		d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet(tc.ports), Strategy: tc.s,
+			Control: func(network, address string, c syscall.RawConn) error {
+				calls++
+				gotAddr = address
+				return c.Control(func(uintptr) {})
+			}}
+		c, err := d.Dial(tc.network, dst)
+		if err != nil {
+			t.Fatalf("%s %v: %v", tc.network, tc.s, err)
+		}
+		c.Close()
+		if calls != 1 || gotAddr != dst {
+			t.Errorf("%s %v: Control called %d times with %q", tc.network, tc.s, calls, gotAddr)
+		}
+		d = &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet(tc.ports), Strategy: tc.s,
+			Control: func(string, string, syscall.RawConn) error { return boom }}
+		if _, err := d.Dial(tc.network, dst); !errors.Is(err, boom) || errors.Is(err, ErrExhausted) {
+			t.Errorf("%s %v: Control error gave %v", tc.network, tc.s, err)
+		}
+	}
+}
+
+// TestContextCanceled checks that a canceled context stops the dial with
+// the context's error.
+func TestContextCanceled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, s := range []Strategy{Kernel, Search} {
+		d := &Dialer{Strategy: s, Ports: tuple.MustParsePortSet("61000-61009")}
+		if s == Kernel {
+			d.Ports = tuple.PortSet{}
+		}
+		if _, err := d.DialContext(ctx, "tcp", "127.0.0.1:9"); !errors.Is(err, context.Canceled) {
+			t.Errorf("%v: %v, want context.Canceled", s, err)
+		}
+	}
+}
+
+// TestTimeout checks that Timeout bounds a connect that gets no answer (the
+// listener's accept queue is full, so its SYNs are dropped) and that the
+// error reports Timeout() like net's.
+func TestTimeout(t *testing.T) {
+	if !netnstest.InNetNS(t, netnstest.SetupCmd("sysctl", "-w", "net.core.somaxconn=1")) {
+		return
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0") // backlog 1, never accepted
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dst := ln.Addr().String()
+	var fill []net.Conn
+	defer func() { closeAll(fill) }()
+	for _, s := range []Strategy{Kernel, Search} {
+		d := &Dialer{Sources: []netip.Addr{v4src(1)}, Strategy: s, Timeout: 300 * time.Millisecond, MaxAttempts: 4}
+		if s == Search {
+			d.Ports = tuple.MustParsePortSet("20000-20099")
+		}
+		var err error
+		for range 8 { // fill the accept queue, then one more dial must hang
+			var c net.Conn
+			if c, err = d.Dial("tcp", dst); err != nil {
+				break
+			}
+			fill = append(fill, c)
+		}
+		var ne net.Error
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() || errors.Is(err, ErrExhausted) {
+			t.Fatalf("%v: dial to a full accept queue: %v, want a timeout", s, err)
+		}
+	}
+}
+
+// TestPSIDPortSet dials from an RFC 7597 PSID port set (63 ranges of 16
+// ports) and checks every local port is in it.
+func TestPSIDPortSet(t *testing.T) {
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	set, err := tuple.PSIDPortSet(6, 6, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := tcpSink(t, false)
+	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: set}
+	var conns []net.Conn
+	defer func() { closeAll(conns) }()
+	for i := range 100 {
+		c, err := d.Dial("tcp", netip.AddrPortFrom(v4dst(1+i%3), port).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if lp := fourTuple(c)[0].Port(); !set.Contains(lp) {
+			t.Fatalf("port %d is not in %v", lp, set)
+		}
+	}
+}
