@@ -476,7 +476,7 @@ flows: [{from: b, to: a}]
 // acl/testdata/vpc-cidrs.yaml).
 func TestSampleCounts(t *testing.T) {
 	p := loadCase(t, goldenCase{"vpc", "vpc.ng", "vpc-cidrs.yaml"})
-	count := func(noMerge bool) (total, over, max int) {
+	count := func(noMerge bool) (total, over, mx int) {
 		res, err := Generate(p, Options{NoMerge: noMerge, NoLimit: true})
 		if err != nil {
 			t.Fatal(err)
@@ -488,7 +488,7 @@ func TestSampleCounts(t *testing.T) {
 				if n > DefaultMaxRules {
 					over++
 				}
-				max = maxInt(max, n)
+				mx = max(mx, n)
 			}
 		}
 		return
@@ -499,13 +499,6 @@ func TestSampleCounts(t *testing.T) {
 		t.Errorf("vpc.ng: merged %d rules (max %d, %d over 20), unmerged %d (max %d, %d over); docs/acl.md says 108 (12, 0) and 181 (37, 2)",
 			mt, mm, mo, rt, rm, ro)
 	}
-}
-
-func maxInt(a, b int) int {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // TestLintDeterministic checks that findings come out in the same order on

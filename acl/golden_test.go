@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -135,21 +136,10 @@ func firstDiff(got, want []byte) string {
 			b = w[i]
 		}
 		if a != b {
-			return "line " + itoa(i+1) + ":\n got: " + a + "\nwant: " + b
+			return "line " + strconv.Itoa(i+1) + ":\n got: " + a + "\nwant: " + b
 		}
 	}
 	return ""
-}
-
-func itoa(i int) string {
-	var b []byte
-	for {
-		b = append([]byte{byte('0' + i%10)}, b...)
-		i /= 10
-		if i == 0 {
-			return string(b)
-		}
-	}
 }
 
 // TestNFTCheck loads every nftables golden file with nft -c (parse and
