@@ -151,6 +151,20 @@ func TestNFTCheck(t *testing.T) {
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no nftables golden files (%v)", err)
 	}
+	// shapePolicy adds ICMPv6, all-protocol and IPv6 internet rules.
+	p, err := ParsePolicy("shape.yaml", []byte(shapePolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := render(t, p, "nftables", "shape.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shape := filepath.Join(t.TempDir(), "shape.nft")
+	if err := os.WriteFile(shape, text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, shape)
 	for _, f := range files {
 		abs, _ := filepath.Abs(f)
 		if out, err := ns.Run("nft", "-c", "-f", abs); err != nil {
