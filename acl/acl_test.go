@@ -290,6 +290,7 @@ func TestBadInput(t *testing.T) {
 		{"missing type", "zones:\n  - {name: a}\n", `t.yaml:2: zone "a": missing "type"`},
 		{"duplicate zone", "zones:\n  - {name: a, type: internal}\n  - {name: a, type: external}\n", `t.yaml:3: zone "a": defined twice`},
 		{"bad yaml", "zones: [\n", `t.yaml:`},
+		{"empty services", base + "flows:\n  - from: a\n    to: b\n    services: []\n", `t.yaml:8: flow a->b: services is empty; omit the key`},
 		{"unknown default profile", base + "default_ephemeral: [linux, bsd]\n", `t.yaml:5: default_ephemeral: ephemeral "bsd" is neither a profile`},
 		{"icmp with ports", "services:\n  - name: s\n    protocol: icmp\n    ports: [8]\n", `t.yaml:4: service "s": protocol icmp has no ports`},
 		{"external only", "zones:\n  - {name: x, type: external, cidrs: [192.0.2.0/24]}\nflows:\n  - {from: internet, to: x}\n", `t.yaml:4: flow internet->x: neither zone is internal`},

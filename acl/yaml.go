@@ -93,7 +93,7 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 			f := Flow{Pos: d.pos(n)}
 			f.From = d.str(m["from"], n, "flow", "from", true)
 			f.To = d.str(m["to"], n, "flow", "to", true)
-			f.Services = d.strs(m["services"], "flow "+f.Name()+" services")
+			f.Services = d.services(m["services"], "flow "+f.Name())
 			f.Tags = d.strs(m["tags"], "flow "+f.Name()+" tags")
 			f.Ephemeral = d.strs(m["ephemeral"], "flow "+f.Name()+" ephemeral")
 			p.Flows = append(p.Flows, f)
@@ -105,7 +105,7 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 			a := Permit{Pos: d.pos(n)}
 			a.From = d.str(m["from"], n, "allow", "from", true)
 			a.To = d.str(m["to"], n, "allow", "to", true)
-			a.Services = d.strs(m["services"], "allow "+a.From+"->"+a.To+" services")
+			a.Services = d.services(m["services"], "allow "+a.From+"->"+a.To)
 			p.Allow = append(p.Allow, a)
 		}
 	}
@@ -295,6 +295,17 @@ func (d *ydec) strs(n *yaml.Node, item string) []string {
 		out = append(out, c.Value)
 	}
 	return out
+}
+
+// services returns a flow's or allow entry's services. An empty list is an
+// error rather than "any": a generated or edited policy that lost its
+// services must not silently open every protocol and port.
+func (d *ydec) services(n *yaml.Node, item string) []string {
+	s := d.strs(n, item+" services")
+	if n != nil && len(s) == 0 {
+		d.errs.add(d.pos(n), item, "services is empty; omit the key to allow every protocol and port")
+	}
+	return s
 }
 
 // str returns a scalar value; parent gives the position when it is missing.
