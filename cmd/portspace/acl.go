@@ -214,7 +214,7 @@ finding or a count over --max-rules.`,
 							mark, over = " OVER", over+1
 						}
 						total, totalRaw = total+n+1, totalRaw+nr+1
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d%s\n", a.Zone, dir(eg), fam(v6), n+1, nr+1, limit, mark)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d%s\n", a.Zone, aclDirection(eg), aclFamily(v6), n+1, nr+1, limit, mark)
 					}
 				}
 			}
@@ -231,14 +231,14 @@ finding or a count over --max-rules.`,
 	return c
 }
 
-func dir(egress bool) string {
+func aclDirection(egress bool) string {
 	if egress {
 		return "egress"
 	}
 	return "ingress"
 }
 
-func fam(v6 bool) string {
+func aclFamily(v6 bool) string {
 	if v6 {
 		return "IPv6"
 	}
