@@ -250,3 +250,53 @@ func TestPSIDPortSet(t *testing.T) {
 		}
 	}
 }
+
+// TestFullSourceDeferred checks that a source found full toward a
+// destination is tried last by later dials (no wasted connect), and still
+// tried before ErrExhausted.
+func TestFullSourceDeferred(t *testing.T) {
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	port := tcpSink(t, false)
+	dst := netip.AddrPortFrom(v4dst(1), port).String()
+	ports := tuple.MustParsePortSet("40000-40003")
+	a, b := v4src(1), v4src(2)
+	var conns []net.Conn
+	defer func() { closeAll(conns) }()
+	pre := &Dialer{Sources: []netip.Addr{a}, Ports: ports, Strategy: Kernel}
+	for range ports.Len() {
+		c, err := pre.Dial("tcp", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	calls := 0
+	d := &Dialer{Sources: []netip.Addr{a, b}, Ports: ports, Strategy: Kernel,
+		Control: func(string, string, syscall.RawConn) error { calls++; return nil }}
+	// Round robin starts at b, then a (full: found and remembered), b, then
+	// a again, which is now tried last: one attempt, on b. (A failed
+	// attempt on a costs more than one socket: net.Dialer retries a
+	// connect from port 0 that fails with EADDRNOTAVAIL.)
+	for i := range 4 {
+		calls = 0
+		c, err := d.Dial("tcp", dst)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i+1, err)
+		}
+		conns = append(conns, c)
+		if got := fourTuple(c)[0].Addr(); got != b {
+			t.Fatalf("dial %d from %v, want %v", i+1, got, b)
+		}
+		switch {
+		case i == 1 && calls < 2:
+			t.Fatalf("dial 2 made %d socket attempts; it should have tried the full source first", calls)
+		case i != 1 && calls != 1:
+			t.Fatalf("dial %d made %d socket attempts, want 1", i+1, calls)
+		}
+	}
+	if _, err := d.Dial("tcp", dst); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("dial with both sources full: %v, want ErrExhausted", err)
+	}
+}
