@@ -130,6 +130,7 @@ type state struct {
 	rr    atomic.Uint32
 	dials atomic.Uint64
 	full  fullMemo
+	locks [lockStripes]sync.Mutex
 }
 
 // plan is the resolved strategy for one protocol.
