@@ -152,6 +152,12 @@ func (d *Dialer) init() *state {
 		st.caps = netsys.Probe()
 		st.tcp = d.planTCP(st)
 		st.udp = d.planUDP(st)
+		for i, s := range d.Sources {
+			if !s.IsValid() {
+				err := fmt.Errorf("dial: Sources[%d] is the zero netip.Addr, not an address", i)
+				st.tcp.err, st.udp.err = err, err
+			}
+		}
 		d.st = st
 	})
 	return d.st
