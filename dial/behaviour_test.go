@@ -79,12 +79,16 @@ func TestReleaseReuse(t *testing.T) {
 }
 
 // TestConcurrentExhaustion dials from many goroutines at once (Search, TCP
-// and UDP): exactly ports × destinations dials succeed, with distinct
-// 4-tuples, and the rest fail with ErrExhausted.
+// and UDP; one Dialer, and two Dialers sharing the ports as two processes
+// would): exactly 10 ports × 20 destinations = 200 dials succeed, with
+// distinct 4-tuples, and the rest fail with ErrExhausted. Several rounds,
+// since a lost race shows up only sometimes.
 func TestConcurrentExhaustion(t *testing.T) {
 	if !netnstest.InNetNS(t) {
 		return
 	}
+	const ndst, workers, per, rounds = 20, 8, 30, 5 // 240 dials for 200 4-tuples
+	ports := tuple.MustParsePortSet("20000-20009")
 	for _, network := range []string{"tcp", "udp"} {
 		var port uint16
 		if network == "tcp" {
@@ -92,42 +96,50 @@ func TestConcurrentExhaustion(t *testing.T) {
 		} else {
 			port = uint16(udpSink(t, false).LocalAddr().(*net.UDPAddr).Port)
 		}
-		ports := tuple.MustParsePortSet("20000-20007")
-		d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: ports, Strategy: Search}
-		const ndst, workers, per = 4, 16, 4 // 64 dials for 32 4-tuples
-		var mu sync.Mutex
-		seen := map[[2]netip.AddrPort]bool{}
-		var conns []net.Conn
-		exhausted := 0
-		var wg sync.WaitGroup
-		for w := range workers {
-			wg.Go(func() {
-				for i := range per {
-					dst := netip.AddrPortFrom(v4dst(1+(w+i)%ndst), port)
-					c, err := d.Dial(network, dst.String())
-					mu.Lock()
-					switch {
-					case err == nil:
-						ft := fourTuple(c)
-						if seen[ft] {
-							t.Errorf("%s: duplicate 4-tuple %v", network, ft)
-						}
-						seen[ft] = true
-						conns = append(conns, c)
-					case errors.Is(err, ErrExhausted):
-						exhausted++
-					default:
-						t.Errorf("%s: %v", network, err)
-					}
-					mu.Unlock()
+		for _, ndialers := range []int{1, 2} {
+			for round := range rounds {
+				var dialers []*Dialer
+				for range ndialers {
+					dialers = append(dialers, &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: ports, Strategy: Search})
 				}
-			})
+				var mu sync.Mutex
+				seen := map[[2]netip.AddrPort]bool{}
+				var conns []net.Conn
+				exhausted := 0
+				var wg sync.WaitGroup
+				for w := range workers {
+					d := dialers[w%ndialers]
+					wg.Go(func() {
+						for i := range per {
+							dst := netip.AddrPortFrom(v4dst(1+(w*per+i)%ndst), port)
+							c, err := d.Dial(network, dst.String())
+							mu.Lock()
+							switch {
+							case err == nil:
+								ft := fourTuple(c)
+								if seen[ft] {
+									t.Errorf("%s: duplicate 4-tuple %v", network, ft)
+								}
+								seen[ft] = true
+								conns = append(conns, c)
+							case errors.Is(err, ErrExhausted):
+								exhausted++
+							default:
+								t.Errorf("%s: %v", network, err)
+							}
+							mu.Unlock()
+						}
+					})
+				}
+				wg.Wait()
+				for _, c := range conns {
+					closeRST(c) // no TIME_WAIT to block the next round's 4-tuples
+				}
+				if want := ports.Len() * ndst; len(conns) != want || exhausted != workers*per-want {
+					t.Fatalf("%s, %d dialer(s), round %d: %d conns and %d exhausted, want %d and %d", network, ndialers, round, len(conns), exhausted, want, workers*per-want)
+				}
+			}
 		}
-		wg.Wait()
-		if len(conns) != ports.Len()*ndst || exhausted != workers*per-len(conns) {
-			t.Errorf("%s: %d conns and %d exhausted, want %d and %d", network, len(conns), exhausted, ports.Len()*ndst, workers*per-ports.Len()*ndst)
-		}
-		closeAll(conns)
 	}
 }
 
@@ -248,5 +260,55 @@ func TestPSIDPortSet(t *testing.T) {
 		if lp := fourTuple(c)[0].Port(); !set.Contains(lp) {
 			t.Fatalf("port %d is not in %v", lp, set)
 		}
+	}
+}
+
+// TestFullSourceDeferred checks that a source found full toward a
+// destination is tried last by later dials (no wasted connect), and still
+// tried before ErrExhausted.
+func TestFullSourceDeferred(t *testing.T) {
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	port := tcpSink(t, false)
+	dst := netip.AddrPortFrom(v4dst(1), port).String()
+	ports := tuple.MustParsePortSet("40000-40003")
+	a, b := v4src(1), v4src(2)
+	var conns []net.Conn
+	defer func() { closeAll(conns) }()
+	pre := &Dialer{Sources: []netip.Addr{a}, Ports: ports, Strategy: Kernel}
+	for range ports.Len() {
+		c, err := pre.Dial("tcp", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	calls := 0
+	d := &Dialer{Sources: []netip.Addr{a, b}, Ports: ports, Strategy: Kernel,
+		Control: func(string, string, syscall.RawConn) error { calls++; return nil }}
+	// Round robin starts at b, then a (full: found and remembered), b, then
+	// a again, which is now tried last: one attempt, on b. (A failed
+	// attempt on a costs more than one socket: net.Dialer retries a
+	// connect from port 0 that fails with EADDRNOTAVAIL.)
+	for i := range 4 {
+		calls = 0
+		c, err := d.Dial("tcp", dst)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i+1, err)
+		}
+		conns = append(conns, c)
+		if got := fourTuple(c)[0].Addr(); got != b {
+			t.Fatalf("dial %d from %v, want %v", i+1, got, b)
+		}
+		switch {
+		case i == 1 && calls < 2:
+			t.Fatalf("dial 2 made %d socket attempts; it should have tried the full source first", calls)
+		case i != 1 && calls != 1:
+			t.Fatalf("dial %d made %d socket attempts, want 1", i+1, calls)
+		}
+	}
+	if _, err := d.Dial("tcp", dst); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("dial with both sources full: %v, want ErrExhausted", err)
 	}
 }

@@ -128,6 +128,9 @@ type state struct {
 	sel   *selector
 	diags *diagPool
 	rr    atomic.Uint32
+	dials atomic.Uint64
+	full  fullMemo
+	locks [lockStripes]sync.Mutex
 }
 
 // plan is the resolved strategy for one protocol.
@@ -149,6 +152,12 @@ func (d *Dialer) init() *state {
 		st.caps = netsys.Probe()
 		st.tcp = d.planTCP(st)
 		st.udp = d.planUDP(st)
+		for i, s := range d.Sources {
+			if !s.IsValid() {
+				err := fmt.Errorf("dial: Sources[%d] is the zero netip.Addr, not an address", i)
+				st.tcp.err, st.udp.err = err, err
+			}
+		}
 		d.st = st
 	})
 	return d.st
@@ -488,26 +497,87 @@ func (d *Dialer) dialAddr(ctx context.Context, st *state, pl *plan, proto tuple.
 			skip--
 		}
 	}
+	// Sources found full toward dst by a recent dial are tried last, so
+	// that a dial does not pay for a failed search (or a kernel scan of the
+	// whole range) on them while another source has room. They are still
+	// tried before ErrExhausted, so exhaustion stays exact.
+	seq := st.dials.Add(1)
+	var tried []bool
 	var last error
-	for i := range n {
-		src := d.Sources[(start+i)%n].Unmap()
-		if src.Is4() != dst.Addr().Is4() {
-			continue
-		}
-		c, err := d.dialFrom(ctx, st, pl, proto, src, dst)
-		if err == nil {
-			return c, nil
-		}
-		if !errors.Is(err, errSourceFull) {
-			return nil, err
-		}
-		st.log.Debug("dial: source exhausted toward destination; trying the next", "source", src, "destination", dst, "proto", proto)
-		last = err
-		if ctx.Err() != nil {
-			return nil, &opError{msg: "dial: " + proto.String() + " " + dst.String(), err: ctx.Err()}
+	for pass := range 2 {
+		for i := range n {
+			j := (start + i) % n
+			src := d.Sources[j].Unmap()
+			if src.Is4() != dst.Addr().Is4() {
+				continue
+			}
+			k := holdKey{proto: proto, src: src, dst: dst}
+			if pass == 1 && tried != nil && tried[j] {
+				continue
+			}
+			if full := st.full.has(k, seq); full != (pass == 1) {
+				continue
+			}
+			c, err := d.dialFrom(ctx, st, pl, proto, src, dst)
+			if err == nil {
+				if pass == 1 {
+					st.full.clear(k)
+				}
+				return c, nil
+			}
+			if !errors.Is(err, errSourceFull) {
+				return nil, err
+			}
+			st.log.Debug("dial: source exhausted toward destination; trying the next", "source", src, "destination", dst, "proto", proto)
+			st.full.mark(k, seq)
+			if tried == nil {
+				tried = make([]bool, n)
+			}
+			tried[j] = true
+			last = err
+			if ctx.Err() != nil {
+				return nil, &opError{msg: "dial: " + proto.String() + " " + dst.String(), err: ctx.Err()}
+			}
 		}
 	}
 	return nil, d.exhausted(proto, pl, dst, last)
+}
+
+// fullMemoDials is how many later dials (of the Dialer, toward any
+// destination) a source stays "recently full" toward a destination.
+const fullMemoDials = 1024
+
+// fullMemo remembers which (source, destination) pairs were recently found
+// full.
+type fullMemo struct {
+	mu sync.Mutex
+	m  map[holdKey]uint64 // dial sequence number when found full
+}
+
+func (f *fullMemo) has(k holdKey, seq uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	at, ok := f.m[k]
+	if ok && seq-at > fullMemoDials {
+		delete(f.m, k)
+		return false
+	}
+	return ok
+}
+
+func (f *fullMemo) mark(k holdKey, seq uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil || len(f.m) >= 1<<16 {
+		f.m = make(map[holdKey]uint64) // bound the memory; the memo is only a hint
+	}
+	f.m[k] = seq
+}
+
+func (f *fullMemo) clear(k holdKey) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.m, k)
 }
 
 func (d *Dialer) exhausted(proto tuple.Proto, pl *plan, dst netip.AddrPort, last error) error {

@@ -32,6 +32,10 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("Dial(%q, %q) = %v, want an error containing %q", tc.network, tc.address, err, tc.want)
 		}
 	}
+	d3 := &Dialer{Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1"), {}}}
+	if _, err := d3.Dial("udp", "127.0.0.1:53"); err == nil || !strings.Contains(err.Error(), "Sources[1] is the zero netip.Addr") {
+		t.Errorf("zero source address: %v", err)
+	}
 	d2 := &Dialer{Sources: []netip.Addr{netip.MustParseAddr("::1")}}
 	if _, err := d2.Dial("tcp", "127.0.0.1:80"); err == nil || !strings.Contains(err.Error(), "no source address of the destination's family") {
 		t.Errorf("IPv4 destination with only an IPv6 source: %v", err)

@@ -27,7 +27,10 @@
 // socket that would receive the destination's datagrams), compare that
 // socket's cookie with our SO_COOKIE, connect if it is ours, SO_REUSEADDR=1.
 // Two Dialers, in one process or many, never create the same connected UDP
-// 4-tuple this way.
+// 4-tuple this way. Within a Dialer a mutex per (source, port) keeps
+// concurrent dials out of each other's lock window; a port whose bind meets
+// another process's lock is retried a few times (under 1 ms in all) before
+// the dial reports ErrExhausted.
 //
 // What the UDP lock cannot protect against: sockets that do not follow the
 // protocol. A program that sets SO_REUSEADDR, binds one of the ports and

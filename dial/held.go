@@ -183,6 +183,23 @@ func (s *selector) pick(sr *search) (uint32, bool) {
 	return idx, true
 }
 
+// reserve reserves a specific index for sr's key (a retry of a busy port),
+// or reports false when the Dialer already holds it.
+func (s *selector) reserve(sr *search, idx uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.held[sr.key]
+	if h == nil {
+		h = newHoldSet(sr.size, uint32(s.offset(sr.key)%uint64(sr.size)))
+		s.held[sr.key] = h
+	}
+	if h.has(idx) {
+		return false
+	}
+	h.add(idx, sr.size)
+	return true
+}
+
 // settle records the outcome of trying idx: on success the Dialer keeps
 // holding it and the next search toward this key starts after it; on failure
 // the reservation is dropped.

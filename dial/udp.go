@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/portspace/portspace/internal/netsys"
 	"github.com/portspace/portspace/tuple"
@@ -62,6 +64,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	}
 	sr := search{key: holdKey{proto: tuple.UDP, src: src, dst: dst}, size: uint32(pl.ports.Len())}
 	var last error
+	var busy []uint32 // indices whose bind met another process's lock
 	for range d.maxAttempts() {
 		if err := ctx.Err(); err != nil {
 			return nil, &opError{msg: "dial: udp " + dst.String(), err: err}
@@ -71,15 +74,52 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 			break
 		}
 		port, _ := pl.ports.Nth(int(idx))
-		c, err := d.udpTry(src, port, dst)
+		c, err := d.udpTry(st, src, port, dst)
 		st.sel.settle(&sr, idx, err == nil)
 		if err == nil {
 			return newUDPConn(c, st.sel, sr.key, idx), nil
 		}
-		if !errors.Is(err, errPortTaken) {
+		if errors.Is(err, errPortBusy) {
+			busy = append(busy, idx)
+		} else if !errors.Is(err, errPortTaken) {
 			return nil, err
 		}
 		last = err
+	}
+	// A bind that failed with EADDRINUSE may have met a cooperating socket
+	// holding its lock for a few microseconds (another Dialer or process),
+	// not an owner of the port: before reporting exhaustion, retry those
+	// ports a few times with a short, growing pause.
+	wait := busyFirstWait
+	for round := 0; round < busyRounds && len(busy) > 0; round++ {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, &opError{msg: "dial: udp " + dst.String(), err: ctx.Err()}
+		case <-t.C:
+		}
+		wait *= 2
+		still := busy[:0]
+		for _, idx := range busy {
+			if !st.sel.reserve(&sr, idx) {
+				continue // this Dialer holds it now
+			}
+			port, _ := pl.ports.Nth(int(idx))
+			c, err := d.udpTry(st, src, port, dst)
+			st.sel.settle(&sr, idx, err == nil)
+			if err == nil {
+				return newUDPConn(c, st.sel, sr.key, idx), nil
+			}
+			switch {
+			case errors.Is(err, errPortBusy):
+				still = append(still, idx)
+			case !errors.Is(err, errPortTaken):
+				return nil, err
+			}
+			last = err
+		}
+		busy = still
 	}
 	if last == nil {
 		last = fmt.Errorf("this Dialer holds all %d ports toward %v", sr.size, dst)
@@ -87,12 +127,40 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	return nil, fmt.Errorf("%w: %w", errSourceFull, last)
 }
 
+// busyRounds and busyFirstWait bound the retries of ports whose bind met
+// another process's lock: 4 rounds after 50, 100, 200 and 400 µs.
+const (
+	busyRounds    = 4
+	busyFirstWait = 50 * time.Microsecond
+)
+
+// errPortBusy: bind failed with EADDRINUSE, so a socket holds the port
+// without sharing it, possibly only for the moment (a cooperating socket's
+// lock).
+var errPortBusy = fmt.Errorf("%w: bound without sharing, or locked by another process", errPortTaken)
+
+// lockStripes serialises the cooperative lock per (source, port) within a
+// Dialer: while one goroutine holds a port's lock (SO_REUSEADDR=0), another
+// would fail to bind that port and wrongly count it as taken.
+const lockStripes = 64
+
+func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
+	a := src.As16()
+	h := uint32(port) * 0x9e3779b1
+	for i := 0; i < 16; i += 4 {
+		h = (h ^ (uint32(a[i])<<24 | uint32(a[i+1])<<16 | uint32(a[i+2])<<8 | uint32(a[i+3]))) * 0x85ebca6b
+	}
+	return &st.locks[h>>(32-6)]
+}
+
 // udpTry runs the cooperative lock (Cloudflare's connectx for UDP) for one
 // (source, port):
 //
 //  1. socket; read its SO_COOKIE; SO_REUSEADDR=1; bind(source, port).
-//     EADDRINUSE: another socket holds the port without sharing it (or
-//     holds the lock right now): taken.
+//     EADDRINUSE: another socket holds the port without sharing it, or
+//     another process's socket holds the lock right now: busy (udpSearch
+//     retries it before reporting exhaustion). Within the Dialer, the
+//     per-(source, port) mutex keeps its own dials out of each other's lock.
 //  2. SO_REUSEADDR=0. This is the lock: no cooperating socket can bind
 //     (source, port) until it is set again.
 //  3. Exact sock_diag lookup of (destination -> source:port): the socket
@@ -101,7 +169,16 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 //     is not our cookie, the 4-tuple is taken. No answer (ENOENT) means the
 //     best match is a socket that is being closed: taken, too.
 //  4. connect(destination); SO_REUSEADDR=1 again to release the lock.
-func (d *Dialer) udpTry(src netip.Addr, port uint16, dst netip.AddrPort) (c *net.UDPConn, err error) {
+func (d *Dialer) udpTry(st *state, src netip.Addr, port uint16, dst netip.AddrPort) (*net.UDPConn, error) {
+	mu := st.portLock(src, port)
+	mu.Lock()
+	defer mu.Unlock()
+	return d.udpTryLocked(src, port, dst)
+}
+
+// udpTryLocked is udpTry under the Dialer's lock for (src, port); it closes
+// the socket on failure before returning.
+func (d *Dialer) udpTryLocked(src netip.Addr, port uint16, dst netip.AddrPort) (c *net.UDPConn, err error) {
 	fd, err := netsys.UDPSocket(dst.Addr().Is6())
 	if err != nil {
 		return nil, fmt.Errorf("dial: udp %v: %w", dst, err)
@@ -130,7 +207,7 @@ func (d *Dialer) udpTry(src netip.Addr, port uint16, dst netip.AddrPort) (c *net
 	local := netip.AddrPortFrom(src, port)
 	if err := netsys.Bind(fd, local); err != nil {
 		if netsys.IsAddrInUse(err) {
-			return nil, fmt.Errorf("%w: %w", errPortTaken, err)
+			return nil, fmt.Errorf("%w: %w", errPortBusy, err)
 		}
 		return nil, sourceError(src, err)
 	}

@@ -42,28 +42,36 @@ func TestLookupUDPExact(t *testing.T) {
 	if !Probe().UDPDiag {
 		t.Fatal("the exact sock_diag UDP lookup does not work on this kernel")
 	}
-	_, local, cookieA := boundUDP(t, netip.AddrPortFrom(lo4, 0))
-	r1 := netip.MustParseAddrPort("127.0.0.2:5000")
-	r2 := netip.MustParseAddrPort("127.0.0.3:5000")
-	if got, found, err := LookupUDP(local, r1); err != nil || !found || got != cookieA {
-		t.Fatalf("lookup %v->%v = %#x, %v, %v; want A %#x", r1, local, got, found, err, cookieA)
-	}
-	fdB, _, cookieB := boundUDP(t, local)
-	if cookieA == cookieB {
-		t.Fatal("two sockets share a cookie")
-	}
-	if err := Connect(fdB, r1); err != nil {
-		t.Fatal(err)
-	}
-	if got, found, err := LookupUDP(local, r1); err != nil || !found || got != cookieB {
-		t.Fatalf("lookup %v->%v = %#x, %v, %v; want connected B %#x", r1, local, got, found, err, cookieB)
-	}
-	if got, found, err := LookupUDP(local, r2); err != nil || !found || got != cookieA {
-		t.Fatalf("lookup %v->%v = %#x, %v, %v; want unconnected A %#x", r2, local, got, found, err, cookieA)
-	}
-	unused := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.9"), local.Port())
-	if _, found, err := LookupUDP(unused, r1); err != nil || found {
-		t.Fatalf("lookup of an address nobody bound: found=%v err=%v", found, err)
+	for _, fam := range []struct {
+		lo            netip.Addr
+		r1, r2, other string
+	}{
+		{lo4, "127.0.0.2:5000", "127.0.0.3:5000", "127.0.0.9"},
+		{netip.IPv6Loopback(), "[::1]:5000", "[::1]:5001", "::2"},
+	} {
+		_, local, cookieA := boundUDP(t, netip.AddrPortFrom(fam.lo, 0))
+		r1 := netip.MustParseAddrPort(fam.r1)
+		r2 := netip.MustParseAddrPort(fam.r2)
+		if got, found, err := LookupUDP(local, r1); err != nil || !found || got != cookieA {
+			t.Fatalf("lookup %v->%v = %#x, %v, %v; want A %#x", r1, local, got, found, err, cookieA)
+		}
+		fdB, _, cookieB := boundUDP(t, local)
+		if cookieA == cookieB {
+			t.Fatal("two sockets share a cookie")
+		}
+		if err := Connect(fdB, r1); err != nil {
+			t.Fatal(err)
+		}
+		if got, found, err := LookupUDP(local, r1); err != nil || !found || got != cookieB {
+			t.Fatalf("lookup %v->%v = %#x, %v, %v; want connected B %#x", r1, local, got, found, err, cookieB)
+		}
+		if got, found, err := LookupUDP(local, r2); err != nil || !found || got != cookieA {
+			t.Fatalf("lookup %v->%v = %#x, %v, %v; want unconnected A %#x", r2, local, got, found, err, cookieA)
+		}
+		unused := netip.AddrPortFrom(netip.MustParseAddr(fam.other), local.Port())
+		if _, found, err := LookupUDP(unused, r1); err != nil || found {
+			t.Fatalf("lookup of an address nobody bound: found=%v err=%v", found, err)
+		}
 	}
 }
 
