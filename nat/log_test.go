@@ -12,33 +12,33 @@ import (
 	"github.com/portspace/portspace/tuple"
 )
 
-var t0 = time.Date(2026, 11, 21, 5, 0, 0, 0, time.UTC)
+var lgT0 = time.Date(2026, 11, 21, 5, 0, 0, 0, time.UTC)
 
-func at(d time.Duration) time.Time { return t0.Add(d) }
+func lgAt(d time.Duration) time.Time { return lgT0.Add(d) }
 
-func sampleEvents() []Event {
+func lgSample() []Event {
 	sub := netip.MustParseAddr("100.64.0.7")
 	return []Event{
-		{Time: at(0), Kind: BlockAllocated, Proto: tuple.UDP, Subscriber: sub,
+		{Time: lgAt(0), Kind: BlockAllocated, Proto: tuple.UDP, Subscriber: sub,
 			External: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 0), Block: tuple.PortRangeFrom(2048, 2559)},
-		{Time: at(time.Second + 123456789), Kind: MappingCreated, Proto: tuple.UDP, Subscriber: sub,
+		{Time: lgAt(time.Second + 123456789), Kind: MappingCreated, Proto: tuple.UDP, Subscriber: sub,
 			Internal: netip.MustParseAddrPort("100.64.0.7:5353"), External: netip.MustParseAddrPort("192.0.2.1:2050"),
 			Block: tuple.PortRangeFrom(2048, 2559)},
-		{Time: at(2 * time.Second), Kind: SessionCreated, Proto: tuple.UDP, Subscriber: sub,
+		{Time: lgAt(2 * time.Second), Kind: SessionCreated, Proto: tuple.UDP, Subscriber: sub,
 			Internal: netip.MustParseAddrPort("100.64.0.7:5353"), External: netip.MustParseAddrPort("192.0.2.1:2050"),
 			Remote: netip.MustParseAddrPort("198.51.100.1:53")},
-		{Time: at(5 * time.Minute), Kind: MappingDeleted, Proto: tuple.UDP, Subscriber: sub,
+		{Time: lgAt(5 * time.Minute), Kind: MappingDeleted, Proto: tuple.UDP, Subscriber: sub,
 			Internal: netip.MustParseAddrPort("100.64.0.7:5353"), External: netip.MustParseAddrPort("192.0.2.1:2050"),
 			Reason: ReasonIdle},
-		{Time: at(6 * time.Minute), Kind: MappingCreated, Proto: tuple.ICMP, Subscriber: sub,
+		{Time: lgAt(6 * time.Minute), Kind: MappingCreated, Proto: tuple.ICMP, Subscriber: sub,
 			Internal: netip.MustParseAddrPort("100.64.0.7:0"), External: netip.MustParseAddrPort("192.0.2.1:0")},
-		{Time: at(7 * time.Minute), Kind: BlockFreed, Proto: tuple.UDP, Subscriber: sub,
+		{Time: lgAt(7 * time.Minute), Kind: BlockFreed, Proto: tuple.UDP, Subscriber: sub,
 			External: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 0), Block: tuple.PortRangeFrom(2048, 2559),
 			Reason: "weird \"reason\"\n\x01 ünïcode"},
 	}
 }
 
-func eventsEqual(a, b Event) bool {
+func lgEqual(a, b Event) bool {
 	return a.Time.Equal(b.Time) && a.Kind == b.Kind && a.Proto == b.Proto && a.Subscriber == b.Subscriber &&
 		a.Internal == b.Internal && a.External == b.External && a.Block == b.Block && a.Remote == b.Remote && a.Reason == b.Reason
 }
@@ -47,7 +47,7 @@ func TestLogRoundTrip(t *testing.T) {
 	for _, dest := range []bool{false, true} {
 		var buf bytes.Buffer
 		w := NewLogWriter(&buf, LogOptions{Destinations: dest, BufferSize: 100})
-		evs := sampleEvents()
+		evs := lgSample()
 		for _, ev := range evs {
 			w.Record(ev)
 		}
@@ -83,7 +83,7 @@ func TestLogRoundTrip(t *testing.T) {
 			t.Fatalf("dest=%v: got %d events, want %d (Events %d)", dest, len(got), len(want), w.Events())
 		}
 		for i := range want {
-			if !eventsEqual(got[i], want[i]) {
+			if !lgEqual(got[i], want[i]) {
 				t.Fatalf("event %d:\n got %+v\nwant %+v", i, got[i], want[i])
 			}
 		}
@@ -95,7 +95,7 @@ func TestLogRoundTrip(t *testing.T) {
 func TestLogNoDestinationsByDefault(t *testing.T) {
 	var buf bytes.Buffer
 	w := NewLogWriter(&buf, LogOptions{})
-	for _, ev := range sampleEvents() {
+	for _, ev := range lgSample() {
 		ev.Remote = netip.MustParseAddrPort("198.51.100.1:53") // even if the engine set one
 		w.Record(ev)
 	}
@@ -106,13 +106,13 @@ func TestLogNoDestinationsByDefault(t *testing.T) {
 }
 
 func TestLogLineFormat(t *testing.T) {
-	ev := sampleEvents()[1]
+	ev := lgSample()[1]
 	got := string(AppendEventJSON(nil, ev, false))
 	want := `{"time":"2026-11-21T05:00:01.123456789Z","kind":"mapping-created","proto":"udp","subscriber":"100.64.0.7","internal":"100.64.0.7:5353","external":"192.0.2.1:2050","block":"2048-2559"}`
 	if got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
-	blk := string(AppendEventJSON(nil, sampleEvents()[0], false))
+	blk := string(AppendEventJSON(nil, lgSample()[0], false))
 	if !strings.Contains(blk, `"external":"192.0.2.1",`) {
 		t.Fatalf("block event external must be an address: %s", blk)
 	}
@@ -126,7 +126,7 @@ func TestLogLineFormat(t *testing.T) {
 func TestLogReaderBadLines(t *testing.T) {
 	var good bytes.Buffer
 	w := NewLogWriter(&good, LogOptions{})
-	w.Record(sampleEvents()[1])
+	w.Record(lgSample()[1])
 	w.Flush()
 	line := strings.TrimSpace(good.String())
 	input := strings.Join([]string{
@@ -180,18 +180,18 @@ func TestLogReaderBadLines(t *testing.T) {
 	}
 }
 
-type failWriter struct{ n int }
+type lgFailWriter struct{ n int }
 
-func (f *failWriter) Write(b []byte) (int, error) {
+func (f *lgFailWriter) Write(b []byte) (int, error) {
 	f.n++
 	return 0, errors.New("disk full")
 }
 
 func TestLogWriterError(t *testing.T) {
-	fw := &failWriter{}
+	fw := &lgFailWriter{}
 	w := NewLogWriter(fw, LogOptions{BufferSize: 10})
-	w.Record(sampleEvents()[1])
-	w.Record(sampleEvents()[1])
+	w.Record(lgSample()[1])
+	w.Record(lgSample()[1])
 	if err := w.Flush(); err == nil || !strings.Contains(err.Error(), "disk full") || !strings.HasPrefix(err.Error(), "nat: ") {
 		t.Fatalf("Flush: %v", err)
 	}
@@ -202,7 +202,7 @@ func TestLogWriterError(t *testing.T) {
 
 func TestLogRecordAllocs(t *testing.T) {
 	w := NewLogWriter(io.Discard, LogOptions{})
-	ev := sampleEvents()[1]
+	ev := lgSample()[1]
 	if n := testing.AllocsPerRun(1000, func() { w.Record(ev) }); n != 0 {
 		t.Fatalf("Record: %v allocs", n)
 	}
@@ -212,7 +212,7 @@ func TestLogRecordAllocs(t *testing.T) {
 // encoding and buffered write to io.Discard).
 func BenchmarkLogRecord(b *testing.B) {
 	w := NewLogWriter(io.Discard, LogOptions{})
-	ev := sampleEvents()[1]
+	ev := lgSample()[1]
 	b.ReportAllocs()
 	for b.Loop() {
 		ev.Time = ev.Time.Add(time.Millisecond)
@@ -228,7 +228,7 @@ func BenchmarkLogRecord(b *testing.B) {
 func FuzzLogReader(f *testing.F) {
 	var buf bytes.Buffer
 	w := NewLogWriter(&buf, LogOptions{Destinations: true})
-	for _, ev := range sampleEvents() {
+	for _, ev := range lgSample() {
 		w.Record(ev)
 	}
 	w.Flush()
@@ -261,7 +261,7 @@ func FuzzLogReader(f *testing.F) {
 			if err != nil {
 				t.Fatalf("re-read of %s: %v", line, err)
 			}
-			if !eventsEqual(ev, back) {
+			if !lgEqual(ev, back) {
 				t.Fatalf("round trip:\n %+v\n %+v", ev, back)
 			}
 		}

@@ -12,17 +12,17 @@ import (
 	"github.com/portspace/portspace/tuple"
 )
 
-func mapEv(d time.Duration, kind EventKind, proto tuple.Proto, internal, external string) Event {
+func lgMapEv(d time.Duration, kind EventKind, proto tuple.Proto, internal, external string) Event {
 	in := netip.MustParseAddrPort(internal)
-	return Event{Time: at(d), Kind: kind, Proto: proto, Subscriber: in.Addr(), Internal: in, External: netip.MustParseAddrPort(external)}
+	return Event{Time: lgAt(d), Kind: kind, Proto: proto, Subscriber: in.Addr(), Internal: in, External: netip.MustParseAddrPort(external)}
 }
 
-func blockEv(d time.Duration, kind EventKind, sub, ext string, lo, hi uint16) Event {
-	return Event{Time: at(d), Kind: kind, Proto: tuple.TCP, Subscriber: netip.MustParseAddr(sub),
+func lgBlockEv(d time.Duration, kind EventKind, sub, ext string, lo, hi uint16) Event {
+	return Event{Time: lgAt(d), Kind: kind, Proto: tuple.TCP, Subscriber: netip.MustParseAddr(sub),
 		External: netip.AddrPortFrom(netip.MustParseAddr(ext), 0), Block: tuple.PortRangeFrom(lo, hi)}
 }
 
-func subscribers(hs []Holding) []string {
+func lgSubs(hs []Holding) []string {
 	var out []string
 	for _, h := range hs {
 		out = append(out, h.Proto.String()+" "+h.Subscriber.String())
@@ -34,12 +34,12 @@ func TestWhoisMappings(t *testing.T) {
 	ix := NewIndex()
 	ext := "192.0.2.1:40000"
 	for _, ev := range []Event{
-		mapEv(0, MappingCreated, tuple.UDP, "10.0.0.1:1000", ext),
-		mapEv(10*time.Minute, MappingDeleted, tuple.UDP, "10.0.0.1:1000", ext),
+		lgMapEv(0, MappingCreated, tuple.UDP, "10.0.0.1:1000", ext),
+		lgMapEv(10*time.Minute, MappingDeleted, tuple.UDP, "10.0.0.1:1000", ext),
 		// The port is reused by another subscriber after the quarantine.
-		mapEv(13*time.Minute, MappingCreated, tuple.UDP, "10.0.0.2:2000", ext),
+		lgMapEv(13*time.Minute, MappingCreated, tuple.UDP, "10.0.0.2:2000", ext),
 		// Same port number, other protocol, other holder, never deleted.
-		mapEv(5*time.Minute, MappingCreated, tuple.TCP, "10.0.0.3:3000", ext),
+		lgMapEv(5*time.Minute, MappingCreated, tuple.TCP, "10.0.0.3:3000", ext),
 	} {
 		ix.Add(ev)
 	}
@@ -56,22 +56,22 @@ func TestWhoisMappings(t *testing.T) {
 		{24 * time.Hour, []string{"tcp 10.0.0.3", "udp 10.0.0.2"}}, // open intervals
 	}
 	for _, c := range cases {
-		hs, err := ix.Whois(eP, at(c.at))
+		hs, err := ix.Whois(eP, lgAt(c.at))
 		if err != nil {
 			t.Fatalf("at %v: %v", c.at, err)
 		}
-		if got := subscribers(hs); strings.Join(got, ",") != strings.Join(c.want, ",") {
+		if got := lgSubs(hs); strings.Join(got, ",") != strings.Join(c.want, ",") {
 			t.Fatalf("at %v: got %v, want %v", c.at, got, c.want)
 		}
 	}
-	if _, err := ix.Whois(eP, at(-time.Second)); !errors.Is(err, ErrNoHolder) || !strings.Contains(err.Error(), "at that time") {
+	if _, err := ix.Whois(eP, lgAt(-time.Second)); !errors.Is(err, ErrNoHolder) || !strings.Contains(err.Error(), "at that time") {
 		t.Fatalf("before: %v", err)
 	}
-	if _, err := ix.Whois(netip.MustParseAddrPort("192.0.2.1:40001"), at(0)); !errors.Is(err, ErrNoHolder) || !strings.Contains(err.Error(), "never") {
+	if _, err := ix.Whois(netip.MustParseAddrPort("192.0.2.1:40001"), lgAt(0)); !errors.Is(err, ErrNoHolder) || !strings.Contains(err.Error(), "never") {
 		t.Fatalf("unknown port: %v", err)
 	}
-	hs, _ := ix.Whois(eP, at(time.Minute))
-	if hs[0].Internal != netip.MustParseAddrPort("10.0.0.1:1000") || hs[0].Open() || !hs[0].To.Equal(at(10*time.Minute)) {
+	hs, _ := ix.Whois(eP, lgAt(time.Minute))
+	if hs[0].Internal != netip.MustParseAddrPort("10.0.0.1:1000") || hs[0].Open() || !hs[0].To.Equal(lgAt(10*time.Minute)) {
 		t.Fatalf("holding %+v", hs[0])
 	}
 	if s := ix.Stats(); s.Events != 4 || s.Mappings != 3 || s.Open != 2 || s.Unmatched != 0 {
@@ -88,20 +88,20 @@ func TestWhoisOverlappingIsAmbiguous(t *testing.T) {
 	// return both rather than pick one.
 	ix := NewIndex()
 	ext := "192.0.2.1:5000"
-	ix.Add(mapEv(0, MappingCreated, tuple.TCP, "10.0.0.1:1000", ext))
-	ix.Add(mapEv(time.Second, MappingCreated, tuple.TCP, "10.0.0.2:1000", ext))
-	hs, err := ix.Whois(netip.MustParseAddrPort(ext), at(2*time.Second))
+	ix.Add(lgMapEv(0, MappingCreated, tuple.TCP, "10.0.0.1:1000", ext))
+	ix.Add(lgMapEv(time.Second, MappingCreated, tuple.TCP, "10.0.0.2:1000", ext))
+	hs, err := ix.Whois(netip.MustParseAddrPort(ext), lgAt(2*time.Second))
 	if err != nil || len(hs) != 2 || hs[0].Subscriber == hs[1].Subscriber {
-		t.Fatalf("got %v %v", subscribers(hs), err)
+		t.Fatalf("got %v %v", lgSubs(hs), err)
 	}
 }
 
 func TestWhoisBlocks(t *testing.T) {
 	ix := NewIndex()
-	ix.Add(blockEv(0, BlockAllocated, "100.64.0.1", "192.0.2.9", 1024, 1535))
-	ix.Add(blockEv(time.Hour, BlockFreed, "100.64.0.1", "192.0.2.9", 1024, 1535))
-	ix.Add(blockEv(2*time.Hour, BlockAllocated, "100.64.0.2", "192.0.2.9", 1024, 1535))
-	ix.Add(blockEv(0, BlockAllocated, "100.64.0.3", "192.0.2.9", 1536, 2047))
+	ix.Add(lgBlockEv(0, BlockAllocated, "100.64.0.1", "192.0.2.9", 1024, 1535))
+	ix.Add(lgBlockEv(time.Hour, BlockFreed, "100.64.0.1", "192.0.2.9", 1024, 1535))
+	ix.Add(lgBlockEv(2*time.Hour, BlockAllocated, "100.64.0.2", "192.0.2.9", 1024, 1535))
+	ix.Add(lgBlockEv(0, BlockAllocated, "100.64.0.3", "192.0.2.9", 1536, 2047))
 	for _, c := range []struct {
 		port uint16
 		at   time.Duration
@@ -114,15 +114,15 @@ func TestWhoisBlocks(t *testing.T) {
 		{1300, 90 * time.Minute, ""},
 		{2048, 30 * time.Minute, ""},
 	} {
-		hs, err := ix.Whois(netip.AddrPortFrom(netip.MustParseAddr("192.0.2.9"), c.port), at(c.at))
+		hs, err := ix.Whois(netip.AddrPortFrom(netip.MustParseAddr("192.0.2.9"), c.port), lgAt(c.at))
 		if c.want == "" {
 			if !errors.Is(err, ErrNoHolder) {
-				t.Fatalf("port %d at %v: %v %v", c.port, c.at, subscribers(hs), err)
+				t.Fatalf("port %d at %v: %v %v", c.port, c.at, lgSubs(hs), err)
 			}
 			continue
 		}
 		if err != nil || len(hs) != 1 || hs[0].Subscriber.String() != c.want || !hs[0].IsBlock {
-			t.Fatalf("port %d at %v: %v %v", c.port, c.at, subscribers(hs), err)
+			t.Fatalf("port %d at %v: %v %v", c.port, c.at, lgSubs(hs), err)
 		}
 	}
 }
@@ -130,17 +130,17 @@ func TestWhoisBlocks(t *testing.T) {
 func TestWhoisLogStartsMidway(t *testing.T) {
 	ix := NewIndex()
 	// Deletion without creation: held from before the log until then.
-	ix.Add(mapEv(time.Minute, MappingDeleted, tuple.UDP, "10.0.0.1:1", "192.0.2.1:7"))
+	ix.Add(lgMapEv(time.Minute, MappingDeleted, tuple.UDP, "10.0.0.1:1", "192.0.2.1:7"))
 	// Creation twice without deletion (e.g. a restart lost the deletion).
-	ix.Add(mapEv(2*time.Minute, MappingCreated, tuple.UDP, "10.0.0.2:1", "192.0.2.1:7"))
-	ix.Add(mapEv(3*time.Minute, MappingCreated, tuple.UDP, "10.0.0.2:1", "192.0.2.1:7"))
+	ix.Add(lgMapEv(2*time.Minute, MappingCreated, tuple.UDP, "10.0.0.2:1", "192.0.2.1:7"))
+	ix.Add(lgMapEv(3*time.Minute, MappingCreated, tuple.UDP, "10.0.0.2:1", "192.0.2.1:7"))
 	e := netip.MustParseAddrPort("192.0.2.1:7")
-	hs, err := ix.Whois(e, at(-time.Hour))
+	hs, err := ix.Whois(e, lgAt(-time.Hour))
 	if err != nil || len(hs) != 1 || hs[0].Subscriber.String() != "10.0.0.1" || !hs[0].From.IsZero() {
 		t.Fatalf("%v %v", hs, err)
 	}
-	hs, err = ix.Whois(e, at(150*time.Second))
-	if err != nil || len(hs) != 1 || !hs[0].To.Equal(at(3*time.Minute)) {
+	hs, err = ix.Whois(e, lgAt(150*time.Second))
+	if err != nil || len(hs) != 1 || !hs[0].To.Equal(lgAt(3*time.Minute)) {
 		t.Fatalf("%v %v", hs, err)
 	}
 	if s := ix.Stats(); s.Unmatched != 1 || s.Superseded != 1 {
@@ -155,7 +155,7 @@ func TestReadIndexFromLog(t *testing.T) {
 	var buf bytes.Buffer
 	w := NewLogWriter(&buf, LogOptions{})
 	ix := NewIndex()
-	for _, ev := range sampleEvents() {
+	for _, ev := range lgSample() {
 		w.Record(ev)
 		ix.Record(ev)
 	}
@@ -168,7 +168,7 @@ func TestReadIndexFromLog(t *testing.T) {
 	}
 	e := netip.MustParseAddrPort("192.0.2.1:2050")
 	for _, x := range []*Index{ix, got} {
-		hs, err := x.Whois(e, at(time.Minute))
+		hs, err := x.Whois(e, lgAt(time.Minute))
 		// The mapping and the block that contains it.
 		if err != nil || len(hs) != 2 || hs[0].Subscriber.String() != "100.64.0.7" {
 			t.Fatalf("%v %v", hs, err)
