@@ -689,4 +689,3 @@ func (r SimResult) SortedDrops() []string {
 	})
 	return keys
 }
-

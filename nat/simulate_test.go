@@ -157,4 +157,3 @@ func BenchmarkSimulate(b *testing.B) {
 		b.ReportMetric(float64(r.Packets), "packets/op")
 	}
 }
-
