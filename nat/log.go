@@ -27,6 +27,15 @@ type LogOptions struct {
 	// BufferSize is the size at which buffered lines are written to the
 	// underlying writer; 0 means 64 KiB. Call Flush to write the rest.
 	BufferSize int
+	// Compact omits the mapping events of ports that belong to a port
+	// block (Event.Block valid on creation: bulk port allocation or RFC 7422
+	// deterministic blocks). The block events (or, for deterministic NAT,
+	// its parameters) already attribute every port of the block to its
+	// subscriber, which is how bulk allocation and deterministic NAT cut
+	// log volume (RFC 6888 §4 and §5, RFC 7422 §1). Whois then answers
+	// with the block, without the internal port. The writer remembers the
+	// omitted mappings until their deletion (a map; Record may allocate).
+	Compact bool
 }
 
 // LogWriter is an EventSink that writes one JSON object per event and line
@@ -43,12 +52,13 @@ type LogOptions struct {
 // concurrent use. Call Flush before closing the underlying writer and check
 // Err: Record cannot return a write error, so the first one is kept.
 type LogWriter struct {
-	w      io.Writer
-	opts   LogOptions
-	buf    []byte
-	events int64
-	bytes  int64
-	err    error
+	w       io.Writer
+	opts    LogOptions
+	buf     []byte
+	events  int64
+	bytes   int64
+	err     error
+	omitted map[mappingKey]struct{} // Compact: mappings whose creation was omitted
 }
 
 // NewLogWriter returns a LogWriter writing to w.
@@ -64,6 +74,9 @@ func (l *LogWriter) Record(ev Event) {
 	if !l.opts.Destinations && (ev.Kind == SessionCreated || ev.Kind == SessionDeleted) {
 		return
 	}
+	if l.opts.Compact && l.omit(ev) {
+		return
+	}
 	n := len(l.buf)
 	l.buf = AppendEventJSON(l.buf, ev, l.opts.Destinations)
 	l.buf = append(l.buf, '\n')
@@ -72,6 +85,30 @@ func (l *LogWriter) Record(ev Event) {
 	if len(l.buf) >= l.opts.BufferSize {
 		l.flush()
 	}
+}
+
+// omit reports whether Compact drops ev: the creation of a mapping inside a
+// block, and the deletion of a mapping whose creation was dropped.
+func (l *LogWriter) omit(ev Event) bool {
+	k := mappingKey{ev.Proto, ev.Internal, ev.External}
+	switch ev.Kind {
+	case MappingCreated:
+		if !ev.Block.IsValid() {
+			return false
+		}
+		if l.omitted == nil {
+			l.omitted = map[mappingKey]struct{}{}
+		}
+		l.omitted[k] = struct{}{}
+		return true
+	case MappingDeleted:
+		if _, ok := l.omitted[k]; ok {
+			delete(l.omitted, k)
+			return true
+		}
+		return ev.Block.IsValid()
+	}
+	return false
 }
 
 func (l *LogWriter) flush() {

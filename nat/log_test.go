@@ -267,3 +267,45 @@ func FuzzLogReader(f *testing.F) {
 		}
 	})
 }
+
+func TestLogCompact(t *testing.T) {
+	sub := netip.MustParseAddr("100.64.0.9")
+	blk := tuple.PortRangeFrom(4096, 4607)
+	ext := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 0)
+	inBlock := Event{Time: lgAt(time.Second), Kind: MappingCreated, Proto: tuple.TCP, Subscriber: sub,
+		Internal: netip.MustParseAddrPort("100.64.0.9:40000"), External: netip.MustParseAddrPort("192.0.2.1:4100"), Block: blk}
+	inBlockDel := inBlock
+	inBlockDel.Kind, inBlockDel.Block, inBlockDel.Time = MappingDeleted, tuple.PortRange{}, lgAt(time.Minute)
+	plain := Event{Time: lgAt(2 * time.Second), Kind: MappingCreated, Proto: tuple.UDP, Subscriber: sub,
+		Internal: netip.MustParseAddrPort("100.64.0.9:5000"), External: netip.MustParseAddrPort("192.0.2.1:9999")}
+	plainDel := plain
+	plainDel.Kind, plainDel.Time = MappingDeleted, lgAt(3*time.Minute)
+	evs := []Event{
+		{Time: lgAt(0), Kind: BlockAllocated, Proto: tuple.TCP, Subscriber: sub, External: ext, Block: blk},
+		inBlock, plain, inBlockDel, plainDel,
+		{Time: lgAt(time.Hour), Kind: BlockFreed, Proto: tuple.TCP, Subscriber: sub, External: ext, Block: blk},
+	}
+	var buf bytes.Buffer
+	w := NewLogWriter(&buf, LogOptions{Compact: true})
+	for _, ev := range evs {
+		w.Record(ev)
+	}
+	w.Flush()
+	ix, err := ReadIndex(NewLogReader(&buf, "c"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Events() != 4 || strings.Contains(buf.String(), "40000") {
+		t.Fatalf("compact log kept %d events:\n%s", w.Events(), buf.String())
+	}
+	// Whois still attributes the block port (via the block) and the plain
+	// mapping (via its own events).
+	hs, err := ix.Whois(netip.MustParseAddrPort("192.0.2.1:4100"), lgAt(30*time.Second))
+	if err != nil || len(hs) != 1 || !hs[0].IsBlock || hs[0].Subscriber != sub {
+		t.Fatalf("%v %v", hs, err)
+	}
+	hs, err = ix.Whois(netip.MustParseAddrPort("192.0.2.1:9999"), lgAt(time.Minute))
+	if err != nil || len(hs) != 1 || hs[0].IsBlock || !hs[0].To.Equal(lgAt(3*time.Minute)) {
+		t.Fatalf("%v %v", hs, err)
+	}
+}

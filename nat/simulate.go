@@ -128,6 +128,22 @@ type SimResult struct {
 	LogBytes       int64   `json:"log_bytes"`
 	LogBytesPerFlw float64 `json:"log_bytes_per_flow"`
 	LogBytesPerDay float64 `json:"log_bytes_per_day"`
+	// CompactLogEvents and CompactLogBytes are the volume of the same log
+	// written with LogOptions.Compact (mappings inside port blocks left
+	// out); they differ from the full log only for block and
+	// deterministic presets.
+	CompactLogEvents      int64   `json:"compact_log_events"`
+	CompactLogBytes       int64   `json:"compact_log_bytes"`
+	CompactLogBytesPerDay float64 `json:"compact_log_bytes_per_day"`
+}
+
+// teeSink records every event into several sinks.
+type teeSink []EventSink
+
+func (t teeSink) Record(ev Event) {
+	for _, s := range t {
+		s.Record(ev)
+	}
 }
 
 // withDefaults returns c with defaults filled in, or an error naming the
@@ -329,9 +345,10 @@ func Simulate(c SimConfig) (SimResult, error) {
 	if err != nil {
 		return SimResult{}, err
 	}
-	cw := &countingWriter{}
+	cw, ccw := &countingWriter{}, &countingWriter{}
 	lw := NewLogWriter(cw, LogOptions{Destinations: c.LogDestinations})
-	cfg, err := c.EngineConfig(lw)
+	clw := NewLogWriter(ccw, LogOptions{Destinations: c.LogDestinations, Compact: true})
+	cfg, err := c.EngineConfig(teeSink{lw, clw})
 	if err != nil {
 		return SimResult{}, err
 	}
@@ -394,6 +411,11 @@ func Simulate(c SimConfig) (SimResult, error) {
 	if err := lw.Flush(); err != nil {
 		return SimResult{}, err
 	}
+	if err := clw.Flush(); err != nil {
+		return SimResult{}, err
+	}
+	res.CompactLogEvents, res.CompactLogBytes = clw.Events(), ccw.n
+	res.CompactLogBytesPerDay = float64(res.CompactLogBytes) / c.Duration.Seconds() * 86400
 	st := eng.Stats()
 	res.TableBytes = st.TableBytes
 	res.Drops = st.Drops

@@ -157,3 +157,33 @@ func BenchmarkSimulate(b *testing.B) {
 		b.ReportMetric(float64(r.Packets), "packets/op")
 	}
 }
+
+// TestSimulateCompactLog checks the log-volume effect of port blocks and
+// deterministic mapping: the compact log keeps only block events (CGN) or
+// nothing (deterministic), while per-mapping presets log every mapping.
+func TestSimulateCompactLog(t *testing.T) {
+	base := SimConfig{Subscribers: 50, Destinations: 20, FlowRate: 20, Duration: 3 * time.Minute,
+		External: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")}}
+	res := map[string]SimResult{}
+	for _, p := range []string{"rfc-recommended", "cgn", "deterministic"} {
+		c := base
+		c.Preset = p
+		r, err := Simulate(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Refused != 0 || r.Established == 0 {
+			t.Fatalf("%s: refused %d established %d drops %v", p, r.Refused, r.Established, r.Drops)
+		}
+		res[p] = r
+	}
+	if r := res["rfc-recommended"]; r.CompactLogBytes != r.LogBytes || r.LogEvents < int64(r.Established) {
+		t.Fatalf("per-mapping preset: compact %d full %d events %d", r.CompactLogBytes, r.LogBytes, r.LogEvents)
+	}
+	if r := res["cgn"]; r.CompactLogEvents == 0 || r.CompactLogEvents > int64(base.Subscribers)*2*2 || r.CompactLogBytes*10 > r.LogBytes {
+		t.Fatalf("cgn: compact %d events %d bytes, full %d bytes", r.CompactLogEvents, r.CompactLogBytes, r.LogBytes)
+	}
+	if r := res["deterministic"]; r.CompactLogEvents != 0 || r.LogEvents == 0 {
+		t.Fatalf("deterministic: compact %d events, full %d", r.CompactLogEvents, r.LogEvents)
+	}
+}

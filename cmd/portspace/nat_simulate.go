@@ -152,6 +152,8 @@ func printSimTable(w io.Writer, runs []nat.SimResult) error {
 	row("log bytes", func(r nat.SimResult) string { return fmt.Sprint(r.LogBytes) })
 	row("log bytes per flow", func(r nat.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerFlw) })
 	row("log MB per day", func(r nat.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerDay/1e6) })
+	row("compact log events", func(r nat.SimResult) string { return fmt.Sprint(r.CompactLogEvents) })
+	row("compact log MB per day", func(r nat.SimResult) string { return fmt.Sprintf("%.1f", r.CompactLogBytesPerDay/1e6) })
 	reasons := map[string]bool{}
 	var order []string
 	for _, r := range runs {
