@@ -58,7 +58,7 @@ type LogWriter struct {
 	events  int64
 	bytes   int64
 	err     error
-	omitted map[mappingKey]struct{} // Compact: mappings whose creation was omitted
+	omitted map[mappingKey]int // Compact: open mappings whose creation was omitted
 }
 
 // NewLogWriter returns a LogWriter writing to w.
@@ -90,20 +90,24 @@ func (l *LogWriter) Record(ev Event) {
 // omit reports whether Compact drops ev: the creation of a mapping inside a
 // block, and the deletion of a mapping whose creation was dropped.
 func (l *LogWriter) omit(ev Event) bool {
-	k := mappingKey{ev.Proto, ev.Internal, ev.External}
+	k := mappingKey{ev.Proto, ev.Internal, ev.External, ev.Remote}
 	switch ev.Kind {
 	case MappingCreated:
 		if !ev.Block.IsValid() {
 			return false
 		}
 		if l.omitted == nil {
-			l.omitted = map[mappingKey]struct{}{}
+			l.omitted = map[mappingKey]int{}
 		}
-		l.omitted[k] = struct{}{}
+		l.omitted[k]++
 		return true
 	case MappingDeleted:
-		if _, ok := l.omitted[k]; ok {
-			delete(l.omitted, k)
+		if n := l.omitted[k]; n > 0 {
+			if n == 1 {
+				delete(l.omitted, k)
+			} else {
+				l.omitted[k] = n - 1
+			}
 			return true
 		}
 		return ev.Block.IsValid()

@@ -27,6 +27,9 @@ type Holding struct {
 	// External is the external endpoint of a mapping; for a block only its
 	// address is set.
 	External netip.AddrPort
+	// Remote is the remote endpoint, when the log has destinations
+	// (LogOptions.Destinations; RFC 6888 REQ-12 says not to by default).
+	Remote netip.AddrPort
 	// Block is the port block (valid for block holdings, and for mappings
 	// whose events named their block).
 	Block tuple.PortRange
@@ -65,6 +68,9 @@ func (h Holding) String() string {
 	if h.Internal.IsValid() {
 		s += fmt.Sprintf(" (%v)", h.Internal)
 	}
+	if h.Remote.IsValid() {
+		s += fmt.Sprintf(" to %v", h.Remote)
+	}
 	from, to := "before the log", "end of log (still held)"
 	if !h.From.IsZero() {
 		from = h.From.UTC().Format(time.RFC3339Nano)
@@ -83,6 +89,7 @@ type mappingKey struct {
 	proto    tuple.Proto
 	internal netip.AddrPort
 	external netip.AddrPort
+	remote   netip.AddrPort // set when the events carry destinations
 }
 
 type blockKey struct {
@@ -92,46 +99,48 @@ type blockKey struct {
 	block tuple.PortRange
 }
 
-type ref struct {
-	key netip.AddrPort // mappings: external endpoint; blocks: address, port 0
-	i   int
-}
-
 // Index answers "who held this external endpoint at that time?" from event
 // log records. It keeps, per external endpoint and per external address,
-// the intervals of mappings and port blocks. Add events in the order they
-// were logged. The zero Index is not usable; call NewIndex.
+// the intervals of mappings, sessions (when destinations were logged) and
+// port blocks. Add events in the order they were logged. The zero Index is
+// not usable; call NewIndex.
 type Index struct {
-	mappings   map[netip.AddrPort][]Holding
-	blocks     map[netip.Addr][]Holding
-	openMap    map[mappingKey]ref
-	openBlock  map[blockKey]ref
-	events     int
-	first      time.Time
-	last       time.Time
-	unmatched  int
-	superseded int
+	mappings  map[netip.AddrPort][]Holding // by external endpoint
+	sessions  map[netip.AddrPort][]Holding // by external endpoint
+	blocks    map[netip.Addr][]Holding     // by external address
+	openMap   map[mappingKey][]int         // FIFO of open mapping intervals
+	openSess  map[mappingKey][]int         // FIFO of open session intervals
+	openBlock map[blockKey]int
+	events    int
+	first     time.Time
+	last      time.Time
+	unmatched int
+	dups      int
 }
 
 // NewIndex returns an empty Index.
 func NewIndex() *Index {
 	return &Index{
 		mappings:  map[netip.AddrPort][]Holding{},
+		sessions:  map[netip.AddrPort][]Holding{},
 		blocks:    map[netip.Addr][]Holding{},
-		openMap:   map[mappingKey]ref{},
-		openBlock: map[blockKey]ref{},
+		openMap:   map[mappingKey][]int{},
+		openSess:  map[mappingKey][]int{},
+		openBlock: map[blockKey]int{},
 	}
 }
 
 // Record implements EventSink, so an Index can follow an Engine live.
 func (ix *Index) Record(ev Event) { ix.Add(ev) }
 
-// Add adds one event. Mapping and block creations open an interval;
-// deletions close the open interval with the same protocol, internal and
-// external endpoint (blocks: subscriber, address and block). A deletion
-// without a creation (the log starts mid-way) gives an interval with a zero
-// From; a second creation while one is open closes the first at that time.
-// Session events are ignored (they carry no holder change).
+// Add adds one event. A creation opens an interval; a deletion closes the
+// oldest open interval with the same protocol, internal, external and (when
+// logged) remote endpoint. Several open intervals of one key are legitimate
+// with port overlapping (one internal endpoint, one external port, several
+// destinations: RFC 7857 §3), so they are kept as a FIFO. Blocks are matched
+// by subscriber, address and block; a second allocation of an open block
+// closes the first. A deletion without a creation (the log starts mid-way)
+// gives an interval with a zero From.
 func (ix *Index) Add(ev Event) {
 	ix.events++
 	if ix.first.IsZero() || ev.Time.Before(ix.first) {
@@ -140,60 +149,59 @@ func (ix *Index) Add(ev Event) {
 	if ev.Time.After(ix.last) {
 		ix.last = ev.Time
 	}
+	sub := ev.Subscriber
+	if !sub.IsValid() {
+		sub = ev.Internal.Addr()
+	}
 	switch ev.Kind {
-	case MappingCreated, MappingDeleted:
+	case MappingCreated, SessionCreated, MappingDeleted, SessionDeleted:
+		hs, open := ix.mappings, ix.openMap
+		if ev.Kind == SessionCreated || ev.Kind == SessionDeleted {
+			hs, open = ix.sessions, ix.openSess
+		}
 		ext := ev.External
-		k := mappingKey{ev.Proto, ev.Internal, ext}
-		r, open := ix.openMap[k]
-		if ev.Kind == MappingCreated {
-			if open {
-				ix.mappings[ext][r.i].To = ev.Time
-				ix.superseded++
+		k := mappingKey{ev.Proto, ev.Internal, ext, ev.Remote}
+		q := open[k]
+		if ev.Kind == MappingCreated || ev.Kind == SessionCreated {
+			if len(q) > 0 {
+				ix.dups++
 			}
-			sub := ev.Subscriber
-			if !sub.IsValid() {
-				sub = ev.Internal.Addr()
-			}
-			ix.mappings[ext] = append(ix.mappings[ext], Holding{
-				Proto: ev.Proto, Subscriber: sub, Internal: ev.Internal, External: ext,
-				Block: ev.Block, From: ev.Time,
-			})
-			ix.openMap[k] = ref{ext, len(ix.mappings[ext]) - 1}
+			hs[ext] = append(hs[ext], Holding{Proto: ev.Proto, Subscriber: sub, Internal: ev.Internal,
+				External: ext, Remote: ev.Remote, Block: ev.Block, From: ev.Time})
+			open[k] = append(q, len(hs[ext])-1)
 			return
 		}
-		if open {
-			h := &ix.mappings[ext][r.i]
+		if len(q) > 0 {
+			h := &hs[ext][q[0]]
 			h.To, h.Reason = ev.Time, ev.Reason
-			delete(ix.openMap, k)
+			if len(q) == 1 {
+				delete(open, k)
+			} else {
+				open[k] = q[1:]
+			}
 			return
-		}
-		sub := ev.Subscriber
-		if !sub.IsValid() {
-			sub = ev.Internal.Addr()
 		}
 		ix.unmatched++
-		ix.mappings[ext] = append(ix.mappings[ext], Holding{
-			Proto: ev.Proto, Subscriber: sub, Internal: ev.Internal, External: ext,
-			Block: ev.Block, To: ev.Time, Reason: ev.Reason,
-		})
+		hs[ext] = append(hs[ext], Holding{Proto: ev.Proto, Subscriber: sub, Internal: ev.Internal,
+			External: ext, Remote: ev.Remote, Block: ev.Block, To: ev.Time, Reason: ev.Reason})
 	case BlockAllocated, BlockFreed:
 		addr := ev.External.Addr()
 		k := blockKey{ev.Proto, ev.Subscriber, addr, ev.Block}
-		r, open := ix.openBlock[k]
+		i, open := ix.openBlock[k]
 		if ev.Kind == BlockAllocated {
 			if open {
-				ix.blocks[addr][r.i].To = ev.Time
-				ix.superseded++
+				ix.blocks[addr][i].To = ev.Time
+				ix.dups++
 			}
 			ix.blocks[addr] = append(ix.blocks[addr], Holding{
 				Proto: ev.Proto, Subscriber: ev.Subscriber, External: netip.AddrPortFrom(addr, 0),
 				Block: ev.Block, IsBlock: true, From: ev.Time,
 			})
-			ix.openBlock[k] = ref{netip.AddrPortFrom(addr, 0), len(ix.blocks[addr]) - 1}
+			ix.openBlock[k] = len(ix.blocks[addr]) - 1
 			return
 		}
 		if open {
-			h := &ix.blocks[addr][r.i]
+			h := &ix.blocks[addr][i]
 			h.To, h.Reason = ev.Time, ev.Reason
 			delete(ix.openBlock, k)
 			return
@@ -212,17 +220,27 @@ type IndexStats struct {
 	Mappings    int       // mapping intervals
 	Blocks      int       // block intervals
 	Open        int       // intervals still open at the end of the log
+	Sessions    int       // session intervals (destination logging)
 	Unmatched   int       // deletions without a creation in the log
-	Superseded  int       // creations that closed an interval left open
+	Duplicates  int       // creations while the same key was already open
 	First, Last time.Time // time of the earliest and latest event
 }
 
 // Stats returns counts of what the index holds.
 func (ix *Index) Stats() IndexStats {
-	s := IndexStats{Events: ix.events, Unmatched: ix.unmatched, Superseded: ix.superseded,
-		First: ix.first, Last: ix.last, Open: len(ix.openMap) + len(ix.openBlock)}
+	s := IndexStats{Events: ix.events, Unmatched: ix.unmatched, Duplicates: ix.dups,
+		First: ix.first, Last: ix.last, Open: len(ix.openBlock)}
+	for _, q := range ix.openMap {
+		s.Open += len(q)
+	}
+	for _, q := range ix.openSess {
+		s.Open += len(q)
+	}
 	for _, hs := range ix.mappings {
 		s.Mappings += len(hs)
+	}
+	for _, hs := range ix.sessions {
+		s.Sessions += len(hs)
 	}
 	for _, hs := range ix.blocks {
 		s.Blocks += len(hs)
@@ -269,6 +287,31 @@ func (ix *Index) Whois(ext netip.AddrPort, at time.Time) ([]Holding, error) {
 		}
 		return a.Internal.Compare(b.Internal)
 	})
+	return out, nil
+}
+
+// WhoisRemote is Whois for one flow: the holders of ext at time at whose
+// mapping or session went to remote. It needs a log written with
+// destinations (LogOptions.Destinations and Config.LogDestinations), and is
+// the only way to tell apart subscribers sharing an external port under
+// RFC 7857 port overlapping. The error wraps ErrNoHolder when there is none.
+func (ix *Index) WhoisRemote(ext, remote netip.AddrPort, at time.Time) ([]Holding, error) {
+	var out []Holding
+	seen := map[mappingKey]bool{}
+	for _, hs := range [][]Holding{ix.mappings[ext], ix.sessions[ext]} {
+		for _, h := range hs {
+			k := mappingKey{h.Proto, h.Internal, h.External, h.Remote}
+			if h.Remote == remote && h.Covers(at) && !seen[k] {
+				seen[k] = true
+				out = append(out, h)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("nat: whois %v from %v at %s: %w (the log has no flow to that remote then; were destinations logged?)",
+			ext, remote, at.UTC().Format(time.RFC3339Nano), ErrNoHolder)
+	}
+	slices.SortFunc(out, func(a, b Holding) int { return a.From.Compare(b.From) })
 	return out, nil
 }
 

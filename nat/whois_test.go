@@ -131,23 +131,79 @@ func TestWhoisLogStartsMidway(t *testing.T) {
 	ix := NewIndex()
 	// Deletion without creation: held from before the log until then.
 	ix.Add(lgMapEv(time.Minute, MappingDeleted, tuple.UDP, "10.0.0.1:1", "192.0.2.1:7"))
-	// Creation twice without deletion (e.g. a restart lost the deletion).
-	ix.Add(lgMapEv(2*time.Minute, MappingCreated, tuple.UDP, "10.0.0.2:1", "192.0.2.1:7"))
-	ix.Add(lgMapEv(3*time.Minute, MappingCreated, tuple.UDP, "10.0.0.2:1", "192.0.2.1:7"))
 	e := netip.MustParseAddrPort("192.0.2.1:7")
 	hs, err := ix.Whois(e, lgAt(-time.Hour))
 	if err != nil || len(hs) != 1 || hs[0].Subscriber.String() != "10.0.0.1" || !hs[0].From.IsZero() {
 		t.Fatalf("%v %v", hs, err)
 	}
-	hs, err = ix.Whois(e, lgAt(150*time.Second))
-	if err != nil || len(hs) != 1 || !hs[0].To.Equal(lgAt(3*time.Minute)) {
-		t.Fatalf("%v %v", hs, err)
+	if _, err := ix.Whois(e, lgAt(time.Minute)); !errors.Is(err, ErrNoHolder) {
+		t.Fatal(err)
 	}
-	if s := ix.Stats(); s.Unmatched != 1 || s.Superseded != 1 {
+	if s := ix.Stats(); s.Unmatched != 1 || s.Open != 0 {
 		t.Fatalf("stats %+v", s)
 	}
-	if !strings.Contains(hs[0].String(), "10.0.0.2") {
+	if !strings.Contains(hs[0].String(), "before the log") {
 		t.Fatal(hs[0].String())
+	}
+}
+
+// TestWhoisDuplicateKeys covers one internal endpoint holding one external
+// port for two destinations at once (port overlapping keeps EIM as a
+// preference): the intervals are matched first-in first-out, so the port is
+// held from the first creation to the last deletion.
+func TestWhoisDuplicateKeys(t *testing.T) {
+	ix := NewIndex()
+	ix.Add(lgMapEv(0, MappingCreated, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
+	ix.Add(lgMapEv(time.Minute, MappingCreated, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
+	ix.Add(lgMapEv(2*time.Minute, MappingDeleted, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
+	e := netip.MustParseAddrPort("192.0.2.1:7")
+	for _, c := range []struct {
+		at   time.Duration
+		want int
+	}{{30 * time.Second, 1}, {90 * time.Second, 2}, {3 * time.Minute, 1}} {
+		hs, err := ix.Whois(e, lgAt(c.at))
+		if err != nil || len(hs) != c.want {
+			t.Fatalf("at %v: %v %v", c.at, hs, err)
+		}
+	}
+	ix.Add(lgMapEv(4*time.Minute, MappingDeleted, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
+	if _, err := ix.Whois(e, lgAt(5*time.Minute)); !errors.Is(err, ErrNoHolder) {
+		t.Fatal(err)
+	}
+	if s := ix.Stats(); s.Duplicates != 1 || s.Open != 0 || s.Unmatched != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestWhoisRemote(t *testing.T) {
+	// Two subscribers share 192.0.2.1:5000 (overlapping) towards different
+	// remotes; with destinations in the log, WhoisRemote separates them.
+	ix := NewIndex()
+	ext := netip.MustParseAddrPort("192.0.2.1:5000")
+	r1, r2 := netip.MustParseAddrPort("198.51.100.1:443"), netip.MustParseAddrPort("198.51.100.2:443")
+	for i, r := range []netip.AddrPort{r1, r2} {
+		in := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 1000)
+		ix.Add(Event{Time: lgAt(0), Kind: MappingCreated, Proto: tuple.TCP, Subscriber: in.Addr(), Internal: in, External: ext, Remote: r})
+		ix.Add(Event{Time: lgAt(0), Kind: SessionCreated, Proto: tuple.TCP, Subscriber: in.Addr(), Internal: in, External: ext, Remote: r})
+	}
+	ix.Add(Event{Time: lgAt(time.Minute), Kind: SessionDeleted, Proto: tuple.TCP, Subscriber: netip.MustParseAddr("10.0.0.2"),
+		Internal: netip.MustParseAddrPort("10.0.0.2:1000"), External: ext, Remote: r2})
+	if hs, _ := ix.Whois(ext, lgAt(time.Second)); len(hs) != 2 {
+		t.Fatalf("Whois without remote: %v", hs)
+	}
+	hs, err := ix.WhoisRemote(ext, r2, lgAt(time.Second))
+	if err != nil || len(hs) != 1 || hs[0].Subscriber.String() != "10.0.0.2" || hs[0].Remote != r2 {
+		t.Fatalf("%v %v", hs, err)
+	}
+	// The mapping of 10.0.0.2 is still open after its session ended.
+	if hs, err := ix.WhoisRemote(ext, r2, lgAt(2*time.Minute)); err != nil || len(hs) != 1 {
+		t.Fatalf("%v %v", hs, err)
+	}
+	if _, err := ix.WhoisRemote(ext, netip.MustParseAddrPort("198.51.100.3:443"), lgAt(time.Second)); !errors.Is(err, ErrNoHolder) {
+		t.Fatal(err)
+	}
+	if s := ix.Stats(); s.Sessions != 2 || s.Mappings != 2 {
+		t.Fatalf("stats %+v", s)
 	}
 }
 

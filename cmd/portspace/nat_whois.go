@@ -27,6 +27,7 @@ func newNatWhoisCmd() *cobra.Command {
 		inside        []string
 		outside       []string
 		ports         string
+		remote        string
 	)
 	c := &cobra.Command{
 		Use:   "whois ADDR:PORT [TIME]",
@@ -41,7 +42,9 @@ TIME is RFC 3339. Several --log files (rotated logs) are read in the order
 given. A bad log line is reported as FILE:LINE on stderr and skipped; the
 answer comes from the good lines (--strict fails at the first bad line
 instead). With port overlapping (RFC 7857) several inside endpoints may share
-one external endpoint at once; all of them are printed.
+one external endpoint at once; all of them are printed, unless the log has
+destinations (engine LogDestinations) and --remote names the flow's remote
+endpoint.
 
 For a deterministic NAT (RFC 7422) the answer follows from the parameters
 alone, no log and no TIME needed:
@@ -91,7 +94,16 @@ The exit status is 1 when nobody held the endpoint.`,
 			if bad > 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d bad log line(s) skipped\n", bad)
 			}
-			hs, err := ix.Whois(ext, when)
+			var hs []nat.Holding
+			if remote != "" {
+				r, perr := netip.ParseAddrPort(remote)
+				if perr != nil {
+					return fmt.Errorf("nat whois: --remote %q: want ADDR:PORT", remote)
+				}
+				hs, err = ix.WhoisRemote(ext, r, when)
+			} else {
+				hs, err = ix.Whois(ext, when)
+			}
 			if err != nil {
 				return err
 			}
@@ -100,6 +112,7 @@ The exit status is 1 when nobody held the endpoint.`,
 	}
 	f := c.Flags()
 	f.StringArrayVar(&logs, "log", nil, "event log file (JSON lines; \"-\" = stdin); repeat for rotated logs, oldest first")
+	f.StringVar(&remote, "remote", "", "only the flow to this remote ADDR:PORT (needs a log with destinations)")
 	f.BoolVar(&strict, "strict", false, "fail at the first bad log line instead of skipping it")
 	f.BoolVar(&asJSON, "json", false, "print the holdings as JSON")
 	f.BoolVar(&deterministic, "deterministic", false, "answer from RFC 7422 deterministic parameters instead of a log")
@@ -161,6 +174,7 @@ type holdingJSON struct {
 	Subscriber string `json:"subscriber"`
 	Internal   string `json:"internal,omitempty"`
 	External   string `json:"external"`
+	Remote     string `json:"remote,omitempty"`
 	Block      string `json:"block,omitempty"`
 	From       string `json:"from,omitempty"`
 	To         string `json:"to,omitempty"`
@@ -181,6 +195,9 @@ func printHoldings(w io.Writer, hs []nat.Holding, asJSON bool) error {
 	out := make([]holdingJSON, 0, len(hs))
 	for _, h := range hs {
 		j := holdingJSON{Subscriber: h.Subscriber.String(), Open: h.Open(), Reason: h.Reason}
+		if h.Remote.IsValid() {
+			j.Remote = h.Remote.String()
+		}
 		if h.Proto != 0 {
 			j.Proto = h.Proto.String()
 		}

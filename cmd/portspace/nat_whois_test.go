@@ -79,6 +79,34 @@ func TestNatWhoisCLI(t *testing.T) {
 	}
 }
 
+func TestNatWhoisRemoteCLI(t *testing.T) {
+	t0 := time.Date(2026, 11, 21, 5, 0, 0, 0, time.UTC)
+	var buf bytes.Buffer
+	w := nat.NewLogWriter(&buf, nat.LogOptions{Destinations: true})
+	ext := netip.MustParseAddrPort("192.0.2.1:5000")
+	for i, r := range []string{"198.51.100.1:443", "198.51.100.2:443"} {
+		in := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 1000)
+		w.Record(nat.Event{Time: t0, Kind: nat.MappingCreated, Proto: tuple.TCP, Subscriber: in.Addr(), Internal: in,
+			External: ext, Remote: netip.MustParseAddrPort(r)})
+	}
+	w.Flush()
+	p := filepath.Join(t.TempDir(), "d.jsonl")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, "nat", "whois", "--log", p, "192.0.2.1:5000", "2026-11-21T05:00:01Z")
+	if err != nil || !strings.Contains(out, "10.0.0.1") || !strings.Contains(out, "10.0.0.2") || !strings.Contains(out, "note: 2 different subscribers") {
+		t.Fatalf("%q %v", out, err)
+	}
+	out, _, err = runCLI(t, "nat", "whois", "--log", p, "--remote", "198.51.100.2:443", "192.0.2.1:5000", "2026-11-21T05:00:01Z")
+	if err != nil || strings.Contains(out, "10.0.0.1") || !strings.Contains(out, "held by 10.0.0.2 (10.0.0.2:1000) to 198.51.100.2:443") {
+		t.Fatalf("%q %v", out, err)
+	}
+	if _, _, err := runCLI(t, "nat", "whois", "--log", p, "--remote", "x", "192.0.2.1:5000", "2026-11-21T05:00:01Z"); err == nil || !strings.Contains(err.Error(), `--remote "x"`) {
+		t.Fatal(err)
+	}
+}
+
 func TestNatWhoisCLIBadInput(t *testing.T) {
 	log := writeLog(t, "")
 	for _, c := range []struct {
