@@ -20,6 +20,8 @@ func newRootCmd() *cobra.Command {
 		Short:         "Share source ports and IPv4 addresses by 4-tuple",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	for _, c := range subcommands {
 		root.AddCommand(c())

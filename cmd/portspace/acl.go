@@ -1,0 +1,304 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/portspace/portspace/acl"
+)
+
+func init() { subcommands = append(subcommands, newACLCmd) }
+
+func newACLCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "acl",
+		Short: "Generate stateless network ACLs (AWS NACL, nftables) from a policy",
+		Long: `acl turns a YAML policy of services, zones and flows (or a naclgen .ng
+file) into stateless ACLs whose return rules cover the clients' ephemeral
+ports. See docs/acl.md.`,
+	}
+	c.AddCommand(newACLGenerateCmd(), newACLLintCmd(), newACLImportCmd(), newACLProfilesCmd())
+	return c
+}
+
+// aclInput holds the flags shared by generate and lint.
+type aclInput struct {
+	cidrs       string
+	policy      string
+	codeDefault bool
+}
+
+func (in *aclInput) flags(c *cobra.Command) {
+	c.Flags().StringVar(&in.cidrs, "cidrs", "", "YAML map of zone (or vpc) to a CIDR or list of CIDRs; overrides the policy's addresses")
+	c.Flags().StringVar(&in.policy, "policy", "", "for .ng input: naclgen .policy file that must permit every flow")
+	c.Flags().BoolVar(&in.codeDefault, "ng-code-default", false, "for .ng input: default return range 1024-65535 as naclgen's code (not its docs)")
+}
+
+// load reads a YAML policy or, for a .ng file, a naclgen file, and binds
+// --cidrs.
+func (in *aclInput) load(path string) (*acl.Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("acl: %w", err)
+	}
+	var p *acl.Policy
+	if strings.HasSuffix(path, ".ng") {
+		p, err = acl.ParseNG(path, data, acl.NGOptions{CodeDefault: in.codeDefault})
+	} else {
+		p, err = acl.ParsePolicy(path, data)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if in.policy != "" {
+		if !strings.HasSuffix(path, ".ng") {
+			return nil, fmt.Errorf("acl: --policy applies to naclgen .ng input; a YAML policy has an allow list")
+		}
+		pd, err := os.ReadFile(in.policy)
+		if err != nil {
+			return nil, fmt.Errorf("acl: %w", err)
+		}
+		if err := acl.ApplyNGPolicy(p, in.policy, pd); err != nil {
+			return nil, err
+		}
+	}
+	if in.cidrs != "" {
+		data, err := os.ReadFile(in.cidrs)
+		if err != nil {
+			return nil, fmt.Errorf("acl: %w", err)
+		}
+		m, err := acl.ParseCIDRs(in.cidrs, data)
+		if err != nil {
+			return nil, err
+		}
+		if err := p.BindCIDRs(m); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+func printWarnings(w io.Writer, fs []acl.Finding) {
+	for _, f := range fs {
+		fmt.Fprintln(w, f)
+	}
+}
+
+func newACLGenerateCmd() *cobra.Command {
+	var in aclInput
+	var format string
+	var maxRules int
+	var noMerge bool
+	c := &cobra.Command{
+		Use:   "generate POLICY",
+		Short: "Write the ACLs of a policy (YAML or naclgen .ng) to stdout",
+		Long: `generate lints the policy (errors stop it), builds every internal zone's
+ACL, merges port ranges and CIDRs, checks the AWS rule quota and writes
+the result in one format: ` + strings.Join(acl.Formats, ", ") + `.
+Nothing is written to stdout when it fails; warnings go to stderr.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !validFormat(format) {
+				return fmt.Errorf("acl: unknown format %q (want %s)", format, strings.Join(acl.Formats, ", "))
+			}
+			p, err := in.load(args[0])
+			if err != nil {
+				return err
+			}
+			res, err := acl.Generate(p, acl.Options{MaxRules: maxRules, NoMerge: noMerge, AllowUnbound: !acl.NeedsBinding(format)})
+			if err != nil {
+				return err
+			}
+			var out bytes.Buffer
+			if err := acl.Render(&out, res, format, args[0]); err != nil {
+				return err
+			}
+			printWarnings(cmd.ErrOrStderr(), res.Warnings)
+			_, err = cmd.OutOrStdout().Write(out.Bytes())
+			return err
+		},
+	}
+	in.flags(c)
+	c.Flags().StringVarP(&format, "format", "f", "terraform", "output format: "+strings.Join(acl.Formats, ", "))
+	c.Flags().IntVar(&maxRules, "max-rules", acl.DefaultMaxRules, "rules allowed per ACL, direction and address family, including the default deny (AWS: 20, at most 40)")
+	c.Flags().BoolVar(&noMerge, "no-merge", false, "only remove duplicates; do not merge port ranges and CIDRs")
+	return c
+}
+
+func validFormat(f string) bool {
+	for _, x := range acl.Formats {
+		if x == f {
+			return true
+		}
+	}
+	return false
+}
+
+func newACLLintCmd() *cobra.Command {
+	var in aclInput
+	var maxRules int
+	c := &cobra.Command{
+		Use:   "lint POLICY",
+		Short: "Check a policy and print its rule counts before and after merging",
+		Long: `lint prints every finding (service ports inside return ranges, NodePort
+overlap, unused zones and services, flows the allow list does not permit)
+and, per ACL, direction and address family, the rule count including the
+default deny after merging and with --no-merge. It fails on any error
+finding or a count over --max-rules.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := in.load(args[0])
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			findings := acl.Lint(p)
+			nerr := 0
+			for _, f := range findings {
+				fmt.Fprintln(w, f)
+				if f.Severity == acl.SevError {
+					nerr++
+				}
+			}
+			if nerr > 0 {
+				return fmt.Errorf("acl: %s: %d lint errors", args[0], nerr)
+			}
+			opt := acl.Options{MaxRules: maxRules, AllowUnbound: true, NoLimit: true}
+			merged, err := acl.Generate(p, opt)
+			if err != nil {
+				return err
+			}
+			opt.NoMerge = true
+			raw, err := acl.Generate(p, opt)
+			if err != nil {
+				return err
+			}
+			limit := maxRules
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+			fmt.Fprintf(tw, "zone\tdirection\tfamily\trules\tunmerged\tlimit\n")
+			over := 0
+			total, totalRaw := 0, 0
+			for i := range merged.ACLs {
+				a, r := &merged.ACLs[i], &raw.ACLs[i]
+				for _, eg := range []bool{false, true} {
+					for _, v6 := range []bool{false, true} {
+						n, nr := a.Count(eg, v6), r.Count(eg, v6)
+						if n == 0 && nr == 0 {
+							continue
+						}
+						mark := ""
+						if n+1 > limit {
+							mark, over = " OVER", over+1
+						}
+						total, totalRaw = total+n+1, totalRaw+nr+1
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d%s\n", a.Zone, dir(eg), fam(v6), n+1, nr+1, limit, mark)
+					}
+				}
+			}
+			fmt.Fprintf(tw, "total\t\t\t%d\t%d\t\n", total, totalRaw)
+			tw.Flush()
+			if over > 0 {
+				return fmt.Errorf("acl: %s: %d ACL directions over the limit of %d rules: %w", args[0], over, limit, acl.ErrTooManyRules)
+			}
+			return nil
+		},
+	}
+	in.flags(c)
+	c.Flags().IntVar(&maxRules, "max-rules", acl.DefaultMaxRules, "rules allowed per ACL, direction and address family, including the default deny")
+	return c
+}
+
+func dir(egress bool) string {
+	if egress {
+		return "egress"
+	}
+	return "ingress"
+}
+
+func fam(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+func newACLImportCmd() *cobra.Command {
+	var policy, cidrs string
+	var codeDefault bool
+	c := &cobra.Command{
+		Use:   "import FILE.ng",
+		Short: "Convert a naclgen .ng file (and its .policy) to a YAML policy on stdout",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				return fmt.Errorf("acl: %w", err)
+			}
+			p, err := acl.ParseNG(args[0], data, acl.NGOptions{CodeDefault: codeDefault})
+			if err != nil {
+				return err
+			}
+			if policy != "" {
+				pd, err := os.ReadFile(policy)
+				if err != nil {
+					return fmt.Errorf("acl: %w", err)
+				}
+				if err := acl.ApplyNGPolicy(p, policy, pd); err != nil {
+					return err
+				}
+			}
+			if cidrs != "" {
+				in := aclInput{cidrs: cidrs}
+				d, err := os.ReadFile(cidrs)
+				if err != nil {
+					return fmt.Errorf("acl: %w", err)
+				}
+				m, err := acl.ParseCIDRs(in.cidrs, d)
+				if err != nil {
+					return err
+				}
+				if err := p.BindCIDRs(m); err != nil {
+					return err
+				}
+			}
+			header := "Imported by portspace acl import from " + filepath.Base(args[0])
+			if policy != "" {
+				header += " and " + filepath.Base(policy)
+			}
+			header += "."
+			if cidrs == "" {
+				header += "\nnaclgen files carry no addresses: add cidrs, or pass --cidrs FILE to\n" +
+					"generate; --format terraform binds them through local.naclgen_subnets."
+			}
+			_, err = cmd.OutOrStdout().Write(acl.WriteYAML(p, header))
+			return err
+		},
+	}
+	c.Flags().StringVar(&policy, "policy", "", "naclgen .policy file whose rules become the allow list")
+	c.Flags().StringVar(&cidrs, "cidrs", "", "YAML map of zone (or vpc) to CIDRs to write into the policy")
+	c.Flags().BoolVar(&codeDefault, "ng-code-default", false, "default return range 1024-65535 as naclgen's code does (its docs say 32768-65535)")
+	return c
+}
+
+func newACLProfilesCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "profiles",
+		Short: "List the named ephemeral-port profiles",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			for _, n := range acl.Profiles() {
+				s, _ := acl.Profile(n)
+				fmt.Fprintf(tw, "%s\t%s\t%d ports\n", n, s, s.Len())
+			}
+			return tw.Flush()
+		},
+	}
+}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestACLGenerateFailsQuietly checks that a failing generation writes
+// nothing to stdout: a lint error, a quota overflow and an unbound zone.
+func TestACLGenerateFailsQuietly(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte(`services: [{name: s, protocol: tcp, ports: [40000]}]
+zones:
+  - {name: a, type: internal, cidrs: [10.1.0.0/24]}
+  - {name: b, type: internal, cidrs: [10.2.0.0/24]}
+flows: [{from: a, to: b, services: [s]}]
+`), 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"acl", "generate", bad, "--format", "terraform"}, "bad.yaml:5: flow a->b: service s port 40000/tcp lies inside the return range 32768-65535"},
+		{[]string{"acl", "generate", "../../acl/testdata/vpc.ng", "--cidrs", "../../acl/testdata/vpc-cidrs.yaml", "--max-rules", "8"}, "zone shared ingress IPv4: 12 rules (11 + default deny)"},
+		{[]string{"acl", "generate", "../../acl/testdata/small.ng", "--format", "aws-json"}, `small.ng:6: zone "front": has no cidrs`},
+		{[]string{"acl", "generate", bad, "--format", "pdf"}, `unknown format "pdf"`},
+	} {
+		out, _, err := runCLI(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: error %v, want %q", c.args, err, c.want)
+		}
+		if out != "" {
+			t.Errorf("%v: wrote %d bytes to stdout on failure", c.args, len(out))
+		}
+	}
+}
+
+// TestACLImportGenerate imports a naclgen file, generates from the YAML it
+// wrote, and compares with generating from the .ng file directly.
+func TestACLImportGenerate(t *testing.T) {
+	y, _, err := runCLI(t, "acl", "import", "../../acl/testdata/vpc.ng", "--cidrs", "../../acl/testdata/vpc-cidrs.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(y, `cidrs: [10.20.20.0/22]`) {
+		t.Errorf("import did not write the bound cidrs:\n%s", y)
+	}
+	path := filepath.Join(t.TempDir(), "vpc.ng.yaml")
+	os.WriteFile(path, []byte(y), 0o644)
+	viaYAML, _, err := runCLI(t, "acl", "generate", path, "-f", "aws-json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct, _, err := runCLI(t, "acl", "generate", "../../acl/testdata/vpc.ng", "--cidrs", "../../acl/testdata/vpc-cidrs.yaml", "-f", "aws-json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if viaYAML != direct || !strings.Contains(direct, `"NetworkAclId": "shared"`) {
+		t.Errorf("import+generate differs from direct generation")
+	}
+	lint, _, err := runCLI(t, "acl", "lint", "../../acl/testdata/vpc.ng", "--cidrs", "../../acl/testdata/vpc-cidrs.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(lint, "total") {
+		t.Errorf("lint prints no counts:\n%s", lint)
+	}
+}
+
+// TestACLLintPolicy checks naclgen's implementation-versus-policy check
+// through lint --policy: a flow the policy does not permit fails.
+func TestACLLintPolicy(t *testing.T) {
+	dir := t.TempDir()
+	impl := filepath.Join(dir, "i.ng")
+	pol := filepath.Join(dir, "i.policy")
+	os.WriteFile(impl, []byte("service ssh 22/tcp\nzone a internal\nzone b internal\nrule a {\n > b ssh\n}\n"), 0o644)
+	os.WriteFile(pol, []byte("zone a internal\nzone b internal\nrule b {\n > a\n}\n"), 0o644)
+	out, _, err := runCLI(t, "acl", "lint", impl, "--policy", pol)
+	if err == nil || !strings.Contains(out, "i.ng:5: error: flow a->b: not permitted by the policy's allow list (services ssh)") {
+		t.Errorf("lint --policy: err %v, output:\n%s", err, out)
+	}
+	os.WriteFile(pol, []byte("zone a internal\nzone b internal\nrule a {\n > b\n}\n"), 0o644)
+	if _, _, err := runCLI(t, "acl", "lint", impl, "--policy", pol); err != nil {
+		t.Errorf("permitted flow: %v", err)
+	}
+}
