@@ -15,19 +15,6 @@ import (
 	"github.com/portspace/portspace/tuple"
 )
 
-// runCLI runs the portspace root command with args and returns stdout,
-// stderr and the error.
-func runCLI(t *testing.T, args ...string) (string, string, error) {
-	t.Helper()
-	root := newRootCmd()
-	var out, errb bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&errb)
-	root.SetArgs(args)
-	err := root.Execute()
-	return out.String(), errb.String(), err
-}
-
 func writeLog(t *testing.T, extra string) string {
 	t.Helper()
 	t0 := time.Date(2026, 11, 21, 5, 0, 0, 0, time.UTC)
