@@ -103,6 +103,9 @@ type SimResult struct {
 	// once; PeakPerAddress the largest number through one external address.
 	PeakConcurrent int `json:"peak_concurrent_flows"`
 	PeakPerAddress int `json:"peak_flows_per_external_address"`
+	// PerAddress has, for each external address, the peak number of
+	// established flows through it and the external ports it used.
+	PerAddress []SimAddress `json:"per_external_address"`
 	// PeakPortsInUse is the largest number of distinct external endpoints
 	// (per protocol) carrying open flows at once; PortsUsed the distinct
 	// external endpoints used over the whole run.
@@ -144,6 +147,13 @@ func (t teeSink) Record(ev Event) {
 	for _, s := range t {
 		s.Record(ev)
 	}
+}
+
+// SimAddress is the load of one external address in a simulation.
+type SimAddress struct {
+	Addr      netip.Addr `json:"addr"`
+	PeakFlows int        `json:"peak_flows"`
+	PortsUsed int        `json:"ports_used"`
 }
 
 // withDefaults returns c with defaults filled in, or an error naming the
@@ -361,6 +371,7 @@ func Simulate(c SimConfig) (SimResult, error) {
 		c: c, eng: eng,
 		rng:      rand.New(rand.NewPCG(c.Seed, 0x7a11f1c)),
 		perAddr:  map[netip.Addr]int{},
+		peakAddr: map[netip.Addr]int{},
 		perPort:  map[simPort]int{},
 		used:     map[simPort]struct{}{},
 		srcPorts: make([]map[uint16]struct{}, c.Subscribers),
@@ -420,6 +431,13 @@ func Simulate(c SimConfig) (SimResult, error) {
 	res.TableBytes = st.TableBytes
 	res.Drops = st.Drops
 	res.PortsUsed = len(s.used)
+	portsBy := map[netip.Addr]int{}
+	for k := range s.used {
+		portsBy[k.ext.Addr()]++
+	}
+	for _, a := range c.External {
+		res.PerAddress = append(res.PerAddress, SimAddress{Addr: a, PeakFlows: s.peakAddr[a], PortsUsed: portsBy[a]})
+	}
 	res.LogEvents, res.LogBytes = lw.Events(), cw.n
 	if res.Established > 0 {
 		res.LogBytesPerFlw = float64(res.LogBytes) / float64(res.Established)
@@ -441,6 +459,7 @@ type simState struct {
 
 	concurrent int
 	perAddr    map[netip.Addr]int
+	peakAddr   map[netip.Addr]int
 	perPort    map[simPort]int
 	used       map[simPort]struct{}
 	srcPorts   []map[uint16]struct{}
@@ -524,6 +543,7 @@ func (s *simState) arrive(at int64, now time.Time) {
 	a := f.external.Addr()
 	s.perAddr[a]++
 	s.res.PeakPerAddress = max(s.res.PeakPerAddress, s.perAddr[a])
+	s.peakAddr[a] = max(s.peakAddr[a], s.perAddr[a])
 	k := simPort{f.proto, f.external}
 	s.perPort[k]++
 	s.res.MaxFlowsPerPort = max(s.res.MaxFlowsPerPort, s.perPort[k])

@@ -177,6 +177,13 @@ func TestSimulateCompactLog(t *testing.T) {
 		}
 		res[p] = r
 	}
+	for p, r := range res {
+		// Paired pooling spreads subscribers over both addresses.
+		if len(r.PerAddress) != 2 || r.PerAddress[0].PeakFlows == 0 || r.PerAddress[1].PeakFlows == 0 ||
+			r.PerAddress[0].PortsUsed+r.PerAddress[1].PortsUsed != r.PortsUsed {
+			t.Fatalf("%s: per address %+v (ports used %d)", p, r.PerAddress, r.PortsUsed)
+		}
+	}
 	if r := res["rfc-recommended"]; r.CompactLogBytes != r.LogBytes || r.LogEvents < int64(r.Established) {
 		t.Fatalf("per-mapping preset: compact %d full %d events %d", r.CompactLogBytes, r.LogBytes, r.LogEvents)
 	}

@@ -142,6 +142,14 @@ func printSimTable(w io.Writer, runs []nat.SimResult) error {
 	row("packets", func(r nat.SimResult) string { return fmt.Sprint(r.Packets) })
 	row("peak concurrent flows", func(r nat.SimResult) string { return num(r.PeakConcurrent) })
 	row("peak flows per external address", func(r nat.SimResult) string { return num(r.PeakPerAddress) })
+	if len(runs[0].PerAddress) > 1 && len(runs[0].PerAddress) <= 16 {
+		for i := range runs[0].PerAddress {
+			row(fmt.Sprintf("  peak flows / ports via %v", runs[0].PerAddress[i].Addr), func(r nat.SimResult) string {
+				a := r.PerAddress[i]
+				return fmt.Sprintf("%d / %d", a.PeakFlows, a.PortsUsed)
+			})
+		}
+	}
 	row("peak external ports in use", func(r nat.SimResult) string { return num(r.PeakPortsInUse) })
 	row("max flows sharing one port", func(r nat.SimResult) string { return num(r.MaxFlowsPerPort) })
 	row("external ports used (run)", func(r nat.SimResult) string { return num(r.PortsUsed) })
