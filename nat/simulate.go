@@ -73,6 +73,9 @@ type SimConfig struct {
 	LogDestinations bool
 	// Start is the fake clock's start; default 2026-01-01T00:00:00Z.
 	Start time.Time
+	// Events, if set, also receives every engine event (e.g. a LogWriter
+	// writing the simulated log to a file for `nat whois`).
+	Events EventSink
 }
 
 // SimResult is what Simulate measured. Counts are over the simulated
@@ -358,7 +361,11 @@ func Simulate(c SimConfig) (SimResult, error) {
 	cw, ccw := &countingWriter{}, &countingWriter{}
 	lw := NewLogWriter(cw, LogOptions{Destinations: c.LogDestinations})
 	clw := NewLogWriter(ccw, LogOptions{Destinations: c.LogDestinations, Compact: true})
-	cfg, err := c.EngineConfig(teeSink{lw, clw})
+	sinks := teeSink{lw, clw}
+	if c.Events != nil {
+		sinks = append(sinks, c.Events)
+	}
+	cfg, err := c.EngineConfig(sinks)
 	if err != nil {
 		return SimResult{}, err
 	}

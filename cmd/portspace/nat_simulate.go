@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,6 +26,8 @@ func newNatSimulateCmd() *cobra.Command {
 		overlap  string
 		compare  bool
 		asJSON   bool
+		logFile  string
+		compact  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "simulate",
@@ -66,6 +70,19 @@ without port overlapping (RFC 7857 §3)?
 			default:
 				return fmt.Errorf("nat simulate: --overlapping %q: want preset, on or off", overlap)
 			}
+			var lw *nat.LogWriter
+			if logFile != "" {
+				if compare {
+					return errors.New("nat simulate: --log writes one run; drop --compare-overlapping or choose --overlapping")
+				}
+				fh, err := os.Create(logFile)
+				if err != nil {
+					return fmt.Errorf("nat simulate: --log: %w", err)
+				}
+				defer fh.Close()
+				lw = nat.NewLogWriter(fh, nat.LogOptions{Destinations: c.LogDestinations, Compact: compact})
+				c.Events = lw
+			}
 			var runs []nat.SimResult
 			if compare {
 				without, with, err := nat.CompareOverlapping(c)
@@ -79,6 +96,11 @@ without port overlapping (RFC 7857 §3)?
 					return err
 				}
 				runs = []nat.SimResult{r}
+			}
+			if lw != nil {
+				if err := lw.Flush(); err != nil {
+					return fmt.Errorf("nat simulate: --log %s: %w", logFile, err)
+				}
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
@@ -110,6 +132,8 @@ without port overlapping (RFC 7857 §3)?
 	f.BoolVar(&compare, "compare-overlapping", false, "run twice, overlapping off and on, and show both")
 	f.BoolVar(&c.LogDestinations, "log-destinations", false, "log destinations (RFC 6888 REQ-12 says not to; shows the cost)")
 	f.BoolVar(&asJSON, "json", false, "print results as JSON")
+	f.StringVar(&logFile, "log", "", "write the run's event log (JSON lines) to this file, for `portspace nat whois`")
+	f.BoolVar(&compact, "log-compact", false, "with --log: leave out mappings inside port blocks")
 	return cmd
 }
 

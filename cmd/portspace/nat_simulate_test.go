@@ -2,8 +2,14 @@ package main
 
 import (
 	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/portspace/portspace/nat"
 )
 
 func TestNatSimulateCLI(t *testing.T) {
@@ -21,6 +27,46 @@ func TestNatSimulateCLI(t *testing.T) {
 	var r map[string]any
 	if err != nil || json.Unmarshal([]byte(out), &r) != nil || r["preset"] != "cgn" || r["flows"].(float64) == 0 {
 		t.Fatalf("%v %s", err, out)
+	}
+}
+
+// TestNatSimulateLogThenWhois runs a simulation that writes its log, then
+// asks whois about every mapping in it: each answer names the subscriber the
+// log says created it.
+func TestNatSimulateLogThenWhois(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "sim.jsonl")
+	if _, _, err := runCLI(t, "nat", "simulate", "--duration", "1m", "--subscribers", "5", "--log", log); err != nil {
+		t.Fatal(err)
+	}
+	fh, err := os.Open(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	r := nat.NewLogReader(fh, log)
+	n := 0
+	for ; n < 20; n++ {
+		ev, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Kind != nat.MappingCreated {
+			continue
+		}
+		at := ev.Time.Add(time.Millisecond).Format(time.RFC3339Nano)
+		out, _, err := runCLI(t, "nat", "whois", "--log", log, ev.External.String(), at)
+		if err != nil || !strings.Contains(out, "held by "+ev.Subscriber.String()+" ") {
+			t.Fatalf("whois %v at %s: %q %v", ev.External, at, out, err)
+		}
+	}
+	if n == 0 {
+		t.Fatal("empty log")
+	}
+	if _, _, err := runCLI(t, "nat", "simulate", "--compare-overlapping", "--log", log); err == nil {
+		t.Fatal("--log with --compare-overlapping must be refused")
 	}
 }
 
