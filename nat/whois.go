@@ -85,6 +85,17 @@ func (h Holding) String() string {
 // the external endpoint at the time asked.
 var ErrNoHolder = errors.New("nat: no holder")
 
+// noHolderError is the error of a whois without answer; it names the
+// question and matches ErrNoHolder.
+type noHolderError struct{ msg string }
+
+func (e *noHolderError) Error() string        { return e.msg }
+func (e *noHolderError) Is(target error) bool { return target == ErrNoHolder }
+
+func noHolder(format string, args ...any) error {
+	return &noHolderError{msg: fmt.Sprintf(format, args...)}
+}
+
 type mappingKey struct {
 	proto    tuple.Proto
 	internal netip.AddrPort
@@ -274,9 +285,9 @@ func (ix *Index) Whois(ext netip.AddrPort, at time.Time) ([]Holding, error) {
 	if len(out) == 0 {
 		when := at.UTC().Format(time.RFC3339Nano)
 		if !seen {
-			return nil, fmt.Errorf("nat: whois %v at %s: %w (the log never mentions it)", ext, when, ErrNoHolder)
+			return nil, noHolder("nat: whois %v at %s: no holder (the log never mentions it)", ext, when)
 		}
-		return nil, fmt.Errorf("nat: whois %v at %s: %w at that time", ext, when, ErrNoHolder)
+		return nil, noHolder("nat: whois %v at %s: no holder at that time", ext, when)
 	}
 	slices.SortFunc(out, func(a, b Holding) int {
 		if c := a.From.Compare(b.From); c != 0 {
@@ -308,8 +319,8 @@ func (ix *Index) WhoisRemote(ext, remote netip.AddrPort, at time.Time) ([]Holdin
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("nat: whois %v from %v at %s: %w (the log has no flow to that remote then; were destinations logged?)",
-			ext, remote, at.UTC().Format(time.RFC3339Nano), ErrNoHolder)
+		return nil, noHolder("nat: whois %v from %v at %s: no holder (the log has no flow to that remote then; were destinations logged?)",
+			ext, remote, at.UTC().Format(time.RFC3339Nano))
 	}
 	slices.SortFunc(out, func(a, b Holding) int { return a.From.Compare(b.From) })
 	return out, nil
@@ -372,7 +383,7 @@ func (ix *Index) ReadFrom(r *LogReader, onBad func(*LogError) error) error {
 func WhoisDeterministic(d *portalloc.Deterministic, ext netip.AddrPort) (Holding, error) {
 	in, ok := d.Reverse(ext)
 	if !ok {
-		return Holding{}, fmt.Errorf("nat: whois %v: %w (not in any deterministic block)", ext, ErrNoHolder)
+		return Holding{}, noHolder("nat: whois %v: no holder (not in any deterministic block)", ext)
 	}
 	_, block, _ := d.Forward(in)
 	return Holding{Subscriber: in, External: ext, Block: block, IsBlock: true}, nil
