@@ -106,6 +106,13 @@ type SimResult struct {
 	// once; PeakPerAddress the largest number through one external address.
 	PeakConcurrent int `json:"peak_concurrent_flows"`
 	PeakPerAddress int `json:"peak_flows_per_external_address"`
+	// SteadyConcurrent and SteadyMappings are the mean number of open
+	// established flows and of engine mappings over the ticks of the second
+	// half of the run: the steady state, once closed connections occupy
+	// their ports for the transitory timer (the peak is often reached
+	// earlier, before any port is waiting out a timer).
+	SteadyConcurrent float64 `json:"steady_concurrent_flows"`
+	SteadyMappings   float64 `json:"steady_engine_mappings"`
 	// PerAddress has, for each external address, the peak number of
 	// established flows through it and the external ports it used.
 	PerAddress []SimAddress `json:"per_external_address"`
@@ -395,6 +402,8 @@ func Simulate(c SimConfig) (SimResult, error) {
 	}
 	s.res = &res
 	end := int64(c.Duration)
+	var steadyN int
+	var steadyFlows, steadyMaps float64
 	s.push(s.expo(1/c.FlowRate), -1, evArrival)
 	s.push(int64(c.Tick), -1, evTick)
 	for len(s.q) > 0 {
@@ -412,6 +421,11 @@ func Simulate(c SimConfig) (SimResult, error) {
 			st := eng.Stats()
 			res.PeakMappings = max(res.PeakMappings, st.Mappings)
 			res.PeakSessions = max(res.PeakSessions, st.Sessions)
+			if 2*ev.at > end {
+				steadyN++
+				steadyFlows += float64(s.concurrent)
+				steadyMaps += float64(st.Mappings)
+			}
 			s.push(ev.at+int64(c.Tick), -1, evTick)
 		case evKeepalive:
 			f := &s.flows[ev.flow]
@@ -438,6 +452,10 @@ func Simulate(c SimConfig) (SimResult, error) {
 	res.TableBytes = st.TableBytes
 	res.Drops = st.Drops
 	res.PortsUsed = len(s.used)
+	if steadyN > 0 {
+		res.SteadyConcurrent = steadyFlows / float64(steadyN)
+		res.SteadyMappings = steadyMaps / float64(steadyN)
+	}
 	portsBy := map[netip.Addr]int{}
 	for k := range s.used {
 		portsBy[k.ext.Addr()]++

@@ -29,6 +29,12 @@ func TestSimulateSmall(t *testing.T) {
 	if r.PeakConcurrent < 60 || r.PeakConcurrent > 200 {
 		t.Fatalf("peak concurrent %d", r.PeakConcurrent)
 	}
+	// Steady state by Little's law: 5/s x 20 s = 100 open flows; mappings
+	// stay after the flows (TCP closing 4 min, UDP 5 min), so the engine
+	// holds more.
+	if r.SteadyConcurrent < 70 || r.SteadyConcurrent > 130 || r.SteadyMappings <= r.SteadyConcurrent {
+		t.Fatalf("steady flows %.1f mappings %.1f", r.SteadyConcurrent, r.SteadyMappings)
+	}
 	if r.MaxFlowsPerPort != 1 || r.Overlapping {
 		t.Fatalf("rfc-recommended does not overlap: max flows per port %d", r.MaxFlowsPerPort)
 	}

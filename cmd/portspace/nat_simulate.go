@@ -165,6 +165,7 @@ func printSimTable(w io.Writer, runs []nat.SimResult) error {
 	row("flows refused", func(r nat.SimResult) string { return num(r.Refused) })
 	row("packets", func(r nat.SimResult) string { return fmt.Sprint(r.Packets) })
 	row("peak concurrent flows", func(r nat.SimResult) string { return num(r.PeakConcurrent) })
+	row("steady concurrent flows (mean, 2nd half)", func(r nat.SimResult) string { return fmt.Sprintf("%.0f", r.SteadyConcurrent) })
 	row("peak flows per external address", func(r nat.SimResult) string { return num(r.PeakPerAddress) })
 	if len(runs[0].PerAddress) > 1 && len(runs[0].PerAddress) <= 16 {
 		for i := range runs[0].PerAddress {
@@ -178,6 +179,7 @@ func printSimTable(w io.Writer, runs []nat.SimResult) error {
 	row("max flows sharing one port", func(r nat.SimResult) string { return num(r.MaxFlowsPerPort) })
 	row("external ports used (run)", func(r nat.SimResult) string { return num(r.PortsUsed) })
 	row("peak engine mappings", func(r nat.SimResult) string { return num(r.PeakMappings) })
+	row("steady engine mappings (mean, 2nd half)", func(r nat.SimResult) string { return fmt.Sprintf("%.0f", r.SteadyMappings) })
 	row("peak engine sessions", func(r nat.SimResult) string { return num(r.PeakSessions) })
 	row("engine table bytes", func(r nat.SimResult) string { return num(r.TableBytes) })
 	row("log events", func(r nat.SimResult) string { return fmt.Sprint(r.LogEvents) })
