@@ -117,7 +117,7 @@ func (p *Packet) Parse(b []byte) error {
 	}
 	if off != 0 {
 		if off == 1 && proto == tuple.TCP {
-			return ReasonTinyFragment // RFC 1858 §3.2: overlapping TCP flags
+			return ReasonTinyFragment // RFC 1858 (and RFC 3128): an offset-1 TCP fragment can rewrite the TCP flags
 		}
 		p.b, p.l4, p.proto, p.flags = b, uint16(hl), proto, flags
 		return nil
