@@ -21,7 +21,7 @@ type LogOptions struct {
 	// Destinations, when true, writes the remote endpoint of events that
 	// carry one and writes session events. When false (the default) no
 	// "remote" field is ever written and session events, which exist only
-	// to carry destinations, are skipped (RFC 6888 §4 REQ-12: a CGN should
+	// to carry destinations, are skipped (RFC 6888 REQ-12: a CGN should
 	// not log destination addresses and ports).
 	Destinations bool
 	// BufferSize is the size at which buffered lines are written to the
@@ -32,14 +32,14 @@ type LogOptions struct {
 	// deterministic blocks). The block events (or, for deterministic NAT,
 	// its parameters) already attribute every port of the block to its
 	// subscriber, which is how bulk allocation and deterministic NAT cut
-	// log volume (RFC 6888 §4 and §5, RFC 7422 §1). Whois then answers
+	// log volume (RFC 6888, RFC 7422). Whois then answers
 	// with the block, without the internal port. The writer remembers the
 	// omitted mappings until their deletion (a map; Record may allocate).
 	Compact bool
 }
 
 // LogWriter is an EventSink that writes one JSON object per event and line
-// (JSON Lines), the log RFC 6888 §4 REQ-12 and RFC 7422 §1 expect a CGN to
+// (JSON Lines), the log RFC 6888 REQ-12 and RFC 7422 expect a CGN to
 // keep so that an external endpoint can be traced back to a subscriber:
 //
 //	{"time":"2026-11-21T05:00:00.5Z","kind":"mapping-created","proto":"udp","subscriber":"10.0.0.7","internal":"10.0.0.7:40000","external":"192.0.2.1:61001"}

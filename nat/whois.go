@@ -15,7 +15,7 @@ import (
 
 // Holding is one interval during which a subscriber held an external
 // endpoint (a mapping) or an external port block, reconstructed from the
-// event log (RFC 6888 §4 REQ-12, RFC 7422 §1: tracing an external endpoint
+// event log (RFC 6888 REQ-12, RFC 7422: tracing an external endpoint
 // back to a subscriber).
 type Holding struct {
 	// Proto is the protocol of the mapping or block.
@@ -376,7 +376,7 @@ func (ix *Index) ReadFrom(r *LogReader, onBad func(*LogError) error) error {
 }
 
 // WhoisDeterministic answers whois for an RFC 7422 deterministic NAT from
-// its parameters alone (no log; RFC 7422 §1: the operator logs the
+// its parameters alone (no log; RFC 7422: the operator logs the
 // parameters, not the mappings). The answer holds whenever these
 // parameters were in force; it has no time bounds. It returns an error
 // wrapping ErrNoHolder when no inside address owns ext.
