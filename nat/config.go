@@ -213,6 +213,15 @@ type Config struct {
 	// (RFC 6888 REQ-8 SHOULD: 120 s); 0 disables it.
 	Quarantine time.Duration
 
+	// NoTranslate lists destination prefixes that are not translated
+	// (RFC 6888 REQ-6 MUST: translation can be turned off per destination):
+	// Outbound forwards packets to them unchanged, and Inbound forwards
+	// packets from them to internal addresses unchanged.
+	NoTranslate []netip.Prefix
+	// NoTranslatePorts, if set, limits NoTranslate to these destination
+	// ports (TCP and UDP; ICMP is then translated).
+	NoTranslatePorts tuple.PortSet
+
 	// LogDestinations adds remote endpoints to events and emits session
 	// events (RFC 6888 REQ-12: off by default).
 	LogDestinations bool
@@ -259,6 +268,11 @@ func (cfg Config) normalized() (Config, error) {
 			if p.Contains(a) {
 				return fail("Internal", "prefix %v contains external address %v", p, a)
 			}
+		}
+	}
+	for i, p := range cfg.NoTranslate {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return fail("NoTranslate", "prefix %d (%v) is not IPv4", i, p)
 		}
 	}
 	if cfg.Mapping == 0 {

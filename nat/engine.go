@@ -116,6 +116,7 @@ type Stats struct {
 	Replied           uint64 // Reply verdicts
 	Dropped           uint64 // Drop verdicts
 	Expired           uint64 // sessions retired by timers
+	Untranslated      uint64 // packets forwarded untouched (Config.NoTranslate)
 	HeldSYNReplies    uint64 // port-unreachable messages for held SYNs (Engine.Replies)
 	Sessions          int    // live sessions (flows)
 	Mappings          int    // live mappings
@@ -145,6 +146,7 @@ type Engine struct {
 	det   *portalloc.Deterministic
 
 	inside []struct{ a, m uint32 }
+	noXlat []struct{ a, m uint32 }
 	ext    []uint32
 	extMap map[uint32]bool
 
@@ -156,6 +158,7 @@ type Engine struct {
 	overlap                                        bool
 
 	sessions, mappings, loose int
+	inMembers                 int // sessions created inbound on another flow's mapping
 	subs                      map[uint32]*subCount
 
 	held    []heldSYN
@@ -164,6 +167,7 @@ type Engine struct {
 	rbuf    []byte
 	reply   [576]byte
 
+	frags    [fragSlots]fragEntry
 	st       Stats
 	drops    [numReasons]uint64
 	badDrops [packet.NumReasons]uint64
@@ -194,6 +198,7 @@ func secs(d time.Duration) uint32 { return uint32((d + time.Second - 1) / time.S
 func New(cfg Config) (*Engine, error) {
 	cfg.External = append([]netip.Addr(nil), cfg.External...)
 	cfg.Internal = append([]netip.Prefix(nil), cfg.Internal...)
+	cfg.NoTranslate = append([]netip.Prefix(nil), cfg.NoTranslate...)
 	cfg, err := cfg.normalized()
 	if err != nil {
 		return nil, err
@@ -211,12 +216,10 @@ func New(cfg Config) (*Engine, error) {
 	e.tmClose, e.tmICMP, e.tmHold = secs(cfg.TCPClosing), secs(cfg.ICMPTimeout), secs(cfg.SYNHold)
 	e.filt = [3]Filtering{cfg.TCPFiltering, cfg.Filtering, cfg.Filtering}
 	for _, p := range cfg.Internal {
-		a := u4(p.Addr())
-		m := uint32(0)
-		if p.Bits() > 0 {
-			m = ^uint32(0) << (32 - p.Bits())
-		}
-		e.inside = append(e.inside, struct{ a, m uint32 }{a, m})
+		e.inside = append(e.inside, prefix32(p))
+	}
+	for _, p := range cfg.NoTranslate {
+		e.noXlat = append(e.noXlat, prefix32(p))
 	}
 	e.extMap = map[uint32]bool{}
 	for _, a := range cfg.External {
@@ -280,6 +283,25 @@ func (e *Engine) now(t time.Time) uint32 {
 		d = 1 << 31
 	}
 	return uint32(d)
+}
+
+func prefix32(p netip.Prefix) struct{ a, m uint32 } {
+	m := uint32(0)
+	if p.Bits() > 0 {
+		m = ^uint32(0) << (32 - p.Bits())
+	}
+	return struct{ a, m uint32 }{u4(p.Addr()) & m, m}
+}
+
+// noTranslate reports whether traffic with remote a:port is exempt from
+// translation (Config.NoTranslate, RFC 6888 REQ-6).
+func (e *Engine) noTranslate(a uint32, port uint16, proto tuple.Proto) bool {
+	for _, p := range e.noXlat {
+		if a&p.m == p.a {
+			return !e.cfg.NoTranslatePorts.IsValid() || proto.HasPorts() && e.cfg.NoTranslatePorts.Contains(port)
+		}
+	}
+	return false
 }
 
 func (e *Engine) isInside(a uint32) bool {
@@ -349,13 +371,21 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if !e.isInside(u4(src)) {
 		return e.drop(rNotInternal)
 	}
-	if p.IsFragment() {
-		return e.drop(rFragment)
+	if p.IsFragment() && !p.HasTransport() {
+		return e.outboundFragment(&p, ns)
 	}
 	dst := u4(p.Dst())
+	if len(e.noXlat) > 0 && e.noTranslate(dst, p.DstPort(), p.Proto()) {
+		e.st.Forwarded++
+		e.st.Untranslated++
+		return Verdict{Action: Forward} // RFC 6888 REQ-6
+	}
 	hairpin := e.isExternal(dst)
 	if hairpin && e.cfg.NoHairpinning {
 		return e.drop(rNoHairpin)
+	}
+	if p.IsFragment() && (hairpin || p.Proto() == tuple.ICMP && p.IsICMPError()) {
+		return e.drop(rFragment)
 	}
 	if p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.outboundError(&p, now, ns)
@@ -364,6 +394,9 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 		return e.drop(rICMPUnsolicited)
 	}
 	v := e.outboundFlow(&p, now, ns)
+	if v.Action == Forward && p.IsFragment() {
+		e.noteFragment(&p, true, u4(src), ns)
+	}
 	if v.Action != Forward || !hairpin {
 		if v.Action == Forward {
 			e.st.Forwarded++
@@ -422,7 +455,9 @@ func (e *Engine) lookupOut(proto uint8, ia uint32, ip uint16, ra uint32, rp uint
 			return o, o
 		}
 	}
-	if (o != 0 && t.at(o-1).refs > 0) || e.loose > 0 {
+	// Other sessions of the mapping; under ADM/APDM a session opened by an
+	// inbound SYN on another flow's mapping has a different mapping key.
+	if (o != 0 && t.at(o-1).refs > 0) || e.loose > 0 || e.inMembers > 0 && t.mode.mapRemAddr {
 		if s := t.find(mkKey(kOut, proto, ia, ip, ra, rp)); s != 0 {
 			if e.alive(t.at(s-1), ns) {
 				return s, o
@@ -607,6 +642,10 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 			e.filterUp(r)
 			e.afterCreate(o-1, now)
 			return o, Verdict{}
+		}
+		if e.loose > 0 && t.find(mkKey(kIn, proto, r.extAddr, r.extPort, ra, rp)) != 0 {
+			// An overloaded session already uses this 5-tuple.
+			return 0, e.refuse(p, rPortsExhausted)
 		}
 		i, ok := t.alloc()
 		if !ok {
@@ -794,6 +833,9 @@ func (e *Engine) expireRec(i uint32, now time.Time, reason string) {
 			ira, irp = r.remAddr, r.remPort
 		}
 		proto, ea, ep := r.proto, r.extAddr, r.extPort
+		if r.aux&auxInbound != 0 {
+			e.inMembers--
+		}
 		t.unindex(i)
 		t.release(i)
 		if o := t.find(mkKey(kMapIn, proto, ea, ep, ira, irp)); o != 0 {
@@ -817,7 +859,8 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 	e.mappings--
 	if e.cfg.Events != nil {
 		ev := Event{Time: now, Kind: MappingDeleted, Proto: tuple.Proto(proto), Subscriber: a4(ia),
-			Internal: ap4(ia, ip), External: ext, Reason: reason}
+			Internal: ap4(ia, ip), External: ext, Reason: reason,
+			Block: e.alloc[pidx(tuple.Proto(proto))].BlockOf(a4(ia), ext)}
 		if e.cfg.LogDestinations {
 			ev.Remote = rem
 		}
@@ -838,9 +881,17 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	}
 	ns := e.now(now)
 	if !e.isExternal(u4(p.Dst())) {
+		if len(e.noXlat) > 0 && e.isInside(u4(p.Dst())) && e.noTranslate(u4(p.Src()), p.SrcPort(), p.Proto()) {
+			e.st.Forwarded++
+			e.st.Untranslated++
+			return Verdict{Action: Forward} // reply of untranslated traffic (RFC 6888 REQ-6)
+		}
 		return e.drop(rNotExternal)
 	}
-	if p.IsFragment() {
+	if p.IsFragment() && !p.HasTransport() {
+		return e.inboundFragment(&p, ns)
+	}
+	if p.IsFragment() && p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.drop(rFragment)
 	}
 	var v Verdict
@@ -850,7 +901,11 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	case p.Proto() == tuple.ICMP && p.IsICMPQueryRequest():
 		v = e.drop(rICMPUnsolicited)
 	default:
+		dst := u4(p.Dst())
 		v = e.inboundFlow(&p, now, ns, false)
+		if v.Action == Forward && p.IsFragment() {
+			e.noteFragment(&p, false, dst, ns)
+		}
 	}
 	if v.Action == Forward {
 		e.st.Forwarded++
@@ -909,8 +964,8 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 		return e.drop(rSessionLimit)
 	}
 	ia, ip := r.intAddr, r.intPort
-	var ns2 uint32
-	if r.flags&fZombie != 0 {
+	if r.flags&fZombie != 0 && e.cfg.Mapping == MappingEIM {
+		// The holder's keys do not include the remote: revive it.
 		r.flags &^= fZombie
 		r.remAddr, r.remPort, r.state, r.aux = ra, rp, tcpInSYN, auxInbound
 		r.expire = ns + e.tmTrans + 1
@@ -927,13 +982,13 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 			proto: proto, state: tcpInSYN, aux: auxInbound, expire: ns + e.tmTrans + 1}
 		r.refs++
 		e.t.index(i)
+		e.inMembers++
 		e.sessionUp(ia)
 		e.filterUp(m)
 		if e.cfg.LogDestinations && e.cfg.Events != nil {
 			e.cfg.Events.Record(e.sessionEvent(m, SessionCreated, now, ""))
 		}
 	}
-	_ = ns2
 	_ = p.SetDst(ap4(ia, ip))
 	return Verdict{Action: Forward}
 }
@@ -986,6 +1041,9 @@ func (e *Engine) Expire(now time.Time) {
 			}
 			e.expireRec(uint32(c<<chunkBits+j), now, reason)
 		}
+	}
+	for _, a := range e.alloc {
+		a.Expire(now)
 	}
 	for k := 0; k < e.nheld; {
 		h := &e.held[k]

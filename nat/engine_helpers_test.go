@@ -127,6 +127,10 @@ func decodeCheck(b []byte, embedded bool) (decoded, string) {
 	}
 	d.proto = ip.Protocol
 	src, dst := addrOf(ip.SrcIP), addrOf(ip.DstIP)
+	if ip.Flags&layers.IPv4MoreFragments != 0 || ip.FragOffset != 0 {
+		d.src, d.dst = netip.AddrPortFrom(src, 0), netip.AddrPortFrom(dst, 0)
+		return d, "" // a fragment: only the IPv4 header can be checked alone
+	}
 	switch ip.Protocol {
 	case layers.IPProtocolUDP:
 		u, _ := pk.Layer(layers.LayerTypeUDP).(*layers.UDP)

@@ -590,7 +590,7 @@ func TestEvents(t *testing.T) {
 			if ev.Subscriber != hostA.Addr() || ev.Proto != tuple.UDP {
 				t.Fatalf("event %+v", ev)
 			}
-			if (ev.Kind == MappingCreated || ev.Kind == MappingDeleted) && (ev.External != x || ev.Internal != hostA) {
+			if (ev.Kind == MappingCreated || ev.Kind == MappingDeleted) && (ev.External != x || ev.Internal != hostA || !ev.Block.Contains(x.Port())) {
 				t.Fatalf("mapping event %+v", ev)
 			}
 		}
@@ -634,19 +634,9 @@ func TestMalformed(t *testing.T) {
 			t.Errorf("%s inbound: %v %q", name, v.Action, v.Reason)
 		}
 	}
-	frag := append([]byte(nil), good...)
-	frag[6] |= 0x20 // MF
-	frag[10], frag[11] = 0, 0
-	var s uint32
-	for i := 0; i < 20; i += 2 {
-		s += uint32(frag[i])<<8 | uint32(frag[i+1])
-	}
-	for s > 0xffff {
-		s = s&0xffff + s>>16
-	}
-	frag[10], frag[11] = byte(^s>>8), byte(^s)
-	if v, _ := out(e, frag, t0); v.Reason != ReasonFragment {
-		t.Errorf("fragment: %v %q", v.Action, v.Reason)
+	_, second := fragments(udpPkt(t, srv1, netip.AddrPortFrom(extA, 40000)), 8)
+	if v, _ := in(e, second, t0); v.Reason != ReasonFragment {
+		t.Errorf("unmatched fragment: %v %q", v.Action, v.Reason)
 	}
 	if v, _ := out(e, udpPkt(t, netip.MustParseAddrPort("172.16.0.1:1"), srv1), t0); v.Reason != ReasonNotInternal {
 		t.Errorf("foreign source: %q", v.Reason)
@@ -714,5 +704,95 @@ func TestEstablishedNoAlloc(t *testing.T) {
 	})
 	if n != 0 {
 		t.Fatalf("%v allocations per 6 packets", n)
+	}
+}
+
+// TestNoTranslate: traffic to exempt destinations passes untouched in both
+// directions (RFC 6888 REQ-6); other destinations are still translated.
+func TestNoTranslate(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.NoTranslate = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/31")} }))
+	pkt := udpPkt(t, hostA, srv1)
+	v, b := out(e, pkt, t0)
+	if v.Action != Forward || string(b) != string(pkt) {
+		t.Fatalf("exempt destination: %v, changed=%v", v.Action, string(b) != string(pkt))
+	}
+	reply := udpPkt(t, srv1, hostA)
+	if v, b := in(e, reply, t0); v.Action != Forward || string(b) != string(reply) {
+		t.Fatalf("exempt reply: %v %s", v.Action, v.Reason)
+	}
+	if x := mapUDP(t, e, hostA, srv2, t0); x.Addr() != extA {
+		t.Fatalf("other destination not translated: %v", x)
+	}
+	if st := e.Stats(); st.Untranslated != 2 {
+		t.Fatalf("Untranslated = %d", st.Untranslated)
+	}
+}
+
+// ipSum sets the IPv4 header checksum of b.
+func ipSum(b []byte) {
+	b[10], b[11] = 0, 0
+	var s uint32
+	hl := int(b[0]&15) * 4
+	for i := 0; i < hl; i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	b[10], b[11] = byte(^s>>8), byte(^s)
+}
+
+// fragments splits an IPv4 packet into two fragments, the first carrying
+// split bytes (a multiple of 8) of the transport header and payload.
+func fragments(pkt []byte, split int) (first, second []byte) {
+	first = append([]byte(nil), pkt[:20+split]...)
+	first[2], first[3] = byte((20+split)>>8), byte(20+split)
+	first[6] |= 0x20 // MF
+	ipSum(first)
+	second = append(append([]byte(nil), pkt[:20]...), pkt[20+split:]...)
+	n := len(second)
+	second[2], second[3] = byte(n>>8), byte(n)
+	off := split / 8
+	second[6], second[7] = byte(off>>8)&0x1f, byte(off)
+	ipSum(second)
+	return first, second
+}
+
+// reassemble joins two fragments made by fragments.
+func reassemble(first, second []byte) []byte {
+	b := append(append([]byte(nil), first...), second[20:]...)
+	b[2], b[3] = byte(len(b)>>8), byte(len(b))
+	b[6], b[7] = 0, 0
+	ipSum(b)
+	return b
+}
+
+// TestFragments: the fragments of a datagram are translated in both
+// directions, outbound in any order (RFC 4787 REQ-14), and the reassembled
+// datagram has valid checksums.
+func TestFragments(t *testing.T) {
+	e := newEngine(t, testConfig(nil))
+	big := udpPkt(t, hostA, srv1)
+	big = append(big[:0:0], big...)
+	f1, f2 := fragments(udpPkt(t, hostA, srv1), 8)
+	// Out of order: the second fragment first.
+	v2, o2 := out(e, f2, t0)
+	v1, o1 := out(e, f1, t0)
+	if v1.Action != Forward || v2.Action != Forward {
+		t.Fatalf("outbound fragments: %v %s / %v %s", v1.Action, v1.Reason, v2.Action, v2.Reason)
+	}
+	d := decode(t, reassemble(o1, o2))
+	if d.src.Addr() != extA || d.dst != srv1 {
+		t.Fatalf("reassembled outbound %v->%v", d.src, d.dst)
+	}
+	x := d.src
+	g1, g2 := fragments(udpPkt(t, srv1, x), 8)
+	w1, i1 := in(e, g1, t0)
+	w2, i2 := in(e, g2, t0)
+	if w1.Action != Forward || w2.Action != Forward {
+		t.Fatalf("inbound fragments: %v %s / %v %s", w1.Action, w1.Reason, w2.Action, w2.Reason)
+	}
+	if d := decode(t, reassemble(i1, i2)); d.dst != hostA || d.src != srv1 {
+		t.Fatalf("reassembled inbound %v->%v", d.src, d.dst)
 	}
 }

@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"fmt"
 	"math/bits"
 )
 
@@ -212,7 +213,8 @@ func (t *table) insertSlot(k key, v uint32) {
 // index adds the keys of record i (index, not +1).
 func (t *table) index(i uint32) {
 	if t.used+2 > len(t.slots)/2 {
-		t.grow()
+		t.grow() // re-indexes every used record, i included
+		return
 	}
 	r := t.at(i)
 	k0, k1, two := kindsOf(r)
@@ -323,4 +325,40 @@ func (t *table) release(i uint32) {
 // memBytes returns the bytes held by the table's arrays.
 func (t *table) memBytes() int {
 	return len(t.chunks)*chunkSize*32 + len(t.slots)*4
+}
+
+// check verifies the index against the arena (for tests): every key of
+// every used record is found and no slot is stale.
+func (t *table) check() error {
+	want := 0
+	for c := range t.chunks {
+		for j := range t.chunks[c] {
+			r := &t.chunks[c][j]
+			if r.flags&fUsed == 0 {
+				continue
+			}
+			i := uint32(c<<chunkBits+j) + 1
+			k0, k1, two := kindsOf(r)
+			if got := t.find(t.keyOf(r, k0)); got != i {
+				return fmt.Errorf("record %d key %d found as %d", i-1, k0, got)
+			}
+			want++
+			if two {
+				if got := t.find(t.keyOf(r, k1)); got != i {
+					return fmt.Errorf("record %d key %d found as %d", i-1, k1, got)
+				}
+				want++
+			}
+		}
+	}
+	n := 0
+	for _, s := range t.slots {
+		if s != 0 {
+			n++
+		}
+	}
+	if n != want || n != t.used {
+		return fmt.Errorf("%d slots used, %d counted, %d keys", n, t.used, want)
+	}
+	return nil
 }

@@ -305,3 +305,21 @@ func TestGetPutNoAlloc(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseAlgorithm: names round-trip through String, others fail.
+func FuzzParseAlgorithm(f *testing.F) {
+	f.Add("keyed-hash")   // the default
+	f.Add("double-hash")  // RFC 6056 §3.3.4
+	f.Add("Keyed-Hash")   // wrong case
+	f.Add("")             // empty
+	f.Add("algorithm(9)") // the String of an unknown value
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := ParseAlgorithm(s)
+		if err != nil {
+			return
+		}
+		if a.String() != s {
+			t.Fatalf("%q parsed to %v", s, a)
+		}
+	})
+}
