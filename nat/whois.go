@@ -127,6 +127,7 @@ type Index struct {
 	last      time.Time
 	unmatched int
 	dups      int
+	only      netip.AddrPort // NewIndexFor: keep only events about this endpoint
 }
 
 // NewIndex returns an empty Index.
@@ -139,6 +140,25 @@ func NewIndex() *Index {
 		openSess:  map[mappingKey][]int{},
 		openBlock: map[blockKey]int{},
 	}
+}
+
+// NewIndexFor returns an empty Index that keeps only the events that can
+// answer a whois about ext: mappings and sessions of ext and blocks of its
+// address that contain its port. Reading a large log into it needs memory
+// for those events only (the `nat whois` command uses it).
+func NewIndexFor(ext netip.AddrPort) *Index {
+	ix := NewIndex()
+	ix.only = ext
+	return ix
+}
+
+// relevant reports whether ev can matter to a whois about ix.only.
+func (ix *Index) relevant(ev Event) bool {
+	switch ev.Kind {
+	case BlockAllocated, BlockFreed:
+		return ev.External.Addr() == ix.only.Addr() && ev.Block.Contains(ix.only.Port())
+	}
+	return ev.External == ix.only
 }
 
 // Record implements EventSink, so an Index can follow an Engine live.
@@ -159,6 +179,9 @@ func (ix *Index) Add(ev Event) {
 	}
 	if ev.Time.After(ix.last) {
 		ix.last = ev.Time
+	}
+	if ix.only.IsValid() && !ix.relevant(ev) {
+		return
 	}
 	sub := ev.Subscriber
 	if !sub.IsValid() {

@@ -266,3 +266,59 @@ func TestWhoisDeterministic(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestIndexFor(t *testing.T) {
+	// An index for one endpoint answers like the full index for it and
+	// keeps nothing else.
+	full := NewIndex()
+	ext := netip.MustParseAddrPort("192.0.2.9:1300")
+	one := NewIndexFor(ext)
+	evs := []Event{
+		lgBlockEv(0, BlockAllocated, "100.64.0.1", "192.0.2.9", 1024, 1535),
+		lgBlockEv(0, BlockAllocated, "100.64.0.3", "192.0.2.9", 1536, 2047),
+		lgMapEv(time.Second, MappingCreated, tuple.TCP, "100.64.0.1:5", "192.0.2.9:1300"),
+		lgMapEv(time.Second, MappingCreated, tuple.TCP, "100.64.0.1:6", "192.0.2.9:1301"),
+		lgMapEv(time.Minute, MappingDeleted, tuple.TCP, "100.64.0.1:5", "192.0.2.9:1300"),
+	}
+	for _, ev := range evs {
+		full.Add(ev)
+		one.Add(ev)
+	}
+	for _, d := range []time.Duration{0, 30 * time.Second, time.Hour} {
+		a, errA := full.Whois(ext, lgAt(d))
+		b, errB := one.Whois(ext, lgAt(d))
+		if len(a) != len(b) || (errA == nil) != (errB == nil) {
+			t.Fatalf("at %v: full %v %v, filtered %v %v", d, a, errA, b, errB)
+		}
+	}
+	if s := one.Stats(); s.Events != len(evs) || s.Mappings != 1 || s.Blocks != 1 {
+		t.Fatalf("filtered index keeps %+v", s)
+	}
+}
+
+// BenchmarkReadIndex measures reading a JSON-lines log into an Index
+// (per event: JSON decoding, address parsing, interval bookkeeping).
+func BenchmarkReadIndex(b *testing.B) {
+	var buf bytes.Buffer
+	w := NewLogWriter(&buf, LogOptions{})
+	const n = 10000
+	for i := range n {
+		in := netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), 40000)
+		ext := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(1024+i))
+		w.Record(Event{Time: lgAt(time.Duration(i) * time.Millisecond), Kind: MappingCreated, Proto: tuple.UDP,
+			Subscriber: in.Addr(), Internal: in, External: ext})
+		w.Record(Event{Time: lgAt(time.Duration(i)*time.Millisecond + time.Minute), Kind: MappingDeleted, Proto: tuple.UDP,
+			Subscriber: in.Addr(), Internal: in, External: ext, Reason: ReasonIdle})
+	}
+	w.Flush()
+	data := buf.Bytes()
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		ix, err := ReadIndex(NewLogReader(bytes.NewReader(data), "bench"), nil)
+		if err != nil || ix.Stats().Events != 2*n {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/(2*n), "ns/event")
+}

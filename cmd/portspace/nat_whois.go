@@ -84,7 +84,7 @@ The exit status is 1 when nobody held the endpoint.`,
 			if len(logs) == 0 {
 				return errors.New("nat whois: give --log FILE (or --deterministic with its parameters)")
 			}
-			ix := nat.NewIndex()
+			ix := nat.NewIndexFor(ext) // keeps only the events about ext
 			bad := 0
 			for _, name := range logs {
 				if err := readLogInto(ix, name, cmd.InOrStdin(), cmd.ErrOrStderr(), strict, &bad); err != nil {
