@@ -234,6 +234,90 @@ type logLine struct {
 	Reason     string `json:"reason"`
 }
 
+// parseFast decodes the lines LogWriter writes (an object of string fields
+// without escapes or spaces) without encoding/json, about 4x faster. It
+// returns false, for the caller to fall back to encoding/json, on anything
+// else: other value types, escapes, whitespace, control bytes, invalid
+// UTF-8, or keys that match a field only case-insensitively (which
+// encoding/json would accept). FuzzLogReader checks that both agree.
+func (l *logLine) parseFast(line []byte) bool {
+	if len(line) < 2 || line[0] != '{' || line[len(line)-1] != '}' {
+		return false
+	}
+	s := line[1 : len(line)-1]
+	for len(s) > 0 {
+		key, rest, ok := fastString(s)
+		if !ok || len(rest) == 0 || rest[0] != ':' {
+			return false
+		}
+		val, rest, ok := fastString(rest[1:])
+		if !ok {
+			return false
+		}
+		var dst *string
+		switch string(key) {
+		case "time":
+			dst = &l.Time
+		case "kind":
+			dst = &l.Kind
+		case "proto":
+			dst = &l.Proto
+		case "subscriber":
+			dst = &l.Subscriber
+		case "internal":
+			dst = &l.Internal
+		case "external":
+			dst = &l.External
+		case "block":
+			dst = &l.Block
+		case "remote":
+			dst = &l.Remote
+		case "reason":
+			dst = &l.Reason
+		default:
+			for _, k := range logKeys {
+				if strings.EqualFold(string(key), k) {
+					return false // encoding/json matches keys case-insensitively
+				}
+			}
+		}
+		if dst != nil {
+			*dst = string(val)
+		}
+		s = rest
+		if len(s) == 0 {
+			break
+		}
+		if s[0] != ',' || len(s) == 1 {
+			return false
+		}
+		s = s[1:]
+	}
+	return true
+}
+
+var logKeys = [...]string{"time", "kind", "proto", "subscriber", "internal", "external", "block", "remote", "reason"}
+
+// fastString reads a JSON string without escapes at the start of s.
+func fastString(s []byte) (val, rest []byte, ok bool) {
+	if len(s) == 0 || s[0] != '"' {
+		return nil, nil, false
+	}
+	for i := 1; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"':
+			v := s[1:i]
+			if !utf8.Valid(v) {
+				return nil, nil, false
+			}
+			return v, s[i+1:], true
+		case c == '\\' || c < 0x20:
+			return nil, nil, false
+		}
+	}
+	return nil, nil, false
+}
+
 // LogError is a bad line in an event log: the file name, the 1-based line
 // number and what is wrong. LogReader returns it and goes on with the next
 // line.
@@ -333,8 +417,11 @@ func (lr *LogReader) readLine() ([]byte, error) {
 // mapping and session events need proto and external.
 func ParseEventJSON(line []byte) (Event, error) {
 	var l logLine
-	if err := json.Unmarshal(line, &l); err != nil {
-		return Event{}, fmt.Errorf("not a JSON object: %w", err)
+	if !l.parseFast(line) {
+		l = logLine{}
+		if err := json.Unmarshal(line, &l); err != nil {
+			return Event{}, fmt.Errorf("not a JSON object: %w", err)
+		}
 	}
 	var ev Event
 	var err error

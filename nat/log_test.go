@@ -2,6 +2,7 @@ package nat
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/netip"
@@ -308,4 +309,31 @@ func TestLogCompact(t *testing.T) {
 	if err != nil || len(hs) != 1 || hs[0].IsBlock || !hs[0].To.Equal(lgAt(3*time.Minute)) {
 		t.Fatalf("%v %v", hs, err)
 	}
+}
+
+// FuzzLogLineFastPath checks the fast decoder against encoding/json: when
+// the fast path accepts a line, encoding/json must accept it and decode the
+// same fields.
+func FuzzLogLineFastPath(f *testing.F) {
+	// A line exactly as LogWriter writes it.
+	f.Add([]byte(`{"time":"2026-11-21T05:00:00Z","kind":"mapping-created","proto":"tcp","external":"192.0.2.1:80"}`))
+	// Keys in another case, which encoding/json also matches.
+	f.Add([]byte(`{"TIME":"2026-11-21T05:00:00Z","Kind":"block-freed"}`))
+	// Escapes, spaces, numbers, null and unknown keys.
+	f.Add([]byte(`{"time":"a\"b", "kind":1,"x":null,"reason":"\u00e9"}`))
+	// Duplicate keys (the last one wins in both).
+	f.Add([]byte(`{"kind":"a","kind":"b"}`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		var fast logLine
+		if !fast.parseFast(line) {
+			return
+		}
+		var slow logLine
+		if err := json.Unmarshal(line, &slow); err != nil {
+			t.Fatalf("fast path accepted what encoding/json rejects (%v): %q", err, line)
+		}
+		if fast != slow {
+			t.Fatalf("fast %+v\njson %+v\nline %q", fast, slow, line)
+		}
+	})
 }
