@@ -58,6 +58,10 @@ type SimConfig struct {
 	// UDPShare is the fraction of flows that are UDP (the rest are TCP);
 	// default 0 (all TCP). Use a negative value for none explicitly.
 	UDPShare float64
+	// ICMPShare is the fraction of flows that are ICMP echo (ping) flows,
+	// identified by their echo identifier (RFC 5508 REQ-1); default 0.
+	// UDPShare + ICMPShare must not exceed 1.
+	ICMPShare float64
 	// Keepalive is the interval of packets inside a flow (both directions);
 	// default 20 s.
 	Keepalive time.Duration
@@ -211,6 +215,12 @@ func (c SimConfig) withDefaults() (SimConfig, error) {
 	if c.UDPShare > 1 {
 		return fail("UDPShare", "%v is above 1", c.UDPShare)
 	}
+	if c.ICMPShare < 0 {
+		c.ICMPShare = 0
+	}
+	if c.UDPShare+c.ICMPShare > 1 {
+		return fail("ICMPShare", "UDPShare %v + ICMPShare %v is above 1", c.UDPShare, c.ICMPShare)
+	}
 	if c.Keepalive == 0 {
 		c.Keepalive = 20 * time.Second
 	}
@@ -355,10 +365,10 @@ func (w *countingWriter) Write(b []byte) (int, error) { w.n += int64(len(b)); re
 // external address and port, drops by reason and the volume of the
 // JSON-lines event log. The same SimConfig always gives the same result.
 //
-// Each flow sends its first packet (TCP SYN, or a UDP datagram), gets a
-// reply from its remote endpoint (SYN-ACK + ACK for TCP), exchanges one
-// packet each way every Keepalive, and at the end of its lifetime closes
-// (FIN both ways for TCP; UDP just stops). A flow counts as established
+// Each flow sends its first packet (TCP SYN, a UDP datagram or an ICMP
+// echo request), gets a reply from its remote endpoint (SYN-ACK + ACK for
+// TCP), exchanges one packet each way every Keepalive, and at the end of
+// its lifetime closes (FIN both ways for TCP; UDP and ICMP just stop). A flow counts as established
 // when its reply reaches the inside endpoint it came from.
 func Simulate(c SimConfig) (SimResult, error) {
 	c, err := c.withDefaults()
@@ -541,8 +551,13 @@ func (s *simState) arrive(at int64, now time.Time) {
 		d = s.rng.IntN(c.Destinations)
 	}
 	proto := tuple.TCP
-	if s.rng.Float64() < c.UDPShare {
+	remote := simDest(d)
+	switch x := s.rng.Float64(); {
+	case x < c.UDPShare:
 		proto = tuple.UDP
+	case x < c.UDPShare+c.ICMPShare:
+		proto = tuple.ICMP
+		remote = netip.AddrPortFrom(remote.Addr(), 0) // echo: the identifier is the only "port"
 	}
 	var idx int32
 	if n := len(s.free); n > 0 {
@@ -553,7 +568,7 @@ func (s *simState) arrive(at int64, now time.Time) {
 		idx = int32(len(s.flows) - 1)
 	}
 	f := &s.flows[idx]
-	*f = simFlow{proto: proto, internal: netip.AddrPortFrom(simSubscriber(sub), port), remote: simDest(d),
+	*f = simFlow{proto: proto, internal: netip.AddrPortFrom(simSubscriber(sub), port), remote: remote,
 		end: at + s.expo(c.FlowLifetime.Seconds()), seq: s.rng.Uint32()}
 	s.res.Flows++
 	if !s.open(f, now) {
@@ -594,10 +609,13 @@ func (s *simState) release(idx int32) {
 // got through both ways.
 func (s *simState) open(f *simFlow, now time.Time) bool {
 	var out []byte
-	if f.proto == tuple.TCP {
+	switch f.proto {
+	case tuple.TCP:
 		out = s.tcp(f.internal, f.remote, f.seq, 0, packet.TCPSyn)
-	} else {
+	case tuple.UDP:
 		out = s.udp(f.internal, f.remote)
+	default:
+		out = s.echo(f.internal.Addr(), f.remote.Addr(), packet.ICMPEcho, f.internal.Port())
 	}
 	s.res.Packets++
 	if v := s.eng.Outbound(out, now); v.Action != Forward {
@@ -620,11 +638,14 @@ func (s *simState) open(f *simFlow, now time.Time) bool {
 // forward it from f's external endpoint.
 func (s *simState) out(f *simFlow, now time.Time, flags uint8) bool {
 	var b []byte
-	if f.proto == tuple.TCP {
+	switch f.proto {
+	case tuple.TCP:
 		f.seq++
 		b = s.tcp(f.internal, f.remote, f.seq, 1, flags)
-	} else {
+	case tuple.UDP:
 		b = s.udp(f.internal, f.remote)
+	default:
+		b = s.echo(f.internal.Addr(), f.remote.Addr(), packet.ICMPEcho, f.internal.Port())
 	}
 	s.res.Packets++
 	if v := s.eng.Outbound(b, now); v.Action != Forward {
@@ -637,10 +658,13 @@ func (s *simState) out(f *simFlow, now time.Time, flags uint8) bool {
 // the engine did not deliver it to f's internal endpoint.
 func (s *simState) in(f *simFlow, now time.Time, flags uint8) bool {
 	var b []byte
-	if f.proto == tuple.TCP {
+	switch f.proto {
+	case tuple.TCP:
 		b = s.tcp(f.remote, f.external, 7, f.seq+1, flags)
-	} else {
+	case tuple.UDP:
 		b = s.udp(f.remote, f.external)
+	default:
+		b = s.echo(f.remote.Addr(), f.external.Addr(), packet.ICMPEchoReply, f.external.Port())
 	}
 	s.res.Packets++
 	if v := s.eng.Inbound(b, now); v.Action != Forward {
@@ -709,6 +733,20 @@ func (s *simState) udp(src, dst netip.AddrPort) []byte {
 		c = 0xffff
 	}
 	binary.BigEndian.PutUint16(u[6:], c)
+	return b
+}
+
+// echo builds a 36-byte IPv4 ICMP echo request or reply (8 payload bytes)
+// with identifier id in s.buf.
+func (s *simState) echo(src, dst netip.Addr, typ uint8, id uint16) []byte {
+	b := s.buf[:36]
+	ipHeader(b, src, dst, tuple.ICMP, 36)
+	m := b[20:]
+	m[0], m[1], m[2], m[3] = typ, 0, 0, 0
+	binary.BigEndian.PutUint16(m[4:], id)
+	binary.BigEndian.PutUint16(m[6:], 1) // sequence
+	clear(m[8:])
+	binary.BigEndian.PutUint16(m[2:], packet.Checksum(m, 0))
 	return b
 }
 

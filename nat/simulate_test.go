@@ -12,7 +12,7 @@ import (
 
 func TestSimulateSmall(t *testing.T) {
 	c := SimConfig{Subscribers: 20, Destinations: 5, FlowRate: 5, FlowLifetime: 20 * time.Second,
-		UDPShare: 0.5, Duration: 3 * time.Minute, Seed: 7}
+		UDPShare: 0.4, ICMPShare: 0.2, Duration: 3 * time.Minute, Seed: 7}
 	r, err := Simulate(c)
 	if err != nil {
 		t.Fatal(err)
@@ -143,6 +143,7 @@ func TestSimConfigErrors(t *testing.T) {
 		{SimConfig{Tick: time.Millisecond}, "SimConfig.Tick"},
 		{SimConfig{Duration: -time.Second}, "SimConfig.Duration"},
 		{SimConfig{UDPShare: 2}, "SimConfig.UDPShare"},
+		{SimConfig{UDPShare: 0.6, ICMPShare: 0.6}, "SimConfig.ICMPShare"},
 		{SimConfig{Preset: "nope"}, "unknown preset"},
 		{SimConfig{FlowRate: 1e6, Duration: time.Hour}, "50 million"},
 	} {

@@ -124,6 +124,7 @@ without port overlapping (RFC 7857 §3)?
 	f.Float64Var(&c.FlowRate, "flow-rate", 10, "new flows per second, all subscribers together")
 	f.DurationVar(&c.FlowLifetime, "flow-lifetime", 30*time.Second, "mean flow lifetime (exponential)")
 	f.Float64Var(&c.UDPShare, "udp-share", 0, "fraction of flows that are UDP (rest TCP)")
+	f.Float64Var(&c.ICMPShare, "icmp-share", 0, "fraction of flows that are ICMP echo (ping)")
 	f.DurationVar(&c.Keepalive, "keepalive", 20*time.Second, "interval of packets within a flow")
 	f.DurationVar(&c.Tick, "tick", time.Second, "engine Expire interval")
 	f.StringSliceVar(&external, "external", nil, "external IPv4 addresses (default 192.0.2.1)")
