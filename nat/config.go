@@ -222,12 +222,19 @@ type Config struct {
 	// ports (TCP and UDP; ICMP is then translated).
 	NoTranslatePorts tuple.PortSet
 
+	// ExpectedSessions pre-sizes the table for this many sessions, so that
+	// it does not grow (and re-index, an O(n) pause) while filling up to
+	// it; 0 starts small.
+	ExpectedSessions int
+
 	// LogDestinations adds remote endpoints to events and emits session
 	// events (RFC 6888 REQ-12: off by default).
 	LogDestinations bool
 	// Events receives mapping and block events; nil disables them.
 	Events EventSink
-	// Logger receives debug logs of state changes; nil discards.
+	// Logger receives debug logs of mappings created and deleted and of
+	// sessions refused (only when its handler is enabled at debug level,
+	// checked once by New); nil discards.
 	Logger *slog.Logger
 
 	// Secret keys the port-selection and table hashes (default random).
@@ -341,11 +348,14 @@ func (cfg Config) normalized() (Config, error) {
 	}
 	for name, v := range map[string]int{
 		"MaxPortsPerSubscriber": cfg.MaxPortsPerSubscriber, "MaxSessionsPerSubscriber": cfg.MaxSessionsPerSubscriber,
-		"MaxSessions": cfg.MaxSessions, "BlockSize": cfg.BlockSize, "MaxBlocksPerSubscriber": cfg.MaxBlocksPerSubscriber,
+		"MaxSessions": cfg.MaxSessions, "BlockSize": cfg.BlockSize, "ExpectedSessions": cfg.ExpectedSessions, "MaxBlocksPerSubscriber": cfg.MaxBlocksPerSubscriber,
 	} {
 		if v < 0 {
 			return fail(name, "negative")
 		}
+	}
+	if cfg.ExpectedSessions > maxRecords/2 {
+		return fail("ExpectedSessions", "exceeds %d", maxRecords/2)
 	}
 	if cfg.MaxSessions > maxRecords/2 {
 		return fail("MaxSessions", "exceeds %d", maxRecords/2)

@@ -1,9 +1,11 @@
 package nat
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -156,6 +158,7 @@ type Engine struct {
 	tmUDP, tmEst, tmTrans, tmClose, tmICMP, tmHold uint32
 	filt                                           [3]Filtering // by proto index
 	overlap                                        bool
+	debug                                          bool // Logger enabled at debug level
 
 	sessions, mappings, loose int
 	inMembers                 int // sessions created inbound on another flow's mapping
@@ -210,8 +213,9 @@ func New(cfg Config) (*Engine, error) {
 			mapRemAddr: cfg.Mapping != MappingEIM || cfg.Overlapping,
 			mapRemPort: cfg.Mapping == MappingAPDM || cfg.Overlapping,
 			inRem:      cfg.Overlapping,
-		})
+		}, cfg.ExpectedSessions)
 	e.overlap = cfg.Overlapping
+	e.debug = cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
 	e.tmUDP, e.tmEst, e.tmTrans = secs(cfg.UDPTimeout), secs(cfg.TCPEstablished), secs(cfg.TCPTransitory)
 	e.tmClose, e.tmICMP, e.tmHold = secs(cfg.TCPClosing), secs(cfg.ICMPTimeout), secs(cfg.SYNHold)
 	e.filt = [3]Filtering{cfg.TCPFiltering, cfg.Filtering, cfg.Filtering}
@@ -607,6 +611,10 @@ func (e *Engine) sessionDown(ia uint32) {
 // refuse answers a packet for which no session can be created: ICMP type 3
 // code 13 to its source (RFC 5508 REQ-8), or a plain drop.
 func (e *Engine) refuse(p *packet.Packet, r reasonID) Verdict {
+	if e.debug {
+		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: session refused",
+			slog.String("reason", reasonList[r]), slog.String("flow", p.Tuple().String()))
+	}
 	if e.cfg.NoICMPReplies {
 		return e.drop(r)
 	}
@@ -724,6 +732,11 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 			}
 			e.cfg.Events.Record(ev)
 		}
+	}
+	if e.debug {
+		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: mapping created",
+			slog.String("proto", tuple.Proto(proto).String()), slog.String("internal", netip.AddrPortFrom(sub, ip).String()),
+			slog.String("external", lease.Ext.String()))
 	}
 	e.afterCreate(i, now)
 	return i + 1, Verdict{}
@@ -857,6 +870,11 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 	t.unindex(i)
 	t.release(i)
 	e.mappings--
+	if e.debug {
+		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: mapping deleted",
+			slog.String("proto", tuple.Proto(proto).String()), slog.String("internal", ap4(ia, ip).String()),
+			slog.String("external", ext.String()), slog.String("reason", reason))
+	}
 	if e.cfg.Events != nil {
 		ev := Event{Time: now, Kind: MappingDeleted, Proto: tuple.Proto(proto), Subscriber: a4(ia),
 			Internal: ap4(ia, ip), External: ext, Reason: reason,

@@ -73,6 +73,8 @@ func BenchmarkTranslate(b *testing.B) {
 		buf := append([]byte(nil), tmpl...)
 		e.Outbound(buf, t0)
 		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
 		for b.Loop() {
 			buf = append(buf[:0], tmpl...)
 			if e.Outbound(buf, t0).Action != Forward {
@@ -86,6 +88,8 @@ func BenchmarkTranslate(b *testing.B) {
 		in := udpPkt(b, srv1, x)
 		buf := append([]byte(nil), in...)
 		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
 		for b.Loop() {
 			buf = append(buf[:0], in...)
 			if e.Inbound(buf, t0).Action != Forward {
@@ -99,6 +103,8 @@ func BenchmarkTranslate(b *testing.B) {
 		e.Outbound(buf, t0)
 		ack := tcpPkt(b, hostA, srv1, "A")
 		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
 		for b.Loop() {
 			buf = append(buf[:0], ack...)
 			if e.Outbound(buf, t0).Action != Forward {
@@ -124,6 +130,8 @@ func BenchmarkTranslate(b *testing.B) {
 		m[mk(&p)] = netip.AddrPortFrom(extA, 40000)
 		buf := append([]byte(nil), tmpl...)
 		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
 		for b.Loop() {
 			buf = append(buf[:0], tmpl...)
 			if p.Parse(buf) != nil {
@@ -149,6 +157,7 @@ func BenchmarkSetup(b *testing.B) {
 	tmpl := udpPkt(b, hostA, srv1)
 	var buf []byte
 	b.ReportAllocs()
+	c0 := cpuNanos()
 	for i := 0; i < b.N; i++ {
 		buf = flowPacket(buf, tmpl, i)
 		if v := e.Outbound(buf, t0); v.Action != Forward {
@@ -156,6 +165,9 @@ func BenchmarkSetup(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "setups/s")
+	if c := cpuNanos() - c0; c > 0 {
+		b.ReportMetric(float64(b.N)/(float64(c)/1e9), "setups/cpu-s")
+	}
 }
 
 // BenchmarkMemory measures the heap growth of an engine holding 1 M UDP
@@ -216,6 +228,8 @@ func BenchmarkLookup(b *testing.B) {
 			buf := make([]byte, 0, len(tmpl))
 			b.ReportAllocs()
 			b.ResetTimer()
+			c0 := cpuNanos()
+			defer func() { reportCPU(b, c0) }()
 			for i := 0; i < b.N; i++ {
 				buf = append(buf[:0], pkts[i&(np-1)]...)
 				if e.Outbound(buf, t0).Action != Forward {
@@ -223,5 +237,13 @@ func BenchmarkLookup(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// reportCPU adds the cpu-ns/op metric: process CPU time per iteration
+// since c0 (see cpuNanos).
+func reportCPU(b *testing.B, c0 int64) {
+	if c := cpuNanos() - c0; c > 0 && b.N > 0 {
+		b.ReportMetric(float64(c)/float64(b.N), "cpu-ns/op")
 	}
 }

@@ -2,6 +2,7 @@ package nat
 
 import (
 	"errors"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -794,5 +795,116 @@ func TestFragments(t *testing.T) {
 	}
 	if d := decode(t, reassemble(i1, i2)); d.dst != hostA || d.src != srv1 {
 		t.Fatalf("reassembled inbound %v->%v", d.src, d.dst)
+	}
+}
+
+// TestLogger: a debug-level Logger sees mappings come and go.
+func TestLogger(t *testing.T) {
+	var sb strings.Builder
+	e := newEngine(t, testConfig(func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&sb, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}))
+	mapUDP(t, e, hostA, srv1, t0)
+	e.Expire(t0.Add(time.Hour))
+	if !strings.Contains(sb.String(), "mapping created") || !strings.Contains(sb.String(), "mapping deleted") {
+		t.Fatalf("log: %s", sb.String())
+	}
+}
+
+func TestSessionsAndSizeHint(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.ExpectedSessions = 5000 }))
+	slots := len(e.t.slots)
+	x := mapUDP(t, e, hostA, srv1, t0)
+	tcpOut(t, e, hostB, srv2, "S", t0)
+	for i := 0; i < 4000; i++ {
+		mapUDP(t, e, netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), uint16(1024+i)), srv1, t0)
+	}
+	if len(e.t.slots) != slots {
+		t.Fatalf("index grew from %d to %d slots below ExpectedSessions", slots, len(e.t.slots))
+	}
+	found := 0
+	for s := range e.Sessions() {
+		switch {
+		case s.Internal == hostA:
+			found++
+			if s.External != x || s.Remote != srv1 || s.Proto != tuple.UDP || !s.Mapping || s.State != "" {
+				t.Fatalf("UDP session %+v", s)
+			}
+			if d := s.Expires.Sub(t0); d < 5*time.Minute || d > 5*time.Minute+time.Second {
+				t.Fatalf("expires in %v", d)
+			}
+		case s.Internal == hostB:
+			found++
+			if s.State != "syn-out" || s.Remote != srv2 {
+				t.Fatalf("TCP session %+v", s)
+			}
+		}
+	}
+	if found != 2 {
+		t.Fatalf("found %d of 2 sessions", found)
+	}
+}
+
+// TestOverloading: with Overloading, a pool of one port serves two internal
+// endpoints towards different remotes (RFC 4787 §4.2.2, for experiments),
+// and each gets only its own remote's packets.
+func TestOverloading(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) {
+		c.Ports, c.MixClasses, c.Overloading = tuple.PortSetOf(tuple.PortRangeFrom(6000, 6000)), true, true
+		c.Filtering = FilterAPDF
+	}))
+	xa := mapUDP(t, e, hostA, srv1, t0)
+	xb := mapUDP(t, e, hostB, srv2, t0)
+	if xa != xb {
+		t.Fatalf("not overloaded: %v %v", xa, xb)
+	}
+	if v, _ := out(e, udpPkt(t, netip.AddrPortFrom(hostB.Addr(), 9), srv1), t0); v.Action == Forward {
+		t.Fatal("same 5-tuple handed out twice")
+	}
+	for from, want := range map[netip.AddrPort]netip.AddrPort{srv1: hostA, srv2: hostB} {
+		v, b := in(e, udpPkt(t, from, xa), t0)
+		if d := decode(t, b); v.Action != Forward || d.dst != want {
+			t.Fatalf("from %v: %v %s to %v", from, v.Action, v.Reason, d.dst)
+		}
+	}
+	e.Expire(t0.Add(time.Hour))
+	if st := e.Stats(); st.Records != 0 || st.Sessions != 0 {
+		t.Fatalf("left %+v", st)
+	}
+}
+
+// TestADFAfterOwnerExpiry: address-dependent filtering follows the
+// sessions of the mapping, also when the first one has ended.
+func TestADFAfterOwnerExpiry(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.Filtering = FilterADF; c.UDPTimeout = 2 * time.Minute }))
+	x := mapUDP(t, e, hostA, srv1, t0)
+	mapUDP(t, e, hostA, srv2, t0.Add(100*time.Second))
+	e.Expire(t0.Add(150 * time.Second)) // srv1's session ends, srv2's lives
+	if v, _ := in(e, udpPkt(t, srv1b, x), t0.Add(150*time.Second)); v.Action != Drop {
+		t.Fatal("srv1's address still admitted after its session ended")
+	}
+	if v, _ := in(e, udpPkt(t, netip.AddrPortFrom(srv2.Addr(), 9), x), t0.Add(150*time.Second)); v.Action != Forward {
+		t.Fatalf("srv2's address refused: %s", v.Reason)
+	}
+}
+
+// TestMaxSessionsAndArbitraryPooling: the global session limit refuses new
+// flows (RFC 6888 REQ-5), and arbitrary pooling spreads mappings of one
+// host over the addresses.
+func TestMaxSessionsAndArbitraryPooling(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.MaxSessions = 3 }))
+	for i := 0; i < 3; i++ {
+		mapUDP(t, e, netip.AddrPortFrom(hostA.Addr(), uint16(100+i)), srv1, t0)
+	}
+	if v, _ := out(e, udpPkt(t, hostB, srv1), t0); v.Action != Reply || v.Reason != ReasonSessionLimit {
+		t.Fatalf("4th session: %v %s", v.Action, v.Reason)
+	}
+	e = newEngine(t, testConfig(func(c *Config) { c.External = []netip.Addr{extA, extB}; c.Pooling = PoolingArbitrary }))
+	addrs := map[netip.Addr]bool{}
+	for i := 0; i < 40; i++ {
+		addrs[mapUDP(t, e, netip.AddrPortFrom(hostA.Addr(), uint16(2000+i)), netip.AddrPortFrom(srv1.Addr(), uint16(i+1)), t0).Addr()] = true
+	}
+	if len(addrs) != 2 {
+		t.Fatalf("arbitrary pooling used %d addresses", len(addrs))
 	}
 }

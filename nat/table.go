@@ -108,10 +108,16 @@ type table struct {
 	mode  keyMode
 }
 
-func newTable(k0, k1 uint64, mode keyMode) *table {
+// newTable returns a table whose index holds expect sessions (two keys
+// each) without growing.
+func newTable(k0, k1 uint64, mode keyMode, expect int) *table {
 	t := &table{k0: k0 | 1, k1: k1 | 1, mode: mode}
-	t.slots = make([]uint32, 1<<10)
-	t.shift = 64 - 10
+	b := 10
+	for 1<<b < 4*expect+4 {
+		b++
+	}
+	t.slots = make([]uint32, 1<<b)
+	t.shift = uint8(64 - b)
 	return t
 }
 
