@@ -74,6 +74,10 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("inconsistent ICMP classification")
 		}
 
+		if msg := compareFields(&p); msg != "" {
+			t.Fatalf("fields differ from gopacket: %s\n% x", msg, p.Bytes())
+		}
+
 		b := append([]byte(nil), p.Bytes()...)
 		validMine := p.VerifyChecksums() == nil
 		validOracle := oracleCheck(b) == ""
@@ -216,6 +220,9 @@ func FuzzRewrite(f *testing.F) {
 		if err := p.VerifyChecksums(); err != nil {
 			t.Fatalf("repaired packet does not verify: %v", err)
 		}
+		if msg := compareFields(&p); msg != "" {
+			t.Fatalf("fields differ from gopacket: %s\n% x", msg, p.Bytes())
+		}
 		b = p.Bytes()
 		validOracle := oracleCheck(b) == ""
 		sa := netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(src >> 24), byte(src >> 16), byte(src >> 8), byte(src)}), sport)
@@ -243,6 +250,9 @@ func FuzzRewrite(f *testing.F) {
 		}
 		if r.Src() != sa.Addr() || r.Dst() != da.Addr() {
 			t.Fatal("addresses")
+		}
+		if msg := compareFields(&r); msg != "" {
+			t.Fatalf("rewritten fields differ from gopacket: %s\n% x", msg, b)
 		}
 		if r.HasTransport() && !r.IsICMPError() {
 			if r.IsICMPQuery() {
