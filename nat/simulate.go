@@ -368,8 +368,10 @@ func (w *countingWriter) Write(b []byte) (int, error) { w.n += int64(len(b)); re
 // Each flow sends its first packet (TCP SYN, a UDP datagram or an ICMP
 // echo request), gets a reply from its remote endpoint (SYN-ACK + ACK for
 // TCP), exchanges one packet each way every Keepalive, and at the end of
-// its lifetime closes (FIN both ways for TCP; UDP and ICMP just stop). A flow counts as established
-// when its reply reaches the inside endpoint it came from.
+// its lifetime closes (FIN both ways for TCP; UDP and ICMP just stop). A
+// flow counts as established when its reply reaches the inside endpoint it
+// came from. (A flow's keepalives all fall before its end event, so a flow
+// slot is only reused after every event of its previous flow has run.)
 func Simulate(c SimConfig) (SimResult, error) {
 	c, err := c.withDefaults()
 	if err != nil {
