@@ -55,7 +55,7 @@ const (
 
 // Packet is a parsed IPv4 packet: a view over the caller's buffer holding
 // header offsets. Fill it with [Packet.Parse]; the zero Packet is empty and
-// its accessors return zero values. A Packet is 64 bytes and never copies or
+// its accessors return zero values. A Packet is 40 bytes and never copies or
 // retains anything but the buffer slice.
 type Packet struct {
 	b          []byte // the packet, cut to the IPv4 total length
