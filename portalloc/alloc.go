@@ -184,6 +184,7 @@ type qentry struct {
 type Allocator struct {
 	cfg     Config
 	addrs   []addrState
+	addrIdx map[netip.Addr]int // for pools of more than 8 addresses
 	allowed [words]uint64
 	classes [2]tuple.PortRange // low, high; with MixClasses both are the bounds
 	rng     *rand.Rand
@@ -280,6 +281,7 @@ func New(cfg Config) (*Allocator, error) {
 		}
 	}
 	seen := map[netip.Addr]bool{}
+	a.addrIdx = map[netip.Addr]int{}
 	a.addrs = make([]addrState, len(cfg.Addrs))
 	for i, ad := range cfg.Addrs {
 		if !ad.IsValid() {
@@ -289,6 +291,7 @@ func New(cfg Config) (*Allocator, error) {
 			return nil, fmt.Errorf("portalloc: Config.Addrs: %v listed twice", ad)
 		}
 		seen[ad] = true
+		a.addrIdx[ad] = i
 		st := &a.addrs[i]
 		st.addr = ad
 		for w := range st.full {
@@ -319,11 +322,8 @@ func (a *Allocator) AddrIndex(ad netip.Addr) int {
 		}
 		return -1
 	}
-	// Addresses are few in most pools; a binary search would need sorting.
-	for i := range a.addrs {
-		if a.addrs[i].addr == ad {
-			return i
-		}
+	if i, ok := a.addrIdx[ad]; ok {
+		return i
 	}
 	return -1
 }
