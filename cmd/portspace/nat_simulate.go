@@ -115,7 +115,7 @@ without port overlapping (RFC 7857 §3)?
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&c.Preset, "preset", "rfc-recommended", "engine preset (see package nat Presets)")
+	f.StringVar(&c.Preset, "preset", "rfc-recommended", "engine preset: "+presetNames())
 	f.Uint64Var(&c.Seed, "seed", 1, "random seed (same seed, same result)")
 	f.DurationVar(&c.Duration, "duration", 10*time.Minute, "simulated time")
 	f.IntVar(&c.Subscribers, "subscribers", 100, "inside hosts (from 100.64.0.1)")
@@ -133,7 +133,7 @@ without port overlapping (RFC 7857 §3)?
 	f.BoolVar(&compare, "compare-overlapping", false, "run twice, overlapping off and on, and show both")
 	f.BoolVar(&c.LogDestinations, "log-destinations", false, "log destinations (RFC 6888 REQ-12 says not to; shows the cost)")
 	f.BoolVar(&asJSON, "json", false, "print results as JSON")
-	f.StringVar(&logFile, "log", "", "write the run's event log (JSON lines) to this file, for `portspace nat whois`")
+	f.StringVar(&logFile, "log", "", "write the run's event log (JSON lines) to `FILE`, for portspace nat whois")
 	f.BoolVar(&compact, "log-compact", false, "with --log: leave out mappings inside port blocks")
 	return cmd
 }
@@ -203,6 +203,15 @@ func printSimTable(w io.Writer, runs []nat.SimResult) error {
 		row("drops: "+k, func(r nat.SimResult) string { return fmt.Sprint(r.Drops[k]) })
 	}
 	return tw.Flush()
+}
+
+// presetNames lists the engine presets for the --preset help.
+func presetNames() string {
+	var names []string
+	for _, p := range nat.Presets() {
+		names = append(names, p.Name)
+	}
+	return strings.Join(names, ", ")
 }
 
 // short abbreviates behaviour names: "endpoint-independent" -> "EI",
