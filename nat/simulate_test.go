@@ -201,3 +201,19 @@ func TestSimulateCompactLog(t *testing.T) {
 		t.Fatalf("deterministic: compact %d events, full %d", r.CompactLogEvents, r.LogEvents)
 	}
 }
+
+// TestSimulateEveryPreset runs mixed TCP/UDP/ICMP traffic through every
+// preset: with ample ports every flow must be established, and every packet
+// of an established flow must reach the right endpoint.
+func TestSimulateEveryPreset(t *testing.T) {
+	for _, p := range Presets() {
+		r, err := Simulate(SimConfig{Preset: p.Name, Subscribers: 20, Destinations: 5, FlowRate: 5,
+			UDPShare: 0.3, ICMPShare: 0.1, Duration: 2 * time.Minute, Seed: 11})
+		if err != nil {
+			t.Fatalf("%s: %v", p.Name, err)
+		}
+		if r.Flows == 0 || r.Established != r.Flows || r.Broken != 0 {
+			t.Errorf("%s: flows %d established %d broken %d drops %v", p.Name, r.Flows, r.Established, r.Broken, r.Drops)
+		}
+	}
+}
