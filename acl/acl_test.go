@@ -290,6 +290,9 @@ func TestBadInput(t *testing.T) {
 		{"missing type", "zones:\n  - {name: a}\n", `t.yaml:2: zone "a": missing "type"`},
 		{"duplicate zone", "zones:\n  - {name: a, type: internal}\n  - {name: a, type: external}\n", `t.yaml:3: zone "a": defined twice`},
 		{"bad yaml", "zones: [\n", `t.yaml:`},
+		{"empty services", base + "flows:\n  - from: a\n    to: b\n    services: []\n", `t.yaml:8: flow a->b: services is empty; omit the key`},
+		{"unknown default profile", base + "default_ephemeral: [linux, bsd]\n", `t.yaml:5: default_ephemeral: ephemeral "bsd" is neither a profile`},
+		{"icmp with ports", "services:\n  - name: s\n    protocol: icmp\n    ports: [8]\n", `t.yaml:4: service "s": protocol icmp has no ports`},
 		{"external only", "zones:\n  - {name: x, type: external, cidrs: [192.0.2.0/24]}\nflows:\n  - {from: internet, to: x}\n", `t.yaml:4: flow internet->x: neither zone is internal`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -352,6 +355,42 @@ allow:
 	}
 	if _, err := Generate(p, Options{}); err == nil || !strings.Contains(err.Error(), "t.yaml:13: flow a->b: service alt port 8443/tcp") {
 		t.Errorf("Generate does not fail on lint errors: %v", err)
+	}
+}
+
+// TestLintServedProtocol checks that a served TCP port inside the return
+// range of a flow whose return rules are UDP only is no error (nothing
+// opens it), while a TCP flow with the same range is.
+func TestLintServedProtocol(t *testing.T) {
+	src := `
+services:
+  - {name: hi, protocol: tcp, ports: [40000]}
+  - {name: dns, protocol: udp, ports: [53]}
+  - {name: web, protocol: tcp, ports: [443]}
+zones:
+  - {name: a, type: internal, cidrs: [10.1.0.0/24]}
+  - {name: b, type: internal, cidrs: [10.2.0.0/24]}
+  - {name: c, type: internal, cidrs: [10.3.0.0/24]}
+flows:
+  - {from: c, to: a, services: [hi], ephemeral: [windows-legacy]}
+`
+	for _, c := range []struct {
+		flow string
+		want bool
+	}{
+		{"  - {from: a, to: b, services: [dns]}\n", false},
+		{"  - {from: a, to: b, services: [web]}\n", true},
+		{"  - {from: a, to: b}\n", true}, // all protocols
+	} {
+		got := false
+		for _, f := range Lint(mustPolicy(t, src+c.flow)) {
+			if f.Severity == SevError && strings.Contains(f.Msg, "served by zone a") {
+				got = true
+			}
+		}
+		if got != c.want {
+			t.Errorf("%s: served-port error %v, want %v", strings.TrimSpace(c.flow), got, c.want)
+		}
 	}
 }
 
@@ -438,7 +477,7 @@ flows: [{from: b, to: a}]
 // acl/testdata/vpc-cidrs.yaml).
 func TestSampleCounts(t *testing.T) {
 	p := loadCase(t, goldenCase{"vpc", "vpc.ng", "vpc-cidrs.yaml"})
-	count := func(noMerge bool) (total, over, max int) {
+	count := func(noMerge bool) (total, over, mx int) {
 		res, err := Generate(p, Options{NoMerge: noMerge, NoLimit: true})
 		if err != nil {
 			t.Fatal(err)
@@ -450,7 +489,7 @@ func TestSampleCounts(t *testing.T) {
 				if n > DefaultMaxRules {
 					over++
 				}
-				max = maxInt(max, n)
+				mx = max(mx, n)
 			}
 		}
 		return
@@ -461,13 +500,6 @@ func TestSampleCounts(t *testing.T) {
 		t.Errorf("vpc.ng: merged %d rules (max %d, %d over 20), unmerged %d (max %d, %d over); docs/acl.md says 108 (12, 0) and 181 (37, 2)",
 			mt, mm, mo, rt, rm, ro)
 	}
-}
-
-func maxInt(a, b int) int {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // TestLintDeterministic checks that findings come out in the same order on
@@ -520,5 +552,97 @@ func BenchmarkGenerate(b *testing.B) {
 		if err := Render(io.Discard, res, "terraform", "vpc.ng"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestVPCDenyEveryFamily checks that in every ACL, direction and address
+// family with internet rules a VPC deny of that family comes first, also
+// when some zones are unbound (Terraform binding) and others carry IPv6:
+// without it ::/0 would match the VPC's own IPv6 subnets.
+func TestVPCDenyEveryFamily(t *testing.T) {
+	p := mustPolicy(t, `
+services: [{name: https, protocol: tcp, ports: [443]}]
+zones:
+  - {name: a, type: internal}
+  - {name: b, type: internal, cidrs: [10.1.0.0/24, "2001:db8:1::/64"]}
+  - {name: c, type: internal, cidrs: ["2001:db8:2::/64"]}
+flows:
+  - {from: internet, to: b, services: [https]}
+  - {from: c, to: internet, services: [https]}
+  - {from: a, to: b, services: [https]}
+`)
+	res, err := Generate(p, Options{AllowUnbound: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, a := range res.ACLs {
+		for _, rs := range [][]Rule{a.Ingress, a.Egress} {
+			for _, v6 := range []bool{false, true} {
+				denied := map[string]bool{}
+				for _, r := range rs {
+					if r.IPv6() != v6 { // unbound peers count as IPv4
+						continue
+					}
+					if r.Action == Deny {
+						denied[r.Peer()] = true
+					}
+					if r.Prefix.IsValid() && r.Prefix.Bits() == 0 {
+						checked++
+						if len(denied) == 0 {
+							t.Errorf("zone %s %s rule %d (%s) has no VPC deny of its family before it",
+								a.Zone, dirName(r.Egress), r.Number, r.Peer())
+						}
+					}
+				}
+			}
+		}
+	}
+	if checked != 6 {
+		t.Errorf("checked %d internet rules, want 6 (b: 2 ingress, 2 egress; c: 1 each way)", checked)
+	}
+	b := res.ACLs[1]
+	wantRules(t, "b ingress", b.Ingress,
+		"100 allow all - 10.1.0.0/24", "200 allow all - 2001:db8:1::/64",
+		"1000 allow tcp 443 <a>",
+		"10000 deny all - <vpc>", "10100 deny all - 2001:db8:1::/64", "10200 deny all - 2001:db8:2::/64",
+		"11000 allow tcp 443 0.0.0.0/0", "11100 allow tcp 443 ::/0")
+}
+
+// TestUnboundExternal checks that an external zone without addresses that
+// no flow names does not stop generation, even with a flow from all (which
+// stands for internal zones only).
+func TestUnboundExternal(t *testing.T) {
+	p := mustPolicy(t, `
+zones:
+  - {name: a, type: internal, cidrs: [10.1.0.0/24]}
+  - {name: b, type: internal, cidrs: [10.2.0.0/24]}
+  - {name: spare, type: external}
+flows: [{from: all, to: b}]
+`)
+	if _, err := Generate(p, Options{}); err != nil {
+		t.Errorf("unused unbound external zone: %v", err)
+	}
+	p.Flows = append(p.Flows, Flow{From: "spare", To: "a", Pos: Pos{"t.yaml", 7}})
+	if _, err := Generate(p, Options{}); err == nil || !strings.Contains(err.Error(), `t.yaml:5: zone "spare": has no cidrs`) {
+		t.Errorf("used unbound external zone: %v", err)
+	}
+}
+
+// TestHandBuiltPolicy checks that a Policy built in code with unknown
+// references gets errors from Lint and Generate, not a panic.
+func TestHandBuiltPolicy(t *testing.T) {
+	p := &Policy{File: "h.yaml",
+		Zones: []Zone{{Name: "a", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}, Pos: Pos{"h.yaml", 2}}},
+		Flows: []Flow{{From: "a", To: "b", Services: []string{"x"}, Pos: Pos{"h.yaml", 3}}},
+	}
+	_, err := Generate(p, Options{})
+	for _, want := range []string{`h.yaml:3: flow a->b: unknown zone "b"`, `h.yaml:3: flow a->b: unknown service "x"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Generate: %v, want %q", err, want)
+		}
+	}
+	if fs := Lint(p); len(fs) != 2 || fs[0].Severity != SevError {
+		t.Errorf("Lint: %v", fs)
 	}
 }

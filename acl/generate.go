@@ -225,7 +225,9 @@ func (g *gen) checkBound() error {
 	}
 	for i := range g.p.Zones {
 		z := &g.p.Zones[i]
-		if len(z.Prefixes) == 0 && (!z.External || used[z.Name] || used[ZoneAll]) {
+		// Internal zones get ACLs; external ones matter only as peers
+		// ("all" expands to internal zones only).
+		if len(z.Prefixes) == 0 && (!z.External || used[z.Name]) {
 			errs.add(z.Pos, fmt.Sprintf("zone %q", z.Name), "has no cidrs; give them in the policy or with --cidrs (--format terraform binds them through local.naclgen_subnets instead)")
 		}
 	}
@@ -324,23 +326,30 @@ func (g *gen) vpcPeers(v6 bool) []peer {
 	if len(out) > 0 {
 		return out
 	}
+	// Without a declared range: the internal zones' prefixes of the
+	// family. Unbound zones count as IPv4 (naclgen's binding), so an
+	// unbound zone makes the IPv4 deny the Terraform reference to the
+	// whole VPC, while the IPv6 deny still covers the bound zones' IPv6
+	// prefixes.
 	var all []netip.Prefix
+	unbound := false
 	for i := range g.p.Zones {
 		z := &g.p.Zones[i]
 		if z.External {
 			continue
 		}
 		if len(z.Prefixes) == 0 {
-			if v6 {
-				return nil
-			}
-			return []peer{{ref: ZoneVPC}}
+			unbound = true
+			continue
 		}
 		for _, pr := range z.Prefixes {
 			if pr.Addr().Is4() != v6 {
 				all = append(all, pr)
 			}
 		}
+	}
+	if unbound && !v6 {
+		return []peer{{ref: ZoneVPC}}
 	}
 	for _, pr := range aggregate(all) {
 		out = append(out, peer{prefix: pr})

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"flag"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -134,21 +136,10 @@ func firstDiff(got, want []byte) string {
 			b = w[i]
 		}
 		if a != b {
-			return "line " + itoa(i+1) + ":\n got: " + a + "\nwant: " + b
+			return "line " + strconv.Itoa(i+1) + ":\n got: " + a + "\nwant: " + b
 		}
 	}
 	return ""
-}
-
-func itoa(i int) string {
-	var b []byte
-	for {
-		b = append([]byte{byte('0' + i%10)}, b...)
-		i /= 10
-		if i == 0 {
-			return string(b)
-		}
-	}
 }
 
 // TestNFTCheck loads every nftables golden file with nft -c (parse and
@@ -160,10 +151,59 @@ func TestNFTCheck(t *testing.T) {
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no nftables golden files (%v)", err)
 	}
+	// shapePolicy adds ICMPv6, all-protocol and IPv6 internet rules.
+	p, err := ParsePolicy("shape.yaml", []byte(shapePolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := render(t, p, "nftables", "shape.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shape := filepath.Join(t.TempDir(), "shape.nft")
+	if err := os.WriteFile(shape, text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, shape)
 	for _, f := range files {
 		abs, _ := filepath.Abs(f)
 		if out, err := ns.Run("nft", "-c", "-f", abs); err != nil {
 			t.Errorf("nft -c -f %s: %v\n%s", f, err, out)
+		}
+	}
+}
+
+// TestTerraformFmt runs `terraform fmt -check` on every Terraform golden
+// file where terraform is installed (an extra, independent syntax and
+// layout check; CI does not install terraform, and the golden files pin
+// the output there).
+func TestTerraformFmt(t *testing.T) {
+	tf, err := exec.LookPath("terraform")
+	if err != nil {
+		t.Skip("terraform is not installed; TestGolden still pins the output")
+	}
+	files, err := filepath.Glob(filepath.Join("testdata", "golden", "*.tf"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no Terraform golden files (%v)", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// `terraform fmt -` formats standard input to standard output.
+		cmd := exec.Command(tf, "fmt", "-no-color", "-")
+		cmd.Stdin = bytes.NewReader(data)
+		cmd.Env = append(os.Environ(), "CHECKPOINT_DISABLE=1")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Errorf("terraform fmt %s: %v\n%s", f, err, stderr.Bytes())
+			continue
+		}
+		if !bytes.Equal(out, data) {
+			t.Errorf("%s is not as terraform fmt lays it out:\n%s", f, firstDiff(data, out))
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -54,10 +55,25 @@ func (f Finding) asError() error { return &Error{Pos: f.Pos, Item: f.Item, Msg: 
 //   - warning: zones and services that no flow uses;
 //   - warning: zones whose CIDRs overlap;
 //   - warning: a flow whose zones share no address family.
+//
+// A policy built by hand rather than parsed is first checked like a parsed
+// one: unknown zones, services, tags or profiles are error findings, and
+// Lint stops there.
 func Lint(p *Policy) []Finding {
 	var out []Finding
 	add := func(sev Severity, pos Pos, item, format string, args ...any) {
 		out = append(out, Finding{sev, pos, item, fmt.Sprintf(format, args...)})
+	}
+	if err := p.check(); err != nil {
+		for _, e := range flatten(err) {
+			var ae *Error
+			if errors.As(e, &ae) {
+				add(SevError, ae.Pos, ae.Item, "%s", ae.Msg)
+			} else {
+				add(SevError, Pos{p.File, 1}, "policy", "%s", trimPkg(e))
+			}
+		}
+		return out
 	}
 	g := &gen{p: p}
 	type served struct {
@@ -68,8 +84,9 @@ func Lint(p *Policy) []Finding {
 	}
 	servedBy := map[string][]served{} // zone -> ports it serves
 	type started struct {
-		flow *Flow
-		ret  tuple.PortSet
+		flow   *Flow
+		ret    tuple.PortSet
+		protos []Protocol // the protocols of its return rules
 	}
 	startedBy := map[string][]started{} // zone -> return ranges it accepts
 	usedZones := map[string]bool{}
@@ -93,7 +110,11 @@ func Lint(p *Policy) []Finding {
 			add(SevWarning, f.Pos, item, "return range %s overlaps the Kubernetes NodePort range %s (ports %s)",
 				ret, NodePortRange, ov)
 		}
-		startedBy[ef.from] = append(startedBy[ef.from], started{f, ret})
+		st := started{flow: f, ret: ret}
+		for _, ns := range g.specs(f) {
+			st.protos = append(st.protos, ns.spec.Proto)
+		}
+		startedBy[ef.from] = append(startedBy[ef.from], st)
 		for _, ns := range g.specs(f) {
 			if !ns.spec.Proto.HasPorts() {
 				continue
@@ -119,7 +140,9 @@ func Lint(p *Policy) []Finding {
 		}
 		for _, s := range ss {
 			for _, st := range startedBy[z] {
-				if st.flow == s.flow {
+				// Only a return rule of the served protocol (or of all
+				// protocols) opens the port.
+				if st.flow == s.flow || !slices.Contains(st.protos, s.proto) && !slices.Contains(st.protos, ProtoAll) {
 					continue
 				}
 				if ov := s.ports.Intersect(st.ret); ov.IsValid() {
@@ -221,4 +244,12 @@ func (p *Policy) blockedServices(f *Flow) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// flatten returns the errors that errors.Join combined, or err itself.
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 )
@@ -59,7 +60,7 @@ func renderTerraform(b *bytes.Buffer, res *Result, source string) {
 	for i := range res.ACLs {
 		a := &res.ACLs[i]
 		fmt.Fprintf(b, "\nresource \"aws_network_acl\" %q {\n", a.Zone)
-		b.WriteString("  vpc_id     = local.naclgen_vpc_id\n")
+		b.WriteString("  vpc_id = local.naclgen_vpc_id\n")
 		b.WriteString("  subnet_ids = [\n")
 		if a.SingleAZ {
 			fmt.Fprintf(b, "    lookup(local.naclgen_subnets[\"ids\"], %q),\n", a.Zone)
@@ -171,17 +172,7 @@ func renderAWSJSON(b *bytes.Buffer, res *Result) error {
 	err := eachRule(res, "aws-json", func(a *ACL, r *Rule) {
 		e := awsEntry{NetworkAclID: a.Zone, RuleNumber: r.Number, Protocol: awsProto(r),
 			RuleAction: r.Action.String(), Egress: r.Egress}
-		if r.IPv6() {
-			e.Ipv6CidrBlock = r.Prefix.String()
-		} else {
-			e.CidrBlock = r.Prefix.String()
-		}
-		if r.Proto.HasPorts() {
-			e.PortRange = &portRange{int(r.Ports.First()), int(r.Ports.Last())}
-		}
-		if r.Proto == ProtoICMP {
-			e.IcmpTypeCode = &icmpTypeCode{-1, -1}
-		}
+		e.CidrBlock, e.Ipv6CidrBlock, e.PortRange, e.IcmpTypeCode = entryMatch(r)
 		entries = append(entries, e)
 	})
 	if err != nil {
@@ -194,6 +185,24 @@ func renderAWSJSON(b *bytes.Buffer, res *Result) error {
 	b.Write(out)
 	b.WriteByte('\n')
 	return nil
+}
+
+// entryMatch returns what an EC2 or CloudFormation network ACL entry
+// matches: the peer's CIDR (IPv4 or IPv6), the port range of TCP and UDP
+// rules, and for ICMP every type and code (-1).
+func entryMatch(r *Rule) (cidr, cidr6 string, ports *portRange, icmp *icmpTypeCode) {
+	if r.IPv6() {
+		cidr6 = r.Prefix.String()
+	} else {
+		cidr = r.Prefix.String()
+	}
+	if r.Proto.HasPorts() {
+		ports = &portRange{int(r.Ports.First()), int(r.Ports.Last())}
+	}
+	if r.Proto == ProtoICMP {
+		icmp = &icmpTypeCode{Code: -1, Type: -1}
+	}
+	return
 }
 
 // eachRule calls fn for every rule, ingress before egress, and fails on
@@ -289,28 +298,26 @@ func renderCloudFormation(b *bytes.Buffer, res *Result, source string) error {
 			Tags:  []cfnTag{{"Name", a.Zone}},
 		}}
 	}
+	var clash error
 	err := eachRule(res, "cloudformation", func(a *ACL, r *Rule) {
 		id := "Acl" + logicalID(a.Zone)
 		e := cfnEntry{NetworkAclID: map[string]string{"Ref": id}, RuleNumber: r.Number,
 			RuleAction: r.Action.String(), Egress: r.Egress}
-		fmt.Sscan(awsProto(r), &e.Protocol)
-		if r.IPv6() {
-			e.Ipv6CidrBlock = r.Prefix.String()
-		} else {
-			e.CidrBlock = r.Prefix.String()
-		}
-		if r.Proto.HasPorts() {
-			e.PortRange = &portRange{int(r.Ports.First()), int(r.Ports.Last())}
-		}
-		if r.Proto == ProtoICMP {
-			e.Icmp = &icmpTypeCode{-1, -1}
-		}
+		e.Protocol, _ = strconv.Atoi(awsProto(r))
+		e.CidrBlock, e.Ipv6CidrBlock, e.PortRange, e.Icmp = entryMatch(r)
 		dir := "Ingress"
 		if r.Egress {
 			dir = "Egress"
 		}
-		t.Resources[fmt.Sprintf("%s%s%d", id, dir, r.Number)] = cfnResource{"AWS::EC2::NetworkAclEntry", e}
+		key := fmt.Sprintf("%s%s%d", id, dir, r.Number)
+		if _, dup := t.Resources[key]; dup && clash == nil {
+			clash = fmt.Errorf("acl: zone %s rule %d gives the CloudFormation logical ID %s, which another resource has; rename the zone", a.Zone, r.Number, key)
+		}
+		t.Resources[key] = cfnResource{"AWS::EC2::NetworkAclEntry", e}
 	})
+	if err == nil {
+		err = clash
+	}
 	if err != nil {
 		return err
 	}

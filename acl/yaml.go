@@ -41,11 +41,6 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 		}
 		sortPrefixes(p.VPC)
 	}
-	if v := top["default_ephemeral"]; v != nil {
-		for _, n := range d.list(v, "default_ephemeral") {
-			p.DefaultEphemeral = append(p.DefaultEphemeral, n.Value)
-		}
-	}
 	if v := top["profiles"]; v != nil {
 		p.Profiles = map[string][]string{}
 		if v.Kind != yaml.MappingNode {
@@ -73,6 +68,15 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 			}
 		}
 	}
+	if v := top["default_ephemeral"]; v != nil {
+		for _, n := range d.list(v, "default_ephemeral") {
+			// Checked here, after the custom profiles, for the line.
+			if _, err := p.ephemeral([]string{n.Value}); err != nil {
+				d.errs.add(d.pos(n), "default_ephemeral", "%s", trimPkg(err))
+			}
+			p.DefaultEphemeral = append(p.DefaultEphemeral, n.Value)
+		}
+	}
 	if v := top["services"]; v != nil {
 		for _, n := range d.seq(v, "services") {
 			d.service(p, n)
@@ -89,7 +93,7 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 			f := Flow{Pos: d.pos(n)}
 			f.From = d.str(m["from"], n, "flow", "from", true)
 			f.To = d.str(m["to"], n, "flow", "to", true)
-			f.Services = d.strs(m["services"], "flow "+f.Name()+" services")
+			f.Services = d.services(m["services"], "flow "+f.Name())
 			f.Tags = d.strs(m["tags"], "flow "+f.Name()+" tags")
 			f.Ephemeral = d.strs(m["ephemeral"], "flow "+f.Name()+" ephemeral")
 			p.Flows = append(p.Flows, f)
@@ -101,7 +105,7 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 			a := Permit{Pos: d.pos(n)}
 			a.From = d.str(m["from"], n, "allow", "from", true)
 			a.To = d.str(m["to"], n, "allow", "to", true)
-			a.Services = d.strs(m["services"], "allow "+a.From+"->"+a.To+" services")
+			a.Services = d.services(m["services"], "allow "+a.From+"->"+a.To)
 			p.Allow = append(p.Allow, a)
 		}
 	}
@@ -293,6 +297,17 @@ func (d *ydec) strs(n *yaml.Node, item string) []string {
 	return out
 }
 
+// services returns a flow's or allow entry's services. An empty list is an
+// error rather than "any": a generated or edited policy that lost its
+// services must not silently open every protocol and port.
+func (d *ydec) services(n *yaml.Node, item string) []string {
+	s := d.strs(n, item+" services")
+	if n != nil && len(s) == 0 {
+		d.errs.add(d.pos(n), item, "services is empty; omit the key to allow every protocol and port")
+	}
+	return s
+}
+
 // str returns a scalar value; parent gives the position when it is missing.
 func (d *ydec) str(n, parent *yaml.Node, item, key string, required bool) string {
 	if n == nil {
@@ -330,6 +345,7 @@ func (d *ydec) service(p *Policy, n *yaml.Node) {
 	switch {
 	case hasDef && !def.HasPorts() && len(ports) > 0:
 		d.errs.add(d.pos(m["ports"]), item, "protocol %s has no ports", def)
+		ports = nil
 	case hasDef && !def.HasPorts():
 		s.Ports = append(s.Ports, PortSpec{Proto: def})
 	case hasDef && len(ports) == 0:

@@ -161,3 +161,57 @@ func oracleEmbedded(b []byte) string {
 	}
 	return ""
 }
+
+// compareFields decodes p's bytes with gopacket and returns a description
+// of the first header field that differs from p's accessors ("" if none, or
+// if gopacket cannot decode the packet).
+func compareFields(p *Packet) string {
+	pk := gopacket.NewPacket(p.Bytes(), layers.LayerTypeIPv4, gopacket.DecodeOptions{NoCopy: true})
+	ipl, _ := pk.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	if ipl == nil || pk.ErrorLayer() != nil {
+		return "" // gopacket could not decode all of it (e.g. malformed IP options)
+	}
+	src, _ := netip.AddrFromSlice(ipl.SrcIP.To4())
+	dst, _ := netip.AddrFromSlice(ipl.DstIP.To4())
+	switch {
+	case src != p.Src() || dst != p.Dst():
+		return "addresses"
+	case uint8(ipl.Protocol) != uint8(p.Proto()):
+		return "protocol"
+	case ipl.TTL != p.TTL() || ipl.Id != p.IPID():
+		return "ttl/id"
+	case int(ipl.FragOffset)*8 != p.FragmentOffset() || (ipl.Flags&layers.IPv4MoreFragments != 0) != p.MoreFragments():
+		return "fragment fields"
+	}
+	if !p.HasTransport() {
+		return ""
+	}
+	switch l := pk.TransportLayer().(type) {
+	case *layers.TCP:
+		if uint16(l.SrcPort) != p.SrcPort() || uint16(l.DstPort) != p.DstPort() {
+			return "tcp ports"
+		}
+		var f uint8
+		for i, b := range []bool{l.FIN, l.SYN, l.RST, l.PSH, l.ACK, l.URG, l.ECE, l.CWR} {
+			if b {
+				f |= 1 << i
+			}
+		}
+		if f != p.TCPFlags() {
+			return "tcp flags"
+		}
+	case *layers.UDP:
+		if uint16(l.SrcPort) != p.SrcPort() || uint16(l.DstPort) != p.DstPort() {
+			return "udp ports"
+		}
+	}
+	if ic, ok := pk.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4); ok {
+		if ic.TypeCode.Type() != p.ICMPType() || ic.TypeCode.Code() != p.ICMPCode() {
+			return "icmp type/code"
+		}
+		if p.IsICMPQuery() && ic.Id != p.ICMPID() {
+			return "icmp id"
+		}
+	}
+	return ""
+}

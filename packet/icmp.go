@@ -17,7 +17,7 @@ type ICMPErrorOptions struct {
 	// quench), 5 (redirect), 11 (time exceeded) or 12 (parameter problem).
 	Type uint8
 	// Code is the ICMP code, e.g. CodeHostUnreachable, CodePortUnreachable,
-	// CodeAdminProhibited (RFC 5508 §6 and REQ-8 for a session that cannot
+	// CodeAdminProhibited (RFC 5508 REQ-8 for a session that cannot
 	// be created), CodeFragNeeded.
 	Code uint8
 	// MTU is the next-hop MTU written for type 3 code 4 (RFC 1191 §4).
@@ -27,7 +27,7 @@ type ICMPErrorOptions struct {
 	// Gateway is the gateway address of a redirect (type 5, RFC 792).
 	Gateway netip.Addr
 	// ID is the IPv4 identification of the error packet (default 0; the
-	// packet is sent with DF clear and is never fragmented, RFC 6864 §4.1).
+	// packet is sent with DF clear and is never fragmented, RFC 6864).
 	ID uint16
 	// TTL of the error packet; 0 means 64.
 	TTL uint8
@@ -64,7 +64,7 @@ func (p *Packet) MayTriggerICMPError() bool {
 // orig's source, and returns its length. The error carries the original IPv4
 // header and as much of its payload as fits in MaxLen (RFC 792, RFC 1812
 // §4.3.2.3); IPv4 and ICMP checksums are computed. A NAT uses it for
-// RFC 5508 §6 / REQ-8 (type 3 code 13 when a session cannot be created) and
+// RFC 5508 REQ-8 (type 3 code 13 when a session cannot be created) and
 // RFC 5382 REQ-4 (port unreachable for an unsolicited SYN). It returns
 // [ErrNoICMPError] when orig must not trigger an error (see
 // [Packet.MayTriggerICMPError]) or o.Type is not an error type, [ErrNotIPv4]

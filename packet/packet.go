@@ -55,7 +55,7 @@ const (
 
 // Packet is a parsed IPv4 packet: a view over the caller's buffer holding
 // header offsets. Fill it with [Packet.Parse]; the zero Packet is empty and
-// its accessors return zero values. A Packet is 64 bytes and never copies or
+// its accessors return zero values. A Packet is 40 bytes and never copies or
 // retains anything but the buffer slice.
 type Packet struct {
 	b          []byte // the packet, cut to the IPv4 total length
@@ -117,7 +117,7 @@ func (p *Packet) Parse(b []byte) error {
 	}
 	if off != 0 {
 		if off == 1 && proto == tuple.TCP {
-			return ReasonTinyFragment // RFC 1858 §3.2: overlapping TCP flags
+			return ReasonTinyFragment // RFC 1858 (and RFC 3128): an offset-1 TCP fragment can rewrite the TCP flags
 		}
 		p.b, p.l4, p.proto, p.flags = b, uint16(hl), proto, flags
 		return nil
@@ -168,7 +168,7 @@ func (p *Packet) Parse(b []byte) error {
 }
 
 // parseEmbedded checks the packet embedded in an ICMP error at b[at:]: an
-// IPv4 header (its checksum is not checked: RFC 5508 §4.2 only asks that it be
+// IPv4 header (its checksum is not checked: RFC 5508 §4 only asks that it be
 // updated) and at least 8 bytes of a TCP, UDP or ICMP-query header of a
 // first fragment.
 func (p *Packet) parseEmbedded(b []byte, at int) error {
@@ -294,7 +294,7 @@ func (p *Packet) TTL() uint8 {
 }
 
 // SrcPort returns the TCP or UDP source port, or the identifier of an ICMP
-// query (RFC 5508 §3.1 treats it as the port). It returns 0 when there is no
+// query (RFC 5508 §3 treats it as the port). It returns 0 when there is no
 // transport header and for ICMP errors.
 func (p *Packet) SrcPort() uint16 {
 	switch {
@@ -308,7 +308,7 @@ func (p *Packet) SrcPort() uint16 {
 
 // DstPort returns the TCP or UDP destination port, or the identifier of an
 // ICMP query (the same value as SrcPort: the identifier is both ends' "port"
-// for NAT purposes, RFC 5508 §3.1). It returns 0 when there is no transport
+// for NAT purposes, RFC 5508 §3). It returns 0 when there is no transport
 // header and for ICMP errors.
 func (p *Packet) DstPort() uint16 {
 	switch {
@@ -356,7 +356,7 @@ func (p *Packet) IsICMPQuery() bool { return p.flags&flagICMPQuery != 0 }
 
 // IsICMPQueryRequest reports whether the packet is an ICMP query request
 // (echo, timestamp, information or address mask request), the kind of
-// message that may create a NAT session (RFC 5508 §3.1).
+// message that may create a NAT session (RFC 5508 §3).
 func (p *Packet) IsICMPQueryRequest() bool {
 	if p.flags&flagICMPQuery == 0 {
 		return false

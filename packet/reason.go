@@ -18,7 +18,7 @@ const (
 	ReasonTotalLength                     // IPv4 total length smaller than the header
 	ReasonIPChecksum                      // IPv4 header checksum does not verify (RFC 791 §3.1, RFC 1071)
 	ReasonProtocol                        // transport protocol other than TCP, UDP, ICMP
-	ReasonTinyFragment                    // first fragment too short for the transport header, or TCP offset-1 fragment (RFC 1858 §3)
+	ReasonTinyFragment                    // first fragment too short for the transport header, or TCP offset-1 fragment (RFC 1858, RFC 3128)
 	ReasonTCPHeader                       // TCP data offset below 5 or beyond the packet (RFC 9293 §3.1)
 	ReasonUDPLength                       // UDP length below 8 or beyond the packet (RFC 768)
 	ReasonICMPType                        // ICMP type that is neither a known query nor a known error

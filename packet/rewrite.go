@@ -16,9 +16,9 @@ func as4(a netip.Addr) ([4]byte, bool) {
 }
 
 // SetSrc rewrites the source address and port in place: the TCP/UDP source
-// port or, for an ICMP query, the identifier (RFC 5508 §3.1). The IPv4 header
+// port or, for an ICMP query, the identifier (RFC 5508 §3). The IPv4 header
 // checksum and the transport checksum (TCP/UDP pseudo-header and port, ICMP
-// identifier) are updated incrementally (RFC 1624 eqn. 3, RFC 3022 §4.2); a
+// identifier) are updated incrementally (RFC 1624 eqn. 3, RFC 3022 §4); a
 // zero UDP checksum stays zero. The port is ignored when the packet has no
 // transport header (non-first fragment; a first fragment's checksum is still
 // updated for the address) and for ICMP errors, whose embedded packet is
@@ -105,7 +105,7 @@ func (p *Packet) SetSrcPort(port uint16) { p.setPort(0, port) }
 func (p *Packet) SetDstPort(port uint16) { p.setPort(2, port) }
 
 // SetICMPID rewrites the identifier of an ICMP query and updates the ICMP
-// checksum (RFC 5508 §3.1). It does nothing for other packets.
+// checksum (RFC 5508 §3). It does nothing for other packets.
 func (p *Packet) SetICMPID(id uint16) {
 	if p.flags&flagICMPQuery != 0 {
 		l4 := p.b[p.l4:]
@@ -144,7 +144,7 @@ func (p *Packet) DecTTL() bool {
 }
 
 // SetInnerSrc rewrites the source endpoint of the packet embedded in an ICMP
-// error (RFC 5508 §4.2, RFC 3022 §4.3): address, TCP/UDP source port or ICMP
+// error (RFC 5508 §4, RFC 3022 §4): address, TCP/UDP source port or ICMP
 // query identifier; the embedded IPv4 checksum; the embedded transport
 // checksum when its bytes are present (UDP and ICMP always, TCP when 18 or
 // more bytes of its header were included; a zero UDP checksum stays zero);
@@ -209,7 +209,7 @@ func setChecksum(b []byte, d uint32) uint32 {
 // VerifyChecksums checks the IPv4 header checksum and, for an unfragmented
 // packet, the transport checksum over the whole segment: TCP and UDP with the
 // pseudo-header (a zero UDP checksum means none and passes, RFC 768), ICMP
-// over the whole message (RFC 792; RFC 5508 §4.1 asks a NAT to validate ICMP
+// over the whole message (RFC 792; RFC 5508 §4 asks a NAT to validate ICMP
 // error checksums). For fragments only the IPv4 header is checked. It
 // returns [ReasonIPChecksum] or [ReasonChecksum].
 func (p *Packet) VerifyChecksums() error {

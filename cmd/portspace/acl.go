@@ -37,19 +37,20 @@ type aclInput struct {
 
 func (in *aclInput) flags(c *cobra.Command) {
 	c.Flags().StringVar(&in.cidrs, "cidrs", "", "YAML map of zone (or vpc) to a CIDR or list of CIDRs; overrides the policy's addresses")
-	c.Flags().StringVar(&in.policy, "policy", "", "for .ng input: naclgen .policy file that must permit every flow")
+	c.Flags().StringVar(&in.policy, "policy", "", "for .ng input: naclgen .policy file that must permit every flow (its rules become the allow list)")
 	c.Flags().BoolVar(&in.codeDefault, "ng-code-default", false, "for .ng input: default return range 1024-65535 as naclgen's code (not its docs)")
 }
 
-// load reads a YAML policy or, for a .ng file, a naclgen file, and binds
-// --cidrs.
-func (in *aclInput) load(path string) (*acl.Policy, error) {
+// load reads a YAML policy or, for a .ng file (or any file when ng is
+// set), a naclgen file with its --policy, and binds --cidrs.
+func (in *aclInput) load(path string, ng bool) (*acl.Policy, error) {
+	ng = ng || strings.HasSuffix(path, ".ng")
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("acl: %w", err)
 	}
 	var p *acl.Policy
-	if strings.HasSuffix(path, ".ng") {
+	if ng {
 		p, err = acl.ParseNG(path, data, acl.NGOptions{CodeDefault: in.codeDefault})
 	} else {
 		p, err = acl.ParsePolicy(path, data)
@@ -58,7 +59,7 @@ func (in *aclInput) load(path string) (*acl.Policy, error) {
 		return nil, err
 	}
 	if in.policy != "" {
-		if !strings.HasSuffix(path, ".ng") {
+		if !ng {
 			return nil, fmt.Errorf("acl: --policy applies to naclgen .ng input; a YAML policy has an allow list")
 		}
 		pd, err := os.ReadFile(in.policy)
@@ -108,7 +109,10 @@ Nothing is written to stdout when it fails; warnings go to stderr.`,
 			if !validFormat(format) {
 				return fmt.Errorf("acl: unknown format %q (want %s)", format, strings.Join(acl.Formats, ", "))
 			}
-			p, err := in.load(args[0])
+			if err := checkMaxRules(maxRules); err != nil {
+				return err
+			}
+			p, err := in.load(args[0], false)
 			if err != nil {
 				return err
 			}
@@ -130,6 +134,15 @@ Nothing is written to stdout when it fails; warnings go to stderr.`,
 	c.Flags().IntVar(&maxRules, "max-rules", acl.DefaultMaxRules, "rules allowed per ACL, direction and address family, including the default deny (AWS: 20, at most 40)")
 	c.Flags().BoolVar(&noMerge, "no-merge", false, "only remove duplicates; do not merge port ranges and CIDRs")
 	return c
+}
+
+// checkMaxRules refuses a --max-rules that AWS cannot grant.
+func checkMaxRules(n int) error {
+	if n < 2 || n > acl.MaxRulesLimit {
+		return fmt.Errorf("acl: --max-rules %d: want 2 to %d (AWS's default quota is %d rules per ACL, direction and address family, including the default deny)",
+			n, acl.MaxRulesLimit, acl.DefaultMaxRules)
+	}
+	return nil
 }
 
 func validFormat(f string) bool {
@@ -154,7 +167,10 @@ default deny after merging and with --no-merge. It fails on any error
 finding or a count over --max-rules.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := in.load(args[0])
+			if err := checkMaxRules(maxRules); err != nil {
+				return err
+			}
+			p, err := in.load(args[0], false)
 			if err != nil {
 				return err
 			}
@@ -198,14 +214,14 @@ finding or a count over --max-rules.`,
 							mark, over = " OVER", over+1
 						}
 						total, totalRaw = total+n+1, totalRaw+nr+1
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d%s\n", a.Zone, dir(eg), fam(v6), n+1, nr+1, limit, mark)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d%s\n", a.Zone, aclDirection(eg), aclFamily(v6), n+1, nr+1, limit, mark)
 					}
 				}
 			}
 			fmt.Fprintf(tw, "total\t\t\t%d\t%d\t\n", total, totalRaw)
 			tw.Flush()
 			if over > 0 {
-				return fmt.Errorf("acl: %s: %d ACL directions over the limit of %d rules: %w", args[0], over, limit, acl.ErrTooManyRules)
+				return fmt.Errorf("%w: %s: %d ACL directions over the limit of %d rules (including the default deny)", acl.ErrTooManyRules, args[0], over, limit)
 			}
 			return nil
 		},
@@ -215,14 +231,14 @@ finding or a count over --max-rules.`,
 	return c
 }
 
-func dir(egress bool) string {
+func aclDirection(egress bool) string {
 	if egress {
 		return "egress"
 	}
 	return "ingress"
 }
 
-func fam(v6 bool) string {
+func aclFamily(v6 bool) string {
 	if v6 {
 		return "IPv6"
 	}
@@ -230,50 +246,25 @@ func fam(v6 bool) string {
 }
 
 func newACLImportCmd() *cobra.Command {
-	var policy, cidrs string
-	var codeDefault bool
+	var in aclInput
 	c := &cobra.Command{
 		Use:   "import FILE.ng",
 		Short: "Convert a naclgen .ng file (and its .policy) to a YAML policy on stdout",
-		Args:  cobra.ExactArgs(1),
+		Long: `import reads a file in naclgen's input format (and with --policy its
+.policy file, whose rules become the allow list) and writes the same
+policy as YAML. --cidrs writes zone addresses into it.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			data, err := os.ReadFile(args[0])
-			if err != nil {
-				return fmt.Errorf("acl: %w", err)
-			}
-			p, err := acl.ParseNG(args[0], data, acl.NGOptions{CodeDefault: codeDefault})
+			p, err := in.load(args[0], true)
 			if err != nil {
 				return err
 			}
-			if policy != "" {
-				pd, err := os.ReadFile(policy)
-				if err != nil {
-					return fmt.Errorf("acl: %w", err)
-				}
-				if err := acl.ApplyNGPolicy(p, policy, pd); err != nil {
-					return err
-				}
-			}
-			if cidrs != "" {
-				in := aclInput{cidrs: cidrs}
-				d, err := os.ReadFile(cidrs)
-				if err != nil {
-					return fmt.Errorf("acl: %w", err)
-				}
-				m, err := acl.ParseCIDRs(in.cidrs, d)
-				if err != nil {
-					return err
-				}
-				if err := p.BindCIDRs(m); err != nil {
-					return err
-				}
-			}
 			header := "Imported by portspace acl import from " + filepath.Base(args[0])
-			if policy != "" {
-				header += " and " + filepath.Base(policy)
+			if in.policy != "" {
+				header += " and " + filepath.Base(in.policy)
 			}
 			header += "."
-			if cidrs == "" {
+			if in.cidrs == "" {
 				header += "\nnaclgen files carry no addresses: add cidrs, or pass --cidrs FILE to\n" +
 					"generate; --format terraform binds them through local.naclgen_subnets."
 			}
@@ -281,9 +272,7 @@ func newACLImportCmd() *cobra.Command {
 			return err
 		},
 	}
-	c.Flags().StringVar(&policy, "policy", "", "naclgen .policy file whose rules become the allow list")
-	c.Flags().StringVar(&cidrs, "cidrs", "", "YAML map of zone (or vpc) to CIDRs to write into the policy")
-	c.Flags().BoolVar(&codeDefault, "ng-code-default", false, "default return range 1024-65535 as naclgen's code does (its docs say 32768-65535)")
+	in.flags(c)
 	return c
 }
 

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/portspace/portspace/acl"
 )
 
 // TestACLGenerateFailsQuietly checks that a failing generation writes
@@ -84,5 +88,44 @@ func TestACLLintPolicy(t *testing.T) {
 	os.WriteFile(pol, []byte("zone a internal\nzone b internal\nrule a {\n > b\n}\n"), 0o644)
 	if _, _, err := runCLI(t, "acl", "lint", impl, "--policy", pol); err != nil {
 		t.Errorf("permitted flow: %v", err)
+	}
+}
+
+// TestACLMaxRules checks --max-rules: values AWS cannot grant fail before
+// anything is printed, and lint marks and counts the directions over it.
+func TestACLMaxRules(t *testing.T) {
+	const ng = "../../acl/testdata/vpc.ng"
+	const cidrs = "../../acl/testdata/vpc-cidrs.yaml"
+	for _, sub := range []string{"generate", "lint"} {
+		for _, m := range []string{"0", "1", "41"} {
+			out, _, err := runCLI(t, "acl", sub, ng, "--cidrs", cidrs, "--max-rules", m)
+			if err == nil || !strings.Contains(err.Error(), "--max-rules "+m+": want 2 to 40") || out != "" {
+				t.Errorf("%s --max-rules %s: err %v, stdout %q", sub, m, err, out)
+			}
+		}
+	}
+	// docs/acl.md: merged, the largest direction (shared ingress) holds
+	// 12 rules; with a limit of 11 exactly the directions above it are
+	// marked and counted.
+	out, _, err := runCLI(t, "acl", "lint", ng, "--cidrs", cidrs, "--max-rules", "11")
+	if !errors.Is(err, acl.ErrTooManyRules) {
+		t.Fatalf("lint --max-rules 11: %v", err)
+	}
+	over := 0
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 6 || f[0] == "zone" || f[0] == "total" {
+			continue
+		}
+		n, _ := strconv.Atoi(f[3])
+		if marked := strings.HasSuffix(l, "OVER"); marked != (n > 11) {
+			t.Errorf("line %q: %d rules, OVER mark %v", l, n, marked)
+		}
+		if n > 11 {
+			over++
+		}
+	}
+	if over == 0 || !strings.Contains(err.Error(), strconv.Itoa(over)+" ACL directions over the limit of 11") {
+		t.Errorf("%d directions over 11; error %v\n%s", over, err, out)
 	}
 }

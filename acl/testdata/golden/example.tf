@@ -3,7 +3,7 @@
 # local.naclgen_subnets = { ids = {...}, cidrs = {...} } like naclgen.
 
 resource "aws_network_acl" "app" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "app_a"),
     lookup(local.naclgen_subnets["ids"], "app_b"),
@@ -166,7 +166,7 @@ resource "aws_network_acl" "app" {
 }
 
 resource "aws_network_acl" "db" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "db"),
   ]
@@ -257,7 +257,7 @@ resource "aws_network_acl" "db" {
 }
 
 resource "aws_network_acl" "web" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "web_a"),
     lookup(local.naclgen_subnets["ids"], "web_b"),

@@ -3,7 +3,7 @@
 # local.naclgen_subnets = { ids = {...}, cidrs = {...} } like naclgen.
 
 resource "aws_network_acl" "back" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "back_a"),
     lookup(local.naclgen_subnets["ids"], "back_b"),
@@ -96,7 +96,7 @@ resource "aws_network_acl" "back" {
 }
 
 resource "aws_network_acl" "front" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "front"),
   ]

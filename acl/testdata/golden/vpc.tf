@@ -3,7 +3,7 @@
 # local.naclgen_subnets = { ids = {...}, cidrs = {...} } like naclgen.
 
 resource "aws_network_acl" "app" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "app_a"),
     lookup(local.naclgen_subnets["ids"], "app_b"),
@@ -209,7 +209,7 @@ resource "aws_network_acl" "app" {
 }
 
 resource "aws_network_acl" "data" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "data"),
   ]
@@ -353,7 +353,7 @@ resource "aws_network_acl" "data" {
 }
 
 resource "aws_network_acl" "dmz" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "dmz_a"),
     lookup(local.naclgen_subnets["ids"], "dmz_b"),
@@ -539,7 +539,7 @@ resource "aws_network_acl" "dmz" {
 }
 
 resource "aws_network_acl" "mgmt" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "mgmt_a"),
     lookup(local.naclgen_subnets["ids"], "mgmt_b"),
@@ -719,7 +719,7 @@ resource "aws_network_acl" "mgmt" {
 }
 
 resource "aws_network_acl" "shared" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "shared_a"),
     lookup(local.naclgen_subnets["ids"], "shared_b"),
@@ -925,7 +925,7 @@ resource "aws_network_acl" "shared" {
 }
 
 resource "aws_network_acl" "web" {
-  vpc_id     = local.naclgen_vpc_id
+  vpc_id = local.naclgen_vpc_id
   subnet_ids = [
     lookup(local.naclgen_subnets["ids"], "web_a"),
     lookup(local.naclgen_subnets["ids"], "web_b"),

@@ -1,0 +1,276 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/portspace/portspace/dial"
+	"github.com/portspace/portspace/internal/bench"
+	"github.com/portspace/portspace/tuple"
+)
+
+func init() { benchSubcommands = append(benchSubcommands, newBenchDialCmd) }
+
+// benchDialFlags are the raw flag values of "bench dial".
+type benchDialFlags struct {
+	proto, sources, ports, dests, fill, dialers string
+	destPort                                    uint16
+	conns, concurrency, workers, rounds, warmup int
+	hold, timeout                               time.Duration
+	census, json, ipv6, inNetns                 bool
+	role, shard, strategy                       string
+}
+
+func newBenchDialCmd() *cobra.Command {
+	var f benchDialFlags
+	cmd := &cobra.Command{
+		Use:   "dial",
+		Short: "Open, hold and census connections with the portspace dialer and net.Dialer",
+		Long: `dial starts loopback listeners (TCP, or UDP echo) on destination addresses in
+127.0.0.0/8, opens connections with the portspace dialer and with a plain
+net.Dialer bound to the source with port 0 (the baseline), holds them, and
+reports per dialer: connections opened, failures by kind (exhausted,
+EADDRNOTAVAIL, timeout, other), distinct 4-tuples, duplicates found by an
+independent sock_diag census, connections per second, CPU time per
+connection and p50/p99 connect latency.
+
+With no flags it runs a TCP comparison of a few seconds that needs no root:
+source 127.0.0.1, ports 40000-40999, 20 destinations, 4000 connections per
+dialer and round, 4 rounds with the dialers' order alternating.
+
+One process may hold only so many open files (RLIMIT_NOFILE); an in-process
+TCP connection takes two (dialed and accepted), so in-process runs cap
+--conns and say so. --workers N spreads the connections of the first of
+--dialers over N dialer and N listener processes (docs/bench-dial.md: the
+one-million-connection run).`,
+		Example: `  portspace bench dial
+  portspace bench dial --proto udp --json
+  # capacity: 10 ports x 20 destinations = 200; the 201st is exhausted
+  portspace bench dial --ports 40000-40009 --dests 20 --conns 201 --concurrency 1 --rounds 1
+  # latency with the port set 95% full (measure latency one dial at a time)
+  portspace bench dial --ports 40000-40099 --dests 20 --fill 0,95 --conns 2000 --concurrency 1
+  # 200,000 connections over 11 dialer and 11 listener processes
+  portspace bench dial --dests 200 --conns 200000 --workers 11 --dialers portspace`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, names, err := f.config()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			defer stop()
+			if f.ipv6 && !f.inNetns {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("bench dial: --ipv6: %w", err)
+				}
+				addrs := append([]netip.Addr{}, cfg.Sources...)
+				addrs = append(addrs, cfg.Dests...)
+				args := append(append([]string{exe}, os.Args[1:]...), "--in-netns")
+				return bench.RunInNamespace(ctx, addrs, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
+			dialers, err := benchDialers(cfg, names, f.strategy)
+			if err != nil {
+				return err
+			}
+			if f.role != "" {
+				return bench.RunRole(ctx, f.role, f.shard, cfg, dialers[0].Dialer, cmd.InOrStdin(), cmd.OutOrStdout())
+			}
+			var rep *bench.Report
+			if f.workers > 0 {
+				rep, err = bench.RunWorkers(ctx, cfg, bench.WorkersOptions{
+					Workers: f.workers,
+					Command: workerCommand(f, names[0]),
+					Dialer:  names[0],
+				})
+			} else {
+				rep, err = bench.Run(ctx, cfg, dialers)
+			}
+			if err != nil {
+				return err
+			}
+			if f.workers > 0 {
+				dialers = dialers[:1] // the worker processes run the first
+			}
+			rep.Notes = append(rep.Notes, strategyNotes(cfg, dialers)...)
+			if f.json {
+				return rep.WriteJSON(cmd.OutOrStdout())
+			}
+			return rep.WriteTable(cmd.OutOrStdout())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.proto, "proto", "tcp", "protocol: tcp or udp")
+	fl.StringVar(&f.sources, "sources", bench.DefaultSource, "source addresses (comma-separated loopback addresses or prefixes)")
+	fl.StringVar(&f.ports, "ports", bench.DefaultPorts, "the portspace dialer's port set (ranges such as 40000-40999,41000, or a=6,k=8,psid=N)")
+	fl.StringVar(&f.dests, "dests", fmt.Sprint(bench.DefaultDests), "destinations: a count (127.1.0.1 up) or a comma-separated list of loopback addresses or prefixes")
+	fl.Uint16Var(&f.destPort, "dest-port", 0, "the listeners' port (0: chosen by the kernel)")
+	fl.IntVar(&f.conns, "conns", bench.DefaultConns, "measured connections per dialer (in-process runs cap what they hold)")
+	fl.StringVar(&f.fill, "fill", "", "pre-fill levels in percent of the capacity, such as 95 or 0,95: hold that many connections, then measure --conns connections, each closed once open")
+	fl.DurationVar(&f.hold, "hold", 0, "how long to hold the connections after the census")
+	fl.IntVar(&f.rounds, "rounds", 4, "rounds per phase, the dialers' order alternating each round; figures are summed")
+	fl.IntVar(&f.warmup, "warmup", 0, "connections each dialer opens and closes before measuring (0: min(--conns, 1000); -1: none)")
+	fl.IntVar(&f.concurrency, "concurrency", bench.DefaultConcurrency, "dials in flight at once")
+	fl.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "timeout of each dial")
+	fl.StringVar(&f.dialers, "dialers", bench.DialerPortspace+","+bench.DialerBaseline, "dialers to run, in order: portspace, net.Dialer")
+	fl.StringVar(&f.strategy, "strategy", "auto", "the portspace dialer's port-selection strategy: auto, kernel or search")
+	fl.BoolVar(&f.census, "census", true, "take a sock_diag census of the held connections")
+	fl.BoolVar(&f.json, "json", false, "print the report as JSON")
+	fl.BoolVar(&f.ipv6, "ipv6", false, "run over IPv6 in a network namespace the command creates (root): source and destinations in "+bench.NamespacePrefix.String()+" on its loopback; --dests takes a count")
+	fl.BoolVar(&f.inNetns, "in-netns", false, "internal: this process runs inside the namespace --ipv6 created")
+	_ = fl.MarkHidden("in-netns")
+	fl.IntVar(&f.workers, "workers", 0, "spread the run over this many dialer processes and as many listener processes (0: in-process)")
+	fl.StringVar(&f.role, "role", "", "internal: run as a listener or dialer process of --workers")
+	fl.StringVar(&f.shard, "shard", "", "internal: this process's destinations, FIRST-LAST (indices)")
+	_ = fl.MarkHidden("role")
+	_ = fl.MarkHidden("shard")
+	return cmd
+}
+
+// config turns the flags into a bench.Config and the list of dialer names.
+func (f benchDialFlags) config() (bench.Config, []string, error) {
+	var cfg bench.Config
+	p, err := tuple.ParseProto(f.proto)
+	if err != nil || (p != tuple.TCP && p != tuple.UDP) {
+		return cfg, nil, fmt.Errorf("bench dial: --proto %q: want tcp or udp", f.proto)
+	}
+	cfg.Proto = p
+	if cfg.Sources, err = bench.ParseSources(f.sources); err != nil {
+		return cfg, nil, err
+	}
+	if cfg.Ports, err = tuple.ParsePortSet(f.ports); err != nil {
+		return cfg, nil, fmt.Errorf("bench dial: --ports: %w", err)
+	}
+	if f.ipv6 {
+		n, err := strconv.Atoi(strings.TrimSpace(f.dests))
+		if err != nil {
+			return cfg, nil, fmt.Errorf("bench dial: --dests %q: with --ipv6, a count of destinations", f.dests)
+		}
+		if f.sources != bench.DefaultSource {
+			return cfg, nil, fmt.Errorf("bench dial: --sources %q: with --ipv6 the source is the namespace's own address", f.sources)
+		}
+		src, dests, err := bench.NamespaceIPv6(n)
+		if err != nil {
+			return cfg, nil, err
+		}
+		cfg.Sources, cfg.Dests, cfg.LocalPrefix = []netip.Addr{src}, dests, bench.NamespacePrefix
+	} else if cfg.Dests, err = bench.ParseDests(f.dests); err != nil {
+		return cfg, nil, err
+	}
+	if strings.TrimSpace(f.fill) != "" {
+		if cfg.Fill, err = bench.ParseFill(f.fill); err != nil {
+			return cfg, nil, err
+		}
+	}
+	if f.conns < 1 {
+		return cfg, nil, fmt.Errorf("bench dial: --conns %d: want at least 1", f.conns)
+	}
+	if f.concurrency < 1 {
+		return cfg, nil, fmt.Errorf("bench dial: --concurrency %d: want at least 1", f.concurrency)
+	}
+	if f.workers < 0 {
+		return cfg, nil, fmt.Errorf("bench dial: --workers %d: must not be negative", f.workers)
+	}
+	cfg.DestPort = f.destPort
+	cfg.Conns = f.conns
+	if f.rounds < 1 {
+		return cfg, nil, fmt.Errorf("bench dial: --rounds %d: want at least 1", f.rounds)
+	}
+	cfg.Hold, cfg.Concurrency, cfg.Timeout = f.hold, f.concurrency, f.timeout
+	cfg.Rounds, cfg.Warmup = f.rounds, f.warmup
+	if !f.census {
+		cfg.Census = bench.CensusOff
+	}
+	cfg.Exhausted = portspaceExhausted
+	var names []string
+	for n := range strings.SplitSeq(f.dialers, ",") {
+		n = strings.TrimSpace(n)
+		if n != bench.DialerPortspace && n != bench.DialerBaseline {
+			return cfg, nil, fmt.Errorf("bench dial: --dialers %q: unknown dialer %q (want %s or %s)", f.dialers, n, bench.DialerPortspace, bench.DialerBaseline)
+		}
+		names = append(names, n)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, nil, err
+	}
+	return cfg, names, nil
+}
+
+// benchDialers builds the named dialers for cfg.
+func benchDialers(cfg bench.Config, names []string, strategy string) ([]bench.NamedDialer, error) {
+	var out []bench.NamedDialer
+	for _, n := range names {
+		switch n {
+		case bench.DialerBaseline:
+			out = append(out, bench.NamedDialer{Name: n, Dialer: bench.NewBaseline(cfg.Proto, cfg.Sources)})
+		case bench.DialerPortspace:
+			d, err := newPortspaceDialer(cfg, strategy)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, bench.NamedDialer{Name: n, Dialer: d})
+		}
+	}
+	return out, nil
+}
+
+// workerCommand returns the argument list that re-runs this command as a
+// worker process: the same flags, to which the coordinator adds --role and
+// --shard.
+func workerCommand(f benchDialFlags, dialer string) []string {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/proc/self/exe"
+	}
+	args := []string{exe, "bench", "dial",
+		"--proto", f.proto, "--sources", f.sources, "--ports", f.ports, "--dests", f.dests,
+		"--conns", fmt.Sprint(f.conns), "--concurrency", fmt.Sprint(f.concurrency),
+		"--timeout", f.timeout.String(), "--dialers", dialer, "--strategy", f.strategy}
+	if f.ipv6 {
+		args = append(args, "--ipv6", "--in-netns")
+	}
+	return args
+}
+
+// portspaceExhausted is the portspace dialer's exhaustion sentinel.
+var portspaceExhausted = dial.ErrExhausted
+
+// newPortspaceDialer builds the portspace dialer for cfg.
+func newPortspaceDialer(cfg bench.Config, strategy string) (bench.Dialer, error) {
+	d := &dial.Dialer{Sources: cfg.Sources, Ports: cfg.Ports, Timeout: cfg.Timeout}
+	switch strategy {
+	case "auto", "":
+		d.Strategy = dial.Auto
+	case "kernel":
+		d.Strategy = dial.Kernel
+	case "search":
+		d.Strategy = dial.Search
+	default:
+		return nil, fmt.Errorf("bench dial: --strategy %q: want auto, kernel or search", strategy)
+	}
+	return d, nil
+}
+
+// strategyNotes says which port-selection strategy the portspace dialer
+// used for the run's protocol.
+func strategyNotes(cfg bench.Config, dialers []bench.NamedDialer) []string {
+	for _, d := range dialers {
+		pd, ok := d.Dialer.(*dial.Dialer)
+		if !ok {
+			continue
+		}
+		s, err := pd.StrategyFor(cfg.Proto.String())
+		if err != nil {
+			return []string{fmt.Sprintf("portspace dialer: %v", err)}
+		}
+		return []string{fmt.Sprintf("portspace dialer strategy for %s: %v", cfg.Proto, s)}
+	}
+	return nil
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/portspace/portspace/internal/bench"
+	"github.com/portspace/portspace/tuple"
+)
+
+// runBenchDial runs "portspace bench dial args..." through the shared runCLI
+// and returns its standard output.
+func runBenchDial(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	out, _, err := runCLI(t, append([]string{"bench", "dial"}, args...)...)
+	return out, err
+}
+
+// TestBenchDialFlags checks that the flags become the right Config.
+func TestBenchDialFlags(t *testing.T) {
+	f := benchDialFlags{proto: "udp", sources: "127.0.0.1,127.0.0.2", ports: "40000-40009", dests: "127.0.0.5,127.0.0.6,127.0.0.7",
+		fill: "0,95", dialers: "net.Dialer", conns: 201, concurrency: 2, rounds: 1}
+	cfg, names, err := f.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Proto != tuple.UDP || len(cfg.Sources) != 2 || cfg.Ports.Len() != 10 || len(cfg.Dests) != 3 ||
+		cfg.Conns != 201 || cfg.Concurrency != 2 || len(cfg.Fill) != 2 || cfg.Fill[1] != 95 || cfg.Capacity() != 60 {
+		t.Errorf("config %+v", cfg)
+	}
+	if len(names) != 1 || names[0] != bench.DialerBaseline {
+		t.Errorf("dialers %v", names)
+	}
+	if !errors.Is(cfg.Exhausted, portspaceExhausted) {
+		t.Errorf("the exhaustion sentinel is not wired")
+	}
+}
+
+// TestBenchDialBadFlags checks that each bad flag value is refused with an
+// error that names the flag and the input.
+func TestBenchDialBadFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--proto", "icmp"}, `--proto "icmp"`},
+		{[]string{"--dests", "10.0.0.1"}, `--dests "10.0.0.1"`},
+		{[]string{"--dests", "0"}, `--dests "0"`},
+		{[]string{"--sources", "192.0.2.1"}, `--sources "192.0.2.1"`},
+		{[]string{"--ports", "40000-39000"}, `--ports`},
+		{[]string{"--fill", "100"}, `--fill "100"`},
+		{[]string{"--conns", "0"}, `--conns 0`},
+		{[]string{"--dialers", "curl"}, `unknown dialer "curl"`},
+		{[]string{"--strategy", "magic"}, `--strategy "magic"`},
+		{[]string{"--rounds", "0"}, `--rounds 0`},
+	} {
+		_, err := runBenchDial(t, tt.args...)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("bench dial %v: error %v, want one containing %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+// TestBenchDialRunsJSON runs a small bench through the CLI and checks the
+// JSON it prints.
+func TestBenchDialRunsJSON(t *testing.T) {
+	out, err := runBenchDial(t, "--dests", "2", "--conns", "20", "--ports", "40000-40099", "--rounds", "1", "--json")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(rep.Results) != 2 || rep.Results[0].Dialer != bench.DialerPortspace || rep.Results[1].Dialer != bench.DialerBaseline {
+		t.Fatalf("results %+v", rep.Results)
+	}
+	for _, r := range rep.Results {
+		if r.Opened != 20 || r.Distinct != 20 || r.Census.Duplicates != 0 {
+			t.Errorf("%s: opened %d distinct %d census %+v", r.Dialer, r.Opened, r.Distinct, r.Census)
+		}
+	}
+}

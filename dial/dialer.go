@@ -1,0 +1,657 @@
+package dial
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/portspace/portspace/internal/netsys"
+	"github.com/portspace/portspace/tuple"
+)
+
+// ErrExhausted is returned (wrapped) when no (source, port) pair of the
+// Dialer is free toward the destination: every source's ports already carry
+// a connection to that exact address and port. Test it with errors.Is.
+var ErrExhausted = errors.New("dial: no free source port toward the destination")
+
+// ErrStrategy is returned (wrapped) when the forced Strategy cannot serve
+// the Dialer's configuration on this kernel or namespace.
+var ErrStrategy = errors.New("dial: strategy not usable here")
+
+// Strategy selects how a Dialer chooses source ports.
+type Strategy int
+
+const (
+	// Auto (the zero value) picks the fastest strategy that confines ports
+	// exactly: Kernel for TCP when the port set is empty, or is one range
+	// inside the namespace's ip_local_port_range and the kernel has
+	// IP_LOCAL_PORT_RANGE; Search otherwise, and always Search for UDP
+	// (Kernel when the kernel lacks the sock_diag lookup).
+	Auto Strategy = iota
+	// Kernel lets the kernel choose the port at connect time. TCP:
+	// IP_BIND_ADDRESS_NO_PORT on a bound source, and IP_LOCAL_PORT_RANGE
+	// for a port set; the kernel then checks the whole 4-tuple, so a port
+	// serves many destinations. UDP: bind(source, 0) and connect, which
+	// gives every socket its own port (no sharing).
+	Kernel
+	// Search chooses ports in user space. It starts at an RFC 6056 §3.3.3
+	// keyed hash of (source, destination), skips ports this Dialer already
+	// holds toward that destination, and tries each candidate. TCP:
+	// SO_REUSEADDR, bind, connect; EADDRNOTAVAIL means the 4-tuple is taken.
+	// UDP: the cooperative SO_REUSEADDR lock with an exact sock_diag lookup
+	// (see the package documentation).
+	Search
+)
+
+// String returns the strategy's name.
+func (s Strategy) String() string {
+	switch s {
+	case Auto:
+		return "auto"
+	case Kernel:
+		return "kernel"
+	case Search:
+		return "search"
+	}
+	return "Strategy(" + strconv.Itoa(int(s)) + ")"
+}
+
+// DefaultMaxAttempts is the bound on ports tried per source and destination
+// in one dial when Dialer.MaxAttempts is zero.
+const DefaultMaxAttempts = 128
+
+// Dialer dials TCP and UDP from a set of source addresses and a set of source
+// ports, sharing each (source, port) among all destinations (4-tuple reuse).
+// Its zero value dials like net.Dialer. Set the fields before the first dial
+// and do not change them afterwards; a Dialer is safe for concurrent use and
+// must not be copied after first use.
+type Dialer struct {
+	// Sources are the egress source addresses. Dials rotate over the ones
+	// of the destination's family (round robin) and move to the next when
+	// one has no free port toward the destination. Empty: the kernel
+	// chooses the source by route.
+	Sources []netip.Addr
+
+	// Ports are the source ports the Dialer may use. Empty: the
+	// namespace's ephemeral range (net.ipv4.ip_local_port_range), minus
+	// ip_local_reserved_ports for the Search strategy.
+	Ports tuple.PortSet
+
+	// Timeout bounds a whole dial, name resolution and port search
+	// included. Zero: no timeout beyond the context's.
+	Timeout time.Duration
+
+	// KeepAlive and KeepAliveConfig are passed to the TCP connection as by
+	// net.Dialer (zero: the default 15 s keep-alive; negative: off).
+	KeepAlive       time.Duration
+	KeepAliveConfig net.KeepAliveConfig
+
+	// Control, if not nil, is called for every socket after the Dialer has
+	// set its own options and before bind, as net.Dialer.Control. For
+	// UDP sockets of the Search strategy the RawConn only supports Control.
+	Control func(network, address string, c syscall.RawConn) error
+
+	// Logger receives debug records about the strategy chosen and the
+	// fallbacks taken; nil discards them.
+	Logger *slog.Logger
+
+	// Strategy forces a port-selection strategy (for tests and old
+	// kernels); Auto chooses.
+	Strategy Strategy
+
+	// MaxAttempts bounds the ports tried (bind and connect) per source in
+	// one dial, not counting ports this Dialer already holds toward the
+	// destination, which it skips without a syscall. Zero means
+	// DefaultMaxAttempts. ErrExhausted is exact when the port set has at
+	// most MaxAttempts ports not held by this Dialer toward the destination.
+	MaxAttempts int
+
+	once sync.Once
+	st   *state
+}
+
+// state is what a Dialer computes once, at its first dial.
+type state struct {
+	log   *slog.Logger
+	caps  netsys.Caps
+	tcp   plan
+	udp   plan
+	sel   *selector
+	diags *diagPool
+	rr    atomic.Uint32
+	dials atomic.Uint64
+	full  fullMemo
+	locks [lockStripes]sync.Mutex
+}
+
+// plan is the resolved strategy for one protocol.
+type plan struct {
+	strategy Strategy
+	ports    tuple.PortSet // Search: the ports searched; Kernel: the per-socket range (or empty)
+	err      error         // the forced strategy cannot work here
+}
+
+var discard = slog.New(slog.DiscardHandler)
+
+func (d *Dialer) init() *state {
+	d.once.Do(func() {
+		st := &state{log: d.Logger, sel: newSelector()}
+		st.diags = newDiagPool(st)
+		if st.log == nil {
+			st.log = discard
+		}
+		st.caps = netsys.Probe()
+		st.tcp = d.planTCP(st)
+		st.udp = d.planUDP(st)
+		for i, s := range d.Sources {
+			if !s.IsValid() {
+				err := fmt.Errorf("dial: Sources[%d] is the zero netip.Addr, not an address", i)
+				st.tcp.err, st.udp.err = err, err
+			}
+		}
+		d.st = st
+	})
+	return d.st
+}
+
+// ephemeral returns the namespace's ephemeral range as a port set, minus the
+// reserved ports when minusReserved is set.
+func ephemeral(minusReserved bool) (tuple.PortSet, error) {
+	r, err := netsys.EphemeralRange()
+	if err != nil {
+		return tuple.PortSet{}, err
+	}
+	set := tuple.PortSetOf(tuple.PortRangeFrom(r.Lo, r.Hi))
+	if minusReserved {
+		res, err := netsys.ReservedPorts()
+		if err != nil {
+			return tuple.PortSet{}, err
+		}
+		var rs []tuple.PortRange
+		for _, x := range res {
+			rs = append(rs, tuple.PortRangeFrom(x.Lo, x.Hi))
+		}
+		set = set.Subtract(tuple.PortSetOf(rs...))
+	}
+	return set, nil
+}
+
+func (d *Dialer) planTCP(st *state) plan {
+	kernelOK, why := d.kernelRangeOK(st)
+	switch d.Strategy {
+	case Kernel:
+		if !kernelOK {
+			return plan{strategy: Kernel, err: fmt.Errorf("%w: kernel strategy for tcp: %s", ErrStrategy, why)}
+		}
+		return plan{strategy: Kernel, ports: d.Ports}
+	case Search:
+		return d.searchPlan(st, "tcp", "forced")
+	case Auto:
+		if kernelOK {
+			st.log.Debug("dial: tcp uses the kernel strategy", "ports", d.Ports.String(), "sources", len(d.Sources))
+			return plan{strategy: Kernel, ports: d.Ports}
+		}
+		return d.searchPlan(st, "tcp", why)
+	}
+	return plan{err: fmt.Errorf("%w: unknown strategy %v", ErrStrategy, d.Strategy)}
+}
+
+func (d *Dialer) planUDP(st *state) plan {
+	kernelOK, why := d.kernelRangeOK(st)
+	switch d.Strategy {
+	case Kernel:
+		if !kernelOK {
+			return plan{strategy: Kernel, err: fmt.Errorf("%w: kernel strategy for udp: %s", ErrStrategy, why)}
+		}
+		return plan{strategy: Kernel, ports: d.Ports}
+	case Search:
+		if !st.caps.UDPDiag {
+			return plan{strategy: Search, err: fmt.Errorf("%w: search strategy for udp: the kernel lacks the exact sock_diag UDP lookup or SO_COOKIE", ErrStrategy)}
+		}
+		return d.searchPlan(st, "udp", "forced")
+	case Auto:
+		if st.caps.UDPDiag {
+			return d.searchPlan(st, "udp", "connected UDP sockets share ports only through the cooperative lock")
+		}
+		if kernelOK {
+			st.log.Debug("dial: udp uses the kernel strategy (no port sharing): the kernel lacks the sock_diag UDP lookup")
+			return plan{strategy: Kernel, ports: d.Ports}
+		}
+		return plan{strategy: Search, err: fmt.Errorf("%w: udp: the kernel lacks the sock_diag UDP lookup, and %s", ErrStrategy, why)}
+	}
+	return plan{err: fmt.Errorf("%w: unknown strategy %v", ErrStrategy, d.Strategy)}
+}
+
+// kernelRangeOK reports whether the kernel can confine ports to d.Ports, and
+// if not, why.
+func (d *Dialer) kernelRangeOK(st *state) (bool, string) {
+	if !d.Ports.IsValid() {
+		if len(d.Sources) > 0 && !st.caps.BindAddressNoPort {
+			return false, "the kernel lacks IP_BIND_ADDRESS_NO_PORT"
+		}
+		return true, ""
+	}
+	if d.Ports.NumRanges() != 1 {
+		return false, fmt.Sprintf("port set %s is not one range", d.Ports)
+	}
+	if !st.caps.LocalPortRange {
+		return false, "the kernel lacks IP_LOCAL_PORT_RANGE (Linux 6.3)"
+	}
+	eph, err := netsys.EphemeralRange()
+	if err != nil {
+		return false, err.Error()
+	}
+	r := d.Ports.Range(0)
+	if r.First() < eph.Lo || r.Last() > eph.Hi {
+		return false, fmt.Sprintf("port set %s is outside the namespace's ephemeral range %d-%d (IP_LOCAL_PORT_RANGE only narrows it; the sysctl is never widened)", d.Ports, eph.Lo, eph.Hi)
+	}
+	res, err := netsys.ReservedPorts()
+	if err != nil {
+		return false, err.Error()
+	}
+	for _, x := range res {
+		if r.Overlaps(tuple.PortRangeFrom(x.Lo, x.Hi)) {
+			return false, fmt.Sprintf("port set %s overlaps ip_local_reserved_ports %d-%d, which the kernel skips", d.Ports, x.Lo, x.Hi)
+		}
+	}
+	return true, ""
+}
+
+func (d *Dialer) searchPlan(st *state, proto, why string) plan {
+	// Port 0 would ask the kernel to choose; it is never a source port.
+	ports := d.Ports.Subtract(tuple.PortSetOf(tuple.SinglePort(0)))
+	if d.Ports.IsValid() && !ports.IsValid() {
+		return plan{strategy: Search, err: fmt.Errorf("dial: %s: port set %s holds no usable port", proto, d.Ports)}
+	}
+	if !ports.IsValid() {
+		var err error
+		if ports, err = ephemeral(true); err != nil {
+			return plan{strategy: Search, err: fmt.Errorf("dial: %s: reading the ephemeral range: %w", proto, err)}
+		}
+		if !ports.IsValid() {
+			return plan{strategy: Search, err: fmt.Errorf("dial: %s: the ephemeral range minus reserved ports is empty", proto)}
+		}
+	}
+	st.log.Debug("dial: "+proto+" uses the user-space search strategy", "reason", why, "ports", ports.String(), "sources", len(d.Sources))
+	return plan{strategy: Search, ports: ports}
+}
+
+// Dial connects to address on network; see DialContext.
+func (d *Dialer) Dial(network, address string) (net.Conn, error) {
+	return d.DialContext(context.Background(), network, address)
+}
+
+// DialContext connects to address ("host:port") on network ("tcp", "tcp4",
+// "tcp6", "udp", "udp4" or "udp6") from one of the Dialer's sources and
+// ports. Names resolve through net.DefaultResolver; IP literals are used as
+// they are. With several addresses, each is tried in turn. The conn is a
+// *net.TCPConn or *net.UDPConn (Kernel strategy), or a *TCPConn or *UDPConn
+// that embeds one and releases the port to the Dialer on Close (Search).
+// When every source's ports are taken toward the destination, the error
+// wraps ErrExhausted.
+func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	proto, fam, err := parseNetwork(network)
+	if err != nil {
+		return nil, err
+	}
+	st := d.init()
+	pl := st.tcp
+	if proto == tuple.UDP {
+		pl = st.udp
+	}
+	if pl.err != nil {
+		return nil, pl.err
+	}
+	if d.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d.Timeout)
+		defer cancel()
+	}
+	dsts, err := d.resolve(ctx, network, fam, address)
+	if err != nil {
+		return nil, err
+	}
+	var first error
+	for _, dst := range dsts {
+		c, err := d.dialAddr(ctx, st, &pl, proto, network, dst)
+		if err == nil {
+			return c, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, first
+}
+
+// splitAddress splits "host:port" without touching the network: lit is the
+// host as an IP literal (unmapped; loopback of the family for an empty
+// host), or invalid when host is a name to resolve; port is the numeric port,
+// or portName the service name to look up.
+func splitAddress(address string, fam family) (host string, lit netip.Addr, port uint16, portName string, err error) {
+	host, portStr, err := net.SplitHostPort(address)
+	if err != nil {
+		return "", netip.Addr{}, 0, "", fmt.Errorf("dial: address %q: %w", address, err)
+	}
+	if p, perr := strconv.ParseUint(portStr, 10, 16); perr == nil {
+		port = uint16(p)
+	} else if portStr == "" || strings.TrimLeft(portStr, "0123456789") == "" {
+		return "", netip.Addr{}, 0, "", fmt.Errorf("dial: address %q: bad port %q", address, portStr)
+	} else {
+		portName = portStr
+	}
+	switch a, aerr := netip.ParseAddr(host); {
+	case host == "" && fam == fam6:
+		lit = netip.IPv6Loopback()
+	case host == "":
+		lit = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	case aerr == nil:
+		lit = a.Unmap()
+	}
+	return host, lit, port, portName, nil
+}
+
+// family is the address family a network name allows.
+type family uint8
+
+const (
+	famAny family = iota
+	fam4
+	fam6
+)
+
+func parseNetwork(network string) (tuple.Proto, family, error) {
+	switch network {
+	case "tcp":
+		return tuple.TCP, famAny, nil
+	case "tcp4":
+		return tuple.TCP, fam4, nil
+	case "tcp6":
+		return tuple.TCP, fam6, nil
+	case "udp":
+		return tuple.UDP, famAny, nil
+	case "udp4":
+		return tuple.UDP, fam4, nil
+	case "udp6":
+		return tuple.UDP, fam6, nil
+	}
+	return 0, 0, fmt.Errorf("dial: unknown network %q (want tcp, tcp4, tcp6, udp, udp4 or udp6)", network)
+}
+
+func (f family) allows(a netip.Addr) bool {
+	switch f {
+	case fam4:
+		return a.Is4()
+	case fam6:
+		return a.Is6()
+	}
+	return true
+}
+
+// resolve turns address into destinations, as net.Dialer would: literals
+// directly, names through net.DefaultResolver, an empty host as loopback.
+// With Sources set, only destinations of a family some source has are kept.
+func (d *Dialer) resolve(ctx context.Context, network string, fam family, address string) ([]netip.AddrPort, error) {
+	host, lit, port, portName, err := splitAddress(address, fam)
+	if err != nil {
+		return nil, err
+	}
+	if portName != "" {
+		p, err := net.DefaultResolver.LookupPort(ctx, network, portName)
+		if err != nil {
+			return nil, fmt.Errorf("dial: address %q: bad port %q: %w", address, portName, err)
+		}
+		port = uint16(p)
+	}
+	var addrs []netip.Addr
+	if lit.IsValid() {
+		addrs = []netip.Addr{lit}
+	} else {
+		ipnet := "ip"
+		switch fam {
+		case fam4:
+			ipnet = "ip4"
+		case fam6:
+			ipnet = "ip6"
+		}
+		res, err := net.DefaultResolver.LookupNetIP(ctx, ipnet, host)
+		if err != nil {
+			return nil, fmt.Errorf("dial: address %q: %w", address, err)
+		}
+		for _, a := range res {
+			addrs = append(addrs, a.Unmap())
+		}
+	}
+	var out []netip.AddrPort
+	for _, a := range addrs {
+		if !fam.allows(a) || !d.hasSourceFor(a) {
+			continue
+		}
+		out = append(out, netip.AddrPortFrom(a, uint16(port)))
+	}
+	if len(out) == 0 {
+		if len(addrs) == 1 && !fam.allows(addrs[0]) {
+			return nil, fmt.Errorf("dial: address %q: %v is not a %s address", address, addrs[0], network)
+		}
+		if len(d.Sources) > 0 {
+			return nil, fmt.Errorf("dial: address %q: no source address of the destination's family (sources %v)", address, d.Sources)
+		}
+		return nil, fmt.Errorf("dial: address %q: no suitable address for %s", address, network)
+	}
+	return out, nil
+}
+
+func (d *Dialer) hasSourceFor(a netip.Addr) bool {
+	if len(d.Sources) == 0 {
+		return true
+	}
+	for _, s := range d.Sources {
+		if s.Unmap().Is4() == a.Is4() {
+			return true
+		}
+	}
+	return false
+}
+
+// errSourceFull is the internal signal that one source has no free port
+// toward the destination; the dial moves to the next source.
+var errSourceFull = errors.New("dial: source exhausted")
+
+// dialAddr dials dst from the Dialer's sources in round-robin order.
+func (d *Dialer) dialAddr(ctx context.Context, st *state, pl *plan, proto tuple.Proto, network string, dst netip.AddrPort) (net.Conn, error) {
+	n := len(d.Sources)
+	if n == 0 {
+		c, err := d.dialFrom(ctx, st, pl, proto, netip.Addr{}, dst)
+		if errors.Is(err, errSourceFull) {
+			return nil, d.exhausted(proto, pl, dst, err)
+		}
+		return c, err
+	}
+	// Round robin over the sources of the destination's family.
+	m := 0
+	for _, s := range d.Sources {
+		if s.Unmap().Is4() == dst.Addr().Is4() {
+			m++
+		}
+	}
+	skip := int(st.rr.Add(1) % uint32(m))
+	start := 0
+	for i, s := range d.Sources {
+		if s.Unmap().Is4() == dst.Addr().Is4() {
+			if skip == 0 {
+				start = i
+				break
+			}
+			skip--
+		}
+	}
+	// Sources found full toward dst by a recent dial are tried last, so
+	// that a dial does not pay for a failed search (or a kernel scan of the
+	// whole range) on them while another source has room. They are still
+	// tried before ErrExhausted, so exhaustion stays exact.
+	seq := st.dials.Add(1)
+	var tried []bool
+	var last error
+	for pass := range 2 {
+		for i := range n {
+			j := (start + i) % n
+			src := d.Sources[j].Unmap()
+			if src.Is4() != dst.Addr().Is4() {
+				continue
+			}
+			k := holdKey{proto: proto, src: src, dst: dst}
+			if pass == 1 && tried != nil && tried[j] {
+				continue
+			}
+			if full := st.full.has(k, seq); full != (pass == 1) {
+				continue
+			}
+			c, err := d.dialFrom(ctx, st, pl, proto, src, dst)
+			if err == nil {
+				if pass == 1 {
+					st.full.clear(k)
+				}
+				return c, nil
+			}
+			if !errors.Is(err, errSourceFull) {
+				return nil, err
+			}
+			st.log.Debug("dial: source exhausted toward destination; trying the next", "source", src, "destination", dst, "proto", proto)
+			st.full.mark(k, seq)
+			if tried == nil {
+				tried = make([]bool, n)
+			}
+			tried[j] = true
+			last = err
+			if ctx.Err() != nil {
+				return nil, &opError{msg: "dial: " + proto.String() + " " + dst.String(), err: ctx.Err()}
+			}
+		}
+	}
+	return nil, d.exhausted(proto, pl, dst, last)
+}
+
+// fullMemoDials is how many later dials (of the Dialer, toward any
+// destination) a source stays "recently full" toward a destination.
+const fullMemoDials = 1024
+
+// fullMemo remembers which (source, destination) pairs were recently found
+// full.
+type fullMemo struct {
+	mu sync.Mutex
+	m  map[holdKey]uint64 // dial sequence number when found full
+}
+
+func (f *fullMemo) has(k holdKey, seq uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	at, ok := f.m[k]
+	if ok && seq-at > fullMemoDials {
+		delete(f.m, k)
+		return false
+	}
+	return ok
+}
+
+func (f *fullMemo) mark(k holdKey, seq uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil || len(f.m) >= 1<<16 {
+		f.m = make(map[holdKey]uint64) // bound the memory; the memo is only a hint
+	}
+	f.m[k] = seq
+}
+
+func (f *fullMemo) clear(k holdKey) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.m, k)
+}
+
+func (d *Dialer) exhausted(proto tuple.Proto, pl *plan, dst netip.AddrPort, last error) error {
+	ports := "the ephemeral range"
+	if pl.ports.IsValid() {
+		ports = pl.ports.String()
+	}
+	nsrc := len(d.Sources)
+	if nsrc == 0 {
+		nsrc = 1
+	}
+	return fmt.Errorf("dial: %s %v: every port of %s from %d source(s) is in use toward it (%w): %w", proto, dst, ports, nsrc, last, ErrExhausted)
+}
+
+func (d *Dialer) dialFrom(ctx context.Context, st *state, pl *plan, proto tuple.Proto, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	if proto == tuple.TCP {
+		if pl.strategy == Kernel {
+			return d.tcpKernel(ctx, pl, src, dst)
+		}
+		return d.tcpSearch(ctx, st, pl, src, dst)
+	}
+	if pl.strategy == Kernel {
+		return d.udpKernel(ctx, pl, src, dst)
+	}
+	return d.udpSearch(ctx, st, pl, src, dst)
+}
+
+func (d *Dialer) maxAttempts() uint32 {
+	if d.MaxAttempts > 0 {
+		return uint32(d.MaxAttempts)
+	}
+	return DefaultMaxAttempts
+}
+
+// opError is a dial error that keeps net.Error's Timeout of what it wraps.
+type opError struct {
+	msg string
+	err error
+}
+
+func (e *opError) Error() string { return e.msg + ": " + e.err.Error() }
+func (e *opError) Unwrap() error { return e.err }
+
+// Timeout reports whether the wrapped error is a timeout.
+func (e *opError) Timeout() bool {
+	var t interface{ Timeout() bool }
+	return errors.As(e.err, &t) && t.Timeout() || errors.Is(e.err, context.DeadlineExceeded)
+}
+
+// Temporary reports Timeout, as net errors do.
+func (e *opError) Temporary() bool { return e.Timeout() }
+
+var _ net.Error = (*opError)(nil)
+
+// sourceError explains a bind failure caused by the source address.
+func sourceError(src netip.Addr, err error) error {
+	if netsys.IsAddrNotAvail(err) {
+		return fmt.Errorf("dial: source %v is not an address of this host: %w", src, err)
+	}
+	return fmt.Errorf("dial: bind to source %v: %w", src, err)
+}
+
+// StrategyFor reports the strategy (Kernel or Search) that dials on network
+// use, after the Dialer's one-time probes, or the error such dials return
+// because no strategy fits.
+func (d *Dialer) StrategyFor(network string) (Strategy, error) {
+	proto, _, err := parseNetwork(network)
+	if err != nil {
+		return Auto, err
+	}
+	st := d.init()
+	pl := st.tcp
+	if proto == tuple.UDP {
+		pl = st.udp
+	}
+	return pl.strategy, pl.err
+}

@@ -1,0 +1,48 @@
+// Package dial provides a Dialer that shares source ports across
+// destinations (4-tuple reuse) and confines connections to a set of source
+// addresses and ports, for hosts that own only a slice of a shared egress
+// IP's port space.
+//
+// A connection is identified by its 4-tuple (source address, source port,
+// destination address, destination port), so one (source, port) can serve
+// any number of destinations. Linux lets TCP do this when the port is chosen
+// at connect time; the Dialer makes that the default and falls back to a
+// user-space search where the kernel cannot confine ports to the set:
+//
+//   - Kernel (TCP): IP_BIND_ADDRESS_NO_PORT on a bound source, plus
+//     IP_LOCAL_PORT_RANGE (Linux 6.3; value lo | hi<<16) when the port set
+//     is one range inside the namespace's net.ipv4.ip_local_port_range.
+//     The option only narrows that sysctl; the Dialer never widens it.
+//   - Search: the RFC 6056 §3.3.3 keyed hash of (source, destination) picks
+//     the first port to try, ports this Dialer already holds toward that
+//     destination are skipped without a syscall, and each candidate is
+//     tried with SO_REUSEADDR, bind and connect until one works or
+//     MaxAttempts ports have failed. A set of at most MaxAttempts ports is
+//     covered completely, so exhaustion (ErrExhausted) is exact.
+//
+// UDP sockets share ports only through a cooperative lock (Cloudflare's
+// connectx): SO_REUSEADDR=1, bind, SO_REUSEADDR=0 (the lock: no cooperating
+// socket can bind the port now), an exact sock_diag lookup of the 4-tuple
+// (not a dump: the kernel runs its packet-delivery lookup and returns the
+// socket that would receive the destination's datagrams), compare that
+// socket's cookie with our SO_COOKIE, connect if it is ours, SO_REUSEADDR=1.
+// Two Dialers, in one process or many, never create the same connected UDP
+// 4-tuple this way. Within a Dialer a mutex per (source, port) keeps
+// concurrent dials out of each other's lock window; a port whose bind meets
+// another process's lock is retried a few times (under 1 ms in all) before
+// the dial reports ErrExhausted.
+//
+// What the UDP lock cannot protect against: sockets that do not follow the
+// protocol. A program that sets SO_REUSEADDR, binds one of the ports and
+// connects to the same destination later is not stopped by the kernel and
+// silently takes over that 4-tuple's traffic (the newest connected socket
+// wins). A socket bound to the port without SO_REUSEADDR makes the port
+// unusable for the Dialer (bind fails), which is safe. The protocol needs
+// the exact sock_diag UDP lookup (udp_diag) and SO_COOKIE; without them
+// Auto uses the Kernel strategy for UDP, which does not share ports.
+//
+// Sources rotate round robin per dial; a source with no free port toward the
+// destination is skipped for the next. Ports chosen by bind (Search) are
+// not used by the kernel's own connect-time choice, so mixing the two
+// strategies on the same ports lowers the Kernel strategy's capacity.
+package dial

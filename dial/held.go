@@ -1,0 +1,241 @@
+package dial
+
+import (
+	"math/bits"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/portspace/portspace/portalloc"
+	"github.com/portspace/portspace/tuple"
+)
+
+// holdKey names one (protocol, source, destination): the ports a Dialer holds
+// toward one destination from one source. Ports are shared freely across
+// different keys; that is the point of 4-tuple reuse.
+type holdKey struct {
+	proto tuple.Proto
+	src   netip.Addr
+	dst   netip.AddrPort
+}
+
+// holdSet is the set of port-set indices this Dialer holds (or is trying)
+// for one key, plus the search cursor. Small sets are a bitmap; for large
+// port sets it starts as a sorted slice and becomes a bitmap when it grows,
+// so a destination with a few connections costs a few bytes.
+type holdSet struct {
+	n     int
+	next  uint32   // where the next search starts (RFC 6056 §3.3.4-style per-destination counter)
+	small []uint32 // sorted held indices while bits is nil
+	bits  []uint64
+}
+
+const (
+	bitmapAlways = 8192 // port sets up to this size always use a bitmap (1 KiB)
+	smallMax     = 256  // a sorted slice grows to this many entries, then becomes a bitmap
+)
+
+func newHoldSet(size, start uint32) *holdSet {
+	h := &holdSet{next: start}
+	if size <= bitmapAlways {
+		h.bits = make([]uint64, (size+63)/64)
+	}
+	return h
+}
+
+func (h *holdSet) has(i uint32) bool {
+	if h.bits != nil {
+		return h.bits[i/64]&(1<<(i%64)) != 0
+	}
+	_, ok := slices.BinarySearch(h.small, i)
+	return ok
+}
+
+func (h *holdSet) add(i uint32, size uint32) {
+	if h.bits == nil && len(h.small) >= smallMax {
+		h.bits = make([]uint64, (size+63)/64)
+		for _, j := range h.small {
+			h.bits[j/64] |= 1 << (j % 64)
+		}
+		h.small = nil
+	}
+	h.n++
+	if h.bits != nil {
+		h.bits[i/64] |= 1 << (i % 64)
+		return
+	}
+	k, _ := slices.BinarySearch(h.small, i)
+	h.small = slices.Insert(h.small, k, i)
+}
+
+func (h *holdSet) del(i uint32) {
+	h.n--
+	if h.bits != nil {
+		h.bits[i/64] &^= 1 << (i % 64)
+		return
+	}
+	if k, ok := slices.BinarySearch(h.small, i); ok {
+		h.small = slices.Delete(h.small, k, k+1)
+	}
+}
+
+// nextFree returns the first index not held among the limit indices that
+// start at from and wrap at size, and how many indices it passed over.
+func (h *holdSet) nextFree(from, limit, size uint32) (idx, skipped uint32, ok bool) {
+	i := from
+	if h.bits != nil {
+		for skipped < limit {
+			w, b := i/64, i%64
+			span := 64 - b
+			if size-i < span {
+				span = size - i
+			}
+			if limit-skipped < span {
+				span = limit - skipped
+			}
+			if free := ^h.bits[w] >> b; free != 0 {
+				if tz := uint32(bits.TrailingZeros64(free)); tz < span {
+					return i + tz, skipped + tz, true
+				}
+			}
+			skipped += span
+			if i += span; i == size {
+				i = 0
+			}
+		}
+		return 0, skipped, false
+	}
+	k, _ := slices.BinarySearch(h.small, i)
+	for skipped < limit {
+		if k < len(h.small) && h.small[k] == i {
+			skipped++
+			k++
+			if i++; i == size {
+				i, k = 0, 0
+			}
+			continue
+		}
+		return i, skipped, true
+	}
+	return 0, skipped, false
+}
+
+// selector keeps a Dialer's hold sets. Its methods are the port-selection
+// step; once a destination has an entry they do not allocate.
+type selector struct {
+	secret portalloc.Secret
+	mu     sync.Mutex
+	held   map[holdKey]*holdSet
+}
+
+func newSelector() *selector {
+	return &selector{secret: portalloc.NewSecret(), held: make(map[holdKey]*holdSet)}
+}
+
+// offset is the keyed hash F(source, destination address, destination port,
+// secret) of RFC 6056 §3.3.3 (Algorithm 3), portalloc.Offset (SipHash-2-4
+// under a per-Dialer random secret): it spreads the starting points of
+// different destinations over the port set, so that searches toward
+// different destinations do not all begin on the same ports, and an
+// outsider cannot predict them. The protocol is folded into the source
+// address's hash input by toggling a bit of the secret.
+func (s *selector) offset(k holdKey) uint64 {
+	secret := s.secret
+	secret[15] ^= byte(k.proto)
+	return uint64(portalloc.Offset(secret, k.src, k.dst))
+}
+
+// search is one dial's walk over the port set for one key.
+type search struct {
+	key     holdKey
+	size    uint32
+	pos     uint32
+	left    uint32
+	started bool
+}
+
+// pick reserves the next index not held by this Dialer and returns it, or
+// false when the walk has covered the whole set.
+func (s *selector) pick(sr *search) (uint32, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.held[sr.key]
+	if h == nil {
+		h = newHoldSet(sr.size, uint32(s.offset(sr.key)%uint64(sr.size)))
+		s.held[sr.key] = h
+	}
+	if !sr.started {
+		sr.started, sr.pos, sr.left = true, h.next%sr.size, sr.size
+	}
+	idx, skipped, ok := h.nextFree(sr.pos, sr.left, sr.size)
+	if !ok {
+		sr.left = 0
+		if h.n == 0 {
+			delete(s.held, sr.key)
+		}
+		return 0, false
+	}
+	h.add(idx, sr.size)
+	sr.left -= skipped + 1
+	if sr.pos = idx + 1; sr.pos == sr.size {
+		sr.pos = 0
+	}
+	return idx, true
+}
+
+// reserve reserves a specific index for sr's key (a retry of a busy port),
+// or reports false when the Dialer already holds it.
+func (s *selector) reserve(sr *search, idx uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.held[sr.key]
+	if h == nil {
+		h = newHoldSet(sr.size, uint32(s.offset(sr.key)%uint64(sr.size)))
+		s.held[sr.key] = h
+	}
+	if h.has(idx) {
+		return false
+	}
+	h.add(idx, sr.size)
+	return true
+}
+
+// settle records the outcome of trying idx: on success the Dialer keeps
+// holding it and the next search toward this key starts after it; on failure
+// the reservation is dropped.
+func (s *selector) settle(sr *search, idx uint32, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.held[sr.key]
+	if ok {
+		h.next = sr.pos
+		return
+	}
+	s.releaseLocked(sr.key, h, idx)
+}
+
+func (s *selector) releaseLocked(k holdKey, h *holdSet, idx uint32) {
+	h.del(idx)
+	if h.n == 0 {
+		delete(s.held, k)
+	}
+}
+
+// release drops a held index when its connection closes.
+func (s *selector) release(k holdKey, idx uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h := s.held[k]; h != nil && h.has(idx) {
+		s.releaseLocked(k, h, idx)
+	}
+}
+
+// holding reports how many indices the Dialer holds for k (for tests).
+func (s *selector) holding(k holdKey) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h := s.held[k]; h != nil {
+		return h.n
+	}
+	return 0
+}

@@ -1,0 +1,311 @@
+package dial
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/portspace/portspace/internal/netnstest"
+	"github.com/portspace/portspace/internal/netsys"
+	"github.com/portspace/portspace/tuple"
+)
+
+// The cross-process race: raceProcs copies of the test binary dial
+// raceDials times each, over UDP, from one raceSet port set (16 ports) of
+// one source to raceDests destinations, each keeping its last raceWindow
+// conns open (so the 320 4-tuples are about 75% in use and the processes
+// keep colliding on the same ports). The parent lists connected UDP sockets
+// with `ss -Hnue` throughout and at the end, and fails on any 4-tuple held
+// by two sockets.
+const (
+	raceProcs  = 8
+	raceDials  = 2000
+	raceDests  = 20
+	raceWindow = 30
+	raceSet    = "20000-20007,20100-20107"
+	raceEnv    = "PORTSPACE_DIAL_RACE_CHILD"
+	racePort   = 7000
+)
+
+// ssSocket is one line of `ss -Hnue`: a connected UDP socket.
+type ssSocket struct {
+	local, peer netip.AddrPort
+	cookie      string // "sk:..." identifies the socket
+}
+
+// parseSS parses `ss -Hnue` output: the first two fields that parse as
+// address:port are the local and peer ends; the sk: field is the cookie.
+func parseSS(out string) ([]ssSocket, error) {
+	var socks []ssSocket
+	for ln, line := range strings.Split(out, "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		var s ssSocket
+		var eps []netip.AddrPort
+		for _, f := range strings.Fields(line) {
+			if ap, err := netip.ParseAddrPort(f); err == nil {
+				eps = append(eps, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+			} else if strings.HasPrefix(f, "sk:") {
+				s.cookie = f
+			}
+		}
+		if len(eps) < 2 || s.cookie == "" {
+			return nil, fmt.Errorf("ss output line %d: cannot parse %q", ln+1, line)
+		}
+		s.local, s.peer = eps[0], eps[1]
+		socks = append(socks, s)
+	}
+	return socks, nil
+}
+
+// duplicates returns the 4-tuples that more than one socket (distinct
+// cookies) holds among those whose local end matches keep.
+func duplicates(socks []ssSocket, keep func(netip.AddrPort) bool) (dups []string, n int) {
+	by := map[[2]netip.AddrPort]map[string]bool{}
+	for _, s := range socks {
+		if !keep(s.local) {
+			continue
+		}
+		k := [2]netip.AddrPort{s.local, s.peer}
+		if by[k] == nil {
+			by[k] = map[string]bool{}
+		}
+		by[k][s.cookie] = true
+	}
+	for k, cs := range by {
+		n += len(cs)
+		if len(cs) > 1 {
+			dups = append(dups, fmt.Sprintf("%v -> %v held by %d sockets", k[0], k[1], len(cs)))
+		}
+	}
+	return dups, n
+}
+
+func ssUDP(t *testing.T) []ssSocket {
+	t.Helper()
+	cmd := exec.Command("ss", "-Hnue")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr // ss may warn here (e.g. about cgroup2)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ss -Hnue: %v: %s", err, stderr.String())
+	}
+	socks, err := parseSS(string(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return socks
+}
+
+// TestSSDetectsDuplicates is the race test's control: two sockets that
+// share a 4-tuple through SO_REUSEADDR alone (what the lock prevents) are
+// reported by the ss check.
+func TestSSDetectsDuplicates(t *testing.T) {
+	netnstest.RequireCommand(t, "ss")
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	local := netip.AddrPortFrom(v4src(1), 20000)
+	remote := netip.AddrPortFrom(v4dst(1), racePort)
+	for range 2 {
+		fd, err := netsys.UDPSocket(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer netsys.Close(fd)
+		if err := netsys.SetReuseAddr(fd, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := netsys.Bind(fd, local); err != nil {
+			t.Fatal(err)
+		}
+		if err := netsys.Connect(fd, remote); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dups, n := duplicates(ssUDP(t), func(ap netip.AddrPort) bool { return ap == local })
+	if n != 2 || len(dups) != 1 {
+		t.Fatalf("ss check saw %d sockets and duplicates %v; want 2 sockets, 1 duplicate", n, dups)
+	}
+	// And the Dialer refuses to add a third socket on that 4-tuple.
+	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet("20000"), Strategy: Search}
+	if c, err := d.Dial("udp", remote.String()); !errors.Is(err, ErrExhausted) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("dial onto a taken 4-tuple: %v, want ErrExhausted", err)
+	}
+}
+
+// TestUDPCrossProcessRace runs the cross-process race (see raceProcs) and
+// checks ss snapshots for duplicate 4-tuples. Its control run disables the
+// lock (SO_REUSEADDR and bind alone, as plain programs do) with fewer dials
+// and must see duplicates, which shows the check can fail.
+func TestUDPCrossProcessRace(t *testing.T) {
+	netnstest.RequireCommand(t, "ss")
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	dups, summary := runRace(t, false, raceDials)
+	if len(dups) > 0 {
+		t.Fatalf("duplicate 4-tuples with the lock: %v", dups)
+	}
+	t.Log(summary)
+	dups, _ = runRace(t, true, 200)
+	if len(dups) == 0 {
+		t.Fatal("control run without the lock left no duplicate 4-tuple; the check is blind")
+	}
+	t.Logf("control without the lock: %d duplicate 4-tuples, e.g. %s", len(dups), dups[0])
+}
+
+// runRace starts raceProcs children that dial dials times each and returns
+// the duplicate 4-tuples seen in ss snapshots during and after the run.
+func runRace(t *testing.T, unsafe bool, dials int) (dups []string, summary string) {
+	raceSetPorts := tuple.MustParsePortSet(raceSet)
+	ours := func(ap netip.AddrPort) bool { return ap.Addr() == v4src(1) && raceSetPorts.Contains(ap.Port()) }
+	type child struct {
+		cmd   *exec.Cmd
+		stdin io.WriteCloser
+		ready chan string
+		out   strings.Builder // stderr
+		log   []string        // stdout lines other than the report; read after ready closes
+	}
+	var children []*child
+	for range raceProcs {
+		c := &child{ready: make(chan string, 1)}
+		c.cmd = exec.Command(os.Args[0], "-test.run=^TestUDPRaceChild$", "-test.count=1")
+		c.cmd.Env = append(os.Environ(), raceEnv+"="+strconv.Itoa(dials))
+		if unsafe {
+			c.cmd.Env = append(c.cmd.Env, raceEnv+"_UNSAFE=1")
+		}
+		var err error
+		if c.stdin, err = c.cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := c.cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.cmd.Stderr = &c.out
+		if err := c.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				if line, ok := strings.CutPrefix(sc.Text(), "RACECHILD "); ok {
+					c.ready <- line
+				} else {
+					c.log = append(c.log, sc.Text())
+				}
+			}
+			close(c.ready)
+		}()
+		children = append(children, c)
+	}
+	defer func() {
+		for _, c := range children {
+			c.stdin.Close()
+			c.cmd.Wait()
+		}
+	}()
+	// Snapshot while the children run, until all have reported.
+	var mu sync.Mutex
+	reports := 0
+	var lines []string
+	for _, c := range children {
+		go func() {
+			line, ok := <-c.ready
+			mu.Lock()
+			defer mu.Unlock()
+			reports++
+			if !ok {
+				line = "FAILED: " + strings.Join(c.log, "\n") + c.out.String()
+			}
+			lines = append(lines, line)
+		}()
+	}
+	seen := map[string]bool{}
+	snapshots := 0
+	for {
+		mu.Lock()
+		done := reports == raceProcs
+		mu.Unlock()
+		d, _ := duplicates(ssUDP(t), ours)
+		snapshots++
+		for _, x := range d {
+			if !seen[x] {
+				seen[x] = true
+				dups = append(dups, fmt.Sprintf("snapshot %d: %s", snapshots, x))
+			}
+		}
+		if done {
+			break
+		}
+	}
+	held, exhausted := 0, 0
+	for _, line := range lines {
+		var h, ok, ex int
+		if _, err := fmt.Sscanf(line, "held=%d ok=%d exhausted=%d", &h, &ok, &ex); err != nil {
+			t.Fatalf("child report %q: %v", line, err)
+		}
+		held += h
+		exhausted += ex
+		if ok+ex != dials || ok < dials/2 {
+			t.Fatalf("child report %q: want %d dials, mostly successful", line, dials)
+		}
+	}
+	final, n := duplicates(ssUDP(t), ours)
+	for _, x := range final {
+		dups = append(dups, "final: "+x)
+	}
+	if n != held {
+		t.Fatalf("ss lists %d connected sockets in the set; the children hold %d", n, held)
+	}
+	return dups, fmt.Sprintf("%d processes × %d dials: %d sockets held at the end, %d dials exhausted, %d ss snapshots", raceProcs, dials, held, exhausted, snapshots)
+}
+
+// TestUDPRaceChild is one process of TestUDPCrossProcessRace; it runs only
+// when that test starts it.
+func TestUDPRaceChild(t *testing.T) {
+	dials, _ := strconv.Atoi(os.Getenv(raceEnv))
+	if dials == 0 {
+		t.Skip("runs only as a child of TestUDPCrossProcessRace")
+	}
+	testHookSkipLock = os.Getenv(raceEnv+"_UNSAFE") != ""
+	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet(raceSet), Strategy: Search}
+	ring := make([]net.Conn, 0, raceWindow)
+	ok, exhausted := 0, 0
+	ctx := context.Background()
+	for i := range dials {
+		if len(ring) == raceWindow {
+			ring[0].Close()
+			ring = append(ring[:0], ring[1:]...)
+		}
+		dst := netip.AddrPortFrom(v4dst(1+i%raceDests), racePort)
+		c, err := d.DialContext(ctx, "udp", dst.String())
+		switch {
+		case err == nil:
+			ok++
+			ring = append(ring, c)
+		case errors.Is(err, ErrExhausted):
+			exhausted++
+		default:
+			t.Fatalf("dial %d: %v", i, err)
+		}
+	}
+	fmt.Println("RACECHILD held=" + strconv.Itoa(len(ring)) + " ok=" + strconv.Itoa(ok) + " exhausted=" + strconv.Itoa(exhausted))
+	io.Copy(io.Discard, os.Stdin) // hold the sockets until the parent has looked
+	closeAll(ring)
+}

@@ -1,0 +1,151 @@
+package dial
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+
+	"github.com/portspace/portspace/internal/netsys"
+	"github.com/portspace/portspace/tuple"
+)
+
+// errPortTaken is the internal signal that one (source, port) cannot carry
+// the 4-tuple; the search moves to the next port.
+var errPortTaken = errors.New("dial: port taken")
+
+func tcpNetwork(dst netip.AddrPort) string {
+	if dst.Addr().Is4() {
+		return "tcp4"
+	}
+	return "tcp6"
+}
+
+func tcpAddr(a netip.Addr, port uint16) *net.TCPAddr {
+	if !a.IsValid() {
+		return &net.TCPAddr{Port: int(port)}
+	}
+	return &net.TCPAddr{IP: a.AsSlice(), Port: int(port), Zone: a.Zone()}
+}
+
+// syscallOf returns the name of the failed system call inside err ("bind",
+// "connect", ...), if any.
+func syscallOf(err error) string {
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		return se.Syscall
+	}
+	return ""
+}
+
+// netDialer returns a net.Dialer that runs control on each socket, then the
+// user's Control. With optional set, control failing as unsupported (on
+// platforms other than Linux) is ignored: it only adds SO_REUSEADDR.
+func (d *Dialer) netDialer(optional bool, control func(fd int) error) net.Dialer {
+	return net.Dialer{
+		KeepAlive:       d.KeepAlive,
+		KeepAliveConfig: d.KeepAliveConfig,
+		Control: func(network, address string, c syscall.RawConn) error {
+			if err := netsys.Control(c, control); err != nil && !(optional && errors.Is(err, netsys.ErrUnsupported)) {
+				return err
+			}
+			if d.Control != nil {
+				return d.Control(network, address, c)
+			}
+			return nil
+		},
+	}
+}
+
+// tcpKernel dials with the port chosen by the kernel at connect:
+// IP_BIND_ADDRESS_NO_PORT keeps bind(source, 0) from locking a port, and
+// IP_LOCAL_PORT_RANGE confines the choice to the port set. SO_REUSEADDR
+// lets Search-strategy sockets share the same ports.
+func (d *Dialer) tcpKernel(ctx context.Context, pl *plan, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	var lo, hi uint16
+	if pl.ports.IsValid() {
+		r := pl.ports.Range(0)
+		lo, hi = r.First(), r.Last()
+	}
+	nd := d.netDialer(!src.IsValid() && lo == 0, func(fd int) error {
+		if err := netsys.SetReuseAddr(fd, true); err != nil {
+			return err
+		}
+		if src.IsValid() {
+			if err := netsys.SetBindAddressNoPort(fd); err != nil {
+				return err
+			}
+		}
+		if lo != 0 {
+			return netsys.SetLocalPortRange(fd, lo, hi)
+		}
+		return nil
+	})
+	if src.IsValid() {
+		nd.LocalAddr = tcpAddr(src, 0)
+	}
+	c, err := nd.DialContext(ctx, tcpNetwork(dst), dst.String())
+	if err == nil {
+		return c, nil
+	}
+	switch sc := syscallOf(err); {
+	case sc == "bind":
+		return nil, sourceError(src, err)
+	case sc == "connect" && netsys.IsAddrNotAvail(err):
+		return nil, fmt.Errorf("%w: %w", errSourceFull, err)
+	}
+	return nil, &opError{msg: "dial: tcp " + dst.String(), err: err}
+}
+
+// tcpSearch tries ports of the set in the selector's order: SO_REUSEADDR,
+// bind(source, port), connect. The kernel's established-hash check makes a
+// taken 4-tuple fail with EADDRNOTAVAIL; the search then moves on.
+func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	sr := search{key: holdKey{proto: tuple.TCP, src: src, dst: dst}, size: uint32(pl.ports.Len())}
+	var last error
+	for range d.maxAttempts() {
+		if err := ctx.Err(); err != nil {
+			return nil, &opError{msg: "dial: tcp " + dst.String(), err: err}
+		}
+		idx, ok := st.sel.pick(&sr)
+		if !ok {
+			break
+		}
+		port, _ := pl.ports.Nth(int(idx))
+		c, err := d.tcpTry(ctx, src, port, dst)
+		st.sel.settle(&sr, idx, err == nil)
+		if err == nil {
+			return newTCPConn(c.(*net.TCPConn), st.sel, sr.key, idx), nil
+		}
+		if !errors.Is(err, errPortTaken) {
+			return nil, err
+		}
+		last = err
+	}
+	if last == nil {
+		last = fmt.Errorf("this Dialer holds all %d ports toward %v", sr.size, dst)
+	}
+	return nil, fmt.Errorf("%w: %w", errSourceFull, last)
+}
+
+func (d *Dialer) tcpTry(ctx context.Context, src netip.Addr, port uint16, dst netip.AddrPort) (net.Conn, error) {
+	nd := d.netDialer(false, func(fd int) error { return netsys.SetReuseAddr(fd, true) })
+	nd.LocalAddr = tcpAddr(src, port)
+	c, err := nd.DialContext(ctx, tcpNetwork(dst), dst.String())
+	if err == nil {
+		return c, nil
+	}
+	switch sc := syscallOf(err); {
+	case sc == "bind" && netsys.IsAddrInUse(err):
+		// A listener or a socket without SO_REUSEADDR owns the port.
+		return nil, fmt.Errorf("%w: %w", errPortTaken, err)
+	case sc == "bind" && src.IsValid():
+		return nil, sourceError(src, err)
+	case sc == "connect" && netsys.IsAddrNotAvail(err):
+		return nil, fmt.Errorf("%w: %w", errPortTaken, err)
+	}
+	return nil, &opError{msg: "dial: tcp " + dst.String(), err: err}
+}

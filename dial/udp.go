@@ -1,0 +1,316 @@
+package dial
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/portspace/portspace/internal/netsys"
+	"github.com/portspace/portspace/tuple"
+)
+
+func udpNetwork(dst netip.AddrPort) string {
+	if dst.Addr().Is4() {
+		return "udp4"
+	}
+	return "udp6"
+}
+
+// udpKernel binds (source, 0), confined by IP_LOCAL_PORT_RANGE when the
+// Dialer has a port set, and connects: the kernel gives each socket a port
+// of its own, so ports are not shared between destinations.
+func (d *Dialer) udpKernel(ctx context.Context, pl *plan, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	var lo, hi uint16
+	if pl.ports.IsValid() {
+		r := pl.ports.Range(0)
+		lo, hi = r.First(), r.Last()
+	}
+	nd := d.netDialer(lo == 0, func(fd int) error {
+		if lo != 0 {
+			return netsys.SetLocalPortRange(fd, lo, hi)
+		}
+		return nil
+	})
+	if src.IsValid() {
+		nd.LocalAddr = &net.UDPAddr{IP: src.AsSlice(), Zone: src.Zone()}
+	}
+	c, err := nd.DialContext(ctx, udpNetwork(dst), dst.String())
+	if err == nil {
+		return c, nil
+	}
+	switch sc := syscallOf(err); {
+	case (sc == "bind" || sc == "connect") && (netsys.IsAddrInUse(err) || errors.Is(err, syscall.EAGAIN)):
+		return nil, fmt.Errorf("%w: %w", errSourceFull, err)
+	case sc == "bind":
+		return nil, sourceError(src, err)
+	}
+	return nil, &opError{msg: "dial: udp " + dst.String(), err: err}
+}
+
+// udpSearch tries ports of the set in the selector's order with the
+// cooperative lock (udpTry).
+func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	if !src.IsValid() {
+		var err error
+		if src, err = netsys.RouteSource(dst.Addr()); err != nil {
+			return nil, &opError{msg: "dial: udp " + dst.String() + ": finding the source address", err: err}
+		}
+	}
+	sr := search{key: holdKey{proto: tuple.UDP, src: src, dst: dst}, size: uint32(pl.ports.Len())}
+	var last error
+	var busy []uint32 // indices whose bind met another process's lock
+	for range d.maxAttempts() {
+		if err := ctx.Err(); err != nil {
+			return nil, &opError{msg: "dial: udp " + dst.String(), err: err}
+		}
+		idx, ok := st.sel.pick(&sr)
+		if !ok {
+			break
+		}
+		port, _ := pl.ports.Nth(int(idx))
+		c, err := d.udpTry(st, src, port, dst)
+		st.sel.settle(&sr, idx, err == nil)
+		if err == nil {
+			return newUDPConn(c, st.sel, sr.key, idx), nil
+		}
+		if errors.Is(err, errPortBusy) {
+			busy = append(busy, idx)
+		} else if !errors.Is(err, errPortTaken) {
+			return nil, err
+		}
+		last = err
+	}
+	// A bind that failed with EADDRINUSE may have met a cooperating socket
+	// holding its lock for a few microseconds (another Dialer or process),
+	// not an owner of the port: before reporting exhaustion, retry those
+	// ports a few times with a short, growing pause.
+	wait := busyFirstWait
+	for round := 0; round < busyRounds && len(busy) > 0; round++ {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, &opError{msg: "dial: udp " + dst.String(), err: ctx.Err()}
+		case <-t.C:
+		}
+		wait *= 2
+		still := busy[:0]
+		for _, idx := range busy {
+			if !st.sel.reserve(&sr, idx) {
+				continue // this Dialer holds it now
+			}
+			port, _ := pl.ports.Nth(int(idx))
+			c, err := d.udpTry(st, src, port, dst)
+			st.sel.settle(&sr, idx, err == nil)
+			if err == nil {
+				return newUDPConn(c, st.sel, sr.key, idx), nil
+			}
+			switch {
+			case errors.Is(err, errPortBusy):
+				still = append(still, idx)
+			case !errors.Is(err, errPortTaken):
+				return nil, err
+			}
+			last = err
+		}
+		busy = still
+	}
+	if last == nil {
+		last = fmt.Errorf("this Dialer holds all %d ports toward %v", sr.size, dst)
+	}
+	return nil, fmt.Errorf("%w: %w", errSourceFull, last)
+}
+
+// busyRounds and busyFirstWait bound the retries of ports whose bind met
+// another process's lock: 4 rounds after 50, 100, 200 and 400 µs.
+const (
+	busyRounds    = 4
+	busyFirstWait = 50 * time.Microsecond
+)
+
+// errPortBusy: bind failed with EADDRINUSE, so a socket holds the port
+// without sharing it, possibly only for the moment (a cooperating socket's
+// lock).
+var errPortBusy = fmt.Errorf("%w: bound without sharing, or locked by another process", errPortTaken)
+
+// lockStripes serialises the cooperative lock per (source, port) within a
+// Dialer: while one goroutine holds a port's lock (SO_REUSEADDR=0), another
+// would fail to bind that port and wrongly count it as taken.
+const lockStripes = 64
+
+func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
+	a := src.As16()
+	h := uint32(port) * 0x9e3779b1
+	for i := 0; i < 16; i += 4 {
+		h = (h ^ (uint32(a[i])<<24 | uint32(a[i+1])<<16 | uint32(a[i+2])<<8 | uint32(a[i+3]))) * 0x85ebca6b
+	}
+	return &st.locks[h>>(32-6)]
+}
+
+// udpTry runs the cooperative lock (Cloudflare's connectx for UDP) for one
+// (source, port):
+//
+//  1. socket; read its SO_COOKIE; SO_REUSEADDR=1; bind(source, port).
+//     EADDRINUSE: another socket holds the port without sharing it, or
+//     another process's socket holds the lock right now: busy (udpSearch
+//     retries it before reporting exhaustion). Within the Dialer, the
+//     per-(source, port) mutex keeps its own dials out of each other's lock.
+//  2. SO_REUSEADDR=0. This is the lock: no cooperating socket can bind
+//     (source, port) until it is set again.
+//  3. Exact sock_diag lookup of (destination -> source:port): the socket
+//     the kernel would deliver that 4-tuple's datagrams to. A socket
+//     already connected to the destination wins over ours; if the answer
+//     is not our cookie, the 4-tuple is taken. No answer (ENOENT) means the
+//     best match is a socket that is being closed: taken, too.
+//  4. connect(destination); SO_REUSEADDR=1 again to release the lock.
+func (d *Dialer) udpTry(st *state, src netip.Addr, port uint16, dst netip.AddrPort) (*net.UDPConn, error) {
+	mu := st.portLock(src, port)
+	mu.Lock()
+	defer mu.Unlock()
+	return d.udpTryLocked(src, port, dst)
+}
+
+// udpTryLocked is udpTry under the Dialer's lock for (src, port); it closes
+// the socket on failure before returning.
+func (d *Dialer) udpTryLocked(src netip.Addr, port uint16, dst netip.AddrPort) (c *net.UDPConn, err error) {
+	fd, err := netsys.UDPSocket(dst.Addr().Is6())
+	if err != nil {
+		return nil, fmt.Errorf("dial: udp %v: %w", dst, err)
+	}
+	owned := true
+	defer func() {
+		if owned {
+			netsys.Close(fd)
+		}
+	}()
+	fail := func(err error) (*net.UDPConn, error) {
+		return nil, &opError{msg: "dial: udp " + dst.String(), err: err}
+	}
+	own, err := netsys.Cookie(fd)
+	if err != nil {
+		return fail(err)
+	}
+	if err := netsys.SetReuseAddr(fd, true); err != nil {
+		return fail(err)
+	}
+	if d.Control != nil {
+		if err := d.Control(udpNetwork(dst), dst.String(), fdConn(fd)); err != nil {
+			return fail(err)
+		}
+	}
+	local := netip.AddrPortFrom(src, port)
+	if err := netsys.Bind(fd, local); err != nil {
+		if netsys.IsAddrInUse(err) {
+			return nil, fmt.Errorf("%w: %w", errPortBusy, err)
+		}
+		return nil, sourceError(src, err)
+	}
+	if testHookSkipLock {
+		return d.udpFinish(fd, &owned, dst, fail)
+	}
+	if err := netsys.SetReuseAddr(fd, false); err != nil {
+		return fail(err)
+	}
+	got, found, err := d.st.diags.lookup(local, dst)
+	if err != nil {
+		return fail(err)
+	}
+	if !found {
+		// The best match is a socket being closed (its refcount already
+		// dropped; the kernel skips it): the 4-tuple frees soon, but not
+		// now.
+		return nil, fmt.Errorf("%w: %v -> %v belongs to a closing socket", errPortTaken, local, dst)
+	}
+	if got != own {
+		return nil, fmt.Errorf("%w: %v -> %v is connected by another socket (cookie %#x)", errPortTaken, local, dst, got)
+	}
+	return d.udpFinish(fd, &owned, dst, fail)
+}
+
+// testHookSkipLock makes udpTry skip the lock and the lookup (SO_REUSEADDR,
+// bind, connect, as programs that do not cooperate do). Only the race
+// test's control run sets it, to show that its duplicate check works.
+var testHookSkipLock bool
+
+// udpFinish connects fd, releases the lock and turns fd into a conn.
+func (d *Dialer) udpFinish(fd int, owned *bool, dst netip.AddrPort, fail func(error) (*net.UDPConn, error)) (*net.UDPConn, error) {
+	if err := netsys.Connect(fd, dst); err != nil {
+		return fail(err)
+	}
+	if err := netsys.SetReuseAddr(fd, true); err != nil {
+		return fail(err)
+	}
+	*owned = false
+	nc, err := netsys.FileConn(fd, "udp")
+	if err != nil {
+		return fail(err)
+	}
+	return nc.(*net.UDPConn), nil
+}
+
+// fdConn is the syscall.RawConn handed to Control for raw UDP sockets; only
+// Control works.
+type fdConn int
+
+func (f fdConn) Control(fn func(fd uintptr)) error { fn(uintptr(f)); return nil }
+
+func (f fdConn) Read(func(fd uintptr) bool) error {
+	return errors.New("dial: RawConn.Read is not available during Control")
+}
+
+func (f fdConn) Write(func(fd uintptr) bool) error {
+	return errors.New("dial: RawConn.Write is not available during Control")
+}
+
+// diagPool keeps a few open sock_diag sockets for a Dialer, so that a lookup
+// costs one sendto and one recvfrom. A Dialer's sockets are closed when it
+// is garbage collected.
+type diagPool struct {
+	ch chan *netsys.Diag
+}
+
+func newDiagPool(owner *state) *diagPool {
+	p := &diagPool{ch: make(chan *netsys.Diag, 4)}
+	runtime.AddCleanup(owner, func(p *diagPool) { p.closeAll() }, p)
+	return p
+}
+
+func (p *diagPool) lookup(local, remote netip.AddrPort) (uint64, bool, error) {
+	var d *netsys.Diag
+	select {
+	case d = <-p.ch:
+	default:
+		var err error
+		if d, err = netsys.OpenDiag(); err != nil {
+			return 0, false, err
+		}
+	}
+	cookie, found, err := d.LookupUDP(local, remote)
+	if err != nil {
+		d.Close()
+		return 0, false, err
+	}
+	select {
+	case p.ch <- d:
+	default:
+		d.Close()
+	}
+	return cookie, found, nil
+}
+
+func (p *diagPool) closeAll() {
+	for {
+		select {
+		case d := <-p.ch:
+			d.Close()
+		default:
+			return
+		}
+	}
+}

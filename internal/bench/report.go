@@ -1,0 +1,255 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is the outcome of a run: its settings, one Result per dialer and
+// phase, ratios between them, and notes (caps applied, warnings).
+type Report struct {
+	Proto          string           `json:"proto"`
+	Sources        []netip.Addr     `json:"sources"`
+	Ports          string           `json:"ports"`
+	PortCount      int              `json:"port_count"`
+	Dests          int              `json:"dests"`
+	DestEndpoints  []netip.AddrPort `json:"-"`
+	DestFirst      string           `json:"dest_first,omitempty"`
+	DestLast       string           `json:"dest_last,omitempty"`
+	Capacity       int              `json:"capacity"`
+	Conns          int              `json:"conns"`
+	Rounds         int              `json:"rounds"`
+	Concurrency    int              `json:"concurrency"`
+	HoldSeconds    float64          `json:"hold_seconds"`
+	OpenFilesLimit int              `json:"open_files_limit"`
+	Workers        *WorkersFigures  `json:"workers,omitempty"`
+	Results        []Result         `json:"results"`
+	Comparisons    []Comparison     `json:"comparisons,omitempty"`
+	Notes          []string         `json:"notes,omitempty"`
+}
+
+// Comparison is a named ratio between two results, such as the portspace
+// dialer's connection rate over the baseline's.
+type Comparison struct {
+	What  string  `json:"what"`
+	Ratio float64 `json:"ratio"`
+}
+
+func newReport(c Config) *Report {
+	return &Report{
+		Proto:       c.Proto.String(),
+		Sources:     c.Sources,
+		Ports:       c.Ports.String(),
+		PortCount:   c.Ports.Len(),
+		Dests:       len(c.Dests),
+		Capacity:    c.Capacity(),
+		Conns:       c.Conns,
+		Rounds:      c.Rounds,
+		Concurrency: c.Concurrency,
+		HoldSeconds: c.Hold.Seconds(),
+	}
+}
+
+// compare fills Comparisons: for each phase, the portspace rate over the
+// baseline rate; for each dialer, p50 at each non-zero fill level over p50
+// at fill 0 (when both were run).
+func (r *Report) compare() {
+	r.Comparisons = nil
+	type key struct {
+		mode string
+		fill float64
+	}
+	byKey := map[key]map[string]Result{}
+	var keys []key
+	for _, res := range r.Results {
+		k := key{res.Mode, res.FillPercent}
+		if byKey[k] == nil {
+			byKey[k] = map[string]Result{}
+			keys = append(keys, k)
+		}
+		byKey[k][res.Dialer] = res
+	}
+	for _, k := range keys {
+		p, ok1 := byKey[k][DialerPortspace]
+		b, ok2 := byKey[k][DialerBaseline]
+		if !ok1 || !ok2 || b.ConnsPerSec <= 0 {
+			continue
+		}
+		c := Comparison{
+			What:  fmt.Sprintf("%s/%s conns per second (%s)", DialerPortspace, DialerBaseline, phaseName(k.mode, k.fill)),
+			Ratio: round3(p.ConnsPerSec / b.ConnsPerSec),
+		}
+		if n := len(p.RoundConnsPerSec); n > 1 && n == len(b.RoundConnsPerSec) {
+			// Each round runs both dialers back to back; the median of
+			// the per-round ratios resists a burst of other load on the
+			// machine better than the ratio of the sums.
+			ratios := make([]float64, 0, n)
+			for i := range n {
+				if b.RoundConnsPerSec[i] > 0 {
+					ratios = append(ratios, p.RoundConnsPerSec[i]/b.RoundConnsPerSec[i])
+				}
+			}
+			if len(ratios) > 0 {
+				c.What += fmt.Sprintf(", median of %d per-round ratios", len(ratios))
+				c.Ratio = round3(median(ratios))
+			}
+		}
+		r.Comparisons = append(r.Comparisons, c)
+		if p.CPUPerConnUs > 0 && b.CPUPerConnUs > 0 {
+			r.Comparisons = append(r.Comparisons, Comparison{
+				What:  fmt.Sprintf("%s/%s CPU time per connection (%s)", DialerPortspace, DialerBaseline, phaseName(k.mode, k.fill)),
+				Ratio: round3(p.CPUPerConnUs / b.CPUPerConnUs),
+			})
+		}
+	}
+	for _, name := range []string{DialerPortspace, DialerBaseline} {
+		zero, ok := byKey[key{"fill", 0}][name]
+		if !ok || zero.P50us <= 0 {
+			continue
+		}
+		for _, k := range keys {
+			if k.mode != "fill" || k.fill == 0 {
+				continue
+			}
+			if res, ok := byKey[k][name]; ok {
+				r.Comparisons = append(r.Comparisons, Comparison{
+					What:  fmt.Sprintf("%s p50 at %v%% fill / at 0%% fill", name, k.fill),
+					Ratio: round3(res.P50us / zero.P50us),
+				})
+			}
+		}
+	}
+}
+
+// median returns the median of v (the mean of the middle two for an even
+// count); it sorts v.
+func median(v []float64) float64 {
+	slices.Sort(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
+}
+
+func phaseName(mode string, fill float64) string {
+	if mode == "fill" {
+		return strconv.FormatFloat(fill, 'f', -1, 64) + "% fill"
+	}
+	return mode
+}
+
+func round3(f float64) float64 {
+	v, _ := strconv.ParseFloat(strconv.FormatFloat(f, 'f', 3, 64), 64)
+	return v
+}
+
+// WriteJSON writes r as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	if len(r.DestEndpoints) > 0 {
+		r.DestFirst = r.DestEndpoints[0].String()
+		r.DestLast = r.DestEndpoints[len(r.DestEndpoints)-1].String()
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes r as a human-readable table.
+func (r *Report) WriteTable(w io.Writer) error {
+	var b strings.Builder
+	srcs := make([]string, len(r.Sources))
+	for i, a := range r.Sources {
+		srcs[i] = a.String()
+	}
+	dests := fmt.Sprintf("%d destinations", r.Dests)
+	if n := len(r.DestEndpoints); n > 0 {
+		dests += " (" + r.DestEndpoints[0].String()
+		if n > 1 {
+			dests += " .. " + r.DestEndpoints[n-1].String()
+		}
+		dests += ")"
+	}
+	fmt.Fprintf(&b, "portspace bench dial: %s from %s, ports %s (%d), %s, capacity %d\n",
+		r.Proto, strings.Join(srcs, ","), r.Ports, r.PortCount, dests, r.Capacity)
+	rounds := ""
+	if r.Rounds > 1 {
+		rounds = fmt.Sprintf(" and round (%d rounds, dialer order alternating, figures summed)", r.Rounds)
+	}
+	fmt.Fprintf(&b, "%d measured connections per dialer%s, concurrency %d, hold %v, open-files limit %d\n",
+		r.Conns, rounds, r.Concurrency, time.Duration(r.HoldSeconds*float64(time.Second)), r.OpenFilesLimit)
+	if wf := r.Workers; wf != nil {
+		fmt.Fprintf(&b, "%d dialer and %d listener processes; peak memory: %s\n",
+			wf.DialerProcs, wf.ListenerProcs, wf.MemorySummary())
+	}
+	b.WriteString("\n")
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "dialer\tphase\topened\texhausted\teaddrnotavail\ttimeout\tother\tdistinct\tcensus\tdups\tconn/s\tcpu/conn\tp50\tp99\t")
+	for _, res := range r.Results {
+		phase := phaseName(res.Mode, res.FillPercent)
+		if res.Mode == "fill" {
+			phase += fmt.Sprintf(" (%d held)", res.Prefilled/max(r.Rounds, 1))
+		}
+		census, dups, cpu := "-", "-", "-"
+		if res.CPUPerConnUs > 0 {
+			cpu = fmtUs(res.CPUPerConnUs)
+		}
+		if res.Census.Taken {
+			census, dups = strconv.Itoa(res.Census.Seen), strconv.Itoa(res.Census.Duplicates)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%s\t%s\t%s\t\n",
+			res.Dialer, phase, res.Opened, res.Attempted,
+			res.Failed[ErrKindExhausted], res.Failed[ErrKindEADDRNOTAVAIL], res.Failed[ErrKindTimeout], res.Failed[ErrKindOther],
+			res.Distinct, census, dups, res.ConnsPerSec, cpu, fmtUs(res.P50us), fmtUs(res.P99us))
+	}
+	tw.Flush()
+	if len(r.Comparisons) > 0 {
+		b.WriteString("\n")
+		for _, c := range r.Comparisons {
+			fmt.Fprintf(&b, "%s: %.2f\n", c.What, c.Ratio)
+		}
+	}
+	var extra []string
+	for _, res := range r.Results {
+		if res.Census.Err != "" {
+			extra = append(extra, fmt.Sprintf("%s census: %s", res.Dialer, res.Census.Err))
+		}
+		if res.Census.OutsidePorts > 0 {
+			extra = append(extra, fmt.Sprintf("%s: %d sockets outside the port set %s", res.Dialer, res.Census.OutsidePorts, r.Ports))
+		}
+		if res.EchoChecked > 0 {
+			extra = append(extra, fmt.Sprintf("%s (%s): UDP echo came back on %d of %d connections",
+				res.Dialer, phaseName(res.Mode, res.FillPercent), res.EchoChecked-res.EchoFailed, res.EchoChecked))
+		}
+		if res.PrefillFailed > 0 {
+			extra = append(extra, fmt.Sprintf("%s: %d of %d pre-fill dials failed", res.Dialer, res.PrefillFailed, res.Prefilled+res.PrefillFailed))
+		}
+		for _, k := range ErrKinds {
+			if s, ok := res.FailSamples[k]; ok {
+				extra = append(extra, fmt.Sprintf("%s %s (%s), e.g.: %s", res.Dialer, k, phaseName(res.Mode, res.FillPercent), s))
+			}
+		}
+	}
+	if notes := append(append([]string(nil), r.Notes...), extra...); len(notes) > 0 {
+		b.WriteString("\nnotes:\n")
+		for _, n := range notes {
+			fmt.Fprintf(&b, "  - %s\n", n)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func fmtUs(v float64) string {
+	if v >= 1000 {
+		return strconv.FormatFloat(v/1000, 'f', 2, 64) + "ms"
+	}
+	return strconv.FormatFloat(v, 'f', 1, 64) + "µs"
+}

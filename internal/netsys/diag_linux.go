@@ -1,0 +1,158 @@
+package netsys
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// The sock_diag wire format (linux/inet_diag.h); x/sys/unix has only the
+// constants.
+const (
+	nlmsgHdrLen     = 16
+	inetDiagReqLen  = 56 // struct inet_diag_req_v2
+	inetDiagMsgLen  = 72 // struct inet_diag_msg
+	sockidCookieOff = 40 // idiag_cookie within struct inet_diag_sockid
+	msgSockidOff    = 4  // id within struct inet_diag_msg
+	allStates       = 0xffffffff
+	noCookie        = 0xffffffff // INET_DIAG_NOCOOKIE, each 32-bit half
+)
+
+var diagSeq atomic.Uint32
+
+// LookupUDP asks the kernel which UDP socket would receive a datagram from
+// remote to local, with an exact SOCK_DIAG_BY_FAMILY request (NLM_F_REQUEST
+// without NLM_F_DUMP). The kernel then answers through udp_dump_one, which
+// runs the packet-delivery lookup (__udp4_lib_lookup/__udp6_lib_lookup), so
+// a connected socket with that exact 4-tuple wins over sockets only bound to
+// local. As the kernel expects, the id fields are swapped: sport/src hold
+// the remote end, dport/dst the local end. It returns the socket's cookie,
+// or found == false when no socket would receive the datagram (ENOENT).
+// It needs no privileges.
+func LookupUDP(local, remote netip.AddrPort) (cookie uint64, found bool, err error) {
+	d, err := OpenDiag()
+	if err != nil {
+		return 0, false, err
+	}
+	defer d.Close()
+	return d.LookupUDP(local, remote)
+}
+
+// Diag is an open NETLINK_SOCK_DIAG socket for repeated lookups. It is not
+// safe for concurrent use.
+type Diag struct {
+	fd int
+}
+
+// OpenDiag opens a sock_diag netlink socket.
+func OpenDiag() (*Diag, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, os.NewSyscallError("socket AF_NETLINK", err)
+	}
+	return &Diag{fd: fd}, nil
+}
+
+// Close closes the netlink socket.
+func (d *Diag) Close() error { return os.NewSyscallError("close", unix.Close(d.fd)) }
+
+// LookupUDP is the package-level LookupUDP on an open socket.
+func (d *Diag) LookupUDP(local, remote netip.AddrPort) (cookie uint64, found bool, err error) {
+	if local.Addr().Is4() != remote.Addr().Is4() {
+		return 0, false, fmt.Errorf("netsys: sock_diag lookup %v -> %v: mixed address families", local, remote)
+	}
+	fd := d.fd
+
+	var req [nlmsgHdrLen + inetDiagReqLen]byte
+	seq := diagSeq.Add(1)
+	ne := binary.NativeEndian
+	ne.PutUint32(req[0:], uint32(len(req)))
+	ne.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
+	ne.PutUint16(req[6:], unix.NLM_F_REQUEST) // no NLM_F_DUMP: the exact lookup
+	ne.PutUint32(req[8:], seq)
+	r := req[nlmsgHdrLen:]
+	r[0] = unix.AF_INET
+	if !local.Addr().Is4() {
+		r[0] = unix.AF_INET6
+	}
+	r[1] = unix.IPPROTO_UDP
+	ne.PutUint32(r[4:], allStates)
+	id := r[8:]
+	binary.BigEndian.PutUint16(id[0:], remote.Port()) // idiag_sport: remote
+	binary.BigEndian.PutUint16(id[2:], local.Port())  // idiag_dport: local
+	putAddr(id[4:20], remote.Addr())                  // idiag_src: remote
+	putAddr(id[20:36], local.Addr())                  // idiag_dst: local
+	ne.PutUint32(id[sockidCookieOff:], noCookie)
+	ne.PutUint32(id[sockidCookieOff+4:], noCookie)
+
+	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, false, os.NewSyscallError("sendto sock_diag", err)
+	}
+	var buf [1024]byte
+	for {
+		n, _, err := unix.Recvfrom(fd, buf[:], 0)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return 0, false, os.NewSyscallError("recvfrom sock_diag", err)
+		}
+		b := buf[:n]
+		for len(b) >= nlmsgHdrLen {
+			l := int(ne.Uint32(b[0:]))
+			typ := ne.Uint16(b[4:])
+			if l < nlmsgHdrLen || l > len(b) {
+				return 0, false, fmt.Errorf("netsys: sock_diag: malformed reply (length %d of %d)", l, len(b))
+			}
+			msg := b[nlmsgHdrLen:l]
+			if ne.Uint32(b[8:]) != seq { // a stale reply to an earlier request
+				if align4(l) >= len(b) {
+					break
+				}
+				b = b[align4(l):]
+				continue
+			}
+			switch typ {
+			case unix.NLMSG_ERROR:
+				if len(msg) < 4 {
+					return 0, false, fmt.Errorf("netsys: sock_diag: short error reply")
+				}
+				errno := -int32(ne.Uint32(msg))
+				if errno == 0 {
+					return 0, false, fmt.Errorf("netsys: sock_diag: acknowledgement without an answer")
+				}
+				if unix.Errno(errno) == unix.ENOENT {
+					return 0, false, nil
+				}
+				return 0, false, os.NewSyscallError("sock_diag", unix.Errno(errno))
+			case unix.SOCK_DIAG_BY_FAMILY:
+				if len(msg) < inetDiagMsgLen {
+					return 0, false, fmt.Errorf("netsys: sock_diag: short reply (%d bytes)", len(msg))
+				}
+				c := msg[msgSockidOff+sockidCookieOff:]
+				return uint64(ne.Uint32(c[0:])) | uint64(ne.Uint32(c[4:]))<<32, true, nil
+			}
+			if align4(l) >= len(b) {
+				break
+			}
+			b = b[align4(l):]
+		}
+	}
+}
+
+func align4(n int) int { return (n + 3) &^ 3 }
+
+// putAddr writes a in the kernel's __be32[4] form: IPv4 in the first word.
+func putAddr(dst []byte, a netip.Addr) {
+	if a.Is4() {
+		v := a.As4()
+		copy(dst, v[:])
+		return
+	}
+	v := a.As16()
+	copy(dst, v[:])
+}

@@ -1,0 +1,145 @@
+package netsys
+
+import (
+	"net/netip"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+var lo4 = netip.MustParseAddr("127.0.0.1")
+
+// boundUDP returns a UDP socket with SO_REUSEADDR bound to local.
+func boundUDP(t *testing.T, local netip.AddrPort) (int, netip.AddrPort, uint64) {
+	t.Helper()
+	fd, err := UDPSocket(local.Addr().Is6())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := SetReuseAddr(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := Bind(fd, local); err != nil {
+		t.Fatal(err)
+	}
+	la, err := localAddr(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Cookie(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd, la, c
+}
+
+// TestLookupUDPExact checks the exact sock_diag lookup against the kernel's
+// delivery rules: an unconnected bound socket is found for any remote, a
+// socket connected to the remote wins over it, another remote still gets
+// the unconnected one, and an unused port finds nothing.
+func TestLookupUDPExact(t *testing.T) {
+	if !Probe().UDPDiag {
+		t.Fatal("the exact sock_diag UDP lookup does not work on this kernel")
+	}
+	for _, fam := range []struct {
+		lo            netip.Addr
+		r1, r2, other string
+	}{
+		{lo4, "127.0.0.2:5000", "127.0.0.3:5000", "127.0.0.9"},
+		{netip.IPv6Loopback(), "[::1]:5000", "[::1]:5001", "::2"},
+	} {
+		_, local, cookieA := boundUDP(t, netip.AddrPortFrom(fam.lo, 0))
+		r1 := netip.MustParseAddrPort(fam.r1)
+		r2 := netip.MustParseAddrPort(fam.r2)
+		if got, found, err := LookupUDP(local, r1); err != nil || !found || got != cookieA {
+			t.Fatalf("lookup %v->%v = %#x, %v, %v; want A %#x", r1, local, got, found, err, cookieA)
+		}
+		fdB, _, cookieB := boundUDP(t, local)
+		if cookieA == cookieB {
+			t.Fatal("two sockets share a cookie")
+		}
+		if err := Connect(fdB, r1); err != nil {
+			t.Fatal(err)
+		}
+		if got, found, err := LookupUDP(local, r1); err != nil || !found || got != cookieB {
+			t.Fatalf("lookup %v->%v = %#x, %v, %v; want connected B %#x", r1, local, got, found, err, cookieB)
+		}
+		if got, found, err := LookupUDP(local, r2); err != nil || !found || got != cookieA {
+			t.Fatalf("lookup %v->%v = %#x, %v, %v; want unconnected A %#x", r2, local, got, found, err, cookieA)
+		}
+		unused := netip.AddrPortFrom(netip.MustParseAddr(fam.other), local.Port())
+		if _, found, err := LookupUDP(unused, r1); err != nil || found {
+			t.Fatalf("lookup of an address nobody bound: found=%v err=%v", found, err)
+		}
+	}
+}
+
+// TestReuseAddrDuplicates documents why the cooperative lock exists: with
+// SO_REUSEADDR alone the kernel lets two UDP sockets connect the same
+// 4-tuple, and the newer one receives the traffic.
+func TestReuseAddrDuplicates(t *testing.T) {
+	_, local, _ := boundUDP(t, netip.AddrPortFrom(lo4, 0))
+	fdA, _, _ := boundUDP(t, local)
+	fdB, _, cookieB := boundUDP(t, local)
+	r := netip.MustParseAddrPort("127.0.0.2:5000")
+	if err := Connect(fdA, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := Connect(fdB, r); err != nil {
+		t.Fatalf("the kernel refused a duplicate connected 4-tuple (%v); the lock would be unnecessary", err)
+	}
+	if got, _, _ := LookupUDP(local, r); got != cookieB {
+		t.Logf("lookup returned %#x, not the newer socket %#x", got, cookieB)
+	}
+}
+
+// TestLockBlocksBind checks the lock itself: once a socket clears
+// SO_REUSEADDR, a cooperating socket cannot bind its port.
+func TestLockBlocksBind(t *testing.T) {
+	fdA, local, _ := boundUDP(t, netip.AddrPortFrom(lo4, 0))
+	if err := SetReuseAddr(fdA, false); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := UDPSocket(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	SetReuseAddr(fd, true)
+	if err := Bind(fd, local); !IsAddrInUse(err) {
+		t.Fatalf("bind while locked: %v, want EADDRINUSE", err)
+	}
+}
+
+func TestLocalPortRangeRoundTrip(t *testing.T) {
+	if !Probe().LocalPortRange {
+		t.Skip("kernel without IP_LOCAL_PORT_RANGE")
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := SetLocalPortRange(fd, 40000, 40999); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LocalPortRange(fd)
+	if err != nil || got != (PortRange{40000, 40999}) {
+		t.Fatalf("IP_LOCAL_PORT_RANGE on an IPv6 socket read back %v, %v", got, err)
+	}
+}
+
+func TestEphemeralRange(t *testing.T) {
+	r, err := EphemeralRange()
+	if err != nil || r.Lo == 0 || r.Lo > r.Hi {
+		t.Fatalf("EphemeralRange() = %v, %v", r, err)
+	}
+}
+
+func TestRouteSource(t *testing.T) {
+	got, err := RouteSource(netip.MustParseAddr("127.0.0.5"))
+	if err != nil || !got.IsLoopback() {
+		t.Fatalf("RouteSource(127.0.0.5) = %v, %v", got, err)
+	}
+}
