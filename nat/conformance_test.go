@@ -504,6 +504,18 @@ func TestConformance_U14_Fragments(t *testing.T) {
 		ext := mustParse(t, out[0]).From()
 		same(out, split(udp(ext, srvA)))
 	})
+	t.Run("outbound out of order, presets, 3 addresses", func(t *testing.T) {
+		pool := []netip.Addr{extIP, extIP2, netip.MustParseAddr("203.0.113.3")}
+		for _, preset := range []string{"rfc-recommended", "cgn", "deterministic", "linux-masquerade"} {
+			for i := range 12 {
+				r := presetRig(t, preset, func(c *nat.Config) { c.External = pool })
+				h := netip.AddrPortFrom(subscriber(i*17), 40000)
+				out := sendFrags(r, true, split(udp(h, srvA)), 1, 2, 0)
+				ext := mustParse(t, out[0]).From()
+				same(out, split(udp(ext, srvA)))
+			}
+		}
+	})
 	t.Run("inbound in order", func(t *testing.T) {
 		r := newRig(t, nat.Config{})
 		ext := r.out(ping, hostX, srvA)
