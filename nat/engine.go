@@ -172,6 +172,7 @@ type Engine struct {
 	reply   [576]byte
 
 	frags    [fragSlots]fragEntry
+	nextID   uint16 // last IPv4 ID given to an outbound fragmented datagram
 	st       Stats
 	drops    [numReasons]uint64
 	badDrops [packet.NumReasons]uint64
@@ -381,9 +382,10 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	}
 	dst := u4(p.Dst())
 	if len(e.noXlat) > 0 && e.noTranslate(dst, p.DstPort(), p.Proto()) {
-		e.st.Forwarded++
-		e.st.Untranslated++
-		return Verdict{Action: Forward} // RFC 6888 REQ-6
+		if p.IsFragment() {
+			e.exemptFragment(&p, 1, ns)
+		}
+		return e.untranslated() // RFC 6888 REQ-6
 	}
 	hairpin := e.isExternal(dst)
 	if hairpin && e.cfg.NoHairpinning {
@@ -398,9 +400,10 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if p.Proto() == tuple.ICMP && !p.IsICMPQueryRequest() {
 		return e.drop(rICMPUnsolicited)
 	}
+	origID := p.IPID()
 	v := e.outboundFlow(&p, now, ns)
 	if v.Action == Forward && p.IsFragment() {
-		e.noteFragment(&p, true, u4(src), ns)
+		e.noteFragment(&p, true, u4(src), origID, ns)
 	}
 	if v.Action != Forward || !hairpin {
 		if v.Action == Forward {
@@ -900,10 +903,17 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	}
 	ns := e.now(now)
 	if !e.isExternal(u4(p.Dst())) {
-		if len(e.noXlat) > 0 && e.isInside(u4(p.Dst())) && e.noTranslate(u4(p.Src()), p.SrcPort(), p.Proto()) {
-			e.st.Forwarded++
-			e.st.Untranslated++
-			return Verdict{Action: Forward} // reply of untranslated traffic (RFC 6888 REQ-6)
+		if len(e.noXlat) > 0 && e.isInside(u4(p.Dst())) {
+			// The reply of untranslated traffic (RFC 6888 REQ-6).
+			if p.IsFragment() && !p.HasTransport() {
+				return e.inboundExemptFragment(&p, ns)
+			}
+			if e.noTranslate(u4(p.Src()), p.SrcPort(), p.Proto()) {
+				if p.IsFragment() {
+					e.exemptFragment(&p, 2, ns)
+				}
+				return e.untranslated()
+			}
 		}
 		return e.drop(rNotExternal)
 	}
@@ -923,7 +933,7 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 		dst := u4(p.Dst())
 		v = e.inboundFlow(&p, now, ns, false)
 		if v.Action == Forward && p.IsFragment() {
-			e.noteFragment(&p, false, dst, ns)
+			e.noteFragment(&p, false, dst, 0, ns)
 		}
 	}
 	if v.Action == Forward {

@@ -931,3 +931,51 @@ func TestExpireSome(t *testing.T) {
 		t.Fatalf("left %+v", st)
 	}
 }
+
+func ipID(b []byte) uint16 { return uint16(b[4])<<8 | uint16(b[5]) }
+
+// TestFragmentIDs: two hosts fragmenting to one destination with the same
+// IPv4 ID leave with different IDs, each datagram's fragments with one ID
+// (RFC 6864 §4.1), in any order.
+func TestFragmentIDs(t *testing.T) {
+	e := newEngine(t, testConfig(nil))
+	a1, a2 := fragments(udpPkt(t, hostA, srv1), 8)
+	b1, b2 := fragments(udpPkt(t, hostB, srv1), 8)
+	_, oa1 := out(e, a1, t0)
+	_, ob2 := out(e, b2, t0) // B out of order
+	_, ob1 := out(e, b1, t0)
+	_, oa2 := out(e, a2, t0)
+	if ipID(oa1) != ipID(oa2) || ipID(ob1) != ipID(ob2) || ipID(oa1) == ipID(ob1) {
+		t.Fatalf("IDs A %d/%d B %d/%d", ipID(oa1), ipID(oa2), ipID(ob1), ipID(ob2))
+	}
+	for _, pair := range [][2][]byte{{oa1, oa2}, {ob1, ob2}} {
+		if d := decode(t, reassemble(pair[0], pair[1])); d.src.Addr() != extA || d.dst != srv1 {
+			t.Fatalf("reassembled %v->%v", d.src, d.dst)
+		}
+	}
+}
+
+// TestNoTranslateFragments: fragments of exempt traffic pass unchanged in
+// both directions, also when the exemption depends on the port.
+func TestNoTranslateFragments(t *testing.T) {
+	for _, ports := range []bool{false, true} {
+		e := newEngine(t, testConfig(func(c *Config) {
+			c.NoTranslate = []netip.Prefix{netip.PrefixFrom(srv1.Addr(), 32)}
+			if ports {
+				c.NoTranslatePorts = tuple.PortSetOf(tuple.SinglePort(srv1.Port()))
+			}
+		}))
+		f1, f2 := fragments(udpPkt(t, hostA, srv1), 8)
+		for _, f := range [][]byte{f1, f2} {
+			if v, b := out(e, f, t0); v.Action != Forward || string(b) != string(f) {
+				t.Fatalf("ports=%v: outbound fragment %v %s changed=%v", ports, v.Action, v.Reason, string(b) != string(f))
+			}
+		}
+		g1, g2 := fragments(udpPkt(t, srv1, hostA), 8)
+		for _, f := range [][]byte{g1, g2} {
+			if v, b := in(e, f, t0); v.Action != Forward || string(b) != string(f) {
+				t.Fatalf("ports=%v: inbound fragment %v %s", ports, v.Action, v.Reason)
+			}
+		}
+	}
+}
