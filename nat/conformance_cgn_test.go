@@ -193,6 +193,29 @@ func TestConformance_C6_NoTranslationPerDestination(t *testing.T) {
 		t.Fatalf("to %v: %v from %v, want untranslated", dns, res.v.Action, res.pv.From())
 	}
 	r.out(ping, hostX, srvA) // port 3478 of the same address is translated
+
+	// Fragments of exempt traffic stay untranslated in both directions
+	// (also with NoTranslatePorts, where later fragments carry no port).
+	for _, ports := range []string{"", "3478"} {
+		cfg := nat.Config{NoTranslate: []netip.Prefix{netip.PrefixFrom(srvA.Addr(), 32)}}
+		if ports != "" {
+			cfg.NoTranslatePorts = tuple.MustParsePortSet(ports)
+		}
+		r := newRig(t, cfg)
+		for _, dir := range []bool{true, false} {
+			b := udpPkt(hostX, srvA, "0123456789abcdef0123")
+			if !dir {
+				b = udpPkt(srvA, hostX, "0123456789abcdef0123")
+			}
+			for i, f := range fragment(b, 0, 16) {
+				orig := append([]byte(nil), f...)
+				res := r.run(dir, f)
+				if res.v.Action != nat.Forward || string(res.out) != string(orig) {
+					t.Fatalf("NoTranslatePorts=%q outbound=%v fragment %d: %v (%s), changed=%v; want forwarded unchanged", ports, dir, i, res.v.Action, res.v.Reason, string(res.out) != string(orig))
+				}
+			}
+		}
+	}
 }
 
 // RFC 6888 REQ-7: EIF is recommended; the cgn preset has it.

@@ -191,6 +191,16 @@ func fragment(b []byte, offsets ...int) [][]byte {
 	return out
 }
 
+// withIPID returns a copy of the IPv4 packet b with identification id and
+// its header checksum recomputed.
+func withIPID(b []byte, id uint16) []byte {
+	c := append([]byte(nil), b...)
+	binary.BigEndian.PutUint16(c[4:], id)
+	c[10], c[11] = 0, 0
+	binary.BigEndian.PutUint16(c[10:], ^csum(0, c[:ipv4HeaderLength]))
+	return c
+}
+
 // view is a parsed IPv4 packet: the fields the assertions look at.
 type view struct {
 	Src, Dst   netip.Addr

@@ -187,7 +187,7 @@ func TestConformance_Nmisc(t *testing.T) {
 			t.Fatalf("ports %v and %v: %d equal across secrets, %d near-sequential steps", pa, pb, same, steps)
 		}
 	})
-	t.Run("IPv4 identification kept", func(t *testing.T) {
+	t.Run("IPv4 identification", func(t *testing.T) {
 		r := newRig(t, nat.Config{})
 		b := udpPkt(hostX, srvA, "ping")
 		b[4], b[5] = 0xbe, 0xef
@@ -197,6 +197,29 @@ func TestConformance_Nmisc(t *testing.T) {
 		res := r.run(true, b)
 		if res.v.Action != nat.Forward || res.out[4] != 0xbe || res.out[5] != 0xef {
 			t.Fatalf("identification became %#02x%02x", res.out[4], res.out[5])
+		}
+		// Two hosts fragmenting to one destination with the same ID must
+		// not leave with the same fragment identity (RFC 6864, RFC 7857):
+		// each datagram gets one ID for all its fragments, and the two differ.
+		fx := fragment(udpPkt(hostX, srvA, "0123456789abcdef0123"), 0, 16)
+		fy := fragment(udpPkt(hostY, srvA, "ABCDEFGHIJKLMNOPQRST"), 0, 16)
+		ids := map[string]uint16{}
+		for _, f := range []struct {
+			who string
+			b   []byte
+		}{{"X", fx[0]}, {"Y", fy[0]}, {"X", fx[1]}, {"Y", fy[1]}} {
+			res := r.run(true, append([]byte(nil), f.b...))
+			if res.v.Action != nat.Forward {
+				t.Fatalf("fragment of %s: %v (%s)", f.who, res.v.Action, res.v.Reason)
+			}
+			id := uint16(res.out[4])<<8 | uint16(res.out[5])
+			if prev, ok := ids[f.who]; ok && prev != id {
+				t.Fatalf("fragments of %s's datagram left with IDs %d and %d", f.who, prev, id)
+			}
+			ids[f.who] = id
+		}
+		if ids["X"] == ids["Y"] {
+			t.Fatalf("X's and Y's datagrams both left with ID %d from one external address", ids["X"])
 		}
 	})
 	t.Run("ICMP mapping dropped with its last session", func(t *testing.T) {
