@@ -165,6 +165,7 @@ type Engine struct {
 	subs                      map[uint32]*subCount
 
 	cursor  uint32 // next record ExpireSome visits
+	chk     overlapCheck
 	held    []heldSYN
 	nheld   int
 	replies [][]byte
@@ -552,9 +553,10 @@ func (e *Engine) outboundFlow(p *packet.Packet, now time.Time, ns uint32) Verdic
 	return Verdict{Action: Forward}
 }
 
-// Taken implements portalloc.Checker for port overlapping: an external
-// endpoint is taken for the flow being set up when a session from it to
-// the same remote endpoint exists (the 5-tuple would collide).
+// overlapCheck implements portalloc.Checker for port overlapping: an
+// external endpoint is taken for the flow being set up when a session from
+// it to the same remote endpoint exists (the 5-tuple would collide). The
+// engine keeps one, so setting up a flow does not allocate it.
 type overlapCheck struct {
 	e      *Engine
 	proto  uint8
@@ -683,13 +685,15 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 	loose := false
 	if e.overlap {
 		var ep netip.AddrPort
-		ep, err = al.GetShared(sub, ip, remote, &overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns})
+		e.chk = overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns}
+		ep, err = al.GetShared(sub, ip, remote, &e.chk)
 		lease.Ext = ep
 	} else {
 		lease, err = al.Get(sub, ip, remote, now)
 		if err != nil && errors.Is(err, portalloc.ErrExhausted) && e.cfg.Overloading {
 			var ep netip.AddrPort
-			ep, err = al.GetShared(sub, ip, remote, &overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns, mapped: true})
+			e.chk = overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns, mapped: true}
+			ep, err = al.GetShared(sub, ip, remote, &e.chk)
 			lease = portalloc.Lease{Ext: ep}
 			loose = err == nil
 		}

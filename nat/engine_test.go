@@ -979,3 +979,48 @@ func TestNoTranslateFragments(t *testing.T) {
 		}
 	}
 }
+
+// TestOverlapSetupNoAlloc: setting up a flow with port overlapping does not
+// allocate once the table has room.
+func TestOverlapSetupNoAlloc(t *testing.T) {
+	cfg, _ := Preset("linux-masquerade")
+	cfg.External, cfg.Internal = []netip.Addr{extA}, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	cfg.ExpectedSessions = 1000
+	e := newEngine(t, cfg)
+	pkts := make([][]byte, 200)
+	for i := range pkts {
+		pkts[i] = udpPkt(t, netip.AddrPortFrom(hostA.Addr(), uint16(20000+i)), srv1)
+	}
+	mapUDP(t, e, hostB, srv1, t0)
+	i := 0
+	n := testing.AllocsPerRun(100, func() {
+		if v := e.Outbound(pkts[i], t0); v.Action != Forward {
+			t.Fatal(v.Reason)
+		}
+		i++
+	})
+	if n != 0 {
+		t.Fatalf("%v allocations per new overlapping flow", n)
+	}
+}
+
+// TestSetupNoAlloc: a new mapping of a known subscriber does not allocate
+// once the table has room (ExpectedSessions).
+func TestSetupNoAlloc(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.ExpectedSessions = 1000 }))
+	pkts := make([][]byte, 200)
+	for i := range pkts {
+		pkts[i] = udpPkt(t, netip.AddrPortFrom(hostA.Addr(), uint16(20000+i)), srv1)
+	}
+	mapUDP(t, e, hostA, srv1, t0)
+	i := 0
+	n := testing.AllocsPerRun(100, func() {
+		if v := e.Outbound(pkts[i], t0); v.Action != Forward {
+			t.Fatal(v.Reason)
+		}
+		i++
+	})
+	if n != 0 {
+		t.Fatalf("%v allocations per new mapping", n)
+	}
+}
