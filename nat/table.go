@@ -116,11 +116,15 @@ type table struct {
 	mode     keyMode
 }
 
+// indexMinBits sizes a new index (2^10 slots); tests lower it to exercise
+// growth.
+var indexMinBits = 10
+
 // newTable returns a table whose index holds expect sessions (two keys
 // each) without growing.
 func newTable(k0, k1 uint64, mode keyMode, expect int) *table {
 	t := &table{k0: k0 | 1, k1: k1 | 1, mode: mode}
-	b := 10
+	b := indexMinBits
 	for 1<<b < 4*expect+4 {
 		b++
 	}
