@@ -3,6 +3,9 @@ package nat
 import (
 	"fmt"
 	"math/bits"
+	"unsafe"
+
+	"github.com/portspace/portspace/internal/hugepage"
 )
 
 // The translation table.
@@ -128,7 +131,7 @@ func newTable(k0, k1 uint64, mode keyMode, expect int) *table {
 	for 1<<b < 4*expect+4 {
 		b++
 	}
-	t.slots = make([]uint32, 1<<b)
+	t.slots = makeSlots(1 << b)
 	t.shift = uint8(64 - b)
 	return t
 }
@@ -319,6 +322,14 @@ func (t *table) removeIn(slots []uint32, shift uint8, h uint64, v uint32, old bo
 // (twice as large) is half full.
 const migrateStep = 16
 
+// makeSlots allocates an index array, backed by huge pages where the OS
+// offers them.
+func makeSlots(n int) []uint32 {
+	s := make([]uint32, n)
+	hugepage.Advise(unsafe.Pointer(&s[0]), 4*n)
+	return s
+}
+
 // startGrow begins doubling the index: new keys go to a new array, and
 // index/unindex calls move the old array's keys over a few at a time, so
 // no call pays for rehashing the whole table.
@@ -327,7 +338,7 @@ func (t *table) startGrow() {
 		t.migrate(len(t.old)) // finish the previous growth first
 	}
 	t.old, t.oldShift, t.mig = t.slots, t.shift, 0
-	t.slots = make([]uint32, 2*len(t.old))
+	t.slots = makeSlots(2 * len(t.old))
 	t.shift--
 	t.used = 0
 }
