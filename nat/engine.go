@@ -165,6 +165,7 @@ type Engine struct {
 	subs                      map[uint32]*subCount
 
 	cursor  uint32 // next record ExpireSome visits
+	chk     overlapCheck
 	held    []heldSYN
 	nheld   int
 	replies [][]byte
@@ -516,14 +517,15 @@ func (e *Engine) lookupIn(proto uint8, ea uint32, ep uint16, ra uint32, rp uint1
 // touch applies a packet to session r: TCP state and timer refresh.
 func (e *Engine) touch(r *rec, p *packet.Packet, outbound bool, ns uint32) {
 	if r.proto == uint8(tuple.TCP) {
-		s := tcpNext(r.state, p.TCPFlags(), outbound)
+		flags := p.TCPFlags()
+		s := tcpNext(r.state, flags, outbound)
 		if s != r.state {
 			r.state = s
 			r.expire = ns + e.timeout(r.proto, s) + 1
 			return
 		}
-		if !tcpRefreshes(s) {
-			return
+		if !tcpRefreshes(s) || flags&packet.TCPRst != 0 {
+			return // a RST never refreshes (RFC 7857 §2.2, N-REF)
 		}
 	}
 	if outbound && !e.cfg.NoOutboundRefresh || !outbound && e.cfg.InboundRefresh {
@@ -552,9 +554,10 @@ func (e *Engine) outboundFlow(p *packet.Packet, now time.Time, ns uint32) Verdic
 	return Verdict{Action: Forward}
 }
 
-// Taken implements portalloc.Checker for port overlapping: an external
-// endpoint is taken for the flow being set up when a session from it to
-// the same remote endpoint exists (the 5-tuple would collide).
+// overlapCheck implements portalloc.Checker for port overlapping: an
+// external endpoint is taken for the flow being set up when a session from
+// it to the same remote endpoint exists (the 5-tuple would collide). The
+// engine keeps one, so setting up a flow does not allocate it.
 type overlapCheck struct {
 	e      *Engine
 	proto  uint8
@@ -683,13 +686,21 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 	loose := false
 	if e.overlap {
 		var ep netip.AddrPort
-		ep, err = al.GetShared(sub, ip, remote, &overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns})
+		e.chk = overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns}
+		ep, err = al.GetShared(sub, ip, remote, &e.chk)
 		lease.Ext = ep
 	} else {
 		lease, err = al.Get(sub, ip, remote, now)
+		if err == nil && e.loose > 0 && t.find(mkKey(kIn, proto, u4(lease.Ext.Addr()), lease.Ext.Port(), ra, rp)) != 0 {
+			// An overloaded session still uses this port towards the same
+			// remote endpoint: the 5-tuple is not free.
+			e.putPort(proto, ia, lease.Ext, now)
+			err = portalloc.ErrExhausted
+		}
 		if err != nil && errors.Is(err, portalloc.ErrExhausted) && e.cfg.Overloading {
 			var ep netip.AddrPort
-			ep, err = al.GetShared(sub, ip, remote, &overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns, mapped: true})
+			e.chk = overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns, mapped: true}
+			ep, err = al.GetShared(sub, ip, remote, &e.chk)
 			lease = portalloc.Lease{Ext: ep}
 			loose = err == nil
 		}
@@ -993,6 +1004,15 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 		return e.drop(rSessionLimit)
 	}
 	ia, ip := r.intAddr, r.intPort
+	if e.cfg.Mapping != MappingEIM {
+		// Under ADM/APDM the internal endpoint may already have a session
+		// with this remote on another mapping; a second one would make the
+		// outbound 5-tuple ambiguous.
+		if s, _ := e.lookupOut(proto, ia, ip, ra, rp, now, ns); s != 0 {
+			return e.drop(rFiltered)
+		}
+		r = e.t.at(o - 1)
+	}
 	if r.flags&fZombie != 0 && e.cfg.Mapping == MappingEIM {
 		// The holder's keys do not include the remote: revive it.
 		r.flags &^= fZombie

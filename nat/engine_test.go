@@ -979,3 +979,108 @@ func TestNoTranslateFragments(t *testing.T) {
 		}
 	}
 }
+
+// TestOverlapSetupNoAlloc: setting up a flow with port overlapping does not
+// allocate once the table has room.
+func TestOverlapSetupNoAlloc(t *testing.T) {
+	cfg, _ := Preset("linux-masquerade")
+	cfg.External, cfg.Internal = []netip.Addr{extA}, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	cfg.ExpectedSessions = 1000
+	e := newEngine(t, cfg)
+	pkts := make([][]byte, 200)
+	for i := range pkts {
+		pkts[i] = udpPkt(t, netip.AddrPortFrom(hostA.Addr(), uint16(20000+i)), srv1)
+	}
+	mapUDP(t, e, hostB, srv1, t0)
+	i := 0
+	n := testing.AllocsPerRun(100, func() {
+		if v := e.Outbound(pkts[i], t0); v.Action != Forward {
+			t.Fatal(v.Reason)
+		}
+		i++
+	})
+	if n != 0 {
+		t.Fatalf("%v allocations per new overlapping flow", n)
+	}
+}
+
+// TestSetupNoAlloc: a new mapping of a known subscriber does not allocate
+// once the table has room (ExpectedSessions).
+func TestSetupNoAlloc(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.ExpectedSessions = 1000 }))
+	pkts := make([][]byte, 200)
+	for i := range pkts {
+		pkts[i] = udpPkt(t, netip.AddrPortFrom(hostA.Addr(), uint16(20000+i)), srv1)
+	}
+	mapUDP(t, e, hostA, srv1, t0)
+	i := 0
+	n := testing.AllocsPerRun(100, func() {
+		if v := e.Outbound(pkts[i], t0); v.Action != Forward {
+			t.Fatal(v.Reason)
+		}
+		i++
+	})
+	if n != 0 {
+		t.Fatalf("%v allocations per new mapping", n)
+	}
+}
+
+// TestReviewFixes pins three bugs found in review: a RST before
+// establishment must not lead to "established"; under APDM+EIF an inbound
+// SYN must not open a second session of one internal endpoint with one
+// remote; an overloaded 5-tuple is not handed out again when its port is
+// freed.
+func TestReviewFixes(t *testing.T) {
+	t.Run("rst-before-established", func(t *testing.T) {
+		e := newEngine(t, testConfig(nil))
+		tcpOut(t, e, hostA, srv1, "S", t0)
+		tcpOut(t, e, hostA, srv1, "R", t0.Add(time.Second))
+		tcpOut(t, e, hostA, srv1, "A", t0.Add(2*time.Second))
+		s, _ := e.lookupOut(6, u4(hostA.Addr()), hostA.Port(), u4(srv1.Addr()), srv1.Port(), t0, 3)
+		if st := e.t.at(s - 1).state; st != tcpOutSYN {
+			t.Fatalf("state %s", tcpStateNames[st])
+		}
+		e.Expire(t0.Add(10 * time.Minute))
+		if e.Stats().Sessions != 0 {
+			t.Fatal("half-open connection alive after a RST and 10 min")
+		}
+	})
+	t.Run("apdm-eif-two-mappings", func(t *testing.T) {
+		for _, m := range []Mapping{MappingADM, MappingAPDM} {
+			e := newEngine(t, testConfig(func(c *Config) { c.Mapping = m; c.Filtering = FilterEIF }))
+			_, d1 := tcpOut(t, e, hostA, srv1, "S", t0)
+			if v := tcpIn(t, e, srv1b, d1.src, "S", t0); v.Action != Forward {
+				t.Fatalf("%v: inbound SYN on E1: %s", m, v.Reason)
+			}
+			_, d2 := tcpOut(t, e, hostA, srv2, "S", t0)
+			v := tcpIn(t, e, srv1b, d2.src, "S", t0)
+			if err := e.t.check(); err != nil {
+				t.Fatalf("%v: %v", m, err)
+			}
+			if d1.src != d2.src && v.Action == Forward {
+				t.Fatalf("%v: second session of hostA with srv1b opened on %v", m, d2.src)
+			}
+		}
+	})
+	t.Run("overloading-freed-port", func(t *testing.T) {
+		e := newEngine(t, testConfig(func(c *Config) {
+			c.Ports, c.MixClasses, c.Overloading = tuple.PortSetOf(tuple.PortRangeFrom(50000, 50000)), true, true
+			c.UDPTimeout = 10 * time.Second
+			c.Filtering = FilterAPDF
+		}))
+		hostC := netip.MustParseAddrPort("10.0.0.3:40002")
+		mapUDP(t, e, hostA, srv1, t0)
+		xb := mapUDP(t, e, hostB, srv2, t0)
+		mapUDP(t, e, hostB, srv2, t0.Add(8*time.Second))
+		e.Expire(t0.Add(12 * time.Second))
+		if v, _ := out(e, udpPkt(t, hostC, srv2), t0.Add(13*time.Second)); v.Action == Forward {
+			if err := e.t.check(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		v, b := in(e, udpPkt(t, srv2, xb), t0.Add(13*time.Second))
+		if d := decode(t, b); v.Action != Forward || d.dst != hostB {
+			t.Fatalf("srv2's reply went to %v (%v %s), want %v", d.dst, v.Action, v.Reason, hostB)
+		}
+	})
+}

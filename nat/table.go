@@ -3,6 +3,9 @@ package nat
 import (
 	"fmt"
 	"math/bits"
+	"unsafe"
+
+	"github.com/portspace/portspace/internal/hugepage"
 )
 
 // The translation table.
@@ -116,15 +119,19 @@ type table struct {
 	mode     keyMode
 }
 
+// indexMinBits sizes a new index (2^10 slots); tests lower it to exercise
+// growth.
+var indexMinBits = 10
+
 // newTable returns a table whose index holds expect sessions (two keys
 // each) without growing.
 func newTable(k0, k1 uint64, mode keyMode, expect int) *table {
 	t := &table{k0: k0 | 1, k1: k1 | 1, mode: mode}
-	b := 10
+	b := indexMinBits
 	for 1<<b < 4*expect+4 {
 		b++
 	}
-	t.slots = make([]uint32, 1<<b)
+	t.slots = makeSlots(1 << b)
 	t.shift = uint8(64 - b)
 	return t
 }
@@ -315,6 +322,14 @@ func (t *table) removeIn(slots []uint32, shift uint8, h uint64, v uint32, old bo
 // (twice as large) is half full.
 const migrateStep = 16
 
+// makeSlots allocates an index array, backed by huge pages where the OS
+// offers them.
+func makeSlots(n int) []uint32 {
+	s := make([]uint32, n)
+	hugepage.Advise(unsafe.Pointer(&s[0]), 4*n)
+	return s
+}
+
 // startGrow begins doubling the index: new keys go to a new array, and
 // index/unindex calls move the old array's keys over a few at a time, so
 // no call pays for rehashing the whole table.
@@ -323,7 +338,7 @@ func (t *table) startGrow() {
 		t.migrate(len(t.old)) // finish the previous growth first
 	}
 	t.old, t.oldShift, t.mig = t.slots, t.shift, 0
-	t.slots = make([]uint32, 2*len(t.old))
+	t.slots = makeSlots(2 * len(t.old))
 	t.shift--
 	t.used = 0
 }
