@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,38 +33,6 @@ func benchRanges(b *testing.B) (inside, outside tuple.PortSet) {
 		outside = tuple.PortSetOf(tuple.PortRangeFrom(eph.Lo-1000, eph.Lo-1))
 	}
 	return inside, outside
-}
-
-// benchListener accepts on addr and holds accepted conns until the
-// benchmark ends.
-func benchListener(b *testing.B, addr string) netip.AddrPort {
-	ln, err := net.Listen("tcp4", addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var mu sync.Mutex
-	var held []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	b.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		closeAll(held)
-		mu.Unlock()
-	})
-	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
 // closeRST closes a TCP conn with an RST, leaving no TIME_WAIT behind, so
@@ -99,7 +66,7 @@ func BenchmarkDialTCP(b *testing.B) {
 		{"search", outside, Auto},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			dst := benchListener(b, "127.0.0.1:0").String()
+			dst := holdListener(b, "tcp4", "127.0.0.1:0").String()
 			plain := &net.Dialer{LocalAddr: &net.TCPAddr{IP: loopback.AsSlice()}}
 			d := &Dialer{Sources: []netip.Addr{loopback}, Ports: bc.ports, Strategy: bc.s}
 			warmUp(b, plain, d, "tcp4", dst)
@@ -210,8 +177,8 @@ func BenchmarkConnectLatencyFill(b *testing.B) {
 		{"search-other-holder", outside, Search, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			full := benchListener(b, "127.0.0.2:0").String()
-			empty := benchListener(b, "127.0.0.3:0").String()
+			full := holdListener(b, "tcp4", "127.0.0.2:0").String()
+			empty := holdListener(b, "tcp4", "127.0.0.3:0").String()
 			d := &Dialer{Sources: []netip.Addr{loopback}, Ports: bc.ports, Strategy: bc.s}
 			holder := d
 			if bc.other {

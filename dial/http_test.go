@@ -62,18 +62,9 @@ func TestHTTPTransport(t *testing.T) {
 // everything), as net.Dialer would, and gets a plain *net.TCPConn. It needs
 // no root.
 func TestPlainLoopbackKernel(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			c.Close()
-		}
-	}()
+	dst := holdListener(t, "tcp4", "127.0.0.1:0")
 	var d Dialer
-	c, err := d.DialContext(context.Background(), "tcp", ln.Addr().String())
+	c, err := d.DialContext(context.Background(), "tcp", dst.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,24 +81,14 @@ func TestResolveName(t *testing.T) {
 	if !netnstest.InNetNS(t) {
 		return
 	}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			c.Close()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	dst := holdListener(t, "tcp4", "127.0.0.1:0")
 	var d Dialer
-	c, err := d.Dial("tcp4", net.JoinHostPort("localhost", strconv.Itoa(port)))
+	c, err := d.Dial("tcp4", net.JoinHostPort("localhost", strconv.Itoa(int(dst.Port()))))
 	if err != nil {
 		t.Fatalf("dial localhost: %v", err)
 	}
 	defer c.Close()
-	if got := fourTuple(c)[1]; got != netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port)) {
+	if got := fourTuple(c)[1]; got != dst {
 		t.Fatalf("localhost dialed %v", got)
 	}
 }
