@@ -1,10 +1,13 @@
 package netsys
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portspace/portspace/internal/netnstest"
 )
 
 var lo4 = netip.MustParseAddr("127.0.0.1")
@@ -141,5 +144,56 @@ func TestRouteSource(t *testing.T) {
 	got, err := RouteSource(netip.MustParseAddr("127.0.0.5"))
 	if err != nil || !got.IsLoopback() {
 		t.Fatalf("RouteSource(127.0.0.5) = %v, %v", got, err)
+	}
+}
+
+// TestLocalPortRangeOnlyNarrows checks the kernel facts the Kernel strategy
+// relies on, in a namespace whose ip_local_port_range is 40000-40999: a
+// per-socket range inside it confines connect's port choice (so lo | hi<<16
+// is the packing the kernel reads), and a range outside it is ignored, not
+// honoured: the option only narrows the sysctl.
+func TestLocalPortRangeOnlyNarrows(t *testing.T) {
+	if !Probe().LocalPortRange {
+		t.Skip("kernel without IP_LOCAL_PORT_RANGE")
+	}
+	if !netnstest.InNetNS(t, netnstest.SetupCmd("sysctl", "-w", "net.ipv4.ip_local_port_range=40000 40999")) {
+		return
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	connectPort := func(lo, hi uint16) uint16 {
+		t.Helper()
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		// Close with a reset: no TIME_WAIT holds the 4-tuple afterwards.
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := SetLocalPortRange(fd, lo, hi); err != nil {
+			t.Fatal(err)
+		}
+		if err := Connect(fd, dst); err != nil {
+			t.Fatal(err)
+		}
+		la, err := localAddr(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return la.Port()
+	}
+	for range 20 {
+		if p := connectPort(40100, 40104); p < 40100 || p > 40104 {
+			t.Fatalf("range 40100-40104 inside the sysctl: connect chose port %d", p)
+		}
+		if p := connectPort(30000, 30009); p < 40000 || p > 40999 {
+			t.Fatalf("range 30000-30009 outside the sysctl: connect chose port %d, want one of 40000-40999", p)
+		}
 	}
 }
