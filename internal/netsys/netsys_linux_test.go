@@ -80,20 +80,46 @@ func TestLookupUDPExact(t *testing.T) {
 
 // TestReuseAddrDuplicates documents why the cooperative lock exists: with
 // SO_REUSEADDR alone the kernel lets two UDP sockets connect the same
-// 4-tuple, and the newer one receives the traffic.
+// 4-tuple, and only one of them, the newer, receives the traffic. It also
+// checks the fact the lock rests on: the exact lookup names the socket that
+// the kernel actually delivers the datagram to.
 func TestReuseAddrDuplicates(t *testing.T) {
+	sender, r, _ := boundUDP(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), 0))
 	_, local, _ := boundUDP(t, netip.AddrPortFrom(lo4, 0))
-	fdA, _, _ := boundUDP(t, local)
+	fdA, _, cookieA := boundUDP(t, local)
 	fdB, _, cookieB := boundUDP(t, local)
-	r := netip.MustParseAddrPort("127.0.0.2:5000")
 	if err := Connect(fdA, r); err != nil {
 		t.Fatal(err)
 	}
 	if err := Connect(fdB, r); err != nil {
 		t.Fatalf("the kernel refused a duplicate connected 4-tuple (%v); the lock would be unnecessary", err)
 	}
-	if got, _, _ := LookupUDP(local, r); got != cookieB {
-		t.Logf("lookup returned %#x, not the newer socket %#x", got, cookieB)
+	got, found, err := LookupUDP(local, r)
+	if err != nil || !found || (got != cookieA && got != cookieB) {
+		t.Fatalf("lookup %v->%v = %#x, %v, %v; want one of the connected sockets %#x, %#x", r, local, got, found, err, cookieA, cookieB)
+	}
+	if err := unix.Sendto(sender, []byte("x"), 0, sockaddr(local)); err != nil {
+		t.Fatal(err)
+	}
+	fds := []unix.PollFd{{Fd: int32(fdA), Events: unix.POLLIN}, {Fd: int32(fdB), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 5000)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			t.Fatalf("no socket received the datagram: %v", err)
+		}
+		break
+	}
+	a, b := fds[0].Revents&unix.POLLIN != 0, fds[1].Revents&unix.POLLIN != 0
+	switch {
+	case a == b:
+		t.Fatalf("datagram readable on A: %v, on B: %v; want exactly one", a, b)
+	case b != (got == cookieB):
+		t.Fatalf("the datagram went to B: %v, but the lookup named %#x (A %#x, B %#x)", b, got, cookieA, cookieB)
+	case !b:
+		t.Fatalf("the older socket A received the datagram; docs say the newer one takes the traffic")
 	}
 }
 
