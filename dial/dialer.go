@@ -108,6 +108,10 @@ type Dialer struct {
 	// UDP sockets of the Search strategy the RawConn only supports Control.
 	Control func(network, address string, c syscall.RawConn) error
 
+	// ControlContext is Control with the dial's context, as
+	// net.Dialer.ControlContext; if not nil, Control is ignored.
+	ControlContext func(ctx context.Context, network, address string, c syscall.RawConn) error
+
 	// Logger receives debug records about the strategy chosen and the
 	// fallbacks taken; nil discards them.
 	Logger *slog.Logger
@@ -648,6 +652,17 @@ func (e *opError) Timeout() bool {
 func (e *opError) Temporary() bool { return e.Timeout() }
 
 var _ net.Error = (*opError)(nil)
+
+// userControl runs the user's ControlContext, or else Control.
+func (d *Dialer) userControl(ctx context.Context, network, address string, c syscall.RawConn) error {
+	if d.ControlContext != nil {
+		return d.ControlContext(ctx, network, address, c)
+	}
+	if d.Control != nil {
+		return d.Control(network, address, c)
+	}
+	return nil
+}
 
 // sourceError explains a bind failure caused by the source address.
 func sourceError(src netip.Addr, err error) error {
