@@ -184,6 +184,7 @@ type qentry struct {
 type Allocator struct {
 	cfg     Config
 	addrs   []addrState
+	addrIdx map[netip.Addr]int // for pools of more than 8 addresses
 	allowed [words]uint64
 	classes [2]tuple.PortRange // low, high; with MixClasses both are the bounds
 	rng     *rand.Rand
@@ -280,6 +281,7 @@ func New(cfg Config) (*Allocator, error) {
 		}
 	}
 	seen := map[netip.Addr]bool{}
+	a.addrIdx = map[netip.Addr]int{}
 	a.addrs = make([]addrState, len(cfg.Addrs))
 	for i, ad := range cfg.Addrs {
 		if !ad.IsValid() {
@@ -289,6 +291,7 @@ func New(cfg Config) (*Allocator, error) {
 			return nil, fmt.Errorf("portalloc: Config.Addrs: %v listed twice", ad)
 		}
 		seen[ad] = true
+		a.addrIdx[ad] = i
 		st := &a.addrs[i]
 		st.addr = ad
 		for w := range st.full {
@@ -319,11 +322,8 @@ func (a *Allocator) AddrIndex(ad netip.Addr) int {
 		}
 		return -1
 	}
-	// Addresses are few in most pools; a binary search would need sorting.
-	for i := range a.addrs {
-		if a.addrs[i].addr == ad {
-			return i
-		}
+	if i, ok := a.addrIdx[ad]; ok {
+		return i
 	}
 	return -1
 }
@@ -476,6 +476,10 @@ func (a *Allocator) advance(sub netip.Addr, remote netip.AddrPort, dist uint32) 
 		a.table[i] += dist + 1
 	}
 }
+
+// Expire returns to the pool the quarantined ports whose time has come
+// (Get and Put do this too).
+func (a *Allocator) Expire(now time.Time) { a.release(now) }
 
 func (a *Allocator) release(now time.Time) {
 	if a.qn == 0 {
@@ -791,6 +795,42 @@ func (a *Allocator) Put(sub netip.Addr, ext netip.AddrPort, now time.Time) (free
 	}
 	a.maybeDropSub(si)
 	return freed, nil
+}
+
+// PairedAddr returns the external address subscriber sub's ports come
+// from under Paired pooling (or its RFC 7422 address); ok is false under
+// Arbitrary pooling, where it is not fixed.
+func (a *Allocator) PairedAddr(sub netip.Addr) (netip.Addr, bool) {
+	if a.cfg.Deterministic != nil {
+		out, _, ok := a.cfg.Deterministic.Forward(sub)
+		return out, ok
+	}
+	if si, ok := a.subs[sub]; ok && a.subList[si].ai >= 0 {
+		return a.addrs[a.subList[si].ai].addr, true
+	}
+	if a.cfg.Pooling != Paired {
+		return netip.Addr{}, false
+	}
+	return a.addrs[a.pairedIndex(sub)].addr, true
+}
+
+// BlockOf returns the port block that ext belongs to for subscriber sub:
+// the RFC 7422 block in deterministic mode, the aligned block in block
+// mode, and the invalid PortRange otherwise. It does not allocate.
+func (a *Allocator) BlockOf(sub netip.Addr, ext netip.AddrPort) tuple.PortRange {
+	if a.cfg.Deterministic != nil {
+		_, blk, _ := a.cfg.Deterministic.Forward(sub)
+		return blk
+	}
+	p := ext.Port()
+	if a.nblocks == 0 || p < a.blockBase {
+		return tuple.PortRange{}
+	}
+	b := (int(p) - int(a.blockBase)) / a.cfg.BlockSize
+	if b >= a.nblocks {
+		return tuple.PortRange{}
+	}
+	return a.blockRange(int32(b))
 }
 
 // Checker reports whether an external endpoint is already used in a way

@@ -305,3 +305,46 @@ func TestGetPutNoAlloc(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseAlgorithm: names round-trip through String, others fail.
+func FuzzParseAlgorithm(f *testing.F) {
+	f.Add("keyed-hash")   // the default
+	f.Add("double-hash")  // RFC 6056 §3.3.4
+	f.Add("Keyed-Hash")   // wrong case
+	f.Add("")             // empty
+	f.Add("algorithm(9)") // the String of an unknown value
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := ParseAlgorithm(s)
+		if err != nil {
+			return
+		}
+		if a.String() != s {
+			t.Fatalf("%q parsed to %v", s, a)
+		}
+	})
+}
+
+func TestManyAddresses(t *testing.T) {
+	var addrs []netip.Addr
+	a := netip.MustParseAddr("198.18.0.0")
+	for i := 0; i < 300; i++ {
+		addrs = append(addrs, a)
+		a = a.Next()
+	}
+	al := mustNew(t, Config{Addrs: addrs})
+	for i, ad := range addrs {
+		if al.AddrIndex(ad) != i {
+			t.Fatalf("AddrIndex(%v) = %d, want %d", ad, al.AddrIndex(ad), i)
+		}
+	}
+	if al.AddrIndex(ext1) != -1 {
+		t.Fatal("unknown address found")
+	}
+	l, err := al.Get(sub1, 40000, remote, t0)
+	if err != nil || !al.InUse(l.Ext) {
+		t.Fatal(err)
+	}
+	if _, err := al.Put(sub1, l.Ext, t0); err != nil || al.InUse(l.Ext) {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,376 @@
+package nat
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/portspace/portspace/portalloc"
+	"github.com/portspace/portspace/tuple"
+)
+
+// Mapping is the mapping behaviour of RFC 4787 §4.1: what decides whether
+// two flows from one internal endpoint share an external endpoint.
+type Mapping uint8
+
+// The mapping behaviours. The zero value means MappingEIM.
+const (
+	// MappingEIM: endpoint-independent mapping; one external endpoint per
+	// internal endpoint, whatever the destination (RFC 4787 REQ-1 MUST,
+	// RFC 5382 REQ-1).
+	MappingEIM Mapping = iota + 1
+	// MappingADM: address-dependent mapping; one external endpoint per
+	// internal endpoint and destination address.
+	MappingADM
+	// MappingAPDM: address-and-port-dependent mapping ("symmetric NAT");
+	// one external endpoint per internal endpoint and destination endpoint.
+	MappingAPDM
+)
+
+// Filtering is the filtering behaviour of RFC 4787 §5: which inbound
+// packets a mapping lets through.
+type Filtering uint8
+
+// The filtering behaviours. The zero value means FilterEIF (for
+// Config.TCPFiltering: the same as Config.Filtering).
+const (
+	// FilterEIF: endpoint-independent filtering; any remote endpoint may
+	// send to an existing mapping (RFC 4787 REQ-8 when transparency matters,
+	// RFC 6888 REQ-7).
+	FilterEIF Filtering = iota + 1
+	// FilterADF: address-dependent filtering; only remote addresses the
+	// internal endpoint has sent to.
+	FilterADF
+	// FilterAPDF: address-and-port-dependent filtering; only remote
+	// endpoints the internal endpoint has sent to.
+	FilterAPDF
+)
+
+var mappingNames = [...]string{"", "endpoint-independent", "address-dependent", "address-and-port-dependent"}
+var filteringNames = mappingNames
+
+// String returns "endpoint-independent", "address-dependent" or
+// "address-and-port-dependent" (the RFC 4787 terms).
+func (m Mapping) String() string {
+	if m == 0 {
+		m = MappingEIM
+	}
+	if int(m) < len(mappingNames) {
+		return mappingNames[m]
+	}
+	return fmt.Sprintf("mapping(%d)", uint8(m))
+}
+
+// String returns "endpoint-independent", "address-dependent" or
+// "address-and-port-dependent" (the RFC 4787 terms).
+func (f Filtering) String() string {
+	if f == 0 {
+		f = FilterEIF
+	}
+	if int(f) < len(filteringNames) {
+		return filteringNames[f]
+	}
+	return fmt.Sprintf("filtering(%d)", uint8(f))
+}
+
+// Pooling is the IP address pooling behaviour (RFC 4787 §4.1 REQ-2).
+type Pooling = portalloc.Pooling
+
+// Pooling behaviours (see package portalloc).
+const (
+	PoolingPaired    = portalloc.Paired    // RFC 4787 REQ-2, RFC 6888 REQ-2 (default)
+	PoolingArbitrary = portalloc.Arbitrary // any address for any mapping
+)
+
+// Default timer values (Config fields with a zero value take these).
+const (
+	DefaultUDPTimeout     = 5 * time.Minute             // RFC 4787 REQ-5 RECOMMENDED default
+	DefaultTCPEstablished = 2*time.Hour + 4*time.Minute // RFC 5382 REQ-5 minimum
+	DefaultTCPTransitory  = 4 * time.Minute             // RFC 5382 REQ-5, RFC 7857 §2.1 (open)
+	DefaultTCPClosing     = 4 * time.Minute             // RFC 7857 §2.1 (closing), §2.2 (after RST)
+	DefaultICMPTimeout    = 60 * time.Second            // RFC 5508 REQ-2 minimum
+	DefaultSYNHold        = 6 * time.Second             // RFC 5382 REQ-4
+	DefaultMaxHeldSYNs    = 64
+)
+
+// Config configures an Engine. The zero value of every field except
+// External and Internal is a documented default; Preset returns complete
+// configurations. Settings are orthogonal: any mapping combines with any
+// filtering, pooling, port assignment and timers (New rejects the few
+// combinations that cannot work, naming the field).
+type Config struct {
+	// External are the NAT's external IPv4 addresses (the pool). Required.
+	External []netip.Addr
+	// Internal are the IPv4 prefixes of the internal side. Outbound packets
+	// from other sources are dropped ("not-internal"). Required.
+	Internal []netip.Prefix
+
+	// Mapping is the mapping behaviour for UDP, TCP and ICMP queries
+	// (default MappingEIM; RFC 4787 REQ-1, RFC 5382 REQ-1, RFC 5508 REQ-1a).
+	Mapping Mapping
+	// Filtering is the filtering behaviour (default FilterEIF).
+	Filtering Filtering
+	// TCPFiltering, if set, overrides Filtering for TCP (RFC 5382 REQ-3:
+	// TCP filtering may differ from UDP filtering).
+	TCPFiltering Filtering
+	// Pooling is PoolingPaired (default) or PoolingArbitrary.
+	Pooling Pooling
+
+	// PreservePort tries the internal port (ICMP identifier) first
+	// (RFC 4787 §4.2.1 port preservation).
+	PreservePort bool
+	// Algorithm is the RFC 6056 algorithm for ports that are not preserved
+	// (default keyed hash, RFC 7857 §3 / RFC 6056 §4).
+	Algorithm portalloc.Algorithm
+	// Ports are the external ports of TCP and UDP (default 1-65535).
+	Ports tuple.PortSet
+	// Parity keeps the parity of the internal port (RFC 4787 REQ-4).
+	Parity bool
+	// MixClasses lets ports 0-1023 map to 1024-65535 and back; by default
+	// the class is kept (RFC 4787 REQ-3a).
+	MixClasses bool
+	// Overlapping lets one external port serve several internal endpoints
+	// whose remote endpoints differ, demultiplexed by the 5-tuple (RFC 7857
+	// §3 port overlapping; what Linux masquerade does). Mappings are then
+	// per 5-tuple and the configured mapping becomes a preference (a port
+	// is reused when the 5-tuple is free), so it requires FilterAPDF.
+	Overlapping bool
+	// Overloading lets a new mapping share an external port already held by
+	// another internal endpoint when no free port is left, as long as the
+	// 5-tuples differ (RFC 4787 §4.2.2 "port overloading", which REQ-3
+	// forbids: off by default, for experiments). Sessions made this way
+	// accept only their own remote endpoint.
+	Overloading bool
+	// NoHairpinning disables hairpinning (RFC 4787 REQ-9 requires it, so
+	// it is on by default). Hairpinned packets keep the external source
+	// (REQ-9a).
+	NoHairpinning bool
+	// InboundRefresh lets inbound packets refresh timers (RFC 4787 REQ-6
+	// MAY); off by default.
+	InboundRefresh bool
+	// NoOutboundRefresh stops outbound packets refreshing timers (violates
+	// RFC 4787 REQ-6; for experiments).
+	NoOutboundRefresh bool
+
+	// UDPTimeout is the UDP mapping timer (default 5 min; RFC 4787 REQ-5
+	// requires at least 2 min, but shorter values are accepted for
+	// experiments).
+	UDPTimeout time.Duration
+	// TCPEstablished is the idle timer of established TCP connections
+	// (default 2 h 4 min, RFC 5382 REQ-5).
+	TCPEstablished time.Duration
+	// TCPTransitory is the timer of connections being opened (default
+	// 4 min, RFC 5382 REQ-5, RFC 7857 §2.1).
+	TCPTransitory time.Duration
+	// TCPClosing is the timer after both FINs or a RST (default 4 min,
+	// RFC 7857 §2.1 and §2.2).
+	TCPClosing time.Duration
+	// ICMPTimeout is the ICMP query timer (default 60 s, RFC 5508 REQ-2).
+	ICMPTimeout time.Duration
+	// SYNHold is how long an unsolicited inbound SYN is held before the
+	// engine answers it with ICMP port unreachable (default 6 s, RFC 5382
+	// REQ-4). If an outbound SYN of the same connection arrives meanwhile,
+	// the held SYN is dropped silently.
+	SYNHold time.Duration
+	// NoSYNHold drops unsolicited inbound SYNs at once, silently.
+	NoSYNHold bool
+	// SilentSYNDrop drops held SYNs silently instead of answering with
+	// port unreachable (RFC 5382 REQ-4 allows this by policy).
+	SilentSYNDrop bool
+	// MaxHeldSYNs bounds the SYNs held at once (default 64); more are
+	// dropped silently.
+	MaxHeldSYNs int
+	// NoICMPReplies stops the engine from answering with ICMP
+	// "communication administratively prohibited" when it cannot create a
+	// session (RFC 5508 REQ-8 SHOULD; on by default).
+	NoICMPReplies bool
+	// ReplySource is the source address of ICMP messages the engine sends
+	// to the internal side (default External[0]).
+	ReplySource netip.Addr
+
+	// MaxPortsPerSubscriber limits the external ports (mappings) of one
+	// internal address per protocol (RFC 6888 REQ-3 MUST be configurable);
+	// 0 means no limit.
+	MaxPortsPerSubscriber int
+	// MaxSessionsPerSubscriber limits the sessions of one internal address
+	// (RFC 6888 REQ-5); 0 means no limit.
+	MaxSessionsPerSubscriber int
+	// MaxSessions limits the engine's state (RFC 6888 REQ-5); 0 means no
+	// limit.
+	MaxSessions int
+	// BlockSize > 0 allocates ports to subscribers in blocks of this size
+	// (RFC 6888 REQ-4, bulk port allocation).
+	BlockSize int
+	// MaxBlocksPerSubscriber limits the blocks of one subscriber per
+	// protocol; 0 means no limit.
+	MaxBlocksPerSubscriber int
+	// Deterministic maps each internal address to a fixed block of one
+	// external address computed from Internal, External and Ports
+	// (RFC 7422); BlockSize is then ignored.
+	Deterministic bool
+	// Quarantine keeps a freed external port out of use this long
+	// (RFC 6888 REQ-8 SHOULD: 120 s); 0 disables it.
+	Quarantine time.Duration
+
+	// NoTranslate lists destination prefixes that are not translated
+	// (RFC 6888 REQ-6 MUST: translation can be turned off per destination):
+	// Outbound forwards packets to them unchanged, and Inbound forwards
+	// packets from them to internal addresses unchanged.
+	NoTranslate []netip.Prefix
+	// NoTranslatePorts, if set, limits NoTranslate to these destination
+	// ports (TCP and UDP; ICMP is then translated).
+	NoTranslatePorts tuple.PortSet
+
+	// ExpectedSessions pre-sizes the table for this many sessions, so that
+	// it does not grow (and re-index, an O(n) pause) while filling up to
+	// it; 0 starts small.
+	ExpectedSessions int
+
+	// LogDestinations adds remote endpoints to events and emits session
+	// events (RFC 6888 REQ-12: off by default).
+	LogDestinations bool
+	// Events receives mapping and block events; nil disables them.
+	Events EventSink
+	// Logger receives debug logs of mappings created and deleted and of
+	// sessions refused (only when its handler is enabled at debug level,
+	// checked once by New); nil discards.
+	Logger *slog.Logger
+
+	// Secret keys the port-selection and table hashes (default random).
+	Secret portalloc.Secret
+	// Seed seeds the random port algorithms (0 = random); set it for
+	// reproducible tests.
+	Seed uint64
+}
+
+// normalized returns cfg with defaults filled in, or an error naming the
+// first invalid field.
+func (cfg Config) normalized() (Config, error) {
+	fail := func(field, format string, args ...any) (Config, error) {
+		return Config{}, fmt.Errorf("nat: Config.%s: %s", field, fmt.Sprintf(format, args...))
+	}
+	if len(cfg.External) == 0 {
+		return fail("External", "no external addresses")
+	}
+	seen := map[netip.Addr]bool{}
+	for i, a := range cfg.External {
+		if !a.Is4() {
+			return fail("External", "address %d (%v) is not IPv4", i, a)
+		}
+		if seen[a] {
+			return fail("External", "%v listed twice", a)
+		}
+		seen[a] = true
+	}
+	if len(cfg.Internal) == 0 {
+		return fail("Internal", "no internal prefixes")
+	}
+	for i, p := range cfg.Internal {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return fail("Internal", "prefix %d (%v) is not IPv4", i, p)
+		}
+		cfg.Internal[i] = p.Masked()
+		for _, a := range cfg.External {
+			if p.Contains(a) {
+				return fail("Internal", "prefix %v contains external address %v", p, a)
+			}
+		}
+	}
+	for i, p := range cfg.NoTranslate {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return fail("NoTranslate", "prefix %d (%v) is not IPv4", i, p)
+		}
+	}
+	if cfg.Mapping == 0 {
+		cfg.Mapping = MappingEIM
+	}
+	if cfg.Mapping > MappingAPDM {
+		return fail("Mapping", "unknown mapping %d", cfg.Mapping)
+	}
+	if cfg.Filtering == 0 {
+		cfg.Filtering = FilterEIF
+	}
+	if cfg.Filtering > FilterAPDF {
+		return fail("Filtering", "unknown filtering %d", cfg.Filtering)
+	}
+	if cfg.TCPFiltering == 0 {
+		cfg.TCPFiltering = cfg.Filtering
+	}
+	if cfg.TCPFiltering > FilterAPDF {
+		return fail("TCPFiltering", "unknown filtering %d", cfg.TCPFiltering)
+	}
+	if cfg.Pooling > PoolingArbitrary {
+		return fail("Pooling", "unknown pooling %d", cfg.Pooling)
+	}
+	if cfg.Algorithm > portalloc.Sequential {
+		return fail("Algorithm", "unknown algorithm %d", cfg.Algorithm)
+	}
+	if cfg.Overlapping && (cfg.Filtering != FilterAPDF || cfg.TCPFiltering != FilterAPDF) {
+		return fail("Overlapping", "requires address-and-port-dependent filtering (a shared external port cannot say which internal endpoint an unknown remote means)")
+	}
+	if cfg.Overlapping && (cfg.BlockSize > 0 || cfg.Deterministic || cfg.Quarantine > 0) {
+		return fail("Overlapping", "cannot be combined with port blocks, deterministic mapping or a quarantine")
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"UDPTimeout", &cfg.UDPTimeout, DefaultUDPTimeout},
+		{"TCPEstablished", &cfg.TCPEstablished, DefaultTCPEstablished},
+		{"TCPTransitory", &cfg.TCPTransitory, DefaultTCPTransitory},
+		{"TCPClosing", &cfg.TCPClosing, DefaultTCPClosing},
+		{"ICMPTimeout", &cfg.ICMPTimeout, DefaultICMPTimeout},
+		{"SYNHold", &cfg.SYNHold, DefaultSYNHold},
+	} {
+		if *d.v < 0 {
+			return fail(d.name, "negative duration %v", *d.v)
+		}
+		if *d.v > 0 && *d.v < time.Second {
+			return fail(d.name, "%v is below the 1 s timer resolution", *d.v)
+		}
+		if *d.v > 10*365*24*time.Hour {
+			return fail(d.name, "%v exceeds 10 years", *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if cfg.Quarantine < 0 {
+		return fail("Quarantine", "negative duration %v", cfg.Quarantine)
+	}
+	if cfg.MaxHeldSYNs < 0 {
+		return fail("MaxHeldSYNs", "negative")
+	}
+	if cfg.MaxHeldSYNs == 0 {
+		cfg.MaxHeldSYNs = DefaultMaxHeldSYNs
+	}
+	for name, v := range map[string]int{
+		"MaxPortsPerSubscriber": cfg.MaxPortsPerSubscriber, "MaxSessionsPerSubscriber": cfg.MaxSessionsPerSubscriber,
+		"MaxSessions": cfg.MaxSessions, "BlockSize": cfg.BlockSize, "ExpectedSessions": cfg.ExpectedSessions, "MaxBlocksPerSubscriber": cfg.MaxBlocksPerSubscriber,
+	} {
+		if v < 0 {
+			return fail(name, "negative")
+		}
+	}
+	if cfg.ExpectedSessions > maxRecords/2 {
+		return fail("ExpectedSessions", "exceeds %d", maxRecords/2)
+	}
+	if cfg.MaxSessions > maxRecords/2 {
+		return fail("MaxSessions", "exceeds %d", maxRecords/2)
+	}
+	if cfg.ReplySource.IsValid() && !cfg.ReplySource.Is4() {
+		return fail("ReplySource", "%v is not IPv4", cfg.ReplySource)
+	}
+	if !cfg.ReplySource.IsValid() {
+		cfg.ReplySource = cfg.External[0]
+	}
+	if cfg.Secret.IsZero() {
+		cfg.Secret = portalloc.NewSecret()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg, nil
+}

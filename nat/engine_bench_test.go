@@ -1,0 +1,266 @@
+package nat
+
+import (
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"runtime"
+	"testing"
+
+	"github.com/portspace/portspace/packet"
+)
+
+// Benchmarks of the translation table. Each published figure in
+// docs/nat.md names the command that reproduces it.
+
+// benchConfig is the default EIM/EIF engine over 256 external addresses,
+// enough for 10 M mappings without port overlapping.
+func benchConfig() Config {
+	ext := make([]netip.Addr, 256)
+	a := netip.MustParseAddr("198.18.0.0")
+	for i := range ext {
+		ext[i] = a
+		a = a.Next()
+	}
+	return Config{External: ext, Internal: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, Seed: 1}
+}
+
+// flowEndpoints returns the internal and remote endpoints of flow i:
+// 512 flows per internal host, remotes spread over 256 addresses.
+func flowEndpoints(i int) (src, dst netip.AddrPort) {
+	h := uint32(i / 512)
+	src = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(h >> 16), byte(h >> 8), byte(h)}), uint16(1024+i%512))
+	dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 443)
+	return src, dst
+}
+
+// flowPacket writes the UDP packet of flow i into buf (a copy of tmpl with
+// the endpoints rewritten, checksums valid).
+func flowPacket(buf, tmpl []byte, i int) []byte {
+	buf = append(buf[:0], tmpl...)
+	src, dst := flowEndpoints(i)
+	var p packet.Packet
+	if p.Parse(buf) != nil || p.SetSrc(src) != nil || p.SetDst(dst) != nil {
+		panic("bad template")
+	}
+	return buf
+}
+
+// fill creates n UDP sessions in e.
+func fill(b *testing.B, e *Engine, tmpl []byte, n int) {
+	b.Helper()
+	var buf []byte
+	for i := 0; i < n; i++ {
+		buf = flowPacket(buf, tmpl, i)
+		if v := e.Outbound(buf, t0); v.Action != Forward {
+			b.Fatalf("flow %d: %v %s", i, v.Action, v.Reason)
+		}
+	}
+}
+
+// BenchmarkTranslate compares the engine's per-packet cost on an
+// established UDP flow (outbound and inbound) with a bare minimum that
+// does only what any NAT must: parse, one Go map look-up, rewrite with
+// incremental checksum update. Both copy the packet into the work buffer
+// first. The ratio engine/bare is the table's overhead.
+//
+//	go test -run '^$' -bench 'Translate' -count 5 ./nat
+func BenchmarkTranslate(b *testing.B) {
+	tmpl := udpPkt(b, hostA, srv1)
+	b.Run("engine-out", func(b *testing.B) {
+		e := newEngine(b, testConfig(nil))
+		buf := append([]byte(nil), tmpl...)
+		e.Outbound(buf, t0)
+		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
+		for b.Loop() {
+			buf = append(buf[:0], tmpl...)
+			if e.Outbound(buf, t0).Action != Forward {
+				b.Fatal("dropped")
+			}
+		}
+	})
+	b.Run("engine-in", func(b *testing.B) {
+		e := newEngine(b, testConfig(nil))
+		x := mapUDP(b, e, hostA, srv1, t0)
+		in := udpPkt(b, srv1, x)
+		buf := append([]byte(nil), in...)
+		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
+		for b.Loop() {
+			buf = append(buf[:0], in...)
+			if e.Inbound(buf, t0).Action != Forward {
+				b.Fatal("dropped")
+			}
+		}
+	})
+	b.Run("engine-tcp-out", func(b *testing.B) {
+		e := newEngine(b, testConfig(nil))
+		buf := tcpPkt(b, hostA, srv1, "S")
+		e.Outbound(buf, t0)
+		ack := tcpPkt(b, hostA, srv1, "A")
+		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
+		for b.Loop() {
+			buf = append(buf[:0], ack...)
+			if e.Outbound(buf, t0).Action != Forward {
+				b.Fatal("dropped")
+			}
+		}
+	})
+	b.Run("bare", func(b *testing.B) {
+		// The flow key packed into two words, as a careful NAT would.
+		type fk struct{ w0, w1 uint64 }
+		mk := func(p *packet.Packet) fk {
+			s, d := p.Src().As4(), p.Dst().As4()
+			return fk{uint64(u4(netip.AddrFrom4(s)))<<32 | uint64(u4(netip.AddrFrom4(d))),
+				uint64(p.SrcPort())<<32 | uint64(p.DstPort())<<16 | uint64(p.Proto())}
+		}
+		m := map[fk]netip.AddrPort{}
+		var p packet.Packet
+		for i := 0; i < 1000; i++ { // a few entries, as a table would hold
+			_ = p.Parse(udpPkt(b, netip.AddrPortFrom(hostB.Addr(), uint16(i)), srv1))
+			m[mk(&p)] = netip.AddrPortFrom(extA, uint16(i))
+		}
+		_ = p.Parse(append([]byte(nil), tmpl...))
+		m[mk(&p)] = netip.AddrPortFrom(extA, 40000)
+		buf := append([]byte(nil), tmpl...)
+		b.ReportAllocs()
+		c0 := cpuNanos()
+		defer func() { reportCPU(b, c0) }()
+		for b.Loop() {
+			buf = append(buf[:0], tmpl...)
+			if p.Parse(buf) != nil {
+				b.Fatal("parse")
+			}
+			x, ok := m[mk(&p)]
+			if !ok {
+				b.Fatal("miss")
+			}
+			_ = p.SetSrc(x)
+		}
+	})
+}
+
+// BenchmarkSetup measures new-session setup: each packet is the first of a
+// new UDP flow from a new internal endpoint (a new mapping: port
+// allocation, record, two index entries). The packet is built from a
+// template inside the loop (about 30 ns of the figure).
+//
+//	go test -run '^$' -bench 'Setup' -benchtime 2000000x -count 5 ./nat
+func BenchmarkSetup(b *testing.B) {
+	e := newEngine(b, benchConfig())
+	tmpl := udpPkt(b, hostA, srv1)
+	var buf []byte
+	b.ReportAllocs()
+	c0 := cpuNanos()
+	for i := 0; i < b.N; i++ {
+		buf = flowPacket(buf, tmpl, i)
+		if v := e.Outbound(buf, t0); v.Action != Forward {
+			b.Fatalf("flow %d: %v %s", i, v.Action, v.Reason)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "setups/s")
+	if c := cpuNanos() - c0; c > 0 {
+		b.ReportMetric(float64(b.N)/(float64(c)/1e9), "setups/cpu-s")
+	}
+}
+
+// BenchmarkMemory measures the heap growth of an engine holding 1 M UDP
+// sessions (each its own mapping, the common case of one flow per source
+// port), divided by the sessions: runtime.MemStats.HeapAlloc after a GC,
+// before and after filling.
+//
+//	go test -run '^$' -bench 'Memory' -benchtime 1x -count 5 ./nat
+func BenchmarkMemory(b *testing.B) {
+	const n = 1_000_000
+	tmpl := udpPkt(b, hostA, srv1)
+	for i := 0; i < b.N; i++ {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		e := newEngine(b, benchConfig())
+		fill(b, e, tmpl, n)
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		st := e.Stats()
+		if st.Sessions != n {
+			b.Fatalf("%d sessions", st.Sessions)
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/session")
+		b.ReportMetric(float64(st.TableBytes)/n, "table-bytes/session")
+		runtime.KeepAlive(e)
+	}
+}
+
+// long reports whether the run allows long set-ups (not -short, not
+// -benchtime 1x as `make test` uses).
+func long() bool {
+	f := flag.Lookup("test.benchtime")
+	return !testing.Short() && (f == nil || f.Value.String() != "1x")
+}
+
+// BenchmarkLookup measures established-flow translation (outbound UDP) on
+// tables of 1 k to 10 M sessions. "random" picks each packet's flow at
+// random from the whole table (cache and TLB misses grow with the table);
+// "hot" cycles over 1024 random flows of the table, so it shows the cost of
+// the hash probe alone, which should stay flat. The 10 M case needs about
+// 1 GB and a minute of set-up; it is skipped under -short and at
+// -benchtime 1x.
+//
+//	go test -run '^$' -bench 'Lookup' -count 5 ./nat
+func BenchmarkLookup(b *testing.B) {
+	tmpl := udpPkt(b, hostA, srv1)
+	for _, n := range []int{1_000, 100_000, 1_000_000, 10_000_000} {
+		var e *Engine
+		for _, mode := range []string{"random", "hot"} {
+			b.Run(fmt.Sprintf("sessions=%d/%s", n, mode), func(b *testing.B) {
+				if n > 1_000_000 && !long() {
+					b.Skip("10 M sessions: skipped under -short and -benchtime 1x")
+				}
+				if e == nil {
+					e = newEngine(b, benchConfig())
+					fill(b, e, tmpl, n)
+				}
+				np := 1 << 14
+				if mode == "hot" {
+					np = 1 << 10
+				}
+				// One contiguous buffer of packets, so reading them costs
+				// the same at every table size.
+				pl := len(tmpl)
+				all := make([]byte, np*pl)
+				r := rand.New(rand.NewPCG(1, 2))
+				for i := 0; i < np; i++ {
+					copy(all[i*pl:], flowPacket(nil, tmpl, r.IntN(n)))
+				}
+				buf := make([]byte, 0, pl)
+				b.ReportAllocs()
+				b.ResetTimer()
+				c0 := cpuNanos()
+				defer func() { reportCPU(b, c0) }()
+				for i := 0; i < b.N; i++ {
+					k := (i & (np - 1)) * pl
+					buf = append(buf[:0], all[k:k+pl]...)
+					if e.Outbound(buf, t0).Action != Forward {
+						b.Fatal("dropped")
+					}
+				}
+			})
+		}
+		e = nil
+		runtime.GC()
+	}
+}
+
+// reportCPU adds the cpu-ns/op metric: process CPU time per iteration
+// since c0 (see cpuNanos).
+func reportCPU(b *testing.B, c0 int64) {
+	if c := cpuNanos() - c0; c > 0 && b.N > 0 {
+		b.ReportMetric(float64(c)/float64(b.N), "cpu-ns/op")
+	}
+}

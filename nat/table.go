@@ -1,0 +1,370 @@
+package nat
+
+import (
+	"fmt"
+	"math/bits"
+)
+
+// The translation table.
+//
+// Every piece of state is a 32-byte record in a chunked arena:
+//
+//   - a session: one flow (5-tuple) with its internal, external and remote
+//     endpoints, TCP state and expiry; both directions use the same record;
+//   - the first session of a mapping is its owner (flag fOwner): it stands
+//     for the mapping (internal endpoint -> external endpoint) and counts the
+//     other sessions of the mapping in refs. When the owner's flow ends while
+//     other sessions remain, it becomes a zombie (fZombie) that only holds
+//     the mapping; it is freed with the mapping's last session;
+//   - a filter record (fFilter) counts the sessions of a mapping towards one
+//     remote address, for address-dependent filtering.
+//
+// One open-addressing hash index with 4-byte slots finds records by key.
+// Each record has at most two keys: an owner by its mapping key outbound
+// (internal endpoint [+ remote address [+ port]]) and inbound (external
+// endpoint [+ remote endpoint when ports overlap]); another session by its
+// outbound 5-tuple and its inbound 5-tuple; a filter by (external endpoint,
+// remote address). A packet of the common one-session-per-mapping flow
+// therefore costs one probe sequence: the mapping key finds the owner and
+// its remote endpoint matches.
+//
+// A slot holds record index+1 in the low 27 bits, which of the record's
+// two keys it is in bit 27, and a 4-bit tag from the hash in bits 28-31, so
+// most non-matching slots are skipped without touching the record. Linear
+// probing with backward-shift deletion keeps the index free of tombstones;
+// it doubles when half full.
+
+type rec struct {
+	intAddr, extAddr, remAddr uint32
+	expire                    uint32 // engine seconds; the record is dead at expire
+	refs                      uint32 // owner: other sessions; filter: sessions; free: next free
+	intPort, extPort, remPort uint16
+	proto                     uint8
+	flags                     uint8
+	state                     uint8 // TCP state (tcpState)
+	aux                       uint8 // sticky per-session bits (auxInbound, ...)
+}
+
+const (
+	fUsed   = 1 << iota
+	fOwner  // holds a mapping (keys: mapOut, mapIn)
+	fZombie // owner whose own flow ended; holds the mapping only
+	fFilter // ADF filter record (key: filt)
+	fLoose  // session without an owner (overloading): keys out, in
+)
+
+// Aux bits.
+const (
+	auxInbound = 1 << iota // created by an inbound packet
+	auxHeld                // an unsolicited SYN for this 5-tuple is held
+)
+
+// Key kinds: a record's key 0 or 1 (slot bit 27) by role.
+const (
+	kMapOut = iota // owner key 0
+	kMapIn         // owner key 1
+	kOut           // session key 0
+	kIn            // session key 1
+	kFilt          // filter key 0
+)
+
+const (
+	chunkBits  = 14
+	chunkSize  = 1 << chunkBits
+	idxBits    = 27
+	maxRecords = 1<<idxBits - 1
+	idxMask    = 1<<idxBits - 1
+	whichBit   = 1 << idxBits
+)
+
+// key is a packed lookup key.
+type key struct{ w0, w1 uint64 }
+
+func mkKey(kind uint8, proto uint8, aAddr uint32, aPort uint16, bAddr uint32, bPort uint16) key {
+	return key{
+		w0: uint64(aAddr)<<32 | uint64(bAddr),
+		w1: uint64(aPort)<<48 | uint64(bPort)<<32 | uint64(proto)<<8 | uint64(kind),
+	}
+}
+
+// mode bits decide which fields mapping keys include.
+type keyMode struct {
+	mapRemAddr bool // mapOut includes the remote address (ADM, APDM, overlap)
+	mapRemPort bool // mapOut includes the remote port (APDM, overlap)
+	inRem      bool // mapIn includes the remote endpoint (overlap)
+}
+
+type table struct {
+	chunks [][]rec
+	n      int    // records in use
+	free   uint32 // free list head (index+1), 0 = none
+	next   uint32 // next never-used index
+
+	slots []uint32
+	shift uint8
+	used  int // occupied slots
+	k0    uint64
+	k1    uint64
+	mode  keyMode
+}
+
+// newTable returns a table whose index holds expect sessions (two keys
+// each) without growing.
+func newTable(k0, k1 uint64, mode keyMode, expect int) *table {
+	t := &table{k0: k0 | 1, k1: k1 | 1, mode: mode}
+	b := 10
+	for 1<<b < 4*expect+4 {
+		b++
+	}
+	t.slots = make([]uint32, 1<<b)
+	t.shift = uint8(64 - b)
+	return t
+}
+
+func (t *table) at(i uint32) *rec { return &t.chunks[i>>chunkBits][i&(chunkSize-1)] }
+
+func (t *table) hash(k key) uint64 {
+	hi, lo := bits.Mul64(k.w0^t.k0, k.w1^t.k1)
+	h := hi ^ lo
+	hi, lo = bits.Mul64(h^0x9e3779b97f4a7c15, t.k0^k.w1)
+	return hi ^ lo
+}
+
+// keyOf returns the key of record r of the given kind.
+func (t *table) keyOf(r *rec, kind uint8) key {
+	switch kind {
+	case kMapOut:
+		var ra uint32
+		var rp uint16
+		if t.mode.mapRemAddr {
+			ra = r.remAddr
+		}
+		if t.mode.mapRemPort {
+			rp = r.remPort
+		}
+		return mkKey(kMapOut, r.proto, r.intAddr, r.intPort, ra, rp)
+	case kMapIn:
+		if t.mode.inRem {
+			return mkKey(kMapIn, r.proto, r.extAddr, r.extPort, r.remAddr, r.remPort)
+		}
+		return mkKey(kMapIn, r.proto, r.extAddr, r.extPort, 0, 0)
+	case kOut:
+		return mkKey(kOut, r.proto, r.intAddr, r.intPort, r.remAddr, r.remPort)
+	case kIn:
+		return mkKey(kIn, r.proto, r.extAddr, r.extPort, r.remAddr, r.remPort)
+	default:
+		return mkKey(kFilt, r.proto, r.extAddr, r.extPort, r.remAddr, 0)
+	}
+}
+
+// kindOf returns the key kind of slot value s pointing at record r.
+func kindOf(r *rec, s uint32) uint8 {
+	which := uint8(s>>idxBits) & 1
+	switch {
+	case r.flags&fOwner != 0:
+		return kMapOut + which
+	case r.flags&fFilter != 0:
+		return kFilt
+	default:
+		return kOut + which
+	}
+}
+
+func kindsOf(r *rec) (k0, k1 uint8, two bool) {
+	switch {
+	case r.flags&fOwner != 0:
+		return kMapOut, kMapIn, true
+	case r.flags&fFilter != 0:
+		return kFilt, 0, false
+	default:
+		return kOut, kIn, true
+	}
+}
+
+// find returns the index+1 of the record with key k, or 0.
+func (t *table) find(k key) uint32 {
+	h := t.hash(k)
+	mask := uint32(len(t.slots) - 1)
+	pos := uint32(h>>t.shift) & mask
+	tag := uint32(h&15) << 28
+	kind := uint8(k.w1)
+	for {
+		s := t.slots[pos]
+		if s == 0 {
+			return 0
+		}
+		if s&0xf0000000 == tag {
+			i := s & idxMask
+			r := t.at(i - 1)
+			if kindOf(r, s) == kind && t.keyOf(r, kind) == k {
+				return i
+			}
+		}
+		pos = (pos + 1) & mask
+	}
+}
+
+func (t *table) insertSlot(k key, v uint32) {
+	h := t.hash(k)
+	mask := uint32(len(t.slots) - 1)
+	pos := uint32(h>>t.shift) & mask
+	v |= uint32(h&15) << 28
+	for t.slots[pos] != 0 {
+		pos = (pos + 1) & mask
+	}
+	t.slots[pos] = v
+	t.used++
+}
+
+// index adds the keys of record i (index, not +1).
+func (t *table) index(i uint32) {
+	if t.used+2 > len(t.slots)/2 {
+		t.grow() // re-indexes every used record, i included
+		return
+	}
+	r := t.at(i)
+	k0, k1, two := kindsOf(r)
+	t.insertSlot(t.keyOf(r, k0), i+1)
+	if two {
+		t.insertSlot(t.keyOf(r, k1), (i+1)|whichBit)
+	}
+}
+
+// unindex removes the keys of record i.
+func (t *table) unindex(i uint32) {
+	r := t.at(i)
+	k0, k1, two := kindsOf(r)
+	t.removeSlot(t.keyOf(r, k0), i+1)
+	if two {
+		t.removeSlot(t.keyOf(r, k1), (i+1)|whichBit)
+	}
+}
+
+func (t *table) removeSlot(k key, v uint32) {
+	h := t.hash(k)
+	mask := uint32(len(t.slots) - 1)
+	pos := uint32(h>>t.shift) & mask
+	for {
+		s := t.slots[pos]
+		if s == 0 {
+			return // not present (should not happen)
+		}
+		if s&0x0fffffff == v {
+			break
+		}
+		pos = (pos + 1) & mask
+	}
+	// Backward-shift deletion.
+	for {
+		t.slots[pos] = 0
+		j := pos
+		for {
+			j = (j + 1) & mask
+			s := t.slots[j]
+			if s == 0 {
+				t.used--
+				return
+			}
+			r := t.at(s&idxMask - 1)
+			home := uint32(t.hash(t.keyOf(r, kindOf(r, s)))>>t.shift) & mask
+			// Move s to pos when its home is not in (pos, j] cyclically.
+			if (j-home)&mask >= (j-pos)&mask {
+				t.slots[pos] = s
+				pos = j
+				break
+			}
+		}
+	}
+}
+
+func (t *table) grow() {
+	n := len(t.slots) * 2
+	t.slots = make([]uint32, n)
+	t.shift--
+	t.used = 0
+	for c := range t.chunks {
+		ch := t.chunks[c]
+		for j := range ch {
+			r := &ch[j]
+			if r.flags&fUsed == 0 {
+				continue
+			}
+			i := uint32(c<<chunkBits + j)
+			k0, k1, two := kindsOf(r)
+			t.insertSlot(t.keyOf(r, k0), i+1)
+			if two {
+				t.insertSlot(t.keyOf(r, k1), (i+1)|whichBit)
+			}
+		}
+	}
+}
+
+// alloc returns a zeroed record index, or false at maxRecords.
+func (t *table) alloc() (uint32, bool) {
+	var i uint32
+	if t.free != 0 {
+		i = t.free - 1
+		t.free = t.at(i).refs
+	} else {
+		if t.next >= maxRecords {
+			return 0, false
+		}
+		i = t.next
+		t.next++
+		if int(i>>chunkBits) == len(t.chunks) {
+			t.chunks = append(t.chunks, make([]rec, chunkSize))
+		}
+	}
+	*t.at(i) = rec{flags: fUsed}
+	t.n++
+	return i, true
+}
+
+// release returns record i (already unindexed) to the free list.
+func (t *table) release(i uint32) {
+	r := t.at(i)
+	*r = rec{refs: t.free}
+	t.free = i + 1
+	t.n--
+}
+
+// memBytes returns the bytes held by the table's arrays.
+func (t *table) memBytes() int {
+	return len(t.chunks)*chunkSize*32 + len(t.slots)*4
+}
+
+// check verifies the index against the arena (for tests): every key of
+// every used record is found and no slot is stale.
+func (t *table) check() error {
+	want := 0
+	for c := range t.chunks {
+		for j := range t.chunks[c] {
+			r := &t.chunks[c][j]
+			if r.flags&fUsed == 0 {
+				continue
+			}
+			i := uint32(c<<chunkBits+j) + 1
+			k0, k1, two := kindsOf(r)
+			if got := t.find(t.keyOf(r, k0)); got != i {
+				return fmt.Errorf("record %d key %d found as %d", i-1, k0, got)
+			}
+			want++
+			if two {
+				if got := t.find(t.keyOf(r, k1)); got != i {
+					return fmt.Errorf("record %d key %d found as %d", i-1, k1, got)
+				}
+				want++
+			}
+		}
+	}
+	n := 0
+	for _, s := range t.slots {
+		if s != 0 {
+			n++
+		}
+	}
+	if n != want || n != t.used {
+		return fmt.Errorf("%d slots used, %d counted, %d keys", n, t.used, want)
+	}
+	return nil
+}
