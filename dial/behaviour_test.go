@@ -144,7 +144,8 @@ func TestConcurrentExhaustion(t *testing.T) {
 }
 
 // TestControlHook checks that the user's Control runs for every strategy
-// with the destination, and that its error aborts the dial.
+// with the destination, that its error aborts the dial, and that
+// ControlContext gets the dial's context and takes precedence.
 func TestControlHook(t *testing.T) {
 	if !netnstest.InNetNS(t) {
 		return
@@ -183,8 +184,27 @@ func TestControlHook(t *testing.T) {
 		if _, err := d.Dial(tc.network, dst); !errors.Is(err, boom) || errors.Is(err, ErrExhausted) {
 			t.Errorf("%s %v: Control error gave %v", tc.network, tc.s, err)
 		}
+		// ControlContext gets the dial's context, and Control is then
+		// ignored.
+		var gotVal any
+		d = &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet(tc.ports), Strategy: tc.s,
+			Control: func(string, string, syscall.RawConn) error { return boom },
+			ControlContext: func(ctx context.Context, _, _ string, _ syscall.RawConn) error {
+				gotVal = ctx.Value(ctxKey{})
+				return nil
+			}}
+		c, err = d.DialContext(context.WithValue(context.Background(), ctxKey{}, "v"), tc.network, dst)
+		if err != nil {
+			t.Fatalf("%s %v with ControlContext: %v", tc.network, tc.s, err)
+		}
+		c.Close()
+		if gotVal != "v" {
+			t.Errorf("%s %v: ControlContext saw context value %v, want the dial's", tc.network, tc.s, gotVal)
+		}
 	}
 }
+
+type ctxKey struct{}
 
 // TestContextCanceled checks that a canceled context stops the dial with
 // the context's error.

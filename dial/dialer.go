@@ -90,6 +90,14 @@ type Dialer struct {
 	// included. Zero: no timeout beyond the context's.
 	Timeout time.Duration
 
+	// Deadline, if not zero, is the time after which dials fail, as
+	// net.Dialer.Deadline; with Timeout too, the earlier one applies.
+	Deadline time.Time
+
+	// Resolver looks up host names and service names. Nil:
+	// net.DefaultResolver.
+	Resolver *net.Resolver
+
 	// KeepAlive and KeepAliveConfig are passed to the TCP connection as by
 	// net.Dialer (zero: the default 15 s keep-alive; negative: off).
 	KeepAlive       time.Duration
@@ -99,6 +107,10 @@ type Dialer struct {
 	// set its own options and before bind, as net.Dialer.Control. For
 	// UDP sockets of the Search strategy the RawConn only supports Control.
 	Control func(network, address string, c syscall.RawConn) error
+
+	// ControlContext is Control with the dial's context, as
+	// net.Dialer.ControlContext; if not nil, Control is ignored.
+	ControlContext func(ctx context.Context, network, address string, c syscall.RawConn) error
 
 	// Logger receives debug records about the strategy chosen and the
 	// fallbacks taken; nil discards them.
@@ -292,8 +304,8 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 
 // DialContext connects to address ("host:port") on network ("tcp", "tcp4",
 // "tcp6", "udp", "udp4" or "udp6") from one of the Dialer's sources and
-// ports. Names resolve through net.DefaultResolver; IP literals are used as
-// they are. With several addresses, each is tried in turn. The conn is a
+// ports. Names resolve through the Resolver; IP literals are used as they
+// are. With several addresses, each is tried in turn. The conn is a
 // *net.TCPConn or *net.UDPConn (Kernel strategy), or a *TCPConn or *UDPConn
 // that embeds one and releases the port to the Dialer on Close (Search).
 // When every source's ports are taken toward the destination, the error
@@ -314,6 +326,11 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	if d.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d.Timeout)
+		defer cancel()
+	}
+	if !d.Deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.Deadline)
 		defer cancel()
 	}
 	dsts, err := d.resolve(ctx, network, fam, address)
@@ -401,15 +418,19 @@ func (f family) allows(a netip.Addr) bool {
 }
 
 // resolve turns address into destinations, as net.Dialer would: literals
-// directly, names through net.DefaultResolver, an empty host as loopback.
+// directly, names through the Resolver, an empty host as loopback.
 // With Sources set, only destinations of a family some source has are kept.
 func (d *Dialer) resolve(ctx context.Context, network string, fam family, address string) ([]netip.AddrPort, error) {
 	host, lit, port, portName, err := splitAddress(address, fam)
 	if err != nil {
 		return nil, err
 	}
+	r := d.Resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
 	if portName != "" {
-		p, err := net.DefaultResolver.LookupPort(ctx, network, portName)
+		p, err := r.LookupPort(ctx, network, portName)
 		if err != nil {
 			return nil, fmt.Errorf("dial: address %q: bad port %q: %w", address, portName, err)
 		}
@@ -426,7 +447,7 @@ func (d *Dialer) resolve(ctx context.Context, network string, fam family, addres
 		case fam6:
 			ipnet = "ip6"
 		}
-		res, err := net.DefaultResolver.LookupNetIP(ctx, ipnet, host)
+		res, err := r.LookupNetIP(ctx, ipnet, host)
 		if err != nil {
 			return nil, fmt.Errorf("dial: address %q: %w", address, err)
 		}
@@ -631,6 +652,17 @@ func (e *opError) Timeout() bool {
 func (e *opError) Temporary() bool { return e.Timeout() }
 
 var _ net.Error = (*opError)(nil)
+
+// userControl runs the user's ControlContext, or else Control.
+func (d *Dialer) userControl(ctx context.Context, network, address string, c syscall.RawConn) error {
+	if d.ControlContext != nil {
+		return d.ControlContext(ctx, network, address, c)
+	}
+	if d.Control != nil {
+		return d.Control(network, address, c)
+	}
+	return nil
+}
 
 // sourceError explains a bind failure caused by the source address.
 func sourceError(src netip.Addr, err error) error {

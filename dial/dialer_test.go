@@ -301,3 +301,25 @@ func FuzzSplitAddress(f *testing.F) {
 		}
 	})
 }
+
+// TestResolverAndDeadline checks that names go through the Dialer's
+// Resolver (here one whose DNS transport fails at once, so nothing leaves
+// the host) and that a past Deadline fails the dial as a timeout.
+func TestResolverAndDeadline(t *testing.T) {
+	boom := errors.New("no DNS in tests")
+	calls := 0
+	d := &Dialer{Resolver: &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+		calls++
+		return nil, boom
+	}}}
+	_, err := d.Dial("tcp", "portspace-test.invalid:80")
+	if err == nil || !strings.Contains(err.Error(), `dial: address "portspace-test.invalid:80"`) || calls == 0 {
+		t.Errorf("dial through the failing resolver: %v after %d resolver dials", err, calls)
+	}
+	d = &Dialer{Deadline: time.Now().Add(-time.Second)}
+	_, err = d.Dial("tcp", "127.0.0.1:9")
+	var ne net.Error
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Errorf("dial after the deadline: %v, want a timeout", err)
+	}
+}

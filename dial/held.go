@@ -159,11 +159,7 @@ type search struct {
 func (s *selector) pick(sr *search) (uint32, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	h := s.held[sr.key]
-	if h == nil {
-		h = newHoldSet(sr.size, uint32(s.offset(sr.key)%uint64(sr.size)))
-		s.held[sr.key] = h
-	}
+	h := s.holdSetLocked(sr)
 	if !sr.started {
 		sr.started, sr.pos, sr.left = true, h.next%sr.size, sr.size
 	}
@@ -183,16 +179,23 @@ func (s *selector) pick(sr *search) (uint32, bool) {
 	return idx, true
 }
 
-// reserve reserves a specific index for sr's key (a retry of a busy port),
-// or reports false when the Dialer already holds it.
-func (s *selector) reserve(sr *search, idx uint32) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// holdSetLocked returns sr's hold set, creating it (its cursor at the keyed
+// hash) for a key with nothing held.
+func (s *selector) holdSetLocked(sr *search) *holdSet {
 	h := s.held[sr.key]
 	if h == nil {
 		h = newHoldSet(sr.size, uint32(s.offset(sr.key)%uint64(sr.size)))
 		s.held[sr.key] = h
 	}
+	return h
+}
+
+// reserve reserves a specific index for sr's key (a retry of a busy port),
+// or reports false when the Dialer already holds it.
+func (s *selector) reserve(sr *search, idx uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.holdSetLocked(sr)
 	if h.has(idx) {
 		return false
 	}

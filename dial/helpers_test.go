@@ -2,7 +2,6 @@ package dial
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -36,14 +35,20 @@ func v4src(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 2, byte(i)
 func v6src(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("fd00::2:%x", i)) }
 
 // tcpSink listens on the wildcard address of the family (one listener serves
-// every local destination address) and accepts and holds connections until
-// the test ends.
+// every local destination address) and holds what it accepts until the test
+// ends; it returns the port.
 func tcpSink(t testing.TB, v6 bool) uint16 {
 	t.Helper()
-	network, addr := "tcp4", "0.0.0.0:0"
 	if v6 {
-		network, addr = "tcp6", "[::]:0"
+		return holdListener(t, "tcp6", "[::]:0").Port()
 	}
+	return holdListener(t, "tcp4", "0.0.0.0:0").Port()
+}
+
+// holdListener listens on addr, accepts and holds every connection, and
+// closes the listener and the accepted conns when the test ends.
+func holdListener(t testing.TB, network, addr string) netip.AddrPort {
+	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -61,19 +66,16 @@ func tcpSink(t testing.TB, v6 bool) uint16 {
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
-			go io.Copy(io.Discard, c)
 		}
 	}()
 	t.Cleanup(func() {
 		ln.Close()
 		<-done
 		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
+		closeAll(conns)
 		mu.Unlock()
 	})
-	return uint16(ln.Addr().(*net.TCPAddr).Port)
+	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
 // udpSink binds a UDP socket on the wildcard address of the family.

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/net/proxy"
 
+	"github.com/portspace/portspace/internal/netnstest"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -58,20 +59,12 @@ func TestHTTPTransport(t *testing.T) {
 }
 
 // TestPlainLoopbackKernel dials with a zero Dialer (the kernel chooses
-// everything), as net.Dialer would, and gets a plain *net.TCPConn.
+// everything), as net.Dialer would, and gets a plain *net.TCPConn. It needs
+// no root.
 func TestPlainLoopbackKernel(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			c.Close()
-		}
-	}()
+	dst := holdListener(t, "tcp4", "127.0.0.1:0")
 	var d Dialer
-	c, err := d.DialContext(context.Background(), "tcp", ln.Addr().String())
+	c, err := d.DialContext(context.Background(), "tcp", dst.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,18 +72,25 @@ func TestPlainLoopbackKernel(t *testing.T) {
 	if _, ok := c.(*net.TCPConn); !ok {
 		t.Fatalf("conn is %T, want *net.TCPConn", c)
 	}
-	// Names resolve as with net.Dialer.
-	port := ln.Addr().(*net.TCPAddr).Port
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			c.Close()
-		}
-	}()
-	c2, err := d.Dial("tcp4", net.JoinHostPort("localhost", strconv.Itoa(port)))
+}
+
+// TestResolveName checks that names resolve as with net.Dialer. It runs in
+// its own namespace: "localhost" comes from /etc/hosts, and should a host
+// lack that entry, the DNS query cannot leave a namespace with only lo.
+func TestResolveName(t *testing.T) {
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	dst := holdListener(t, "tcp4", "127.0.0.1:0")
+	var d Dialer
+	c, err := d.Dial("tcp4", net.JoinHostPort("localhost", strconv.Itoa(int(dst.Port()))))
 	if err != nil {
 		t.Fatalf("dial localhost: %v", err)
 	}
-	c2.Close()
+	defer c.Close()
+	if got := fourTuple(c)[1]; got != dst {
+		t.Fatalf("localhost dialed %v", got)
+	}
 }
 
 // TestSearchWithoutSources dials with a port set but no source: TCP binds

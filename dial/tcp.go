@@ -42,20 +42,17 @@ func syscallOf(err error) string {
 }
 
 // netDialer returns a net.Dialer that runs control on each socket, then the
-// user's Control. With optional set, control failing as unsupported (on
+// user's ControlContext or Control. With optional set, control failing as unsupported (on
 // platforms other than Linux) is ignored: it only adds SO_REUSEADDR.
 func (d *Dialer) netDialer(optional bool, control func(fd int) error) net.Dialer {
 	return net.Dialer{
 		KeepAlive:       d.KeepAlive,
 		KeepAliveConfig: d.KeepAliveConfig,
-		Control: func(network, address string, c syscall.RawConn) error {
+		ControlContext: func(ctx context.Context, network, address string, c syscall.RawConn) error {
 			if err := netsys.Control(c, control); err != nil && !(optional && errors.Is(err, netsys.ErrUnsupported)) {
 				return err
 			}
-			if d.Control != nil {
-				return d.Control(network, address, c)
-			}
-			return nil
+			return d.userControl(ctx, network, address, c)
 		},
 	}
 }

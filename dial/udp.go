@@ -74,7 +74,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 			break
 		}
 		port, _ := pl.ports.Nth(int(idx))
-		c, err := d.udpTry(st, src, port, dst)
+		c, err := d.udpTry(ctx, st, src, port, dst)
 		st.sel.settle(&sr, idx, err == nil)
 		if err == nil {
 			return newUDPConn(c, st.sel, sr.key, idx), nil
@@ -106,7 +106,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 				continue // this Dialer holds it now
 			}
 			port, _ := pl.ports.Nth(int(idx))
-			c, err := d.udpTry(st, src, port, dst)
+			c, err := d.udpTry(ctx, st, src, port, dst)
 			st.sel.settle(&sr, idx, err == nil)
 			if err == nil {
 				return newUDPConn(c, st.sel, sr.key, idx), nil
@@ -169,16 +169,16 @@ func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
 //     is not our cookie, the 4-tuple is taken. No answer (ENOENT) means the
 //     best match is a socket that is being closed: taken, too.
 //  4. connect(destination); SO_REUSEADDR=1 again to release the lock.
-func (d *Dialer) udpTry(st *state, src netip.Addr, port uint16, dst netip.AddrPort) (*net.UDPConn, error) {
+func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort) (*net.UDPConn, error) {
 	mu := st.portLock(src, port)
 	mu.Lock()
 	defer mu.Unlock()
-	return d.udpTryLocked(src, port, dst)
+	return d.udpTryLocked(ctx, src, port, dst)
 }
 
 // udpTryLocked is udpTry under the Dialer's lock for (src, port); it closes
 // the socket on failure before returning.
-func (d *Dialer) udpTryLocked(src netip.Addr, port uint16, dst netip.AddrPort) (c *net.UDPConn, err error) {
+func (d *Dialer) udpTryLocked(ctx context.Context, src netip.Addr, port uint16, dst netip.AddrPort) (c *net.UDPConn, err error) {
 	fd, err := netsys.UDPSocket(dst.Addr().Is6())
 	if err != nil {
 		return nil, fmt.Errorf("dial: udp %v: %w", dst, err)
@@ -199,10 +199,8 @@ func (d *Dialer) udpTryLocked(src netip.Addr, port uint16, dst netip.AddrPort) (
 	if err := netsys.SetReuseAddr(fd, true); err != nil {
 		return fail(err)
 	}
-	if d.Control != nil {
-		if err := d.Control(udpNetwork(dst), dst.String(), fdConn(fd)); err != nil {
-			return fail(err)
-		}
+	if err := d.userControl(ctx, udpNetwork(dst), dst.String(), fdConn(fd)); err != nil {
+		return fail(err)
 	}
 	local := netip.AddrPortFrom(src, port)
 	if err := netsys.Bind(fd, local); err != nil {

@@ -28,7 +28,8 @@ WORKERS=${WORKERS:-$(((DESTS + PER - 1) / PER))}
 # accept queue is retransmitted after 1 s, 3 s, 7 s...
 TIMEOUT=${TIMEOUT:-30s}
 NS=psbench-$$
-BIN=${BIN:-$(mktemp -d)/portspace}
+# Run from the repository root, wherever the script is called from.
+cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "bench-dial-1m: needs root (network namespace, sysctls)" >&2; exit 1; }
 
@@ -39,10 +40,13 @@ if [ "$(cat /proc/sys/fs/file-max)" -lt "$need" ]; then
 	sysctl -qw fs.file-max="$need"
 fi
 
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+BIN=${BIN:-$TMP/portspace}
 go build -o "$BIN" ./cmd/portspace
 
 ip netns add "$NS"
-trap 'ip netns del "$NS"' EXIT INT TERM
+trap 'ip netns del "$NS"; rm -rf "$TMP"' EXIT INT TERM
 ip netns exec "$NS" ip link set lo up
 # Per-namespace settings: the slice must lie inside ip_local_port_range
 # (IP_LOCAL_PORT_RANGE only narrows it); a deep accept queue; TIME_WAIT

@@ -183,6 +183,12 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 	if f.rounds < 1 {
 		return cfg, nil, fmt.Errorf("bench dial: --rounds %d: want at least 1", f.rounds)
 	}
+	if f.hold < 0 {
+		return cfg, nil, fmt.Errorf("bench dial: --hold %v: must not be negative", f.hold)
+	}
+	if f.timeout < 0 {
+		return cfg, nil, fmt.Errorf("bench dial: --timeout %v: must not be negative (0: %v)", f.timeout, bench.DefaultTimeout)
+	}
 	cfg.Hold, cfg.Concurrency, cfg.Timeout = f.hold, f.concurrency, f.timeout
 	cfg.Rounds, cfg.Warmup = f.rounds, f.warmup
 	if !f.census {

@@ -55,6 +55,9 @@ func TestBenchDialBadFlags(t *testing.T) {
 		{[]string{"--dialers", "curl"}, `unknown dialer "curl"`},
 		{[]string{"--strategy", "magic"}, `--strategy "magic"`},
 		{[]string{"--rounds", "0"}, `--rounds 0`},
+		{[]string{"--hold", "-1s"}, `--hold -1s`},
+		{[]string{"--timeout", "-2s"}, `--timeout -2s`},
+		{[]string{"--sources", "::1"}, `use --ipv6`},
 	} {
 		_, err := runBenchDial(t, tt.args...)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {

@@ -174,7 +174,7 @@ func (c Config) Validate() error {
 			return err
 		}
 		if a.Is6() != v6 {
-			return fmt.Errorf("bench: destination %v is not of the sources' address family", a)
+			return fmt.Errorf("bench: destination %v is not of the sources' address family (IPv6 runs use --ipv6)", a)
 		}
 	}
 	if len(c.Dests) > MaxDests {

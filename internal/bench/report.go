@@ -186,8 +186,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(&b, "%d measured connections per dialer%s, concurrency %d, hold %v, open-files limit %d\n",
 		r.Conns, rounds, r.Concurrency, time.Duration(r.HoldSeconds*float64(time.Second)), r.OpenFilesLimit)
 	if wf := r.Workers; wf != nil {
-		fmt.Fprintf(&b, "%d dialer and %d listener processes; peak memory: %s\n",
-			wf.DialerProcs, wf.ListenerProcs, wf.MemorySummary())
+		open := ""
+		if len(r.Results) > 0 {
+			open = fmt.Sprintf("time to open: %.1f s; ", r.Results[0].Seconds)
+		}
+		fmt.Fprintf(&b, "%d dialer and %d listener processes; %speak memory: %s\n",
+			wf.DialerProcs, wf.ListenerProcs, open, wf.MemorySummary())
 	}
 	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)

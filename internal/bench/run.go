@@ -278,6 +278,20 @@ func (a *accum) add(r Result) {
 	x := &a.res
 	x.Prefilled += r.Prefilled
 	x.PrefillFailed += r.PrefillFailed
+	x.addCounts(r)
+	x.Census.Taken = x.Census.Taken && r.Census.Taken
+	x.Census.Seen += r.Census.Seen
+	x.Census.Distinct += r.Census.Distinct
+	x.Census.Duplicates += r.Census.Duplicates
+	x.Census.OutsidePorts += r.Census.OutsidePorts
+	if x.Census.Err == "" {
+		x.Census.Err = r.Census.Err
+	}
+}
+
+// addCounts adds r's dial, hold and echo counts to x, and keeps x's first
+// failure sample of each kind. x.Failed and x.FailSamples must not be nil.
+func (x *Result) addCounts(r Result) {
 	x.Attempted += r.Attempted
 	x.Opened += r.Opened
 	for k, v := range r.Failed {
@@ -290,14 +304,6 @@ func (a *accum) add(r Result) {
 	}
 	x.Held += r.Held
 	x.Distinct += r.Distinct
-	x.Census.Taken = x.Census.Taken && r.Census.Taken
-	x.Census.Seen += r.Census.Seen
-	x.Census.Distinct += r.Census.Distinct
-	x.Census.Duplicates += r.Census.Duplicates
-	x.Census.OutsidePorts += r.Census.OutsidePorts
-	if x.Census.Err == "" {
-		x.Census.Err = r.Census.Err
-	}
 	x.EchoChecked += r.EchoChecked
 	x.EchoFailed += r.EchoFailed
 }

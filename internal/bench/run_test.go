@@ -219,6 +219,13 @@ func TestRunWorkers(t *testing.T) {
 	if w.RSSHeldBytes <= 0 || w.RSSPeakBytes < w.RSSHeldBytes {
 		t.Errorf("RSS held %d, peak %d: want 0 < held <= peak", w.RSSHeldBytes, w.RSSPeakBytes)
 	}
+	var table strings.Builder
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if r.Seconds <= 0 || !strings.Contains(table.String(), fmt.Sprintf("time to open: %.1f s; peak memory: ", r.Seconds)) {
+		t.Errorf("the table does not report the time to open (%v s) next to the memory:\n%s", r.Seconds, table.String())
+	}
 }
 
 func TestSplitAndConnsFor(t *testing.T) {

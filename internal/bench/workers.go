@@ -249,20 +249,7 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 			return nil, fmt.Errorf("bench: dialer process: %s", m.Err)
 		}
 		r := m.Result
-		res.Attempted += r.Attempted
-		res.Opened += r.Opened
-		res.Held += r.Held
-		res.Distinct += r.Distinct // shards have disjoint destinations
-		res.EchoChecked += r.EchoChecked
-		res.EchoFailed += r.EchoFailed
-		for k, v := range r.Failed {
-			res.Failed[k] += v
-		}
-		for k, v := range r.FailSamples {
-			if _, ok := res.FailSamples[k]; !ok {
-				res.FailSamples[k] = v
-			}
-		}
+		res.addCounts(*r) // shards have disjoint destinations: distinct counts add up
 		for _, ns := range m.LatNs {
 			lats = append(lats, time.Duration(ns))
 		}

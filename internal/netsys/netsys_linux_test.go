@@ -1,10 +1,13 @@
 package netsys
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portspace/portspace/internal/netnstest"
 )
 
 var lo4 = netip.MustParseAddr("127.0.0.1")
@@ -77,20 +80,46 @@ func TestLookupUDPExact(t *testing.T) {
 
 // TestReuseAddrDuplicates documents why the cooperative lock exists: with
 // SO_REUSEADDR alone the kernel lets two UDP sockets connect the same
-// 4-tuple, and the newer one receives the traffic.
+// 4-tuple, and only one of them, the newer, receives the traffic. It also
+// checks the fact the lock rests on: the exact lookup names the socket that
+// the kernel actually delivers the datagram to.
 func TestReuseAddrDuplicates(t *testing.T) {
+	sender, r, _ := boundUDP(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), 0))
 	_, local, _ := boundUDP(t, netip.AddrPortFrom(lo4, 0))
-	fdA, _, _ := boundUDP(t, local)
+	fdA, _, cookieA := boundUDP(t, local)
 	fdB, _, cookieB := boundUDP(t, local)
-	r := netip.MustParseAddrPort("127.0.0.2:5000")
 	if err := Connect(fdA, r); err != nil {
 		t.Fatal(err)
 	}
 	if err := Connect(fdB, r); err != nil {
 		t.Fatalf("the kernel refused a duplicate connected 4-tuple (%v); the lock would be unnecessary", err)
 	}
-	if got, _, _ := LookupUDP(local, r); got != cookieB {
-		t.Logf("lookup returned %#x, not the newer socket %#x", got, cookieB)
+	got, found, err := LookupUDP(local, r)
+	if err != nil || !found || (got != cookieA && got != cookieB) {
+		t.Fatalf("lookup %v->%v = %#x, %v, %v; want one of the connected sockets %#x, %#x", r, local, got, found, err, cookieA, cookieB)
+	}
+	if err := unix.Sendto(sender, []byte("x"), 0, sockaddr(local)); err != nil {
+		t.Fatal(err)
+	}
+	fds := []unix.PollFd{{Fd: int32(fdA), Events: unix.POLLIN}, {Fd: int32(fdB), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 5000)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			t.Fatalf("no socket received the datagram: %v", err)
+		}
+		break
+	}
+	a, b := fds[0].Revents&unix.POLLIN != 0, fds[1].Revents&unix.POLLIN != 0
+	switch {
+	case a == b:
+		t.Fatalf("datagram readable on A: %v, on B: %v; want exactly one", a, b)
+	case b != (got == cookieB):
+		t.Fatalf("the datagram went to B: %v, but the lookup named %#x (A %#x, B %#x)", b, got, cookieA, cookieB)
+	case !b:
+		t.Fatalf("the older socket A received the datagram; docs say the newer one takes the traffic")
 	}
 }
 
@@ -141,5 +170,56 @@ func TestRouteSource(t *testing.T) {
 	got, err := RouteSource(netip.MustParseAddr("127.0.0.5"))
 	if err != nil || !got.IsLoopback() {
 		t.Fatalf("RouteSource(127.0.0.5) = %v, %v", got, err)
+	}
+}
+
+// TestLocalPortRangeOnlyNarrows checks the kernel facts the Kernel strategy
+// relies on, in a namespace whose ip_local_port_range is 40000-40999: a
+// per-socket range inside it confines connect's port choice (so lo | hi<<16
+// is the packing the kernel reads), and a range outside it is ignored, not
+// honoured: the option only narrows the sysctl.
+func TestLocalPortRangeOnlyNarrows(t *testing.T) {
+	if !Probe().LocalPortRange {
+		t.Skip("kernel without IP_LOCAL_PORT_RANGE")
+	}
+	if !netnstest.InNetNS(t, netnstest.SetupCmd("sysctl", "-w", "net.ipv4.ip_local_port_range=40000 40999")) {
+		return
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	connectPort := func(lo, hi uint16) uint16 {
+		t.Helper()
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		// Close with a reset: no TIME_WAIT holds the 4-tuple afterwards.
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := SetLocalPortRange(fd, lo, hi); err != nil {
+			t.Fatal(err)
+		}
+		if err := Connect(fd, dst); err != nil {
+			t.Fatal(err)
+		}
+		la, err := localAddr(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return la.Port()
+	}
+	for range 20 {
+		if p := connectPort(40100, 40104); p < 40100 || p > 40104 {
+			t.Fatalf("range 40100-40104 inside the sysctl: connect chose port %d", p)
+		}
+		if p := connectPort(30000, 30009); p < 40000 || p > 40999 {
+			t.Fatalf("range 30000-30009 outside the sysctl: connect chose port %d, want one of 40000-40999", p)
+		}
 	}
 }
