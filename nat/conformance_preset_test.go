@@ -56,13 +56,15 @@ func probeFiltering(t *testing.T, preset string, out, in mk) nat.Filtering {
 
 func TestConformance_PresetClassification(t *testing.T) {
 	// Claims in a summary beyond mapping and filtering, each with a probe.
+	preserved := func(t *testing.T, name string) {
+		r := presetRig(t, name, nil)
+		if ext := r.out(ping, hostX, srvA); ext.Port() != hostX.Port() {
+			t.Errorf("%s claims port preservation; %v mapped to %v", name, hostX, ext)
+		}
+	}
 	claims := map[string]func(t *testing.T, name string){
-		"port preservation": func(t *testing.T, name string) {
-			r := presetRig(t, name, nil)
-			if ext := r.out(ping, hostX, srvA); ext.Port() != hostX.Port() {
-				t.Errorf("%s claims port preservation; %v mapped to %v", name, hostX, ext)
-			}
-		},
+		"port preservation": preserved,
+		"port preserved":    preserved,
 		"hairpinning": func(t *testing.T, name string) {
 			r := presetRig(t, name, nil)
 			ext := r.out(ping, hostX, srvA)
