@@ -398,7 +398,9 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.outboundError(&p, now, ns)
 	}
-	if p.Proto() == tuple.ICMP && !p.IsICMPQueryRequest() {
+	if p.Proto() == tuple.ICMP && (!p.IsICMPQueryRequest() || hairpin) {
+		// A query to an external address of this NAT would come back to
+		// its sender; the NAT's own host answers such pings, not the engine.
 		return e.drop(rICMPUnsolicited)
 	}
 	origID := p.IPID()
@@ -618,15 +620,25 @@ func (e *Engine) sessionDown(ia uint32) {
 // refuse answers a packet for which no session can be created: ICMP type 3
 // code 13 to its source (RFC 5508 REQ-8), or a plain drop.
 func (e *Engine) refuse(p *packet.Packet, r reasonID) Verdict {
+	return e.refuseFrom(p, r, e.cfg.ReplySource)
+}
+
+// refuseFrom is refuse with the given source address for the ICMP error
+// (the external address for packets from outside).
+func (e *Engine) refuseFrom(p *packet.Packet, r reasonID, from netip.Addr) Verdict {
 	if e.debug {
-		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: session refused",
-			slog.String("reason", reasonList[r]), slog.String("flow", p.Tuple().String()))
+		attrs := []slog.Attr{slog.String("reason", reasonList[r]), slog.String("proto", p.Proto().String()),
+			slog.String("internal", p.SrcAddrPort().String())}
+		if e.cfg.LogDestinations { // RFC 6888 REQ-12
+			attrs = append(attrs, slog.String("remote", p.DstAddrPort().String()))
+		}
+		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: session refused", attrs...)
 	}
 	if e.cfg.NoICMPReplies {
 		return e.drop(r)
 	}
 	n, err := packet.BuildICMPError(e.reply[:], p, packet.ICMPErrorOptions{
-		Src: e.cfg.ReplySource, Type: packet.ICMPDestUnreachable, Code: packet.CodeAdminProhibited})
+		Src: from, Type: packet.ICMPDestUnreachable, Code: packet.CodeAdminProhibited})
 	if err != nil {
 		return e.drop(r)
 	}
@@ -1001,7 +1013,7 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 	}
 	// A SYN the filter admits opens a session (RFC 6146 V4 INIT).
 	if e.cfg.MaxSessions > 0 && e.sessions >= e.cfg.MaxSessions || e.subscriberFull(r.intAddr) {
-		return e.drop(rSessionLimit)
+		return e.refuseFrom(p, rSessionLimit, a4(ea)) // RFC 5508 REQ-8
 	}
 	ia, ip := r.intAddr, r.intPort
 	if e.cfg.Mapping != MappingEIM {
