@@ -309,6 +309,15 @@ func (cfg Config) normalized() (Config, error) {
 	if cfg.Overlapping && (cfg.Filtering != FilterAPDF || cfg.TCPFiltering != FilterAPDF) {
 		return fail("Overlapping", "requires address-and-port-dependent filtering (a shared external port cannot say which internal endpoint an unknown remote means)")
 	}
+	if cfg.Ports.Contains(0) {
+		return fail("Ports", "contains port 0, which is not a usable source port")
+	}
+	if cfg.Overlapping && cfg.Overloading {
+		return fail("Overloading", "cannot be combined with Overlapping (overlapping already shares ports by 5-tuple)")
+	}
+	if cfg.MaxBlocksPerSubscriber > 0 && cfg.BlockSize == 0 {
+		return fail("MaxBlocksPerSubscriber", "set without BlockSize")
+	}
 	if cfg.Overlapping && (cfg.BlockSize > 0 || cfg.Deterministic || cfg.Quarantine > 0) {
 		return fail("Overlapping", "cannot be combined with port blocks, deterministic mapping or a quarantine")
 	}

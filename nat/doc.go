@@ -13,8 +13,9 @@
 //
 // Concurrency: an Engine is not safe for concurrent use. A datapath with
 // several goroutines either serialises calls with one lock, or shards flows
-// over several Engines whose External addresses (or port ranges) are
-// disjoint, steering each packet by its internal address outbound and by its
-// external address inbound, so both directions of a flow reach the same
-// shard. See docs/nat.md for the design.
+// over several Engines with disjoint External addresses, steering each packet
+// by its internal address outbound and by its external address inbound, so
+// that both directions of a flow (and all flows of a subscriber, for paired
+// pooling) reach the same shard; traffic between subscribers of different
+// shards then hairpins through the outside. See docs/nat.md for the design.
 package nat

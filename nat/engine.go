@@ -164,6 +164,8 @@ type Engine struct {
 	inMembers                 int // sessions created inbound on another flow's mapping
 	subs                      map[uint32]*subCount
 
+	cursor  uint32 // next record ExpireSome visits
+	chk     overlapCheck
 	held    []heldSYN
 	nheld   int
 	replies [][]byte
@@ -171,6 +173,7 @@ type Engine struct {
 	reply   [576]byte
 
 	frags    [fragSlots]fragEntry
+	nextID   uint16 // last IPv4 ID given to an outbound fragmented datagram
 	st       Stats
 	drops    [numReasons]uint64
 	badDrops [packet.NumReasons]uint64
@@ -380,9 +383,10 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	}
 	dst := u4(p.Dst())
 	if len(e.noXlat) > 0 && e.noTranslate(dst, p.DstPort(), p.Proto()) {
-		e.st.Forwarded++
-		e.st.Untranslated++
-		return Verdict{Action: Forward} // RFC 6888 REQ-6
+		if p.IsFragment() {
+			e.exemptFragment(&p, 1, ns)
+		}
+		return e.untranslated() // RFC 6888 REQ-6
 	}
 	hairpin := e.isExternal(dst)
 	if hairpin && e.cfg.NoHairpinning {
@@ -394,12 +398,15 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.outboundError(&p, now, ns)
 	}
-	if p.Proto() == tuple.ICMP && !p.IsICMPQueryRequest() {
+	if p.Proto() == tuple.ICMP && (!p.IsICMPQueryRequest() || hairpin) {
+		// A query to an external address of this NAT would come back to
+		// its sender; the NAT's own host answers such pings, not the engine.
 		return e.drop(rICMPUnsolicited)
 	}
+	origID := p.IPID()
 	v := e.outboundFlow(&p, now, ns)
 	if v.Action == Forward && p.IsFragment() {
-		e.noteFragment(&p, true, u4(src), ns)
+		e.noteFragment(&p, true, u4(src), origID, ns)
 	}
 	if v.Action != Forward || !hairpin {
 		if v.Action == Forward {
@@ -512,14 +519,15 @@ func (e *Engine) lookupIn(proto uint8, ea uint32, ep uint16, ra uint32, rp uint1
 // touch applies a packet to session r: TCP state and timer refresh.
 func (e *Engine) touch(r *rec, p *packet.Packet, outbound bool, ns uint32) {
 	if r.proto == uint8(tuple.TCP) {
-		s := tcpNext(r.state, p.TCPFlags(), outbound)
+		flags := p.TCPFlags()
+		s := tcpNext(r.state, flags, outbound)
 		if s != r.state {
 			r.state = s
 			r.expire = ns + e.timeout(r.proto, s) + 1
 			return
 		}
-		if !tcpRefreshes(s) {
-			return
+		if !tcpRefreshes(s) || flags&packet.TCPRst != 0 {
+			return // a RST never refreshes (RFC 7857 §2.2, N-REF)
 		}
 	}
 	if outbound && !e.cfg.NoOutboundRefresh || !outbound && e.cfg.InboundRefresh {
@@ -548,9 +556,10 @@ func (e *Engine) outboundFlow(p *packet.Packet, now time.Time, ns uint32) Verdic
 	return Verdict{Action: Forward}
 }
 
-// Taken implements portalloc.Checker for port overlapping: an external
-// endpoint is taken for the flow being set up when a session from it to
-// the same remote endpoint exists (the 5-tuple would collide).
+// overlapCheck implements portalloc.Checker for port overlapping: an
+// external endpoint is taken for the flow being set up when a session from
+// it to the same remote endpoint exists (the 5-tuple would collide). The
+// engine keeps one, so setting up a flow does not allocate it.
 type overlapCheck struct {
 	e      *Engine
 	proto  uint8
@@ -611,15 +620,25 @@ func (e *Engine) sessionDown(ia uint32) {
 // refuse answers a packet for which no session can be created: ICMP type 3
 // code 13 to its source (RFC 5508 REQ-8), or a plain drop.
 func (e *Engine) refuse(p *packet.Packet, r reasonID) Verdict {
+	return e.refuseFrom(p, r, e.cfg.ReplySource)
+}
+
+// refuseFrom is refuse with the given source address for the ICMP error
+// (the external address for packets from outside).
+func (e *Engine) refuseFrom(p *packet.Packet, r reasonID, from netip.Addr) Verdict {
 	if e.debug {
-		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: session refused",
-			slog.String("reason", reasonList[r]), slog.String("flow", p.Tuple().String()))
+		attrs := []slog.Attr{slog.String("reason", reasonList[r]), slog.String("proto", p.Proto().String()),
+			slog.String("internal", p.SrcAddrPort().String())}
+		if e.cfg.LogDestinations { // RFC 6888 REQ-12
+			attrs = append(attrs, slog.String("remote", p.DstAddrPort().String()))
+		}
+		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: session refused", attrs...)
 	}
 	if e.cfg.NoICMPReplies {
 		return e.drop(r)
 	}
 	n, err := packet.BuildICMPError(e.reply[:], p, packet.ICMPErrorOptions{
-		Src: e.cfg.ReplySource, Type: packet.ICMPDestUnreachable, Code: packet.CodeAdminProhibited})
+		Src: from, Type: packet.ICMPDestUnreachable, Code: packet.CodeAdminProhibited})
 	if err != nil {
 		return e.drop(r)
 	}
@@ -679,13 +698,21 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 	loose := false
 	if e.overlap {
 		var ep netip.AddrPort
-		ep, err = al.GetShared(sub, ip, remote, &overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns})
+		e.chk = overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns}
+		ep, err = al.GetShared(sub, ip, remote, &e.chk)
 		lease.Ext = ep
 	} else {
 		lease, err = al.Get(sub, ip, remote, now)
+		if err == nil && e.loose > 0 && t.find(mkKey(kIn, proto, u4(lease.Ext.Addr()), lease.Ext.Port(), ra, rp)) != 0 {
+			// An overloaded session still uses this port towards the same
+			// remote endpoint: the 5-tuple is not free.
+			e.putPort(proto, ia, lease.Ext, now)
+			err = portalloc.ErrExhausted
+		}
 		if err != nil && errors.Is(err, portalloc.ErrExhausted) && e.cfg.Overloading {
 			var ep netip.AddrPort
-			ep, err = al.GetShared(sub, ip, remote, &overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns, mapped: true})
+			e.chk = overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns, mapped: true}
+			ep, err = al.GetShared(sub, ip, remote, &e.chk)
 			lease = portalloc.Lease{Ext: ep}
 			loose = err == nil
 		}
@@ -899,10 +926,17 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	}
 	ns := e.now(now)
 	if !e.isExternal(u4(p.Dst())) {
-		if len(e.noXlat) > 0 && e.isInside(u4(p.Dst())) && e.noTranslate(u4(p.Src()), p.SrcPort(), p.Proto()) {
-			e.st.Forwarded++
-			e.st.Untranslated++
-			return Verdict{Action: Forward} // reply of untranslated traffic (RFC 6888 REQ-6)
+		if len(e.noXlat) > 0 && e.isInside(u4(p.Dst())) {
+			// The reply of untranslated traffic (RFC 6888 REQ-6).
+			if p.IsFragment() && !p.HasTransport() {
+				return e.inboundExemptFragment(&p, ns)
+			}
+			if e.noTranslate(u4(p.Src()), p.SrcPort(), p.Proto()) {
+				if p.IsFragment() {
+					e.exemptFragment(&p, 2, ns)
+				}
+				return e.untranslated()
+			}
 		}
 		return e.drop(rNotExternal)
 	}
@@ -922,7 +956,7 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 		dst := u4(p.Dst())
 		v = e.inboundFlow(&p, now, ns, false)
 		if v.Action == Forward && p.IsFragment() {
-			e.noteFragment(&p, false, dst, ns)
+			e.noteFragment(&p, false, dst, 0, ns)
 		}
 	}
 	if v.Action == Forward {
@@ -979,9 +1013,18 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 	}
 	// A SYN the filter admits opens a session (RFC 6146 V4 INIT).
 	if e.cfg.MaxSessions > 0 && e.sessions >= e.cfg.MaxSessions || e.subscriberFull(r.intAddr) {
-		return e.drop(rSessionLimit)
+		return e.refuseFrom(p, rSessionLimit, a4(ea)) // RFC 5508 REQ-8
 	}
 	ia, ip := r.intAddr, r.intPort
+	if e.cfg.Mapping != MappingEIM {
+		// Under ADM/APDM the internal endpoint may already have a session
+		// with this remote on another mapping; a second one would make the
+		// outbound 5-tuple ambiguous.
+		if s, _ := e.lookupOut(proto, ia, ip, ra, rp, now, ns); s != 0 {
+			return e.drop(rFiltered)
+		}
+		r = e.t.at(o - 1)
+	}
 	if r.flags&fZombie != 0 && e.cfg.Mapping == MappingEIM {
 		// The holder's keys do not include the remote: revive it.
 		r.flags &^= fZombie
@@ -1036,29 +1079,50 @@ func (e *Engine) holdSYN(p *packet.Packet, ea uint32, ep uint16, ra uint32, rp u
 
 // Expire retires sessions and mappings whose timers ran out and answers
 // SYNs held longer than Config.SYNHold with ICMP port unreachable (see
-// Replies). It visits every record: call it about once a second. Lookups
-// also retire the dead records they meet, so translation stays correct
-// however rarely Expire runs.
+// Replies). It visits every record (about 1-3 ms per million): call it
+// about once a second, or use ExpireSome to bound the pause. Lookups also
+// retire the dead records they meet, so translation stays correct however
+// rarely either runs.
 func (e *Engine) Expire(now time.Time) {
+	e.ExpireSome(now, 0)
+}
+
+// ExpireSome is Expire visiting at most max records (0 = all), continuing
+// from where the previous call stopped, so a datapath can spread the sweep
+// over many short calls. Held SYNs and quarantined ports are handled on
+// every call. It reports whether the sweep completed a pass over the table.
+func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 	ns := e.now(now)
 	e.replies = e.replies[:0]
 	e.rbuf = e.rbuf[:0]
 	t := e.t
-	for c := range t.chunks {
-		for j := range t.chunks[c] {
-			r := &t.chunks[c][j]
-			if r.flags&fUsed == 0 || r.flags&(fZombie|fFilter) != 0 || ns < r.expire {
-				continue
-			}
-			reason := ReasonIdle
-			switch r.state {
-			case tcpFinBoth:
-				reason = ReasonTCPClosed
-			case tcpRst:
-				reason = ReasonTCPRst
-			}
-			e.expireRec(uint32(c<<chunkBits+j), now, reason)
+	total := int(t.next)
+	if max <= 0 || max > total {
+		max = total
+	}
+	for n := 0; n < max; n++ {
+		if e.cursor >= t.next {
+			e.cursor = 0
+			wrapped = true
 		}
+		i := e.cursor
+		e.cursor++
+		r := t.at(i)
+		if r.flags&fUsed == 0 || r.flags&(fZombie|fFilter) != 0 || ns < r.expire {
+			continue
+		}
+		reason := ReasonIdle
+		switch r.state {
+		case tcpFinBoth:
+			reason = ReasonTCPClosed
+		case tcpRst:
+			reason = ReasonTCPRst
+		}
+		e.expireRec(i, now, reason)
+	}
+	if e.cursor >= t.next {
+		e.cursor = 0
+		wrapped = true
 	}
 	for _, a := range e.alloc {
 		a.Expire(now)
@@ -1087,6 +1151,7 @@ func (e *Engine) Expire(now time.Time) {
 		}
 		e.unhold(k)
 	}
+	return wrapped
 }
 
 // Replies returns the ICMP messages produced by the last Expire call (port

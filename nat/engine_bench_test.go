@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/portspace/portspace/packet"
 )
@@ -263,4 +264,33 @@ func reportCPU(b *testing.B, c0 int64) {
 	if c := cpuNanos() - c0; c > 0 && b.N > 0 {
 		b.ReportMetric(float64(c)/float64(b.N), "cpu-ns/op")
 	}
+}
+
+// BenchmarkSetupPause reports the slowest single Outbound call while the
+// table fills with b.N new sessions: with the incremental index growth no
+// call pays for rehashing the table (a stop-the-world rehash took about
+// 0.1 s per million sessions). Preemption by other processes also shows
+// up here, so read it on a quiet machine.
+//
+//	go test -run '^$' -bench SetupPause -benchtime 4000000x -count 5 ./nat
+func BenchmarkSetupPause(b *testing.B) {
+	e := newEngine(b, benchConfig())
+	tmpl := udpPkt(b, hostA, srv1)
+	var buf []byte
+	var worst time.Duration
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		buf = flowPacket(buf, tmpl, i)
+		t := time.Now()
+		if v := e.Outbound(buf, t0); v.Action != Forward {
+			b.Fatalf("flow %d: %v %s", i, v.Action, v.Reason)
+		}
+		if d := time.Since(t); d > worst {
+			worst = d
+			if testing.Verbose() && d > time.Millisecond {
+				b.Logf("call %d took %v (index %d slots, growing %v)", i, d, len(e.t.slots), e.t.old != nil)
+			}
+		}
+	}
+	b.ReportMetric(float64(worst.Nanoseconds()), "max-ns/call")
 }

@@ -908,3 +908,243 @@ func TestMaxSessionsAndArbitraryPooling(t *testing.T) {
 		t.Fatalf("arbitrary pooling used %d addresses", len(addrs))
 	}
 }
+
+// TestExpireSome: the sweep can be spread over short calls and retires the
+// same state as a full Expire.
+func TestExpireSome(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.UDPTimeout = 2 * time.Minute }))
+	for i := 0; i < 100; i++ {
+		mapUDP(t, e, netip.AddrPortFrom(hostA.Addr(), uint16(2000+i)), srv1, t0)
+	}
+	later := t0.Add(3 * time.Minute)
+	calls := 0
+	for !e.ExpireSome(later, 7) {
+		calls++
+		if calls > 100 {
+			t.Fatal("sweep never wrapped")
+		}
+	}
+	if calls < 13 {
+		t.Fatalf("wrapped after %d calls of 7 records over 100 records", calls)
+	}
+	if st := e.Stats(); st.Sessions != 0 || st.Records != 0 {
+		t.Fatalf("left %+v", st)
+	}
+}
+
+func ipID(b []byte) uint16 { return uint16(b[4])<<8 | uint16(b[5]) }
+
+// TestFragmentIDs: two hosts fragmenting to one destination with the same
+// IPv4 ID leave with different IDs, each datagram's fragments with one ID
+// (RFC 6864 §4.1), in any order.
+func TestFragmentIDs(t *testing.T) {
+	e := newEngine(t, testConfig(nil))
+	a1, a2 := fragments(udpPkt(t, hostA, srv1), 8)
+	b1, b2 := fragments(udpPkt(t, hostB, srv1), 8)
+	_, oa1 := out(e, a1, t0)
+	_, ob2 := out(e, b2, t0) // B out of order
+	_, ob1 := out(e, b1, t0)
+	_, oa2 := out(e, a2, t0)
+	if ipID(oa1) != ipID(oa2) || ipID(ob1) != ipID(ob2) || ipID(oa1) == ipID(ob1) {
+		t.Fatalf("IDs A %d/%d B %d/%d", ipID(oa1), ipID(oa2), ipID(ob1), ipID(ob2))
+	}
+	for _, pair := range [][2][]byte{{oa1, oa2}, {ob1, ob2}} {
+		if d := decode(t, reassemble(pair[0], pair[1])); d.src.Addr() != extA || d.dst != srv1 {
+			t.Fatalf("reassembled %v->%v", d.src, d.dst)
+		}
+	}
+}
+
+// TestNoTranslateFragments: fragments of exempt traffic pass unchanged in
+// both directions, also when the exemption depends on the port.
+func TestNoTranslateFragments(t *testing.T) {
+	for _, ports := range []bool{false, true} {
+		e := newEngine(t, testConfig(func(c *Config) {
+			c.NoTranslate = []netip.Prefix{netip.PrefixFrom(srv1.Addr(), 32)}
+			if ports {
+				c.NoTranslatePorts = tuple.PortSetOf(tuple.SinglePort(srv1.Port()))
+			}
+		}))
+		f1, f2 := fragments(udpPkt(t, hostA, srv1), 8)
+		for _, f := range [][]byte{f1, f2} {
+			if v, b := out(e, f, t0); v.Action != Forward || string(b) != string(f) {
+				t.Fatalf("ports=%v: outbound fragment %v %s changed=%v", ports, v.Action, v.Reason, string(b) != string(f))
+			}
+		}
+		g1, g2 := fragments(udpPkt(t, srv1, hostA), 8)
+		for _, f := range [][]byte{g1, g2} {
+			if v, b := in(e, f, t0); v.Action != Forward || string(b) != string(f) {
+				t.Fatalf("ports=%v: inbound fragment %v %s", ports, v.Action, v.Reason)
+			}
+		}
+	}
+}
+
+// TestOverlapSetupNoAlloc: setting up a flow with port overlapping does not
+// allocate once the table has room.
+func TestOverlapSetupNoAlloc(t *testing.T) {
+	cfg, _ := Preset("linux-masquerade")
+	cfg.External, cfg.Internal = []netip.Addr{extA}, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	cfg.ExpectedSessions = 1000
+	e := newEngine(t, cfg)
+	pkts := make([][]byte, 200)
+	for i := range pkts {
+		pkts[i] = udpPkt(t, netip.AddrPortFrom(hostA.Addr(), uint16(20000+i)), srv1)
+	}
+	mapUDP(t, e, hostB, srv1, t0)
+	i := 0
+	n := testing.AllocsPerRun(100, func() {
+		if v := e.Outbound(pkts[i], t0); v.Action != Forward {
+			t.Fatal(v.Reason)
+		}
+		i++
+	})
+	if n != 0 {
+		t.Fatalf("%v allocations per new overlapping flow", n)
+	}
+}
+
+// TestSetupNoAlloc: a new mapping of a known subscriber does not allocate
+// once the table has room (ExpectedSessions).
+func TestSetupNoAlloc(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.ExpectedSessions = 1000 }))
+	pkts := make([][]byte, 200)
+	for i := range pkts {
+		pkts[i] = udpPkt(t, netip.AddrPortFrom(hostA.Addr(), uint16(20000+i)), srv1)
+	}
+	mapUDP(t, e, hostA, srv1, t0)
+	i := 0
+	n := testing.AllocsPerRun(100, func() {
+		if v := e.Outbound(pkts[i], t0); v.Action != Forward {
+			t.Fatal(v.Reason)
+		}
+		i++
+	})
+	if n != 0 {
+		t.Fatalf("%v allocations per new mapping", n)
+	}
+}
+
+// TestReviewFixes pins three bugs found in review: a RST before
+// establishment must not lead to "established"; under APDM+EIF an inbound
+// SYN must not open a second session of one internal endpoint with one
+// remote; an overloaded 5-tuple is not handed out again when its port is
+// freed.
+func TestReviewFixes(t *testing.T) {
+	t.Run("rst-before-established", func(t *testing.T) {
+		e := newEngine(t, testConfig(nil))
+		tcpOut(t, e, hostA, srv1, "S", t0)
+		tcpOut(t, e, hostA, srv1, "R", t0.Add(time.Second))
+		tcpOut(t, e, hostA, srv1, "A", t0.Add(2*time.Second))
+		s, _ := e.lookupOut(6, u4(hostA.Addr()), hostA.Port(), u4(srv1.Addr()), srv1.Port(), t0, 3)
+		if st := e.t.at(s - 1).state; st != tcpOutSYN {
+			t.Fatalf("state %s", tcpStateNames[st])
+		}
+		e.Expire(t0.Add(10 * time.Minute))
+		if e.Stats().Sessions != 0 {
+			t.Fatal("half-open connection alive after a RST and 10 min")
+		}
+	})
+	t.Run("apdm-eif-two-mappings", func(t *testing.T) {
+		for _, m := range []Mapping{MappingADM, MappingAPDM} {
+			e := newEngine(t, testConfig(func(c *Config) { c.Mapping = m; c.Filtering = FilterEIF }))
+			_, d1 := tcpOut(t, e, hostA, srv1, "S", t0)
+			if v := tcpIn(t, e, srv1b, d1.src, "S", t0); v.Action != Forward {
+				t.Fatalf("%v: inbound SYN on E1: %s", m, v.Reason)
+			}
+			_, d2 := tcpOut(t, e, hostA, srv2, "S", t0)
+			v := tcpIn(t, e, srv1b, d2.src, "S", t0)
+			if err := e.t.check(); err != nil {
+				t.Fatalf("%v: %v", m, err)
+			}
+			if d1.src != d2.src && v.Action == Forward {
+				t.Fatalf("%v: second session of hostA with srv1b opened on %v", m, d2.src)
+			}
+		}
+	})
+	t.Run("overloading-freed-port", func(t *testing.T) {
+		e := newEngine(t, testConfig(func(c *Config) {
+			c.Ports, c.MixClasses, c.Overloading = tuple.PortSetOf(tuple.PortRangeFrom(50000, 50000)), true, true
+			c.UDPTimeout = 10 * time.Second
+			c.Filtering = FilterAPDF
+		}))
+		hostC := netip.MustParseAddrPort("10.0.0.3:40002")
+		mapUDP(t, e, hostA, srv1, t0)
+		xb := mapUDP(t, e, hostB, srv2, t0)
+		mapUDP(t, e, hostB, srv2, t0.Add(8*time.Second))
+		e.Expire(t0.Add(12 * time.Second))
+		if v, _ := out(e, udpPkt(t, hostC, srv2), t0.Add(13*time.Second)); v.Action == Forward {
+			if err := e.t.check(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		v, b := in(e, udpPkt(t, srv2, xb), t0.Add(13*time.Second))
+		if d := decode(t, b); v.Action != Forward || d.dst != hostB {
+			t.Fatalf("srv2's reply went to %v (%v %s), want %v", d.dst, v.Action, v.Reason, hostB)
+		}
+	})
+}
+
+// TestReviewFixes2 pins the second round of review findings.
+func TestReviewFixes2(t *testing.T) {
+	t.Run("reopen-after-fin", func(t *testing.T) {
+		e := newEngine(t, testConfig(nil))
+		_, d := tcpOut(t, e, hostA, srv1, "S", t0)
+		tcpIn(t, e, srv1, d.src, "SA", t0)
+		tcpOut(t, e, hostA, srv1, "FA", t0)
+		tcpIn(t, e, srv1, d.src, "FA", t0)
+		tcpOut(t, e, hostA, srv1, "A", t0)
+		later := t0.Add(time.Minute)
+		if v, d2 := tcpOut(t, e, hostA, srv1, "S", later); v.Action != Forward || d2.src != d.src {
+			t.Fatalf("reopening SYN: %v %s", v.Action, v.Reason)
+		}
+		tcpIn(t, e, srv1, d.src, "SA", later)
+		for m := 2; m <= 6; m++ {
+			now := t0.Add(time.Duration(m) * time.Minute)
+			e.Expire(now)
+			if v, _ := tcpOut(t, e, hostA, srv1, "PA", now); v.Action != Forward {
+				t.Fatalf("reopened connection cut at +%d min: %s", m, v.Reason)
+			}
+		}
+	})
+	t.Run("hairpinned-ping", func(t *testing.T) {
+		e := newEngine(t, testConfig(nil))
+		if v, _ := out(e, echoPkt(t, hostA.Addr(), extA, 8, 3), t0); v.Action != Drop || v.Reason != ReasonICMPUnsolicited {
+			t.Fatalf("ping to the external address: %v %s", v.Action, v.Reason)
+		}
+	})
+	t.Run("log-without-destination", func(t *testing.T) {
+		var sb strings.Builder
+		e := newEngine(t, testConfig(func(c *Config) {
+			c.MaxPortsPerSubscriber = 1
+			c.Logger = slog.New(slog.NewTextHandler(&sb, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		}))
+		mapUDP(t, e, hostA, srv1, t0)
+		out(e, udpPkt(t, netip.AddrPortFrom(hostA.Addr(), 9), srv2), t0)
+		if !strings.Contains(sb.String(), "session refused") || strings.Contains(sb.String(), srv2.Addr().String()) {
+			t.Fatalf("log: %s", sb.String())
+		}
+	})
+	t.Run("inbound-refused", func(t *testing.T) {
+		e := newEngine(t, testConfig(func(c *Config) { c.MaxSessions = 1 }))
+		_, d := tcpOut(t, e, hostA, srv1, "S", t0)
+		v, _ := in(e, tcpPkt(t, srv2, d.src, "S"), t0)
+		if v.Action != Reply {
+			t.Fatalf("inbound SYN over the session limit: %v %s", v.Action, v.Reason)
+		}
+		if r := decode(t, v.Reply); r.icmpType != 3 || r.code != 13 || r.src.Addr() != extA || r.dst.Addr() != srv2.Addr() {
+			t.Fatalf("reply %+v", r)
+		}
+	})
+	t.Run("config", func(t *testing.T) {
+		for field, mut := range map[string]func(*Config){
+			"Ports":                  func(c *Config) { c.Ports = tuple.PortSetOf(tuple.PortRangeFrom(0, 10)) },
+			"Overloading":            func(c *Config) { c.Overlapping, c.Overloading, c.Filtering = true, true, FilterAPDF },
+			"MaxBlocksPerSubscriber": func(c *Config) { c.MaxBlocksPerSubscriber = 2 },
+		} {
+			if _, err := New(testConfig(mut)); err == nil || !strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
+				t.Errorf("%s: %v", field, err)
+			}
+		}
+	})
+}

@@ -47,7 +47,7 @@ var presets = []struct {
 			ICMPTimeout: DefaultICMPTimeout, SYNHold: DefaultSYNHold,
 		}
 	}},
-	{PresetInfo{"linux-masquerade", MappingEIM, FilterAPDF, "Linux netfilter masquerade: port preservation when the reply tuple is free, ports overlap across destinations, conntrack timers, APDF"}, func() Config {
+	{PresetInfo{"linux-masquerade", MappingEIM, FilterAPDF, "Linux netfilter masquerade: port preserved when the reply tuple is free, ports overlap across destinations, conntrack timers, APDF; EIM while the preserved port is free, otherwise address-and-port-dependent (like Linux)"}, func() Config {
 		return Config{
 			Mapping: MappingEIM, Filtering: FilterAPDF, Overlapping: true, PreservePort: true,
 			Algorithm: portalloc.SimpleRandom, InboundRefresh: true,

@@ -83,3 +83,23 @@ func TestRFCRecommendedPreset(t *testing.T) {
 		}
 	}
 }
+
+// TestLinuxMasqueradeCollision: like Linux, the masquerade preset keeps the
+// port while the reply tuple is free, and otherwise picks another port for
+// that destination only, so its mapping depends on the destination.
+func TestLinuxMasqueradeCollision(t *testing.T) {
+	cfg, _ := Preset("linux-masquerade")
+	cfg.External = []netip.Addr{extA}
+	cfg.Internal = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	e := newEngine(t, cfg)
+	a := netip.MustParseAddrPort("10.0.0.1:40000")
+	b := netip.MustParseAddrPort("10.0.0.2:40000")
+	if x := mapUDP(t, e, a, srv1, t0); x.Port() != 40000 {
+		t.Fatalf("A not preserved: %v", x)
+	}
+	xb1 := mapUDP(t, e, b, srv1, t0)
+	xb2 := mapUDP(t, e, b, srv2, t0)
+	if xb1.Port() == 40000 || xb2.Port() != 40000 {
+		t.Fatalf("B got %v towards srv1 and %v towards srv2", xb1, xb2)
+	}
+}

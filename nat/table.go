@@ -3,6 +3,9 @@ package nat
 import (
 	"fmt"
 	"math/bits"
+	"unsafe"
+
+	"github.com/portspace/portspace/internal/hugepage"
 )
 
 // The translation table.
@@ -31,8 +34,11 @@ import (
 // A slot holds record index+1 in the low 27 bits, which of the record's
 // two keys it is in bit 27, and a 4-bit tag from the hash in bits 28-31, so
 // most non-matching slots are skipped without touching the record. Linear
-// probing with backward-shift deletion keeps the index free of tombstones;
-// it doubles when half full.
+// probing with backward-shift deletion keeps the index free of tombstones.
+// When half full it doubles incrementally: new keys go to a new array and
+// each insertion or deletion moves 16 slots of the old one, so no packet
+// pays for rehashing the whole table (a 10 M-session table would otherwise
+// stall for about a second).
 
 type rec struct {
 	intAddr, extAddr, remAddr uint32
@@ -102,21 +108,30 @@ type table struct {
 
 	slots []uint32
 	shift uint8
-	used  int // occupied slots
-	k0    uint64
-	k1    uint64
-	mode  keyMode
+	used  int // occupied slots of slots
+	// While growing: the previous array, still complete (deletions apply
+	// to both), and the migration cursor into it.
+	old      []uint32
+	oldShift uint8
+	mig      uint32
+	k0       uint64
+	k1       uint64
+	mode     keyMode
 }
+
+// indexMinBits sizes a new index (2^10 slots); tests lower it to exercise
+// growth.
+var indexMinBits = 10
 
 // newTable returns a table whose index holds expect sessions (two keys
 // each) without growing.
 func newTable(k0, k1 uint64, mode keyMode, expect int) *table {
 	t := &table{k0: k0 | 1, k1: k1 | 1, mode: mode}
-	b := 10
+	b := indexMinBits
 	for 1<<b < 4*expect+4 {
 		b++
 	}
-	t.slots = make([]uint32, 1<<b)
+	t.slots = makeSlots(1 << b)
 	t.shift = uint8(64 - b)
 	return t
 }
@@ -181,15 +196,23 @@ func kindsOf(r *rec) (k0, k1 uint8, two bool) {
 	}
 }
 
-// find returns the index+1 of the record with key k, or 0.
+// find returns the index+1 of the record with key k, or 0. While the
+// index grows, keys not yet moved are found in the old array.
 func (t *table) find(k key) uint32 {
 	h := t.hash(k)
-	mask := uint32(len(t.slots) - 1)
-	pos := uint32(h>>t.shift) & mask
+	if i := t.findIn(t.slots, t.shift, h, k); i != 0 || t.old == nil {
+		return i
+	}
+	return t.findIn(t.old, t.oldShift, h, k)
+}
+
+func (t *table) findIn(slots []uint32, shift uint8, h uint64, k key) uint32 {
+	mask := uint32(len(slots) - 1)
+	pos := uint32(h>>shift) & mask
 	tag := uint32(h&15) << 28
 	kind := uint8(k.w1)
 	for {
-		s := t.slots[pos]
+		s := slots[pos]
 		if s == 0 {
 			return 0
 		}
@@ -204,6 +227,8 @@ func (t *table) find(k key) uint32 {
 	}
 }
 
+// insertSlot adds slot value v (index+1 and which bit) for key k to the
+// current array.
 func (t *table) insertSlot(k key, v uint32) {
 	h := t.hash(k)
 	mask := uint32(len(t.slots) - 1)
@@ -219,9 +244,9 @@ func (t *table) insertSlot(k key, v uint32) {
 // index adds the keys of record i (index, not +1).
 func (t *table) index(i uint32) {
 	if t.used+2 > len(t.slots)/2 {
-		t.grow() // re-indexes every used record, i included
-		return
+		t.startGrow()
 	}
+	t.migrate(migrateStep)
 	r := t.at(i)
 	k0, k1, two := kindsOf(r)
 	t.insertSlot(t.keyOf(r, k0), i+1)
@@ -238,38 +263,53 @@ func (t *table) unindex(i uint32) {
 	if two {
 		t.removeSlot(t.keyOf(r, k1), (i+1)|whichBit)
 	}
+	t.migrate(migrateStep)
 }
 
+// removeSlot removes the slot of key k with value v from both arrays.
 func (t *table) removeSlot(k key, v uint32) {
 	h := t.hash(k)
-	mask := uint32(len(t.slots) - 1)
-	pos := uint32(h>>t.shift) & mask
+	if t.removeIn(t.slots, t.shift, h, v, false) {
+		t.used--
+	}
+	if t.old != nil {
+		t.removeIn(t.old, t.oldShift, h, v, true)
+	}
+}
+
+// removeIn deletes value v from slots with backward-shift deletion. In
+// the old array, an entry shifted from the part not yet migrated into the
+// migrated part is migrated at once, so that no entry is skipped.
+func (t *table) removeIn(slots []uint32, shift uint8, h uint64, v uint32, old bool) bool {
+	mask := uint32(len(slots) - 1)
+	pos := uint32(h>>shift) & mask
 	for {
-		s := t.slots[pos]
+		s := slots[pos]
 		if s == 0 {
-			return // not present (should not happen)
+			return false
 		}
 		if s&0x0fffffff == v {
 			break
 		}
 		pos = (pos + 1) & mask
 	}
-	// Backward-shift deletion.
 	for {
-		t.slots[pos] = 0
+		slots[pos] = 0
 		j := pos
 		for {
 			j = (j + 1) & mask
-			s := t.slots[j]
+			s := slots[j]
 			if s == 0 {
-				t.used--
-				return
+				return true
 			}
 			r := t.at(s&idxMask - 1)
-			home := uint32(t.hash(t.keyOf(r, kindOf(r, s)))>>t.shift) & mask
+			home := uint32(t.hash(t.keyOf(r, kindOf(r, s)))>>shift) & mask
 			// Move s to pos when its home is not in (pos, j] cyclically.
 			if (j-home)&mask >= (j-pos)&mask {
-				t.slots[pos] = s
+				slots[pos] = s
+				if old && pos < t.mig && j >= t.mig {
+					t.migrateSlot(s)
+				}
 				pos = j
 				break
 			}
@@ -277,26 +317,59 @@ func (t *table) removeSlot(k key, v uint32) {
 	}
 }
 
-func (t *table) grow() {
-	n := len(t.slots) * 2
-	t.slots = make([]uint32, n)
+// migrateStep is how many old slots each index or unindex call moves;
+// the old array (half full at most) is done long before the new one
+// (twice as large) is half full.
+const migrateStep = 16
+
+// makeSlots allocates an index array, backed by huge pages where the OS
+// offers them.
+func makeSlots(n int) []uint32 {
+	s := make([]uint32, n)
+	hugepage.Advise(unsafe.Pointer(&s[0]), 4*n)
+	return s
+}
+
+// startGrow begins doubling the index: new keys go to a new array, and
+// index/unindex calls move the old array's keys over a few at a time, so
+// no call pays for rehashing the whole table.
+func (t *table) startGrow() {
+	if t.old != nil {
+		t.migrate(len(t.old)) // finish the previous growth first
+	}
+	t.old, t.oldShift, t.mig = t.slots, t.shift, 0
+	t.slots = makeSlots(2 * len(t.old))
 	t.shift--
 	t.used = 0
-	for c := range t.chunks {
-		ch := t.chunks[c]
-		for j := range ch {
-			r := &ch[j]
-			if r.flags&fUsed == 0 {
-				continue
-			}
-			i := uint32(c<<chunkBits + j)
-			k0, k1, two := kindsOf(r)
-			t.insertSlot(t.keyOf(r, k0), i+1)
-			if two {
-				t.insertSlot(t.keyOf(r, k1), (i+1)|whichBit)
-			}
+}
+
+// migrate moves up to n slots of the old array.
+func (t *table) migrate(n int) {
+	for ; n > 0 && t.old != nil; n-- {
+		if s := t.old[t.mig]; s != 0 {
+			t.migrateSlot(s)
+		}
+		t.mig++
+		if int(t.mig) == len(t.old) {
+			t.old = nil
 		}
 	}
+}
+
+// migrateSlot copies old slot value s into the current array unless it is
+// there already (an entry shifted across the migration cursor).
+func (t *table) migrateSlot(s uint32) {
+	r := t.at(s&idxMask - 1)
+	k := t.keyOf(r, kindOf(r, s))
+	h := t.hash(k)
+	mask := uint32(len(t.slots) - 1)
+	v := s & 0x0fffffff
+	for pos := uint32(h>>t.shift) & mask; t.slots[pos] != 0; pos = (pos + 1) & mask {
+		if t.slots[pos]&0x0fffffff == v {
+			return
+		}
+	}
+	t.insertSlot(k, v)
 }
 
 // alloc returns a zeroed record index, or false at maxRecords.
@@ -330,7 +403,7 @@ func (t *table) release(i uint32) {
 
 // memBytes returns the bytes held by the table's arrays.
 func (t *table) memBytes() int {
-	return len(t.chunks)*chunkSize*32 + len(t.slots)*4
+	return len(t.chunks)*chunkSize*32 + (len(t.slots)+len(t.old))*4
 }
 
 // check verifies the index against the arena (for tests): every key of
@@ -363,8 +436,14 @@ func (t *table) check() error {
 			n++
 		}
 	}
-	if n != want || n != t.used {
-		return fmt.Errorf("%d slots used, %d counted, %d keys", n, t.used, want)
+	if n != t.used {
+		return fmt.Errorf("%d slots used, %d counted", n, t.used)
+	}
+	if t.old == nil && n != want {
+		return fmt.Errorf("%d slots used, %d keys", n, want)
+	}
+	if n > want {
+		return fmt.Errorf("%d slots used, only %d keys", n, want)
 	}
 	return nil
 }

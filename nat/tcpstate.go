@@ -22,7 +22,13 @@ var tcpStateNames = [...]string{"none", "syn-out", "syn-in", "established", "fin
 // (from inside) or inbound.
 func tcpNext(s, flags uint8, outbound bool) uint8 {
 	if flags&packet.TCPRst != 0 {
-		return tcpRst // RFC 7857 §2.2: translate the RST, keep state 4 min
+		switch s {
+		case tcpEstablished, tcpFinOut, tcpFinIn:
+			return tcpRst // RFC 7857 §2.2: translate the RST, keep state 4 min
+		}
+		// RFC 6146 §3.5.2.2: before establishment (and after both FINs) a
+		// RST is forwarded and the state and its timer stay.
+		return s
 	}
 	syn := flags&packet.TCPSyn != 0
 	fin := flags&packet.TCPFin != 0
@@ -49,6 +55,15 @@ func tcpNext(s, flags uint8, outbound bool) uint8 {
 	case tcpFinIn:
 		if fin && outbound {
 			return tcpFinBoth
+		}
+	case tcpFinBoth:
+		// A new SYN reopens the connection on the same 5-tuple (RFC 1122
+		// §4.2.2.13 allows it in TIME-WAIT; VPP calls this REOPEN).
+		if syn && flags&packet.TCPAck == 0 {
+			if outbound {
+				return tcpOutSYN
+			}
+			return tcpInSYN
 		}
 	case tcpRst:
 		// RFC 6146: any non-RST segment in TRANS brings the connection back.

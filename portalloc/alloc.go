@@ -182,14 +182,15 @@ type qentry struct {
 
 // Allocator hands out external ports. It is not safe for concurrent use.
 type Allocator struct {
-	cfg     Config
-	addrs   []addrState
-	addrIdx map[netip.Addr]int // for pools of more than 8 addresses
-	allowed [words]uint64
-	classes [2]tuple.PortRange // low, high; with MixClasses both are the bounds
-	rng     *rand.Rand
-	next    uint32
-	table   []uint32
+	cfg      Config
+	addrs    []addrState
+	addrIdx  map[netip.Addr]int // for pools of more than 8 addresses
+	allowed  [words]uint64
+	classes  [2]tuple.PortRange // low, high; with MixClasses both are the bounds
+	rng      *rand.Rand
+	next     uint32
+	table    []uint32
+	lastSlot uint32 // DoubleHash: table slot of the current search
 	// blocks
 	blockBase uint16
 	nblocks   int
@@ -454,6 +455,7 @@ func (a *Allocator) startValue(sub netip.Addr, remote netip.AddrPort) uint32 {
 		return a.rng.Uint32()
 	case DoubleHash:
 		i := tableIndex(a.cfg.Secret, sub, remote) % uint32(len(a.table))
+		a.lastSlot = i
 		return Offset(a.cfg.Secret, sub, remote) + a.table[i]
 	case RandomIncrements:
 		a.next += uint32(a.rng.IntN(a.cfg.Increment)) + 1
@@ -472,8 +474,7 @@ func (a *Allocator) advance(sub netip.Addr, remote netip.AddrPort, dist uint32) 
 	case Sequential:
 		a.next += dist + 1
 	case DoubleHash:
-		i := tableIndex(a.cfg.Secret, sub, remote) % uint32(len(a.table))
-		a.table[i] += dist + 1
+		a.table[a.lastSlot] += dist + 1 // the slot startValue used
 	}
 }
 
@@ -566,7 +567,7 @@ func (a *Allocator) Get(sub netip.Addr, want uint16, remote netip.AddrPort, now 
 	case a.nblocks > 0:
 		l, err = a.getBlock(si, want, remote)
 	default:
-		l, err = a.getPlain(sub, want, remote)
+		l, err = a.getPlain(si, want, remote)
 	}
 	s = &a.subList[si]
 	if err != nil {
@@ -620,10 +621,15 @@ func (a *Allocator) pick(ai int, sub netip.Addr, want uint16, remote netip.AddrP
 	return p, ok
 }
 
-func (a *Allocator) getPlain(sub netip.Addr, want uint16, remote netip.AddrPort) (Lease, error) {
+func (a *Allocator) getPlain(si int32, want uint16, remote netip.AddrPort) (Lease, error) {
 	r := a.class(want)
+	s := &a.subList[si]
+	sub := s.addr
 	if a.cfg.Pooling == Paired {
-		ai := a.pairedIndex(sub)
+		if s.ai < 0 {
+			s.ai = int32(a.pairedIndex(sub)) // hashed once per subscriber
+		}
+		ai := int(s.ai)
 		p, ok := a.pick(ai, sub, want, remote, r)
 		if !ok {
 			return Lease{}, ErrExhausted
@@ -702,49 +708,51 @@ func (a *Allocator) getBlock(si int32, want uint16, remote netip.AddrPort) (Leas
 	}
 	for k := 0; k < cands; k++ {
 		ai := (first + k) % len(a.addrs)
-		bi, ok := a.freeBlock(ai, sub, want, remote)
-		if !ok {
-			continue
-		}
-		r := a.blockRange(bi)
-		p, ok := a.pick(ai, sub, want, remote, r)
-		if !ok {
-			continue // every port of the block is quarantined
-		}
 		st := &a.addrs[ai]
-		st.blocks[bi>>6] |= 1 << (bi & 63)
-		s.ai = int32(ai)
-		s.blocks = append(s.blocks, blockRef{idx: bi, used: 1})
-		a.take(ai, p)
-		return Lease{Ext: netip.AddrPortFrom(st.addr, p), Block: r, NewBlock: true}, nil
+		// The block holding the wanted port when preserving, then every
+		// free block from a hashed start: a free block whose ports are all
+		// still quarantined is passed over, not taken for exhaustion.
+		pref := -1
+		if a.cfg.Preserve && want >= a.blockBase {
+			if b := (int(want) - int(a.blockBase)) / a.cfg.BlockSize; b < a.nblocks {
+				pref = b
+			}
+		}
+		startB := int(Offset(a.cfg.Secret, sub, remote) % uint32(a.nblocks))
+		for n := -1; n < a.nblocks; n++ {
+			var b int
+			if n < 0 {
+				if pref < 0 {
+					continue
+				}
+				b = pref
+			} else {
+				b = (startB + n) % a.nblocks
+				if b&63 == 0 && b+64 <= a.nblocks && st.blocks[b>>6] == ^uint64(0) {
+					n += 63 // a word of taken blocks
+					continue
+				}
+				if b == pref {
+					continue
+				}
+			}
+			if st.blocks[b>>6]&(1<<(b&63)) != 0 {
+				continue
+			}
+			bi := int32(b)
+			r := a.blockRange(bi)
+			p, ok := a.pick(ai, sub, want, remote, r)
+			if !ok {
+				continue // every port of the block is still quarantined
+			}
+			st.blocks[bi>>6] |= 1 << (bi & 63)
+			s.ai = int32(ai)
+			s.blocks = append(s.blocks, blockRef{idx: bi, used: 1})
+			a.take(ai, p)
+			return Lease{Ext: netip.AddrPortFrom(st.addr, p), Block: r, NewBlock: true}, nil
+		}
 	}
 	return Lease{}, ErrExhausted
-}
-
-// freeBlock picks a free block of address ai: the one holding want when
-// preserving, else the first free one from a hashed start.
-func (a *Allocator) freeBlock(ai int, sub netip.Addr, want uint16, remote netip.AddrPort) (int32, bool) {
-	st := &a.addrs[ai]
-	isFree := func(b int) bool { return st.blocks[b>>6]&(1<<(b&63)) == 0 }
-	if a.cfg.Preserve && want >= a.blockBase {
-		b := (int(want) - int(a.blockBase)) / a.cfg.BlockSize
-		if b < a.nblocks && isFree(b) {
-			return int32(b), true
-		}
-	}
-	start := int(Offset(a.cfg.Secret, sub, remote) % uint32(a.nblocks))
-	for k := 0; k < a.nblocks; {
-		b := (start + k) % a.nblocks
-		if b&63 == 0 && b+64 <= a.nblocks && st.blocks[b>>6] == ^uint64(0) {
-			k += 64
-			continue
-		}
-		if isFree(b) {
-			return int32(b), true
-		}
-		k++
-	}
-	return 0, false
 }
 
 // Put returns ext, allocated to subscriber sub, to the pool (through the

@@ -25,6 +25,7 @@ func BenchmarkGetPut(b *testing.B) {
 				a.Get(sub1, 40000, remote, t0)
 				b.ReportAllocs()
 				b.ResetTimer()
+				c0 := cpuNanos()
 				for i := 0; i < b.N; i++ {
 					r := netip.AddrPortFrom(remote.Addr(), uint16(i))
 					l, err := a.Get(sub1, uint16(1024+i%60000), r, t0)
@@ -32,6 +33,9 @@ func BenchmarkGetPut(b *testing.B) {
 						b.Fatal(err)
 					}
 					a.Put(sub1, l.Ext, t0)
+				}
+				if c := cpuNanos() - c0; c > 0 {
+					b.ReportMetric(float64(c)/float64(b.N), "cpu-ns/op")
 				}
 			})
 		}
