@@ -60,6 +60,11 @@ type Verdict struct {
 	// packet's source. It points into the engine's buffer and is valid
 	// until the next call on the Engine.
 	Reply []byte
+	// Released is true when the packet was the first fragment of a
+	// datagram whose later fragments had arrived before it and were held:
+	// they are now translated and Engine.Released returns them, to be sent
+	// on the internal side after this packet (RFC 4787 REQ-14).
+	Released bool
 }
 
 // Drop reasons (Verdict.Reason). Malformed packets carry the name of their
@@ -81,12 +86,16 @@ const (
 	ReasonICMPUnsolicited = "icmp-unsolicited"      // ICMP query that may not create a session
 	ReasonNoHairpin       = "hairpin-disabled"      // Config.NoHairpinning
 	ReasonUnsupported     = "unsupported"           // packet the engine does not translate
+	ReasonFragmentHeld    = "fragment-held"         // non-first fragment held until its first fragment (Engine.Released)
+	ReasonFragmentTimeout = "fragment-timeout"      // held fragment whose first fragment did not come within Config.FragmentHold
+	ReasonFragmentFull    = "fragment-hold-full"    // fragment over a hold cap (Config.MaxHeldFragments...), or a duplicate
 )
 
 var reasonList = [...]string{ReasonNotInternal, ReasonNotExternal, ReasonFragment, ReasonNoMapping,
 	ReasonFiltered, ReasonSYNHeld, ReasonSYNDropped, ReasonTCPNoSession, ReasonPortsExhausted,
 	ReasonPortLimit, ReasonSessionLimit, ReasonICMPChecksum, ReasonICMPNoSession,
-	ReasonICMPUnsolicited, ReasonNoHairpin, ReasonUnsupported}
+	ReasonICMPUnsolicited, ReasonNoHairpin, ReasonUnsupported, ReasonFragmentHeld, ReasonFragmentTimeout,
+	ReasonFragmentFull}
 
 type reasonID uint8
 
@@ -107,6 +116,9 @@ const (
 	rICMPUnsolicited
 	rNoHairpin
 	rUnsupported
+	rFragmentHeld
+	rFragmentTimeout
+	rFragmentFull
 	numReasons
 )
 
@@ -120,6 +132,9 @@ type Stats struct {
 	Expired           uint64 // sessions retired by timers
 	Untranslated      uint64 // packets forwarded untouched (Config.NoTranslate)
 	HeldSYNReplies    uint64 // port-unreachable messages for held SYNs (Engine.Replies)
+	ReleasedFragments uint64 // held fragments translated and released (Engine.Released)
+	HeldFragments     int    // fragments held now, waiting for their first fragment
+	HeldFragmentBytes int    // their bytes
 	Sessions          int    // live sessions (flows)
 	Mappings          int    // live mappings
 	HeldSYNs          int    // SYNs held now
@@ -155,10 +170,10 @@ type Engine struct {
 	base    int64
 	hasBase bool
 
-	tmUDP, tmEst, tmTrans, tmClose, tmICMP, tmHold uint32
-	filt                                           [3]Filtering // by proto index
-	overlap                                        bool
-	debug                                          bool // Logger enabled at debug level
+	tmUDP, tmEst, tmTrans, tmClose, tmICMP, tmHold, tmFrag uint32
+	filt                                                   [3]Filtering // by proto index
+	overlap                                                bool
+	debug                                                  bool // Logger enabled at debug level
 
 	sessions, mappings, loose int
 	inMembers                 int // sessions created inbound on another flow's mapping
@@ -172,11 +187,16 @@ type Engine struct {
 	rbuf    []byte
 	reply   [576]byte
 
-	frags    [fragSlots]fragEntry
-	nextID   uint16 // last IPv4 ID given to an outbound fragmented datagram
-	st       Stats
-	drops    [numReasons]uint64
-	badDrops [packet.NumReasons]uint64
+	frags     [fragSlots]fragEntry
+	fragHeld  []heldFrag // held fragments (engine_frag.go), arrival order
+	fragBuf   []byte     // their bytes
+	nfrag     int        // entries of fragHeld not gone
+	fragDirty bool       // fragHeld has gone entries or released is not empty
+	released  [][]byte   // Released
+	nextID    uint16     // last IPv4 ID given to an outbound fragmented datagram
+	st        Stats
+	drops     [numReasons]uint64
+	badDrops  [packet.NumReasons]uint64
 }
 
 func pidx(p tuple.Proto) int {
@@ -221,6 +241,7 @@ func New(cfg Config) (*Engine, error) {
 	e.debug = cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
 	e.tmUDP, e.tmEst, e.tmTrans = secs(cfg.UDPTimeout), secs(cfg.TCPEstablished), secs(cfg.TCPTransitory)
 	e.tmClose, e.tmICMP, e.tmHold = secs(cfg.TCPClosing), secs(cfg.ICMPTimeout), secs(cfg.SYNHold)
+	e.tmFrag = secs(cfg.FragmentHold)
 	e.filt = [3]Filtering{cfg.TCPFiltering, cfg.Filtering, cfg.Filtering}
 	for _, p := range cfg.Internal {
 		e.inside = append(e.inside, prefix32(p))
@@ -369,6 +390,9 @@ func (e *Engine) alive(r *rec, now uint32) bool { return now < r.expire }
 // packet.Reason name. It does not allocate for packets of existing flows.
 func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	e.st.Outbound++
+	if e.fragDirty {
+		e.compactFragments()
+	}
 	var p packet.Packet
 	if err := p.Parse(pkt); err != nil {
 		return e.bad(err)
@@ -392,19 +416,22 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if hairpin && e.cfg.NoHairpinning {
 		return e.drop(rNoHairpin)
 	}
-	if p.IsFragment() && (hairpin || p.Proto() == tuple.ICMP && p.IsICMPError()) {
+	if p.IsFragment() && p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.drop(rFragment)
 	}
 	if p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.outboundError(&p, now, ns)
 	}
-	if p.Proto() == tuple.ICMP && !p.IsICMPQueryRequest() {
+	if p.Proto() == tuple.ICMP && (!p.IsICMPQueryRequest() || hairpin) {
+		// A query to an external address of this NAT would come back to
+		// its sender; the NAT's own host answers such pings, not the engine.
 		return e.drop(rICMPUnsolicited)
 	}
 	origID := p.IPID()
 	v := e.outboundFlow(&p, now, ns)
+	var f *fragEntry
 	if v.Action == Forward && p.IsFragment() {
-		e.noteFragment(&p, true, u4(src), origID, ns)
+		f = e.noteFragment(&p, true, u4(src), origID, ns)
 	}
 	if v.Action != Forward || !hairpin {
 		if v.Action == Forward {
@@ -418,6 +445,10 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if v.Action == Forward {
 		v.Action = Hairpin
 		e.st.Hairpinned++
+		if f != nil {
+			f.xlat2, f.hairpin = u4(p.Dst()), true
+			v.Released = e.nfrag > 0 && e.releaseFragments(f, ns)
+		}
 	}
 	return v
 }
@@ -618,15 +649,25 @@ func (e *Engine) sessionDown(ia uint32) {
 // refuse answers a packet for which no session can be created: ICMP type 3
 // code 13 to its source (RFC 5508 REQ-8), or a plain drop.
 func (e *Engine) refuse(p *packet.Packet, r reasonID) Verdict {
+	return e.refuseFrom(p, r, e.cfg.ReplySource)
+}
+
+// refuseFrom is refuse with the given source address for the ICMP error
+// (the external address for packets from outside).
+func (e *Engine) refuseFrom(p *packet.Packet, r reasonID, from netip.Addr) Verdict {
 	if e.debug {
-		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: session refused",
-			slog.String("reason", reasonList[r]), slog.String("flow", p.Tuple().String()))
+		attrs := []slog.Attr{slog.String("reason", reasonList[r]), slog.String("proto", p.Proto().String()),
+			slog.String("internal", p.SrcAddrPort().String())}
+		if e.cfg.LogDestinations { // RFC 6888 REQ-12
+			attrs = append(attrs, slog.String("remote", p.DstAddrPort().String()))
+		}
+		e.cfg.Logger.LogAttrs(context.Background(), slog.LevelDebug, "nat: session refused", attrs...)
 	}
 	if e.cfg.NoICMPReplies {
 		return e.drop(r)
 	}
 	n, err := packet.BuildICMPError(e.reply[:], p, packet.ICMPErrorOptions{
-		Src: e.cfg.ReplySource, Type: packet.ICMPDestUnreachable, Code: packet.CodeAdminProhibited})
+		Src: from, Type: packet.ICMPDestUnreachable, Code: packet.CodeAdminProhibited})
 	if err != nil {
 		return e.drop(r)
 	}
@@ -908,6 +949,9 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 // It never panics on malformed input. It does not allocate.
 func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	e.st.Inbound++
+	if e.fragDirty {
+		e.compactFragments()
+	}
 	var p packet.Packet
 	if err := p.Parse(pkt); err != nil {
 		return e.bad(err)
@@ -944,7 +988,8 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 		dst := u4(p.Dst())
 		v = e.inboundFlow(&p, now, ns, false)
 		if v.Action == Forward && p.IsFragment() {
-			e.noteFragment(&p, false, dst, 0, ns)
+			f := e.noteFragment(&p, false, dst, 0, ns)
+			v.Released = e.nfrag > 0 && e.releaseFragments(f, ns)
 		}
 	}
 	if v.Action == Forward {
@@ -1001,7 +1046,7 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 	}
 	// A SYN the filter admits opens a session (RFC 6146 V4 INIT).
 	if e.cfg.MaxSessions > 0 && e.sessions >= e.cfg.MaxSessions || e.subscriberFull(r.intAddr) {
-		return e.drop(rSessionLimit)
+		return e.refuseFrom(p, rSessionLimit, a4(ea)) // RFC 5508 REQ-8
 	}
 	ia, ip := r.intAddr, r.intPort
 	if e.cfg.Mapping != MappingEIM {
@@ -1083,6 +1128,9 @@ func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 	ns := e.now(now)
 	e.replies = e.replies[:0]
 	e.rbuf = e.rbuf[:0]
+	if e.fragDirty || e.nfrag > 0 {
+		e.expireFragments(ns)
+	}
 	t := e.t
 	total := int(t.next)
 	if max <= 0 || max > total {
@@ -1151,6 +1199,12 @@ func (e *Engine) Replies() [][]byte { return e.replies }
 func (e *Engine) Stats() Stats {
 	s := e.st
 	s.Sessions, s.Mappings, s.HeldSYNs = e.sessions, e.mappings, e.nheld
+	s.HeldFragments = e.nfrag
+	for _, h := range e.fragHeld {
+		if !h.gone {
+			s.HeldFragmentBytes += h.n
+		}
+	}
 	s.Records, s.TableBytes = e.t.n, e.t.memBytes()
 	s.Drops = map[string]uint64{}
 	for i, n := range e.drops {
@@ -1167,7 +1221,7 @@ func (e *Engine) Stats() Stats {
 }
 
 // Flush removes every session and mapping (emitting MappingDeleted events
-// with ReasonFlush) and forgets held SYNs.
+// with ReasonFlush) and forgets held SYNs and held fragments.
 func (e *Engine) Flush(now time.Time) {
 	t := e.t
 	for c := range t.chunks {
@@ -1179,4 +1233,9 @@ func (e *Engine) Flush(now time.Time) {
 		}
 	}
 	e.nheld = 0
+	for k := range e.fragHeld {
+		e.fragHeld[k].gone = true
+	}
+	e.nfrag = 0
+	e.compactFragments()
 }

@@ -636,7 +636,7 @@ func TestMalformed(t *testing.T) {
 		}
 	}
 	_, second := fragments(udpPkt(t, srv1, netip.AddrPortFrom(extA, 40000)), 8)
-	if v, _ := in(e, second, t0); v.Reason != ReasonFragment {
+	if v, _ := in(e, second, t0); v.Reason != ReasonFragmentHeld {
 		t.Errorf("unmatched fragment: %v %q", v.Action, v.Reason)
 	}
 	if v, _ := out(e, udpPkt(t, netip.MustParseAddrPort("172.16.0.1:1"), srv1), t0); v.Reason != ReasonNotInternal {
@@ -645,7 +645,7 @@ func TestMalformed(t *testing.T) {
 	if v, _ := in(e, udpPkt(t, srv1, netip.MustParseAddrPort("192.0.2.99:1")), t0); v.Reason != ReasonNotExternal {
 		t.Errorf("foreign destination: %q", v.Reason)
 	}
-	if st := e.Stats(); st.Drops["truncated"] == 0 || st.Drops[ReasonFragment] != 1 {
+	if st := e.Stats(); st.Drops["truncated"] == 0 || st.Drops[ReasonFragmentHeld] != 1 {
 		t.Errorf("drop counters %v", st.Drops)
 	}
 }
@@ -1081,6 +1081,70 @@ func TestReviewFixes(t *testing.T) {
 		v, b := in(e, udpPkt(t, srv2, xb), t0.Add(13*time.Second))
 		if d := decode(t, b); v.Action != Forward || d.dst != hostB {
 			t.Fatalf("srv2's reply went to %v (%v %s), want %v", d.dst, v.Action, v.Reason, hostB)
+		}
+	})
+}
+
+// TestReviewFixes2 pins the second round of review findings.
+func TestReviewFixes2(t *testing.T) {
+	t.Run("reopen-after-fin", func(t *testing.T) {
+		e := newEngine(t, testConfig(nil))
+		_, d := tcpOut(t, e, hostA, srv1, "S", t0)
+		tcpIn(t, e, srv1, d.src, "SA", t0)
+		tcpOut(t, e, hostA, srv1, "FA", t0)
+		tcpIn(t, e, srv1, d.src, "FA", t0)
+		tcpOut(t, e, hostA, srv1, "A", t0)
+		later := t0.Add(time.Minute)
+		if v, d2 := tcpOut(t, e, hostA, srv1, "S", later); v.Action != Forward || d2.src != d.src {
+			t.Fatalf("reopening SYN: %v %s", v.Action, v.Reason)
+		}
+		tcpIn(t, e, srv1, d.src, "SA", later)
+		for m := 2; m <= 6; m++ {
+			now := t0.Add(time.Duration(m) * time.Minute)
+			e.Expire(now)
+			if v, _ := tcpOut(t, e, hostA, srv1, "PA", now); v.Action != Forward {
+				t.Fatalf("reopened connection cut at +%d min: %s", m, v.Reason)
+			}
+		}
+	})
+	t.Run("hairpinned-ping", func(t *testing.T) {
+		e := newEngine(t, testConfig(nil))
+		if v, _ := out(e, echoPkt(t, hostA.Addr(), extA, 8, 3), t0); v.Action != Drop || v.Reason != ReasonICMPUnsolicited {
+			t.Fatalf("ping to the external address: %v %s", v.Action, v.Reason)
+		}
+	})
+	t.Run("log-without-destination", func(t *testing.T) {
+		var sb strings.Builder
+		e := newEngine(t, testConfig(func(c *Config) {
+			c.MaxPortsPerSubscriber = 1
+			c.Logger = slog.New(slog.NewTextHandler(&sb, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		}))
+		mapUDP(t, e, hostA, srv1, t0)
+		out(e, udpPkt(t, netip.AddrPortFrom(hostA.Addr(), 9), srv2), t0)
+		if !strings.Contains(sb.String(), "session refused") || strings.Contains(sb.String(), srv2.Addr().String()) {
+			t.Fatalf("log: %s", sb.String())
+		}
+	})
+	t.Run("inbound-refused", func(t *testing.T) {
+		e := newEngine(t, testConfig(func(c *Config) { c.MaxSessions = 1 }))
+		_, d := tcpOut(t, e, hostA, srv1, "S", t0)
+		v, _ := in(e, tcpPkt(t, srv2, d.src, "S"), t0)
+		if v.Action != Reply {
+			t.Fatalf("inbound SYN over the session limit: %v %s", v.Action, v.Reason)
+		}
+		if r := decode(t, v.Reply); r.icmpType != 3 || r.code != 13 || r.src.Addr() != extA || r.dst.Addr() != srv2.Addr() {
+			t.Fatalf("reply %+v", r)
+		}
+	})
+	t.Run("config", func(t *testing.T) {
+		for field, mut := range map[string]func(*Config){
+			"Ports":                  func(c *Config) { c.Ports = tuple.PortSetOf(tuple.PortRangeFrom(0, 10)) },
+			"Overloading":            func(c *Config) { c.Overlapping, c.Overloading, c.Filtering = true, true, FilterAPDF },
+			"MaxBlocksPerSubscriber": func(c *Config) { c.MaxBlocksPerSubscriber = 2 },
+		} {
+			if _, err := New(testConfig(mut)); err == nil || !strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
+				t.Errorf("%s: %v", field, err)
+			}
 		}
 	})
 }

@@ -56,6 +56,15 @@ func tcpNext(s, flags uint8, outbound bool) uint8 {
 		if fin && outbound {
 			return tcpFinBoth
 		}
+	case tcpFinBoth:
+		// A new SYN reopens the connection on the same 5-tuple (RFC 1122
+		// §4.2.2.13 allows it in TIME-WAIT; VPP calls this REOPEN).
+		if syn && flags&packet.TCPAck == 0 {
+			if outbound {
+				return tcpOutSYN
+			}
+			return tcpInSYN
+		}
 	case tcpRst:
 		// RFC 6146: any non-RST segment in TRANS brings the connection back.
 		return tcpEstablished

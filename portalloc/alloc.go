@@ -708,49 +708,51 @@ func (a *Allocator) getBlock(si int32, want uint16, remote netip.AddrPort) (Leas
 	}
 	for k := 0; k < cands; k++ {
 		ai := (first + k) % len(a.addrs)
-		bi, ok := a.freeBlock(ai, sub, want, remote)
-		if !ok {
-			continue
-		}
-		r := a.blockRange(bi)
-		p, ok := a.pick(ai, sub, want, remote, r)
-		if !ok {
-			continue // every port of the block is quarantined
-		}
 		st := &a.addrs[ai]
-		st.blocks[bi>>6] |= 1 << (bi & 63)
-		s.ai = int32(ai)
-		s.blocks = append(s.blocks, blockRef{idx: bi, used: 1})
-		a.take(ai, p)
-		return Lease{Ext: netip.AddrPortFrom(st.addr, p), Block: r, NewBlock: true}, nil
+		// The block holding the wanted port when preserving, then every
+		// free block from a hashed start: a free block whose ports are all
+		// still quarantined is passed over, not taken for exhaustion.
+		pref := -1
+		if a.cfg.Preserve && want >= a.blockBase {
+			if b := (int(want) - int(a.blockBase)) / a.cfg.BlockSize; b < a.nblocks {
+				pref = b
+			}
+		}
+		startB := int(Offset(a.cfg.Secret, sub, remote) % uint32(a.nblocks))
+		for n := -1; n < a.nblocks; n++ {
+			var b int
+			if n < 0 {
+				if pref < 0 {
+					continue
+				}
+				b = pref
+			} else {
+				b = (startB + n) % a.nblocks
+				if b&63 == 0 && b+64 <= a.nblocks && st.blocks[b>>6] == ^uint64(0) {
+					n += 63 // a word of taken blocks
+					continue
+				}
+				if b == pref {
+					continue
+				}
+			}
+			if st.blocks[b>>6]&(1<<(b&63)) != 0 {
+				continue
+			}
+			bi := int32(b)
+			r := a.blockRange(bi)
+			p, ok := a.pick(ai, sub, want, remote, r)
+			if !ok {
+				continue // every port of the block is still quarantined
+			}
+			st.blocks[bi>>6] |= 1 << (bi & 63)
+			s.ai = int32(ai)
+			s.blocks = append(s.blocks, blockRef{idx: bi, used: 1})
+			a.take(ai, p)
+			return Lease{Ext: netip.AddrPortFrom(st.addr, p), Block: r, NewBlock: true}, nil
+		}
 	}
 	return Lease{}, ErrExhausted
-}
-
-// freeBlock picks a free block of address ai: the one holding want when
-// preserving, else the first free one from a hashed start.
-func (a *Allocator) freeBlock(ai int, sub netip.Addr, want uint16, remote netip.AddrPort) (int32, bool) {
-	st := &a.addrs[ai]
-	isFree := func(b int) bool { return st.blocks[b>>6]&(1<<(b&63)) == 0 }
-	if a.cfg.Preserve && want >= a.blockBase {
-		b := (int(want) - int(a.blockBase)) / a.cfg.BlockSize
-		if b < a.nblocks && isFree(b) {
-			return int32(b), true
-		}
-	}
-	start := int(Offset(a.cfg.Secret, sub, remote) % uint32(a.nblocks))
-	for k := 0; k < a.nblocks; {
-		b := (start + k) % a.nblocks
-		if b&63 == 0 && b+64 <= a.nblocks && st.blocks[b>>6] == ^uint64(0) {
-			k += 64
-			continue
-		}
-		if isFree(b) {
-			return int32(b), true
-		}
-		k++
-	}
-	return 0, false
 }
 
 // Put returns ext, allocated to subscriber sub, to the pool (through the

@@ -348,3 +348,33 @@ func TestManyAddresses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestBlocksWithQuarantine: a freed block whose ports are all still in
+// quarantine is passed over when another subscriber needs a block, so the
+// pool is not reported exhausted while usable blocks remain (the hashed
+// start often lands on such a block).
+func TestBlocksWithQuarantine(t *testing.T) {
+	b := mustNew(t, Config{BlockSize: 8, Quarantine: 120 * time.Second, Ports: tuple.PortSetOf(tuple.PortRangeFrom(1024, 1024+8*6-1))})
+	for i := 0; i < 6; i++ {
+		sub := netip.AddrFrom4([4]byte{10, 0, 2, byte(i)})
+		var got []Lease
+		for j := 0; j < 8; j++ {
+			l, err := b.Get(sub, 40000, remote, t0)
+			if err != nil {
+				t.Fatalf("subscriber %d, port %d refused with %d blocks untouched: %v", i, j, 6-i, err)
+			}
+			got = append(got, l)
+		}
+		for _, l := range got {
+			if _, err := b.Put(sub, l.Ext, t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := b.Get(netip.MustParseAddr("10.0.2.99"), 40000, remote, t0); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("every port quarantined: %v", err)
+	}
+	if _, err := b.Get(netip.MustParseAddr("10.0.2.99"), 40000, remote, t0.Add(121*time.Second)); err != nil {
+		t.Fatalf("after the quarantine: %v", err)
+	}
+}
