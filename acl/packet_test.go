@@ -46,7 +46,7 @@ const helperEnv = "PORTSPACE_ACL_PACKET_HELPER"
 func TestPacketHelper(t *testing.T) {
 	mode := os.Getenv(helperEnv)
 	if mode == "" {
-		t.Skip("helper process for TestPacketFilter")
+		return // only a helper process for TestPacketFilter; nothing to test here
 	}
 	args := strings.Fields(os.Getenv(helperEnv + "_ARGS"))
 	switch mode {
