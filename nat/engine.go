@@ -1160,6 +1160,7 @@ func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 		e.cursor = 0
 		wrapped = true
 	}
+	t.maintain(max) // shrink the index and the arena after mass expiry
 	for _, a := range e.alloc {
 		a.Expire(now)
 	}

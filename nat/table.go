@@ -114,9 +114,13 @@ type table struct {
 	old      []uint32
 	oldShift uint8
 	mig      uint32
-	k0       uint64
-	k1       uint64
-	mode     keyMode
+	minBits  uint8 // the index never shrinks below 2^minBits slots
+	// While trimming the arena: chunks at and above trimTo are being
+	// emptied (their free records are kept off the free list).
+	trimTo uint32
+	k0     uint64
+	k1     uint64
+	mode   keyMode
 }
 
 // indexMinBits sizes a new index (2^10 slots); tests lower it to exercise
@@ -133,6 +137,7 @@ func newTable(k0, k1 uint64, mode keyMode, expect int) *table {
 	}
 	t.slots = makeSlots(1 << b)
 	t.shift = uint8(64 - b)
+	t.minBits = uint8(b)
 	return t
 }
 
@@ -264,6 +269,9 @@ func (t *table) unindex(i uint32) {
 		t.removeSlot(t.keyOf(r, k1), (i+1)|whichBit)
 	}
 	t.migrate(migrateStep)
+	if t.old == nil && t.used*8 < len(t.slots) && len(t.slots) > 1<<t.minBits {
+		t.startShrink()
+	}
 }
 
 // removeSlot removes the slot of key k with value v from both arrays.
@@ -343,6 +351,112 @@ func (t *table) startGrow() {
 	t.used = 0
 }
 
+// startShrink begins halving (or more) an index less than 1/8 full, to
+// a size at most 1/4 full, the same way as startGrow: keys move to the
+// smaller array a few at a time (and in Engine.ExpireSome), look-ups
+// check both arrays meanwhile.
+func (t *table) startShrink() {
+	b := int(t.minBits)
+	for 1<<b < 4*t.used+4 {
+		b++
+	}
+	if 1<<b >= len(t.slots) {
+		return
+	}
+	t.old, t.oldShift, t.mig = t.slots, t.shift, 0
+	t.slots = makeSlots(1 << b)
+	t.shift = uint8(64 - b)
+	t.used = 0
+}
+
+// maintain does up to n steps of background work: moving index slots of
+// a growth or shrink, starting a shrink, and trimming the arena.
+func (t *table) maintain(n int) {
+	t.migrate(n)
+	if t.old == nil && t.used*8 < len(t.slots) && len(t.slots) > 1<<t.minBits {
+		t.startShrink()
+		t.migrate(n)
+	}
+	t.trim(min(n, maxTrimStep))
+}
+
+// maxTrimStep bounds the records trim moves per call (a move is an
+// unindex and an index, about 0.2 µs).
+const maxTrimStep = 1 << 15
+
+// abandonTrim stops a trim that found no free record below its limit (the
+// table filled up again): the free records above the limit go back on
+// the free list.
+func (t *table) abandonTrim() {
+	for i := t.trimTo << chunkBits; i < t.next; i++ {
+		if r := t.at(i); r.flags&fUsed == 0 {
+			*r = rec{refs: t.free}
+			t.free = i + 1
+		}
+	}
+	t.trimTo = 0
+}
+
+// trim releases arena chunks after mass expiry. When fewer than 1/8 of
+// the arena's records are in use, the chunks above what would hold them
+// 1/4 full are emptied: their free records leave the free list, their
+// live records move (unindex, copy, index) into free records below, one
+// at a time from the top, up to n moves or scans per call; emptied
+// chunks are dropped from the top. Record indices are internal to a
+// call, so moving a record between calls is invisible to the engine.
+func (t *table) trim(n int) {
+	if t.trimTo == 0 {
+		if len(t.chunks) <= 1 || t.n*8 >= len(t.chunks)*chunkSize {
+			return
+		}
+		k := max(1, (4*t.n+chunkSize-1)/chunkSize)
+		if k >= len(t.chunks) {
+			return
+		}
+		t.trimTo = uint32(k)
+		// Rebuild the free list without the records above the limit.
+		lim := t.trimTo << chunkBits
+		var head uint32
+		tail := &head
+		for f := t.free; f != 0; {
+			r := t.at(f - 1)
+			next := r.refs
+			if f-1 < lim {
+				*tail = f
+				tail = &r.refs
+			}
+			f = next
+		}
+		*tail = 0
+		t.free = head
+	}
+	lim := t.trimTo << chunkBits
+	for ; n > 0 && t.next > lim; n-- {
+		j := t.next - 1
+		if r := t.at(j); r.flags&fUsed != 0 {
+			if t.free == 0 {
+				t.abandonTrim()
+				return
+			}
+			i := t.free - 1
+			t.free = t.at(i).refs
+			moved := *r
+			t.unindex(j)
+			*t.at(i) = moved
+			t.index(i)
+			*r = rec{}
+		}
+		t.next--
+		if t.next&(chunkSize-1) == 0 {
+			t.chunks[len(t.chunks)-1] = nil
+			t.chunks = t.chunks[:t.next>>chunkBits]
+		}
+	}
+	if t.next <= lim {
+		t.trimTo = 0
+	}
+}
+
 // migrate moves up to n slots of the old array.
 func (t *table) migrate(n int) {
 	for ; n > 0 && t.old != nil; n-- {
@@ -396,9 +510,13 @@ func (t *table) alloc() (uint32, bool) {
 // release returns record i (already unindexed) to the free list.
 func (t *table) release(i uint32) {
 	r := t.at(i)
+	t.n--
+	if t.trimTo != 0 && i >= t.trimTo<<chunkBits {
+		*r = rec{} // in a chunk being emptied: kept off the free list
+		return
+	}
 	*r = rec{refs: t.free}
 	t.free = i + 1
-	t.n--
 }
 
 // memBytes returns the bytes held by the table's arrays.
