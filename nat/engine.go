@@ -52,6 +52,11 @@ func (a Action) String() string {
 type Verdict struct {
 	// Action says what to do with the packet.
 	Action Action
+	// Released is true when the packet was the first fragment of a
+	// datagram whose later fragments had arrived before it and were held:
+	// they are now translated and Engine.Released returns them, to be sent
+	// on the internal side after this packet (RFC 4787 REQ-14).
+	Released bool
 	// Reason says why a packet was dropped (or replied to): one of the
 	// Reason* constants or a packet.Reason name. Empty for Forward and
 	// Hairpin. It is a constant string; reading it never allocates.
@@ -60,11 +65,6 @@ type Verdict struct {
 	// packet's source. It points into the engine's buffer and is valid
 	// until the next call on the Engine.
 	Reply []byte
-	// Released is true when the packet was the first fragment of a
-	// datagram whose later fragments had arrived before it and were held:
-	// they are now translated and Engine.Released returns them, to be sent
-	// on the internal side after this packet (RFC 4787 REQ-14).
-	Released bool
 }
 
 // Drop reasons (Verdict.Reason). Malformed packets carry the name of their
