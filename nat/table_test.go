@@ -161,3 +161,121 @@ func TestTableShrink(t *testing.T) {
 		t.Fatalf("after expiring everything: %+v", st)
 	}
 }
+
+// TestTableTrim: records inserted and deleted at random while the index
+// shrinks and the arena is trimmed in small steps (records move): every
+// live record stays findable by both keys with its fields intact.
+func TestTableTrim(t *testing.T) {
+	tb := newTable(3, 4, keyMode{}, 0)
+	r := rand.New(rand.NewPCG(9, 10))
+	type live struct {
+		k   key
+		rec rec
+	}
+	var lv []live
+	add := func() {
+		i, ok := tb.alloc()
+		if !ok {
+			t.Fatal("alloc")
+		}
+		rc := tb.at(i)
+		rc.proto = 17
+		rc.intAddr, rc.intPort = r.Uint32(), uint16(r.Uint32())
+		rc.extAddr, rc.extPort = r.Uint32(), uint16(r.Uint32())
+		rc.remAddr, rc.remPort = r.Uint32(), uint16(r.Uint32())
+		if r.IntN(2) == 0 {
+			rc.flags |= fOwner
+		}
+		tb.index(i)
+		k0, _, _ := kindsOf(rc)
+		lv = append(lv, live{tb.keyOf(rc, k0), *rc})
+	}
+	del := func() {
+		j := r.IntN(len(lv))
+		f := tb.find(lv[j].k)
+		if f == 0 {
+			t.Fatal("live record not found")
+		}
+		tb.unindex(f - 1)
+		tb.release(f - 1)
+		lv[j] = lv[len(lv)-1]
+		lv = lv[:len(lv)-1]
+	}
+	verify := func(step int) {
+		t.Helper()
+		if err := tb.check(); err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		for _, l := range lv {
+			f := tb.find(l.k)
+			if f == 0 || *tb.at(f - 1) != l.rec {
+				t.Fatalf("step %d: record %+v lost (found %d)", step, l.rec, f)
+			}
+		}
+		if tb.n != len(lv) {
+			t.Fatalf("step %d: %d records counted, %d live", step, tb.n, len(lv))
+		}
+	}
+	for range 3*chunkSize - 100 {
+		add()
+	}
+	for len(lv) > 1500 {
+		del()
+	}
+	sawTrim, sawShrink := false, false
+	for step := range 6000 {
+		switch x := r.IntN(10); {
+		case x < 3:
+			add()
+		case x < 6:
+			del()
+		default:
+			tb.maintain(64)
+		}
+		sawTrim = sawTrim || tb.trimTo != 0
+		sawShrink = sawShrink || tb.old != nil && len(tb.slots) < len(tb.old)
+		if step%200 == 0 {
+			verify(step)
+		}
+	}
+	for range 1000 {
+		tb.maintain(1 << 10)
+	}
+	verify(-1)
+	if !sawTrim || !sawShrink || len(tb.chunks) != 1 {
+		t.Fatalf("trim seen %v, shrink seen %v, %d chunks left", sawTrim, sawShrink, len(tb.chunks))
+	}
+	// Refill past the trimmed size: the arena grows again.
+	for range 2 * chunkSize {
+		add()
+	}
+	verify(-2)
+	// A trim overtaken by a refill is abandoned; no record is lost.
+	for len(lv) > 1500 {
+		del()
+	}
+	tb.maintain(1)
+	if tb.trimTo == 0 {
+		t.Fatal("no trim started")
+	}
+	for range 2 * chunkSize {
+		add()
+	}
+	for range 100 {
+		tb.maintain(1 << 10)
+	}
+	if tb.trimTo != 0 {
+		t.Fatal("trim not abandoned")
+	}
+	verify(-3)
+	for len(lv) > 0 {
+		del()
+	}
+	for range 100 {
+		tb.maintain(1 << 10)
+	}
+	verify(-4)
+	if len(tb.chunks) != 1 {
+		t.Fatalf("%d chunks after deleting all", len(tb.chunks))
+	}
+}
