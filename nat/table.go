@@ -38,7 +38,11 @@ import (
 // When half full it doubles incrementally: new keys go to a new array and
 // each insertion or deletion moves 16 slots of the old one, so no packet
 // pays for rehashing the whole table (a 10 M-session table would otherwise
-// stall for about a second).
+// stall for about a second). When less than 1/8 full it shrinks the same
+// way to a size at most 1/4 full (Engine.ExpireSome drives the move too),
+// and when less than 1/8 of the arena's records are in use, the top chunks
+// are emptied by moving their live records down and then released
+// (trim), a bounded number per Expire call.
 
 type rec struct {
 	intAddr, extAddr, remAddr uint32
