@@ -122,6 +122,7 @@ type table struct {
 	// While trimming the arena: chunks at and above trimTo are being
 	// emptied (their free records are kept off the free list).
 	trimTo uint32
+	pend   uint32 // the free list when the trim began, being filtered
 	k0     uint64
 	k1     uint64
 	mode   keyMode
@@ -388,6 +389,27 @@ func (t *table) maintain(n int) {
 // unindex and an index, about 0.2 µs).
 const maxTrimStep = 1 << 15
 
+// maxTrimScan bounds the records trim looks at per call (free ones cost
+// a load each: about 1 ms per million).
+const maxTrimScan = 1 << 20
+
+// refill moves up to n records of the pending free list (see trim) to
+// the free list, dropping those above the trim limit.
+func (t *table) refill(n int) {
+	lim := t.trimTo << chunkBits
+	for ; n > 0 && t.pend != 0; n-- {
+		i := t.pend - 1
+		r := t.at(i)
+		t.pend = r.refs
+		if i < lim {
+			r.refs = t.free
+			t.free = i + 1
+		} else {
+			*r = rec{}
+		}
+	}
+}
+
 // abandonTrim stops a trim that found no free record below its limit (the
 // table filled up again): the free records above the limit go back on
 // the free list.
@@ -403,9 +425,12 @@ func (t *table) abandonTrim() {
 
 // trim releases arena chunks after mass expiry. When fewer than 1/8 of
 // the arena's records are in use, the chunks above what would hold them
-// 1/4 full are emptied: their free records leave the free list, their
+// 1/4 full are emptied: their free records leave the free list (which
+// is filtered incrementally, 16 n records per call, alloc taking from
+// it meanwhile), their
 // live records move (unindex, copy, index) into free records below, one
-// at a time from the top, up to n moves or scans per call; emptied
+// at a time from the top, up to n moves (and maxTrimScan records) per
+// call; emptied
 // chunks are dropped from the top. Record indices are internal to a
 // call, so moving a record between calls is invisible to the engine.
 func (t *table) trim(n int) {
@@ -418,30 +443,25 @@ func (t *table) trim(n int) {
 			return
 		}
 		t.trimTo = uint32(k)
-		// Rebuild the free list without the records above the limit.
-		lim := t.trimTo << chunkBits
-		var head uint32
-		tail := &head
-		for f := t.free; f != 0; {
-			r := t.at(f - 1)
-			next := r.refs
-			if f-1 < lim {
-				*tail = f
-				tail = &r.refs
-			}
-			f = next
+		t.pend, t.free = t.free, 0
+	}
+	// First filter the old free list, incrementally: records below the
+	// limit go back on the free list, the others are dropped from it.
+	if t.pend != 0 {
+		t.refill(min(16*n, maxTrimScan))
+		if t.pend != 0 {
+			return
 		}
-		*tail = 0
-		t.free = head
 	}
 	lim := t.trimTo << chunkBits
-	for ; n > 0 && t.next > lim; n-- {
+	for scans := 0; n > 0 && t.next > lim && scans < maxTrimScan; scans++ {
 		j := t.next - 1
 		if r := t.at(j); r.flags&fUsed != 0 {
 			if t.free == 0 {
 				t.abandonTrim()
 				return
 			}
+			n--
 			i := t.free - 1
 			t.free = t.at(i).refs
 			moved := *r
@@ -493,6 +513,9 @@ func (t *table) migrateSlot(s uint32) {
 // alloc returns a zeroed record index, or false at maxRecords.
 func (t *table) alloc() (uint32, bool) {
 	var i uint32
+	if t.free == 0 && t.pend != 0 {
+		t.refill(64) // a trim is filtering the free list (bounded work)
+	}
 	if t.free != 0 {
 		i = t.free - 1
 		t.free = t.at(i).refs
