@@ -1130,7 +1130,6 @@ func (e *Engine) Expire(now time.Time) {
 // maintenance: moving index slots of a growth or shrink (the index shrinks
 // when less than 1/8 full) and emptying arena chunks (at most 32 768
 // record moves per call) when less than 1/8 of the records are in use.
-// Starting an arena trim walks the free list once.
 func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 	ns := e.now(now)
 	e.replies = e.replies[:0]
