@@ -140,7 +140,8 @@ type Stats struct {
 	HeldSYNs          int    // SYNs held now
 	Records           int    // table records (sessions, mappings, filters)
 	TableBytes        int    // memory of the table's arrays
-	// Drops counts Drop and Reply verdicts by Reason.
+	// Drops counts Drop and Reply verdicts by Reason, and held fragments
+	// dropped later (fragment-timeout; their verdict was fragment-held).
 	Drops map[string]uint64
 }
 
