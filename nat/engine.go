@@ -52,6 +52,11 @@ func (a Action) String() string {
 type Verdict struct {
 	// Action says what to do with the packet.
 	Action Action
+	// Released is true when the packet was the first fragment of a
+	// datagram whose later fragments had arrived before it and were held:
+	// they are now translated and Engine.Released returns them, to be sent
+	// on the internal side after this packet (RFC 4787 REQ-14).
+	Released bool
 	// Reason says why a packet was dropped (or replied to): one of the
 	// Reason* constants or a packet.Reason name. Empty for Forward and
 	// Hairpin. It is a constant string; reading it never allocates.
@@ -60,11 +65,6 @@ type Verdict struct {
 	// packet's source. It points into the engine's buffer and is valid
 	// until the next call on the Engine.
 	Reply []byte
-	// Released is true when the packet was the first fragment of a
-	// datagram whose later fragments had arrived before it and were held:
-	// they are now translated and Engine.Released returns them, to be sent
-	// on the internal side after this packet (RFC 4787 REQ-14).
-	Released bool
 }
 
 // Drop reasons (Verdict.Reason). Malformed packets carry the name of their
@@ -72,7 +72,7 @@ type Verdict struct {
 const (
 	ReasonNotInternal     = "not-internal"          // outbound source outside Config.Internal
 	ReasonNotExternal     = "not-external"          // inbound destination is not an external address
-	ReasonFragment        = "fragment"              // fragments are not translated (reassemble first)
+	ReasonFragment        = "fragment"              // fragment that cannot be translated (fragmented ICMP error, unknown datagram with the hold off)
 	ReasonNoMapping       = "no-mapping"            // inbound packet matches no mapping
 	ReasonFiltered        = "filtered"              // inbound packet refused by the filtering behaviour
 	ReasonSYNHeld         = "syn-held"              // unsolicited SYN held (RFC 5382 REQ-4)
@@ -140,7 +140,8 @@ type Stats struct {
 	HeldSYNs          int    // SYNs held now
 	Records           int    // table records (sessions, mappings, filters)
 	TableBytes        int    // memory of the table's arrays
-	// Drops counts Drop and Reply verdicts by Reason.
+	// Drops counts Drop and Reply verdicts by Reason, and held fragments
+	// dropped later (fragment-timeout; their verdict was fragment-held).
 	Drops map[string]uint64
 }
 
@@ -1110,20 +1111,26 @@ func (e *Engine) holdSYN(p *packet.Packet, ea uint32, ep uint16, ra uint32, rp u
 	return e.drop(rSYNHeld)
 }
 
-// Expire retires sessions and mappings whose timers ran out and answers
+// Expire retires sessions and mappings whose timers ran out, answers
 // SYNs held longer than Config.SYNHold with ICMP port unreachable (see
-// Replies). It visits every record (about 1-3 ms per million): call it
-// about once a second, or use ExpireSome to bound the pause. Lookups also
-// retire the dead records they meet, so translation stays correct however
-// rarely either runs.
+// Replies) and drops fragments held longer than Config.FragmentHold
+// (ReasonFragmentTimeout). It visits every record (about 1-3 ms per
+// million): call it about once a second, or use ExpireSome to bound the
+// pause. Lookups also retire the dead records they meet, so translation
+// stays correct however rarely either runs. After mass expiry it also
+// shrinks the table a bounded step per call (see ExpireSome).
 func (e *Engine) Expire(now time.Time) {
 	e.ExpireSome(now, 0)
 }
 
 // ExpireSome is Expire visiting at most max records (0 = all), continuing
 // from where the previous call stopped, so a datapath can spread the sweep
-// over many short calls. Held SYNs and quarantined ports are handled on
-// every call. It reports whether the sweep completed a pass over the table.
+// over many short calls. Held SYNs, held fragments and quarantined ports
+// are handled on every call. It reports whether the sweep completed a pass
+// over the table. Each call also does up to max steps of table
+// maintenance: moving index slots of a growth or shrink (the index shrinks
+// when less than 1/8 full) and emptying arena chunks (at most 32 768
+// record moves per call) when less than 1/8 of the records are in use.
 func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 	ns := e.now(now)
 	e.replies = e.replies[:0]
@@ -1160,6 +1167,7 @@ func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 		e.cursor = 0
 		wrapped = true
 	}
+	t.maintain(max) // shrink the index and the arena after mass expiry
 	for _, a := range e.alloc {
 		a.Expire(now)
 	}

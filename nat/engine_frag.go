@@ -274,15 +274,13 @@ func (e *Engine) releaseFragments(f *fragEntry, ns uint32) bool {
 		e.nfrag--
 		e.fragDirty = true
 		if ns >= h.deadline+1 {
-			e.drops[rFragmentTimeout]++
-			e.st.Dropped++
+			e.drops[rFragmentTimeout]++ // its Drop verdict (fragment-held) is counted already
 			continue
 		}
 		var p packet.Packet
 		b := e.fragBuf[h.start : h.start+h.n : h.start+h.n]
 		if p.Parse(b) != nil || !e.applyFragment(&p, f) {
 			e.drops[rFragment]++
-			e.st.Dropped++
 			continue
 		}
 		e.released = append(e.released, b)
@@ -333,8 +331,7 @@ func (e *Engine) expireFragments(ns uint32) {
 		if !h.gone && ns >= h.deadline+1 {
 			h.gone = true
 			e.nfrag--
-			e.drops[rFragmentTimeout]++
-			e.st.Dropped++
+			e.drops[rFragmentTimeout]++ // its Drop verdict (fragment-held) is counted already
 		}
 	}
 	e.compactFragments()
