@@ -92,6 +92,13 @@ const (
 	DefaultICMPTimeout    = 60 * time.Second            // RFC 5508 REQ-2 minimum
 	DefaultSYNHold        = 6 * time.Second             // RFC 5382 REQ-4
 	DefaultMaxHeldSYNs    = 64
+
+	// Held fragments (RFC 4787 REQ-14; see Config.FragmentHold).
+	DefaultFragmentHold              = 2 * time.Second
+	DefaultMaxHeldFragments          = 256
+	DefaultMaxHeldFragmentBytes      = 256 << 10
+	DefaultMaxFragmentsPerDatagram   = 45 // a 64 KiB datagram in 1500-byte fragments
+	DefaultMaxHeldFragmentsPerSource = 64
 )
 
 // Config configures an Engine. The zero value of every field except
@@ -181,6 +188,29 @@ type Config struct {
 	// MaxHeldSYNs bounds the SYNs held at once (default 64); more are
 	// dropped silently.
 	MaxHeldSYNs int
+
+	// FragmentHold is how long a non-first fragment that arrives before
+	// the first fragment of its datagram (which carries the ports) is held
+	// waiting for it (default 2 s; RFC 4787 REQ-14 requires receiving
+	// out-of-order fragments, RFC 791 §3.2 bounds reassembly with a timer,
+	// kept short here because the engine holds copies). Held fragments are
+	// inbound ones and hairpinned ones; when the first fragment is
+	// translated they are translated too and handed out by
+	// Engine.Released. Expire drops those held longer (ReasonFragmentTimeout).
+	FragmentHold time.Duration
+	// NoFragmentHold drops such fragments at once (ReasonFragment).
+	NoFragmentHold bool
+	// MaxHeldFragments bounds the fragments held at once (default 256),
+	// MaxHeldFragmentBytes their total size (default 256 KiB, allocated on
+	// first use and never grown), MaxFragmentsPerDatagram those of one
+	// datagram (default 45) and MaxHeldFragmentsPerSource those from one
+	// source address (default 64). A fragment over any cap is dropped
+	// (ReasonFragmentHoldFull), so a flood of orphan fragments costs
+	// bounded memory and cannot push out more than its source's share.
+	MaxHeldFragments          int
+	MaxHeldFragmentBytes      int
+	MaxFragmentsPerDatagram   int
+	MaxHeldFragmentsPerSource int
 	// NoICMPReplies stops the engine from answering with ICMP
 	// "communication administratively prohibited" when it cannot create a
 	// session (RFC 5508 REQ-8 SHOULD; on by default).
@@ -332,6 +362,7 @@ func (cfg Config) normalized() (Config, error) {
 		{"TCPClosing", &cfg.TCPClosing, DefaultTCPClosing},
 		{"ICMPTimeout", &cfg.ICMPTimeout, DefaultICMPTimeout},
 		{"SYNHold", &cfg.SYNHold, DefaultSYNHold},
+		{"FragmentHold", &cfg.FragmentHold, DefaultFragmentHold},
 	} {
 		if *d.v < 0 {
 			return fail(d.name, "negative duration %v", *d.v)
@@ -354,6 +385,26 @@ func (cfg Config) normalized() (Config, error) {
 	}
 	if cfg.MaxHeldSYNs == 0 {
 		cfg.MaxHeldSYNs = DefaultMaxHeldSYNs
+	}
+	for _, d := range []struct {
+		name     string
+		v        *int
+		def, max int
+	}{
+		{"MaxHeldFragments", &cfg.MaxHeldFragments, DefaultMaxHeldFragments, 1 << 16},
+		{"MaxHeldFragmentBytes", &cfg.MaxHeldFragmentBytes, DefaultMaxHeldFragmentBytes, 64 << 20},
+		{"MaxFragmentsPerDatagram", &cfg.MaxFragmentsPerDatagram, DefaultMaxFragmentsPerDatagram, 8192},
+		{"MaxHeldFragmentsPerSource", &cfg.MaxHeldFragmentsPerSource, DefaultMaxHeldFragmentsPerSource, 1 << 16},
+	} {
+		if *d.v < 0 {
+			return fail(d.name, "negative")
+		}
+		if *d.v > d.max {
+			return fail(d.name, "%d exceeds %d", *d.v, d.max)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
 	}
 	for name, v := range map[string]int{
 		"MaxPortsPerSubscriber": cfg.MaxPortsPerSubscriber, "MaxSessionsPerSubscriber": cfg.MaxSessionsPerSubscriber,

@@ -52,6 +52,11 @@ func (a Action) String() string {
 type Verdict struct {
 	// Action says what to do with the packet.
 	Action Action
+	// Released is true when the packet was the first fragment of a
+	// datagram whose later fragments had arrived before it and were held:
+	// they are now translated and Engine.Released returns them, to be sent
+	// on the internal side after this packet (RFC 4787 REQ-14).
+	Released bool
 	// Reason says why a packet was dropped (or replied to): one of the
 	// Reason* constants or a packet.Reason name. Empty for Forward and
 	// Hairpin. It is a constant string; reading it never allocates.
@@ -67,7 +72,7 @@ type Verdict struct {
 const (
 	ReasonNotInternal     = "not-internal"          // outbound source outside Config.Internal
 	ReasonNotExternal     = "not-external"          // inbound destination is not an external address
-	ReasonFragment        = "fragment"              // fragments are not translated (reassemble first)
+	ReasonFragment        = "fragment"              // fragment that cannot be translated (fragmented ICMP error, unknown datagram with the hold off)
 	ReasonNoMapping       = "no-mapping"            // inbound packet matches no mapping
 	ReasonFiltered        = "filtered"              // inbound packet refused by the filtering behaviour
 	ReasonSYNHeld         = "syn-held"              // unsolicited SYN held (RFC 5382 REQ-4)
@@ -81,12 +86,16 @@ const (
 	ReasonICMPUnsolicited = "icmp-unsolicited"      // ICMP query that may not create a session
 	ReasonNoHairpin       = "hairpin-disabled"      // Config.NoHairpinning
 	ReasonUnsupported     = "unsupported"           // packet the engine does not translate
+	ReasonFragmentHeld    = "fragment-held"         // non-first fragment held until its first fragment (Engine.Released)
+	ReasonFragmentTimeout = "fragment-timeout"      // held fragment whose first fragment did not come within Config.FragmentHold
+	ReasonFragmentFull    = "fragment-hold-full"    // fragment over a hold cap (Config.MaxHeldFragments...), or a duplicate
 )
 
 var reasonList = [...]string{ReasonNotInternal, ReasonNotExternal, ReasonFragment, ReasonNoMapping,
 	ReasonFiltered, ReasonSYNHeld, ReasonSYNDropped, ReasonTCPNoSession, ReasonPortsExhausted,
 	ReasonPortLimit, ReasonSessionLimit, ReasonICMPChecksum, ReasonICMPNoSession,
-	ReasonICMPUnsolicited, ReasonNoHairpin, ReasonUnsupported}
+	ReasonICMPUnsolicited, ReasonNoHairpin, ReasonUnsupported, ReasonFragmentHeld, ReasonFragmentTimeout,
+	ReasonFragmentFull}
 
 type reasonID uint8
 
@@ -107,6 +116,9 @@ const (
 	rICMPUnsolicited
 	rNoHairpin
 	rUnsupported
+	rFragmentHeld
+	rFragmentTimeout
+	rFragmentFull
 	numReasons
 )
 
@@ -120,12 +132,16 @@ type Stats struct {
 	Expired           uint64 // sessions retired by timers
 	Untranslated      uint64 // packets forwarded untouched (Config.NoTranslate)
 	HeldSYNReplies    uint64 // port-unreachable messages for held SYNs (Engine.Replies)
+	ReleasedFragments uint64 // held fragments translated and released (Engine.Released)
+	HeldFragments     int    // fragments held now, waiting for their first fragment
+	HeldFragmentBytes int    // their bytes
 	Sessions          int    // live sessions (flows)
 	Mappings          int    // live mappings
 	HeldSYNs          int    // SYNs held now
 	Records           int    // table records (sessions, mappings, filters)
 	TableBytes        int    // memory of the table's arrays
-	// Drops counts Drop and Reply verdicts by Reason.
+	// Drops counts Drop and Reply verdicts by Reason, and held fragments
+	// dropped later (fragment-timeout; their verdict was fragment-held).
 	Drops map[string]uint64
 }
 
@@ -155,10 +171,10 @@ type Engine struct {
 	base    int64
 	hasBase bool
 
-	tmUDP, tmEst, tmTrans, tmClose, tmICMP, tmHold uint32
-	filt                                           [3]Filtering // by proto index
-	overlap                                        bool
-	debug                                          bool // Logger enabled at debug level
+	tmUDP, tmEst, tmTrans, tmClose, tmICMP, tmHold, tmFrag uint32
+	filt                                                   [3]Filtering // by proto index
+	overlap                                                bool
+	debug                                                  bool // Logger enabled at debug level
 
 	sessions, mappings, loose int
 	inMembers                 int // sessions created inbound on another flow's mapping
@@ -172,11 +188,16 @@ type Engine struct {
 	rbuf    []byte
 	reply   [576]byte
 
-	frags    [fragSlots]fragEntry
-	nextID   uint16 // last IPv4 ID given to an outbound fragmented datagram
-	st       Stats
-	drops    [numReasons]uint64
-	badDrops [packet.NumReasons]uint64
+	frags     [fragSlots]fragEntry
+	fragHeld  []heldFrag // held fragments (engine_frag.go), arrival order
+	fragBuf   []byte     // their bytes
+	nfrag     int        // entries of fragHeld not gone
+	fragDirty bool       // fragHeld has gone entries or released is not empty
+	released  [][]byte   // Released
+	nextID    uint16     // last IPv4 ID given to an outbound fragmented datagram
+	st        Stats
+	drops     [numReasons]uint64
+	badDrops  [packet.NumReasons]uint64
 }
 
 func pidx(p tuple.Proto) int {
@@ -221,6 +242,7 @@ func New(cfg Config) (*Engine, error) {
 	e.debug = cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
 	e.tmUDP, e.tmEst, e.tmTrans = secs(cfg.UDPTimeout), secs(cfg.TCPEstablished), secs(cfg.TCPTransitory)
 	e.tmClose, e.tmICMP, e.tmHold = secs(cfg.TCPClosing), secs(cfg.ICMPTimeout), secs(cfg.SYNHold)
+	e.tmFrag = secs(cfg.FragmentHold)
 	e.filt = [3]Filtering{cfg.TCPFiltering, cfg.Filtering, cfg.Filtering}
 	for _, p := range cfg.Internal {
 		e.inside = append(e.inside, prefix32(p))
@@ -369,6 +391,9 @@ func (e *Engine) alive(r *rec, now uint32) bool { return now < r.expire }
 // packet.Reason name. It does not allocate for packets of existing flows.
 func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	e.st.Outbound++
+	if e.fragDirty {
+		e.compactFragments()
+	}
 	var p packet.Packet
 	if err := p.Parse(pkt); err != nil {
 		return e.bad(err)
@@ -392,7 +417,7 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if hairpin && e.cfg.NoHairpinning {
 		return e.drop(rNoHairpin)
 	}
-	if p.IsFragment() && (hairpin || p.Proto() == tuple.ICMP && p.IsICMPError()) {
+	if p.IsFragment() && p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.drop(rFragment)
 	}
 	if p.Proto() == tuple.ICMP && p.IsICMPError() {
@@ -405,8 +430,9 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	}
 	origID := p.IPID()
 	v := e.outboundFlow(&p, now, ns)
+	var f *fragEntry
 	if v.Action == Forward && p.IsFragment() {
-		e.noteFragment(&p, true, u4(src), origID, ns)
+		f = e.noteFragment(&p, true, u4(src), origID, ns)
 	}
 	if v.Action != Forward || !hairpin {
 		if v.Action == Forward {
@@ -420,6 +446,10 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if v.Action == Forward {
 		v.Action = Hairpin
 		e.st.Hairpinned++
+		if f != nil {
+			f.xlat2, f.hairpin = u4(p.Dst()), true
+			v.Released = e.nfrag > 0 && e.releaseFragments(f, ns)
+		}
 	}
 	return v
 }
@@ -920,6 +950,9 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 // It never panics on malformed input. It does not allocate.
 func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	e.st.Inbound++
+	if e.fragDirty {
+		e.compactFragments()
+	}
 	var p packet.Packet
 	if err := p.Parse(pkt); err != nil {
 		return e.bad(err)
@@ -956,7 +989,8 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 		dst := u4(p.Dst())
 		v = e.inboundFlow(&p, now, ns, false)
 		if v.Action == Forward && p.IsFragment() {
-			e.noteFragment(&p, false, dst, 0, ns)
+			f := e.noteFragment(&p, false, dst, 0, ns)
+			v.Released = e.nfrag > 0 && e.releaseFragments(f, ns)
 		}
 	}
 	if v.Action == Forward {
@@ -1077,24 +1111,33 @@ func (e *Engine) holdSYN(p *packet.Packet, ea uint32, ep uint16, ra uint32, rp u
 	return e.drop(rSYNHeld)
 }
 
-// Expire retires sessions and mappings whose timers ran out and answers
+// Expire retires sessions and mappings whose timers ran out, answers
 // SYNs held longer than Config.SYNHold with ICMP port unreachable (see
-// Replies). It visits every record (about 1-3 ms per million): call it
-// about once a second, or use ExpireSome to bound the pause. Lookups also
-// retire the dead records they meet, so translation stays correct however
-// rarely either runs.
+// Replies) and drops fragments held longer than Config.FragmentHold
+// (ReasonFragmentTimeout). It visits every record (about 1-3 ms per
+// million): call it about once a second, or use ExpireSome to bound the
+// pause. Lookups also retire the dead records they meet, so translation
+// stays correct however rarely either runs. After mass expiry it also
+// shrinks the table a bounded step per call (see ExpireSome).
 func (e *Engine) Expire(now time.Time) {
 	e.ExpireSome(now, 0)
 }
 
 // ExpireSome is Expire visiting at most max records (0 = all), continuing
 // from where the previous call stopped, so a datapath can spread the sweep
-// over many short calls. Held SYNs and quarantined ports are handled on
-// every call. It reports whether the sweep completed a pass over the table.
+// over many short calls. Held SYNs, held fragments and quarantined ports
+// are handled on every call. It reports whether the sweep completed a pass
+// over the table. Each call also does up to max steps of table
+// maintenance: moving index slots of a growth or shrink (the index shrinks
+// when less than 1/8 full) and emptying arena chunks (at most 32 768
+// record moves per call) when less than 1/8 of the records are in use.
 func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 	ns := e.now(now)
 	e.replies = e.replies[:0]
 	e.rbuf = e.rbuf[:0]
+	if e.fragDirty || e.nfrag > 0 {
+		e.expireFragments(ns)
+	}
 	t := e.t
 	total := int(t.next)
 	if max <= 0 || max > total {
@@ -1124,6 +1167,7 @@ func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 		e.cursor = 0
 		wrapped = true
 	}
+	t.maintain(max) // shrink the index and the arena after mass expiry
 	for _, a := range e.alloc {
 		a.Expire(now)
 	}
@@ -1163,6 +1207,12 @@ func (e *Engine) Replies() [][]byte { return e.replies }
 func (e *Engine) Stats() Stats {
 	s := e.st
 	s.Sessions, s.Mappings, s.HeldSYNs = e.sessions, e.mappings, e.nheld
+	s.HeldFragments = e.nfrag
+	for _, h := range e.fragHeld {
+		if !h.gone {
+			s.HeldFragmentBytes += h.n
+		}
+	}
 	s.Records, s.TableBytes = e.t.n, e.t.memBytes()
 	s.Drops = map[string]uint64{}
 	for i, n := range e.drops {
@@ -1179,7 +1229,7 @@ func (e *Engine) Stats() Stats {
 }
 
 // Flush removes every session and mapping (emitting MappingDeleted events
-// with ReasonFlush) and forgets held SYNs.
+// with ReasonFlush) and forgets held SYNs and held fragments.
 func (e *Engine) Flush(now time.Time) {
 	t := e.t
 	for c := range t.chunks {
@@ -1191,4 +1241,9 @@ func (e *Engine) Flush(now time.Time) {
 		}
 	}
 	e.nheld = 0
+	for k := range e.fragHeld {
+		e.fragHeld[k].gone = true
+	}
+	e.nfrag = 0
+	e.compactFragments()
 }

@@ -294,3 +294,45 @@ func BenchmarkSetupPause(b *testing.B) {
 	}
 	b.ReportMetric(float64(worst.Nanoseconds()), "max-ns/call")
 }
+
+// BenchmarkExpireShrink measures the table's shrink after mass expiry:
+// 1 M UDP sessions of which 1 % stay alive, then ExpireSome(now, 4096)
+// calls until the index and arena are small again. It reports the table
+// bytes before and after, the slowest call and the total time of the
+// calls. Skipped under -short and at -benchtime 1x.
+//
+//	go test -run '^$' -bench ExpireShrink -count 5 ./nat
+func BenchmarkExpireShrink(b *testing.B) {
+	if !long() {
+		b.Skip("1 M sessions: skipped under -short and -benchtime 1x")
+	}
+	tmpl := udpPkt(b, hostA, srv1)
+	const n = 1_000_000
+	var before, after int
+	var worst, total time.Duration
+	for range b.N {
+		b.StopTimer()
+		e := newEngine(b, benchConfig())
+		fill(b, e, tmpl, n)
+		var buf []byte
+		for i := 0; i < n; i += 100 {
+			buf = flowPacket(buf, tmpl, i)
+			e.Outbound(buf, t0.Add(4*time.Minute))
+		}
+		before = e.Stats().TableBytes
+		runtime.GC()
+		b.StartTimer()
+		for range 2000 {
+			s := time.Now()
+			e.ExpireSome(t0.Add(6*time.Minute), 4096)
+			d := time.Since(s)
+			total += d
+			worst = max(worst, d)
+		}
+		after = e.Stats().TableBytes
+	}
+	b.ReportMetric(float64(before), "bytes-before")
+	b.ReportMetric(float64(after), "bytes-after")
+	b.ReportMetric(float64(worst.Microseconds())/1000, "worst-call-ms")
+	b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "total-ms")
+}

@@ -636,7 +636,7 @@ func TestMalformed(t *testing.T) {
 		}
 	}
 	_, second := fragments(udpPkt(t, srv1, netip.AddrPortFrom(extA, 40000)), 8)
-	if v, _ := in(e, second, t0); v.Reason != ReasonFragment {
+	if v, _ := in(e, second, t0); v.Reason != ReasonFragmentHeld {
 		t.Errorf("unmatched fragment: %v %q", v.Action, v.Reason)
 	}
 	if v, _ := out(e, udpPkt(t, netip.MustParseAddrPort("172.16.0.1:1"), srv1), t0); v.Reason != ReasonNotInternal {
@@ -645,7 +645,7 @@ func TestMalformed(t *testing.T) {
 	if v, _ := in(e, udpPkt(t, srv1, netip.MustParseAddrPort("192.0.2.99:1")), t0); v.Reason != ReasonNotExternal {
 		t.Errorf("foreign destination: %q", v.Reason)
 	}
-	if st := e.Stats(); st.Drops["truncated"] == 0 || st.Drops[ReasonFragment] != 1 {
+	if st := e.Stats(); st.Drops["truncated"] == 0 || st.Drops[ReasonFragmentHeld] != 1 {
 		t.Errorf("drop counters %v", st.Drops)
 	}
 }

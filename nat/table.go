@@ -38,7 +38,11 @@ import (
 // When half full it doubles incrementally: new keys go to a new array and
 // each insertion or deletion moves 16 slots of the old one, so no packet
 // pays for rehashing the whole table (a 10 M-session table would otherwise
-// stall for about a second).
+// stall for about a second). When less than 1/8 full it shrinks the same
+// way to a size at most 1/4 full (Engine.ExpireSome drives the move too),
+// and when less than 1/8 of the arena's records are in use, the top chunks
+// are emptied by moving their live records down and then released
+// (trim), a bounded number per Expire call.
 
 type rec struct {
 	intAddr, extAddr, remAddr uint32
@@ -114,9 +118,14 @@ type table struct {
 	old      []uint32
 	oldShift uint8
 	mig      uint32
-	k0       uint64
-	k1       uint64
-	mode     keyMode
+	minBits  uint8 // the index never shrinks below 2^minBits slots
+	// While trimming the arena: chunks at and above trimTo are being
+	// emptied (their free records are kept off the free list).
+	trimTo uint32
+	pend   uint32 // the free list when the trim began, being filtered
+	k0     uint64
+	k1     uint64
+	mode   keyMode
 }
 
 // indexMinBits sizes a new index (2^10 slots); tests lower it to exercise
@@ -133,6 +142,7 @@ func newTable(k0, k1 uint64, mode keyMode, expect int) *table {
 	}
 	t.slots = makeSlots(1 << b)
 	t.shift = uint8(64 - b)
+	t.minBits = uint8(b)
 	return t
 }
 
@@ -264,6 +274,9 @@ func (t *table) unindex(i uint32) {
 		t.removeSlot(t.keyOf(r, k1), (i+1)|whichBit)
 	}
 	t.migrate(migrateStep)
+	if t.old == nil && t.used*8 < len(t.slots) && len(t.slots) > 1<<t.minBits {
+		t.startShrink()
+	}
 }
 
 // removeSlot removes the slot of key k with value v from both arrays.
@@ -343,6 +356,131 @@ func (t *table) startGrow() {
 	t.used = 0
 }
 
+// startShrink begins halving (or more) an index less than 1/8 full, to
+// a size at most 1/4 full, the same way as startGrow: keys move to the
+// smaller array a few at a time (and in Engine.ExpireSome), look-ups
+// check both arrays meanwhile.
+func (t *table) startShrink() {
+	b := int(t.minBits)
+	for 1<<b < 4*t.used+4 {
+		b++
+	}
+	if 1<<b >= len(t.slots) {
+		return
+	}
+	t.old, t.oldShift, t.mig = t.slots, t.shift, 0
+	t.slots = makeSlots(1 << b)
+	t.shift = uint8(64 - b)
+	t.used = 0
+}
+
+// maintain does up to n steps of background work: moving index slots of
+// a growth or shrink, starting a shrink, and trimming the arena.
+func (t *table) maintain(n int) {
+	t.migrate(n)
+	if t.old == nil && t.used*8 < len(t.slots) && len(t.slots) > 1<<t.minBits {
+		t.startShrink()
+		t.migrate(n)
+	}
+	t.trim(min(n, maxTrimStep))
+}
+
+// maxTrimStep bounds the records trim moves per call (a move is an
+// unindex and an index, about 0.2 µs).
+const maxTrimStep = 1 << 15
+
+// maxTrimScan bounds the records trim looks at per call (free ones cost
+// a load each: about 1 ms per million).
+const maxTrimScan = 1 << 20
+
+// refill moves up to n records of the pending free list (see trim) to
+// the free list, dropping those above the trim limit.
+func (t *table) refill(n int) {
+	lim := t.trimTo << chunkBits
+	for ; n > 0 && t.pend != 0; n-- {
+		i := t.pend - 1
+		r := t.at(i)
+		t.pend = r.refs
+		if i < lim {
+			r.refs = t.free
+			t.free = i + 1
+		} else {
+			*r = rec{}
+		}
+	}
+}
+
+// abandonTrim stops a trim that found no free record below its limit (the
+// table filled up again): the free records above the limit go back on
+// the free list.
+func (t *table) abandonTrim() {
+	for i := t.trimTo << chunkBits; i < t.next; i++ {
+		if r := t.at(i); r.flags&fUsed == 0 {
+			*r = rec{refs: t.free}
+			t.free = i + 1
+		}
+	}
+	t.trimTo = 0
+}
+
+// trim releases arena chunks after mass expiry. When fewer than 1/8 of
+// the arena's records are in use, the chunks above what would hold them
+// 1/4 full are emptied: their free records leave the free list (which
+// is filtered incrementally, 16 n records per call, alloc taking from
+// it meanwhile), their
+// live records move (unindex, copy, index) into free records below, one
+// at a time from the top, up to n moves (and maxTrimScan records) per
+// call; emptied
+// chunks are dropped from the top. Record indices are internal to a
+// call, so moving a record between calls is invisible to the engine.
+func (t *table) trim(n int) {
+	if t.trimTo == 0 {
+		if len(t.chunks) <= 1 || t.n*8 >= len(t.chunks)*chunkSize {
+			return
+		}
+		k := max(1, (4*t.n+chunkSize-1)/chunkSize)
+		if k >= len(t.chunks) {
+			return
+		}
+		t.trimTo = uint32(k)
+		t.pend, t.free = t.free, 0
+	}
+	// First filter the old free list, incrementally: records below the
+	// limit go back on the free list, the others are dropped from it.
+	if t.pend != 0 {
+		t.refill(min(16*n, maxTrimScan))
+		if t.pend != 0 {
+			return
+		}
+	}
+	lim := t.trimTo << chunkBits
+	for scans := 0; n > 0 && t.next > lim && scans < maxTrimScan; scans++ {
+		j := t.next - 1
+		if r := t.at(j); r.flags&fUsed != 0 {
+			if t.free == 0 {
+				t.abandonTrim()
+				return
+			}
+			n--
+			i := t.free - 1
+			t.free = t.at(i).refs
+			moved := *r
+			t.unindex(j)
+			*t.at(i) = moved
+			t.index(i)
+			*r = rec{}
+		}
+		t.next--
+		if t.next&(chunkSize-1) == 0 {
+			t.chunks[len(t.chunks)-1] = nil
+			t.chunks = t.chunks[:t.next>>chunkBits]
+		}
+	}
+	if t.next <= lim {
+		t.trimTo = 0
+	}
+}
+
 // migrate moves up to n slots of the old array.
 func (t *table) migrate(n int) {
 	for ; n > 0 && t.old != nil; n-- {
@@ -375,6 +513,9 @@ func (t *table) migrateSlot(s uint32) {
 // alloc returns a zeroed record index, or false at maxRecords.
 func (t *table) alloc() (uint32, bool) {
 	var i uint32
+	if t.free == 0 && t.pend != 0 {
+		t.refill(64) // a trim is filtering the free list (bounded work)
+	}
 	if t.free != 0 {
 		i = t.free - 1
 		t.free = t.at(i).refs
@@ -396,9 +537,13 @@ func (t *table) alloc() (uint32, bool) {
 // release returns record i (already unindexed) to the free list.
 func (t *table) release(i uint32) {
 	r := t.at(i)
+	t.n--
+	if t.trimTo != 0 && i >= t.trimTo<<chunkBits {
+		*r = rec{} // in a chunk being emptied: kept off the free list
+		return
+	}
 	*r = rec{refs: t.free}
 	t.free = i + 1
-	t.n--
 }
 
 // memBytes returns the bytes held by the table's arrays.
