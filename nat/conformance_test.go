@@ -535,16 +535,61 @@ func TestConformance_U14_Fragments(t *testing.T) {
 		out := sendFrags(r, false, fragment(m(web, ext), 0, 24, 48), 0, 1, 2)
 		same(out, fragment(m(web, hostX), 0, 24, 48))
 	})
-	t.Run("inbound out of order (not supported)", func(t *testing.T) {
+	// released sends the held fragments' first fragment and returns the
+	// fragments out by index: the first from the verdict, the held ones
+	// from Engine.Released, placed by their offset.
+	released := func(r *rig, outbound bool, frags [][]byte, first int, want nat.Action, into [][]byte) {
+		t.Helper()
+		res := r.run(outbound, append([]byte(nil), frags[first]...))
+		if res.v.Action != want || !res.v.Released {
+			t.Fatalf("first fragment after held ones: %v (%s), released=%v; want %v, released", res.v.Action, res.v.Reason, res.v.Released, want)
+		}
+		into[first] = res.out
+		for _, b := range r.e.Released() {
+			v := mustParse(t, b)
+			for i, f := range frags {
+				if fv, _ := parse(f, false); fv.FragOffset == v.FragOffset {
+					into[i] = append([]byte(nil), b...)
+				}
+			}
+		}
+	}
+	t.Run("inbound out of order", func(t *testing.T) {
 		r := newRig(t, nat.Config{})
 		ext := r.out(ping, hostX, srvA)
 		frags := split(udp(srvA, ext))
-		res := r.run(false, append([]byte(nil), frags[2]...))
-		if res.v.Action != nat.Drop || res.v.Reason != nat.ReasonFragment {
-			t.Fatalf("last fragment first: %v (%s); the documented behaviour is drop (%s)", res.v.Action, res.v.Reason, nat.ReasonFragment)
+		for _, i := range []int{2, 1} {
+			res := r.run(false, append([]byte(nil), frags[i]...))
+			if res.v.Action != nat.Drop || res.v.Reason != nat.ReasonFragmentHeld {
+				t.Fatalf("fragment %d before the first: %v (%s), want held (%s)", i, res.v.Action, res.v.Reason, nat.ReasonFragmentHeld)
+			}
 		}
-		// The rest, and a retransmission of the dropped one, pass.
-		out := sendFrags(r, false, frags, 0, 1, 2)
+		out := make([][]byte, len(frags))
+		released(r, false, frags, 0, nat.Forward, out)
 		same(out, split(udp(srvA, hostX)))
+	})
+	t.Run("hairpinned, in order and out of order", func(t *testing.T) {
+		r := newRig(t, nat.Config{})
+		extY := r.out(ping, hostY, srvA)
+		extX := r.out(ping, hostX, srvB)
+		frags := split(udp(hostX, extY))
+		out := make([][]byte, len(frags))
+		for _, i := range []int{0, 1, 2} {
+			res := r.run(true, append([]byte(nil), frags[i]...))
+			if res.v.Action != nat.Hairpin {
+				t.Fatalf("hairpinned fragment %d: %v (%s)", i, res.v.Action, res.v.Reason)
+			}
+			out[i] = res.out
+		}
+		same(out, split(udp(extX, hostY)))
+		frags = split(withIPID(udp(hostX, extY), 2))
+		for _, i := range []int{1, 2} {
+			if res := r.run(true, append([]byte(nil), frags[i]...)); res.v.Action != nat.Drop || res.v.Reason != nat.ReasonFragmentHeld {
+				t.Fatalf("hairpinned fragment %d before the first: %v (%s)", i, res.v.Action, res.v.Reason)
+			}
+		}
+		out = make([][]byte, len(frags))
+		released(r, true, frags, 0, nat.Hairpin, out)
+		same(out, split(withIPID(udp(extX, hostY), 2)))
 	})
 }
