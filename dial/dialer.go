@@ -141,6 +141,7 @@ type state struct {
 	diags *diagPool
 	rr    atomic.Uint32
 	dials atomic.Uint64
+	tries atomic.Uint64 // Search: ports tried with syscalls (for tests)
 	full  fullMemo
 	locks [lockStripes]sync.Mutex
 }

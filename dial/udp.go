@@ -74,17 +74,23 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 			break
 		}
 		port, _ := pl.ports.Nth(int(idx))
+		st.tries.Add(1)
 		c, err := d.udpTry(ctx, st, src, port, dst)
-		st.sel.settle(&sr, idx, err == nil)
-		if err == nil {
-			return newUDPConn(c, st.sel, sr.key, idx), nil
+		if errors.Is(err, errPortTaken) {
+			// Another socket holds the 4-tuple, or another process's
+			// lock or socket holds the port: memoise it.
+			st.sel.settleTaken(&sr, idx)
+			if errors.Is(err, errPortBusy) {
+				busy = append(busy, idx)
+			}
+			last = err
+			continue
 		}
-		if errors.Is(err, errPortBusy) {
-			busy = append(busy, idx)
-		} else if !errors.Is(err, errPortTaken) {
+		st.sel.settle(&sr, idx, err == nil)
+		if err != nil {
 			return nil, err
 		}
-		last = err
+		return newUDPConn(c, st.sel, sr.key, idx), nil
 	}
 	// A bind that failed with EADDRINUSE may have met a cooperating socket
 	// holding its lock for a few microseconds (another Dialer or process),
@@ -106,18 +112,21 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 				continue // this Dialer holds it now
 			}
 			port, _ := pl.ports.Nth(int(idx))
+			st.tries.Add(1)
 			c, err := d.udpTry(ctx, st, src, port, dst)
-			st.sel.settle(&sr, idx, err == nil)
-			if err == nil {
-				return newUDPConn(c, st.sel, sr.key, idx), nil
+			if errors.Is(err, errPortTaken) {
+				st.sel.settleTaken(&sr, idx)
+				if errors.Is(err, errPortBusy) {
+					still = append(still, idx)
+				}
+				last = err
+				continue
 			}
-			switch {
-			case errors.Is(err, errPortBusy):
-				still = append(still, idx)
-			case !errors.Is(err, errPortTaken):
+			st.sel.settle(&sr, idx, err == nil)
+			if err != nil {
 				return nil, err
 			}
-			last = err
+			return newUDPConn(c, st.sel, sr.key, idx), nil
 		}
 		busy = still
 	}
