@@ -80,10 +80,11 @@ func (h *holdSet) del(i uint32) {
 	}
 }
 
-// nextFree returns the first index not held, and not passed over by mode
-// of memo m (which may be nil), among the limit indices that start at from
+// nextFree returns the first index not held, not passed over by mode of
+// memo m (which may be nil) and not in the bitmap skip (which may be nil),
+// among the limit indices that start at from
 // and wrap at size, and how many indices it passed over.
-func (h *holdSet) nextFree(from, limit, size uint32, m *takenMemo, mode memoMode) (idx, skipped uint32, ok bool) {
+func (h *holdSet) nextFree(from, limit, size uint32, m *takenMemo, mode memoMode, skip []uint64) (idx, skipped uint32, ok bool) {
 	i := from
 	if h.bits != nil {
 		for skipped < limit {
@@ -95,7 +96,11 @@ func (h *holdSet) nextFree(from, limit, size uint32, m *takenMemo, mode memoMode
 			if limit-skipped < span {
 				span = limit - skipped
 			}
-			if free := ^(h.bits[w] | m.blocked(w, mode)) >> b; free != 0 {
+			blocked := h.bits[w] | m.blocked(w, mode)
+			if skip != nil {
+				blocked |= skip[w]
+			}
+			if free := ^blocked >> b; free != 0 {
 				if tz := uint32(bits.TrailingZeros64(free)); tz < span {
 					return i + tz, skipped + tz, true
 				}
@@ -112,7 +117,7 @@ func (h *holdSet) nextFree(from, limit, size uint32, m *takenMemo, mode memoMode
 		held := k < len(h.small) && h.small[k] == i
 		if held {
 			k++
-		} else if m.blocked(i/64, mode)&(1<<(i%64)) == 0 {
+		} else if m.blocked(i/64, mode)&(1<<(i%64)) == 0 && (skip == nil || skip[i/64]&(1<<(i%64)) == 0) {
 			return i, skipped, true
 		}
 		skipped++
@@ -131,7 +136,6 @@ type selector struct {
 	mu     sync.Mutex
 	held   map[holdKey]*holdSet
 	taken  map[holdKey]*takenMemo // ports found taken by others, per key (bounded)
-	gens   uint64                 // memo generation counter
 }
 
 func newSelector() *selector {
@@ -152,12 +156,12 @@ func (s *selector) offset(k holdKey) uint64 {
 }
 
 // search is one dial's walk over the port set for one key. The walk has
-// three passes, each over the whole set from the same start: first the
-// indices neither held nor memoised as taken by others; then, before the
-// search gives up, the memoised ones of the older generation (oldest
-// first); then every index not held and not in the older generation (the
-// newer generation, and what changed meanwhile). So every index not held
-// by this Dialer is tried before exhaustion is reported.
+// up to three passes, each over the whole set from the same start: first
+// the indices neither held nor memoised as taken by others; then, only
+// when that pass found nothing free, the memoised ones of the older
+// generation (oldest first); then every index not held that this search
+// has not tried yet. So every index not held by this Dialer is tried
+// before exhaustion is reported, and none twice.
 type search struct {
 	key     holdKey
 	size    uint32
@@ -166,7 +170,8 @@ type search struct {
 	left    uint32
 	started bool
 	pass    uint8
-	gen     uint64 // the memo's generation when the retry passes began
+	tried   []uint32 // indices found taken in the first pass
+	skip    []uint64 // retry passes: the indices this search has tried
 }
 
 // pick reserves the next index of the walk and returns it, or false when
@@ -186,12 +191,9 @@ func (s *selector) pick(sr *search) (uint32, bool) {
 		case 1:
 			mode = onlyPrev
 		case 2:
-			mode = skipPrev
-			if m == nil || m.gen != sr.gen {
-				mode = skipNone
-			}
+			mode = skipNone
 		}
-		idx, skipped, ok := h.nextFree(sr.pos, sr.left, sr.size, m, mode)
+		idx, skipped, ok := h.nextFree(sr.pos, sr.left, sr.size, m, mode, sr.skip)
 		if ok {
 			h.add(idx, sr.size)
 			sr.left -= skipped + 1
@@ -203,11 +205,17 @@ func (s *selector) pick(sr *search) (uint32, bool) {
 		if sr.pass == 2 || sr.pass == 0 && m == nil {
 			break
 		}
+		if sr.pass == 0 {
+			// The slow path toward exhaustion: remember what the
+			// first pass tried, so the last one does not try it again.
+			sr.skip = make([]uint64, (sr.size+63)/64)
+			for _, i := range sr.tried {
+				sr.skip[i/64] |= 1 << (i % 64)
+			}
+			sr.tried = nil
+		}
 		sr.pass++
 		sr.pos, sr.left = sr.start, sr.size
-		if sr.pass == 1 {
-			sr.gen = m.gen
-		}
 	}
 	sr.left = 0
 	if h.n == 0 {
@@ -265,6 +273,11 @@ func (s *selector) settleTaken(sr *search, idx uint32) {
 	defer s.mu.Unlock()
 	s.markTakenLocked(sr.key, idx, sr.size)
 	s.releaseLocked(sr.key, s.held[sr.key], idx)
+	if sr.skip != nil {
+		sr.skip[idx/64] |= 1 << (idx % 64)
+	} else {
+		sr.tried = append(sr.tried, idx)
+	}
 }
 
 func (s *selector) releaseLocked(k holdKey, h *holdSet, idx uint32) {

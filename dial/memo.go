@@ -7,7 +7,7 @@ import (
 // memoTTL is how long a port found taken by another socket (another
 // process, or another Dialer) stays memoised toward a destination: between
 // memoTTL/2 and memoTTL after it was last found taken.
-const memoTTL = 2 * time.Second
+const memoTTL = 5 * time.Second
 
 // memoBudget bounds the bytes of all memo bitmaps of one Dialer; the
 // number of destinations memoised at once is this over one memo's size,
@@ -26,12 +26,11 @@ const (
 // before reporting exhaustion.
 type takenMemo struct {
 	start     time.Time // when cur began
-	gen       uint64    // changes whenever the generations rotate (or the memo is new)
 	cur, prev []uint64
 }
 
 // advance rotates the generations up to now.
-func (m *takenMemo) advance(now time.Time, s *selector) {
+func (m *takenMemo) advance(now time.Time) {
 	const half = memoTTL / 2
 	for i := 0; now.Sub(m.start) >= half; i++ {
 		if i == 2 {
@@ -42,8 +41,6 @@ func (m *takenMemo) advance(now time.Time, s *selector) {
 		m.prev, m.cur = m.cur, m.prev
 		clear(m.cur)
 		m.start = m.start.Add(half)
-		s.gens++
-		m.gen = s.gens
 	}
 }
 
@@ -85,11 +82,6 @@ func (m *takenMemo) blocked(w uint32, mode memoMode) uint64 {
 			return ^uint64(0)
 		}
 		return ^m.prev[w]
-	case skipPrev:
-		if m == nil {
-			return 0
-		}
-		return m.prev[w]
 	}
 	return 0
 }
@@ -101,7 +93,7 @@ func (s *selector) memoLocked(k holdKey) *takenMemo {
 	}
 	m := s.taken[k]
 	if m != nil {
-		m.advance(s.now(), s)
+		m.advance(s.now())
 	}
 	return m
 }
@@ -116,9 +108,7 @@ func (s *selector) markTakenLocked(k holdKey, idx, size uint32) {
 		if len(s.taken) >= limit {
 			s.evictMemoLocked()
 		}
-		now := s.now()
-		s.gens++
-		m = &takenMemo{start: now, gen: s.gens, cur: make([]uint64, words), prev: make([]uint64, words)}
+		m = &takenMemo{start: s.now(), cur: make([]uint64, words), prev: make([]uint64, words)}
 		s.taken[k] = m
 	}
 	m.mark(idx)
