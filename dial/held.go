@@ -157,21 +157,22 @@ func (s *selector) offset(k holdKey) uint64 {
 
 // search is one dial's walk over the port set for one key. The walk has
 // up to three passes, each over the whole set from the same start: first
-// the indices neither held nor memoised as taken by others; then, only
-// when that pass found nothing free, the memoised ones of the older
-// generation (oldest first); then every index not held that this search
-// has not tried yet. So every index not held by this Dialer is tried
+// the indices neither held nor memoised as taken by others (and at most
+// memoReprobe whose mark is stale); then, only when that pass found
+// nothing free, the memoised ones of the older generations (oldest
+// first); then every index not held that this search has not tried yet. So every index not held by this Dialer is tried
 // before exhaustion is reported, and none twice.
 type search struct {
-	key     holdKey
-	size    uint32
-	start   uint32
-	pos     uint32
-	left    uint32
-	started bool
-	pass    uint8
-	tried   []uint32 // indices found taken in the first pass
-	skip    []uint64 // retry passes: the indices this search has tried
+	key      holdKey
+	size     uint32
+	start    uint32
+	pos      uint32
+	left     uint32
+	started  bool
+	pass     uint8
+	reprobes uint8    // stale memoised indices tried in the first pass
+	tried    []uint32 // indices found taken in the first pass
+	skip     []uint64 // retry passes: the indices this search has tried
 }
 
 // pick reserves the next index of the walk and returns it, or false when
@@ -186,15 +187,20 @@ func (s *selector) pick(sr *search) (uint32, bool) {
 		sr.pos = sr.start
 	}
 	for {
-		mode := skipMemo
-		switch sr.pass {
-		case 1:
-			mode = onlyPrev
-		case 2:
+		mode := skipFresh
+		switch {
+		case sr.pass == 0 && sr.reprobes >= memoReprobe:
+			mode = skipMemo
+		case sr.pass == 1:
+			mode = onlyOld
+		case sr.pass == 2:
 			mode = skipNone
 		}
 		idx, skipped, ok := h.nextFree(sr.pos, sr.left, sr.size, m, mode, sr.skip)
 		if ok {
+			if sr.pass == 0 && m.isStale(idx) {
+				sr.reprobes++
+			}
 			h.add(idx, sr.size)
 			sr.left -= skipped + 1
 			if sr.pos = idx + 1; sr.pos == sr.size {

@@ -112,12 +112,46 @@ func TestMemoExpiry(t *testing.T) {
 	}
 }
 
+// TestMemoReprobe checks that a search re-probes at most memoReprobe
+// stale indices in its first pass, retries the rest before giving up, and
+// tries no index twice.
+func TestMemoReprobe(t *testing.T) {
+	s := newSelector()
+	clk := newFakeClock()
+	s.now = clk.now
+	k := holdKey{proto: tuple.TCP, src: netip.MustParseAddr("127.0.0.1"), dst: netip.MustParseAddrPort("127.0.1.1:80")}
+	const size = 20
+	for i := range uint32(size) {
+		markTaken(s, k, i, size)
+	}
+	clk.add(memoTTL)
+	sr := search{key: k, size: size}
+	var first, all []uint32
+	for {
+		idx, ok := s.pick(&sr)
+		if !ok {
+			break
+		}
+		if sr.pass == 0 {
+			first = append(first, idx)
+		}
+		all = append(all, idx)
+		s.settleTaken(&sr, idx)
+	}
+	if len(first) != memoReprobe {
+		t.Fatalf("first pass re-probed %v, want %d stale indices", first, memoReprobe)
+	}
+	if got := slices.Compact(sorted(all)); len(all) != size || len(got) != size {
+		t.Fatalf("search tried %v, want each of %d indices once", all, size)
+	}
+}
+
 // TestMemoBounded checks that the memo keeps at most its budget of
 // destinations.
 func TestMemoBounded(t *testing.T) {
 	s := newSelector()
 	const size = 1 << 16
-	limit := memoBudget / (16 * (size / 64))
+	limit := memoBudget / (24 * (size / 64))
 	for i := range 4 * limit {
 		k := holdKey{proto: tuple.TCP, src: netip.MustParseAddr("127.0.0.1"), dst: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)}), 80)}
 		markTaken(s, k, uint32(i), size)
@@ -246,15 +280,16 @@ func TestSearchOtherHolder(t *testing.T) {
 			if tries2 != 1 {
 				t.Fatalf("dial with 9 ports memoised made %d tries, want 1", tries2)
 			}
-			// After memoTTL the memo is gone: the same walk as dial 1.
+			// After memoTTL the marks are stale: the dial re-probes
+			// memoReprobe of them, then passes over the rest.
 			drop(c2)
 			clk.add(memoTTL)
 			c3, tries3, err := dial()
 			if err != nil {
 				t.Fatalf("dial 3: %v", err)
 			}
-			if tries3 != tries1 {
-				t.Fatalf("dial after the memo expired made %d tries, want %d as the first dial", tries3, tries1)
+			if tries3 != memoReprobe+1 {
+				t.Fatalf("dial after the marks expired made %d tries, want %d re-probes and the free port", tries3, memoReprobe)
 			}
 			defer c3.Close()
 			// The holder releases a (memoised) port: the search finds it
