@@ -160,10 +160,10 @@ func interleave(b *testing.B, plain, ours func(string, string) (net.Conn, error)
 // the two medians (target <= 1.5 for Search, the strategy the Dialer
 // implements itself). In search and kernel the measuring Dialer holds the
 // 950 connections itself; in search-other-holder another Dialer (as another
-// process would) holds them, so the search cannot skip them without a
-// syscall and pays one bind and connect per held port it meets
-// (information: the cost of sharing a set with other processes; its
-// MaxAttempts covers the set so that no dial ends exhausted).
+// process would) holds them, so the search learns them as it meets them
+// (one bind and connect each) and its taken-port memo then skips them
+// without a syscall; its MaxAttempts covers the set so that no dial of the
+// cold start ends exhausted.
 func BenchmarkConnectLatencyFill(b *testing.B) {
 	inside, outside := benchRanges(b)
 	for _, bc := range []struct {

@@ -45,7 +45,9 @@ const (
 	Kernel
 	// Search chooses ports in user space. It starts at an RFC 6056 §3.3.3
 	// keyed hash of (source, destination), skips ports this Dialer already
-	// holds toward that destination, and tries each candidate. TCP:
+	// holds toward that destination and, until they expire, ports it found
+	// taken by other sockets toward it (retried, oldest first, before
+	// ErrExhausted), and tries each candidate. TCP:
 	// SO_REUSEADDR, bind, connect; EADDRNOTAVAIL means the 4-tuple is taken.
 	// UDP: the cooperative SO_REUSEADDR lock with an exact sock_diag lookup
 	// (see the package documentation).
@@ -122,9 +124,13 @@ type Dialer struct {
 
 	// MaxAttempts bounds the ports tried (bind and connect) per source in
 	// one dial, not counting ports this Dialer already holds toward the
-	// destination, which it skips without a syscall. Zero means
-	// DefaultMaxAttempts. ErrExhausted is exact when the port set has at
-	// most MaxAttempts ports not held by this Dialer toward the destination.
+	// destination, nor ports it recently found taken by other sockets
+	// toward it (the taken-port memo), which it skips without a syscall.
+	// Zero means DefaultMaxAttempts. ErrExhausted is exact when the port
+	// set has at most MaxAttempts ports not held by this Dialer toward the
+	// destination; with more, a dial that spends its attempts on ports
+	// other programs hold reports ErrExhausted, and the memo makes the
+	// next dials start past those ports.
 	MaxAttempts int
 
 	once sync.Once
@@ -141,6 +147,7 @@ type state struct {
 	diags *diagPool
 	rr    atomic.Uint32
 	dials atomic.Uint64
+	tries atomic.Uint64 // Search: ports tried with syscalls (for tests)
 	full  fullMemo
 	locks [lockStripes]sync.Mutex
 }

@@ -22,7 +22,11 @@
 //
 // UDP sockets share ports only through a cooperative lock (Cloudflare's
 // connectx): SO_REUSEADDR=1, bind, SO_REUSEADDR=0 (the lock: no cooperating
-// socket can bind the port now), an exact sock_diag lookup of the 4-tuple
+// socket can bind the port now), a dump of the unconnected UDP sockets (if
+// another is bound to the same local end, its owner may be mid-protocol and
+// the port counts as busy: this closes a window the published protocol
+// leaves between a concurrent bind's conflict check and its entry into the
+// lookup tables), an exact sock_diag lookup of the 4-tuple
 // (not a dump: the kernel runs its packet-delivery lookup and returns the
 // socket that would receive the destination's datagrams), compare that
 // socket's cookie with our SO_COOKIE, connect if it is ours, SO_REUSEADDR=1.

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/portspace/portspace/portalloc"
 	"github.com/portspace/portspace/tuple"
@@ -79,9 +80,11 @@ func (h *holdSet) del(i uint32) {
 	}
 }
 
-// nextFree returns the first index not held among the limit indices that
-// start at from and wrap at size, and how many indices it passed over.
-func (h *holdSet) nextFree(from, limit, size uint32) (idx, skipped uint32, ok bool) {
+// nextFree returns the first index not held, not passed over by mode of
+// memo m (which may be nil) and not in the bitmap skip (which may be nil),
+// among the limit indices that start at from
+// and wrap at size, and how many indices it passed over.
+func (h *holdSet) nextFree(from, limit, size uint32, m *takenMemo, mode memoMode, skip []uint64) (idx, skipped uint32, ok bool) {
 	i := from
 	if h.bits != nil {
 		for skipped < limit {
@@ -93,7 +96,11 @@ func (h *holdSet) nextFree(from, limit, size uint32) (idx, skipped uint32, ok bo
 			if limit-skipped < span {
 				span = limit - skipped
 			}
-			if free := ^h.bits[w] >> b; free != 0 {
+			blocked := h.bits[w] | m.blocked(w, mode)
+			if skip != nil {
+				blocked |= skip[w]
+			}
+			if free := ^blocked >> b; free != 0 {
 				if tz := uint32(bits.TrailingZeros64(free)); tz < span {
 					return i + tz, skipped + tz, true
 				}
@@ -107,15 +114,16 @@ func (h *holdSet) nextFree(from, limit, size uint32) (idx, skipped uint32, ok bo
 	}
 	k, _ := slices.BinarySearch(h.small, i)
 	for skipped < limit {
-		if k < len(h.small) && h.small[k] == i {
-			skipped++
+		held := k < len(h.small) && h.small[k] == i
+		if held {
 			k++
-			if i++; i == size {
-				i, k = 0, 0
-			}
-			continue
+		} else if m.blocked(i/64, mode)&(1<<(i%64)) == 0 && (skip == nil || skip[i/64]&(1<<(i%64)) == 0) {
+			return i, skipped, true
 		}
-		return i, skipped, true
+		skipped++
+		if i++; i == size {
+			i, k = 0, 0
+		}
 	}
 	return 0, skipped, false
 }
@@ -124,12 +132,14 @@ func (h *holdSet) nextFree(from, limit, size uint32) (idx, skipped uint32, ok bo
 // step; once a destination has an entry they do not allocate.
 type selector struct {
 	secret portalloc.Secret
+	now    func() time.Time // the clock of the taken-port memo (a seam for tests)
 	mu     sync.Mutex
 	held   map[holdKey]*holdSet
+	taken  map[holdKey]*takenMemo // ports found taken by others, per key (bounded)
 }
 
 func newSelector() *selector {
-	return &selector{secret: portalloc.NewSecret(), held: make(map[holdKey]*holdSet)}
+	return &selector{secret: portalloc.NewSecret(), now: time.Now, held: make(map[holdKey]*holdSet), taken: make(map[holdKey]*takenMemo)}
 }
 
 // offset is the keyed hash F(source, destination address, destination port,
@@ -145,38 +155,79 @@ func (s *selector) offset(k holdKey) uint64 {
 	return uint64(portalloc.Offset(secret, k.src, k.dst))
 }
 
-// search is one dial's walk over the port set for one key.
+// search is one dial's walk over the port set for one key. The walk has
+// up to three passes, each over the whole set from the same start: first
+// the indices neither held nor memoised as taken by others (and at most
+// memoReprobe whose mark is stale); then, only when that pass found
+// nothing free, the memoised ones of the older generations (oldest
+// first); then every index not held that this search has not tried yet. So every index not held by this Dialer is tried
+// before exhaustion is reported, and none twice.
 type search struct {
-	key     holdKey
-	size    uint32
-	pos     uint32
-	left    uint32
-	started bool
+	key      holdKey
+	size     uint32
+	start    uint32
+	pos      uint32
+	left     uint32
+	started  bool
+	pass     uint8
+	reprobes uint8    // stale memoised indices tried in the first pass
+	tried    []uint32 // indices found taken in the first pass
+	skip     []uint64 // retry passes: the indices this search has tried
 }
 
-// pick reserves the next index not held by this Dialer and returns it, or
-// false when the walk has covered the whole set.
+// pick reserves the next index of the walk and returns it, or false when
+// the walk has covered the whole set.
 func (s *selector) pick(sr *search) (uint32, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h := s.holdSetLocked(sr)
+	m := s.memoLocked(sr.key)
 	if !sr.started {
-		sr.started, sr.pos, sr.left = true, h.next%sr.size, sr.size
+		sr.started, sr.start, sr.left = true, h.next%sr.size, sr.size
+		sr.pos = sr.start
 	}
-	idx, skipped, ok := h.nextFree(sr.pos, sr.left, sr.size)
-	if !ok {
-		sr.left = 0
-		if h.n == 0 {
-			delete(s.held, sr.key)
+	for {
+		mode := skipFresh
+		switch {
+		case sr.pass == 0 && sr.reprobes >= memoReprobe:
+			mode = skipMemo
+		case sr.pass == 1:
+			mode = onlyOld
+		case sr.pass == 2:
+			mode = skipNone
 		}
-		return 0, false
+		idx, skipped, ok := h.nextFree(sr.pos, sr.left, sr.size, m, mode, sr.skip)
+		if ok {
+			if sr.pass == 0 && m.isStale(idx) {
+				sr.reprobes++
+			}
+			h.add(idx, sr.size)
+			sr.left -= skipped + 1
+			if sr.pos = idx + 1; sr.pos == sr.size {
+				sr.pos = 0
+			}
+			return idx, true
+		}
+		if sr.pass == 2 || sr.pass == 0 && m == nil {
+			break
+		}
+		if sr.pass == 0 {
+			// The slow path toward exhaustion: remember what the
+			// first pass tried, so the last one does not try it again.
+			sr.skip = make([]uint64, (sr.size+63)/64)
+			for _, i := range sr.tried {
+				sr.skip[i/64] |= 1 << (i % 64)
+			}
+			sr.tried = nil
+		}
+		sr.pass++
+		sr.pos, sr.left = sr.start, sr.size
 	}
-	h.add(idx, sr.size)
-	sr.left -= skipped + 1
-	if sr.pos = idx + 1; sr.pos == sr.size {
-		sr.pos = 0
+	sr.left = 0
+	if h.n == 0 {
+		delete(s.held, sr.key)
 	}
-	return idx, true
+	return 0, false
 }
 
 // holdSetLocked returns sr's hold set, creating it (its cursor at the keyed
@@ -212,9 +263,27 @@ func (s *selector) settle(sr *search, idx uint32, ok bool) {
 	h := s.held[sr.key]
 	if ok {
 		h.next = sr.pos
+		if m := s.memoLocked(sr.key); m != nil {
+			m.unmark(idx)
+		}
 		return
 	}
 	s.releaseLocked(sr.key, h, idx)
+}
+
+// settleTaken records that idx is taken by another socket toward sr's
+// key: the reservation is dropped and the index memoised, so that later
+// searches pass over it without a syscall until the memo expires.
+func (s *selector) settleTaken(sr *search, idx uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.markTakenLocked(sr.key, idx, sr.size)
+	s.releaseLocked(sr.key, s.held[sr.key], idx)
+	if sr.skip != nil {
+		sr.skip[idx/64] |= 1 << (idx % 64)
+	} else {
+		sr.tried = append(sr.tried, idx)
+	}
 }
 
 func (s *selector) releaseLocked(k holdKey, h *holdSet, idx uint32) {

@@ -34,7 +34,7 @@ func TestHoldSetNextFree(t *testing.T) {
 				}
 				wantSkip = k + 1
 			}
-			got, skip, ok := h.nextFree(from, limit, size)
+			got, skip, ok := h.nextFree(from, limit, size, nil, skipMemo, nil)
 			if ok != wantOK || (ok && (got != want || skip != wantSkip)) || (!ok && skip != limit) {
 				t.Fatalf("size %d, held %d: nextFree(%d, %d) = %d, %d, %v; want %d, %d, %v", size, len(ref), from, limit, got, skip, ok, want, wantSkip, wantOK)
 			}

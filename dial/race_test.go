@@ -13,7 +13,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/portspace/portspace/internal/netnstest"
 	"github.com/portspace/portspace/internal/netsys"
@@ -25,8 +28,16 @@ import (
 // one source to raceDests destinations, each keeping its last raceWindow
 // conns open (so the 320 4-tuples are about 75% in use and the processes
 // keep colliding on the same ports). The parent lists connected UDP sockets
-// with `ss -Hnue` throughout and at the end, and fails on any 4-tuple held
-// by two sockets.
+// with `ss -Hnue` throughout and at the end. Each child also keeps a ledger:
+// for every conn, its socket cookie, 4-tuple, and the CLOCK_MONOTONIC time
+// just after connect and just before close, so each recorded interval lies
+// inside the socket's real lifetime. The test fails when two sockets of one
+// 4-tuple have overlapping ledger intervals (a proven duplicate, whether or
+// not a snapshot caught it) and when ss lists two sockets on one 4-tuple
+// whose ledger intervals overlap or that are not in the ledgers at all. A
+// mid-run ss duplicate whose two sockets provably never coexisted (one was
+// closed before the other connected) is a dump made across several netlink
+// messages, not a duplicate, and is only logged.
 const (
 	raceProcs  = 8
 	raceDials  = 2000
@@ -72,6 +83,25 @@ func parseSS(out string) ([]ssSocket, error) {
 // duplicates returns the 4-tuples that more than one socket (distinct
 // cookies) holds among those whose local end matches keep.
 func duplicates(socks []ssSocket, keep func(netip.AddrPort) bool) (dups []string, n int) {
+	groups, n := dupGroups(socks, keep)
+	for _, g := range groups {
+		dups = append(dups, g.String())
+	}
+	return dups, n
+}
+
+// dupGroup is one 4-tuple and the cookies of the sockets ss listed on it.
+type dupGroup struct {
+	local, peer netip.AddrPort
+	cookies     []string
+}
+
+func (g dupGroup) String() string {
+	return fmt.Sprintf("%v -> %v held by %d sockets", g.local, g.peer, len(g.cookies))
+}
+
+// dupGroups is duplicates with the cookies of each duplicated 4-tuple.
+func dupGroups(socks []ssSocket, keep func(netip.AddrPort) bool) (groups []dupGroup, n int) {
 	by := map[[2]netip.AddrPort]map[string]bool{}
 	for _, s := range socks {
 		if !keep(s.local) {
@@ -86,10 +116,97 @@ func duplicates(socks []ssSocket, keep func(netip.AddrPort) bool) (dups []string
 	for k, cs := range by {
 		n += len(cs)
 		if len(cs) > 1 {
-			dups = append(dups, fmt.Sprintf("%v -> %v held by %d sockets", k[0], k[1], len(cs)))
+			g := dupGroup{local: k[0], peer: k[1]}
+			for c := range cs {
+				g.cookies = append(g.cookies, c)
+			}
+			groups = append(groups, g)
 		}
 	}
-	return dups, n
+	return groups, n
+}
+
+// monoNow reads CLOCK_MONOTONIC, which all processes of the machine share.
+func monoNow() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic(err)
+	}
+	return ts.Nano()
+}
+
+// ledgerEntry is one conn of a race child: its 4-tuple and the interval
+// [open, close) inside its socket's lifetime (close is max int64 when the
+// conn was still open at the end).
+type ledgerEntry struct {
+	local, peer netip.AddrPort
+	open, close int64
+}
+
+// readLedgers parses the children's ledger files: lines "open COOKIE LOCAL
+// PEER T" and "close COOKIE T", COOKIE in ss's "sk:%x" form.
+func readLedgers(t *testing.T, paths []string) map[string]*ledgerEntry {
+	t.Helper()
+	led := map[string]*ledgerEntry{}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for ln, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			switch {
+			case len(f) == 0:
+			case f[0] == "open" && len(f) == 5:
+				at, _ := strconv.ParseInt(f[4], 10, 64)
+				led[f[1]] = &ledgerEntry{
+					local: netip.MustParseAddrPort(f[2]), peer: netip.MustParseAddrPort(f[3]),
+					open: at, close: 1<<63 - 1,
+				}
+			case f[0] == "close" && len(f) == 3 && led[f[1]] != nil:
+				led[f[1]].close, _ = strconv.ParseInt(f[2], 10, 64)
+			default:
+				t.Fatalf("%s:%d: bad ledger line %q", p, ln+1, line)
+			}
+		}
+	}
+	return led
+}
+
+// ledgerOverlaps returns the 4-tuples on which two ledger intervals overlap:
+// duplicates proven from the children's own records.
+func ledgerOverlaps(led map[string]*ledgerEntry) []string {
+	by := map[[2]netip.AddrPort][]*ledgerEntry{}
+	for _, e := range led {
+		k := [2]netip.AddrPort{e.local, e.peer}
+		by[k] = append(by[k], e)
+	}
+	var out []string
+	for k, es := range by {
+		for i := range es {
+			for j := i + 1; j < len(es); j++ {
+				if es[i].open < es[j].close && es[j].open < es[i].close {
+					out = append(out, fmt.Sprintf("%v -> %v held by two sockets at once (ledger)", k[0], k[1]))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// coexisted reports whether the sockets of g may have been open at the
+// same time: true unless the ledgers prove, for every pair, that one was
+// closed before the other connected. Unknown cookies count as coexisting.
+func coexisted(g dupGroup, led map[string]*ledgerEntry) bool {
+	for i := range g.cookies {
+		for j := i + 1; j < len(g.cookies); j++ {
+			a, b := led[g.cookies[i]], led[g.cookies[j]]
+			if a == nil || b == nil || (a.open < b.close && b.open < a.close) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func ssUDP(t *testing.T) []ssSocket {
@@ -182,10 +299,14 @@ func runRace(t *testing.T, unsafe bool, dials int) (dups []string, summary strin
 		log   []string        // stdout lines other than the report; read after ready closes
 	}
 	var children []*child
-	for range raceProcs {
+	var ledgers []string
+	dir := t.TempDir()
+	for i := range raceProcs {
 		c := &child{ready: make(chan string, 1)}
+		ledger := fmt.Sprintf("%s/ledger-%d", dir, i)
+		ledgers = append(ledgers, ledger)
 		c.cmd = exec.Command(os.Args[0], "-test.run=^TestUDPRaceChild$", "-test.count=1")
-		c.cmd.Env = append(os.Environ(), raceEnv+"="+strconv.Itoa(dials))
+		c.cmd.Env = append(os.Environ(), raceEnv+"="+strconv.Itoa(dials), raceEnv+"_LEDGER="+ledger)
 		if unsafe {
 			c.cmd.Env = append(c.cmd.Env, raceEnv+"_UNSAFE=1")
 		}
@@ -236,19 +357,20 @@ func runRace(t *testing.T, unsafe bool, dials int) (dups []string, summary strin
 			lines = append(lines, line)
 		}()
 	}
-	seen := map[string]bool{}
+	type seenDup struct {
+		snapshot int
+		g        dupGroup
+	}
+	var midRun []seenDup
 	snapshots := 0
 	for {
 		mu.Lock()
 		done := reports == raceProcs
 		mu.Unlock()
-		d, _ := duplicates(ssUDP(t), ours)
+		groups, _ := dupGroups(ssUDP(t), ours)
 		snapshots++
-		for _, x := range d {
-			if !seen[x] {
-				seen[x] = true
-				dups = append(dups, fmt.Sprintf("snapshot %d: %s", snapshots, x))
-			}
+		for _, g := range groups {
+			midRun = append(midRun, seenDup{snapshots, g})
 		}
 		if done {
 			break
@@ -266,14 +388,47 @@ func runRace(t *testing.T, unsafe bool, dials int) (dups []string, summary strin
 			t.Fatalf("child report %q: want %d dials, mostly successful", line, dials)
 		}
 	}
-	final, n := duplicates(ssUDP(t), ours)
+	finalSocks := ssUDP(t)
+	final, n := duplicates(finalSocks, ours)
 	for _, x := range final {
 		dups = append(dups, "final: "+x)
 	}
 	if n != held {
 		t.Fatalf("ss lists %d connected sockets in the set; the children hold %d", n, held)
 	}
-	return dups, fmt.Sprintf("%d processes × %d dials: %d sockets held at the end, %d dials exhausted, %d ss snapshots", raceProcs, dials, held, exhausted, snapshots)
+	// Every child has reported, so its ledger is complete up to now.
+	led := readLedgers(t, ledgers)
+	if len(led) == 0 {
+		t.Fatal("the children's ledgers are empty")
+	}
+	// The ledgers name sockets as ss does: every socket ss lists at the end
+	// is an open ledger entry with the same 4-tuple.
+	for _, so := range finalSocks {
+		if !ours(so.local) {
+			continue
+		}
+		e := led[so.cookie]
+		if e == nil || e.close != 1<<63-1 || e.local != so.local || e.peer != so.peer {
+			t.Fatalf("ss lists %s %v -> %v, which no child's ledger holds open", so.cookie, so.local, so.peer)
+		}
+	}
+	dups = append(dups, ledgerOverlaps(led)...)
+	seen := map[string]bool{}
+	inconsistent := 0
+	for _, d := range midRun {
+		if !coexisted(d.g, led) {
+			inconsistent++
+			continue
+		}
+		if x := d.g.String(); !seen[x] {
+			seen[x] = true
+			dups = append(dups, fmt.Sprintf("snapshot %d: %s", d.snapshot, x))
+		}
+	}
+	if inconsistent > 0 {
+		t.Logf("%d mid-run ss listings showed two sockets on one 4-tuple that the ledgers prove never coexisted (a dump spread over several netlink messages)", inconsistent)
+	}
+	return dups, fmt.Sprintf("%d processes × %d dials: %d sockets held at the end, %d dials exhausted, %d ss snapshots, %d ledger entries", raceProcs, dials, held, exhausted, snapshots, len(led))
 }
 
 // TestUDPRaceChild is one process of TestUDPCrossProcessRace; it runs only
@@ -285,11 +440,21 @@ func TestUDPRaceChild(t *testing.T) {
 	}
 	testHookSkipLock = os.Getenv(raceEnv+"_UNSAFE") != ""
 	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet(raceSet), Strategy: Search}
+	ledger, err := os.Create(os.Getenv(raceEnv + "_LEDGER"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ledger.Close()
+	lw := bufio.NewWriter(ledger)
+	defer lw.Flush()
+	cookies := map[net.Conn]string{}
 	ring := make([]net.Conn, 0, raceWindow)
 	ok, exhausted := 0, 0
 	ctx := context.Background()
 	for i := range dials {
 		if len(ring) == raceWindow {
+			fmt.Fprintf(lw, "close %s %d\n", cookies[ring[0]], monoNow())
+			delete(cookies, ring[0])
 			ring[0].Close()
 			ring = append(ring[:0], ring[1:]...)
 		}
@@ -297,6 +462,10 @@ func TestUDPRaceChild(t *testing.T) {
 		c, err := d.DialContext(ctx, "udp", dst.String())
 		switch {
 		case err == nil:
+			at := monoNow()
+			cookie := connCookie(t, c)
+			cookies[c] = cookie
+			fmt.Fprintf(lw, "open %s %s %s %d\n", cookie, c.LocalAddr(), c.RemoteAddr(), at)
 			ok++
 			ring = append(ring, c)
 		case errors.Is(err, ErrExhausted):
@@ -305,7 +474,31 @@ func TestUDPRaceChild(t *testing.T) {
 			t.Fatalf("dial %d: %v", i, err)
 		}
 	}
+	if err := lw.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	fmt.Println("RACECHILD held=" + strconv.Itoa(len(ring)) + " ok=" + strconv.Itoa(ok) + " exhausted=" + strconv.Itoa(exhausted))
 	io.Copy(io.Discard, os.Stdin) // hold the sockets until the parent has looked
 	closeAll(ring)
+}
+
+// connCookie returns the SO_COOKIE of c's socket in ss's "sk:%x" form.
+func connCookie(t *testing.T, c net.Conn) string {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		t.Fatalf("%T has no SyscallConn", c)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cookie uint64
+	var cerr error
+	if err := rc.Control(func(fd uintptr) { cookie, cerr = netsys.Cookie(int(fd)) }); err != nil {
+		t.Fatal(err)
+	}
+	if cerr != nil {
+		t.Fatal(cerr)
+	}
+	return fmt.Sprintf("sk:%x", cookie)
 }

@@ -112,15 +112,19 @@ func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 			break
 		}
 		port, _ := pl.ports.Nth(int(idx))
+		st.tries.Add(1)
 		c, err := d.tcpTry(ctx, src, port, dst)
-		st.sel.settle(&sr, idx, err == nil)
-		if err == nil {
-			return newTCPConn(c.(*net.TCPConn), st.sel, sr.key, idx), nil
+		if errors.Is(err, errPortTaken) {
+			// Another socket holds the 4-tuple (or the port): memoise it.
+			st.sel.settleTaken(&sr, idx)
+			last = err
+			continue
 		}
-		if !errors.Is(err, errPortTaken) {
+		st.sel.settle(&sr, idx, err == nil)
+		if err != nil {
 			return nil, err
 		}
-		last = err
+		return newTCPConn(c.(*net.TCPConn), st.sel, sr.key, idx), nil
 	}
 	if last == nil {
 		last = fmt.Errorf("this Dialer holds all %d ports toward %v", sr.size, dst)

@@ -74,17 +74,23 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 			break
 		}
 		port, _ := pl.ports.Nth(int(idx))
+		st.tries.Add(1)
 		c, err := d.udpTry(ctx, st, src, port, dst)
-		st.sel.settle(&sr, idx, err == nil)
-		if err == nil {
-			return newUDPConn(c, st.sel, sr.key, idx), nil
+		if errors.Is(err, errPortTaken) {
+			// Another socket holds the 4-tuple, or another process's
+			// lock or socket holds the port: memoise it.
+			st.sel.settleTaken(&sr, idx)
+			if errors.Is(err, errPortBusy) {
+				busy = append(busy, idx)
+			}
+			last = err
+			continue
 		}
-		if errors.Is(err, errPortBusy) {
-			busy = append(busy, idx)
-		} else if !errors.Is(err, errPortTaken) {
+		st.sel.settle(&sr, idx, err == nil)
+		if err != nil {
 			return nil, err
 		}
-		last = err
+		return newUDPConn(c, st.sel, sr.key, idx), nil
 	}
 	// A bind that failed with EADDRINUSE may have met a cooperating socket
 	// holding its lock for a few microseconds (another Dialer or process),
@@ -106,18 +112,21 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 				continue // this Dialer holds it now
 			}
 			port, _ := pl.ports.Nth(int(idx))
+			st.tries.Add(1)
 			c, err := d.udpTry(ctx, st, src, port, dst)
-			st.sel.settle(&sr, idx, err == nil)
-			if err == nil {
-				return newUDPConn(c, st.sel, sr.key, idx), nil
+			if errors.Is(err, errPortTaken) {
+				st.sel.settleTaken(&sr, idx)
+				if errors.Is(err, errPortBusy) {
+					still = append(still, idx)
+				}
+				last = err
+				continue
 			}
-			switch {
-			case errors.Is(err, errPortBusy):
-				still = append(still, idx)
-			case !errors.Is(err, errPortTaken):
+			st.sel.settle(&sr, idx, err == nil)
+			if err != nil {
 				return nil, err
 			}
-			last = err
+			return newUDPConn(c, st.sel, sr.key, idx), nil
 		}
 		busy = still
 	}
@@ -215,6 +224,18 @@ func (d *Dialer) udpTryLocked(ctx context.Context, src netip.Addr, port uint16, 
 	if err := netsys.SetReuseAddr(fd, false); err != nil {
 		return fail(err)
 	}
+	// Before the exact lookup: another socket bound to local and not yet
+	// connected may have passed bind's check just before our lock and be
+	// running its own lookup, and it need not be visible to ours. Of two such
+	// sockets at least one sees the other here and backs off; a socket that
+	// connected before this check is found by the lookup below.
+	other, err := d.st.diags.otherUnbound(local, own)
+	if err != nil {
+		return fail(err)
+	}
+	if other {
+		return nil, fmt.Errorf("%w: another socket is binding %v", errPortBusy, local)
+	}
 	got, found, err := d.st.diags.lookup(local, dst)
 	if err != nil {
 		return fail(err)
@@ -279,27 +300,46 @@ func newDiagPool(owner *state) *diagPool {
 	return p
 }
 
-func (p *diagPool) lookup(local, remote netip.AddrPort) (uint64, bool, error) {
+// do runs f on one of the pool's sock_diag sockets (opening one if none
+// is free) and keeps the socket for later unless f failed.
+func (p *diagPool) do(f func(d *netsys.Diag) error) error {
 	var d *netsys.Diag
 	select {
 	case d = <-p.ch:
 	default:
 		var err error
 		if d, err = netsys.OpenDiag(); err != nil {
-			return 0, false, err
+			return err
 		}
 	}
-	cookie, found, err := d.LookupUDP(local, remote)
-	if err != nil {
+	if err := f(d); err != nil {
 		d.Close()
-		return 0, false, err
+		return err
 	}
 	select {
 	case p.ch <- d:
 	default:
 		d.Close()
 	}
-	return cookie, found, nil
+	return nil
+}
+
+// lookup is netsys.Diag.LookupUDP on a pooled socket.
+func (p *diagPool) lookup(local, remote netip.AddrPort) (cookie uint64, found bool, err error) {
+	err = p.do(func(d *netsys.Diag) (err error) {
+		cookie, found, err = d.LookupUDP(local, remote)
+		return err
+	})
+	return cookie, found, err
+}
+
+// otherUnbound is netsys.Diag.OtherUnboundUDP on a pooled socket.
+func (p *diagPool) otherUnbound(local netip.AddrPort, own uint64) (other bool, err error) {
+	err = p.do(func(d *netsys.Diag) (err error) {
+		other, err = d.OtherUnboundUDP(local, own)
+		return err
+	})
+	return other, err
 }
 
 func (p *diagPool) closeAll() {

@@ -144,6 +144,92 @@ func (d *Diag) LookupUDP(local, remote netip.AddrPort) (cookie uint64, found boo
 	}
 }
 
+// tcpClose is the sk_state of an unconnected UDP socket (TCP_CLOSE).
+const tcpClose = 7
+
+// OtherUnboundUDP reports whether a UDP socket other than the one with
+// cookie own is bound to local and not connected. It dumps the unconnected
+// UDP sockets of local's family (SOCK_DIAG_BY_FAMILY with NLM_F_DUMP and
+// idiag_states = 1<<TCP_CLOSE, so connected sockets are filtered out in the
+// kernel) and compares their local ends.
+//
+// The cooperative UDP lock needs it: a socket of another process may pass
+// bind's conflict check just before our SO_REUSEADDR is cleared, yet enter
+// the lookup tables only after our exact lookup. That socket is bound and
+// unconnected while its owner runs its own lookup, so one of the two owners
+// always sees the other here and backs off.
+func (d *Diag) OtherUnboundUDP(local netip.AddrPort, own uint64) (bool, error) {
+	var req [nlmsgHdrLen + inetDiagReqLen]byte
+	seq := diagSeq.Add(1)
+	ne := binary.NativeEndian
+	ne.PutUint32(req[0:], uint32(len(req)))
+	ne.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
+	ne.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	ne.PutUint32(req[8:], seq)
+	r := req[nlmsgHdrLen:]
+	r[0] = unix.AF_INET
+	if !local.Addr().Is4() {
+		r[0] = unix.AF_INET6
+	}
+	r[1] = unix.IPPROTO_UDP
+	ne.PutUint32(r[4:], 1<<tcpClose)
+	ne.PutUint32(r[8+sockidCookieOff:], noCookie)
+	ne.PutUint32(r[8+sockidCookieOff+4:], noCookie)
+	if err := unix.Sendto(d.fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return false, os.NewSyscallError("sendto sock_diag", err)
+	}
+	var want [16]byte
+	putAddr(want[:], local.Addr())
+	wantLen := 16
+	if local.Addr().Is4() {
+		wantLen = 4
+	}
+	other := false
+	buf := make([]byte, 32<<10)
+	for {
+		n, _, err := unix.Recvfrom(d.fd, buf, 0)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return false, os.NewSyscallError("recvfrom sock_diag", err)
+		}
+		b := buf[:n]
+		for len(b) >= nlmsgHdrLen {
+			l := int(ne.Uint32(b[0:]))
+			if l < nlmsgHdrLen || l > len(b) {
+				return false, fmt.Errorf("netsys: sock_diag dump: malformed reply (length %d of %d)", l, len(b))
+			}
+			typ, msg := ne.Uint16(b[4:]), b[nlmsgHdrLen:l]
+			if ne.Uint32(b[8:]) == seq {
+				switch typ {
+				case unix.NLMSG_DONE:
+					return other, nil
+				case unix.NLMSG_ERROR:
+					if len(msg) >= 4 && ne.Uint32(msg) != 0 {
+						return false, os.NewSyscallError("sock_diag dump", unix.Errno(-int32(ne.Uint32(msg))))
+					}
+				case unix.SOCK_DIAG_BY_FAMILY:
+					if len(msg) < inetDiagMsgLen {
+						return false, fmt.Errorf("netsys: sock_diag dump: short reply (%d bytes)", len(msg))
+					}
+					id := msg[msgSockidOff:]
+					c := id[sockidCookieOff:]
+					cookie := uint64(ne.Uint32(c[0:])) | uint64(ne.Uint32(c[4:]))<<32
+					if binary.BigEndian.Uint16(id[0:]) == local.Port() && cookie != own &&
+						string(id[4:4+wantLen]) == string(want[:wantLen]) {
+						other = true // keep reading to the end of the dump
+					}
+				}
+			}
+			if align4(l) >= len(b) {
+				break
+			}
+			b = b[align4(l):]
+		}
+	}
+}
+
 func align4(n int) int { return (n + 3) &^ 3 }
 
 // putAddr writes a in the kernel's __be32[4] form: IPv4 in the first word.

@@ -223,3 +223,41 @@ func TestLocalPortRangeOnlyNarrows(t *testing.T) {
 		}
 	}
 }
+
+// TestOtherUnboundUDP checks the in-flight check of the cooperative lock:
+// a second socket bound to the same local end and not connected is seen
+// (whichever socket asks), a connected one is not, nor is a socket bound to
+// another port or the asker itself.
+func TestOtherUnboundUDP(t *testing.T) {
+	for _, lo := range []netip.Addr{lo4, netip.IPv6Loopback()} {
+		d, err := OpenDiag()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		_, local, cookieA := boundUDP(t, netip.AddrPortFrom(lo, 0))
+		if other, err := d.OtherUnboundUDP(local, cookieA); err != nil || other {
+			t.Fatalf("%v alone: other=%v err=%v", local, other, err)
+		}
+		_, elsewhere, _ := boundUDP(t, netip.AddrPortFrom(lo, 0))
+		if elsewhere.Port() == local.Port() {
+			t.Fatal("two wildcard binds got the same port")
+		}
+		if other, err := d.OtherUnboundUDP(local, cookieA); err != nil || other {
+			t.Fatalf("socket on another port %v counted: other=%v err=%v", elsewhere, other, err)
+		}
+		fdB, _, cookieB := boundUDP(t, local)
+		for _, asker := range []uint64{cookieA, cookieB} {
+			if other, err := d.OtherUnboundUDP(local, asker); err != nil || !other {
+				t.Fatalf("two unconnected sockets on %v, asked by %#x: other=%v err=%v", local, asker, other, err)
+			}
+		}
+		remote := netip.AddrPortFrom(lo, 9)
+		if err := Connect(fdB, remote); err != nil {
+			t.Fatal(err)
+		}
+		if other, err := d.OtherUnboundUDP(local, cookieA); err != nil || other {
+			t.Fatalf("connected socket counted as unbound: other=%v err=%v", other, err)
+		}
+	}
+}

@@ -83,6 +83,11 @@ func OpenDiag() (*Diag, error) { return nil, unsupported("sock_diag") }
 // Close does nothing outside Linux.
 func (d *Diag) Close() error { return nil }
 
+// OtherUnboundUDP is only supported on Linux.
+func (d *Diag) OtherUnboundUDP(local netip.AddrPort, own uint64) (bool, error) {
+	return false, unsupported("sock_diag")
+}
+
 // LookupUDP is only supported on Linux.
 func (d *Diag) LookupUDP(local, remote netip.AddrPort) (uint64, bool, error) {
 	return 0, false, unsupported("sock_diag")
