@@ -63,6 +63,24 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		}
 	}
 	sr := search{key: holdKey{proto: tuple.UDP, src: src, dst: dst}, size: uint32(pl.ports.Len())}
+	// try dials port index idx and settles it in the selector. taken
+	// reports that another socket holds the 4-tuple, or that another
+	// process's lock or socket holds the port (the port is memoised and the
+	// search goes on); otherwise the search ends with c or err.
+	try := func(idx uint32) (c net.Conn, taken bool, err error) {
+		port, _ := pl.ports.Nth(int(idx))
+		st.tries.Add(1)
+		uc, err := d.udpTry(ctx, st, src, port, dst)
+		if errors.Is(err, errPortTaken) {
+			st.sel.settleTaken(&sr, idx)
+			return nil, true, err
+		}
+		st.sel.settle(&sr, idx, err == nil)
+		if err != nil {
+			return nil, false, err
+		}
+		return newUDPConn(uc, st.sel, sr.key, idx), false, nil
+	}
 	var last error
 	var busy []uint32 // indices whose bind met another process's lock
 	for range d.maxAttempts() {
@@ -73,24 +91,14 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		if !ok {
 			break
 		}
-		port, _ := pl.ports.Nth(int(idx))
-		st.tries.Add(1)
-		c, err := d.udpTry(ctx, st, src, port, dst)
-		if errors.Is(err, errPortTaken) {
-			// Another socket holds the 4-tuple, or another process's
-			// lock or socket holds the port: memoise it.
-			st.sel.settleTaken(&sr, idx)
-			if errors.Is(err, errPortBusy) {
-				busy = append(busy, idx)
-			}
-			last = err
-			continue
+		c, taken, err := try(idx)
+		if !taken {
+			return c, err
 		}
-		st.sel.settle(&sr, idx, err == nil)
-		if err != nil {
-			return nil, err
+		if errors.Is(err, errPortBusy) {
+			busy = append(busy, idx)
 		}
-		return newUDPConn(c, st.sel, sr.key, idx), nil
+		last = err
 	}
 	// A bind that failed with EADDRINUSE may have met a cooperating socket
 	// holding its lock for a few microseconds (another Dialer or process),
@@ -111,22 +119,14 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 			if !st.sel.reserve(&sr, idx) {
 				continue // this Dialer holds it now
 			}
-			port, _ := pl.ports.Nth(int(idx))
-			st.tries.Add(1)
-			c, err := d.udpTry(ctx, st, src, port, dst)
-			if errors.Is(err, errPortTaken) {
-				st.sel.settleTaken(&sr, idx)
-				if errors.Is(err, errPortBusy) {
-					still = append(still, idx)
-				}
-				last = err
-				continue
+			c, taken, err := try(idx)
+			if !taken {
+				return c, err
 			}
-			st.sel.settle(&sr, idx, err == nil)
-			if err != nil {
-				return nil, err
+			if errors.Is(err, errPortBusy) {
+				still = append(still, idx)
 			}
-			return newUDPConn(c, st.sel, sr.key, idx), nil
+			last = err
 		}
 		busy = still
 	}
