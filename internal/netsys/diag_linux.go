@@ -66,28 +66,14 @@ func (d *Diag) LookupUDP(local, remote netip.AddrPort) (cookie uint64, found boo
 		return 0, false, fmt.Errorf("netsys: sock_diag lookup %v -> %v: mixed address families", local, remote)
 	}
 	fd := d.fd
-
-	var req [nlmsgHdrLen + inetDiagReqLen]byte
-	seq := diagSeq.Add(1)
 	ne := binary.NativeEndian
-	ne.PutUint32(req[0:], uint32(len(req)))
-	ne.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
-	ne.PutUint16(req[6:], unix.NLM_F_REQUEST) // no NLM_F_DUMP: the exact lookup
-	ne.PutUint32(req[8:], seq)
-	r := req[nlmsgHdrLen:]
-	r[0] = unix.AF_INET
-	if !local.Addr().Is4() {
-		r[0] = unix.AF_INET6
-	}
-	r[1] = unix.IPPROTO_UDP
-	ne.PutUint32(r[4:], allStates)
-	id := r[8:]
+	// No NLM_F_DUMP: the exact lookup.
+	req, seq := udpDiagRequest(!local.Addr().Is4(), unix.NLM_F_REQUEST, allStates)
+	id := req[nlmsgHdrLen+8:]
 	binary.BigEndian.PutUint16(id[0:], remote.Port()) // idiag_sport: remote
 	binary.BigEndian.PutUint16(id[2:], local.Port())  // idiag_dport: local
 	putAddr(id[4:20], remote.Addr())                  // idiag_src: remote
 	putAddr(id[20:36], local.Addr())                  // idiag_dst: local
-	ne.PutUint32(id[sockidCookieOff:], noCookie)
-	ne.PutUint32(id[sockidCookieOff+4:], noCookie)
 
 	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return 0, false, os.NewSyscallError("sendto sock_diag", err)
@@ -159,22 +145,8 @@ const tcpClose = 7
 // unconnected while its owner runs its own lookup, so one of the two owners
 // always sees the other here and backs off.
 func (d *Diag) OtherUnboundUDP(local netip.AddrPort, own uint64) (bool, error) {
-	var req [nlmsgHdrLen + inetDiagReqLen]byte
-	seq := diagSeq.Add(1)
 	ne := binary.NativeEndian
-	ne.PutUint32(req[0:], uint32(len(req)))
-	ne.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
-	ne.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	ne.PutUint32(req[8:], seq)
-	r := req[nlmsgHdrLen:]
-	r[0] = unix.AF_INET
-	if !local.Addr().Is4() {
-		r[0] = unix.AF_INET6
-	}
-	r[1] = unix.IPPROTO_UDP
-	ne.PutUint32(r[4:], 1<<tcpClose)
-	ne.PutUint32(r[8+sockidCookieOff:], noCookie)
-	ne.PutUint32(r[8+sockidCookieOff+4:], noCookie)
+	req, seq := udpDiagRequest(!local.Addr().Is4(), unix.NLM_F_REQUEST|unix.NLM_F_DUMP, 1<<tcpClose)
 	if err := unix.Sendto(d.fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return false, os.NewSyscallError("sendto sock_diag", err)
 	}
@@ -228,6 +200,29 @@ func (d *Diag) OtherUnboundUDP(local netip.AddrPort, own uint64) (bool, error) {
 			b = b[align4(l):]
 		}
 	}
+}
+
+// udpDiagRequest returns a SOCK_DIAG_BY_FAMILY request (netlink header and
+// inet_diag_req_v2) for UDP sockets of the IPv4 or IPv6 family in the given
+// states, with the given netlink flags, INET_DIAG_NOCOOKIE, and an id the
+// caller fills in; and the request's sequence number.
+func udpDiagRequest(v6 bool, flags uint16, states uint32) (req [nlmsgHdrLen + inetDiagReqLen]byte, seq uint32) {
+	seq = diagSeq.Add(1)
+	ne := binary.NativeEndian
+	ne.PutUint32(req[0:], uint32(len(req)))
+	ne.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
+	ne.PutUint16(req[6:], flags)
+	ne.PutUint32(req[8:], seq)
+	r := req[nlmsgHdrLen:]
+	r[0] = unix.AF_INET
+	if v6 {
+		r[0] = unix.AF_INET6
+	}
+	r[1] = unix.IPPROTO_UDP
+	ne.PutUint32(r[4:], states)
+	ne.PutUint32(r[8+sockidCookieOff:], noCookie)
+	ne.PutUint32(r[8+sockidCookieOff+4:], noCookie)
+	return req, seq
 }
 
 func align4(n int) int { return (n + 3) &^ 3 }
