@@ -81,28 +81,27 @@ func (s Secret) Sum64(b []byte) uint64 {
 // its source address. local and remote may be IPv4 or IPv6. It does not
 // allocate.
 func Offset(s Secret, local netip.Addr, remote netip.AddrPort) uint32 {
-	var b [16 + 16 + 2 + 1]byte
-	l := local.As16()
-	r := remote.Addr().As16()
-	copy(b[0:16], l[:])
-	copy(b[16:32], r[:])
-	binary.BigEndian.PutUint16(b[32:34], remote.Port())
-	b[34] = 3 // domain separation from the other uses of the secret
-	h := s.Sum64(b[:])
-	return uint32(h ^ h>>32)
+	return pairHash(s, local, remote, 3)
 }
 
 // tableIndex is G(local_IP, remote_IP, remote_port, secret_key2) of RFC 6056
 // §3.3.4 (Algorithm 4), derived from the same secret with another domain
 // byte.
 func tableIndex(s Secret, local netip.Addr, remote netip.AddrPort) uint32 {
+	return pairHash(s, local, remote, 4)
+}
+
+// pairHash is the keyed hash of (local, remote address, remote port) under
+// s, folded to 32 bits; domain separates the uses of one secret (3 for
+// Offset, 4 for tableIndex).
+func pairHash(s Secret, local netip.Addr, remote netip.AddrPort, domain byte) uint32 {
 	var b [16 + 16 + 2 + 1]byte
 	l := local.As16()
 	r := remote.Addr().As16()
 	copy(b[0:16], l[:])
 	copy(b[16:32], r[:])
 	binary.BigEndian.PutUint16(b[32:34], remote.Port())
-	b[34] = 4
+	b[34] = domain
 	h := s.Sum64(b[:])
 	return uint32(h ^ h>>32)
 }
