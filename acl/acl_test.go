@@ -646,3 +646,86 @@ func TestHandBuiltPolicy(t *testing.T) {
 		t.Errorf("Lint: %v", fs)
 	}
 }
+
+// TestMergeNestedPrefixes checks that a peer whose ports a strictly larger
+// prefix already allows gets no rule of its own: partly covered ports are
+// subtracted, and a containing all-protocol rule removes the peer entirely.
+func TestMergeNestedPrefixes(t *testing.T) {
+	p := mustPolicy(t, `
+services:
+  - {name: ssh, protocol: tcp, ports: [22-23]}
+  - {name: admin, protocol: tcp, ports: [22, 2222]}
+  - {name: everything, protocol: all}
+zones:
+  - {name: srv, type: internal, cidrs: [192.168.9.0/24]}
+  - {name: corp, type: external, cidrs: [10.0.0.0/8]}
+  - {name: part, type: external, cidrs: [10.5.0.0/16]}
+  - {name: wide, type: external, cidrs: [172.16.0.0/12]}
+  - {name: narrow, type: external, cidrs: [172.16.4.0/24]}
+flows:
+  - {from: corp, to: srv, services: [ssh]}
+  - {from: part, to: srv, services: [admin]}
+  - {from: wide, to: srv, services: [everything]}
+  - {from: narrow, to: srv, services: [everything]}
+`)
+	res, err := Generate(p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srv *ACL
+	for i := range res.ACLs {
+		if res.ACLs[i].Zone == "srv" {
+			srv = &res.ACLs[i]
+		}
+	}
+	if srv == nil {
+		t.Fatal("no ACL for zone srv")
+	}
+	var peers []string
+	for _, r := range ruleStrings(srv.Ingress) {
+		if strings.Contains(r, "10.5.0.0/16") && !strings.Contains(r, " 2222 ") {
+			t.Errorf("part keeps a rule that corp's 10.0.0.0/8 already covers: %s", r)
+		}
+		if strings.Contains(r, "172.16.4.0/24") {
+			t.Errorf("narrow keeps a rule inside wide's all-protocol rule: %s", r)
+		}
+		peers = append(peers, r)
+	}
+	want := []string{"allow tcp 22-23 10.0.0.0/8", "allow tcp 2222 10.5.0.0/16", "allow all - 172.16.0.0/12"}
+	for _, w := range want {
+		found := false
+		for _, r := range peers {
+			found = found || strings.HasSuffix(r, w)
+		}
+		if !found {
+			t.Errorf("srv ingress lacks %q; got %q", w, peers)
+		}
+	}
+}
+
+// TestLintFamiliesAndAll checks two lint rules: a flow between zones with no
+// address family in common is reported, and an internal zone that only a
+// flow from `all` uses is not reported as unused.
+func TestLintFamiliesAndAll(t *testing.T) {
+	p := mustPolicy(t, `
+services: [{name: web, protocol: tcp, ports: [443]}]
+zones:
+  - {name: v4, type: internal, cidrs: [10.1.0.0/24]}
+  - {name: v6, type: internal, cidrs: ["2001:db8:1::/64"]}
+  - {name: quiet, type: internal, cidrs: [10.2.0.0/24]}
+flows:
+  - {from: v4, to: v6, services: [web]}
+  - {from: all, to: v4, services: [web]}
+`)
+	var got []string
+	for _, f := range Lint(p) {
+		got = append(got, f.String())
+	}
+	all := strings.Join(got, "\n")
+	if !strings.Contains(all, "zones v4 and v6 share no address family") {
+		t.Errorf("lint does not report the IPv4-only to IPv6-only flow:\n%s", all)
+	}
+	if strings.Contains(all, `zone "quiet": no flow uses it`) {
+		t.Errorf("zone quiet is a source of the flow from all, yet reported unused:\n%s", all)
+	}
+}
