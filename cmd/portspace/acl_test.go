@@ -129,3 +129,51 @@ func TestACLMaxRules(t *testing.T) {
 		t.Errorf("%d directions over 11; error %v\n%s", over, err, out)
 	}
 }
+
+// tableRules counts the rule lines of `acl generate --format table` output.
+func tableRules(out string) int {
+	n := 0
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "  ingress ") || strings.HasPrefix(l, "  egress ") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestACLFlagsChangeOutput checks the flags no other test reads: lint's
+// unmerged column (the figures docs/acl.md publishes for vpc.ng), --no-merge
+// and --ng-code-default.
+func TestACLFlagsChangeOutput(t *testing.T) {
+	vpc := []string{"../../acl/testdata/vpc.ng", "--cidrs", "../../acl/testdata/vpc-cidrs.yaml"}
+	out, _, err := runCLI(t, append([]string{"acl", "lint"}, vpc...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := strings.Fields(out[strings.LastIndex(out, "total"):]); len(f) < 3 || f[1] != "108" || f[2] != "181" {
+		t.Errorf("lint total line = %q, want merged 108 and unmerged 181", f)
+	}
+	merged, _, err := runCLI(t, append([]string{"acl", "generate", "--format", "table"}, vpc...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _, err := runCLI(t, append([]string{"acl", "generate", "--format", "table", "--no-merge", "--max-rules", "40"}, vpc...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Table lines leave out the 12 default denies that the lint totals count.
+	if m, r := tableRules(merged), tableRules(raw); m != 108-12 || r != 181-12 {
+		t.Errorf("table rules: merged %d, --no-merge %d; want %d and %d", m, r, 108-12, 181-12)
+	}
+	def, _, err := runCLI(t, "acl", "generate", "--format", "table", "../../acl/testdata/small.ng")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, err := runCLI(t, "acl", "generate", "--format", "table", "--ng-code-default", "../../acl/testdata/small.ng")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, c := strings.Count(def, "1024-65535"), strings.Count(code, "1024-65535"); c <= d {
+		t.Errorf("--ng-code-default should widen return rules to naclgen's 1024-65535: %d such rules with it, %d without", c, d)
+	}
+}

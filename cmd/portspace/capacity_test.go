@@ -72,3 +72,25 @@ func TestCapacityBadInputNamesFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestCapacityExclusiveSharing checks --sharing exclusive through the CLI:
+// a port bound before connect serves one destination at a time, so the
+// totals do not grow with the number of destinations.
+func TestCapacityExclusiveSharing(t *testing.T) {
+	out, _, err := runCLI(t, "capacity", "--ports", "1000-1999", "--destinations", "3", "--sharing", "exclusive", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Sharing  string  `json:"sharing"`
+		PerDest  float64 `json:"max_concurrent_per_destination"`
+		Total    float64 `json:"total_max_concurrent"`
+		TotalNew float64 `json:"total_max_new_per_second"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got.Sharing != "exclusive" || got.PerDest != 1000 || got.Total != 1000 || math.Abs(got.TotalNew-1000.0/60) > 1e-9 {
+		t.Errorf("exclusive sharing over 3 destinations: %+v; want totals equal to one destination's 1000 and 16.67/s", got)
+	}
+}
