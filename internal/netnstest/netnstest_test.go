@@ -2,6 +2,7 @@ package netnstest
 
 import (
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -25,5 +26,29 @@ func TestInNetNS(t *testing.T) {
 	}
 	if _, ok := Inside(); !ok {
 		t.Error("Inside() is false inside the namespace")
+	}
+}
+
+// TestInnerSkipHelper skips inside a namespace; it does something only when
+// TestInnerSkipFailsUnderCI starts it.
+func TestInnerSkipHelper(t *testing.T) {
+	if os.Getenv("PORTSPACE_NETNSTEST_SKIPHELPER") == "" {
+		return // only a helper for TestInnerSkipFailsUnderCI
+	}
+	if !InNetNS(t) {
+		return
+	}
+	t.Skip("skipping inside the namespace")
+}
+
+// TestInnerSkipFailsUnderCI checks that a skip inside the namespace is not
+// reported as a pass: under CI=true the outer test fails.
+func TestInnerSkipFailsUnderCI(t *testing.T) {
+	RequireRoot(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestInnerSkipHelper$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "CI=true", "PORTSPACE_NETNSTEST_SKIPHELPER=1")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "under CI=true a skip is a failure") {
+		t.Fatalf("an inner skip under CI=true: err=%v, output:\n%s", err, out)
 	}
 }
