@@ -55,7 +55,8 @@ func TestTupleRoundTrip(t *testing.T) {
 
 func TestPortRange(t *testing.T) {
 	r := MustParsePortRange("40000-40999")
-	if r.Len() != 1000 || r.First() != 40000 || r.Last() != 40999 || !r.Contains(40500) || r.Contains(41000) {
+	if r.Len() != 1000 || r.First() != 40000 || r.Last() != 40999 || !r.Contains(40500) || r.Contains(41000) ||
+		!r.Contains(40000) || !r.Contains(40999) || r.Contains(39999) {
 		t.Errorf("range %v: len %d first %d last %d", r, r.Len(), r.First(), r.Last())
 	}
 	if r.String() != "40000-40999" || SinglePort(80).String() != "80" {
