@@ -3,6 +3,8 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"net"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -171,5 +173,59 @@ func TestPortNotes(t *testing.T) {
 		if n := portNotes(outside); len(n) == 0 || !strings.Contains(n[0], "ip_local_port_range") {
 			t.Errorf("ports 1024-1100 gave notes %q, want one naming ip_local_port_range", n)
 		}
+	}
+}
+
+// TestCompareRatioDirections checks that each comparison divides the right
+// way round: portspace over net.Dialer for rate and CPU, and p50 at a fill
+// level over p50 at fill 0 for latency.
+func TestCompareRatioDirections(t *testing.T) {
+	r := &Report{Results: []Result{
+		{Dialer: DialerPortspace, Mode: "hold", ConnsPerSec: 900, CPUPerConnUs: 30},
+		{Dialer: DialerBaseline, Mode: "hold", ConnsPerSec: 1000, CPUPerConnUs: 20},
+		{Dialer: DialerPortspace, Mode: "fill", FillPercent: 0, P50us: 40},
+		{Dialer: DialerPortspace, Mode: "fill", FillPercent: 95, P50us: 50},
+	}}
+	r.compare()
+	want := map[string]float64{
+		"conns per second": 0.9,
+		"CPU time per":     1.5,
+		"p50 at 95% fill":  1.25,
+	}
+	for part, ratio := range want {
+		found := false
+		for _, c := range r.Comparisons {
+			if strings.Contains(c.What, part) {
+				found = true
+				if c.Ratio != ratio {
+					t.Errorf("%s: ratio %v, want %v", c.What, c.Ratio, ratio)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no comparison %q among %+v", part, r.Comparisons)
+		}
+	}
+}
+
+// fakeConn is a net.Conn with fixed addresses, for counting tuples.
+type fakeConn struct {
+	net.Conn
+	l, r net.Addr
+}
+
+func (c fakeConn) LocalAddr() net.Addr  { return c.l }
+func (c fakeConn) RemoteAddr() net.Addr { return c.r }
+
+// TestDistinctTuples checks that two conns with the same 4-tuple count once.
+func TestDistinctTuples(t *testing.T) {
+	udp := func(s string) net.Addr { return net.UDPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	conns := []net.Conn{
+		fakeConn{l: udp("127.0.2.1:20000"), r: udp("127.0.1.1:7000")},
+		fakeConn{l: udp("127.0.2.1:20000"), r: udp("127.0.1.1:7000")},
+		fakeConn{l: udp("127.0.2.1:20000"), r: udp("127.0.1.2:7000")},
+	}
+	if n := distinctTuples(tuple.UDP, conns); n != 2 {
+		t.Errorf("distinctTuples = %d, want 2 (two conns share one 4-tuple)", n)
 	}
 }

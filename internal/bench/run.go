@@ -350,13 +350,7 @@ func (r *runner) phase(ctx context.Context, nd NamedDialer, fill float64, capaci
 	res.Failed, res.FailSamples = b.failed, b.samples
 
 	res.Held = len(held)
-	distinct := make(map[tuple.Tuple]bool, len(held))
-	for _, c := range held {
-		if t, ok := connTuple(r.cfg.Proto, c); ok {
-			distinct[t] = true
-		}
-	}
-	res.Distinct = len(distinct)
+	res.Distinct = distinctTuples(r.cfg.Proto, held)
 	if r.cfg.Census == CensusOn {
 		f := CensusFilter{Proto: r.cfg.Proto, Sources: r.cfg.Sources, Dests: r.eps}
 		if nd.Name == DialerPortspace {
@@ -422,6 +416,17 @@ func (r *runner) echoCheck(held []net.Conn) (checked, failed int) {
 }
 
 // connTuple returns the client-side tuple of c.
+// distinctTuples counts the distinct 4-tuples among conns.
+func distinctTuples(p tuple.Proto, conns []net.Conn) int {
+	distinct := make(map[tuple.Tuple]bool, len(conns))
+	for _, c := range conns {
+		if t, ok := connTuple(p, c); ok {
+			distinct[t] = true
+		}
+	}
+	return len(distinct)
+}
+
 func connTuple(p tuple.Proto, c net.Conn) (tuple.Tuple, bool) {
 	l, ok1 := addrPort(c.LocalAddr())
 	rm, ok2 := addrPort(c.RemoteAddr())
