@@ -255,12 +255,14 @@ func TestConformance_T5_TCPTimers(t *testing.T) {
 	t.Run("configurable (5a)", func(t *testing.T) {
 		r := newRig(t, nat.Config{TCPEstablished: 3 * time.Hour, TCPTransitory: 5 * time.Minute})
 		ext := r.tcpOpen(hostX, web)
+		// The configured 3 h, not the default and not a longer timer: alive
+		// just before 3 h after the last outbound packet, gone just after.
 		r.at(3*time.Hour - time.Second)
 		r.inTo(tcpMk(tcpACK, 5001, 1001), web, ext, hostX)
-		r.at(6*time.Hour + time.Second)
+		r.at(3*time.Hour + time.Second)
 		r.blocked(tcpMk(tcpACK, 5001, 1001), web, ext)
 		ext2 := r.out(tcpMk(tcpSYN, 1, 0), hostX2, web)
-		r.at(6*time.Hour + 5*time.Minute)
+		r.at(3*time.Hour + 5*time.Minute)
 		r.inTo(tcpMk(tcpSYN|tcpACK, 9, 2), web, ext2, hostX2)
 	})
 }

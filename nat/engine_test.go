@@ -137,6 +137,9 @@ func TestHairpin(t *testing.T) {
 			if d := decode(t, b); v.Action != Hairpin || d.src != xB || d.dst != hostA {
 				t.Fatalf("hairpin answer: %v %s %v->%v", v.Action, v.Reason, d.src, d.dst)
 			}
+			if n := e.Stats().Hairpinned; n != 2 {
+				t.Errorf("Stats().Hairpinned = %d after two hairpinned packets", n)
+			}
 		})
 	}
 	e := newEngine(t, testConfig(func(c *Config) { c.NoHairpinning = true }))

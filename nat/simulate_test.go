@@ -43,6 +43,14 @@ func TestSimulateSmall(t *testing.T) {
 	if r.LogEvents < int64(r.Flows) || r.LogBytes < r.LogEvents*100 {
 		t.Fatalf("log %d events %d bytes for %d flows", r.LogEvents, r.LogBytes, r.Flows)
 	}
+	// The per-day volumes scale the simulated time (180 s) to 86,400 s.
+	days := 180.0 / 86400
+	if d := r.LogBytesPerDay*days - float64(r.LogBytes); d > 1 || d < -1 {
+		t.Errorf("log bytes per day %.0f for %d bytes in 180 s", r.LogBytesPerDay, r.LogBytes)
+	}
+	if d := r.CompactLogBytesPerDay*days - float64(r.CompactLogBytes); d > 1 || d < -1 {
+		t.Errorf("compact log bytes per day %.0f for %d bytes in 180 s", r.CompactLogBytesPerDay, r.CompactLogBytes)
+	}
 	if r.PeakMappings < r.PeakConcurrent {
 		t.Fatalf("engine mappings %d below concurrent flows %d", r.PeakMappings, r.PeakConcurrent)
 	}
