@@ -14,8 +14,6 @@ import (
 	"github.com/portspace/portspace/acl"
 )
 
-func init() { subcommands = append(subcommands, newACLCmd) }
-
 func newACLCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "acl",

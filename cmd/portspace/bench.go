@@ -2,11 +2,13 @@ package main
 
 import "github.com/spf13/cobra"
 
-// benchSubcommands holds the constructors of the "bench" subcommands; each
-// file adds its own in init (bench_dial.go adds "bench dial").
-var benchSubcommands []func() *cobra.Command
-
-func init() { subcommands = append(subcommands, newBenchCmd) }
+// benchSubcommands lists the constructors of the "bench" subcommands; each
+// lives in its own bench_*.go file.
+func benchSubcommands() []func() *cobra.Command {
+	return []func() *cobra.Command{
+		newBenchDialCmd,
+	}
+}
 
 func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -16,7 +18,7 @@ func newBenchCmd() *cobra.Command {
 table or JSON. Every figure published in docs/ comes from one of these
 subcommands or from a Go benchmark.`,
 	}
-	for _, c := range benchSubcommands {
+	for _, c := range benchSubcommands() {
 		cmd.AddCommand(c())
 	}
 	return cmd

@@ -16,8 +16,6 @@ import (
 	"github.com/portspace/portspace/tuple"
 )
 
-func init() { benchSubcommands = append(benchSubcommands, newBenchDialCmd) }
-
 // benchDialFlags are the raw flag values of "bench dial".
 type benchDialFlags struct {
 	proto, sources, ports, dests, fill, dialers string

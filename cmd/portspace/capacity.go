@@ -12,8 +12,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { subcommands = append(subcommands, newCapacityCmd) }
-
 // capacityOutput is the --json document: the port specification as given,
 // then the inputs and figures of capacity.Result.
 type capacityOutput struct {

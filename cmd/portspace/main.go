@@ -10,9 +10,17 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// subcommands holds the constructors of the top-level subcommands; each
-// subcommand's file adds its own in init, so files do not touch each other.
-var subcommands []func() *cobra.Command
+// subcommands lists the constructors of the top-level subcommands, in the
+// order "portspace help" shows them. This is the one place a subcommand is
+// registered; each constructor lives in its own file.
+func subcommands() []func() *cobra.Command {
+	return []func() *cobra.Command{
+		newACLCmd,
+		newBenchCmd,
+		newCapacityCmd,
+		newNatCmd,
+	}
+}
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -23,7 +31,7 @@ func newRootCmd() *cobra.Command {
 		Args:          cobra.NoArgs,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	for _, c := range subcommands {
+	for _, c := range subcommands() {
 		root.AddCommand(c())
 	}
 	return root

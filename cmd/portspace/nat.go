@@ -2,11 +2,14 @@ package main
 
 import "github.com/spf13/cobra"
 
-// natSubcommands holds the constructors of the `portspace nat` subcommands;
-// each subcommand's file (nat_*.go) adds its own in init.
-var natSubcommands []func() *cobra.Command
-
-func init() { subcommands = append(subcommands, newNatCmd) }
+// natSubcommands lists the constructors of the `portspace nat` subcommands;
+// each lives in its own nat_*.go file.
+func natSubcommands() []func() *cobra.Command {
+	return []func() *cobra.Command{
+		newNatSimulateCmd,
+		newNatWhoisCmd,
+	}
+}
 
 func newNatCmd() *cobra.Command {
 	c := &cobra.Command{
@@ -17,7 +20,7 @@ func newNatCmd() *cobra.Command {
   portspace nat simulate   replay synthetic traffic through a preset with a fake clock
   portspace nat whois      which subscriber held an external address:port at a time`,
 	}
-	for _, sc := range natSubcommands {
+	for _, sc := range natSubcommands() {
 		c.AddCommand(sc())
 	}
 	return c

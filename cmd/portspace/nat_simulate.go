@@ -16,8 +16,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { natSubcommands = append(natSubcommands, newNatSimulateCmd) }
-
 func newNatSimulateCmd() *cobra.Command {
 	var (
 		c        nat.SimConfig

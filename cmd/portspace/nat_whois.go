@@ -16,8 +16,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { natSubcommands = append(natSubcommands, newNatWhoisCmd) }
-
 func newNatWhoisCmd() *cobra.Command {
 	var (
 		logs          []string
