@@ -50,6 +50,8 @@ const (
 	DefaultTimeout      = 30 * time.Second
 	DefaultRounds       = 3
 	DefaultRoundTimeout = time.Second
+	DefaultDoorTTL      = 2
+	DefaultDoorWait     = 30 * time.Millisecond
 )
 
 // Options configures Dial. ID, Peer and Rendezvous are required.
@@ -75,6 +77,16 @@ type Options struct {
 	// Window is how many predicted ports of a sequential NAT are tried;
 	// zero means 4.
 	Window int
+	// DoorTTL is the TTL of the first SYN toward each candidate in every
+	// round: high enough to pass this side's own NAT, which then holds a
+	// mapping and lets the peer's SYN in, too low to reach the peer's NAT,
+	// which would answer with a RST (and the RST, passing back, would
+	// close the mapping again). Zero means DefaultDoorTTL; negative sends
+	// no such SYN.
+	DoorTTL int
+	// DoorWait is how long after the low-TTL SYNs the real ones start;
+	// zero means DefaultDoorWait.
+	DoorWait time.Duration
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
 
@@ -235,7 +247,7 @@ func Dial(ctx context.Context, o Options) (net.Conn, Result, error) {
 	log.Info("punch: paired", "peer", peer.id, "reflexive", peer.reflexive, "predicted", peer.predicted, "delay", peer.delay)
 
 	p := &puncher{o: o, d: d, ln: ln.(*net.TCPListener), me: me, reflexive: pong.Observed, peer: peer,
-		rtt: rtt, log: log, errs: map[netip.AddrPort]*candErr{}}
+		rtt: rtt, nat: nat, log: log, errs: map[netip.AddrPort]*candErr{}}
 	cands := p.candidates()
 	if o.candidates != nil {
 		cands = o.candidates(cands)
@@ -248,10 +260,16 @@ func Dial(ctx context.Context, o Options) (net.Conn, Result, error) {
 	}
 	t0 := time.Now()
 	roundLen := orDefault(o.RoundTimeout, DefaultRoundTimeout)
-	for round := 1; round <= orDefault(o.Rounds, DefaultRounds) && ctx.Err() == nil; round++ {
+	rounds := orDefault(o.Rounds, DefaultRounds)
+	if peer.nat != nil && !nat.Predictable() && !peer.nat.Predictable() {
+		// Neither side can aim at the other: no SYN can meet a mapping, so
+		// go to the relay at once (both sides decide this alike).
+		rounds = 0
+	}
+	for round := 1; round <= rounds && ctx.Err() == nil; round++ {
 		res.Rounds = round
 		rctx, rcancel := context.WithDeadline(ctx, t0.Add(time.Duration(round)*roundLen))
-		c, info, ok := p.round(rctx, cands)
+		c, info, ok := p.round(rctx, round, cands)
 		rcancel()
 		if ok {
 			res.Method, res.Guessed = info.method, info.guessed
@@ -378,6 +396,7 @@ type puncher struct {
 	reflexive netip.AddrPort
 	peer      peerInfo
 	rtt       time.Duration
+	nat       Behavior
 	log       *slog.Logger
 
 	mu   sync.Mutex
@@ -431,7 +450,7 @@ type pickInfo struct {
 // one connection by the tie-break: the side with the smaller ID picks the
 // first connection on which the peer's hello arrived and says so; the other
 // side keeps the connection the pick arrives on.
-func (p *puncher) round(rctx context.Context, cands []netip.AddrPort) (net.Conn, pickInfo, bool) {
+func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort) (net.Conn, pickInfo, bool) {
 	deadline, _ := rctx.Deadline()
 	up := make(chan punched, 16)
 	var wg sync.WaitGroup
@@ -453,21 +472,42 @@ func (p *puncher) round(rctx context.Context, cands []netip.AddrPort) (net.Conn,
 		}
 	}()
 	attempt := max(250*time.Millisecond, 4*p.rtt)
+	chooser := p.o.ID < p.peer.id
+	// Roles: in round 1 the chooser only opens doors and listens while the
+	// other side sends the real SYNs; in round 2 the roles swap; from round
+	// 3 both sides send them (a plain simultaneous open). A passive side's
+	// NAT never sees a RST from the peer's NAT, so its open door stays
+	// open until the active side's SYN arrives, however late.
+	active := round >= 3 || (round == 1) != chooser
+	ttl := orDefault(p.o.DoorTTL, DefaultDoorTTL)
+	door := !active && ttl > 0
+	wait := orDefault(p.o.DoorWait, DefaultDoorWait)
 	for i, cand := range cands {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Stagger the first SYNs so that a sequential NAT maps them in
-			// candidate order.
+			// The passive side's doors go first; the active side's SYNs
+			// after DoorWait. Stagger the SYNs so that a sequential NAT maps
+			// them in candidate order.
+			delay := time.Duration(i) * 2 * time.Millisecond
+			if active && ttl > 0 {
+				delay += wait
+			}
 			select {
-			case <-time.After(time.Duration(i) * 2 * time.Millisecond):
+			case <-time.After(delay):
 			case <-rctx.Done():
 				return
 			}
 			for rctx.Err() == nil {
-				actx, cancel := context.WithTimeout(rctx, attempt)
-				c, err := p.d.DialContext(actx, "tcp", cand.String())
-				cancel()
+				var c net.Conn
+				var err error
+				if door {
+					c, err = dialDoor(rctx, p.me, cand, ttl)
+				} else {
+					actx, cancel := context.WithTimeout(rctx, attempt)
+					c, err = p.d.DialContext(actx, "tcp", cand.String())
+					cancel()
+				}
 				if err == nil {
 					select {
 					case up <- punched{c: c, how: "connected", cand: cand}:
@@ -485,7 +525,6 @@ func (p *puncher) round(rctx context.Context, cands []netip.AddrPort) (net.Conn,
 			}
 		}()
 	}
-	chooser := p.o.ID < p.peer.id
 	type verified struct {
 		punched
 		br    *bufio.Reader
@@ -575,7 +614,9 @@ loop:
 	result.c.SetDeadline(time.Time{})
 	info := pickInfo{method: MethodSimultaneousOpen}
 	switch {
-	case result.how == "accepted" || result.hello.How == "accepted":
+	case result.how == "accepted" && p.nat.Mapping == MappingNone,
+		result.hello.How == "accepted" && p.peer.nat != nil && p.peer.nat.Mapping == MappingNone:
+		// The accepting side has no NAT: it is reachable.
 		info.method = MethodDirect
 	case result.cand != p.peer.reflexive:
 		info.method, info.guessed = MethodPredicted, result.cand.Port()
@@ -584,6 +625,67 @@ loop:
 	}
 	return &bufConn{Conn: result.c, r: result.br}, info, true
 }
+
+// dialDoor connects from local to remote with a first SYN whose TTL is
+// ttl: high enough to pass this side's own NAT, which then holds a mapping
+// (the open door) and lets the peer's SYN in, too low to reach the peer's
+// NAT, which would answer it with a RST. Every later packet of the socket
+// goes at full TTL, so when the peer's SYN arrives this same socket
+// completes by simultaneous open, with the sequence numbers the NAT saw.
+// It waits until the connection is up or ctx ends.
+func dialDoor(ctx context.Context, local, remote netip.AddrPort, ttl int) (net.Conn, error) {
+	fd, err := netsys.ConnectLowTTL(local, remote, ttl, 64)
+	if err != nil {
+		return nil, err
+	}
+	c, err := netsys.FileConn(fd, "punch")
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("punch: not a TCP connection")
+	}
+	if d, ok := ctx.Deadline(); ok {
+		tc.SetWriteDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { tc.SetWriteDeadline(time.Now()) })
+	defer stop()
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	var cerr error
+	waited := false
+	if err := rc.Write(func(fd uintptr) bool {
+		if !waited {
+			waited = true
+			return false // wait until the connect completes (writable)
+		}
+		cerr = netsys.SockError(int(fd))
+		return true
+	}); err != nil {
+		tc.Close()
+		return nil, err
+	}
+	if cerr != nil {
+		tc.Close()
+		return nil, cerr
+	}
+	tc.SetWriteDeadline(time.Time{})
+	return &remoteConn{TCPConn: tc, remote: net.TCPAddrFromAddrPort(remote)}, nil
+}
+
+// remoteConn is a connection made from a raw socket, whose peer address Go
+// could not read when it adopted the socket mid-connect.
+type remoteConn struct {
+	*net.TCPConn
+	remote net.Addr
+}
+
+func (c *remoteConn) RemoteAddr() net.Addr { return c.remote }
 
 // record counts a failed SYN and reports whether to pause before retrying.
 func (p *puncher) record(cand netip.AddrPort, err error, rctx context.Context) bool {
@@ -647,7 +749,7 @@ func (p *puncher) failure(nat Behavior) string {
 			what = append(what, fmt.Sprintf("answered by ICMP unreachable %d times", e.unreachable))
 		}
 		if e.timeouts > 0 {
-			what = append(what, fmt.Sprintf("unanswered %d times", e.timeouts))
+			what = append(what, fmt.Sprintf("unanswered %d times (%v)", e.timeouts, e.last))
 		}
 		if e.other > 0 {
 			what = append(what, fmt.Sprintf("failed %d times (%v)", e.other, e.last))
