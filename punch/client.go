@@ -466,7 +466,7 @@ func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort)
 			select {
 			case up <- punched{c: c, how: "accepted"}:
 			case <-rctx.Done():
-				c.Close()
+				closeRST(c)
 				return
 			}
 		}
@@ -512,7 +512,7 @@ func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort)
 					select {
 					case up <- punched{c: c, how: "connected", cand: cand}:
 					case <-rctx.Done():
-						c.Close()
+						closeRST(c)
 					}
 					return
 				}
@@ -595,7 +595,7 @@ loop:
 	p.ln.SetDeadline(time.Now())
 	for _, c := range open {
 		if !found || c != result.c {
-			c.Close()
+			closeRST(c)
 		}
 	}
 	// Drain: connections that arrive after the pick are closed.
@@ -605,7 +605,7 @@ loop:
 	}()
 	go func() {
 		for pc := range up {
-			pc.c.Close()
+			closeRST(pc.c)
 		}
 	}()
 	if !found {
@@ -760,4 +760,14 @@ func (p *puncher) failure(nat Behavior) string {
 		parts = append(parts, "no SYN got through and none came in")
 	}
 	return "punching failed: " + strings.Join(parts, "; ")
+}
+
+// closeRST closes a connection that is not kept with a reset, so that no
+// TIME_WAIT holds its 4-tuple: the next round reuses the same local port
+// toward the same peer endpoint (as libp2p closes with SO_LINGER 0).
+func closeRST(c net.Conn) {
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0)
+	}
+	c.Close()
 }
