@@ -12,13 +12,15 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/natlog"
+	"github.com/portspace/portspace/natsim"
 	"github.com/portspace/portspace/tuple"
 	"github.com/spf13/cobra"
 )
 
 func newNatSimulateCmd() *cobra.Command {
 	var (
-		c        nat.SimConfig
+		c        natsim.SimConfig
 		external []string
 		ports    string
 		overlap  string
@@ -60,15 +62,15 @@ without port overlapping (RFC 7857 §3)?
 			}
 			switch overlap {
 			case "preset", "":
-				c.Overlap = nat.OverlapPreset
+				c.Overlap = natsim.OverlapPreset
 			case "on":
-				c.Overlap = nat.OverlapOn
+				c.Overlap = natsim.OverlapOn
 			case "off":
-				c.Overlap = nat.OverlapOff
+				c.Overlap = natsim.OverlapOff
 			default:
 				return fmt.Errorf("nat simulate: --overlapping %q: want preset, on or off", overlap)
 			}
-			var lw *nat.LogWriter
+			var lw *natlog.LogWriter
 			if logFile != "" {
 				if compare {
 					return errors.New("nat simulate: --log writes one run; drop --compare-overlapping or choose --overlapping")
@@ -78,22 +80,22 @@ without port overlapping (RFC 7857 §3)?
 					return fmt.Errorf("nat simulate: --log: %w", err)
 				}
 				defer fh.Close()
-				lw = nat.NewLogWriter(fh, nat.LogOptions{Destinations: c.LogDestinations, Compact: compact})
+				lw = natlog.NewLogWriter(fh, natlog.LogOptions{Destinations: c.LogDestinations, Compact: compact})
 				c.Events = lw
 			}
-			var runs []nat.SimResult
+			var runs []natsim.SimResult
 			if compare {
-				without, with, err := nat.CompareOverlapping(c)
+				without, with, err := natsim.CompareOverlapping(c)
 				if err != nil {
 					return err
 				}
-				runs = []nat.SimResult{without, with}
+				runs = []natsim.SimResult{without, with}
 			} else {
-				r, err := nat.Simulate(c)
+				r, err := natsim.Simulate(c)
 				if err != nil {
 					return err
 				}
-				runs = []nat.SimResult{r}
+				runs = []natsim.SimResult{r}
 			}
 			if lw != nil {
 				if err := lw.Flush(); err != nil {
@@ -105,7 +107,7 @@ without port overlapping (RFC 7857 §3)?
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
 				if compare {
-					return enc.Encode(map[string]nat.SimResult{"without_overlapping": runs[0], "with_overlapping": runs[1]})
+					return enc.Encode(map[string]natsim.SimResult{"without_overlapping": runs[0], "with_overlapping": runs[1]})
 				}
 				return enc.Encode(runs[0])
 			}
@@ -136,9 +138,9 @@ without port overlapping (RFC 7857 §3)?
 	return cmd
 }
 
-func printSimTable(w io.Writer, runs []nat.SimResult) error {
+func printSimTable(w io.Writer, runs []natsim.SimResult) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	row := func(name string, f func(r nat.SimResult) string) {
+	row := func(name string, f func(r natsim.SimResult) string) {
 		fmt.Fprintf(tw, "%s\t", name)
 		for _, r := range runs {
 			fmt.Fprintf(tw, "%s\t", f(r))
@@ -146,47 +148,47 @@ func printSimTable(w io.Writer, runs []nat.SimResult) error {
 		fmt.Fprintln(tw)
 	}
 	num := func(n int) string { return fmt.Sprint(n) }
-	row("", func(r nat.SimResult) string {
+	row("", func(r natsim.SimResult) string {
 		if r.Overlapping {
 			return "overlapping"
 		}
 		return "no overlapping"
 	})
-	row("preset", func(r nat.SimResult) string { return r.Preset })
-	row("mapping / filtering", func(r nat.SimResult) string {
+	row("preset", func(r natsim.SimResult) string { return r.Preset })
+	row("mapping / filtering", func(r natsim.SimResult) string {
 		return short(r.Mapping) + "/" + short(r.Filtering)
 	})
-	row("external addresses", func(r nat.SimResult) string { return num(r.External) })
-	row("subscribers / destinations", func(r nat.SimResult) string { return fmt.Sprintf("%d/%d", r.Subscribers, r.Dests) })
-	row("simulated time", func(r nat.SimResult) string { return r.Duration.String() })
-	row("flows started", func(r nat.SimResult) string { return num(r.Flows) })
-	row("flows established", func(r nat.SimResult) string { return num(r.Established) })
-	row("flows refused", func(r nat.SimResult) string { return num(r.Refused) })
-	row("packets", func(r nat.SimResult) string { return fmt.Sprint(r.Packets) })
-	row("peak concurrent flows", func(r nat.SimResult) string { return num(r.PeakConcurrent) })
-	row("steady concurrent flows (mean, 2nd half)", func(r nat.SimResult) string { return fmt.Sprintf("%.0f", r.SteadyConcurrent) })
-	row("peak flows per external address", func(r nat.SimResult) string { return num(r.PeakPerAddress) })
+	row("external addresses", func(r natsim.SimResult) string { return num(r.External) })
+	row("subscribers / destinations", func(r natsim.SimResult) string { return fmt.Sprintf("%d/%d", r.Subscribers, r.Dests) })
+	row("simulated time", func(r natsim.SimResult) string { return r.Duration.String() })
+	row("flows started", func(r natsim.SimResult) string { return num(r.Flows) })
+	row("flows established", func(r natsim.SimResult) string { return num(r.Established) })
+	row("flows refused", func(r natsim.SimResult) string { return num(r.Refused) })
+	row("packets", func(r natsim.SimResult) string { return fmt.Sprint(r.Packets) })
+	row("peak concurrent flows", func(r natsim.SimResult) string { return num(r.PeakConcurrent) })
+	row("steady concurrent flows (mean, 2nd half)", func(r natsim.SimResult) string { return fmt.Sprintf("%.0f", r.SteadyConcurrent) })
+	row("peak flows per external address", func(r natsim.SimResult) string { return num(r.PeakPerAddress) })
 	if len(runs[0].PerAddress) > 1 && len(runs[0].PerAddress) <= 16 {
 		for i := range runs[0].PerAddress {
-			row(fmt.Sprintf("  peak flows / ports via %v", runs[0].PerAddress[i].Addr), func(r nat.SimResult) string {
+			row(fmt.Sprintf("  peak flows / ports via %v", runs[0].PerAddress[i].Addr), func(r natsim.SimResult) string {
 				a := r.PerAddress[i]
 				return fmt.Sprintf("%d / %d", a.PeakFlows, a.PortsUsed)
 			})
 		}
 	}
-	row("peak external ports in use", func(r nat.SimResult) string { return num(r.PeakPortsInUse) })
-	row("max flows sharing one port", func(r nat.SimResult) string { return num(r.MaxFlowsPerPort) })
-	row("external ports used (run)", func(r nat.SimResult) string { return num(r.PortsUsed) })
-	row("peak engine mappings", func(r nat.SimResult) string { return num(r.PeakMappings) })
-	row("steady engine mappings (mean, 2nd half)", func(r nat.SimResult) string { return fmt.Sprintf("%.0f", r.SteadyMappings) })
-	row("peak engine sessions", func(r nat.SimResult) string { return num(r.PeakSessions) })
-	row("engine table bytes", func(r nat.SimResult) string { return num(r.TableBytes) })
-	row("log events", func(r nat.SimResult) string { return fmt.Sprint(r.LogEvents) })
-	row("log bytes", func(r nat.SimResult) string { return fmt.Sprint(r.LogBytes) })
-	row("log bytes per flow", func(r nat.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerFlw) })
-	row("log MB per day", func(r nat.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerDay/1e6) })
-	row("compact log events", func(r nat.SimResult) string { return fmt.Sprint(r.CompactLogEvents) })
-	row("compact log MB per day", func(r nat.SimResult) string { return fmt.Sprintf("%.1f", r.CompactLogBytesPerDay/1e6) })
+	row("peak external ports in use", func(r natsim.SimResult) string { return num(r.PeakPortsInUse) })
+	row("max flows sharing one port", func(r natsim.SimResult) string { return num(r.MaxFlowsPerPort) })
+	row("external ports used (run)", func(r natsim.SimResult) string { return num(r.PortsUsed) })
+	row("peak engine mappings", func(r natsim.SimResult) string { return num(r.PeakMappings) })
+	row("steady engine mappings (mean, 2nd half)", func(r natsim.SimResult) string { return fmt.Sprintf("%.0f", r.SteadyMappings) })
+	row("peak engine sessions", func(r natsim.SimResult) string { return num(r.PeakSessions) })
+	row("engine table bytes", func(r natsim.SimResult) string { return num(r.TableBytes) })
+	row("log events", func(r natsim.SimResult) string { return fmt.Sprint(r.LogEvents) })
+	row("log bytes", func(r natsim.SimResult) string { return fmt.Sprint(r.LogBytes) })
+	row("log bytes per flow", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerFlw) })
+	row("log MB per day", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerDay/1e6) })
+	row("compact log events", func(r natsim.SimResult) string { return fmt.Sprint(r.CompactLogEvents) })
+	row("compact log MB per day", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.CompactLogBytesPerDay/1e6) })
 	reasons := map[string]bool{}
 	var order []string
 	for _, r := range runs {
@@ -198,7 +200,7 @@ func printSimTable(w io.Writer, runs []nat.SimResult) error {
 		}
 	}
 	for _, k := range order {
-		row("drops: "+k, func(r nat.SimResult) string { return fmt.Sprint(r.Drops[k]) })
+		row("drops: "+k, func(r natsim.SimResult) string { return fmt.Sprint(r.Drops[k]) })
 	}
 	return tw.Flush()
 }

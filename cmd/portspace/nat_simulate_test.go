@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/natlog"
 )
 
 func TestNatSimulateCLI(t *testing.T) {
@@ -43,7 +44,7 @@ func TestNatSimulateLogThenWhois(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fh.Close()
-	r := nat.NewLogReader(fh, log)
+	r := natlog.NewLogReader(fh, log)
 	n := 0
 	for ; n < 20; n++ {
 		ev, err := r.Next()

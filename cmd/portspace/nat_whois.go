@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/natlog"
 	"github.com/portspace/portspace/portalloc"
 	"github.com/portspace/portspace/tuple"
 	"github.com/spf13/cobra"
@@ -66,11 +66,11 @@ The exit status is 1 when nobody held the endpoint.`,
 				if err != nil {
 					return err
 				}
-				h, err := nat.WhoisDeterministic(d, ext)
+				h, err := natlog.WhoisDeterministic(d, ext)
 				if err != nil {
 					return err
 				}
-				return printHoldings(out, []nat.Holding{h}, asJSON)
+				return printHoldings(out, []natlog.Holding{h}, asJSON)
 			}
 			if len(args) != 2 {
 				return errors.New("nat whois: TIME (RFC 3339) is required with --log")
@@ -82,7 +82,7 @@ The exit status is 1 when nobody held the endpoint.`,
 			if len(logs) == 0 {
 				return errors.New("nat whois: give --log FILE (or --deterministic with its parameters)")
 			}
-			ix := nat.NewIndexFor(ext) // keeps only the events about ext
+			ix := natlog.NewIndexFor(ext) // keeps only the events about ext
 			bad := 0
 			for _, name := range logs {
 				if err := readLogInto(ix, name, cmd.InOrStdin(), cmd.ErrOrStderr(), strict, &bad); err != nil {
@@ -92,7 +92,7 @@ The exit status is 1 when nobody held the endpoint.`,
 			if bad > 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d bad log line(s) skipped\n", bad)
 			}
-			var hs []nat.Holding
+			var hs []natlog.Holding
 			if remote != "" {
 				r, perr := netip.ParseAddrPort(remote)
 				if perr != nil {
@@ -120,7 +120,7 @@ The exit status is 1 when nobody held the endpoint.`,
 	return c
 }
 
-func readLogInto(ix *nat.Index, name string, stdin io.Reader, stderr io.Writer, strict bool, bad *int) error {
+func readLogInto(ix *natlog.Index, name string, stdin io.Reader, stderr io.Writer, strict bool, bad *int) error {
 	var r io.Reader = stdin
 	if name != "-" {
 		fh, err := os.Open(name)
@@ -130,7 +130,7 @@ func readLogInto(ix *nat.Index, name string, stdin io.Reader, stderr io.Writer, 
 		defer fh.Close()
 		r = fh
 	}
-	return ix.ReadFrom(nat.NewLogReader(r, name), func(e *nat.LogError) error {
+	return ix.ReadFrom(natlog.NewLogReader(r, name), func(e *natlog.LogError) error {
 		if strict {
 			return e
 		}
@@ -180,7 +180,7 @@ type holdingJSON struct {
 	Reason     string `json:"reason,omitempty"`
 }
 
-func printHoldings(w io.Writer, hs []nat.Holding, asJSON bool) error {
+func printHoldings(w io.Writer, hs []natlog.Holding, asJSON bool) error {
 	if !asJSON {
 		for _, h := range hs {
 			fmt.Fprintln(w, h.String())
@@ -223,7 +223,7 @@ func printHoldings(w io.Writer, hs []nat.Holding, asJSON bool) error {
 	return enc.Encode(out)
 }
 
-func distinctSubscribers(hs []nat.Holding) int {
+func distinctSubscribers(hs []natlog.Holding) int {
 	seen := map[netip.Addr]bool{}
 	for _, h := range hs {
 		seen[h.Subscriber] = true

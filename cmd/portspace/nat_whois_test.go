@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/natlog"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -19,7 +20,7 @@ func writeLog(t *testing.T, extra string) string {
 	t.Helper()
 	t0 := time.Date(2026, 11, 21, 5, 0, 0, 0, time.UTC)
 	var buf bytes.Buffer
-	w := nat.NewLogWriter(&buf, nat.LogOptions{})
+	w := natlog.NewLogWriter(&buf, natlog.LogOptions{})
 	ext := netip.MustParseAddrPort("192.0.2.1:40000")
 	w.Record(nat.Event{Time: t0, Kind: nat.MappingCreated, Proto: tuple.UDP, Subscriber: netip.MustParseAddr("10.0.0.1"),
 		Internal: netip.MustParseAddrPort("10.0.0.1:1000"), External: ext})
@@ -27,7 +28,7 @@ func writeLog(t *testing.T, extra string) string {
 		Internal: netip.MustParseAddrPort("10.0.0.1:1000"), External: ext, Reason: nat.ReasonIdle})
 	w.Flush()
 	buf.WriteString(extra)
-	w = nat.NewLogWriter(&buf, nat.LogOptions{})
+	w = natlog.NewLogWriter(&buf, natlog.LogOptions{})
 	w.Record(nat.Event{Time: t0.Add(5 * time.Minute), Kind: nat.MappingCreated, Proto: tuple.UDP, Subscriber: netip.MustParseAddr("10.0.0.2"),
 		Internal: netip.MustParseAddrPort("10.0.0.2:2000"), External: ext})
 	w.Flush()
@@ -56,7 +57,7 @@ func TestNatWhoisCLI(t *testing.T) {
 	}
 	// Nobody between the deletion and the re-creation.
 	_, _, err = runCLI(t, "nat", "whois", "--log", log, "192.0.2.1:40000", "2026-11-21T05:02:00Z")
-	if !errors.Is(err, nat.ErrNoHolder) {
+	if !errors.Is(err, natlog.ErrNoHolder) {
 		t.Fatalf("gap: %v", err)
 	}
 	// --strict stops at the bad line, naming it.
@@ -69,7 +70,7 @@ func TestNatWhoisCLI(t *testing.T) {
 func TestNatWhoisRemoteCLI(t *testing.T) {
 	t0 := time.Date(2026, 11, 21, 5, 0, 0, 0, time.UTC)
 	var buf bytes.Buffer
-	w := nat.NewLogWriter(&buf, nat.LogOptions{Destinations: true})
+	w := natlog.NewLogWriter(&buf, natlog.LogOptions{Destinations: true})
 	ext := netip.MustParseAddrPort("192.0.2.1:5000")
 	for i, r := range []string{"198.51.100.1:443", "198.51.100.2:443"} {
 		in := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 1000)
@@ -125,7 +126,7 @@ func TestNatWhoisDeterministicCLI(t *testing.T) {
 	if err != nil || !strings.Contains(out, "held by 100.64.0.131") || !strings.Contains(out, "2536-3039") {
 		t.Fatalf("%q %v", out, err)
 	}
-	if _, _, err := runCLI(t, append(args, "192.0.2.3:2536")...); !errors.Is(err, nat.ErrNoHolder) {
+	if _, _, err := runCLI(t, append(args, "192.0.2.3:2536")...); !errors.Is(err, natlog.ErrNoHolder) {
 		t.Fatalf("unknown address: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package nat
+package natsim
 
 import (
 	"bytes"
@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/natlog"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -87,7 +89,7 @@ func TestSimulateOverlapping(t *testing.T) {
 	if without.PeakPortsInUse > 200 || without.PeakConcurrent > 200 || without.MaxFlowsPerPort != 1 {
 		t.Fatalf("without overlapping: %d ports, %d flows, %d per port", without.PeakPortsInUse, without.PeakConcurrent, without.MaxFlowsPerPort)
 	}
-	if without.Refused == 0 || without.Drops[ReasonPortsExhausted] == 0 {
+	if without.Refused == 0 || without.Drops[nat.ReasonPortsExhausted] == 0 {
 		t.Fatalf("demand (~1200 concurrent) must exhaust 200 ports: refused %d drops %v", without.Refused, without.Drops)
 	}
 	if with.PeakConcurrent <= 2*without.PeakConcurrent || with.MaxFlowsPerPort < 2 || with.PeakPortsInUse > 200 {
@@ -102,12 +104,12 @@ func TestSimulateLogReplaysIntoWhois(t *testing.T) {
 	// The log a simulation writes answers whois for every mapping.
 	c := SimConfig{Subscribers: 10, Destinations: 3, FlowRate: 2, Duration: time.Minute, Seed: 5}
 	var buf bytes.Buffer
-	lw := NewLogWriter(&buf, LogOptions{})
+	lw := natlog.NewLogWriter(&buf, natlog.LogOptions{})
 	cfg, err := c.EngineConfig(lw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := New(cfg)
+	e, err := nat.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +125,7 @@ func TestSimulateLogReplaysIntoWhois(t *testing.T) {
 	}
 	e.Expire(start.Add(time.Hour))
 	lw.Flush()
-	ix, err := ReadIndex(NewLogReader(&buf, "sim"), nil)
+	ix, err := natlog.ReadIndex(natlog.NewLogReader(&buf, "sim"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +216,7 @@ func TestSimulateCompactLog(t *testing.T) {
 // preset: with ample ports every flow must be established, and every packet
 // of an established flow must reach the right endpoint.
 func TestSimulateEveryPreset(t *testing.T) {
-	for _, p := range Presets() {
+	for _, p := range nat.Presets() {
 		r, err := Simulate(SimConfig{Preset: p.Name, Subscribers: 20, Destinations: 5, FlowRate: 5,
 			UDPShare: 0.3, ICMPShare: 0.1, Duration: 2 * time.Minute, Seed: 11})
 		if err != nil {

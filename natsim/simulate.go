@@ -1,4 +1,4 @@
-package nat
+package natsim
 
 import (
 	"container/heap"
@@ -10,11 +10,13 @@ import (
 	"slices"
 	"time"
 
+	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/natlog"
 	"github.com/portspace/portspace/packet"
 	"github.com/portspace/portspace/tuple"
 )
 
-// OverlapMode says how a simulation sets Config.Overlapping.
+// OverlapMode says how a simulation sets nat.Config.Overlapping.
 type OverlapMode uint8
 
 // The overlap modes. The zero value keeps the preset's setting.
@@ -30,7 +32,7 @@ const (
 // SimConfig describes a synthetic workload for Simulate. Every zero value is
 // the documented default.
 type SimConfig struct {
-	// Preset names the engine configuration (see Preset); default
+	// Preset names the engine configuration (see nat.Preset); default
 	// "rfc-recommended".
 	Preset string
 	// Overlap forces port overlapping on or off (default: as the preset).
@@ -67,7 +69,7 @@ type SimConfig struct {
 	Keepalive time.Duration
 	// Duration is the simulated time; default 10 min.
 	Duration time.Duration
-	// Tick is how often Engine.Expire runs and state is sampled; default 1 s.
+	// Tick is how often nat.Engine.Expire runs and state is sampled; default 1 s.
 	Tick time.Duration
 	// Seed makes the run reproducible (traffic, engine secret and port
 	// choices); default 1.
@@ -79,7 +81,7 @@ type SimConfig struct {
 	Start time.Time
 	// Events, if set, also receives every engine event (e.g. a LogWriter
 	// writing the simulated log to a file for `nat whois`).
-	Events EventSink
+	Events nat.EventSink
 }
 
 // SimResult is what Simulate measured. Counts are over the simulated
@@ -155,9 +157,9 @@ type SimResult struct {
 }
 
 // teeSink records every event into several sinks.
-type teeSink []EventSink
+type teeSink []nat.EventSink
 
-func (t teeSink) Record(ev Event) {
+func (t teeSink) Record(ev nat.Event) {
 	for _, s := range t {
 		s.Record(ev)
 	}
@@ -174,7 +176,7 @@ type SimAddress struct {
 // first invalid field.
 func (c SimConfig) withDefaults() (SimConfig, error) {
 	fail := func(field, format string, args ...any) (SimConfig, error) {
-		return SimConfig{}, fmt.Errorf("nat: SimConfig.%s: %s", field, fmt.Sprintf(format, args...))
+		return SimConfig{}, fmt.Errorf("natsim: SimConfig.%s: %s", field, fmt.Sprintf(format, args...))
 	}
 	if c.Preset == "" {
 		c.Preset = "rfc-recommended"
@@ -255,14 +257,14 @@ func (c SimConfig) withDefaults() (SimConfig, error) {
 // preset with c's external addresses, an internal prefix just large enough
 // for the subscribers, the overlap mode applied, a secret and seed derived
 // from c.Seed, and sink as the event sink.
-func (c SimConfig) EngineConfig(sink EventSink) (Config, error) {
+func (c SimConfig) EngineConfig(sink nat.EventSink) (nat.Config, error) {
 	c, err := c.withDefaults()
 	if err != nil {
-		return Config{}, err
+		return nat.Config{}, err
 	}
-	cfg, err := Preset(c.Preset)
+	cfg, err := nat.Preset(c.Preset)
 	if err != nil {
-		return Config{}, err
+		return nat.Config{}, err
 	}
 	cfg.External = c.External
 	cfg.Internal = []netip.Prefix{simInternal(c.Subscribers)}
@@ -274,7 +276,7 @@ func (c SimConfig) EngineConfig(sink EventSink) (Config, error) {
 		cfg.Overlapping = false
 	case OverlapOn:
 		cfg.Overlapping = true
-		cfg.Filtering, cfg.TCPFiltering = FilterAPDF, FilterAPDF
+		cfg.Filtering, cfg.TCPFiltering = nat.FilterAPDF, nat.FilterAPDF
 		cfg.BlockSize, cfg.MaxBlocksPerSubscriber, cfg.Deterministic, cfg.Quarantine = 0, 0, false, 0
 	}
 	r := rand.New(rand.NewPCG(c.Seed, 0x5eed))
@@ -378,8 +380,8 @@ func Simulate(c SimConfig) (SimResult, error) {
 		return SimResult{}, err
 	}
 	cw, ccw := &countingWriter{}, &countingWriter{}
-	lw := NewLogWriter(cw, LogOptions{Destinations: c.LogDestinations})
-	clw := NewLogWriter(ccw, LogOptions{Destinations: c.LogDestinations, Compact: true})
+	lw := natlog.NewLogWriter(cw, natlog.LogOptions{Destinations: c.LogDestinations})
+	clw := natlog.NewLogWriter(ccw, natlog.LogOptions{Destinations: c.LogDestinations, Compact: true})
 	sinks := teeSink{lw, clw}
 	if c.Events != nil {
 		sinks = append(sinks, c.Events)
@@ -388,7 +390,7 @@ func Simulate(c SimConfig) (SimResult, error) {
 	if err != nil {
 		return SimResult{}, err
 	}
-	eng, err := New(cfg)
+	eng, err := nat.New(cfg)
 	if err != nil {
 		return SimResult{}, err
 	}
@@ -485,7 +487,7 @@ func Simulate(c SimConfig) (SimResult, error) {
 
 type simState struct {
 	c     SimConfig
-	eng   *Engine
+	eng   *nat.Engine
 	rng   *rand.Rand
 	zipf  *rand.Zipf
 	q     simQueue
@@ -620,7 +622,7 @@ func (s *simState) open(f *simFlow, now time.Time) bool {
 		out = s.echo(f.internal.Addr(), f.remote.Addr(), packet.ICMPEcho, f.internal.Port())
 	}
 	s.res.Packets++
-	if v := s.eng.Outbound(out, now); v.Action != Forward {
+	if v := s.eng.Outbound(out, now); v.Action != nat.Forward {
 		return false
 	}
 	if s.pkt.Parse(out) != nil {
@@ -650,7 +652,7 @@ func (s *simState) out(f *simFlow, now time.Time, flags uint8) bool {
 		b = s.echo(f.internal.Addr(), f.remote.Addr(), packet.ICMPEcho, f.internal.Port())
 	}
 	s.res.Packets++
-	if v := s.eng.Outbound(b, now); v.Action != Forward {
+	if v := s.eng.Outbound(b, now); v.Action != nat.Forward {
 		return false
 	}
 	return s.pkt.Parse(b) == nil && s.pkt.SrcAddrPort() == f.external
@@ -669,7 +671,7 @@ func (s *simState) in(f *simFlow, now time.Time, flags uint8) bool {
 		b = s.echo(f.remote.Addr(), f.external.Addr(), packet.ICMPEchoReply, f.external.Port())
 	}
 	s.res.Packets++
-	if v := s.eng.Inbound(b, now); v.Action != Forward {
+	if v := s.eng.Inbound(b, now); v.Action != nat.Forward {
 		return false
 	}
 	return s.pkt.Parse(b) == nil && s.pkt.DstAddrPort() == f.internal
