@@ -120,7 +120,7 @@ func TestConformance_T2a_SimultaneousOpen(t *testing.T) {
 // RFC 5382 REQ-3 (3a, 3b): TCP filtering is EIF or ADF (or APDF),
 // configurable, and may differ from UDP's: here UDP is EIF and TCP APDF.
 func TestConformance_T3_TCPFilteringConfigurable(t *testing.T) {
-	r := newRig(t, nat.Config{Filtering: nat.FilterEIF, TCPFiltering: nat.FilterAPDF, NoSYNHold: true})
+	r := newRig(t, nat.Config{Filtering: nat.FilterEIF, TCPFiltering: nat.FilterAPDF, SYNHold: -1})
 	peer := netip.MustParseAddrPort("198.51.100.9:5555")
 	extT := r.tcpOpen(hostX, web)
 	extU := r.out(ping, hostX, web)

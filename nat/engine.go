@@ -218,7 +218,13 @@ func a4(u uint32) netip.Addr {
 }
 func ap4(u uint32, p uint16) netip.AddrPort { return netip.AddrPortFrom(a4(u), p) }
 
-func secs(d time.Duration) uint32 { return uint32((d + time.Second - 1) / time.Second) }
+// secs rounds d up to whole seconds (0 for a negative d: a disabled hold).
+func secs(d time.Duration) uint32 {
+	if d < 0 {
+		return 0
+	}
+	return uint32((d + time.Second - 1) / time.Second)
+}
 
 // New validates cfg and returns an Engine. Errors name the field:
 // "nat: Config.External: ...".
@@ -1090,7 +1096,7 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 
 // holdSYN keeps an unsolicited SYN for Config.SYNHold (RFC 5382 REQ-4).
 func (e *Engine) holdSYN(p *packet.Packet, ea uint32, ep uint16, ra uint32, rp uint16, ns uint32) Verdict {
-	if e.cfg.NoSYNHold {
+	if e.cfg.SYNHold < 0 {
 		return e.drop(rSYNDropped)
 	}
 	for k := range e.held[:e.nheld] {

@@ -223,7 +223,7 @@ func fragOffset(b []byte) uint16 { return binary.BigEndian.Uint16(b[6:8]) & 0x1f
 // holdFragment keeps a copy of the non-first fragment p (identity a, b,
 // dir) until its first fragment comes or Config.FragmentHold passes.
 func (e *Engine) holdFragment(p *packet.Packet, a, b uint32, dir uint8, ns uint32) Verdict {
-	if e.cfg.NoFragmentHold {
+	if e.cfg.FragmentHold < 0 {
 		return e.drop(rFragment)
 	}
 	pk := p.Bytes()

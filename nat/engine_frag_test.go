@@ -240,11 +240,11 @@ func TestHeldFragmentCaps(t *testing.T) {
 		}
 	})
 	t.Run("off", func(t *testing.T) {
-		e := newEngine(t, testConfig(func(c *Config) { c.NoFragmentHold = true }))
+		e := newEngine(t, testConfig(func(c *Config) { c.FragmentHold = -1 }))
 		x := mapUDP(t, e, hostA, srv1, t0)
 		f := fragmentN(bigUDP(t, srv1, x, 60, 5), 24)
 		if v, _ := in(e, f[1], t0); v.Reason != ReasonFragment {
-			t.Fatalf("NoFragmentHold: %q", v.Reason)
+			t.Fatalf("FragmentHold -1: %q", v.Reason)
 		}
 	})
 }

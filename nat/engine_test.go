@@ -82,7 +82,7 @@ func TestFilteringMatrix(t *testing.T) {
 // TestTCPFilteringOverride: Config.TCPFiltering applies to TCP only
 // (RFC 5382 REQ-3).
 func TestTCPFilteringOverride(t *testing.T) {
-	e := newEngine(t, testConfig(func(c *Config) { c.Filtering = FilterEIF; c.TCPFiltering = FilterAPDF; c.NoSYNHold = true }))
+	e := newEngine(t, testConfig(func(c *Config) { c.Filtering = FilterEIF; c.TCPFiltering = FilterAPDF; c.SYNHold = -1 }))
 	if e.Config().TCPFiltering != FilterAPDF || e.filt[1] != FilterEIF {
 		t.Fatal("TCP filtering not separate")
 	}
