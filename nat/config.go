@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"time"
 
 	"github.com/portspace/portspace/portalloc"
@@ -274,11 +275,43 @@ type Config struct {
 	Seed uint64 `yaml:"seed"`
 }
 
-// normalized returns cfg with defaults filled in, or an error naming the
-// first invalid field.
+// ConfigError is the error New returns for an invalid Config: Field names
+// the Go field ("External", "UDPTimeout") and YAML its yaml name
+// ("external", "udp_timeout"), so that a caller that loaded the Config from
+// a file can point at the line. Test for it with errors.As.
+type ConfigError struct {
+	Field string // the Config field, as spelled in Go
+	YAML  string // the field's yaml name (its struct tag)
+	Err   error  // what is wrong with it
+}
+
+// Error returns "nat: Config.<Field>: <what is wrong>".
+func (e *ConfigError) Error() string { return "nat: Config." + e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns the cause (for instance a portalloc error).
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// configError returns a *ConfigError for field with a formatted cause (%w
+// wraps as in fmt.Errorf).
+func configError(field, format string, args ...any) *ConfigError {
+	return &ConfigError{Field: field, YAML: YAMLName(field), Err: fmt.Errorf(format, args...)}
+}
+
+// YAMLName returns the yaml name of the Config field called field in Go
+// ("UDPTimeout" gives "udp_timeout"), or "" when Config has no such field.
+func YAMLName(field string) string {
+	f, ok := reflect.TypeOf(Config{}).FieldByName(field)
+	if !ok {
+		return ""
+	}
+	return f.Tag.Get("yaml")
+}
+
+// normalized returns cfg with defaults filled in, or a *ConfigError naming
+// the first invalid field.
 func (cfg Config) normalized() (Config, error) {
 	fail := func(field, format string, args ...any) (Config, error) {
-		return Config{}, fmt.Errorf("nat: Config.%s: %s", field, fmt.Sprintf(format, args...))
+		return Config{}, configError(field, format, args...)
 	}
 	if len(cfg.External) == 0 {
 		return fail("External", "no external addresses")

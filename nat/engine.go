@@ -226,8 +226,8 @@ func secs(d time.Duration) uint32 {
 	return uint32((d + time.Second - 1) / time.Second)
 }
 
-// New validates cfg and returns an Engine. Errors name the field:
-// "nat: Config.External: ...".
+// New validates cfg and returns an Engine. An invalid cfg gives a
+// *ConfigError naming the field ("nat: Config.External: ...").
 func New(cfg Config) (*Engine, error) {
 	cfg.External = append([]netip.Addr(nil), cfg.External...)
 	cfg.Internal = append([]netip.Prefix(nil), cfg.Internal...)
@@ -266,13 +266,13 @@ func New(cfg Config) (*Engine, error) {
 		r := tuple.PortRangeFrom(1024, 65535)
 		if ports.IsValid() {
 			if ports.NumRanges() != 1 {
-				return nil, errors.New("nat: Config.Ports: deterministic mapping needs one contiguous range")
+				return nil, configError("Ports", "deterministic mapping needs one contiguous range")
 			}
 			r = ports.Range(0)
 		}
 		e.det, err = portalloc.NewDeterministic(cfg.Internal, cfg.External, r)
 		if err != nil {
-			return nil, fmt.Errorf("nat: Config.Deterministic: %w", err)
+			return nil, configError("Deterministic", "%w", err)
 		}
 	}
 	for i, proto := range []tuple.Proto{tuple.TCP, tuple.UDP, tuple.ICMP} {
@@ -291,7 +291,13 @@ func New(cfg Config) (*Engine, error) {
 			pc.Parity = false
 		}
 		if e.alloc[i], err = portalloc.New(pc); err != nil {
-			return nil, fmt.Errorf("nat: Config: %w", err)
+			// nat has checked every other setting portalloc checks: what
+			// is left is port blocks that do not fit the ports.
+			field := "Ports"
+			if cfg.BlockSize > 0 {
+				field = "BlockSize"
+			}
+			return nil, configError(field, "%w", err)
 		}
 	}
 	e.held = make([]heldSYN, cfg.MaxHeldSYNs)

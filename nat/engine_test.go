@@ -668,7 +668,9 @@ func TestConfigErrors(t *testing.T) {
 		"TCPFiltering": func(c *Config) { c.TCPFiltering = 8 },
 	} {
 		_, err := New(testConfig(mut))
-		if err == nil || !strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != field || ce.YAML != YAMLName(field) || ce.YAML == "" ||
+			!strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
 			t.Errorf("%s: error %v", field, err)
 		}
 	}
@@ -1144,8 +1146,13 @@ func TestReviewFixes2(t *testing.T) {
 			"Ports":                  func(c *Config) { c.Ports = tuple.PortSetOf(tuple.PortRangeFrom(0, 10)) },
 			"Overloading":            func(c *Config) { c.Overlapping, c.Overloading, c.Filtering = true, true, FilterAPDF },
 			"MaxBlocksPerSubscriber": func(c *Config) { c.MaxBlocksPerSubscriber = 2 },
+			"BlockSize":              func(c *Config) { c.BlockSize = 70000 },
+			"Deterministic": func(c *Config) {
+				c.Deterministic, c.Ports = true, tuple.PortSetOf(tuple.PortRangeFrom(1024, 1025))
+			},
 		} {
-			if _, err := New(testConfig(mut)); err == nil || !strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
+			_, err := New(testConfig(mut))
+			if ce := (*ConfigError)(nil); !errors.As(err, &ce) || ce.Field != field {
 				t.Errorf("%s: %v", field, err)
 			}
 		}
