@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/packet"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -47,9 +48,9 @@ func TestFilteringMatrix(t *testing.T) {
 	for _, tc := range []struct {
 		f             Filtering
 		fromB, from2  bool
-		reasonBlocked string
+		reasonBlocked Reason
 	}{
-		{FilterEIF, true, true, ""},
+		{FilterEIF, true, true, ReasonNone},
 		{FilterADF, true, false, ReasonFiltered},
 		{FilterAPDF, false, false, ReasonFiltered},
 	} {
@@ -631,10 +632,10 @@ func TestMalformed(t *testing.T) {
 		"empty": nil, "short": good[:10], "truncated": good[:len(good)-3],
 		"ipv6": append([]byte{0x60}, good[1:]...),
 	} {
-		if v, _ := out(e, b, t0); v.Action != Drop || v.Reason == "" {
+		if v, _ := out(e, b, t0); v.Action != Drop || v.Reason == ReasonNone {
 			t.Errorf("%s: %v %q", name, v.Action, v.Reason)
 		}
-		if v, _ := in(e, b, t0); v.Action != Drop || v.Reason == "" {
+		if v, _ := in(e, b, t0); v.Action != Drop || v.Reason == ReasonNone {
 			t.Errorf("%s inbound: %v %q", name, v.Action, v.Reason)
 		}
 	}
@@ -648,7 +649,7 @@ func TestMalformed(t *testing.T) {
 	if v, _ := in(e, udpPkt(t, srv1, netip.MustParseAddrPort("192.0.2.99:1")), t0); v.Reason != ReasonNotExternal {
 		t.Errorf("foreign destination: %q", v.Reason)
 	}
-	if st := e.Stats(); st.Drops["truncated"] == 0 || st.Drops[ReasonFragmentHeld] != 1 {
+	if st := e.Stats(); st.Drops[FromPacket(packet.ReasonTruncated)] == 0 || st.Drops[ReasonFragmentHeld] != 1 {
 		t.Errorf("drop counters %v", st.Drops)
 	}
 }

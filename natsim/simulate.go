@@ -464,7 +464,12 @@ func Simulate(c SimConfig) (SimResult, error) {
 	res.CompactLogBytesPerDay = float64(res.CompactLogBytes) / c.Duration.Seconds() * 86400
 	st := eng.Stats()
 	res.TableBytes = st.TableBytes
-	res.Drops = st.Drops
+	res.Drops = map[string]uint64{}
+	for r, n := range st.Drops {
+		if n > 0 {
+			res.Drops[nat.Reason(r).String()] = n
+		}
+	}
 	res.PortsUsed = len(s.used)
 	if steadyN > 0 {
 		res.SteadyConcurrent = steadyFlows / float64(steadyN)

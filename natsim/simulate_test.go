@@ -89,7 +89,7 @@ func TestSimulateOverlapping(t *testing.T) {
 	if without.PeakPortsInUse > 200 || without.PeakConcurrent > 200 || without.MaxFlowsPerPort != 1 {
 		t.Fatalf("without overlapping: %d ports, %d flows, %d per port", without.PeakPortsInUse, without.PeakConcurrent, without.MaxFlowsPerPort)
 	}
-	if without.Refused == 0 || without.Drops[nat.ReasonPortsExhausted] == 0 {
+	if without.Refused == 0 || without.Drops[nat.ReasonPortsExhausted.String()] == 0 {
 		t.Fatalf("demand (~1200 concurrent) must exhaust 200 ports: refused %d drops %v", without.Refused, without.Drops)
 	}
 	if with.PeakConcurrent <= 2*without.PeakConcurrent || with.MaxFlowsPerPort < 2 || with.PeakPortsInUse > 200 {
