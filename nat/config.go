@@ -222,7 +222,9 @@ type Config struct {
 
 	// MaxPortsPerSubscriber limits the external ports (mappings) of one
 	// internal address per protocol (RFC 6888 REQ-3 MUST be configurable);
-	// 0 means no limit.
+	// 0 means no limit. With Overlapping it counts the distinct external
+	// endpoints the subscriber's mappings use: at the limit a new flow
+	// overlaps onto one of its own ports or is refused (RFC 6888 REQ-4).
 	MaxPortsPerSubscriber int `yaml:"max_ports_per_subscriber"`
 	// MaxSessionsPerSubscriber limits the sessions of one internal address
 	// (RFC 6888 REQ-5); 0 means no limit.

@@ -124,6 +124,7 @@ type Engine struct {
 	sessions, mappings, loose int
 	inMembers                 int // sessions created inbound on another flow's mapping
 	subs                      map[uint32]*subCount
+	ovSubs                    map[ovSubKey]*ovPorts // overlapping ports per subscriber (engine_overlap.go)
 
 	cursor  uint32 // next record ExpireSome visits
 	chk     overlapCheck
@@ -682,6 +683,12 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 		var ep netip.AddrPort
 		e.chk = overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns}
 		ep, err = al.GetShared(sub, ip, remote, &e.chk)
+		if err == nil && e.overlapLimited() {
+			var ok bool
+			if ep, ok = e.overlapPort(proto, ia, ep); !ok {
+				err = portalloc.ErrLimit // RFC 6888 REQ-3/REQ-4: no more ports by way of overlapping
+			}
+		}
 		lease.Ext = ep
 	} else {
 		lease, err = al.Get(sub, ip, remote, now)
@@ -725,6 +732,9 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 	t.index(i)
 	if !loose {
 		e.mappings++
+	}
+	if e.overlapLimited() {
+		e.overlapUp(proto, ia, lease.Ext)
 	}
 	e.sessionUp(ia)
 	e.filterUp(r)
@@ -895,6 +905,8 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 	}
 	if !e.overlap {
 		e.putPort(proto, ia, ext, now)
+	} else if e.overlapLimited() {
+		e.overlapDown(proto, ia, ext)
 	}
 }
 

@@ -3,8 +3,10 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/portspace/portspace/packet"
 )
@@ -57,5 +59,29 @@ func TestStatsDoNotAllocate(t *testing.T) {
 	}
 	if s.Drops[FromPacket(packet.ReasonTruncated)] != 1 || s.Dropped != 1 {
 		t.Fatalf("drops %v", s.Drops)
+	}
+}
+
+// TestOverlapPortCountsReleased: the per-subscriber port counts kept for
+// MaxPortsPerSubscriber under overlapping (RFC 6888 REQ-4) are released
+// with the mappings, by expiry and by Flush, so they cannot leak.
+func TestOverlapPortCountsReleased(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) {
+		c.Overlapping, c.Filtering, c.MaxPortsPerSubscriber = true, FilterAPDF, 2
+	}))
+	mapUDP(t, e, hostA, srv1, t0)
+	mapUDP(t, e, hostB, srv1, t0)
+	mapUDP(t, e, netip.AddrPortFrom(hostA.Addr(), 1234), srv2, t0)
+	if len(e.ovSubs) != 2 {
+		t.Fatalf("%d subscribers counted, want 2", len(e.ovSubs))
+	}
+	e.Expire(t0.Add(time.Hour))
+	if len(e.ovSubs) != 0 || e.Stats().Mappings != 0 {
+		t.Fatalf("after expiry: %d subscribers counted, %d mappings", len(e.ovSubs), e.Stats().Mappings)
+	}
+	mapUDP(t, e, hostA, srv1, t0.Add(time.Hour))
+	e.Flush(t0.Add(time.Hour))
+	if len(e.ovSubs) != 0 {
+		t.Fatalf("after Flush: %d subscribers counted", len(e.ovSubs))
 	}
 }
