@@ -198,9 +198,9 @@ func parseNGPort(s string) (PortSpec, error) {
 	if r.First() == 0 {
 		return PortSpec{}, fmt.Errorf("acl: port %q: port 0 is out of range (1-65535)", s)
 	}
-	pr := ProtoTCP
+	pr := tuple.TCP
 	if proto == "udp" {
-		pr = ProtoUDP
+		pr = tuple.UDP
 	}
 	return PortSpec{Proto: pr, Ports: tuple.PortSetOf(r)}, nil
 }

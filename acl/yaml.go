@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/portspace/portspace/tuple"
 )
 
 // ParsePolicy parses a YAML policy (see docs/acl.md) and checks it: every
@@ -328,7 +330,7 @@ func (d *ydec) service(p *Policy, n *yaml.Node) {
 	s := Service{Pos: d.pos(n)}
 	s.Name = d.str(m["name"], n, "service", "name", true)
 	item := fmt.Sprintf("service %q", s.Name)
-	var def Protocol
+	var def tuple.Proto
 	hasDef := false
 	if v := m["protocol"]; v != nil {
 		pr, err := ParseProtocol(d.str(v, n, item, "protocol", false))
@@ -397,7 +399,7 @@ func (d *ydec) zone(p *Policy, n *yaml.Node) {
 // normalizeSpecs merges the port sets of specs with the same protocol, in
 // the order tcp, udp, icmp; an "all" spec covers everything.
 func normalizeSpecs(in []PortSpec) []PortSpec {
-	merged := map[Protocol]PortSpec{}
+	merged := map[tuple.Proto]PortSpec{}
 	for _, s := range in {
 		e := merged[s.Proto]
 		e.Proto = s.Proto
@@ -408,7 +410,7 @@ func normalizeSpecs(in []PortSpec) []PortSpec {
 		return []PortSpec{{Proto: ProtoAll}}
 	}
 	var out []PortSpec
-	for _, pr := range []Protocol{ProtoTCP, ProtoUDP, ProtoICMP} {
+	for _, pr := range []tuple.Proto{tuple.TCP, tuple.UDP, tuple.ICMP} {
 		if s, ok := merged[pr]; ok {
 			out = append(out, s)
 		}
