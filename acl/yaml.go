@@ -8,6 +8,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/portspace/portspace/ephemeral"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -121,7 +122,7 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 }
 
 func isBuiltinProfile(name string) bool {
-	_, ok := profiles[strings.ToLower(name)]
+	_, ok := ephemeral.Profile(name)
 	return ok
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/portspace/portspace/acl"
+	"github.com/portspace/portspace/ephemeral"
 )
 
 func newACLCmd() *cobra.Command {
@@ -281,8 +282,8 @@ func newACLProfilesCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
-			for _, n := range acl.Profiles() {
-				s, _ := acl.Profile(n)
+			for _, n := range ephemeral.Names() {
+				s, _ := ephemeral.Profile(n)
 				fmt.Fprintf(tw, "%s\t%s\t%d ports\n", n, s, s.Len())
 			}
 			return tw.Flush()
