@@ -332,11 +332,12 @@ func (d *ydec) service(p *Policy, n *yaml.Node) {
 	s.Name = d.str(m["name"], n, "service", "name", true)
 	item := fmt.Sprintf("service %q", s.Name)
 	var def tuple.Proto
-	hasDef := false
+	hasDef, badDef := false, false
 	if v := m["protocol"]; v != nil {
 		pr, err := ParseProtocol(d.str(v, n, item, "protocol", false))
 		if err != nil {
 			d.errs.add(d.pos(v), item, "%s", trimPkg(err))
+			badDef = true // reported once: its ports do not also lack a protocol
 		} else {
 			def, hasDef = pr, true
 		}
@@ -355,6 +356,9 @@ func (d *ydec) service(p *Policy, n *yaml.Node) {
 		s.Ports = append(s.Ports, PortSpec{Proto: def, Ports: fullPorts})
 	}
 	for _, pn := range ports {
+		if badDef && !strings.Contains(pn.Value, "/") {
+			continue
+		}
 		ps, err := parsePortItem(pn.Value, def, hasDef)
 		if err != nil {
 			d.errs.add(d.pos(pn), item, "%s", trimPkg(err))
@@ -362,7 +366,7 @@ func (d *ydec) service(p *Policy, n *yaml.Node) {
 		}
 		s.Ports = append(s.Ports, ps)
 	}
-	if !hasDef && len(ports) == 0 && m["name"] != nil {
+	if !hasDef && !badDef && len(ports) == 0 && m["name"] != nil {
 		d.errs.add(s.Pos, item, "has neither protocol nor ports")
 	}
 	p.Services = append(p.Services, s)
@@ -474,15 +478,17 @@ func ParseCIDRs(file string, data []byte) (*CIDRMap, error) {
 			d.errs.add(d.pos(k), item, "given twice")
 		}
 		var ps []netip.Prefix
+		bad := false
 		for _, c := range d.list(v, item) {
 			pr, err := parsePrefix(c.Value)
 			if err != nil {
 				d.errs.add(d.pos(c), item, "%s", trimPkg(err))
+				bad = true
 				continue
 			}
 			ps = append(ps, pr)
 		}
-		if len(ps) == 0 {
+		if len(ps) == 0 && !bad {
 			d.errs.add(d.pos(k), item, "no CIDRs")
 		}
 		out.Zones[k.Value] = ps
