@@ -239,7 +239,7 @@ func (c SimConfig) withDefaults() (SimConfig, error) {
 		c.ICMPShare = 0
 	}
 	if c.UDPShare+c.ICMPShare > 1 {
-		return fail("ICMPShare", "UDPShare %v + ICMPShare %v is above 1", c.UDPShare, c.ICMPShare)
+		return fail("ICMPShare", "%v plus the UDP share %v is above 1", c.ICMPShare, c.UDPShare)
 	}
 	if c.Keepalive == 0 {
 		c.Keepalive = 20 * time.Second
