@@ -198,7 +198,7 @@ func printSimTable(w io.Writer, runs []natsim.SimResult) error {
 	row("engine table bytes", func(r natsim.SimResult) string { return num(r.TableBytes) })
 	row("log events", func(r natsim.SimResult) string { return fmt.Sprint(r.LogEvents) })
 	row("log bytes", func(r natsim.SimResult) string { return fmt.Sprint(r.LogBytes) })
-	row("log bytes per flow", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerFlw) })
+	row("log bytes per flow", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerFlow) })
 	row("log MB per day", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerDay/1e6) })
 	row("compact log events", func(r natsim.SimResult) string { return fmt.Sprint(r.CompactLogEvents) })
 	row("compact log MB per day", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.CompactLogBytesPerDay/1e6) })
