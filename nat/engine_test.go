@@ -779,8 +779,6 @@ func reassemble(first, second []byte) []byte {
 // datagram has valid checksums.
 func TestFragments(t *testing.T) {
 	e := newEngine(t, testConfig(nil))
-	big := udpPkt(t, hostA, srv1)
-	big = append(big[:0:0], big...)
 	f1, f2 := fragments(udpPkt(t, hostA, srv1), 8)
 	// Out of order: the second fragment first.
 	v2, o2 := out(e, f2, t0)
