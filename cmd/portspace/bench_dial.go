@@ -142,6 +142,9 @@ one-million-connection run).`,
 	fl.IntVar(&f.workers, "workers", 0, "spread the run over this many dialer processes and as many listener processes (0: in-process)")
 	fl.StringVar(&f.role, "role", "", "internal: run as a listener or dialer process of --workers")
 	fl.StringVar(&f.shard, "shard", "", "internal: this process's destinations, FIRST-LAST (indices)")
+	completeFlag(cmd, "proto", "tcp", "udp")
+	completeFlag(cmd, "strategy", "auto", "kernel", "search")
+	_ = cmd.RegisterFlagCompletionFunc("dialers", completeList(bench.DialerPortspace, bench.DialerBaseline))
 	_ = fl.MarkHidden("role")
 	_ = fl.MarkHidden("shard")
 	return cmd

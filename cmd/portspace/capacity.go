@@ -96,6 +96,8 @@ ports × sources / (hold + TIME-WAIT) per destination.
 	f.Int64Var(&sources, "source-count", 1, "number of source addresses, each with the whole port set (instead of listing them with --sources)")
 	f.StringVar(&sharing, "sharing", "4-tuple", "4-tuple (connect() picks the port) or exclusive (bind() before connect())")
 	f.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	_ = cmd.RegisterFlagCompletionFunc("ports", completeList(capacity.PlatformProfiles{}.ProfileNames()...))
+	completeFlag(cmd, "sharing", "4-tuple", "exclusive")
 	return cmd
 }
 
