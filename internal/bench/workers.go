@@ -321,6 +321,7 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 		p.stop()
 	}
 	procs = nil
+	rep.summarize()
 	return rep, nil
 }
 
