@@ -137,7 +137,7 @@ Nothing is written to stdout when it fails; warnings go to stderr.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !validFormat(format) {
-				return fmt.Errorf("acl: unknown format %q (want %s)", format, strings.Join(acl.Formats, ", "))
+				return fmt.Errorf("acl: --format %q: unknown format (want %s)", format, strings.Join(acl.Formats, ", "))
 			}
 			if err := checkMaxRules(maxRules); err != nil {
 				return err

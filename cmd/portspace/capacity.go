@@ -52,6 +52,12 @@ ports × sources / (hold + TIME-WAIT) per destination.
 			if err != nil {
 				return fmt.Errorf("--ports: %w", err)
 			}
+			if destinations < 0 {
+				return fmt.Errorf("capacity: --destinations %d: must not be negative", destinations)
+			}
+			if hold < 0 {
+				return fmt.Errorf("capacity: --hold %v: must not be negative", hold)
+			}
 			if timeWait <= 0 {
 				return fmt.Errorf("--time-wait %v: must be positive", timeWait)
 			}

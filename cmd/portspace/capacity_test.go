@@ -60,7 +60,7 @@ func TestCapacityBadInputNamesFlag(t *testing.T) {
 		{[]string{"--time-wait", "0s"}, "--time-wait 0s"},
 		{[]string{"--time-wait", "-5s"}, "--time-wait -5s"},
 		{[]string{"--time-wait", "soon"}, "--time-wait"},
-		{[]string{"--destinations", "-1"}, "destinations -1"},
+		{[]string{"--destinations", "-1"}, "--destinations -1"},
 		{[]string{"--destinations", "many"}, "--destinations"},
 		{[]string{"--source-count", "0"}, "--source-count 0"},
 		{[]string{"--sources", "192.0.2.1,nope"}, `--sources "192.0.2.1,nope": "nope" is not an IP address`},
@@ -69,7 +69,7 @@ func TestCapacityBadInputNamesFlag(t *testing.T) {
 		{[]string{"--ports", "0"}, `--ports: capacity: ports "0": port 0 is not a source port`},
 		{[]string{"--ports", "0-1023"}, `port 0 is not a source port`},
 		{[]string{"--sharing", "5-tuple"}, `--sharing: capacity: sharing "5-tuple"`},
-		{[]string{"--hold", "-1s"}, "hold -1s"},
+		{[]string{"--hold", "-1s"}, "--hold -1s"},
 	} {
 		_, _, err := runCLI(t, append([]string{"capacity"}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
