@@ -135,6 +135,7 @@ type Gateway struct {
 	mu      sync.Mutex // guards eng
 	eng     *nat.Engine
 	ext     map[uint32]bool
+	local   map[uint32]bool // the router's own addresses
 	inside  []netip.Prefix
 	log     *slog.Logger
 	started time.Time

@@ -42,11 +42,11 @@ func New(opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	local, err := tunnet.LocalAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	if !opts.Passthrough {
-		local, err := tunnet.LocalAddrs()
-		if err != nil {
-			return nil, fmt.Errorf("gateway: %w", err)
-		}
 		for _, a := range opts.Engine.External {
 			if dev, ok := local[a]; ok {
 				return nil, fmt.Errorf("%w: %v is on %s (remove it: the gateway answers for it by proxy ARP)", ErrAddressConfigured, a, dev)
@@ -66,6 +66,14 @@ func New(opts Options) (*Gateway, error) {
 	for _, a := range opts.Engine.External {
 		b := a.As4()
 		g.ext[binary.BigEndian.Uint32(b[:])] = true
+	}
+	// The router's own addresses are outside the NAT, even one in an inside
+	// network: ICMP errors the kernel sends about packets it forwards out of
+	// the TUN (TTL expired, fragmentation needed) come from them.
+	g.local = map[uint32]bool{}
+	for a := range local {
+		b := a.As4()
+		g.local[binary.BigEndian.Uint32(b[:])] = true
 	}
 	for _, f := range setup.Queues {
 		d, err := tun.CreateTUNFromFile(f, opts.MTU)
@@ -226,8 +234,9 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, extra [][]byte, out [][]
 		pkt := bufs[i][offset : offset+sizes[i]]
 		rxBytes += uint64(len(pkt))
 		outbound := true
-		if len(pkt) >= 20 && !g.isInside(binary.BigEndian.Uint32(pkt[12:16])) && g.ext[binary.BigEndian.Uint32(pkt[16:20])] {
-			outbound = false
+		if len(pkt) >= 20 && g.ext[binary.BigEndian.Uint32(pkt[16:20])] {
+			src := binary.BigEndian.Uint32(pkt[12:16])
+			outbound = g.isInside(src) && !g.local[src]
 		}
 		var v nat.Verdict
 		if outbound {

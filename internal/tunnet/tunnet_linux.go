@@ -131,6 +131,11 @@ func Apply(p Plan) (_ *Setup, err error) {
 	}
 	// The kernel would otherwise send router solicitations into the TUN.
 	_ = writeSysctl("/proc/sys/net/ipv6/conf/"+p.TUN+"/disable_ipv6", "1")
+	// ICMP errors the kernel itself sends about packets leaving the TUN come
+	// back through it with a source address of this host: accept them.
+	if err := writeSysctl("/proc/sys/net/ipv4/conf/"+p.TUN+"/accept_local", "1"); err != nil {
+		return nil, err
+	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("tunnet: TUN %s: set up: %w", p.TUN, err)
 	}
