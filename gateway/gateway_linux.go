@@ -93,6 +93,10 @@ func New(opts Options) (*Gateway, error) {
 	return g, nil
 }
 
+// Close removes the TUN device and everything New set up, for a gateway
+// that was not Run (Run cleans up itself).
+func (g *Gateway) Close() error { return g.closeSystem() }
+
 func (g *Gateway) closeSystem() error {
 	for _, d := range g.sys.devs {
 		d.Close()

@@ -24,3 +24,6 @@ func New(opts Options) (*Gateway, error) {
 
 // Run runs the datapath (Linux only).
 func (g *Gateway) Run(ctx context.Context) error { return ErrUnsupported }
+
+// Close releases a gateway that was not Run (Linux only).
+func (g *Gateway) Close() error { return ErrUnsupported }
