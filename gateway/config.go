@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -183,7 +184,8 @@ func scalars(v *yaml.Node) ([]string, error) {
 // named parses an enumeration whose String method gives each value's name.
 func named(f reflect.Value, s string) error {
 	var names []string
-	for i := 0; i < 16; i++ {
+	// From the top: a zero value that "means" a named one is not chosen.
+	for i := 15; i >= 0; i-- {
 		x := reflect.New(f.Type()).Elem()
 		x.SetUint(uint64(i))
 		n := fmt.Sprint(x.Interface())
@@ -194,7 +196,9 @@ func named(f reflect.Value, s string) error {
 			f.SetUint(uint64(i))
 			return nil
 		}
-		names = append(names, n)
+		if !slices.Contains(names, n) {
+			names = append([]string{n}, names...)
+		}
 	}
 	return fmt.Errorf("unknown value %q (known: %s)", s, strings.Join(names, ", "))
 }
