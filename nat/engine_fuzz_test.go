@@ -22,7 +22,7 @@ func checkOut(t *testing.T, inputValid bool, v Verdict, b []byte) {
 			t.Fatalf("forwarded: %s\n% x", msg, b)
 		}
 	}
-	if v.Action == Drop && v.Reason == "" {
+	if v.Action == Drop && v.Reason == ReasonNone {
 		t.Fatal("drop without a reason")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/packet"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -47,9 +48,9 @@ func TestFilteringMatrix(t *testing.T) {
 	for _, tc := range []struct {
 		f             Filtering
 		fromB, from2  bool
-		reasonBlocked string
+		reasonBlocked Reason
 	}{
-		{FilterEIF, true, true, ""},
+		{FilterEIF, true, true, ReasonNone},
 		{FilterADF, true, false, ReasonFiltered},
 		{FilterAPDF, false, false, ReasonFiltered},
 	} {
@@ -82,7 +83,7 @@ func TestFilteringMatrix(t *testing.T) {
 // TestTCPFilteringOverride: Config.TCPFiltering applies to TCP only
 // (RFC 5382 REQ-3).
 func TestTCPFilteringOverride(t *testing.T) {
-	e := newEngine(t, testConfig(func(c *Config) { c.Filtering = FilterEIF; c.TCPFiltering = FilterAPDF; c.NoSYNHold = true }))
+	e := newEngine(t, testConfig(func(c *Config) { c.Filtering = FilterEIF; c.TCPFiltering = FilterAPDF; c.SYNHold = -1 }))
 	if e.Config().TCPFiltering != FilterAPDF || e.filt[1] != FilterEIF {
 		t.Fatal("TCP filtering not separate")
 	}
@@ -631,10 +632,10 @@ func TestMalformed(t *testing.T) {
 		"empty": nil, "short": good[:10], "truncated": good[:len(good)-3],
 		"ipv6": append([]byte{0x60}, good[1:]...),
 	} {
-		if v, _ := out(e, b, t0); v.Action != Drop || v.Reason == "" {
+		if v, _ := out(e, b, t0); v.Action != Drop || v.Reason == ReasonNone {
 			t.Errorf("%s: %v %q", name, v.Action, v.Reason)
 		}
-		if v, _ := in(e, b, t0); v.Action != Drop || v.Reason == "" {
+		if v, _ := in(e, b, t0); v.Action != Drop || v.Reason == ReasonNone {
 			t.Errorf("%s inbound: %v %q", name, v.Action, v.Reason)
 		}
 	}
@@ -648,7 +649,7 @@ func TestMalformed(t *testing.T) {
 	if v, _ := in(e, udpPkt(t, srv1, netip.MustParseAddrPort("192.0.2.99:1")), t0); v.Reason != ReasonNotExternal {
 		t.Errorf("foreign destination: %q", v.Reason)
 	}
-	if st := e.Stats(); st.Drops["truncated"] == 0 || st.Drops[ReasonFragmentHeld] != 1 {
+	if st := e.Stats(); st.Drops[FromPacket(packet.ReasonTruncated)] == 0 || st.Drops[ReasonFragmentHeld] != 1 {
 		t.Errorf("drop counters %v", st.Drops)
 	}
 }
@@ -668,7 +669,9 @@ func TestConfigErrors(t *testing.T) {
 		"TCPFiltering": func(c *Config) { c.TCPFiltering = 8 },
 	} {
 		_, err := New(testConfig(mut))
-		if err == nil || !strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != field || ce.YAML != YAMLName(field) || ce.YAML == "" ||
+			!strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
 			t.Errorf("%s: error %v", field, err)
 		}
 	}
@@ -1144,8 +1147,13 @@ func TestReviewFixes2(t *testing.T) {
 			"Ports":                  func(c *Config) { c.Ports = tuple.PortSetOf(tuple.PortRangeFrom(0, 10)) },
 			"Overloading":            func(c *Config) { c.Overlapping, c.Overloading, c.Filtering = true, true, FilterAPDF },
 			"MaxBlocksPerSubscriber": func(c *Config) { c.MaxBlocksPerSubscriber = 2 },
+			"BlockSize":              func(c *Config) { c.BlockSize = 70000 },
+			"Deterministic": func(c *Config) {
+				c.Deterministic, c.Ports = true, tuple.PortSetOf(tuple.PortRangeFrom(1024, 1025))
+			},
 		} {
-			if _, err := New(testConfig(mut)); err == nil || !strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
+			_, err := New(testConfig(mut))
+			if ce := (*ConfigError)(nil); !errors.As(err, &ce) || ce.Field != field {
 				t.Errorf("%s: %v", field, err)
 			}
 		}

@@ -371,7 +371,7 @@ func (lr *LogReader) Next() (nat.Event, error) {
 		if len(line) == 0 {
 			continue
 		}
-		ev, perr := ParseEventJSON(line)
+		ev, perr := parseEvent(line)
 		if perr != nil {
 			return nat.Event{}, &LogError{File: lr.name, Line: lr.line, Err: perr}
 		}
@@ -415,8 +415,19 @@ func (lr *LogReader) readLine() ([]byte, error) {
 
 // ParseEventJSON decodes one line of the LogWriter format. Unknown fields
 // are ignored (newer writers may add some); time and kind are required, and
-// mapping and session events need proto and external.
+// mapping and session events need proto and external. Errors read
+// "natlog: bad event log line: ..." and match ErrBadLogLine (errors.Is).
 func ParseEventJSON(line []byte) (nat.Event, error) {
+	ev, err := parseEvent(line)
+	if err != nil {
+		return nat.Event{}, fmt.Errorf("%w: %w", ErrBadLogLine, err)
+	}
+	return ev, nil
+}
+
+// parseEvent is ParseEventJSON with errors that say only what is wrong with
+// the line (LogError adds file:line).
+func parseEvent(line []byte) (nat.Event, error) {
 	var l logLine
 	if !l.parseFast(line) {
 		l = logLine{}

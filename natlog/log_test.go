@@ -338,3 +338,21 @@ func FuzzLogLineFastPath(f *testing.F) {
 		}
 	})
 }
+
+// TestParseEventJSONErrors: a bad line gives an error with the package
+// prefix that says what is wrong and matches ErrBadLogLine.
+func TestParseEventJSONErrors(t *testing.T) {
+	for line, want := range map[string]string{
+		`nope`:                            "not a JSON object",
+		`{"kind":"mapping-created"}`:      `missing "time"`,
+		`{"time":"2026-01-01T00:00:00Z"}`: `bad "kind"`,
+		`{"time":"yesterday","kind":"x"}`: `bad "time"`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"mapping-created","proto":"udp"}`: `needs "proto" and "external"`,
+	} {
+		_, err := ParseEventJSON([]byte(line))
+		if err == nil || !errors.Is(err, ErrBadLogLine) || !strings.HasPrefix(err.Error(), "natlog: bad event log line: ") ||
+			!strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", line, err, want)
+		}
+	}
+}

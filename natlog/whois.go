@@ -43,6 +43,10 @@ type Holding struct {
 	To time.Time
 	// Reason is the reason of the deletion event, if any.
 	Reason string
+	// Deterministic says that the holding follows from RFC 7422
+	// deterministic parameters (WhoisDeterministic): the block belongs to
+	// the subscriber at every time, and no log was read.
+	Deterministic bool
 }
 
 // Open reports whether the holding had not ended by the end of the log.
@@ -71,6 +75,9 @@ func (h Holding) String() string {
 	}
 	if h.Remote.IsValid() {
 		s += fmt.Sprintf(" to %v", h.Remote)
+	}
+	if h.Deterministic {
+		return s + " at any time (RFC 7422 deterministic block)"
 	}
 	from, to := "before the log", "end of log (still held)"
 	if !h.From.IsZero() {
@@ -410,5 +417,5 @@ func WhoisDeterministic(d *portalloc.Deterministic, ext netip.AddrPort) (Holding
 		return Holding{}, noHolder("natlog: whois %v: no holder (not in any deterministic block)", ext)
 	}
 	_, block, _ := d.Forward(in)
-	return Holding{Subscriber: in, External: ext, Block: block, IsBlock: true}, nil
+	return Holding{Subscriber: in, External: ext, Block: block, IsBlock: true, Deterministic: true}, nil
 }

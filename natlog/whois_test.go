@@ -255,8 +255,11 @@ func TestWhoisDeterministic(t *testing.T) {
 		}
 		for _, p := range []uint16{block.First(), block.Last(), uint16((int(block.First()) + int(block.Last())) / 2)} {
 			h, err := WhoisDeterministic(d, netip.AddrPortFrom(out, p))
-			if err != nil || h.Subscriber != in || h.Block != block {
+			if err != nil || h.Subscriber != in || h.Block != block || !h.Deterministic {
 				t.Fatalf("%v:%d: %+v %v", out, p, h, err)
+			}
+			if s := h.String(); strings.Contains(s, "log") || !strings.Contains(s, "deterministic") {
+				t.Fatalf("deterministic holding talks about a log: %s", s)
 			}
 		}
 	}

@@ -82,7 +82,25 @@ type SimConfig struct {
 	// Events, if set, also receives every engine event (e.g. a LogWriter
 	// writing the simulated log to a file for `nat whois`).
 	Events nat.EventSink
+	// Progress, if set, is called at every Tick with the simulated time
+	// done and the Duration (for a progress line); it must be quick.
+	Progress func(done, total time.Duration)
 }
+
+// ConfigError is the error Simulate, CompareOverlapping and
+// SimConfig.EngineConfig return for an invalid SimConfig: Field names the
+// SimConfig field ("Duration"), so that a command line can name its own
+// flag. Test for it with errors.As.
+type ConfigError struct {
+	Field string // the SimConfig field
+	Err   error  // what is wrong with its value
+}
+
+// Error returns "natsim: SimConfig.<Field>: <what is wrong>".
+func (e *ConfigError) Error() string { return "natsim: SimConfig." + e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *ConfigError) Unwrap() error { return e.Err }
 
 // SimResult is what Simulate measured. Counts are over the simulated
 // Duration; "peak" values are maxima seen at any event.
@@ -176,7 +194,7 @@ type SimAddress struct {
 // first invalid field.
 func (c SimConfig) withDefaults() (SimConfig, error) {
 	fail := func(field, format string, args ...any) (SimConfig, error) {
-		return SimConfig{}, fmt.Errorf("natsim: SimConfig.%s: %s", field, fmt.Sprintf(format, args...))
+		return SimConfig{}, &ConfigError{Field: field, Err: fmt.Errorf(format, args...)}
 	}
 	if c.Preset == "" {
 		c.Preset = "rfc-recommended"
@@ -221,7 +239,7 @@ func (c SimConfig) withDefaults() (SimConfig, error) {
 		c.ICMPShare = 0
 	}
 	if c.UDPShare+c.ICMPShare > 1 {
-		return fail("ICMPShare", "UDPShare %v + ICMPShare %v is above 1", c.UDPShare, c.ICMPShare)
+		return fail("ICMPShare", "%v plus the UDP share %v is above 1", c.ICMPShare, c.UDPShare)
 	}
 	if c.Keepalive == 0 {
 		c.Keepalive = 20 * time.Second
@@ -264,7 +282,7 @@ func (c SimConfig) EngineConfig(sink nat.EventSink) (nat.Config, error) {
 	}
 	cfg, err := nat.Preset(c.Preset)
 	if err != nil {
-		return nat.Config{}, err
+		return nat.Config{}, &ConfigError{Field: "Preset", Err: err}
 	}
 	cfg.External = c.External
 	cfg.Internal = []netip.Prefix{simInternal(c.Subscribers)}
@@ -441,6 +459,9 @@ func Simulate(c SimConfig) (SimResult, error) {
 				steadyMaps += float64(st.Mappings)
 			}
 			s.push(ev.at+int64(c.Tick), -1, evTick)
+			if c.Progress != nil {
+				c.Progress(time.Duration(ev.at), c.Duration)
+			}
 		case evKeepalive:
 			f := &s.flows[ev.flow]
 			if !f.live {
@@ -464,7 +485,12 @@ func Simulate(c SimConfig) (SimResult, error) {
 	res.CompactLogBytesPerDay = float64(res.CompactLogBytes) / c.Duration.Seconds() * 86400
 	st := eng.Stats()
 	res.TableBytes = st.TableBytes
-	res.Drops = st.Drops
+	res.Drops = map[string]uint64{}
+	for r, n := range st.Drops {
+		if n > 0 {
+			res.Drops[nat.Reason(r).String()] = n
+		}
+	}
 	res.PortsUsed = len(s.used)
 	if steadyN > 0 {
 		res.SteadyConcurrent = steadyFlows / float64(steadyN)

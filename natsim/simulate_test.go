@@ -2,6 +2,7 @@ package natsim
 
 import (
 	"bytes"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -89,7 +90,7 @@ func TestSimulateOverlapping(t *testing.T) {
 	if without.PeakPortsInUse > 200 || without.PeakConcurrent > 200 || without.MaxFlowsPerPort != 1 {
 		t.Fatalf("without overlapping: %d ports, %d flows, %d per port", without.PeakPortsInUse, without.PeakConcurrent, without.MaxFlowsPerPort)
 	}
-	if without.Refused == 0 || without.Drops[nat.ReasonPortsExhausted] == 0 {
+	if without.Refused == 0 || without.Drops[nat.ReasonPortsExhausted.String()] == 0 {
 		t.Fatalf("demand (~1200 concurrent) must exhaust 200 ports: refused %d drops %v", without.Refused, without.Drops)
 	}
 	if with.PeakConcurrent <= 2*without.PeakConcurrent || with.MaxFlowsPerPort < 2 || with.PeakPortsInUse > 200 {
@@ -142,24 +143,46 @@ func TestSimulateLogReplaysIntoWhois(t *testing.T) {
 
 func TestSimConfigErrors(t *testing.T) {
 	for _, c := range []struct {
-		cfg  SimConfig
-		want string
+		cfg   SimConfig
+		field string
 	}{
-		{SimConfig{Subscribers: -1}, "SimConfig.Subscribers"},
-		{SimConfig{Destinations: 1 << 20}, "SimConfig.Destinations"},
-		{SimConfig{FlowRate: -1}, "SimConfig.FlowRate"},
-		{SimConfig{DestZipf: 0.5}, "SimConfig.DestZipf"},
-		{SimConfig{Keepalive: time.Millisecond}, "SimConfig.Keepalive"},
-		{SimConfig{Tick: time.Millisecond}, "SimConfig.Tick"},
-		{SimConfig{Duration: -time.Second}, "SimConfig.Duration"},
-		{SimConfig{UDPShare: 2}, "SimConfig.UDPShare"},
-		{SimConfig{UDPShare: 0.6, ICMPShare: 0.6}, "SimConfig.ICMPShare"},
-		{SimConfig{Preset: "nope"}, "unknown preset"},
-		{SimConfig{FlowRate: 1e6, Duration: time.Hour}, "50 million"},
+		{SimConfig{Subscribers: -1}, "Subscribers"},
+		{SimConfig{Destinations: 1 << 20}, "Destinations"},
+		{SimConfig{FlowRate: -1}, "FlowRate"},
+		{SimConfig{DestZipf: 0.5}, "DestZipf"},
+		{SimConfig{Keepalive: time.Millisecond}, "Keepalive"},
+		{SimConfig{Tick: time.Millisecond}, "Tick"},
+		{SimConfig{Duration: -time.Second}, "Duration"},
+		{SimConfig{UDPShare: 2}, "UDPShare"},
+		{SimConfig{UDPShare: 0.6, ICMPShare: 0.6}, "ICMPShare"},
+		{SimConfig{Preset: "nope"}, "Preset"},
+		{SimConfig{FlowRate: 1e6, Duration: time.Hour}, "FlowRate"},
 	} {
-		if _, err := Simulate(c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%+v: %v, want %q", c.cfg, err, c.want)
+		_, err := Simulate(c.cfg)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != c.field || !strings.HasPrefix(err.Error(), "natsim: SimConfig."+c.field+": ") {
+			t.Errorf("%+v: %v, want a ConfigError for %s", c.cfg, err, c.field)
 		}
+	}
+}
+
+// TestSimulateProgress: Progress is called with the simulated time, which
+// grows to Duration.
+func TestSimulateProgress(t *testing.T) {
+	var calls int
+	var last, total time.Duration
+	_, err := Simulate(SimConfig{Subscribers: 5, Duration: time.Minute, Tick: 10 * time.Second,
+		Progress: func(done, all time.Duration) {
+			if done < last {
+				t.Errorf("progress went back from %v to %v", last, done)
+			}
+			calls, last, total = calls+1, done, all
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != 6 || last != time.Minute || total != time.Minute {
+		t.Fatalf("%d calls, last %v of %v; want 6 calls up to 1m0s", calls, last, total)
 	}
 }
 

@@ -55,7 +55,7 @@ ip netns exec "$NS" sysctl -qw net.ipv4.ip_local_port_range="32768 60999"
 ip netns exec "$NS" sysctl -qw net.core.somaxconn=4096
 ip netns exec "$NS" sysctl -qw net.ipv4.tcp_max_syn_backlog=4096
 
-set -- bench dial --proto tcp --sources 127.0.0.1 --ports "$PORTS" --dests "$DESTS" \
+set -- bench dial --proto tcp --sources 127.0.0.1 --ports "$PORTS" --destinations "$DESTS" \
 	--conns "$CONNS" --workers "$WORKERS" --dialers portspace --concurrency 4 --timeout "$TIMEOUT"
 [ -n "${JSON:-}" ] && set -- "$@" --json
 echo "+ portspace $*" >&2

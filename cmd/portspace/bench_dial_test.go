@@ -58,6 +58,13 @@ func TestBenchDialBadFlags(t *testing.T) {
 		{[]string{"--hold", "-1s"}, `--hold -1s`},
 		{[]string{"--timeout", "-2s"}, `--timeout -2s`},
 		{[]string{"--sources", "::1"}, `use --ipv6`},
+		{[]string{"--ports", "0"}, `--ports "0": port 0 is not a source port`},
+		{[]string{"--ports", "0-10"}, `--ports "0-10": port 0`},
+		{[]string{"--workers", "5", "--dests", "2"}, `--workers 5: more than the 2 destinations of --dests`},
+		{[]string{"--workers", "3", "--destinations", "2"}, `--workers 3: more than the 2 destinations of --destinations`},
+		{[]string{"--warmup", "-2"}, `--warmup -2`},
+		{[]string{"--role", "bogus"}, `--role "bogus": want listener or dialer`},
+		{[]string{"--destinations", "0"}, `--destinations "0"`},
 	} {
 		_, err := runBenchDial(t, tt.args...)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -83,6 +90,43 @@ func TestBenchDialRunsJSON(t *testing.T) {
 	for _, r := range rep.Results {
 		if r.Opened != 20 || r.Distinct != 20 || r.Census.Duplicates != 0 {
 			t.Errorf("%s: opened %d distinct %d census %+v", r.Dialer, r.Opened, r.Distinct, r.Census)
+		}
+	}
+}
+
+// TestBenchDialNoneOpenedFails checks that a run in which a dialer opened
+// none of its connections is an error (exit status 1), and one that opened
+// some is not.
+func TestBenchDialNoneOpenedFails(t *testing.T) {
+	rep := &bench.Report{Results: []bench.Result{
+		{Dialer: bench.DialerPortspace, Mode: "hold", Attempted: 10, Opened: 10},
+		{Dialer: bench.DialerBaseline, Mode: "hold", Attempted: 10, Opened: 0},
+	}}
+	if err := noneOpened(rep); err == nil || !strings.Contains(err.Error(), "net.Dialer opened none of its 10 connections") {
+		t.Errorf("every dial failed: err = %v", err)
+	}
+	rep.Results[1].Opened = 1
+	if err := noneOpened(rep); err != nil {
+		t.Errorf("some dials opened: %v", err)
+	}
+}
+
+// TestBenchDialDestsAlias checks that --dests still works as the alias of
+// --destinations.
+func TestBenchDialDestsAlias(t *testing.T) {
+	for _, flag := range []string{"--destinations", "--dests"} {
+		f := benchDialFlags{proto: "tcp", sources: "127.0.0.1", ports: "40000-40009", dialers: "net.Dialer", conns: 1, concurrency: 1, rounds: 1}
+		cmd := newBenchDialCmd()
+		if err := cmd.ParseFlags([]string{flag, "3"}); err != nil {
+			t.Fatal(err)
+		}
+		f.dests = cmd.Flags().Lookup("destinations").Value.String()
+		if flag == "--dests" {
+			f.dests = cmd.Flags().Lookup("dests").Value.String()
+		}
+		cfg, _, err := f.config()
+		if err != nil || len(cfg.Dests) != 3 {
+			t.Errorf("%s 3: %d destinations, %v", flag, len(cfg.Dests), err)
 		}
 	}
 }

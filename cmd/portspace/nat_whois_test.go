@@ -109,6 +109,7 @@ func TestNatWhoisCLIBadInput(t *testing.T) {
 		{[]string{"--deterministic", "192.0.2.1:1"}, "--inside"},
 		{[]string{"--deterministic", "--inside", "100.64.0.0/33", "--outside", "192.0.2.1", "192.0.2.1:1"}, `--inside "100.64.0.0/33"`},
 		{[]string{"--deterministic", "--inside", "100.64.0.0/24", "--outside", "nope", "192.0.2.1:1"}, `--outside "nope"`},
+		{[]string{"--deterministic", "--inside", "100.64.0.0/24", "--external", "nope", "192.0.2.1:1"}, `--external "nope"`},
 	} {
 		_, _, err := runCLI(t, append([]string{"nat", "whois"}, c.args...)...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -121,12 +122,59 @@ func TestNatWhoisDeterministicCLI(t *testing.T) {
 	// 256 inside addresses over 2 outside addresses: 128 per address,
 	// 504 ports each from 1024; 192.0.2.2 port 1024+3*504 is the 132nd
 	// subscriber's first port: 100.64.0.131.
-	args := []string{"nat", "whois", "--deterministic", "--inside", "100.64.0.0/24", "--outside", "192.0.2.1,192.0.2.2"}
+	args := []string{"nat", "whois", "--deterministic", "--inside", "100.64.0.0/24", "--external", "192.0.2.1,192.0.2.2"}
 	out, _, err := runCLI(t, append(args, "192.0.2.2:2536")...)
 	if err != nil || !strings.Contains(out, "held by 100.64.0.131") || !strings.Contains(out, "2536-3039") {
 		t.Fatalf("%q %v", out, err)
 	}
+	// No log was read, so the answer does not talk about one.
+	if strings.Contains(out, "log") || !strings.Contains(out, "deterministic") {
+		t.Fatalf("deterministic answer: %q", out)
+	}
+	out, _, err = runCLI(t, append(args, "--json", "192.0.2.2:2536")...)
+	var hs []map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &hs) != nil || len(hs) != 1 || hs[0]["deterministic"] != true || hs[0]["open"] != false {
+		t.Fatalf("json %q %v", out, err)
+	}
+	// --outside is kept as an alias of --external.
+	args[5] = "--outside"
+	if out, _, err := runCLI(t, append(args, "192.0.2.2:2536")...); err != nil || !strings.Contains(out, "held by 100.64.0.131") {
+		t.Fatalf("--outside: %q %v", out, err)
+	}
 	if _, _, err := runCLI(t, append(args, "192.0.2.3:2536")...); !errors.Is(err, natlog.ErrNoHolder) {
 		t.Fatalf("unknown address: %v", err)
+	}
+}
+
+// TestNatWhoisExitCodes: nat whois exits 0 when it found a holder, 1 when
+// nobody held the endpoint, 2 for an error (bad flag, bad argument, missing
+// log, a bad line with --strict), for the log and the deterministic form.
+func TestNatWhoisExitCodes(t *testing.T) {
+	log := writeLog(t, "this is not json\n")
+	det := []string{"--deterministic", "--inside", "100.64.0.0/24", "--external", "192.0.2.1,192.0.2.2"}
+	for _, c := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"--log", log, "192.0.2.1:40000", "2026-11-21T05:00:30Z"}, 0},
+		{append(det, "192.0.2.2:2536"), 0},
+		{[]string{"--log", log, "192.0.2.1:40000", "2026-11-21T05:02:00Z"}, 1},
+		{[]string{"--log", log, "192.0.2.9:40000", "2026-11-21T05:00:30Z"}, 1},
+		{append(det, "192.0.2.3:2536"), 1},
+		{[]string{"--log", log, "--strict", "192.0.2.1:40000", "2026-11-21T05:00:30Z"}, 2},
+		{[]string{"--log", filepath.Join(t.TempDir(), "missing"), "192.0.2.1:1", "2026-11-21T05:00:30Z"}, 2},
+		{[]string{"--log", log, "192.0.2.1", "2026-11-21T05:00:30Z"}, 2},
+		{[]string{"--no-such-flag", "192.0.2.1:1"}, 2},
+		{[]string{}, 2},
+		{[]string{"--deterministic", "192.0.2.1:1"}, 2},
+	} {
+		_, _, err := runCLI(t, append([]string{"nat", "whois"}, c.args...)...)
+		code := 0
+		if err != nil {
+			code = exitCode(err)
+		}
+		if code != c.code {
+			t.Errorf("nat whois %v: exit %d (%v), want %d", c.args, code, err, c.code)
+		}
 	}
 }
