@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
-	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -41,24 +40,42 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 // nat.Config field.
 var ErrUnknownSetting = errors.New("unknown setting")
 
-// ConfigKey returns the YAML key of a nat.Config field: its name in
-// lower-case words joined by '-' ("UDPTimeout" is "udp-timeout",
-// "MaxPortsPerSubscriber" is "max-ports-per-subscriber").
+// ConfigKey returns the YAML key of a nat.Config field: its yaml tag
+// ("UDPTimeout" is "udp_timeout", "MaxPortsPerSubscriber" is
+// "max_ports_per_subscriber"), or "" for a field a file cannot set.
 func ConfigKey(field string) string {
+	f, ok := reflect.TypeFor[nat.Config]().FieldByName(field)
+	if !ok {
+		return ""
+	}
+	if tag, ok := f.Tag.Lookup("yaml"); ok {
+		name, _, _ := strings.Cut(tag, ",")
+		if name == "-" {
+			return ""
+		}
+		if name != "" {
+			return name
+		}
+	}
+	return snake(field)
+}
+
+// snake is a Go name in lower-case words joined by '_'.
+func snake(field string) string {
 	var b strings.Builder
 	r := []rune(field)
 	for i, c := range r {
 		if unicode.IsUpper(c) && i > 0 && (unicode.IsLower(r[i-1]) || i+1 < len(r) && unicode.IsLower(r[i+1])) {
-			b.WriteByte('-')
+			b.WriteByte('_')
 		}
 		b.WriteRune(unicode.ToLower(c))
 	}
 	return b.String()
 }
 
-// skipped are the nat.Config fields a file cannot set: they are Go values
-// (the event sink, the logger) or set by the command line (--log).
-var skipped = map[string]bool{"Events": true, "Logger": true}
+// settable reports whether a file can set the nat.Config field f (not the
+// Go values tagged yaml:"-": the event sink and the logger).
+func settable(f reflect.StructField) bool { return f.IsExported() && ConfigKey(f.Name) != "" }
 
 // ConfigKeys lists the keys a --config file accepts, in nat.Config order:
 // "preset" and one per settable nat.Config field.
@@ -67,7 +84,7 @@ func ConfigKeys() []string {
 	t := reflect.TypeFor[nat.Config]()
 	for i := range t.NumField() {
 		f := t.Field(i)
-		if f.IsExported() && !skipped[f.Name] {
+		if settable(f) {
 			keys = append(keys, ConfigKey(f.Name))
 		}
 	}
@@ -76,9 +93,9 @@ func ConfigKeys() []string {
 
 // ParseConfig reads a --config file: a YAML mapping whose keys are
 // "preset" (the base configuration, nat.Preset) and the nat.Config fields
-// as ConfigKey names them, with values written as their flags would be
-// (durations "30s", port sets "1024-65535", names "endpoint-independent",
-// lists of addresses and prefixes). base is used when the file names no
+// by their yaml tags (ConfigKey), with values written as their flags would
+// be (durations "30s", port sets "1024-65535", names such as
+// "endpoint-independent" or "eim", lists of addresses and prefixes). base is used when the file names no
 // preset. Every error is a *ConfigError naming file:line.
 func ParseConfig(file string, data []byte, base nat.Config) (nat.Config, string, error) {
 	var root yaml.Node
@@ -104,7 +121,7 @@ func ParseConfig(file string, data []byte, base nat.Config) (nat.Config, string,
 	fields := map[string]int{}
 	t := reflect.TypeFor[nat.Config]()
 	for i := range t.NumField() {
-		if f := t.Field(i); f.IsExported() && !skipped[f.Name] {
+		if f := t.Field(i); settable(f) {
 			fields[ConfigKey(f.Name)] = i
 		}
 	}
@@ -181,28 +198,6 @@ func scalars(v *yaml.Node) ([]string, error) {
 	return nil, errors.New("want a value or a list")
 }
 
-// named parses an enumeration whose String method gives each value's name.
-func named(f reflect.Value, s string) error {
-	var names []string
-	// From the top: a zero value that "means" a named one is not chosen.
-	for i := 15; i >= 0; i-- {
-		x := reflect.New(f.Type()).Elem()
-		x.SetUint(uint64(i))
-		n := fmt.Sprint(x.Interface())
-		if strings.Contains(n, "(") || n == "" {
-			continue
-		}
-		if n == s {
-			f.SetUint(uint64(i))
-			return nil
-		}
-		if !slices.Contains(names, n) {
-			names = append([]string{n}, names...)
-		}
-	}
-	return fmt.Errorf("unknown value %q (known: %s)", s, strings.Join(names, ", "))
-}
-
 func setField(f reflect.Value, v *yaml.Node) error {
 	switch f.Type() {
 	case tDuration:
@@ -256,8 +251,20 @@ func setField(f reflect.Value, v *yaml.Node) error {
 		}
 		f.Set(reflect.ValueOf(out))
 		return nil
-	case tMapping, tFiltering:
-		return named(f, v.Value)
+	case tMapping:
+		m, err := nat.ParseMapping(v.Value)
+		if err != nil {
+			return err
+		}
+		f.Set(reflect.ValueOf(m))
+		return nil
+	case tFiltering:
+		m, err := nat.ParseFiltering(v.Value)
+		if err != nil {
+			return err
+		}
+		f.Set(reflect.ValueOf(m))
+		return nil
 	case tAlgorithm:
 		a, err := portalloc.ParseAlgorithm(v.Value)
 		if err != nil {
@@ -329,7 +336,7 @@ func ConfigDiff(running, next nat.Config) []string {
 	t := rv.Type()
 	for i := range t.NumField() {
 		f := t.Field(i)
-		if !f.IsExported() || skipped[f.Name] || f.Name == "Secret" || f.Name == "Seed" {
+		if !settable(f) || f.Name == "Secret" || f.Name == "Seed" {
 			continue
 		}
 		if !reflect.DeepEqual(rv.Field(i).Interface(), nv.Field(i).Interface()) {

@@ -12,9 +12,9 @@ import (
 
 func TestConfigKey(t *testing.T) {
 	for field, key := range map[string]string{
-		"UDPTimeout": "udp-timeout", "MaxPortsPerSubscriber": "max-ports-per-subscriber",
-		"NoTranslate": "no-translate", "TCPFiltering": "tcp-filtering", "Mapping": "mapping",
-		"ICMPTimeout": "icmp-timeout", "NoICMPReplies": "no-icmp-replies",
+		"UDPTimeout": "udp_timeout", "MaxPortsPerSubscriber": "max_ports_per_subscriber",
+		"NoTranslate": "no_translate", "TCPFiltering": "tcp_filtering", "Mapping": "mapping",
+		"ICMPTimeout": "icmp_timeout", "NoICMPReplies": "no_icmp_replies", "Events": "", "Logger": "",
 	} {
 		if got := ConfigKey(field); got != key {
 			t.Errorf("ConfigKey(%s) = %s, want %s", field, got, key)
@@ -25,16 +25,16 @@ func TestConfigKey(t *testing.T) {
 func TestParseConfig(t *testing.T) {
 	in := `preset: symmetric
 mapping: endpoint-independent
-filtering: address-dependent
-udp-timeout: 30s
-preserve-port: true
+filtering: adf
+udp_timeout: 30s
+preserve_port: true
 algorithm: sequential
 pooling: arbitrary
 ports: 1024-65535
-max-ports-per-subscriber: 100
+max_ports_per_subscriber: 100
 external: [192.0.2.1, 192.0.2.2]
 internal: 10.0.0.0/24,10.1.0.0/24
-no-translate:
+no_translate:
   - 198.51.100.0/24
 `
 	cfg, preset, err := ParseConfig("gw.yaml", []byte(in), nat.Config{})
@@ -58,9 +58,9 @@ no-translate:
 
 func TestParseConfigErrors(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
-		{"udp-timeout: 30s\nmapping: cone\n", "gw.yaml:2: mapping: unknown value \"cone\" (known: endpoint-independent"},
-		{"udp-timeout: soon\n", "gw.yaml:1: udp-timeout: want a duration"},
-		{"# c\n\nudp-timout: 30s\n", "gw.yaml:3: udp-timout: unknown setting"},
+		{"udp_timeout: 30s\nmapping: cone\n", "gw.yaml:2: mapping: nat: unknown mapping \"cone\""},
+		{"udp_timeout: soon\n", "gw.yaml:1: udp_timeout: want a duration"},
+		{"# c\n\nudp_timout: 30s\n", "gw.yaml:3: udp_timout: unknown setting"},
 		{"preset: nope\n", "gw.yaml:1: preset: nat: unknown preset \"nope\""},
 		{"mapping: endpoint-independent\npreset: full-cone\n", "gw.yaml:2: preset: must be the first key"},
 		{"parity: maybe\n", "gw.yaml:1: parity: want true or false"},
@@ -77,7 +77,7 @@ func TestParseConfigErrors(t *testing.T) {
 			t.Errorf("%q: got %v, want %q", c.in, err, c.want)
 		}
 	}
-	_, _, err := ParseConfig("gw.yaml", []byte("udp-timout: 1s\n"), nat.Config{})
+	_, _, err := ParseConfig("gw.yaml", []byte("udp_timout: 1s\n"), nat.Config{})
 	if !errors.Is(err, ErrUnknownSetting) {
 		t.Errorf("unknown key: %v does not match ErrUnknownSetting", err)
 	}
@@ -95,13 +95,13 @@ func TestConfigDiff(t *testing.T) {
 	}
 	next := cfg
 	next.UDPTimeout = time.Minute
-	if d := ConfigDiff(e.Config(), next); len(d) != 1 || d[0] != "udp-timeout" {
-		t.Fatalf("diff %v, want [udp-timeout]", d)
+	if d := ConfigDiff(e.Config(), next); len(d) != 1 || d[0] != "udp_timeout" {
+		t.Fatalf("diff %v, want [udp_timeout]", d)
 	}
 }
 
 func FuzzParseConfig(f *testing.F) {
-	f.Add("preset: cgn\nudp-timeout: 30s\nports: 1024-2047\n")
+	f.Add("preset: cgn\nudp_timeout: 30s\nports: 1024-2047\n")
 	f.Add("external: [192.0.2.1]\nmapping: address-dependent\n")
 	f.Add("a: [\n")
 	f.Fuzz(func(t *testing.T, in string) {

@@ -149,13 +149,13 @@ func (g *Gateway) WriteMetrics(w io.Writer) error {
 	fmt.Fprintf(&b, "portspace_gateway_bytes_total{direction=\"inbound\",verdict=\"forward\"} %d\n", s.InForwardedBytes)
 	fmt.Fprintf(&b, "portspace_gateway_bytes_total{direction=\"outbound\",verdict=\"hairpin\"} %d\n", s.HairpinnedBytes)
 	metric("portspace_gateway_drops_total", "counter", "Packets the engine dropped, by reason.")
-	reasons := make([]string, 0, len(s.Engine.Drops))
-	for r := range s.Engine.Drops {
+	reasons := make([]string, 0, len(s.Drops))
+	for r := range s.Drops {
 		reasons = append(reasons, r)
 	}
 	slices.Sort(reasons)
 	for _, r := range reasons {
-		fmt.Fprintf(&b, "portspace_gateway_drops_total{reason=%q} %d\n", r, s.Engine.Drops[r])
+		fmt.Fprintf(&b, "portspace_gateway_drops_total{reason=%q} %d\n", r, s.Drops[r])
 	}
 	metric("portspace_gateway_tun_errors_total", "counter", "Failed TUN reads and writes.")
 	fmt.Fprintf(&b, "portspace_gateway_tun_errors_total{op=\"read\"} %d\n", s.ReadErrors)

@@ -93,6 +93,8 @@ type Counters struct {
 type Stats struct {
 	Counters
 	Engine nat.Stats
+	// Drops are the engine's drops by reason name (Engine.Drops by index).
+	Drops map[string]uint64
 	// PortsInUse counts live mappings per external address (TCP, UDP and
 	// ICMP together).
 	PortsInUse map[netip.Addr]int
@@ -209,6 +211,12 @@ func (g *Gateway) Stats() Stats {
 	}
 	g.mu.Lock()
 	s.Engine = g.eng.Stats()
+	s.Drops = map[string]uint64{}
+	for r, n := range s.Engine.Drops {
+		if n > 0 {
+			s.Drops[nat.Reason(r).String()] = n
+		}
+	}
 	for ss := range g.eng.Sessions() {
 		if ss.Mapping {
 			s.PortsInUse[ss.External.Addr()]++

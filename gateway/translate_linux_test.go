@@ -176,7 +176,7 @@ func TestTranslateHostile(t *testing.T) {
 		}
 	}
 	s := g.Stats()
-	if s.OutDropped+s.InDropped == 0 || len(s.Engine.Drops) == 0 {
+	if s.OutDropped+s.InDropped == 0 || len(s.Drops) == 0 {
 		t.Fatalf("no drops counted: %+v", s.Counters)
 	}
 }

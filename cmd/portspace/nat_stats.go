@@ -44,13 +44,13 @@ func newNatStatsCmd() *cobra.Command {
 			row("icmp replies", s.Replies)
 			row("passthrough", s.Passed)
 			row("dropped", fmt.Sprintf("%d outbound, %d inbound", s.OutDropped, s.InDropped))
-			reasons := make([]string, 0, len(s.Engine.Drops))
-			for r := range s.Engine.Drops {
+			reasons := make([]string, 0, len(s.Drops))
+			for r := range s.Drops {
 				reasons = append(reasons, r)
 			}
 			slices.Sort(reasons)
 			for _, r := range reasons {
-				row("  drop "+r, s.Engine.Drops[r])
+				row("  drop "+r, s.Drops[r])
 			}
 			row("tun errors", fmt.Sprintf("%d read, %d write", s.ReadErrors, s.WriteErrors))
 			row("sessions", s.Engine.Sessions)

@@ -244,7 +244,7 @@ func (t *topo) setup(ctx context.Context, c Config, mode string) (func() map[str
 		if mode == ModeGateway {
 			// Enough room for the many-flow sessions without growing.
 			cfg := filepath.Join(t.dir, "gw.yaml")
-			if err := os.WriteFile(cfg, []byte(fmt.Sprintf("expected-sessions: %d\n", c.Flows+1000)), 0o644); err != nil {
+			if err := os.WriteFile(cfg, []byte(fmt.Sprintf("expected_sessions: %d\n", c.Flows+1000)), 0o644); err != nil {
 				return nil, err
 			}
 			args = append(args, "--config", cfg)
@@ -284,7 +284,7 @@ func (t *topo) setup(ctx context.Context, c Config, mode string) (func() map[str
 				cmd.Process.Kill()
 				<-done
 			}
-			return s.Engine.Drops
+			return s.Drops
 		}, nil
 	}
 	return nil, fmt.Errorf("natbench: unknown mode %q (known: %s)", mode, strings.Join(AllModes, ", "))
