@@ -62,7 +62,7 @@ func New(opts Options) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g := &Gateway{opts: opts, eng: eng, ext: map[uint32]bool{}, inside: opts.Engine.Internal,
-		log: opts.Logger, per: make([]counters, opts.Workers), sys: &system{setup: setup}}
+		log: opts.Logger, per: make([]counters, opts.Workers), sys: &system{setup: setup}, started: time.Now()}
 	for _, a := range opts.Engine.External {
 		b := a.As4()
 		g.ext[binary.BigEndian.Uint32(b[:])] = true
@@ -107,7 +107,6 @@ func (g *Gateway) closeSystem() error {
 // Run runs the datapath until ctx is done, then removes the TUN device and
 // everything New set up. It returns the first worker error, if any.
 func (g *Gateway) Run(ctx context.Context) error {
-	g.started = time.Now()
 	var wg sync.WaitGroup
 	errc := make(chan error, len(g.sys.devs)+1)
 	for i, d := range g.sys.devs {

@@ -3,13 +3,17 @@ package gateway_test
 import (
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/portspace/portspace/gateway"
 	"github.com/portspace/portspace/internal/gwtest"
 	"github.com/portspace/portspace/internal/netnstest"
 	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/natlog"
 )
 
 // plumbing returns the router's rules, routes of all tables, proxy
@@ -121,5 +125,41 @@ func TestBadInput(t *testing.T) {
 	}
 	if out, _ := (&netnstest.NS{Name: ns}).Run("ip", "rule"); strings.Contains(out, "7300") {
 		t.Errorf("Close left a rule:\n%s", out)
+	}
+}
+
+// TestEventLogWhois runs a gateway with an event log, opens a UDP flow
+// through it, and answers whois for the flow's external endpoint from the
+// log the running gateway wrote.
+func TestEventLogWhois(t *testing.T) {
+	topo := gwtest.New(t, gwtest.Options{})
+	servers(t, topo)
+	log := filepath.Join(topo.Dir(), "events.jsonl")
+	g := topo.Start(t, gwtest.Spec{Preset: "symmetric", Log: log})
+	time.Sleep(200 * time.Millisecond)
+	out := topo.ClientNS.MustRun(t, python, filepath.Join("testdata", "nettool.py"), "udp-client", gwtest.Server.String(), "7000", "3")
+	_, mapped, ok := strings.Cut(strings.TrimSpace(out), "mapped ")
+	if !ok {
+		t.Fatalf("udp-client: %s", out)
+	}
+	ext := netip.MustParseAddrPort(mapped)
+	at := time.Now()
+	ss := g.Sessions(t)
+	if len(ss) != 1 || ss[0].External != ext || ss[0].Internal.Addr() != gwtest.Client {
+		t.Fatalf("sessions %+v, want the one flow on %v", ss, ext)
+	}
+	g.Stop(t) // flushes the log
+	f, err := os.Open(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ix, err := natlog.ReadIndex(natlog.NewLogReader(f, log), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := ix.Whois(ext, at)
+	if err != nil || len(hs) != 1 || hs[0].Internal.Addr() != gwtest.Client {
+		t.Fatalf("whois %v at %v: %+v, %v", ext, at, hs, err)
 	}
 }

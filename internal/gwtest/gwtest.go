@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -118,7 +119,7 @@ type Spec struct {
 type Gateway struct {
 	Spec Spec
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
+	out  *SyncBuffer
 	done chan error
 }
 
@@ -137,7 +138,7 @@ func (t *Topology) Start(tb testing.TB, spec Spec) *Gateway {
 	b, _ := json.Marshal(spec)
 	cmd := exec.Command("ip", "netns", "exec", t.RouterNS.Name, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envRun+"="+string(b))
-	g := &Gateway{Spec: spec, cmd: cmd, out: &bytes.Buffer{}, done: make(chan error, 1)}
+	g := &Gateway{Spec: spec, cmd: cmd, out: &SyncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = g.out, g.out
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("gwtest: start gateway: %v", err)
@@ -275,4 +276,25 @@ func runSpec(spec Spec) int {
 		return 1
 	}
 	return 0
+}
+
+// SyncBuffer is a bytes.Buffer safe for one writer (a process's output)
+// and concurrent readers.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
