@@ -312,8 +312,8 @@ func (t *topo) iperf(ctx context.Context, d time.Duration, streams int) (float64
 
 // udp runs one UDP trial: the sender offers rate packets/s (0 = as fast
 // as it can) over flows flows for the trial's length; it returns the
-// packets sent and received and the achieved sending rate.
-func (t *topo) udp(ctx context.Context, c Config, flows int, rate float64) (sent, recv uint64, sentRate float64, err error) {
+// packets sent and received and the seconds the sender sent for.
+func (t *topo) udp(ctx context.Context, c Config, flows int, rate float64) (sent, recv uint64, secs float64, err error) {
 	before, err := t.received(ctx)
 	if err != nil {
 		return 0, 0, 0, err
@@ -332,7 +332,7 @@ func (t *topo) udp(ctx context.Context, c Config, flows int, rate float64) (sent
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	return s.Sent, after - before, float64(s.Sent) / s.Seconds, nil
+	return s.Sent, after - before, s.Seconds, nil
 }
 
 // zeroLoss finds the highest offered rate with no packet lost (RFC 2544
@@ -418,11 +418,11 @@ func (t *topo) measure(ctx context.Context, c Config) (Result, error) {
 	fmt.Fprintf(c.Progress, "  tcp 8 streams %.2f Gbit/s\n", r.TCP8)
 	for _, flows := range []int{1, c.Flows} {
 		// The first trial at full load also creates the many flows' state.
-		sent, recv, rate, err := t.udp(ctx, c, flows, 0)
+		sent, recv, secs, err := t.udp(ctx, c, flows, 0)
 		if err != nil {
 			return r, err
 		}
-		secs := c.Trial.Seconds()
+		rate := float64(sent) / secs
 		fmt.Fprintf(c.Progress, "  udp %d flows full load: sent %.0f pps, received %.0f pps\n", flows, rate, float64(recv)/secs)
 		hi := rate
 		if c.MaxRate > 0 {
@@ -433,7 +433,6 @@ func (t *topo) measure(ctx context.Context, c Config) (Result, error) {
 			return r, err
 		}
 		fmt.Fprintf(c.Progress, "  udp %d flows zero-loss %.0f pps\n", flows, zl)
-		_ = sent
 		if flows == 1 {
 			r.UDP1Sent, r.UDP1Recv, r.UDP1ZeroLoss = rate, float64(recv)/secs, zl
 		} else {
