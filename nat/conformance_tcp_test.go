@@ -432,7 +432,7 @@ func TestConformance_T2_SYNFINOpensLikeSYN(t *testing.T) {
 		// Opening state: without an answer the session lives for the
 		// transitory timer (4 min), not the established one.
 		r = newRig(t, nat.Config{Filtering: nat.FilterAPDF})
-		ext = r.out(tcpMk(syn, 1000, 0), hostX, web)
+		r.out(tcpMk(syn, 1000, 0), hostX, web)
 		r.at(4*time.Minute + 2*time.Second)
 		if st := r.e.Stats(); st.Sessions != 0 {
 			t.Fatalf("flags %#x: %d sessions 4 min after an unanswered opening segment", syn, st.Sessions)

@@ -161,10 +161,10 @@ type SimResult struct {
 	// (LogWriter); per established flow, and per day extrapolated from the
 	// simulated Duration (run longer than the timers, so that deletions
 	// are in the log, for steady-state figures).
-	LogEvents      int64   `json:"log_events"`
-	LogBytes       int64   `json:"log_bytes"`
-	LogBytesPerFlw float64 `json:"log_bytes_per_flow"`
-	LogBytesPerDay float64 `json:"log_bytes_per_day"`
+	LogEvents       int64   `json:"log_events"`
+	LogBytes        int64   `json:"log_bytes"`
+	LogBytesPerFlow float64 `json:"log_bytes_per_flow"`
+	LogBytesPerDay  float64 `json:"log_bytes_per_day"`
 	// CompactLogEvents and CompactLogBytes are the volume of the same log
 	// written with LogOptions.Compact (mappings inside port blocks left
 	// out); they differ from the full log only for block and
@@ -505,7 +505,7 @@ func Simulate(c SimConfig) (SimResult, error) {
 	}
 	res.LogEvents, res.LogBytes = lw.Events(), cw.n
 	if res.Established > 0 {
-		res.LogBytesPerFlw = float64(res.LogBytes) / float64(res.Established)
+		res.LogBytesPerFlow = float64(res.LogBytes) / float64(res.Established)
 	}
 	res.LogBytesPerDay = float64(res.LogBytes) / c.Duration.Seconds() * 86400
 	return res, nil

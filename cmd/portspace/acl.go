@@ -137,7 +137,7 @@ Nothing is written to stdout when it fails; warnings go to stderr.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !validFormat(format) {
-				return fmt.Errorf("acl: unknown format %q (want %s)", format, strings.Join(acl.Formats, ", "))
+				return fmt.Errorf("acl: --format %q: unknown format (want %s)", format, strings.Join(acl.Formats, ", "))
 			}
 			if err := checkMaxRules(maxRules); err != nil {
 				return err
@@ -161,6 +161,7 @@ Nothing is written to stdout when it fails; warnings go to stderr.`,
 	}
 	in.flags(c)
 	c.Flags().StringVarP(&format, "format", "f", "terraform", "output format: "+strings.Join(acl.Formats, ", "))
+	completeFlag(c, "format", acl.Formats...)
 	c.Flags().IntVar(&maxRules, "max-rules", acl.DefaultMaxRules, "rules allowed per ACL, direction and address family, including the default deny (AWS: 20, at most 40)")
 	c.Flags().BoolVar(&noMerge, "no-merge", false, "only remove duplicates; do not merge port ranges and CIDRs")
 	return c

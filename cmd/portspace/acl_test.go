@@ -29,7 +29,7 @@ flows: [{from: a, to: b, services: [s]}]
 		{[]string{"acl", "generate", bad, "--format", "terraform"}, "bad.yaml:5: flow a->b: service s port 40000/tcp lies inside the return range 32768-65535"},
 		{[]string{"acl", "generate", "../../acl/testdata/vpc.ng", "--cidrs", "../../acl/testdata/vpc-cidrs.yaml", "--max-rules", "8"}, "zone shared ingress IPv4: 12 rules (11 + default deny)"},
 		{[]string{"acl", "generate", "../../acl/testdata/small.ng", "--format", "aws-json"}, `small.ng:6: zone "front": has no cidrs`},
-		{[]string{"acl", "generate", bad, "--format", "pdf"}, `unknown format "pdf"`},
+		{[]string{"acl", "generate", bad, "--format", "pdf"}, `--format "pdf": unknown format`},
 	} {
 		out, _, err := runCLI(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

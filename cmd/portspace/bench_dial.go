@@ -14,6 +14,7 @@ import (
 
 	"github.com/portspace/portspace/dial"
 	"github.com/portspace/portspace/internal/bench"
+	"github.com/portspace/portspace/internal/progress"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -91,11 +92,23 @@ one-million-connection run).`,
 			}
 			var rep *bench.Report
 			if f.workers > 0 {
+				// A plain progress line on stderr while the worker
+				// processes dial (none when stderr is not a terminal).
+				pl := progress.New(cmd.ErrOrStderr(), progress.Options{Label: "bench dial", Total: int64(cfg.Conns), Unit: "dials"})
 				rep, err = bench.RunWorkers(ctx, cfg, bench.WorkersOptions{
-					Workers: f.workers,
-					Command: workerCommand(f, names[0]),
-					Dialer:  names[0],
+					Workers:  f.workers,
+					Command:  workerCommand(f, names[0]),
+					Dialer:   names[0],
+					Progress: pl.Set,
 				})
+				if err != nil {
+					pl.Clear()
+				} else {
+					if len(rep.Results) > 0 {
+						pl.Set(int64(rep.Results[0].Attempted)) // every dial finished
+					}
+					pl.Done()
+				}
 			} else {
 				rep, err = bench.Run(ctx, cfg, dialers)
 			}
@@ -142,6 +155,9 @@ one-million-connection run).`,
 	fl.IntVar(&f.workers, "workers", 0, "spread the run over this many dialer processes and as many listener processes (0: in-process)")
 	fl.StringVar(&f.role, "role", "", "internal: run as a listener or dialer process of --workers")
 	fl.StringVar(&f.shard, "shard", "", "internal: this process's destinations, FIRST-LAST (indices)")
+	completeFlag(cmd, "proto", "tcp", "udp")
+	completeFlag(cmd, "strategy", "auto", "kernel", "search")
+	_ = cmd.RegisterFlagCompletionFunc("dialers", completeList(bench.DialerPortspace, bench.DialerBaseline))
 	_ = fl.MarkHidden("role")
 	_ = fl.MarkHidden("shard")
 	return cmd

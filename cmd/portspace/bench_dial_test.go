@@ -130,3 +130,28 @@ func TestBenchDialDestsAlias(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchDialFirstScreen runs bench dial with its default port slice and
+// destinations (fewer connections, to stay quick) and checks that the
+// first screen compares the slice's capacity with portspace (20,000) and
+// with binding each port (1,000), explains the columns and ends with a
+// summary.
+func TestBenchDialFirstScreen(t *testing.T) {
+	out, err := runBenchDial(t, "--rounds", "1", "--conns", "200", "--warmup", "-1")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"portspace (4-tuple sharing)  20,000", "bind each port               1,000",
+		"columns (", "conn/s         connections opened per second (higher is better)",
+		"(higher is better)", "(lower is better)",
+		"summary: the 1,000 ports hold 20,000 connections at once with portspace against 1,000 when binding each port (20.00x)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("first screen lacks %q:\n%s", want, out)
+		}
+	}
+	if i, j := strings.Index(out, "bind each port"), strings.Index(out, "dialer  phase"); i < 0 || j < 0 || i > j {
+		t.Errorf("the capacity comparison does not come before the measured table:\n%s", out)
+	}
+}

@@ -31,7 +31,10 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		// --version prints the module's build information (version.go).
+		Version: version(),
 	}
+	root.SetVersionTemplate("portspace {{.Version}}\n")
 	for _, c := range subcommands() {
 		root.AddCommand(c())
 	}

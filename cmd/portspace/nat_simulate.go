@@ -145,9 +145,9 @@ without port overlapping (RFC 7857 §3)?
 	f.StringVar(&logFile, "log", "", "write the run's event log (JSON lines) to `FILE`, for portspace nat whois")
 	f.BoolVar(&compact, "log-compact", false, "with --log: leave out mappings inside port blocks")
 	f.StringVar(&progressMode, "progress", "auto", "progress line on stderr: auto (when stderr is a terminal), always or never")
-	natCompleteValues(cmd, "preset", presetList()...)
-	natCompleteValues(cmd, "overlapping", "preset", "on", "off")
-	natCompleteValues(cmd, "progress", "auto", "always", "never")
+	completeFlag(cmd, "preset", presetList()...)
+	completeFlag(cmd, "overlapping", "preset", "on", "off")
+	completeFlag(cmd, "progress", "auto", "always", "never")
 	return cmd
 }
 
@@ -198,7 +198,7 @@ func printSimTable(w io.Writer, runs []natsim.SimResult) error {
 	row("engine table bytes", func(r natsim.SimResult) string { return num(r.TableBytes) })
 	row("log events", func(r natsim.SimResult) string { return fmt.Sprint(r.LogEvents) })
 	row("log bytes", func(r natsim.SimResult) string { return fmt.Sprint(r.LogBytes) })
-	row("log bytes per flow", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerFlw) })
+	row("log bytes per flow", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerFlow) })
 	row("log MB per day", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.LogBytesPerDay/1e6) })
 	row("compact log events", func(r natsim.SimResult) string { return fmt.Sprint(r.CompactLogEvents) })
 	row("compact log MB per day", func(r natsim.SimResult) string { return fmt.Sprintf("%.1f", r.CompactLogBytesPerDay/1e6) })
@@ -351,14 +351,6 @@ func simProgress(cmd *cobra.Command, mode string, d time.Duration, runs int) (*p
 		return nil, fmt.Errorf("nat simulate: --progress %q: want auto, always or never", mode)
 	}
 	return progress.New(cmd.ErrOrStderr(), o), nil
-}
-
-// natCompleteValues registers the fixed values of a flag for shell
-// completion (portspace completion bash|zsh|fish|powershell).
-func natCompleteValues(cmd *cobra.Command, flag string, values ...string) {
-	_ = cmd.RegisterFlagCompletionFunc(flag, func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-		return values, cobra.ShellCompDirectiveNoFileComp
-	})
 }
 
 // simLogFile is the --log output: a temporary file next to the target,

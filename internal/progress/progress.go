@@ -56,6 +56,7 @@ type Line struct {
 	last  time.Time // last redraw
 	drawn bool      // something is on the line
 	width int       // length of the last line drawn, to blank it
+	shown int64     // the count the last line showed
 	ended bool
 }
 
@@ -107,8 +108,9 @@ func (l *Line) Add(n int64) {
 	l.maybeDraw()
 }
 
-// Done draws the final count and ends the line with a newline, so what
-// follows starts on a line of its own. Later calls do nothing.
+// Done draws the final count (unless the line already shows it) and ends
+// the line with a newline, so what follows starts on a line of its own.
+// Later calls do nothing.
 func (l *Line) Done() {
 	if l == nil {
 		return
@@ -119,7 +121,9 @@ func (l *Line) Done() {
 		return
 	}
 	l.ended = true
-	l.drawLocked(l.o.Now())
+	if !l.drawn || l.shown != l.done.Load() {
+		l.drawLocked(l.o.Now())
+	}
 	fmt.Fprint(l.w, "\n")
 }
 
@@ -151,13 +155,14 @@ func (l *Line) maybeDraw() {
 }
 
 func (l *Line) drawLocked(now time.Time) {
-	s := l.text(l.done.Load(), now.Sub(l.start))
+	n := l.done.Load()
+	s := l.text(n, now.Sub(l.start))
 	pad := ""
 	if n := l.width - len(s); n > 0 {
 		pad = strings.Repeat(" ", n)
 	}
 	fmt.Fprint(l.w, "\r"+s+pad)
-	l.last, l.drawn, l.width = now, true, len(s)
+	l.last, l.drawn, l.width, l.shown = now, true, len(s), n
 }
 
 // text renders "label: 1,234/10,000 conns (12.3%), 4.2s".

@@ -72,8 +72,8 @@ func TestRedrawAtMostOncePerInterval(t *testing.T) {
 		t.Fatalf("line = %q", buf.String())
 	}
 	l.Done()
-	if !strings.HasSuffix(buf.String(), "\n") {
-		t.Fatalf("Done did not end the line: %q", buf.String())
+	if !strings.HasSuffix(buf.String(), "(50.0%), 1s\n") || strings.Count(buf.String(), "\r") != 2 {
+		t.Fatalf("Done redrew the count already shown or did not end the line: %q", buf.String())
 	}
 	n := buf.Len()
 	l.Set(999)
@@ -151,5 +151,19 @@ func TestGroup(t *testing.T) {
 		if got := group(n); got != want {
 			t.Errorf("group(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// TestDoneDrawsTheFinalCount checks that Done shows a count that arrived
+// within the interval, so the last line is the final figure.
+func TestDoneDrawsTheFinalCount(t *testing.T) {
+	c := &fakeClock{t: time.Unix(0, 0)}
+	var buf bytes.Buffer
+	l := New(&buf, Options{Total: 10, Interval: time.Hour, Now: c.now, Always: true})
+	l.Set(3)
+	l.Set(10) // within the interval: not drawn
+	l.Done()
+	if !strings.HasSuffix(buf.String(), "\r10/10 (100.0%), 0s\n") {
+		t.Fatalf("final line %q, want 10/10", buf.String())
 	}
 }
