@@ -1,0 +1,314 @@
+package gateway
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/portspace/portspace/internal/tunnet"
+	"github.com/portspace/portspace/nat"
+)
+
+// offset is the headroom left before each packet in the TUN buffers: the
+// virtio-net header (10 bytes) goes there on write.
+const offset = 16
+
+// extraBufs bounds the ICMP replies and released fragments one batch adds.
+const extraBufs = 64
+
+type system struct {
+	setup *tunnet.Setup
+	devs  []tun.Device
+}
+
+// New validates opts, builds the engine and sets up the TUN device, routes,
+// rules and proxy-ARP entries (removing first what a killed run left). The
+// datapath starts with Run. Errors name the bad input: an inside network
+// that overlaps an external address (ErrOverlap), an external address
+// configured on this host (ErrAddressConfigured), a TUN device that cannot
+// be created.
+func New(opts Options) (*Gateway, error) {
+	opts = opts.withDefaults()
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	eng, err := newEngine(opts)
+	if err != nil {
+		return nil, err
+	}
+	local, err := tunnet.LocalAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if !opts.Passthrough {
+		for _, a := range opts.Engine.External {
+			if dev, ok := local[a]; ok {
+				return nil, fmt.Errorf("%w: %v is on %s (remove it: the gateway answers for it by proxy ARP)", ErrAddressConfigured, a, dev)
+			}
+		}
+	}
+	setup, err := tunnet.Apply(tunnet.Plan{
+		TUN: opts.TUN, MTU: opts.MTU, Queues: opts.Workers, Table: opts.Table, Priority: opts.Priority,
+		Inside: opts.Engine.Internal, External: opts.Engine.External, Passthrough: opts.Passthrough,
+		StateDir: opts.StateDir,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g := &Gateway{opts: opts, eng: eng, ext: map[uint32]bool{}, inside: opts.Engine.Internal,
+		log: opts.Logger, per: make([]counters, opts.Workers), sys: &system{setup: setup}, started: time.Now()}
+	for _, a := range opts.Engine.External {
+		b := a.As4()
+		g.ext[binary.BigEndian.Uint32(b[:])] = true
+	}
+	// The router's own addresses are outside the NAT, even one in an inside
+	// network: ICMP errors the kernel sends about packets it forwards out of
+	// the TUN (TTL expired, fragmentation needed) come from them.
+	g.local = map[uint32]bool{}
+	for a := range local {
+		b := a.As4()
+		g.local[binary.BigEndian.Uint32(b[:])] = true
+	}
+	for _, f := range setup.Queues {
+		d, err := tun.CreateTUNFromFile(f, opts.MTU)
+		if err != nil {
+			g.closeSystem()
+			return nil, fmt.Errorf("gateway: TUN %s: %w", opts.TUN, err)
+		}
+		go func() {
+			for range d.Events() {
+			}
+		}()
+		g.sys.devs = append(g.sys.devs, d)
+	}
+	g.log.Info("gateway up", "tun", opts.TUN, "workers", opts.Workers, "external", opts.Engine.External,
+		"inside", opts.Engine.Internal, "inside_devs", setup.InsideDevs, "outside_devs", setup.OutsideDevs,
+		"passthrough", opts.Passthrough, "batch", g.sys.devs[0].BatchSize())
+	return g, nil
+}
+
+// Close removes the TUN device and everything New set up, for a gateway
+// that was not Run (Run cleans up itself).
+func (g *Gateway) Close() error { return g.closeSystem() }
+
+func (g *Gateway) closeSystem() error {
+	for _, d := range g.sys.devs {
+		d.Close()
+	}
+	return g.sys.setup.Remove()
+}
+
+// Run runs the datapath until ctx is done, then removes the TUN device and
+// everything New set up. It returns the first worker error, if any.
+func (g *Gateway) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errc := make(chan error, len(g.sys.devs)+1)
+	for i, d := range g.sys.devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := g.worker(d, &g.per[i]); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		g.sweeper(stop)
+	}()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	close(stop)
+	for _, d := range g.sys.devs {
+		d.Close()
+	}
+	wg.Wait()
+	if rerr := g.sys.setup.Remove(); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("gateway: clean-up: %w", rerr))
+	}
+	g.log.Info("gateway down", "tun", g.opts.TUN)
+	return err
+}
+
+// sweeper runs the engine's timers every ExpireEvery and writes the ICMP
+// messages they produce (port unreachable for held SYNs, RFC 5382 REQ-4).
+func (g *Gateway) sweeper(stop <-chan struct{}) {
+	t := time.NewTicker(g.opts.ExpireEvery)
+	defer t.Stop()
+	var out [][]byte
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			out = out[:0]
+			g.mu.Lock()
+			g.eng.ExpireSome(now, 65536)
+			for _, r := range g.eng.Replies() {
+				b := make([]byte, offset+len(r))
+				copy(b[offset:], r)
+				out = append(out, b)
+			}
+			g.mu.Unlock()
+			if len(out) > 0 {
+				g.per[0].c[cReplies].Add(uint64(len(out)))
+				if _, err := g.sys.devs[0].Write(out, offset); err != nil {
+					g.per[0].c[cWriteErr].Add(1)
+				}
+			}
+		}
+	}
+}
+
+// worker serves one TUN queue: read a batch (super-packets split into
+// segments by the offload code), translate each packet in place under one
+// lock of the engine, write the batch back (coalesced again on write).
+func (g *Gateway) worker(d tun.Device, ctr *counters) error {
+	bs := d.BatchSize()
+	bufs := make([][]byte, bs)
+	sizes := make([]int, bs)
+	for i := range bufs {
+		bufs[i] = make([]byte, offset+65535)
+	}
+	extra := make([][]byte, extraBufs)
+	for i := range extra {
+		extra[i] = make([]byte, offset+2048)
+	}
+	out := make([][]byte, 0, bs+extraBufs)
+	for {
+		n, err := d.Read(bufs, sizes, offset)
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			ctr.c[cReadErr].Add(1)
+			if n == 0 {
+				if errors.Is(err, tun.ErrTooManySegments) {
+					continue
+				}
+				// A malformed virtio header or a super-packet that could
+				// not be split: dropped, counted.
+				continue
+			}
+		}
+		out = g.translate(bufs[:n], sizes[:n], extra, out[:0], ctr)
+		if len(out) > 0 {
+			if _, err := d.Write(out, offset); err != nil {
+				if errors.Is(err, os.ErrClosed) {
+					return nil
+				}
+				ctr.c[cWriteErr].Add(1)
+			}
+		}
+	}
+}
+
+// translate runs one batch through the engine and returns the packets to
+// write back. It reads the clock once per batch (the engine's timers have
+// one-second resolution) and does not allocate.
+func (g *Gateway) translate(bufs [][]byte, sizes []int, extra [][]byte, out [][]byte, ctr *counters) [][]byte {
+	var rxBytes, outB, inB, hpB, nOut, nIn, nHp, dOut, dIn, nRep, nRel uint64
+	ctr.c[cBatches].Add(1)
+	ctr.c[cRxPackets].Add(uint64(len(bufs)))
+	if g.opts.Passthrough {
+		for i := range bufs {
+			rxBytes += uint64(sizes[i])
+			out = append(out, bufs[i][:offset+sizes[i]])
+		}
+		ctr.c[cRxBytes].Add(rxBytes)
+		ctr.c[cPassed].Add(uint64(len(bufs)))
+		return out
+	}
+	now := time.Now()
+	ne := 0
+	g.mu.Lock()
+	for i := range bufs {
+		pkt := bufs[i][offset : offset+sizes[i]]
+		rxBytes += uint64(len(pkt))
+		outbound := true
+		if len(pkt) >= 20 && g.ext[binary.BigEndian.Uint32(pkt[16:20])] {
+			src := binary.BigEndian.Uint32(pkt[12:16])
+			outbound = g.isInside(src) && !g.local[src]
+		}
+		var v nat.Verdict
+		if outbound {
+			v = g.eng.Outbound(pkt, now)
+		} else {
+			v = g.eng.Inbound(pkt, now)
+		}
+		switch v.Action {
+		case nat.Forward:
+			out = append(out, bufs[i][:offset+len(pkt)])
+			if outbound {
+				nOut++
+				outB += uint64(len(pkt))
+			} else {
+				nIn++
+				inB += uint64(len(pkt))
+			}
+		case nat.Hairpin:
+			out = append(out, bufs[i][:offset+len(pkt)])
+			nHp++
+			hpB += uint64(len(pkt))
+		case nat.Reply:
+			if ne < len(extra) && len(v.Reply) <= len(extra[ne])-offset {
+				out = append(out, extra[ne][:offset+copy(extra[ne][offset:], v.Reply)])
+				ne++
+				nRep++
+			}
+		default:
+			if outbound {
+				dOut++
+			} else {
+				dIn++
+			}
+		}
+		if v.Released {
+			for _, f := range g.eng.Released() {
+				if ne < len(extra) && len(f) <= len(extra[ne])-offset {
+					out = append(out, extra[ne][:offset+copy(extra[ne][offset:], f)])
+					ne++
+					nRel++
+				}
+			}
+		}
+	}
+	g.mu.Unlock()
+	ctr.c[cRxBytes].Add(rxBytes)
+	ctr.c[cOutFwd].Add(nOut)
+	ctr.c[cOutFwdBytes].Add(outB)
+	ctr.c[cInFwd].Add(nIn)
+	ctr.c[cInFwdBytes].Add(inB)
+	ctr.c[cHairpin].Add(nHp)
+	ctr.c[cHairpinBytes].Add(hpB)
+	ctr.c[cOutDropped].Add(dOut)
+	ctr.c[cInDropped].Add(dIn)
+	ctr.c[cReplies].Add(nRep)
+	ctr.c[cReleased].Add(nRel)
+	return out
+}
+
+func (g *Gateway) isInside(a uint32) bool {
+	for _, p := range g.inside {
+		b := p.Addr().As4()
+		m := uint32(0)
+		if p.Bits() > 0 {
+			m = ^uint32(0) << (32 - p.Bits())
+		}
+		if a&m == binary.BigEndian.Uint32(b[:])&m {
+			return true
+		}
+	}
+	return false
+}
