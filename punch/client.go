@@ -90,8 +90,15 @@ type Options struct {
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
 
-	// candidates, when set (tests only), replaces the endpoints to aim at.
+	// Test hooks, for experiments that isolate one mechanism: candidates
+	// replaces the endpoints to aim at; startDelay holds this side's SYNs
+	// back in every round; noRetry sends one SYN per candidate and round
+	// (a SYN answered by RST or ICMP is not retried); noListen accepts
+	// nothing, so only a simultaneous open can connect.
 	candidates func([]netip.AddrPort) []netip.AddrPort
+	startDelay time.Duration
+	noRetry    bool
+	noListen   bool
 }
 
 // Result says how a connection was made, and why punching failed when it
@@ -381,10 +388,10 @@ func (c *bufConn) CloseWrite() error {
 	return c.Conn.Close()
 }
 
-// candErr counts how one candidate's SYNs failed.
+// candErr counts how one candidate's SYNs failed, by what answered them.
 type candErr struct {
-	refused, unreachable, timeouts, other int
-	last                                  error
+	counts map[string]int
+	order  []string
 }
 
 // puncher runs the rounds.
@@ -455,6 +462,9 @@ func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort)
 	up := make(chan punched, 16)
 	var wg sync.WaitGroup
 	p.ln.SetDeadline(deadline)
+	if p.o.noListen {
+		p.ln.SetDeadline(time.Now())
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -489,7 +499,7 @@ func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort)
 			// The passive side's doors go first; the active side's SYNs
 			// after DoorWait. Stagger the SYNs so that a sequential NAT maps
 			// them in candidate order.
-			delay := time.Duration(i) * 2 * time.Millisecond
+			delay := time.Duration(i)*2*time.Millisecond + p.o.startDelay
 			if active && ttl > 0 {
 				delay += wait
 			}
@@ -502,10 +512,24 @@ func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort)
 				var c net.Conn
 				var err error
 				if door {
-					c, err = dialDoor(rctx, p.me, cand, ttl)
+					c, err = dialTCP(rctx, p.me, cand, ttl)
+					if err != nil && timeExceeded(err) {
+						// The door did its work and its SYN died on the
+						// way, as meant; the socket with it. Open it again
+						// now and then, for the peer's SYN to come in.
+						select {
+						case <-time.After(10 * time.Millisecond):
+						case <-rctx.Done():
+						}
+						continue
+					}
 				} else {
-					actx, cancel := context.WithTimeout(rctx, attempt)
-					c, err = p.d.DialContext(actx, "tcp", cand.String())
+					timeout := attempt
+					if p.o.noRetry {
+						timeout = time.Until(deadline)
+					}
+					actx, cancel := context.WithTimeout(rctx, timeout)
+					c, err = p.dial(actx, cand)
 					cancel()
 				}
 				if err == nil {
@@ -516,11 +540,14 @@ func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort)
 					}
 					return
 				}
-				if p.record(cand, err, rctx) {
+				if p.record(cand, err, rctx) && !p.o.noRetry {
 					select {
 					case <-time.After(10 * time.Millisecond):
 					case <-rctx.Done():
 					}
+				}
+				if p.o.noRetry {
+					return
 				}
 			}
 		}()
@@ -547,8 +574,8 @@ loop:
 			go func() {
 				pc.c.SetDeadline(deadline.Add(500 * time.Millisecond))
 				hello := Message{Op: OpHello, ID: p.o.ID, Session: p.peer.session, How: pc.how}
-				if pc.how == "connected" && pc.cand != p.peer.reflexive {
-					hello.Predicted = []netip.AddrPort{pc.cand}
+				if remote := addrPortOf(pc.c.RemoteAddr()); p.guessed(remote) {
+					hello.Predicted = []netip.AddrPort{remote}
 				}
 				v := verified{punched: pc, br: bufio.NewReaderSize(pc.c, MaxMessage)}
 				if err := writeMessage(pc.c, hello); err != nil {
@@ -618,23 +645,23 @@ loop:
 		result.hello.How == "accepted" && p.peer.nat != nil && p.peer.nat.Mapping == MappingNone:
 		// The accepting side has no NAT: it is reachable.
 		info.method = MethodDirect
-	case result.cand != p.peer.reflexive:
-		info.method, info.guessed = MethodPredicted, result.cand.Port()
+	case p.guessed(addrPortOf(result.c.RemoteAddr())):
+		info.method, info.guessed = MethodPredicted, addrPortOf(result.c.RemoteAddr()).Port()
 	case len(result.hello.Predicted) > 0:
 		info.method, info.guessed = MethodPredicted, result.hello.Predicted[0].Port()
 	}
 	return &bufConn{Conn: result.c, r: result.br}, info, true
 }
 
-// dialDoor connects from local to remote with a first SYN whose TTL is
-// ttl: high enough to pass this side's own NAT, which then holds a mapping
-// (the open door) and lets the peer's SYN in, too low to reach the peer's
-// NAT, which would answer it with a RST. Every later packet of the socket
-// goes at full TTL, so when the peer's SYN arrives this same socket
-// completes by simultaneous open, with the sequence numbers the NAT saw.
-// It waits until the connection is up or ctx ends.
-func dialDoor(ctx context.Context, local, remote netip.AddrPort, ttl int) (net.Conn, error) {
-	fd, err := netsys.ConnectLowTTL(local, remote, ttl, 64)
+// dialTCP connects from local to remote on a raw socket whose first SYN
+// leaves with TTL first (64 for a plain connect). A low first TTL is the
+// open door: high enough to pass this side's own NAT, which then holds a
+// mapping and lets the peer's SYN in, too low to reach the peer's NAT,
+// which would answer it with a RST. Every later packet goes at full TTL. It
+// waits until the connection is up or ctx ends; a failed connect's error is
+// a *synError that says whether an ICMP error, and from whom, answered it.
+func dialTCP(ctx context.Context, local, remote netip.AddrPort, first int) (net.Conn, error) {
+	fd, err := netsys.ConnectTCP(local, remote, first, 64)
 	if err != nil {
 		return nil, err
 	}
@@ -657,25 +684,110 @@ func dialDoor(ctx context.Context, local, remote netip.AddrPort, ttl int) (net.C
 		tc.Close()
 		return nil, err
 	}
-	var cerr error
+	var se *synError
 	waited := false
-	if err := rc.Write(func(fd uintptr) bool {
+	werr := rc.Write(func(fd uintptr) bool {
 		if !waited {
 			waited = true
 			return false // wait until the connect completes (writable)
 		}
-		cerr = netsys.SockError(int(fd))
+		if err := netsys.SockError(int(fd)); err != nil {
+			se = &synError{err: err}
+			se.icmp, se.hasICMP = netsys.ICMPError(int(fd))
+		}
 		return true
-	}); err != nil {
+	})
+	if werr != nil || se != nil {
+		if se == nil {
+			se = &synError{err: werr}
+		}
 		tc.Close()
-		return nil, err
-	}
-	if cerr != nil {
-		tc.Close()
-		return nil, cerr
+		return nil, se
 	}
 	tc.SetWriteDeadline(time.Time{})
 	return &remoteConn{TCPConn: tc, remote: net.TCPAddrFromAddrPort(remote)}, nil
+}
+
+// dial connects from the punching port to cand with the Dialer, keeping a
+// duplicate of the socket so that a failed connect's ICMP error (queued by
+// IP_RECVERR) can still be read after the runtime closed the socket: a
+// *synError then says whether a RST or an ICMP error, and from whom,
+// answered the SYN.
+func (p *puncher) dial(ctx context.Context, cand netip.AddrPort) (net.Conn, error) {
+	d := *p.d
+	dup := -1
+	v6 := cand.Addr().Is6()
+	d.Control = func(_, _ string, c syscall.RawConn) error {
+		return netsys.Control(c, func(fd int) error {
+			if err := netsys.SetReusePort(fd); err != nil {
+				return err
+			}
+			if err := netsys.SetRecvErr(fd, v6); err != nil {
+				return err
+			}
+			var err error
+			dup, err = netsys.Dup(fd)
+			return err
+		})
+	}
+	c, err := d.DialContext(ctx, "tcp", cand.String())
+	if dup >= 0 {
+		defer netsys.Close(dup)
+	}
+	if err != nil && dup >= 0 {
+		se := &synError{err: err}
+		se.icmp, se.hasICMP = netsys.ICMPError(dup)
+		return nil, se
+	}
+	return c, err
+}
+
+// synError is a failed connect and the ICMP error that caused it, if any.
+type synError struct {
+	err     error
+	icmp    netsys.ICMP
+	hasICMP bool
+}
+
+func (e *synError) Error() string {
+	if e.hasICMP {
+		return fmt.Sprintf("%v (%s)", e.err, icmpName(e.icmp))
+	}
+	return e.err.Error()
+}
+
+func (e *synError) Unwrap() error { return e.err }
+
+// icmpName names an ICMP or ICMPv6 error (RFC 792, RFC 4443) and its sender.
+func icmpName(m netsys.ICMP) string {
+	v6 := m.From.Is6()
+	var what string
+	switch {
+	case !v6 && m.Type == 3 && m.Code == 3, v6 && m.Type == 1 && m.Code == 4:
+		what = "port unreachable"
+	case !v6 && m.Type == 3 && m.Code == 1, v6 && m.Type == 1 && m.Code == 3:
+		what = "host unreachable"
+	case !v6 && m.Type == 3 && m.Code == 0, v6 && m.Type == 1 && m.Code == 0:
+		what = "network unreachable"
+	case !v6 && m.Type == 3 && (m.Code == 9 || m.Code == 10 || m.Code == 13), v6 && m.Type == 1 && m.Code == 1:
+		what = "administratively prohibited"
+	case !v6 && m.Type == 11, v6 && m.Type == 3:
+		what = "time exceeded"
+	default:
+		what = fmt.Sprintf("type %d code %d", m.Type, m.Code)
+	}
+	return fmt.Sprintf("ICMP %s from %v", what, m.From)
+}
+
+// timeExceeded reports whether err is a connect killed by ICMP time
+// exceeded: what a door's low-TTL SYN is expected to meet.
+func timeExceeded(err error) bool {
+	var se *synError
+	if !errors.As(err, &se) || !se.hasICMP {
+		return false
+	}
+	v6 := se.icmp.From.Is6()
+	return (!v6 && se.icmp.Type == 11) || (v6 && se.icmp.Type == 3)
 }
 
 // remoteConn is a connection made from a raw socket, whose peer address Go
@@ -687,32 +799,52 @@ type remoteConn struct {
 
 func (c *remoteConn) RemoteAddr() net.Addr { return c.remote }
 
+// guessed reports whether remote, the peer's end of a connection, is one of
+// its predicted endpoints rather than its reflexive one: the connection
+// exists because the prediction was right.
+func (p *puncher) guessed(remote netip.AddrPort) bool {
+	if remote == p.peer.reflexive {
+		return false
+	}
+	for _, c := range p.peer.predicted {
+		if c == remote {
+			return true
+		}
+	}
+	return false
+}
+
 // record counts a failed SYN and reports whether to pause before retrying.
 func (p *puncher) record(cand netip.AddrPort, err error, rctx context.Context) bool {
+	var what string
+	pause := true
+	var se *synError
+	switch {
+	case errors.As(err, &se) && se.hasICMP:
+		what = "answered by " + icmpName(se.icmp)
+	case netsys.IsConnRefused(err):
+		what = "refused by RST"
+	case netsys.IsUnreachable(err):
+		what = "unreachable"
+	case rctx.Err() != nil:
+		return false
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		what, pause = "unanswered", false
+	default:
+		what = fmt.Sprintf("failed (%v)", err)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.errs[cand]
 	if e == nil {
-		e = &candErr{}
+		e = &candErr{counts: map[string]int{}}
 		p.errs[cand] = e
 	}
-	e.last = err
-	switch {
-	case netsys.IsConnRefused(err):
-		e.refused++
-		return true
-	case netsys.IsUnreachable(err):
-		e.unreachable++
-		return true
-	case rctx.Err() != nil:
-		return false
-	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
-		e.timeouts++
-		return false
-	default:
-		e.other++
-		return true
+	if e.counts[what] == 0 {
+		e.order = append(e.order, what)
 	}
+	e.counts[what]++
+	return pause
 }
 
 func isTimeout(err error) bool {
@@ -742,17 +874,8 @@ func (p *puncher) failure(nat Behavior) string {
 	for _, c := range cands {
 		e := p.errs[c]
 		var what []string
-		if e.refused > 0 {
-			what = append(what, fmt.Sprintf("refused by RST %d times", e.refused))
-		}
-		if e.unreachable > 0 {
-			what = append(what, fmt.Sprintf("answered by ICMP unreachable %d times", e.unreachable))
-		}
-		if e.timeouts > 0 {
-			what = append(what, fmt.Sprintf("unanswered %d times (%v)", e.timeouts, e.last))
-		}
-		if e.other > 0 {
-			what = append(what, fmt.Sprintf("failed %d times (%v)", e.other, e.last))
+		for _, w := range e.order {
+			what = append(what, fmt.Sprintf("%s %d times", w, e.counts[w]))
 		}
 		parts = append(parts, fmt.Sprintf("SYNs to %v %s", c, strings.Join(what, ", ")))
 	}

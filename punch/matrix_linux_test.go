@@ -6,15 +6,21 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/gateway"
 	"github.com/portspace/portspace/internal/netnstest"
+	"github.com/portspace/portspace/nat"
 )
 
 // The matrix test's flags: the full matrix and 20 attempts per pair is a
@@ -30,7 +36,52 @@ const (
 	envRole   = "PUNCH_TEST_ROLE"
 	envListen = "PUNCH_TEST_LISTEN"
 	envOpts   = "PUNCH_TEST_OPTS"
+	envGW     = "PUNCH_TEST_GW"
 )
+
+// gwSpec is how a NAT namespace runs the portspace gateway.
+type gwSpec struct {
+	Preset   string
+	Config   string // YAML over the preset (gateway --config syntax)
+	External netip.Addr
+	Inside   netip.Prefix
+}
+
+// roleGateway runs the NAT gateway until killed.
+func roleGateway() int {
+	var spec gwSpec
+	if err := json.Unmarshal([]byte(os.Getenv(envGW)), &spec); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	cfg, err := nat.Preset(spec.Preset)
+	if err == nil && spec.Config != "" {
+		cfg, _, err = gateway.ParseConfig("punch-test.yaml", []byte(spec.Config), cfg)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	cfg.External = []netip.Addr{spec.External}
+	cfg.Internal = []netip.Prefix{spec.Inside}
+	g, err := gateway.New(gateway.Options{Engine: cfg, Workers: 1, StateDir: os.TempDir() + "/punch-gw-" + spec.External.String(),
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		fmt.Println("ready")
+	}()
+	if err := g.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -39,6 +90,8 @@ func TestMain(m *testing.M) {
 		os.Exit(roleRendezvous())
 	case "peer":
 		os.Exit(rolePeer())
+	case "gateway":
+		os.Exit(roleGateway())
 	}
 	os.Exit(m.Run())
 }
@@ -77,6 +130,9 @@ type peerOut struct {
 type peerOpts struct {
 	Options
 	Send string
+	// The test hooks of Options, which JSON does not carry.
+	StartDelay        time.Duration
+	NoRetry, NoListen bool
 }
 
 func rolePeer() int {
@@ -86,6 +142,7 @@ func rolePeer() int {
 		return 2
 	}
 	var out peerOut
+	o.Options.startDelay, o.Options.noRetry, o.Options.noListen = o.StartDelay, o.NoRetry, o.NoListen
 	c, res, err := Dial(context.Background(), o.Options)
 	out.Result = res
 	if err != nil {
@@ -111,6 +168,30 @@ const (
 	masqRandom     natKind = "masquerade fully-random"
 )
 
+// gateway NATs: a portspace gateway preset, or a preset with settings.
+var gwKinds = map[natKind]gwSpec{
+	"full-cone":            {Preset: "full-cone"},
+	"restricted-cone":      {Preset: "restricted-cone"},
+	"port-restricted-cone": {Preset: "port-restricted-cone"},
+	"symmetric":            {Preset: "symmetric"},
+	"address-dependent":    {Preset: "address-dependent"},
+	"rfc-recommended":      {Preset: "rfc-recommended"},
+	"linux-masquerade":     {Preset: "linux-masquerade"},
+	"cgn":                  {Preset: "cgn"},
+	"deterministic":        {Preset: "deterministic"},
+	"pion-vnet":            {Preset: "pion-vnet"},
+	// APDM with sequential ports: the predictable symmetric NAT.
+	"symmetric-sequential": {Preset: "symmetric", Config: "algorithm: sequential\n"},
+	// The symmetric preset without the RFC 5382 SYN hold.
+	"symmetric-no-hold": {Preset: "symmetric", Config: "syn_hold: -1s\n"},
+	// Port-restricted cone that answers an unsolicited SYN with ICMP port
+	// unreachable after 1 s (the timer resolution) instead of holding it
+	// for 6 s (RFC 5382 REQ-4).
+	"port-restricted-cone-no-hold": {Preset: "port-restricted-cone", Config: "syn_hold: 1s\n"},
+	// ... and one that drops it silently.
+	"port-restricted-cone-silent": {Preset: "port-restricted-cone", Config: "syn_hold: -1s\n"},
+}
+
 // topo is two private networks behind their own NATs and an "internet"
 // namespace between them that runs the rendezvous on two addresses:
 //
@@ -131,9 +212,18 @@ func newTopo(t *testing.T, ka, kb natKind) *topo {
 		x.MustRun(t, "ip", "link", "set", xname, "up")
 		y.MustRun(t, "ip", "link", "set", yname, "up")
 	}
+	// A gateway NAT's external address is on no interface (the gateway
+	// answers ARP for it); its router has another address on the link.
+	exA, exB := "192.0.2.2/24", "198.51.100.2/24"
+	if _, ok := gwKinds[ka]; ok {
+		exA = "192.0.2.3/24"
+	}
+	if _, ok := gwKinds[kb]; ok {
+		exB = "198.51.100.3/24"
+	}
 	link(tp.a, "a0", "10.1.0.2/24", tp.natA, "in0", "10.1.0.1/24")
-	link(tp.natA, "ex0", "192.0.2.2/24", tp.inet, "ia", "192.0.2.1/24")
-	link(tp.inet, "ib", "198.51.100.1/24", tp.natB, "ex0", "198.51.100.2/24")
+	link(tp.natA, "ex0", exA, tp.inet, "ia", "192.0.2.1/24")
+	link(tp.inet, "ib", "198.51.100.1/24", tp.natB, "ex0", exB)
 	link(tp.natB, "in0", "10.2.0.1/24", tp.b, "b0", "10.2.0.2/24")
 	tp.a.MustRun(t, "ip", "route", "add", "default", "via", "10.1.0.1")
 	tp.b.MustRun(t, "ip", "route", "add", "default", "via", "10.2.0.1")
@@ -143,16 +233,24 @@ func newTopo(t *testing.T, ka, kb natKind) *topo {
 		ns.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	}
 	for _, x := range []struct {
-		ns   *netnstest.NS
-		kind natKind
-	}{{tp.natA, ka}, {tp.natB, kb}} {
+		ns       *netnstest.NS
+		kind     natKind
+		external string
+		inside   string
+	}{{tp.natA, ka, "192.0.2.2", "10.1.0.0/24"}, {tp.natB, kb, "198.51.100.2", "10.2.0.0/24"}} {
+		if spec, ok := gwKinds[x.kind]; ok {
+			spec.External, spec.Inside = netip.MustParseAddr(x.external), netip.MustParsePrefix(x.inside)
+			j, _ := json.Marshal(spec)
+			startRole(t, x.ns, "gateway", map[string]string{envGW: string(j)}, true)
+			continue
+		}
 		x.ns.MustRun(t, "nft", "add", "table", "ip", "nat")
 		x.ns.MustRun(t, "nft", "add", "chain", "ip", "nat", "post", "{ type nat hook postrouting priority 100 ; }")
 		x.ns.MustRun(t, "nft", append([]string{"add", "rule", "ip", "nat", "post", "oifname", "ex0"}, strings.Fields(string(x.kind))...)...)
 	}
 	if os.Getenv("PUNCH_TCPDUMP") != "" {
 		for _, ns := range []*netnstest.NS{tp.natA, tp.natB} {
-			cmd := exec.Command("ip", "netns", "exec", ns.Name, "tcpdump", "-l", "-n", "-i", "any", "tcp", "and", "not", "port", "7000", "and", "not", "port", "7001")
+			cmd := exec.Command("ip", "netns", "exec", ns.Name, "tcpdump", "-l", "-n", "-i", "any", "(tcp", "or", "icmp)", "and", "not", "port", "7000", "and", "not", "port", "7001")
 			var buf strings.Builder
 			cmd.Stdout = &buf
 			cmd.Start()
@@ -220,18 +318,27 @@ func runPeer(ns *netnstest.NS, o peerOpts) (peerOut, error) {
 // attempt connects A and B once and checks the bytes both ways.
 func (tp *topo) attempt(t *testing.T, n int, noRelay bool) (peerOut, peerOut) {
 	t.Helper()
+	return tp.attemptWith(t, n, peerOpts{Options: Options{NoRelay: noRelay}}, peerOpts{Options: Options{NoRelay: noRelay}})
+}
+
+// attemptWith is attempt with options for each side (Rendezvous, ID, Peer
+// and Send are filled in).
+func (tp *topo) attemptWith(t *testing.T, n int, oa, ob peerOpts) (peerOut, peerOut) {
+	t.Helper()
 	ida, idb := fmt.Sprintf("a%d", n), fmt.Sprintf("b%d", n)
 	var wg sync.WaitGroup
 	var a, b peerOut
 	var ea, eb error
 	wg.Add(2)
+	oa.Rendezvous, oa.ID, oa.Peer, oa.Send = tp.rendezvous, ida, idb, "hello from "+ida
+	ob.Rendezvous, ob.ID, ob.Peer, ob.Send = tp.rendezvous, idb, ida, "hello from "+idb
 	go func() {
 		defer wg.Done()
-		a, ea = runPeer(tp.a, peerOpts{Options: Options{Rendezvous: tp.rendezvous, ID: ida, Peer: idb, NoRelay: noRelay}, Send: "hello from " + ida})
+		a, ea = runPeer(tp.a, oa)
 	}()
 	go func() {
 		defer wg.Done()
-		b, eb = runPeer(tp.b, peerOpts{Options: Options{Rendezvous: tp.rendezvous, ID: idb, Peer: ida, NoRelay: noRelay}, Send: "hello from " + idb})
+		b, eb = runPeer(tp.b, ob)
 	}()
 	wg.Wait()
 	if ea != nil || eb != nil {
@@ -248,24 +355,76 @@ func (tp *topo) attempt(t *testing.T, n int, noRelay bool) (peerOut, peerOut) {
 	return a, b
 }
 
-// pairCase is one NAT pair of the matrix and what theory says of it.
-type pairCase struct {
-	a, b     natKind
-	possible bool     // theory: punching can work
-	methods  []Method // methods accepted when it does
+// natTruth is what a NAT kind is configured to do (not what a probe
+// says): the basis of the theory column.
+type natTruth struct {
+	mapping     Mapping
+	filter      string // "EIF", "ADF", "APDF"
+	predictable bool   // EIM, port preservation or sequential ports
 }
 
-var matrix = []pairCase{
-	{masqDefault, masqDefault, true, []Method{MethodSimultaneousOpen}},
-	{masqDefault, masqPersistent, true, []Method{MethodSimultaneousOpen}},
-	{masqPersistent, masqPersistent, true, []Method{MethodSimultaneousOpen}},
-	{masqDefault, masqRandom, false, nil},
-	{masqRandom, masqRandom, false, nil},
+var truth = map[natKind]natTruth{
+	masqDefault:            {MappingEI, "APDF", true},
+	masqPersistent:         {MappingEI, "APDF", true},
+	masqRandom:             {MappingAPD, "APDF", false},
+	"full-cone":            {MappingEI, "EIF", true},
+	"restricted-cone":      {MappingEI, "ADF", true},
+	"port-restricted-cone": {MappingEI, "APDF", true},
+	"symmetric":            {MappingAPD, "APDF", false},
+	"address-dependent":    {MappingAD, "ADF", false},
+	"rfc-recommended":      {MappingEI, "EIF", true},
+	"linux-masquerade":     {MappingEI, "APDF", true},
+	"cgn":                  {MappingEI, "EIF", true},
+	"deterministic":        {MappingEI, "EIF", true},
+	"pion-vnet":            {MappingEI, "EIF", true},
+	"symmetric-sequential": {MappingAPD, "APDF", true},
 }
 
-// ciSubset are the pairs CI asserts: cone x cone and symmetric-random x
-// symmetric-random (which must fall back to the relay).
-var ciSubset = map[[2]natKind]bool{{masqDefault, masqDefault}: true, {masqRandom, masqRandom}: true}
+// possible is the theory: both sides can aim at the other's next mapping;
+// or one side cannot, and the other's NAT lets its SYN in anyway because
+// it filters by address only (its door toward the unpredictable side's
+// address is enough) or not at all.
+func possible(a, b natKind) bool {
+	ta, tb := truth[a], truth[b]
+	switch {
+	case ta.predictable && tb.predictable:
+		return true
+	case !ta.predictable && !tb.predictable:
+		return false
+	case !ta.predictable:
+		return tb.filter != "APDF"
+	default:
+		return ta.filter != "APDF"
+	}
+}
+
+// pairCase is one NAT pair of the matrix.
+type pairCase struct{ a, b natKind }
+
+// fullMatrix is every unordered pair of NAT kinds.
+func fullMatrix() []pairCase {
+	var kinds []natKind
+	for k := range truth {
+		kinds = append(kinds, k)
+	}
+	sort.Slice(kinds, func(i, j int) bool { return kinds[i] < kinds[j] })
+	var out []pairCase
+	for i := range kinds {
+		for j := i; j < len(kinds); j++ {
+			out = append(out, pairCase{kinds[i], kinds[j]})
+		}
+	}
+	return out
+}
+
+// ciSubset are the pairs CI asserts: cone x cone (Linux's and the
+// engine's), cone x symmetric-sequential (port prediction), and
+// symmetric-random x symmetric-random, which must fall back to the relay.
+var ciSubset = []pairCase{
+	{masqDefault, masqDefault},
+	{"port-restricted-cone", "symmetric-sequential"},
+	{masqRandom, "symmetric"},
+}
 
 func TestPunchMatrix(t *testing.T) {
 	netnstest.RequireRoot(t)
@@ -277,10 +436,11 @@ func TestPunchMatrix(t *testing.T) {
 		reasons            map[string]int
 	}
 	var rows []*row
-	for _, c := range matrix {
-		if !*matrixAll && !ciSubset[[2]natKind{c.a, c.b}] {
-			continue
-		}
+	cases := ciSubset
+	if *matrixAll {
+		cases = fullMatrix()
+	}
+	for _, c := range cases {
 		r := &row{c: c, methods: map[Method]int{}, reasons: map[string]int{}}
 		rows = append(rows, r)
 		t.Run(strings.ReplaceAll(string(c.a)+"_x_"+string(c.b), " ", "-"), func(t *testing.T) {
@@ -302,16 +462,16 @@ func TestPunchMatrix(t *testing.T) {
 				}
 				t.Logf("attempt %d: %s in %.1f ms (A %+v, B %+v) %s", i, a.Result.Method, a.Result.MS, a.Result.NAT, b.Result.NAT, a.Result.Reason)
 			}
-			if c.possible && r.ok != r.tries {
+			if possible(c.a, c.b) && r.ok != r.tries {
 				t.Errorf("theory says punching works for %s x %s, but %d of %d attempts punched", c.a, c.b, r.ok, r.tries)
 			}
-			if !c.possible && r.relayed != r.tries {
+			if !possible(c.a, c.b) && r.relayed != r.tries {
 				t.Errorf("theory says punching cannot work for %s x %s, but %d of %d attempts did not relay", c.a, c.b, r.tries-r.relayed, r.tries)
 			}
-			for m := range r.methods {
-				if m != MethodRelay && !contains(c.methods, m) {
-					t.Errorf("method %s for %s x %s, want one of %v", m, c.a, c.b, c.methods)
-				}
+			// A pair with a sequential side needs the predicted port.
+			seq := c.a == "symmetric-sequential" || c.b == "symmetric-sequential"
+			if m := MethodPredicted; seq && r.ok > 0 && r.methods[m] != r.ok {
+				t.Errorf("%s x %s: %d of %d punched connections used a predicted port, want all", c.a, c.b, r.methods[m], r.ok)
 			}
 		})
 	}
@@ -320,7 +480,7 @@ func TestPunchMatrix(t *testing.T) {
 		sb.WriteString("| NAT A | NAT B | theory | attempts | punched | methods | relayed | median ms | why relayed |\n|---|---|---|---|---|---|---|---|---|\n")
 		for _, r := range rows {
 			theory := "impossible"
-			if r.c.possible {
+			if possible(r.c.a, r.c.b) {
 				theory = "possible"
 			}
 			fmt.Fprintf(&sb, "| %s | %s | %s | %d | %d | %s | %d | %s | %s |\n", r.c.a, r.c.b, theory, r.tries, r.ok,
@@ -330,15 +490,6 @@ func TestPunchMatrix(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-}
-
-func contains(ms []Method, m Method) bool {
-	for _, x := range ms {
-		if x == m {
-			return true
-		}
-	}
-	return false
 }
 
 func shortReason(r string) string {
@@ -373,4 +524,44 @@ func median(xs []float64) string {
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
 	return fmt.Sprintf("%.1f", s[len(s)/2])
+}
+
+// TestPunchFailureReasons isolates the mechanism that decides a plain
+// simultaneous open (no low-TTL doors, no listener, one SYN per side, no
+// retry) when A's SYN reaches B's NAT 2.5 s before B's own SYN leaves.
+// RFC 5382 REQ-4's six-second hold keeps A's SYN without an answer, so A's
+// socket is still waiting when B's SYN arrives, and the two SYNs meet; a
+// NAT that answers the early SYN before then, with ICMP port unreachable
+// (the engine with a 1 s hold) or with a RST (Linux masquerade, whose host
+// stack has no socket for it), kills A's connect, and the reason says so.
+func TestPunchFailureReasons(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, tc := range []struct {
+		nat     natKind
+		works   bool
+		reasonA string
+	}{
+		{"port-restricted-cone", true, ""},
+		{"port-restricted-cone-no-hold", false, "answered by ICMP port unreachable from 198.51.100.2"},
+		{masqDefault, false, "refused by RST"},
+	} {
+		t.Run(strings.ReplaceAll(string(tc.nat), " ", "-"), func(t *testing.T) {
+			tp := newTopo(t, tc.nat, tc.nat)
+			plain := Options{NoRelay: true, DoorTTL: -1, Rounds: 1, RoundTimeout: 4 * time.Second}
+			a, b := tp.attemptWith(t, 0, peerOpts{Options: plain, NoRetry: true, NoListen: true},
+				peerOpts{Options: plain, NoRetry: true, NoListen: true, StartDelay: 2500 * time.Millisecond})
+			if tc.works {
+				if a.Err != "" || b.Err != "" || a.Result.Method != MethodSimultaneousOpen {
+					t.Fatalf("want a simultaneous open: A %s %q, B %s %q", a.Result.Method, a.Err, b.Result.Method, b.Err)
+				}
+				return
+			}
+			if a.Err == "" {
+				t.Fatalf("A connected (%+v); want the early SYN's answer to kill it", a.Result)
+			}
+			if !strings.Contains(a.Result.Reason, tc.reasonA) {
+				t.Fatalf("A's reason %q, want it to say %q", a.Result.Reason, tc.reasonA)
+			}
+		})
+	}
 }
