@@ -485,10 +485,17 @@ func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort)
 	chooser := p.o.ID < p.peer.id
 	// Roles: in round 1 the chooser only opens doors and listens while the
 	// other side sends the real SYNs; in round 2 the roles swap; from round
-	// 3 both sides send them (a plain simultaneous open). A passive side's
+	// 3 both sides send them (a plain simultaneous open). When only one
+	// side's port is predictable, the other side is active in every round. A passive side's
 	// NAT never sees a RST from the peer's NAT, so its open door stays
 	// open until the active side's SYN arrives, however late.
 	active := round >= 3 || (round == 1) != chooser
+	if self, peer := p.nat.Predictable(), p.peer.nat != nil && p.peer.nat.Predictable(); self != peer {
+		// Only the unpredictable side's SYN can find its way (through a
+		// NAT that filters by address or not at all); the predictable side
+		// keeps its doors open toward the peer's address.
+		active = !self
+	}
 	ttl := orDefault(p.o.DoorTTL, DefaultDoorTTL)
 	door := !active && ttl > 0
 	wait := orDefault(p.o.DoorWait, DefaultDoorWait)
