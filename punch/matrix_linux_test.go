@@ -269,6 +269,8 @@ func newTopo(t *testing.T, ka, kb natKind) *topo {
 func startRole(t *testing.T, ns *netnstest.NS, role string, env map[string]string, wait bool) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", ns.Name, os.Args[0], "-test.run=^$")
+	// ip netns exec execs the test binary in place: it dies with us.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), envRole+"="+role)
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -301,6 +303,7 @@ func runPeer(ns *netnstest.NS, o peerOpts) (peerOut, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, os.Args[0], "-test.run=^$")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), envRole+"=peer", envOpts+"="+string(j))
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
