@@ -170,3 +170,30 @@ func TestIDTakenIsRefused(t *testing.T) {
 		t.Fatalf("hijack: err = %v, want refusal", err)
 	}
 }
+
+func TestRelayByteLimit(t *testing.T) {
+	srv := &Server{MaxRelayBytes: 1000}
+	rv := startServer(t, srv)
+	oa := Options{Rendezvous: rv, ID: "a", Peer: "b", RoundTimeout: 50 * time.Millisecond, Rounds: 1, candidates: nowhere}
+	ob := Options{Rendezvous: rv, ID: "b", Peer: "a", RoundTimeout: 50 * time.Millisecond, Rounds: 1, candidates: nowhere}
+	a, b := dialPair(t, oa, ob)
+	if a.err != nil || b.err != nil || a.res.Method != MethodRelay {
+		t.Fatalf("dial: %v / %v (%s)", a.err, b.err, a.res.Method)
+	}
+	if _, err := a.c.Write(make([]byte, 600)); err != nil { // within the budget
+		t.Fatal(err)
+	}
+	b.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(b.c, make([]byte, 600)); err != nil {
+		t.Fatalf("the 600 bytes within the budget: %v", err)
+	}
+	a.c.Write(make([]byte, 5000)) // over it
+	got, err := io.ReadAll(b.c)
+	if len(got) != 0 {
+		t.Fatalf("relayed %d more bytes past the 1000-byte budget (err %v)", len(got), err)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the relay did not close past its budget: %v", err)
+	}
+}
