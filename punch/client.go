@@ -458,6 +458,8 @@ type pickInfo struct {
 // first connection on which the peer's hello arrived and says so; the other
 // side keeps the connection the pick arrives on.
 func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort) (net.Conn, pickInfo, bool) {
+	rctx, stopRound := context.WithCancel(rctx)
+	defer stopRound()
 	deadline, _ := rctx.Deadline()
 	up := make(chan punched, 16)
 	var wg sync.WaitGroup
@@ -632,16 +634,16 @@ loop:
 			closeRST(c)
 		}
 	}
-	// Drain: connections that arrive after the pick are closed.
+	// Stop every connect of the round and close what still comes up, so
+	// that no socket of this round holds a 4-tuple the next round needs.
+	stopRound()
 	go func() {
 		wg.Wait()
 		close(up)
 	}()
-	go func() {
-		for pc := range up {
-			closeRST(pc.c)
-		}
-	}()
+	for pc := range up {
+		closeRST(pc.c)
+	}
 	if !found {
 		return nil, pickInfo{}, false
 	}
@@ -833,6 +835,8 @@ func (p *puncher) record(cand netip.AddrPort, err error, rctx context.Context) b
 		what = "refused by RST"
 	case netsys.IsUnreachable(err):
 		what = "unreachable"
+	case netsys.IsAddrNotAvail(err):
+		what = "not sent: the 4-tuple is in use on this host"
 	case rctx.Err() != nil:
 		return false
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
