@@ -363,11 +363,11 @@ func (p Plan) Rules(f Form) []Rule {
 	o := p.opts
 	switch f {
 	case FormIP:
-		for _, s := range p.Slices {
-			for r := range s.Ports.Ranges() {
+		for _, iv := range p.intervals() {
+			for _, e := range iv.elems {
 				for _, proto := range []tuple.Proto{tuple.TCP, tuple.UDP} {
-					rs = append(rs, Rule{Priority: o.Priority + sliceOffset, Dst: netip.PrefixFrom(s.Addr, s.Addr.BitLen()),
-						Proto: proto, Dport: r, Table: s.Table, V6: s.Addr.Is6()})
+					rs = append(rs, Rule{Priority: o.Priority + sliceOffset, Dst: netip.PrefixFrom(iv.addr, iv.addr.BitLen()),
+						Proto: proto, Dport: e.ports, Table: e.table, V6: iv.addr.Is6()})
 				}
 			}
 		}
@@ -428,38 +428,59 @@ type NFTChain struct {
 // address that has held slices (sorted by address; adjacent intervals of
 // one host merged), and one chain per host.
 func (p Plan) NFT() (maps []NFTMap, chains []NFTChain) {
-	chainOf := map[netip.Addr]string{}
 	for _, h := range p.Hosts {
-		name := fmt.Sprintf("host_%d", h.Table-p.opts.TableBase)
-		chainOf[h.Addr] = name
-		chains = append(chains, NFTChain{Name: name, Host: h.Addr, Mark: h.Mark})
+		chains = append(chains, NFTChain{Name: fmt.Sprintf("host_%d", h.Table-p.opts.TableBase), Host: h.Addr, Mark: h.Mark})
 	}
-	byAddr := map[netip.Addr][]NFTElem{}
-	var addrs []netip.Addr
-	for _, s := range p.Slices {
-		if byAddr[s.Addr] == nil {
-			addrs = append(addrs, s.Addr)
+	for i, iv := range p.intervals() {
+		m := NFTMap{Name: fmt.Sprintf("ports_%d", i), Addr: iv.addr}
+		for _, e := range iv.elems {
+			m.Elems = append(m.Elems, NFTElem{Ports: e.ports, Chain: fmt.Sprintf("host_%d", e.table-p.opts.TableBase)})
 		}
+		maps = append(maps, m)
+	}
+	return maps, chains
+}
+
+type interval struct {
+	ports tuple.PortRange
+	table uint32
+}
+
+type addrIntervals struct {
+	addr  netip.Addr
+	elems []interval
+}
+
+// intervals returns, per shared address with held slices (sorted), the
+// port ranges of its slices in ascending order with the host table each
+// goes to; adjacent ranges of one host are merged, so both forms carry one
+// entry per run of a host's slices.
+func (p Plan) intervals() []addrIntervals {
+	var out []addrIntervals
+	for _, s := range p.Slices { // sorted by address
+		if n := len(out); n == 0 || out[n-1].addr != s.Addr {
+			out = append(out, addrIntervals{addr: s.Addr})
+		}
+		iv := &out[len(out)-1]
 		for r := range s.Ports.Ranges() {
-			byAddr[s.Addr] = append(byAddr[s.Addr], NFTElem{Ports: r, Chain: chainOf[s.Host]})
+			iv.elems = append(iv.elems, interval{ports: r, table: s.Table})
 		}
 	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	for i, a := range addrs {
-		es := byAddr[a]
-		sort.Slice(es, func(i, j int) bool { return es[i].Ports.First() < es[j].Ports.First() })
+	for k := range out {
+		es := out[k].elems
+		sort.Slice(es, func(i, j int) bool { return es[i].ports.First() < es[j].ports.First() })
 		merged := es[:0]
 		for _, e := range es {
-			if n := len(merged); n > 0 && merged[n-1].Chain == e.Chain && merged[n-1].Ports.Last() != 65535 &&
-				merged[n-1].Ports.Last()+1 == e.Ports.First() {
-				merged[n-1].Ports = tuple.PortRangeFrom(merged[n-1].Ports.First(), e.Ports.Last())
+			if n := len(merged); n > 0 && merged[n-1].table == e.table && merged[n-1].ports.Last() != 65535 &&
+				merged[n-1].ports.Last()+1 == e.ports.First() {
+				merged[n-1].ports = tuple.PortRangeFrom(merged[n-1].ports.First(), e.ports.Last())
 				continue
 			}
 			merged = append(merged, e)
 		}
-		maps = append(maps, NFTMap{Name: fmt.Sprintf("ports_%d", i), Addr: a, Elems: merged})
+		out[k].elems = merged
 	}
-	return maps, chains
+	return out
 }
 
 // HostPlan returns, for each host, the shared addresses it must hold; see
