@@ -11,7 +11,10 @@ import (
 )
 
 // boundary lists the imports that only packages under internal/ (the single
-// syscall and netlink boundary) may use in non-test code.
+// syscall and netlink boundary) may use in non-test code. The packages that
+// do: internal/netsys (sockets, sock_diag), internal/bench (its census) and
+// internal/steerlink (steer's routing rules, routes and nftables table,
+// which need rtnetlink and nf_tables).
 var boundary = []string{
 	"golang.org/x/sys/unix",
 	"github.com/vishvananda/netlink",
