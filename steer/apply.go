@@ -71,7 +71,7 @@ func (p Plan) state(f Form) steerlink.State {
 		for _, m := range maps {
 			lm := steerlink.NFTMap{Name: m.Name, Addr: m.Addr}
 			for _, e := range m.Elems {
-				lm.Elems = append(lm.Elems, steerlink.NFTElem{Lo: e.Ports.First(), Hi: e.Ports.Last(), Chain: e.Chain})
+				lm.Elems = append(lm.Elems, steerlink.NFTElem{Lo: e.Ports.First(), Hi: e.Ports.Last(), Chain: e.Chain, Comment: e.Comment})
 			}
 			n.Maps = append(n.Maps, lm)
 		}

@@ -124,9 +124,9 @@ func (p Plan) renderNFT(b *bytes.Buffer) {
 					b.WriteString(",")
 				}
 				if e.Ports.First() == e.Ports.Last() {
-					fmt.Fprintf(b, "\n\t\t\t%d : goto %s", e.Ports.First(), e.Chain)
+					fmt.Fprintf(b, "\n\t\t\t%d comment %q : goto %s", e.Ports.First(), e.Comment, e.Chain)
 				} else {
-					fmt.Fprintf(b, "\n\t\t\t%d-%d : goto %s", e.Ports.First(), e.Ports.Last(), e.Chain)
+					fmt.Fprintf(b, "\n\t\t\t%d-%d comment %q : goto %s", e.Ports.First(), e.Ports.Last(), e.Comment, e.Chain)
 				}
 			}
 			b.WriteString("\n\t\t}\n")
@@ -154,13 +154,18 @@ func (p Plan) renderHosts(b *bytes.Buffer) {
 	link := p.opts.HostLink
 	for _, h := range p.Hosts {
 		fmt.Fprintf(b, "\n# host %s (table %d): holds %s\n", h.Addr, h.Table, joinAddrs(h.Shared))
-		fmt.Fprintf(b, "ip link add %s type dummy\n", link)
-		fmt.Fprintf(b, "ip link set %s arp off up\n", link)
+		label := ""
+		if link == "lo" {
+			label = " label lo:portspace"
+		} else {
+			fmt.Fprintf(b, "ip link add name %s type dummy\n", link)
+			fmt.Fprintf(b, "ip link set %s arp off up\n", link)
+		}
 		for _, a := range h.Shared {
 			if a.Is6() {
 				fmt.Fprintf(b, "ip -6 addr add %s/128 dev %s nodad\n", a, link)
 			} else {
-				fmt.Fprintf(b, "ip addr add %s/32 dev %s\n", a, link)
+				fmt.Fprintf(b, "ip addr add %s/32 dev %s%s\n", a, link, label)
 			}
 		}
 		b.WriteString("sysctl -w net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2\n")

@@ -49,7 +49,7 @@ const (
 	DefaultMarkBase  = 0x70730000 // "ps" in the upper 16 bits
 	DefaultMaxHosts  = 999
 	DefaultNFTable   = "portspace_steer"
-	DefaultHostLink  = "portspace0"
+	DefaultHostLink  = "lo"
 )
 
 // Offsets inside the owned priority range.
@@ -124,8 +124,9 @@ type Options struct {
 	// NFTable names the inet nftables table of FormNFT (zero:
 	// "portspace_steer").
 	NFTable string
-	// HostLink names the dummy interface a host holds shared addresses on
-	// (zero: "portspace0").
+	// HostLink names the interface a host holds shared addresses on (zero:
+	// "lo", where steer labels its IPv4 addresses "lo:portspace"); any other
+	// name is a dummy link with ARP off that steer creates and owns.
 	HostLink string
 }
 
@@ -411,10 +412,12 @@ type NFTMap struct {
 	Elems []NFTElem
 }
 
-// NFTElem maps the ports First..Last to a host chain.
+// NFTElem maps the ports First..Last to a host chain; Comment ("host_1
+// 10.0.1.2") names the chain and the host.
 type NFTElem struct {
-	Ports tuple.PortRange
-	Chain string
+	Ports   tuple.PortRange
+	Chain   string
+	Comment string
 }
 
 // NFTChain is a host's chain in FormNFT: it sets the host's mark.
@@ -428,13 +431,16 @@ type NFTChain struct {
 // address that has held slices (sorted by address; adjacent intervals of
 // one host merged), and one chain per host.
 func (p Plan) NFT() (maps []NFTMap, chains []NFTChain) {
+	hostOf := map[uint32]netip.Addr{}
 	for _, h := range p.Hosts {
 		chains = append(chains, NFTChain{Name: fmt.Sprintf("host_%d", h.Table-p.opts.TableBase), Host: h.Addr, Mark: h.Mark})
+		hostOf[h.Table] = h.Addr
 	}
 	for i, iv := range p.intervals() {
 		m := NFTMap{Name: fmt.Sprintf("ports_%d", i), Addr: iv.addr}
 		for _, e := range iv.elems {
-			m.Elems = append(m.Elems, NFTElem{Ports: e.ports, Chain: fmt.Sprintf("host_%d", e.table-p.opts.TableBase)})
+			chain := fmt.Sprintf("host_%d", e.table-p.opts.TableBase)
+			m.Elems = append(m.Elems, NFTElem{Ports: e.ports, Chain: chain, Comment: chain + " " + hostOf[e.table].String()})
 		}
 		maps = append(maps, m)
 	}

@@ -63,10 +63,13 @@ type NFTMap struct {
 	Elems []NFTElem
 }
 
-// NFTElem maps Lo..Hi to a goto of Chain.
+// NFTElem maps Lo..Hi to a goto of Chain. Comment must name the chain
+// (Apply compares comments, as the library does not decode verdicts), and
+// may say more, such as the host.
 type NFTElem struct {
-	Lo, Hi uint16
-	Chain  string
+	Lo, Hi  uint16
+	Chain   string
+	Comment string
 }
 
 // NFTChain is a regular chain that sets the packet mark.

@@ -393,12 +393,12 @@ func (h *Handle) applyNFT(o Owned, want *NFT) (bool, error) {
 }
 
 // elements encodes intervals as nf_tables interval-set elements: a start
-// element carrying the verdict and, unless the interval ends at 65535, an
+// element carrying the verdict and the comment, unless the interval ends at 65535, an
 // end element at Hi+1.
 func elements(es []NFTElem) []nftables.SetElement {
 	out := make([]nftables.SetElement, 0, 2*len(es))
 	for _, e := range es {
-		out = append(out, nftables.SetElement{Key: be16(e.Lo),
+		out = append(out, nftables.SetElement{Key: be16(e.Lo), Comment: e.Comment,
 			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.Chain}})
 		if e.Hi != 65535 {
 			out = append(out, nftables.SetElement{Key: be16(e.Hi + 1), IntervalEnd: true})
@@ -486,17 +486,19 @@ func (h *Handle) nftSame(c *nftables.Conn, t *nftables.Table, want *NFT) (same, 
 }
 
 func sameElements(got, want []nftables.SetElement) bool {
+	// The library does not decode an element's verdict, so the start
+	// element's comment (which names the chain) stands for it.
 	type el struct {
-		key   string
-		end   bool
-		chain string
+		key     string
+		end     bool
+		comment string
 	}
 	norm := func(es []nftables.SetElement) []el {
 		var out []el
 		for _, e := range es {
 			x := el{key: string(e.Key), end: e.IntervalEnd}
-			if e.VerdictData != nil {
-				x.chain = e.VerdictData.Chain
+			if !e.IntervalEnd {
+				x.comment = e.Comment
 			}
 			if x.end && string(e.Key) == "\x00\x00" {
 				continue // the kernel's implicit start of an interval set
@@ -514,17 +516,23 @@ func sameElements(got, want []nftables.SetElement) bool {
 	return slices.Equal(norm(got), norm(want))
 }
 
-// HoldShared makes the namespace hold addrs on the dummy link named link
-// without answering ARP or neighbour solicitations for them: it creates
-// the link if needed, turns ARP off on it, brings it up, sets its
-// addresses to exactly addrs (host prefixes) and sets the namespace's
+// LoLabel is the label of the IPv4 addresses HoldShared puts on lo; only
+// addresses with it are removed there.
+const LoLabel = "lo:portspace"
+
+// HoldShared makes the namespace hold addrs (as host prefixes) without
+// answering ARP for them, on link: on "lo" (IPv4 addresses labelled
+// LoLabel), or on a dummy link of that name with ARP off, created if
+// needed. Owned addresses not in addrs are removed (on lo: the labelled
+// IPv4 ones; IPv6 addresses on lo are only added). It sets the namespace's
 // net.ipv4.conf.all.arp_ignore=1 and arp_announce=2, so that the host's
 // other interfaces neither answer for nor announce the shared addresses.
 func (h *Handle) HoldShared(link string, addrs []netip.Addr) error {
+	onLo := link == "lo"
 	l, err := h.nl.LinkByName(link)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
-		if !errors.As(err, &nf) {
+		if onLo || !errors.As(err, &nf) {
 			return fmt.Errorf("steerlink: link %s: %w", link, err)
 		}
 		d := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: link}}
@@ -535,11 +543,13 @@ func (h *Handle) HoldShared(link string, addrs []netip.Addr) error {
 			return fmt.Errorf("steerlink: link %s: %w", link, err)
 		}
 	}
-	if l.Type() != "dummy" {
-		return fmt.Errorf("steerlink: link %s is a %s, not a dummy link steer made", link, l.Type())
-	}
-	if err := h.nl.LinkSetARPOff(l); err != nil {
-		return fmt.Errorf("steerlink: arp off on %s: %w", link, err)
+	if !onLo {
+		if l.Type() != "dummy" {
+			return fmt.Errorf("steerlink: link %s is a %s, not a dummy link", link, l.Type())
+		}
+		if err := h.nl.LinkSetARPOff(l); err != nil {
+			return fmt.Errorf("steerlink: arp off on %s: %w", link, err)
+		}
 	}
 	if err := h.nl.LinkSetUp(l); err != nil {
 		return fmt.Errorf("steerlink: up %s: %w", link, err)
@@ -559,11 +569,12 @@ func (h *Handle) HoldShared(link string, addrs []netip.Addr) error {
 			continue
 		}
 		ip = ip.Unmap()
-		if ip.Is6() && ip.IsLinkLocalUnicast() {
-			continue
-		}
 		if want[ip] {
 			got[ip] = true
+			continue
+		}
+		owned := !onLo && !(ip.Is6() && ip.IsLinkLocalUnicast()) || onLo && ip.Is4() && a.Label == LoLabel
+		if !owned {
 			continue
 		}
 		a := a
@@ -578,6 +589,8 @@ func (h *Handle) HoldShared(link string, addrs []netip.Addr) error {
 		na := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}}
 		if a.Is6() {
 			na.Flags = unix.IFA_F_NODAD
+		} else if onLo {
+			na.Label = LoLabel
 		}
 		if err := h.nl.AddrAdd(l, na); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("steerlink: add %s to %s: %w", a, link, err)
