@@ -224,6 +224,9 @@ type Plan struct {
 	Shared []netip.Addr
 	// Skipped names held leases that cannot be steered (no host address).
 	Skipped []string
+	// NextExpiry is the earliest expiry of a steered slice's grant (zero
+	// when none): the plan is out of date from then on.
+	NextExpiry time.Time
 	opts    Options
 }
 
@@ -262,6 +265,9 @@ func NewPlan(leases []lease.Lease, now time.Time, opts Options, keep map[netip.A
 			return Plan{}, fmt.Errorf("%w: lease %q: host %s, address %s", ErrFamily, l.ID, host, addr)
 		}
 		p.Slices = append(p.Slices, Slice{ID: l.ID, Addr: addr, Ports: l.Ports, Host: host})
+		if p.NextExpiry.IsZero() || l.Expires.Before(p.NextExpiry) {
+			p.NextExpiry = l.Expires
+		}
 		if hostSet[host] == nil {
 			hostSet[host] = map[netip.Addr]bool{}
 		}
