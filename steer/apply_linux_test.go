@@ -243,3 +243,34 @@ func TestApplyReconciles(t *testing.T) {
 		t.Errorf("stray route in an owned table survived Clear")
 	}
 }
+
+// TestApplyNFT1000 applies 1,000 slices of 100 hosts in FormNFT: the
+// table lists exactly as the rendered file loaded with nft -f (all 1,000
+// elements: they span many netlink messages), and a second Apply finds
+// nothing to change.
+func TestApplyNFT1000(t *testing.T) {
+	netnstest.RequireRoot(t)
+	netnstest.RequireCommand(t, "nft")
+	p, err := NewPlan(manySlices(1000, 100), t0, Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := gatewayNS(t), gatewayNS(t)
+	g := openGW(t, a)
+	if _, err := g.Apply(p, FormNFT); err != nil {
+		t.Fatal(err)
+	}
+	file, _ := Render(p, FormatNFT)
+	runScript(t, b, file, "nft", "-f")
+	la := a.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable)
+	lb := b.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable)
+	if la != lb {
+		t.Errorf("nf_tables apply and nft -f differ (%d and %d lines)", strings.Count(la, "\n"), strings.Count(lb, "\n"))
+	}
+	if n := strings.Count(la, ": goto host_"); n != 1000 {
+		t.Errorf("%d map elements, want 1000", n)
+	}
+	if st, err := g.Apply(p, FormNFT); err != nil || st.Changed() {
+		t.Errorf("second apply changed %+v (%v)", st, err)
+	}
+}

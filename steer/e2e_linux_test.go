@@ -23,7 +23,7 @@ import (
 
 // inNS runs f on an OS thread inside the namespace at path; sockets made
 // there stay in that namespace whichever thread uses them later.
-func inNS(t *testing.T, path string, f func() error) error {
+func inNS(t testing.TB, path string, f func() error) error {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
@@ -68,7 +68,7 @@ type fleet struct {
 
 var shared = netip.MustParseAddr("192.0.2.10")
 
-func newFleet(t *testing.T, nhosts int) *fleet {
+func newFleet(t testing.TB, nhosts int) *fleet {
 	t.Helper()
 	f := &fleet{inet: netnstest.New(t), gw: netnstest.New(t)}
 	f.gw.MustRun(t, "ip", "link", "add", "name", "up0", "type", "veth", "peer", "name", "eth0", "netns", f.inet.Name)

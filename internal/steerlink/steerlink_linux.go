@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -62,7 +63,15 @@ func (h *Handle) Close() error {
 }
 
 func (h *Handle) nft() (*nftables.Conn, error) {
-	var opts []nftables.ConnOption
+	// Every message of a batch is acknowledged; acks that repeat the whole
+	// request (without NETLINK_CAP_ACK) or a small buffer would overflow
+	// it for a thousand slices (ENOBUFS).
+	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *mnl.Conn) error {
+		if err := c.SetOption(mnl.CapAcknowledge, true); err != nil {
+			return err
+		}
+		return c.SetReadBuffer(4 << 20)
+	})}
 	if h.ns >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(int(h.ns)))
 	}
@@ -322,6 +331,9 @@ func (h *Handle) Apply(o Owned, want State) (Stats, error) {
 	return st, nil
 }
 
+// elemChunk is the number of set elements per netlink message.
+const elemChunk = 128
+
 func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
 
 // applyNFT replaces the owned table with want (deletes it when want is
@@ -366,8 +378,19 @@ func (h *Handle) applyNFT(o Owned, want *NFT) (bool, error) {
 	for _, m := range want.Maps {
 		set := &nftables.Set{Table: t, Name: m.Name, KeyType: nftables.TypeInetService, DataType: nftables.TypeVerdict,
 			IsMap: true, Interval: true}
-		if err := c.AddSet(set, elements(m.Elems)); err != nil {
+		if err := c.AddSet(set, nil); err != nil {
 			return false, fmt.Errorf("steerlink: nftables map %s: %w", m.Name, err)
+		}
+		// Elements go in messages of at most elemChunk, in the same
+		// transaction: one message for thousands of elements exceeds what
+		// the kernel takes in one netlink message, and the excess was lost.
+		els := elements(m.Elems)
+		for len(els) > 0 {
+			n := min(len(els), elemChunk)
+			if err := c.SetAddElements(set, els[:n]); err != nil {
+				return false, fmt.Errorf("steerlink: nftables map %s: %w", m.Name, err)
+			}
+			els = els[n:]
 		}
 		nfproto, off, alen := byte(unix.NFPROTO_IPV4), uint32(16), uint32(4)
 		if m.Addr.Is6() {
