@@ -10,14 +10,18 @@ import (
 )
 
 // manySlices returns n held 64-port slices of 192.0.2.10 from port 1024 up,
-// spread round robin over hosts 10.0.1.3.. (hosts of them), except the
-// last, which host 10.0.1.2 holds: in the ip form its rules come last, the
-// worst case for a rule walk.
+// spread round robin over hosts 10.0.0.3.. (hosts of them), except the
+// last, which host 10.0.1.2 holds: it sorts after the others, so it has the
+// last table, and in the ip form its slice's rules come last and in the nft
+// form its fwmark rule does: the worst case for both rule walks.
 func manySlices(n, hosts int) []lease.Lease {
+	if hosts > 250 {
+		panic("manySlices: at most 250 hosts")
+	}
 	ls := make([]lease.Lease, n)
 	for i := range ls {
 		lo := uint16(1024 + 64*i)
-		host := netip.AddrFrom4([4]byte{10, 0, byte(1 + (i%hosts)/250), byte(3 + (i%hosts)%250)})
+		host := netip.AddrFrom4([4]byte{10, 0, 0, byte(3 + i%hosts)})
 		if i == n-1 {
 			host = netip.MustParseAddr("10.0.1.2")
 		}
