@@ -188,7 +188,7 @@ func TestApplyReconciles(t *testing.T) {
 		}
 		moved := append([]lease.Lease(nil), ls...)
 		moved[0].Host = netip.MustParseAddr("10.0.2.2") // a/0 moves to host 2
-		moved[2].Expires = t0                            // a/2 expires
+		moved[2].Expires = t0                           // a/2 expires
 		keep, err := g.Tables(Options{})
 		if err != nil {
 			t.Fatal(err)

@@ -227,7 +227,7 @@ type Plan struct {
 	// NextExpiry is the earliest expiry of a steered slice's grant (zero
 	// when none): the plan is out of date from then on.
 	NextExpiry time.Time
-	opts    Options
+	opts       Options
 }
 
 // Options returns the plan's options with defaults filled in.
