@@ -195,8 +195,16 @@ func OpenWith(ctx context.Context, url string, opts Options) (Store, error) {
 				return nil, err
 			}
 		}
-		return OpenBolt(ctx, loc.Path, opts.Bolt)
+		s, err := OpenBolt(ctx, loc.Path, opts.Bolt)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	default:
-		return OpenEtcd(ctx, loc, opts.Etcd)
+		s, err := OpenEtcd(ctx, loc, opts.Etcd)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
 }

@@ -18,6 +18,7 @@ func subcommands() []func() *cobra.Command {
 		newACLCmd,
 		newBenchCmd,
 		newCapacityCmd,
+		newLeaseCmd,
 		newNatCmd,
 		newSteerCmd,
 	}
