@@ -43,17 +43,90 @@ func inNS(t testing.TB, path string, f func() error) error {
 	return <-errc
 }
 
-// fakeClock is the store's and the plans' clock.
+// fakeClock is the clock of the store, the keepers and the plans: Now,
+// and timers (lease.Clock) that fire when Add moves the time past them.
 type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu     sync.Mutex
+	cond   *sync.Cond
+	now    time.Time
+	timers map[*fakeTimer]bool
+}
+
+type fakeTimer struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func newFakeClock(now time.Time) *fakeClock {
+	c := &fakeClock{now: now, timers: map[*fakeTimer]bool{}}
+	c.cond = sync.NewCond(&c.mu)
+	return c
 }
 
 func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+
+// After implements lease.Clock.
+func (c *fakeClock) After(d time.Duration) (<-chan time.Time, func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &fakeTimer{at: c.now.Add(d), ch: make(chan time.Time, 1)}
+	if d <= 0 {
+		t.ch <- c.now
+		return t.ch, func() {}
+	}
+	c.timers[t] = true
+	c.cond.Broadcast()
+	return t.ch, func() { c.mu.Lock(); delete(c.timers, t); c.cond.Broadcast(); c.mu.Unlock() }
+}
+
+// Add moves the clock and fires the timers that are due.
 func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
-	c.mu.Unlock()
+	for t := range c.timers {
+		if !t.at.After(c.now) {
+			t.ch <- c.now
+			delete(c.timers, t)
+		}
+	}
+}
+
+// waitTimers waits (10 s at most, in real time) until n timers are
+// pending: every keeper has finished its renew and set its next timer.
+func (c *fakeClock) waitTimers(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	stop := time.AfterFunc(10*time.Second, func() { c.mu.Lock(); c.cond.Broadcast(); c.mu.Unlock() })
+	defer stop.Stop()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.timers) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d keeper timers pending, want %d", len(c.timers), n)
+		}
+		c.cond.Wait()
+	}
+}
+
+// partition is the real store as one host sees it: when down, its renews
+// fail as if the store were unreachable (the only stand-in in this test:
+// cutting one host's path to a store on the same machine would also cut
+// the others').
+type partition struct {
+	lease.Store
+	mu   sync.Mutex
+	down bool
+}
+
+func (p *partition) Renew(ctx context.Context, l lease.Lease) (lease.Lease, error) {
+	p.mu.Lock()
+	down := p.down
+	p.mu.Unlock()
+	if down {
+		return lease.Lease{}, errors.New("test: store unreachable from this host")
+	}
+	return p.Store.Renew(ctx, l)
 }
 
 // fleet is the test network: an "internet" namespace with TCP and UDP echo
@@ -170,11 +243,10 @@ func echo(c net.Conn, ports tuple.PortSet, line string) error {
 	return nil
 }
 
-// hostConns dials n TCP connections and n UDP sockets from host i's lease
-// to the servers, concurrently, with a dial.Dialer built from the lease,
-// on a thread in the host's namespace.
-func (f *fleet) hostConns(t *testing.T, i int, l lease.Lease, n int) ([]net.Conn, error) {
-	d := &dial.Dialer{Sources: []netip.Addr{l.Addr}, Ports: l.Ports, Timeout: 3 * time.Second}
+// hostConns dials n TCP connections and n UDP sockets from host i to the
+// servers with d (built from the host's kept lease), on a thread in the
+// host's namespace.
+func (f *fleet) hostConns(t *testing.T, i int, d *dial.Dialer, n int) ([]net.Conn, error) {
 	var conns []net.Conn
 	err := inNS(t, nsPath(f.hosts[i]), func() error {
 		for k := 0; k < n; k++ {
@@ -232,7 +304,7 @@ func TestFleetSharesAddress(t *testing.T) {
 func testFleet(t *testing.T, form Form) {
 	const ttl, quarantine = 30 * time.Second, 2 * time.Minute
 	f := newFleet(t, 3)
-	clock := &fakeClock{now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	clock := newFakeClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	ctx := context.Background()
 	store, err := lease.OpenBolt(ctx, filepath.Join(t.TempDir(), "leases.db"), lease.BoltOptions{Now: clock.Now})
 	if err != nil {
@@ -244,15 +316,24 @@ func testFleet(t *testing.T, form Form) {
 	if err := store.Apply(ctx, []lease.Pool{pool}); err != nil {
 		t.Fatal(err)
 	}
+	views := []*partition{{Store: store}, {Store: store}, {Store: store}}
 	claim := func(i int) (lease.Lease, error) {
-		return store.Claim(ctx, lease.Request{Holder: fmt.Sprintf("host%d", i+1), Traits: map[string]string{"geo": "de"},
+		return views[i].Claim(ctx, lease.Request{Holder: fmt.Sprintf("host%d", i+1), Traits: map[string]string{"geo": "de"},
 			TTL: ttl, Host: hostAddr(i)})
 	}
+	keep := func(i int, l lease.Lease) (*lease.Keeper, *dial.Dialer) {
+		k := lease.Keep(views[i], l, ttl, lease.KeeperOptions{Clock: clock})
+		t.Cleanup(k.Stop)
+		return k, k.Dialer(func(d *dial.Dialer) { d.Timeout = 3 * time.Second })
+	}
 	leases := make([]lease.Lease, 2)
+	keepers := make([]*lease.Keeper, 2)
+	dialers := make([]*dial.Dialer, 2)
 	for i := range leases {
 		if leases[i], err = claim(i); err != nil {
 			t.Fatal(err)
 		}
+		keepers[i], dialers[i] = keep(i, leases[i])
 	}
 	gw, err := OpenGateway(nsPath(f.gw))
 	if err != nil {
@@ -292,7 +373,7 @@ func testFleet(t *testing.T, form Form) {
 	dialErr := make([]error, 2)
 	for i := range conns {
 		wg.Add(1)
-		go func() { defer wg.Done(); conns[i], dialErr[i] = f.hostConns(t, i, leases[i], 10) }()
+		go func() { defer wg.Done(); conns[i], dialErr[i] = f.hostConns(t, i, dialers[i], 10) }()
 	}
 	wg.Wait()
 	for i, err := range dialErr {
@@ -309,42 +390,64 @@ func testFleet(t *testing.T, form Form) {
 		}
 	}
 
-	// Host 2 stops renewing; host 1 renews. At the expiry the gateway
-	// stops steering host 2's slice: its replies are dropped.
-	clock.Add(ttl / 2)
-	if leases[0], err = store.Renew(ctx, leases[0]); err != nil {
-		t.Fatal(err)
+	// Host 2 loses the store: its keeper's renews fail. Until its grant
+	// expires it keeps dialing and its replies keep arriving.
+	views[1].mu.Lock()
+	views[1].down = true
+	views[1].mu.Unlock()
+	for range 2 {
+		clock.waitTimers(t, 2)
+		clock.Add(ttl / 3)
 	}
-	clock.Add(ttl/2 + time.Second)
+	clock.waitTimers(t, 2)
+	if keepers[1].Valid() != nil {
+		t.Fatalf("host 2's lease is invalid before its expiry: %v", keepers[1].Valid())
+	}
+	reconcile()
+	more, err := f.hostConns(t, 1, dialers[1], 1)
+	if err != nil {
+		t.Fatalf("host 2 could not dial while its lease was valid: %v", err)
+	}
+	conns[1] = append(conns[1], more...)
+	for i, es := range exchange(conns, leases, "r2") {
+		if len(es) > 0 {
+			t.Fatalf("host %d before host 2's expiry: %d exchanges failed: %v", i+1, len(es), es[0])
+		}
+	}
+	// The expiry passes: host 2's keeper reports the loss and its dialer
+	// refuses; the gateway stops steering the slice, so replies to it are
+	// dropped; host 1, which renewed, keeps every connection.
+	clock.Add(ttl/3 + time.Second)
+	if err := <-keepers[1].Lost(); !errors.Is(err, lease.ErrLost) {
+		t.Fatalf("host 2's keeper reported %v, want ErrLost", err)
+	}
+	if _, err := f.hostConns(t, 1, dialers[1], 1); !errors.Is(err, lease.ErrLost) {
+		t.Errorf("host 2 dialed after its expiry: %v", err)
+	}
 	p := reconcile()
 	if len(p.Slices) != 1 || p.Slices[0].Host != hostAddr(0) {
 		t.Fatalf("after host 2's expiry the plan steers %+v", p.Slices)
 	}
-	errs := exchange(conns, leases, "r2")
+	errs := exchange(conns, leases, "r3")
 	if len(errs[0]) > 0 {
 		t.Fatalf("host 1 (live) lost %d connections after host 2 expired: %v", len(errs[0]), errs[0][0])
 	}
 	if len(errs[1]) != len(conns[1]) {
 		t.Errorf("host 2's slice is no longer steered, yet %d of %d exchanges worked", len(conns[1])-len(errs[1]), len(conns[1]))
 	}
-	if _, err := store.Renew(ctx, leases[1]); !errors.Is(err, lease.ErrLost) {
-		t.Errorf("host 2's late renew: %v, want ErrLost", err)
-	}
 
 	// Host 3 gets nothing during the quarantine, then host 2's old slice.
-	if _, err := claim(2); !errors.Is(err, lease.ErrNoSlice) {
-		t.Fatalf("host 3 claimed during the quarantine: %v", err)
-	}
-	for step := time.Duration(0); step < quarantine; step += ttl / 3 {
+	expired := clock.Now().Add(-time.Second)
+	for clock.Now().Before(expired.Add(quarantine)) {
+		if _, err := claim(2); !errors.Is(err, lease.ErrNoSlice) {
+			t.Fatalf("host 3 claimed %v into the quarantine: %v", clock.Now().Sub(expired), err)
+		}
+		clock.waitTimers(t, 1) // host 1's keeper
 		clock.Add(ttl / 3)
-		if leases[0], err = store.Renew(ctx, leases[0]); err != nil {
-			t.Fatal(err)
-		}
-		if step+ttl/3 < quarantine-time.Second {
-			if _, err := claim(2); !errors.Is(err, lease.ErrNoSlice) {
-				t.Fatalf("host 3 claimed %v into the quarantine: %v", step+ttl/3, err)
-			}
-		}
+	}
+	clock.waitTimers(t, 1)
+	if err := keepers[0].Valid(); err != nil {
+		t.Fatalf("host 1's lease: %v", err)
 	}
 	l3, err := claim(2)
 	if err != nil {
@@ -353,18 +456,19 @@ func testFleet(t *testing.T, form Form) {
 	if l3.ID != leases[1].ID || l3.Token <= leases[1].Token {
 		t.Errorf("host 3 got %s token %d, want host 2's old slice %s with a token above %d", l3.ID, l3.Token, leases[1].ID, leases[1].Token)
 	}
+	_, d3 := keep(2, l3)
 	p = reconcile()
 	if len(p.Slices) != 2 {
 		t.Fatalf("plan steers %d slices, want 2", len(p.Slices))
 	}
-	c3, err := f.hostConns(t, 2, l3, 10)
+	c3, err := f.hostConns(t, 2, d3, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range c3 {
 		defer c.Close()
 	}
-	errs = exchange([][]net.Conn{conns[0], c3}, []lease.Lease{leases[0], l3}, "r3")
+	errs = exchange([][]net.Conn{conns[0], c3}, []lease.Lease{leases[0], l3}, "r4")
 	if len(errs[0]) > 0 {
 		t.Fatalf("host 1 (live) lost %d connections: %v", len(errs[0]), errs[0][0])
 	}
