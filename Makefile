@@ -19,7 +19,8 @@ STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSIO
 #   steer           shared steering state updated while traffic flows
 #   gateway         datapath goroutines over one NAT engine
 #   internal/progress  a line updated from many goroutines
-RACE_PKGS ?= dial internal/bench lease proxy steer gateway internal/progress
+#   internal/steerlink  a goroutine on a thread in another namespace (sysctls)
+RACE_PKGS ?= dial internal/bench lease proxy steer gateway internal/progress internal/steerlink
 
 RACE_DIRS    = $(foreach p,$(RACE_PKGS),$(if $(wildcard $(p)/*.go),./$(p)/...))
 RACE_IMPORTS = $(if $(RACE_DIRS),$(shell $(GO) list $(RACE_DIRS)))
