@@ -61,9 +61,11 @@ type BoltStore struct {
 	log  *slog.Logger
 	sem  chan struct{} // one transaction at a time in this process
 
-	mu     sync.Mutex
-	closed bool
-	stop   chan struct{}
+	mu       sync.Mutex
+	closed   bool
+	stop     chan struct{}
+	poolsRaw []byte // the pools as last decoded, and the result
+	poolsDec []Pool
 }
 
 var (
@@ -224,6 +226,28 @@ func getPools(tx *bolt.Tx) ([]Pool, error) {
 	return pools, nil
 }
 
+// pools returns the stored pools, decoding them only when their bytes
+// differ from the last ones this store decoded. Callers must not modify
+// the result.
+func (s *BoltStore) pools(tx *bolt.Tx) ([]Pool, error) {
+	v := tx.Bucket(bMeta).Get(kPools)
+	s.mu.Lock()
+	if v != nil && bytes.Equal(v, s.poolsRaw) {
+		p := s.poolsDec
+		s.mu.Unlock()
+		return p, nil
+	}
+	s.mu.Unlock()
+	pools, err := getPools(tx)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.poolsRaw, s.poolsDec = bytes.Clone(v), pools
+	s.mu.Unlock()
+	return pools, nil
+}
+
 func bumpGen(tx *bolt.Tx) error {
 	b := tx.Bucket(bMeta)
 	var g uint64
@@ -347,7 +371,7 @@ func (s *BoltStore) Claim(ctx context.Context, req Request) (Lease, error) {
 	}
 	var out Lease
 	err := s.update(ctx, func(tx *bolt.Tx) error {
-		pools, err := getPools(tx)
+		pools, err := s.pools(tx)
 		if err != nil {
 			return err
 		}
@@ -427,7 +451,7 @@ func lost(l Lease, why string) error {
 
 // current loads l's record and checks that l is its current, unexpired
 // grant.
-func current(tx *bolt.Tx, l Lease, now int64) (record, Pool, error) {
+func (s *BoltStore) current(tx *bolt.Tx, l Lease, now int64) (record, Pool, error) {
 	r, ok, err := getRecord(tx, l.ID)
 	if err != nil {
 		return r, Pool{}, err
@@ -444,7 +468,7 @@ func current(tx *bolt.Tx, l Lease, now int64) (record, Pool, error) {
 	if now >= r.Expires {
 		return r, Pool{}, lost(l, "expired at "+time.Unix(0, r.Expires).UTC().Format(time.RFC3339Nano))
 	}
-	pools, err := getPools(tx)
+	pools, err := s.pools(tx)
 	if err != nil {
 		return r, Pool{}, err
 	}
@@ -463,7 +487,7 @@ func (s *BoltStore) Renew(ctx context.Context, l Lease) (Lease, error) {
 	var out Lease
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		now := s.o.Now().UnixNano()
-		r, p, err := current(tx, l, now)
+		r, p, err := s.current(tx, l, now)
 		if err != nil {
 			return err
 		}
@@ -490,7 +514,7 @@ func (s *BoltStore) Renew(ctx context.Context, l Lease) (Lease, error) {
 func (s *BoltStore) Release(ctx context.Context, l Lease) error {
 	return s.update(ctx, func(tx *bolt.Tx) error {
 		now := s.o.Now().UnixNano()
-		r, p, err := current(tx, l, now)
+		r, p, err := s.current(tx, l, now)
 		if err != nil {
 			return err
 		}
