@@ -78,7 +78,7 @@ func startEtcd(t testing.TB, n int) *etcdCluster {
 			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 			"--initial-cluster", strings.Join(initial, ","),
 			"--initial-cluster-state", "new", "--initial-cluster-token", filepath.Base(dir),
-			"--heartbeat-interval", "50", "--election-timeout", "500",
+			"--heartbeat-interval", "100", "--election-timeout", "1000",
 			"--logger", "zap", "--log-level", "error")
 		cmd.Stdout, cmd.Stderr = log, log
 		if err := cmd.Start(); err != nil {
