@@ -188,3 +188,64 @@ func BenchmarkClaimers(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkClaimScale claims alternately from a store with a 100-slice
+// pool and one with a 10,000-slice pool (half held in each), so that both
+// see the same machine load, and reports both p50s and their ratio (the
+// target: at most 2). Run:
+// go test -run '^$' -bench BenchmarkClaimScale -benchtime 1000x ./lease/
+func BenchmarkClaimScale(b *testing.B) {
+	c := startEtcd(b, 3)
+	for _, kind := range []string{"bolt", "etcd"} {
+		b.Run("store="+kind, func(b *testing.B) {
+			ctx := context.Background()
+			var stores [2]Store
+			for i, n := range []int{100, 10000} {
+				if kind == "bolt" {
+					s, err := OpenBolt(ctx, filepath.Join(b.TempDir(), fmt.Sprint(n, ".db")), BoltOptions{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer s.Close()
+					stores[i] = s
+				} else {
+					stores[i] = openTestEtcd(b, c)
+				}
+				p := benchPool(n)
+				p.Quarantine = 0
+				if err := stores[i].Apply(ctx, []Pool{p}); err != nil {
+					b.Fatal(err)
+				}
+				for j := range min(n/2, 10*b.N) {
+					if _, err := stores[i].Claim(ctx, Request{Holder: fmt.Sprint("fill", j%10), TTL: time.Hour}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			var lat [2]latencies
+			b.ResetTimer()
+			for i := range b.N {
+				for k, s := range stores {
+					t0 := time.Now()
+					l, err := s.Claim(ctx, Request{Holder: fmt.Sprint("h", i%10), TTL: time.Hour})
+					lat[k] = append(lat[k], time.Since(t0))
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := s.Release(ctx, l); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.StopTimer()
+			p50 := func(l latencies) float64 {
+				slices.Sort(l)
+				return float64(l[len(l)/2]) / 1e6
+			}
+			a, z := p50(lat[0]), p50(lat[1])
+			b.ReportMetric(a, "p50-100-ms")
+			b.ReportMetric(z, "p50-10000-ms")
+			b.ReportMetric(z/a, "ratio")
+		})
+	}
+}

@@ -49,7 +49,8 @@ type BoltOptions struct {
 // of failing, and a stuck process makes the others fail with
 // ErrLockTimeout instead of hanging.
 //
-// Layout: bucket "meta" holds the pools (JSON) and a change counter;
+// Layout: bucket "meta" holds the pools (JSON), bucket "gen" a change
+// counter;
 // bucket "slices" one JSON record per slice ID; bucket "avail" one empty
 // key per slice, pool name + NUL + the time from which the slice may be
 // granted (8 bytes, big-endian Unix nanoseconds) + ID, so a claim takes the
@@ -72,6 +73,7 @@ var (
 	bMeta   = []byte("meta")
 	bSlices = []byte("slices")
 	bAvail  = []byte("avail")
+	bGen    = []byte("gen") // its own bucket: bumping it must not rewrite the pools' pages
 	kPools  = []byte("pools")
 	kGen    = []byte("gen")
 )
@@ -105,7 +107,7 @@ func OpenBolt(ctx context.Context, path string, o BoltOptions) (*BoltStore, erro
 		return nil, fmt.Errorf("lease: bolt:%s: %w", path, err)
 	}
 	err = s.update(ctx, func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bMeta, bSlices, bAvail} {
+		for _, b := range [][]byte{bMeta, bSlices, bAvail, bGen} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -249,7 +251,7 @@ func (s *BoltStore) pools(tx *bolt.Tx) ([]Pool, error) {
 }
 
 func bumpGen(tx *bolt.Tx) error {
-	b := tx.Bucket(bMeta)
+	b := tx.Bucket(bGen)
 	var g uint64
 	if v := b.Get(kGen); len(v) == 8 {
 		g = binary.BigEndian.Uint64(v)
@@ -258,7 +260,7 @@ func bumpGen(tx *bolt.Tx) error {
 }
 
 func readGen(tx *bolt.Tx) uint64 {
-	if b := tx.Bucket(bMeta); b != nil {
+	if b := tx.Bucket(bGen); b != nil {
 		if v := b.Get(kGen); len(v) == 8 {
 			return binary.BigEndian.Uint64(v)
 		}
