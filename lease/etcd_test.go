@@ -275,3 +275,36 @@ func TestEtcdLeaderKill(t *testing.T) {
 		t.Fatalf("claim after the kill: %+v, %v", l, err)
 	}
 }
+
+// TestEtcdOneLeasePerHolder checks that a claim reuses the holder's etcd
+// lease for its TTL (one transaction per claim, no lease grant), and that
+// another holder or TTL gets its own.
+func TestEtcdOneLeasePerHolder(t *testing.T) {
+	c := startEtcd(t, 1)
+	s := openTestEtcd(t, c)
+	e := env{s: s, ttl: 30 * time.Second}
+	mustApply(t, s, testPool("p", time.Second, nil, "192.0.2.10", "192.0.2.11"))
+	leaseOfKey := func(id string) int64 {
+		resp, err := s.cli.Get(context.Background(), s.pfxH+id)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("get %s: %v", id, err)
+		}
+		return resp.Kvs[0].Lease
+	}
+	var ids []int64
+	for range 4 {
+		ids = append(ids, leaseOfKey(mustClaim(t, e, "h1", nil).ID))
+	}
+	for _, id := range ids[1:] {
+		if id != ids[0] {
+			t.Fatalf("one holder's claims use etcd leases %v, want one", ids)
+		}
+	}
+	if other := leaseOfKey(mustClaim(t, e, "h2", nil).ID); other == ids[0] {
+		t.Fatal("another holder got the same etcd lease")
+	}
+	e.ttl = time.Minute
+	if other := leaseOfKey(mustClaim(t, e, "h1", nil).ID); other == ids[0] {
+		t.Fatal("another TTL got the same etcd lease")
+	}
+}
