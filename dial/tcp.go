@@ -94,7 +94,7 @@ func (d *Dialer) tcpKernel(ctx context.Context, pl *plan, src netip.Addr, dst ne
 	case sc == "connect" && netsys.IsAddrNotAvail(err):
 		return nil, fmt.Errorf("%w: %w", errSourceFull, err)
 	}
-	return nil, &opError{msg: "dial: tcp " + dst.String(), err: err}
+	return nil, err
 }
 
 // tcpSearch tries ports of the set in the selector's order: SO_REUSEADDR,
@@ -105,7 +105,7 @@ func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	var last error
 	for range d.maxAttempts() {
 		if err := ctx.Err(); err != nil {
-			return nil, &opError{msg: "dial: tcp " + dst.String(), err: err}
+			return nil, err
 		}
 		idx, ok := st.sel.pick(&sr)
 		if !ok {
@@ -148,5 +148,5 @@ func (d *Dialer) tcpTry(ctx context.Context, src netip.Addr, port uint16, dst ne
 	case sc == "connect" && netsys.IsAddrNotAvail(err):
 		return nil, fmt.Errorf("%w: %w", errPortTaken, err)
 	}
-	return nil, &opError{msg: "dial: tcp " + dst.String(), err: err}
+	return nil, err
 }

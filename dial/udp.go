@@ -50,7 +50,7 @@ func (d *Dialer) udpKernel(ctx context.Context, pl *plan, src netip.Addr, dst ne
 	case sc == "bind":
 		return nil, sourceError(src, err)
 	}
-	return nil, &opError{msg: "dial: udp " + dst.String(), err: err}
+	return nil, err
 }
 
 // udpSearch tries ports of the set in the selector's order with the
@@ -59,7 +59,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	if !src.IsValid() {
 		var err error
 		if src, err = netsys.RouteSource(dst.Addr()); err != nil {
-			return nil, &opError{msg: "dial: udp " + dst.String() + ": finding the source address", err: err}
+			return nil, fmt.Errorf("dial: finding the source address toward %v: %w", dst.Addr(), err)
 		}
 	}
 	sr := search{key: holdKey{proto: tuple.UDP, src: src, dst: dst}, size: uint32(pl.ports.Len())}
@@ -85,7 +85,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	var busy []uint32 // indices whose bind met another process's lock
 	for range d.maxAttempts() {
 		if err := ctx.Err(); err != nil {
-			return nil, &opError{msg: "dial: udp " + dst.String(), err: err}
+			return nil, err
 		}
 		idx, ok := st.sel.pick(&sr)
 		if !ok {
@@ -110,7 +110,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, &opError{msg: "dial: udp " + dst.String(), err: ctx.Err()}
+			return nil, ctx.Err()
 		case <-t.C:
 		}
 		wait *= 2
@@ -199,7 +199,7 @@ func (d *Dialer) udpTryLocked(ctx context.Context, src netip.Addr, port uint16, 
 		}
 	}()
 	fail := func(err error) (*net.UDPConn, error) {
-		return nil, &opError{msg: "dial: udp " + dst.String(), err: err}
+		return nil, fmt.Errorf("dial: udp lock: %w", err)
 	}
 	own, err := netsys.Cookie(fd)
 	if err != nil {
