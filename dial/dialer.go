@@ -158,16 +158,16 @@ type state struct {
 	sources []netip.Addr
 	ports   tuple.PortSet
 	log     *slog.Logger
-	caps  netsys.Caps
-	tcp   plan
-	udp   plan
-	sel   *selector
-	diags *diagPool
-	rr    atomic.Uint32
-	dials atomic.Uint64
-	tries atomic.Uint64 // Search: ports tried with syscalls (for tests)
-	full  fullMemo
-	locks [lockStripes]sync.Mutex
+	caps    netsys.Caps
+	tcp     plan
+	udp     plan
+	sel     *selector
+	diags   *diagPool
+	rr      atomic.Uint32
+	dials   atomic.Uint64
+	tries   atomic.Uint64 // Search: ports tried with syscalls (for tests)
+	full    fullMemo
+	locks   [lockStripes]sync.Mutex
 }
 
 // plan is the resolved strategy for one protocol.
