@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +69,51 @@ func (s Strategy) String() string {
 	}
 	return "Strategy(" + strconv.Itoa(int(s)) + ")"
 }
+
+// UDPLock selects how the UDP Search strategy keeps two cooperating sockets
+// off one 4-tuple while each checks and connects it (see the package
+// documentation). Both variants run the cooperative SO_REUSEADDR lock and
+// the exact sock_diag lookup, so they interoperate with other programs that
+// follow that protocol; they differ in how two portspace processes binding
+// one (source, port) at the same instant exclude each other.
+type UDPLock int
+
+const (
+	// UDPLockAuto (the zero value) uses UDPLockFile when the lock
+	// directory and open file description locks work (probed at the
+	// Dialer's first dial), UDPLockDump otherwise.
+	UDPLockAuto UDPLock = iota
+	// UDPLockFile holds an advisory lock per (network namespace, source,
+	// port) in LockDir around the protocol's steps, so no two processes
+	// that share the directory are inside them for one port at once. The
+	// kernel walks no table: the dial costs two fcntl calls over a plain
+	// locked dial. Every portspace process of the namespace that dials
+	// from the same ports must use it with the same directory.
+	UDPLockFile
+	// UDPLockDump adds, instead, an in-flight check: a sock_diag dump of
+	// the unconnected UDP sockets, which finds another socket bound to the
+	// port whose owner may be between bind and connect. It needs no shared
+	// directory, but the kernel walks its whole UDP hash table (every
+	// slot and every socket, connected or not) for each attempt.
+	UDPLockDump
+)
+
+// String returns the lock's name.
+func (l UDPLock) String() string {
+	switch l {
+	case UDPLockAuto:
+		return "auto"
+	case UDPLockFile:
+		return "file"
+	case UDPLockDump:
+		return "dump"
+	}
+	return "UDPLock(" + strconv.Itoa(int(l)) + ")"
+}
+
+// DefaultLockDir returns the lock directory of UDPLockFile when
+// Dialer.LockDir is empty: "portspace-locks" under os.TempDir().
+func DefaultLockDir() string { return filepath.Join(os.TempDir(), "portspace-locks") }
 
 // DefaultMaxAttempts is the bound on ports tried per source and destination
 // in one dial when Dialer.MaxAttempts is zero.
@@ -136,6 +184,16 @@ type Dialer struct {
 	// kernels); Auto chooses.
 	Strategy Strategy
 
+	// UDPLock chooses how UDP Search dials of several processes exclude
+	// each other (UDPLockAuto: the lock files, or the dump when they do
+	// not work here).
+	UDPLock UDPLock
+
+	// LockDir is the directory of the UDPLockFile lock files; every
+	// process that dials from the same ports in one network namespace must
+	// use the same directory. Empty: DefaultLockDir().
+	LockDir string
+
 	// MaxAttempts bounds the ports tried (bind and connect) per source in
 	// one dial, not counting ports this Dialer already holds toward the
 	// destination, nor ports it recently found taken by other sockets
@@ -168,6 +226,11 @@ type state struct {
 	tries   atomic.Uint64 // Search: ports tried with syscalls (for tests)
 	full    fullMemo
 	locks   [lockStripes]sync.Mutex
+
+	udpLock   UDPLock // UDPLockFile or UDPLockDump, for UDP Search
+	lockDir   string
+	netns     string
+	lockFiles *lockFiles
 }
 
 // plan is the resolved strategy for one protocol.
@@ -183,6 +246,8 @@ func (d *Dialer) init() *state {
 	d.once.Do(func() {
 		st := &state{log: d.Logger, sel: newSelector(), sources: d.Sources, ports: d.Ports}
 		st.diags = newDiagPool(st)
+		st.lockFiles = &lockFiles{}
+		runtime.AddCleanup(st, (*lockFiles).closeAll, st.lockFiles)
 		if st.log == nil {
 			st.log = discard
 		}
@@ -248,6 +313,22 @@ func (d *Dialer) applyLocalAddr(st *state) error {
 	return nil
 }
 
+// lockFiles are a Dialer's open lock files, one per source address.
+type lockFiles struct {
+	mu sync.Mutex
+	m  map[netip.Addr]*netsys.PortLockFile
+}
+
+// closeAll closes the lock files of a Dialer that was garbage collected.
+func (l *lockFiles) closeAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, lf := range l.m {
+		lf.Close()
+	}
+	l.m = nil
+}
+
 // ephemeral returns the namespace's ephemeral range as a port set, minus the
 // reserved ports when minusReserved is set.
 func ephemeral(minusReserved bool) (tuple.PortSet, error) {
@@ -302,9 +383,15 @@ func (d *Dialer) planUDP(st *state) plan {
 		if !st.caps.UDPDiag {
 			return plan{strategy: Search, err: fmt.Errorf("%w: search strategy for udp: the kernel lacks the exact sock_diag UDP lookup or SO_COOKIE", ErrStrategy)}
 		}
+		if err := d.planUDPLock(st); err != nil {
+			return plan{strategy: Search, err: err}
+		}
 		return d.searchPlan(st, "udp", "forced")
 	case Auto:
 		if st.caps.UDPDiag {
+			if err := d.planUDPLock(st); err != nil {
+				return plan{strategy: Search, err: err}
+			}
 			return d.searchPlan(st, "udp", "connected UDP sockets share ports only through the cooperative lock")
 		}
 		if kernelOK {
@@ -314,6 +401,77 @@ func (d *Dialer) planUDP(st *state) plan {
 		return plan{strategy: Search, err: fmt.Errorf("%w: udp: the kernel lacks the sock_diag UDP lookup, and %s", ErrStrategy, why)}
 	}
 	return plan{err: fmt.Errorf("%w: unknown strategy %v", ErrStrategy, d.Strategy)}
+}
+
+// planUDPLock resolves UDPLock, probing the lock directory once.
+func (d *Dialer) planUDPLock(st *state) error {
+	st.lockDir = d.LockDir
+	if st.lockDir == "" {
+		st.lockDir = DefaultLockDir()
+	}
+	switch d.UDPLock {
+	case UDPLockDump:
+		st.udpLock = UDPLockDump
+		return nil
+	case UDPLockAuto, UDPLockFile:
+	default:
+		return fmt.Errorf("%w: unknown UDPLock %v", ErrStrategy, d.UDPLock)
+	}
+	err := st.probeLockFile()
+	if err == nil {
+		st.udpLock = UDPLockFile
+		st.log.Debug("dial: udp search locks ports with lock files", "dir", st.lockDir)
+		return nil
+	}
+	if d.UDPLock == UDPLockFile {
+		return fmt.Errorf("%w: udp lock files in %s: %w", ErrStrategy, st.lockDir, err)
+	}
+	st.udpLock = UDPLockDump
+	st.log.Debug("dial: udp search uses the in-flight dump: lock files do not work here", "dir", st.lockDir, "err", err)
+	return nil
+}
+
+// probeLockFile checks that a lock file can be opened in the lock
+// directory and locked.
+func (st *state) probeLockFile() error {
+	ns, err := netsys.NetNSID()
+	if err != nil {
+		return err
+	}
+	st.netns = ns
+	lf, err := netsys.OpenPortLockFile(st.lockDir, ns, "udp", netip.IPv4Unspecified())
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	ok, err := lf.TryLock(0)
+	if err != nil {
+		return err
+	}
+	if ok {
+		return lf.Unlock(0)
+	}
+	return nil // held by another process's probe: locks work
+}
+
+// lockFile returns the Dialer's lock file of source src, opening it at its
+// first use. The files are closed when the Dialer is garbage collected.
+func (st *state) lockFile(src netip.Addr) (*netsys.PortLockFile, error) {
+	l := st.lockFiles
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if lf := l.m[src]; lf != nil {
+		return lf, nil
+	}
+	lf, err := netsys.OpenPortLockFile(st.lockDir, st.netns, "udp", src)
+	if err != nil {
+		return nil, fmt.Errorf("dial: udp lock: %w", err)
+	}
+	if l.m == nil {
+		l.m = map[netip.Addr]*netsys.PortLockFile{}
+	}
+	l.m[src] = lf
+	return lf, nil
 }
 
 // kernelRangeOK reports whether the kernel can confine ports to st.ports, and
