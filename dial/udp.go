@@ -207,24 +207,26 @@ func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uin
 		defer lf.Unlock(port)
 	}
 	local := netip.AddrPortFrom(src, port)
-	var own uint64
 	nd := net.Dialer{ControlContext: func(ctx context.Context, network, address string, c syscall.RawConn) error {
+		// Without a user Control, every step runs in one Control call.
+		var own uint64
+		user := d.ControlContext != nil || d.Control != nil
 		err := netsys.Control(c, func(fd int) (err error) {
 			if own, err = netsys.Cookie(fd); err != nil {
 				return err
 			}
-			return netsys.SetReuseAddr(fd, true)
+			if err := netsys.SetReuseAddr(fd, true); err != nil || user {
+				return err
+			}
+			return wrapStep(d.udpLockSteps(st, fd, own, local, dst))
 		})
-		if err != nil {
+		if err != nil || !user {
 			return err
 		}
 		if err := d.userControl(ctx, network, address, c); err != nil {
 			return err
 		}
-		if err := netsys.Control(c, func(fd int) error { return d.udpLockSteps(st, fd, own, local, dst) }); err != nil {
-			return &stepError{err}
-		}
-		return nil
+		return wrapStep(netsys.Control(c, func(fd int) error { return d.udpLockSteps(st, fd, own, local, dst) }))
 	}}
 	c, err := nd.DialContext(ctx, udpNetwork(dst), dst.String())
 	if err != nil {
@@ -253,6 +255,13 @@ func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uin
 
 // stepError carries an error of udpLockSteps through net.Dialer.
 type stepError struct{ err error }
+
+func wrapStep(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &stepError{err}
+}
 
 func (e *stepError) Error() string { return e.err.Error() }
 func (e *stepError) Unwrap() error { return e.err }

@@ -18,7 +18,8 @@ import (
 // of one PortLockFile do not exclude each other (they share one file
 // description); locks of two PortLockFiles, in one process or in two, do.
 type PortLockFile struct {
-	f *os.File
+	fd   int
+	path string
 }
 
 // NetNSID returns an identity of the calling thread's network namespace
@@ -52,31 +53,33 @@ func OpenPortLockFile(dir, netns, proto string, a netip.Addr) (*PortLockFile, er
 		return nil, fmt.Errorf("netsys: port lock file: %w", &os.PathError{Op: "open", Path: path, Err: err})
 	}
 	unix.Fchmod(fd, 0o666) // past the umask; fails harmlessly on a file of another user
-	return &PortLockFile{f: os.NewFile(uintptr(fd), path)}, nil
+	return &PortLockFile{fd: fd, path: path}, nil
 }
 
 // TryLock takes the exclusive lock of port without waiting; it reports
 // false when another file description holds it.
 func (l *PortLockFile) TryLock(port uint16) (bool, error) {
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: int64(port), Len: 1}
-	err := unix.FcntlFlock(l.f.Fd(), unix.F_OFD_SETLK, &lk)
+	err := unix.FcntlFlock(uintptr(l.fd), unix.F_OFD_SETLK, &lk)
 	switch err {
 	case nil:
 		return true, nil
 	case unix.EAGAIN, unix.EACCES:
 		return false, nil
 	}
-	return false, fmt.Errorf("netsys: lock port %d in %s: %w", port, l.f.Name(), os.NewSyscallError("fcntl F_OFD_SETLK", err))
+	return false, fmt.Errorf("netsys: lock port %d in %s: %w", port, l.path, os.NewSyscallError("fcntl F_OFD_SETLK", err))
 }
 
 // Unlock releases the lock of port.
 func (l *PortLockFile) Unlock(port uint16) error {
 	lk := unix.Flock_t{Type: unix.F_UNLCK, Whence: 0, Start: int64(port), Len: 1}
-	if err := unix.FcntlFlock(l.f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
-		return fmt.Errorf("netsys: unlock port %d in %s: %w", port, l.f.Name(), os.NewSyscallError("fcntl F_OFD_SETLK", err))
+	if err := unix.FcntlFlock(uintptr(l.fd), unix.F_OFD_SETLK, &lk); err != nil {
+		return fmt.Errorf("netsys: unlock port %d in %s: %w", port, l.path, os.NewSyscallError("fcntl F_OFD_SETLK", err))
 	}
 	return nil
 }
 
 // Close closes the file, releasing every lock it holds.
-func (l *PortLockFile) Close() error { return l.f.Close() }
+func (l *PortLockFile) Close() error {
+	return os.NewSyscallError("close", unix.Close(l.fd))
+}
