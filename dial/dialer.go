@@ -231,6 +231,8 @@ type state struct {
 	lockDir   string
 	netns     string
 	lockFiles *lockFiles
+
+	kernelTCP map[netip.Addr]*net.Dialer // the TCP Kernel strategy's dialers, by source (read-only)
 }
 
 // plan is the resolved strategy for one protocol.
@@ -264,6 +266,7 @@ func (d *Dialer) init() *state {
 		if lerr != nil {
 			st.tcp.err, st.udp.err = lerr, lerr
 		}
+		d.buildKernelDialers(st)
 		d.st = st
 	})
 	return d.st
@@ -862,6 +865,15 @@ func (d *Dialer) dialAddr(ctx context.Context, st *state, pl *plan, proto tuple.
 		}
 		return c, netip.Addr{}, err
 	}
+	if n == 1 {
+		// One source: no rotation, and no source to defer to.
+		src := st.sources[0].Unmap()
+		c, err := d.dialFrom(ctx, st, pl, proto, src, dst)
+		if errors.Is(err, errSourceFull) {
+			return nil, src, d.exhausted(st, pl, err)
+		}
+		return c, src, err
+	}
 	// Round robin over the sources of the destination's family.
 	m := 0
 	for _, s := range st.sources {
@@ -976,7 +988,7 @@ func (d *Dialer) exhausted(st *state, pl *plan, last error) error {
 func (d *Dialer) dialFrom(ctx context.Context, st *state, pl *plan, proto tuple.Proto, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	if proto == tuple.TCP {
 		if pl.strategy == Kernel {
-			return d.tcpKernel(ctx, pl, src, dst)
+			return d.tcpKernel(ctx, st, pl, src, dst)
 		}
 		return d.tcpSearch(ctx, st, pl, src, dst)
 	}

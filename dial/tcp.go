@@ -59,31 +59,13 @@ func (d *Dialer) netDialer(optional bool, control func(fd int) error) net.Dialer
 
 // tcpKernel dials with the port chosen by the kernel at connect:
 // IP_BIND_ADDRESS_NO_PORT keeps bind(source, 0) from locking a port, and
-// IP_LOCAL_PORT_RANGE confines the choice to the port set. SO_REUSEADDR
-// lets Search-strategy sockets share the same ports.
-func (d *Dialer) tcpKernel(ctx context.Context, pl *plan, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
-	var lo, hi uint16
-	if pl.ports.IsValid() {
-		r := pl.ports.Range(0)
-		lo, hi = r.First(), r.Last()
-	}
-	nd := d.netDialer(!src.IsValid() && lo == 0, func(fd int) error {
-		if err := netsys.SetReuseAddr(fd, true); err != nil {
-			return err
-		}
-		if src.IsValid() {
-			if err := netsys.SetBindAddressNoPort(fd); err != nil {
-				return err
-			}
-		}
-		if lo != 0 {
-			return netsys.SetLocalPortRange(fd, lo, hi)
-		}
-		return nil
-	})
-	if src.IsValid() {
-		nd.LocalAddr = tcpAddr(src, 0)
-	}
+// IP_LOCAL_PORT_RANGE confines the choice to the port set. It sets no
+// SO_REUSEADDR: the kernel's connect-time choice never needs it, and it
+// would cost a system call per dial (see docs/dial.md for what that means
+// for Search-strategy sockets of other Dialers on the same ports). The
+// net.Dialer of each source is built once (kernelDialer).
+func (d *Dialer) tcpKernel(ctx context.Context, st *state, pl *plan, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	nd := st.kernelDialer(d, pl, src)
 	c, err := nd.DialContext(ctx, tcpNetwork(dst), dst.String())
 	if err == nil {
 		return c, nil
@@ -95,6 +77,63 @@ func (d *Dialer) tcpKernel(ctx context.Context, pl *plan, src netip.Addr, dst ne
 		return nil, fmt.Errorf("%w: %w", errSourceFull, err)
 	}
 	return nil, err
+}
+
+// kernelDialer returns the net.Dialer of the TCP Kernel strategy for src
+// (built by buildKernelDialers), or builds one.
+func (st *state) kernelDialer(d *Dialer, pl *plan, src netip.Addr) *net.Dialer {
+	if nd := st.kernelTCP[src]; nd != nil {
+		return nd
+	}
+	return d.newKernelDialer(pl, src)
+}
+
+// buildKernelDialers builds the Kernel strategy's net.Dialer of every
+// source (or of the kernel's choice, with none) once, at the Dialer's
+// first dial; the map is read-only afterwards.
+func (d *Dialer) buildKernelDialers(st *state) {
+	if st.tcp.strategy != Kernel || st.tcp.err != nil {
+		return
+	}
+	st.kernelTCP = map[netip.Addr]*net.Dialer{}
+	if len(st.sources) == 0 {
+		st.kernelTCP[netip.Addr{}] = d.newKernelDialer(&st.tcp, netip.Addr{})
+	}
+	for _, s := range st.sources {
+		s = s.Unmap()
+		st.kernelTCP[s] = d.newKernelDialer(&st.tcp, s)
+	}
+}
+
+func (d *Dialer) newKernelDialer(pl *plan, src netip.Addr) *net.Dialer {
+	var lo, hi uint16
+	if pl.ports.IsValid() {
+		r := pl.ports.Range(0)
+		lo, hi = r.First(), r.Last()
+	}
+	opts := func(fd int) error {
+		if src.IsValid() {
+			if err := netsys.SetBindAddressNoPort(fd); err != nil {
+				return err
+			}
+		}
+		if lo != 0 {
+			return netsys.SetLocalPortRange(fd, lo, hi)
+		}
+		return nil
+	}
+	nd := d.netDialer(false, opts)
+	if !src.IsValid() && lo == 0 {
+		// No option to set: the plain kernel dial.
+		nd.ControlContext = nil
+		if d.ControlContext != nil || d.Control != nil {
+			nd.ControlContext = d.userControl
+		}
+	}
+	if src.IsValid() {
+		nd.LocalAddr = tcpAddr(src, 0)
+	}
+	return &nd
 }
 
 // tcpSearch tries ports of the set in the selector's order: SO_REUSEADDR,
