@@ -233,6 +233,7 @@ type state struct {
 	lockFiles *lockFiles
 
 	kernelTCP map[netip.Addr]*net.Dialer // the TCP Kernel strategy's dialers, by source (read-only)
+	searchTCP net.Dialer                 // the TCP Search strategy's template (LocalAddr set per try)
 }
 
 // plan is the resolved strategy for one protocol.

@@ -57,6 +57,8 @@ func (d *Dialer) netDialer(optional bool, control func(fd int) error) net.Dialer
 	}
 }
 
+func setReuseAddr(fd int) error { return netsys.SetReuseAddr(fd, true) }
+
 // tcpKernel dials with the port chosen by the kernel at connect:
 // IP_BIND_ADDRESS_NO_PORT keeps bind(source, 0) from locking a port, and
 // IP_LOCAL_PORT_RANGE confines the choice to the port set. It sets no
@@ -92,6 +94,7 @@ func (st *state) kernelDialer(d *Dialer, pl *plan, src netip.Addr) *net.Dialer {
 // source (or of the kernel's choice, with none) once, at the Dialer's
 // first dial; the map is read-only afterwards.
 func (d *Dialer) buildKernelDialers(st *state) {
+	st.searchTCP = d.netDialer(false, setReuseAddr)
 	if st.tcp.strategy != Kernel || st.tcp.err != nil {
 		return
 	}
@@ -152,7 +155,7 @@ func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		}
 		port, _ := pl.ports.Nth(int(idx))
 		st.tries.Add(1)
-		c, err := d.tcpTry(ctx, src, port, dst)
+		c, err := d.tcpTry(ctx, st, src, port, dst)
 		if errors.Is(err, errPortTaken) {
 			// Another socket holds the 4-tuple (or the port): memoise it.
 			st.sel.settleTaken(&sr, idx)
@@ -171,8 +174,8 @@ func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	return nil, fmt.Errorf("%w: %w", errSourceFull, last)
 }
 
-func (d *Dialer) tcpTry(ctx context.Context, src netip.Addr, port uint16, dst netip.AddrPort) (net.Conn, error) {
-	nd := d.netDialer(false, func(fd int) error { return netsys.SetReuseAddr(fd, true) })
+func (d *Dialer) tcpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort) (net.Conn, error) {
+	nd := st.searchTCP // a copy of the template, whose ControlContext is built once
 	nd.LocalAddr = tcpAddr(src, port)
 	c, err := nd.DialContext(ctx, tcpNetwork(dst), dst.String())
 	if err == nil {
