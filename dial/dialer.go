@@ -587,14 +587,20 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 // error, as net.Dialer does.
 func (d *Dialer) dialSerial(ctx context.Context, st *state, pl *plan, proto tuple.Proto, network string, dsts []netip.AddrPort) (net.Conn, error) {
 	var first error
-	for _, dst := range dsts {
+	for i, dst := range dsts {
 		if err := ctx.Err(); err != nil {
 			if first == nil {
 				first = opErr(network, proto, netip.Addr{}, dst, err)
 			}
 			break
 		}
-		c, src, err := d.dialAddr(ctx, st, pl, proto, dst)
+		dctx := ctx
+		if dl, ok := partialDeadline(ctx, time.Now(), len(dsts)-i); ok {
+			var cancel context.CancelFunc
+			dctx, cancel = context.WithDeadline(ctx, dl)
+			defer cancel()
+		}
+		c, src, err := d.dialAddr(dctx, st, pl, proto, dst)
 		if err == nil {
 			return c, nil
 		}
@@ -603,6 +609,29 @@ func (d *Dialer) dialSerial(ctx context.Context, st *state, pl *plan, proto tupl
 		}
 	}
 	return nil, first
+}
+
+// minAttemptTime is the least time partialDeadline gives one address, as
+// net.Dialer does.
+const minAttemptTime = 2 * time.Second
+
+// partialDeadline returns the deadline for one of left addresses still to
+// try: an equal share of the time to the context's deadline, but at least
+// minAttemptTime (and never past the deadline). ok is false when the
+// context has no deadline, or when this is the last address.
+func partialDeadline(ctx context.Context, now time.Time, left int) (time.Time, bool) {
+	dl, ok := ctx.Deadline()
+	if !ok || left <= 1 {
+		return time.Time{}, false
+	}
+	share := dl.Sub(now) / time.Duration(left)
+	if share < minAttemptTime {
+		share = minAttemptTime
+	}
+	if t := now.Add(share); t.Before(dl) {
+		return t, true
+	}
+	return time.Time{}, false
 }
 
 // DefaultFallbackDelay is the head start of the first address family in

@@ -96,7 +96,8 @@ func TestHappyEyeballs(t *testing.T) {
 		netnstest.SetupCmd("nft", "add", "table", "inet", "hole"),
 		netnstest.SetupCmd("nft", "add", "chain", "inet", "hole", "in", "{", "type", "filter", "hook", "input", "priority", "0", ";", "}"),
 		netnstest.SetupCmd("nft", "add", "rule", "inet", "hole", "in", "ip", "daddr", "10.99.0.2", "drop"),
-		netnstest.SetupCmd("nft", "add", "rule", "inet", "hole", "in", "ip6", "daddr", "fd00:99::2", "drop")) {
+		netnstest.SetupCmd("nft", "add", "rule", "inet", "hole", "in", "ip6", "daddr", "fd00:99::2", "drop"),
+		netnstest.SetupCmd("nft", "add", "rule", "inet", "hole", "in", "ip", "daddr", "127.99.0.2", "drop")) {
 		return
 	}
 	ln4 := holdListener(t, "tcp4", "127.0.1.1:0")
@@ -109,6 +110,7 @@ func TestHappyEyeballs(t *testing.T) {
 		"v4hole.test.": {hole4, ln6.Addr()},
 		"v6hole.test.": {ln4.Addr(), hole6},
 		"both.test.":   {ln4.Addr(), ln6.Addr()},
+		"twov4.test.":  {netip.MustParseAddr("127.99.0.2"), ln4.Addr()}, // both loopback: the order stays
 	}
 	res := fakeResolver(t, names)
 	var name string
@@ -154,6 +156,26 @@ func TestHappyEyeballs(t *testing.T) {
 			t.Errorf("%v: serial dial with the first address unreachable: %v, want a timeout", s, err)
 		}
 	}
+	// Two addresses of one family, the first unreachable: as net.Dialer,
+	// each address gets a share of the timeout (at least 2 s), so the second
+	// is still reached within Timeout.
+	if got, err := res.LookupNetIP(context.Background(), "ip4", "twov4.test"); err != nil || len(got) != 2 || got[0] != netip.MustParseAddr("127.99.0.2") {
+		t.Fatalf("twov4.test resolves to %v (%v); want the unreachable 127.99.0.2 first", got, err)
+	}
+	for _, s := range []Strategy{Kernel, Search} {
+		d := &Dialer{Resolver: res, Strategy: s, Timeout: 3500 * time.Millisecond}
+		if s == Search {
+			d.Ports = tuple.MustParsePortSet("20010-20019")
+		}
+		c, err := d.Dial("tcp4", net.JoinHostPort("twov4.test", strconv.Itoa(int(port))))
+		if err != nil {
+			t.Fatalf("%v: two IPv4 addresses, the first unreachable: %v", s, err)
+		}
+		if got := fourTuple(c)[1]; got != ln4 {
+			t.Errorf("%v: connected to %v, want %v", s, got, ln4)
+		}
+		c.Close()
+	}
 	// Both answer: the first address wins, with no second connection left.
 	d := &Dialer{Resolver: res, FallbackDelay: 50 * time.Millisecond}
 	both, err := res.LookupNetIP(context.Background(), "ip", "both.test")
@@ -168,4 +190,29 @@ func TestHappyEyeballs(t *testing.T) {
 		t.Errorf("both families answer: connected to %v, want the first, %v", got, both[0])
 	}
 	c.Close()
+}
+
+// TestPartialDeadline checks the share of the remaining time that one of
+// several addresses gets, as net.Dialer computes it.
+func TestPartialDeadline(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	ctx, cancel := context.WithDeadline(context.Background(), now.Add(10*time.Second))
+	defer cancel()
+	for _, tc := range []struct {
+		left int
+		want time.Duration // 0: no partial deadline
+	}{{1, 0}, {2, 5 * time.Second}, {4, 2500 * time.Millisecond}, {10, 2 * time.Second}} {
+		dl, ok := partialDeadline(ctx, now, tc.left)
+		if ok != (tc.want != 0) || ok && dl.Sub(now) != tc.want {
+			t.Errorf("%d addresses left of 10 s: %v after now (%v), want %v", tc.left, dl.Sub(now), ok, tc.want)
+		}
+	}
+	short, cancel2 := context.WithDeadline(context.Background(), now.Add(time.Second))
+	defer cancel2()
+	if _, ok := partialDeadline(short, now, 2); ok {
+		t.Error("1 s left for 2 addresses: a partial deadline past the 2 s minimum would pass the context's")
+	}
+	if _, ok := partialDeadline(context.Background(), now, 3); ok {
+		t.Error("no deadline: got a partial one")
+	}
 }
