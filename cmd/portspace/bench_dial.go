@@ -260,6 +260,9 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 		cfg.Census = bench.CensusOff
 	}
 	cfg.Exhausted = portspaceExhausted
+	if _, err := dialStrategy(f.strategy); err != nil {
+		return cfg, nil, err
+	}
 	var names []string
 	for n := range strings.SplitSeq(f.dialers, ",") {
 		n = strings.TrimSpace(n)
@@ -327,18 +330,24 @@ var portspaceExhausted = dial.ErrExhausted
 
 // newPortspaceDialer builds the portspace dialer for cfg.
 func newPortspaceDialer(cfg bench.Config, strategy string) (bench.Dialer, error) {
-	d := &dial.Dialer{Sources: cfg.Sources, Ports: cfg.Ports, Timeout: cfg.Timeout}
-	switch strategy {
-	case "auto", "":
-		d.Strategy = dial.Auto
-	case "kernel":
-		d.Strategy = dial.Kernel
-	case "search":
-		d.Strategy = dial.Search
-	default:
-		return nil, fmt.Errorf("bench dial: --strategy %q: want auto, kernel or search", strategy)
+	s, err := dialStrategy(strategy)
+	if err != nil {
+		return nil, err
 	}
-	return d, nil
+	return &dial.Dialer{Sources: cfg.Sources, Ports: cfg.Ports, Timeout: cfg.Timeout, Strategy: s}, nil
+}
+
+// dialStrategy parses --strategy.
+func dialStrategy(name string) (dial.Strategy, error) {
+	switch name {
+	case "auto", "":
+		return dial.Auto, nil
+	case "kernel":
+		return dial.Kernel, nil
+	case "search":
+		return dial.Search, nil
+	}
+	return dial.Auto, fmt.Errorf("bench dial: --strategy %q: want auto, kernel or search", name)
 }
 
 // strategyNotes says which port-selection strategy the portspace dialer

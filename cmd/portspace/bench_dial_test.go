@@ -54,6 +54,7 @@ func TestBenchDialBadFlags(t *testing.T) {
 		{[]string{"--conns", "0"}, `--conns 0`},
 		{[]string{"--dialers", "curl"}, `unknown dialer "curl"`},
 		{[]string{"--strategy", "magic"}, `--strategy "magic"`},
+		{[]string{"--strategy", "magic", "--dialers", "net.Dialer"}, `--strategy "magic"`},
 		{[]string{"--rounds", "0"}, `--rounds 0`},
 		{[]string{"--hold", "-1s"}, `--hold -1s`},
 		{[]string{"--timeout", "-2s"}, `--timeout -2s`},
