@@ -212,15 +212,11 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 		}
 		src, dests, err := bench.NamespaceIPv6(n)
 		if err != nil {
-			return cfg, nil, err
+			return cfg, nil, f.destError(err)
 		}
 		cfg.Sources, cfg.Dests, cfg.LocalPrefix = []netip.Addr{src}, dests, bench.NamespacePrefix
 	} else if cfg.Dests, err = bench.ParseDests(f.dests); err != nil {
-		var ie *bench.InputError
-		if errors.As(err, &ie) {
-			ie.Flag = f.destFlag
-		}
-		return cfg, nil, err
+		return cfg, nil, f.destError(err)
 	}
 	if strings.TrimSpace(f.fill) != "" {
 		if cfg.Fill, err = bench.ParseFill(f.fill); err != nil {
@@ -275,6 +271,16 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 		return cfg, nil, err
 	}
 	return cfg, names, nil
+}
+
+// destError makes a destinations error of package bench name the flag the
+// user typed (--destinations or --dests).
+func (f benchDialFlags) destError(err error) error {
+	var ie *bench.InputError
+	if errors.As(err, &ie) {
+		ie.Flag = f.destFlag
+	}
+	return err
 }
 
 // noneOpened fails a run in which a dialer opened none of the connections it

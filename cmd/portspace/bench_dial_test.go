@@ -66,6 +66,7 @@ func TestBenchDialBadFlags(t *testing.T) {
 		{[]string{"--warmup", "-2"}, `--warmup -2`},
 		{[]string{"--role", "bogus"}, `--role "bogus": want listener or dialer`},
 		{[]string{"--destinations", "0"}, `--destinations "0"`},
+		{[]string{"--ipv6", "--destinations", "0"}, `--destinations "0"`},
 	} {
 		_, err := runBenchDial(t, tt.args...)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
