@@ -142,6 +142,12 @@ func TestNatSimulateFailedRunKeepsLog(t *testing.T) {
 	if _, _, err := runCLI(t, "nat", "simulate", "--log", dir, "--duration", "30s"); err == nil {
 		t.Fatal("--log of a directory accepted")
 	}
+	// An error names the file as typed, not the temporary file.
+	missing := filepath.Join(dir, "no-such-dir", "events.jsonl")
+	_, _, err = runCLI(t, "nat", "simulate", "--log", missing, "--duration", "30s")
+	if err == nil || !strings.Contains(err.Error(), "--log "+missing+": ") || strings.Contains(err.Error(), ".tmp") {
+		t.Fatalf("--log in a missing directory: %v", err)
+	}
 }
 
 // TestNatSimulateCompletionAndProgress: --preset completes to the preset
