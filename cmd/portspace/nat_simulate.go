@@ -98,7 +98,7 @@ without port overlapping (RFC 7857 §3)?
 				r, err := natsim.Simulate(cc)
 				if err != nil {
 					line.Clear()
-					return simFlagError(err)
+					return simFlagError(err, cc.Ports.IsValid())
 				}
 				runs = append(runs, r)
 				base += c.Duration
@@ -310,17 +310,18 @@ func simParseFlags(cmd *cobra.Command, c *natsim.SimConfig, external []string, p
 func simCheck(c natsim.SimConfig) error {
 	cfg, err := c.EngineConfig(nil)
 	if err != nil {
-		return simFlagError(err)
+		return simFlagError(err, c.Ports.IsValid())
 	}
 	if _, err := nat.New(cfg); err != nil {
-		return simFlagError(err)
+		return simFlagError(err, c.Ports.IsValid())
 	}
 	return nil
 }
 
 // simFlagError rewrites a natsim or nat configuration error to name the
-// flag that set the field.
-func simFlagError(err error) error {
+// flag that set the field; a setting of the preset that does not fit the
+// ports given with --ports (port blocks, deterministic blocks) names both.
+func simFlagError(err error, portsGiven bool) error {
 	var se *natsim.ConfigError
 	if errors.As(err, &se) {
 		if flag, ok := simFlags[se.Field]; ok {
@@ -332,6 +333,9 @@ func simFlagError(err error) error {
 		flag, ok := simFlags[ne.Field]
 		if !ok {
 			flag = "--preset" // a setting the preset made
+			if portsGiven {
+				flag = "--preset with --ports"
+			}
 		}
 		return fmt.Errorf("nat simulate: %s: %w", flag, ne.Err)
 	}

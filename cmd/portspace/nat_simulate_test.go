@@ -92,6 +92,8 @@ func TestNatSimulateCLIBadInput(t *testing.T) {
 		{[]string{"--subscribers", "99999999"}, "--subscribers: 99999999 is outside"},
 		{[]string{"--dest-zipf", "0.5"}, "--dest-zipf: 0.5 must be above 1"},
 		{[]string{"--tick", "10ms"}, "--tick: 10ms is below"},
+		{[]string{"--preset", "cgn", "--ports", "1024-1100"}, "--preset with --ports: portalloc: Config.BlockSize: 512 exceeds the 77 ports"},
+		{[]string{"--preset", "deterministic", "--ports", "1024-1030"}, "--preset with --ports: portalloc: deterministic:"},
 		{[]string{"--keepalive", "10ms"}, "--keepalive: 10ms is below"},
 		{[]string{"--flow-rate", "1e6", "--duration", "1h"}, "--flow-rate: "},
 		{[]string{"--ports", "0-100"}, "--ports: contains port 0"},
