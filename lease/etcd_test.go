@@ -51,10 +51,24 @@ func freePorts(t testing.TB, n int) []int {
 }
 
 // startEtcd starts an n-member cluster and waits until it has a leader.
-// The members are killed (only these processes) when the test ends.
+// The members are killed (only these processes) when the test ends. A
+// port taken by someone else between freePorts and etcd's bind shows as no
+// leader; the start is then tried again on new ports.
 func startEtcd(t testing.TB, n int) *etcdCluster {
 	t.Helper()
 	netnstest.RequireCommand(t, "etcd")
+	for try := 1; ; try++ {
+		c, log := tryStartEtcd(t, n)
+		if c != nil {
+			return c
+		}
+		if try == 3 {
+			t.Fatalf("etcd cluster has no leader after 3 starts; m0 log:\n%s", log)
+		}
+	}
+}
+
+func tryStartEtcd(t testing.TB, n int) (*etcdCluster, []byte) {
 	dir := t.TempDir()
 	ports := freePorts(t, 2*n)
 	c := &etcdCluster{t: t, dead: make([]bool, n)}
@@ -86,23 +100,26 @@ func startEtcd(t testing.TB, n int) *etcdCluster {
 		}
 		c.cmds = append(c.cmds, cmd)
 	}
-	t.Cleanup(func() {
+	stop := func() {
 		for i, cmd := range c.cmds {
 			if !c.dead[i] {
 				cmd.Process.Kill()
 				cmd.Wait()
+				c.dead[i] = true
 			}
 		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
+	}
+	t.Cleanup(stop)
+	deadline := time.Now().Add(15 * time.Second)
 	for c.leader() < 0 {
 		if time.Now().After(deadline) {
+			stop()
 			b, _ := os.ReadFile(filepath.Join(dir, "m0.log"))
-			t.Fatalf("etcd cluster has no leader after 20 s; m0 log:\n%s", b)
+			return nil, b
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return c
+	return c, nil
 }
 
 // url returns the store URL for the cluster under prefix.
@@ -306,5 +323,34 @@ func TestEtcdOneLeasePerHolder(t *testing.T) {
 	e.ttl = time.Minute
 	if other := leaseOfKey(mustClaim(t, e, "h1", nil).ID); other == ids[0] {
 		t.Fatal("another TTL got the same etcd lease")
+	}
+}
+
+// TestEtcdAbandonedGrant: a grant that committed after its claim gave up
+// on it (the reply was lost, a read did not show it yet) is taken back
+// when claims would otherwise find no slice.
+func TestEtcdAbandonedGrant(t *testing.T) {
+	c := startEtcd(t, 1)
+	s := openTestEtcd(t, c)
+	p := testPool("p", time.Minute, nil, "192.0.2.10")
+	p.Ports, p.Slice = tuple.MustParsePortSet("2000-2009"), 10
+	mustApply(t, s, p)
+	id := "p/192.0.2.10/0"
+	// What the lost claim left behind.
+	ctx := context.Background()
+	if _, err := s.cli.Txn(ctx).Then(
+		clientv3.OpPut(s.pfxH+id, `{"holder":"h1","ttl":30000000000,"expires":0,"nonce":"lost-reply"}`),
+		clientv3.OpPut(s.pfxB+id, "lost-reply")).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Claim(ctx, Request{Holder: "h2", TTL: 30 * time.Second}); !errors.Is(err, ErrNoSlice) {
+		t.Fatalf("claim with a foreign grant in place: %v, want ErrNoSlice", err)
+	}
+	s.mu.Lock()
+	s.abandoned["lost-reply"] = true
+	s.mu.Unlock()
+	l, err := s.Claim(ctx, Request{Holder: "h2", TTL: 30 * time.Second})
+	if err != nil || l.ID != id {
+		t.Fatalf("claim after the abandoned grant: %+v, %v", l, err)
 	}
 }
