@@ -255,3 +255,25 @@ func FuzzParseSliceID(f *testing.F) {
 		}
 	})
 }
+
+// TestParsePoolsIssueExample parses the example of the pools format as
+// the issue gives it, comments and all.
+func TestParsePoolsIssueExample(t *testing.T) {
+	const y = `pools:
+  - name: de-residential
+    addresses: [192.0.2.10, 192.0.2.11]     # IPv4 or IPv6; each address is cut the same way
+    traits: {geo: de, category: residential}
+    ports: 1024-65535                        # tuple.PortSet syntax
+    slice: 1024                              # ports per contiguous slice; or
+    # psid: {offset: 6, length: 6}           # RFC 7597 port sets: one PSID per slice
+    quarantine: 120s                         # default 120 s
+`
+	pools, err := ParsePools("issue.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pools[0]
+	if len(pools) != 1 || p.Slice != 1024 || p.Quarantine != 120*time.Second || len(slicesOf(p)) != 2*63 {
+		t.Fatalf("pools = %+v", pools)
+	}
+}
