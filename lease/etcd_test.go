@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/dial"
 	"github.com/portspace/portspace/internal/netnstest"
 	"github.com/portspace/portspace/tuple"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -352,5 +353,58 @@ func TestEtcdAbandonedGrant(t *testing.T) {
 	l, err := s.Claim(ctx, Request{Holder: "h2", TTL: 30 * time.Second})
 	if err != nil || l.ID != id {
 		t.Fatalf("claim after the abandoned grant: %+v, %v", l, err)
+	}
+}
+
+// TestEtcdUnreachableKeeper kills the only etcd member under a kept lease
+// (real time: a 3 s TTL): dials from the lease's Dialer work until the
+// expiry, fail with ErrLost after it, and the Keeper reports the loss.
+func TestEtcdUnreachableKeeper(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	c := startEtcd(t, 1)
+	s := openTestEtcd(t, c)
+	p := Pool{Name: "lo", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Ports: tuple.MustParsePortSet("41000-41099"), Slice: 100, Quarantine: time.Second}
+	mustApply(t, s, p)
+	const ttl = 3 * time.Second
+	l, err := s.Claim(context.Background(), Request{Holder: "h", TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := Keep(s, l, ttl, KeeperOptions{})
+	defer k.Stop()
+	d := NewDialer(func(d *dial.Dialer) { d.Timeout = time.Second }, k)
+	c.kill(0)
+	killed := time.Now()
+	conn, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial right after the store went away: %v", err)
+	}
+	conn.Close()
+	select {
+	case err := <-k.Lost():
+		if !errors.Is(err, ErrLost) {
+			t.Fatalf("Lost: %v", err)
+		}
+	case <-time.After(ttl + 3*time.Second):
+		t.Fatal("no loss reported")
+	}
+	if d := time.Since(killed); d > ttl+time.Second {
+		t.Errorf("loss reported %v after the kill, TTL %v", d, ttl)
+	}
+	if _, err := d.Dial("tcp", ln.Addr().String()); !errors.Is(err, ErrLost) {
+		t.Fatalf("dial after the expiry: %v, want ErrLost", err)
 	}
 }
