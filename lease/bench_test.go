@@ -168,7 +168,7 @@ func BenchmarkClaimers(b *testing.B) {
 				c := startEtcd(b, 3)
 				var stores []Store
 				for range 8 {
-					s, err := Open(context.Background(), c.url("bench"))
+					s, err := Open(context.Background(), c.URL("bench"))
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -181,8 +181,8 @@ func BenchmarkClaimers(b *testing.B) {
 				var midway func()
 				if kill {
 					midway = func() {
-						if ld := c.leader(); ld >= 0 {
-							c.kill(ld)
+						if ld := c.Leader(); ld >= 0 {
+							c.Kill(ld)
 						} else {
 							b.Error("no leader to kill")
 						}

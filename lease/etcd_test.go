@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,151 +13,25 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/dial"
-	"github.com/portspace/portspace/internal/netnstest"
+	"github.com/portspace/portspace/lease/leasetest"
 	"github.com/portspace/portspace/tuple"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
-// etcdCluster is a real etcd cluster (/usr/bin/etcd) on loopback with
-// free ports and a temporary data directory, for tests and benchmarks.
-type etcdCluster struct {
-	t       testing.TB
-	clients []string // host:port per member
-	cmds    []*exec.Cmd
-	names   []string
-	dead    []bool
-}
+// The cluster helpers live in lease/leasetest so that other packages'
+// tests can start clusters too.
+type etcdCluster = leasetest.Etcd
 
-// freePorts returns n loopback TCP ports that were free a moment ago.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
-
-// startEtcd starts an n-member cluster and waits until it has a leader.
-// The members are killed (only these processes) when the test ends. A
-// port taken by someone else between freePorts and etcd's bind shows as no
-// leader; the start is then tried again on new ports.
-func startEtcd(t testing.TB, n int) *etcdCluster {
-	t.Helper()
-	netnstest.RequireCommand(t, "etcd")
-	for try := 1; ; try++ {
-		c, log := tryStartEtcd(t, n)
-		if c != nil {
-			return c
-		}
-		if try == 3 {
-			t.Fatalf("etcd cluster has no leader after 3 starts; m0 log:\n%s", log)
-		}
-	}
-}
-
-func tryStartEtcd(t testing.TB, n int) (*etcdCluster, []byte) {
-	dir := t.TempDir()
-	ports := freePorts(t, 2*n)
-	c := &etcdCluster{t: t, dead: make([]bool, n)}
-	var initial []string
-	for i := range n {
-		c.names = append(c.names, fmt.Sprintf("m%d", i))
-		c.clients = append(c.clients, fmt.Sprintf("127.0.0.1:%d", ports[2*i]))
-		initial = append(initial, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1]))
-	}
-	for i := range n {
-		peer := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
-		client := "http://" + c.clients[i]
-		log, err := os.Create(filepath.Join(dir, c.names[i]+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command("etcd",
-			"--name", c.names[i],
-			"--data-dir", filepath.Join(dir, c.names[i]),
-			"--listen-client-urls", client, "--advertise-client-urls", client,
-			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-			"--initial-cluster", strings.Join(initial, ","),
-			"--initial-cluster-state", "new", "--initial-cluster-token", filepath.Base(dir),
-			"--heartbeat-interval", "100", "--election-timeout", "1000",
-			"--logger", "zap", "--log-level", "error")
-		cmd.Stdout, cmd.Stderr = log, log
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		c.cmds = append(c.cmds, cmd)
-	}
-	stop := func() {
-		for i, cmd := range c.cmds {
-			if !c.dead[i] {
-				cmd.Process.Kill()
-				cmd.Wait()
-				c.dead[i] = true
-			}
-		}
-	}
-	t.Cleanup(stop)
-	deadline := time.Now().Add(15 * time.Second)
-	for c.leader() < 0 {
-		if time.Now().After(deadline) {
-			stop()
-			b, _ := os.ReadFile(filepath.Join(dir, "m0.log"))
-			return nil, b
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return c, nil
-}
-
-// url returns the store URL for the cluster under prefix.
-func (c *etcdCluster) url(prefix string) string {
-	return "etcd://" + strings.Join(c.clients, ",") + "/" + prefix
-}
-
-// leader returns the index of the current leader among live members, or -1.
-func (c *etcdCluster) leader() int {
-	for i, ep := range c.clients {
-		if c.dead[i] {
-			continue
-		}
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: time.Second, Logger: zap.NewNop()})
-		if err != nil {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		st, err := cli.Status(ctx, ep)
-		cancel()
-		cli.Close()
-		if err == nil && st.Leader != 0 && st.Header.MemberId == st.Leader {
-			return i
-		}
-	}
-	return -1
-}
-
-// kill kills member i (a process this test started).
-func (c *etcdCluster) kill(i int) {
-	c.cmds[i].Process.Kill()
-	c.cmds[i].Wait()
-	c.dead[i] = true
-}
+var (
+	startEtcd = leasetest.StartEtcd
+	freePorts = leasetest.FreePorts
+)
 
 var etcdPrefixSeq atomic.Int64
 
 func openTestEtcd(t testing.TB, c *etcdCluster) *EtcdStore {
 	t.Helper()
-	loc, err := ParseURL(c.url(fmt.Sprintf("t%d", etcdPrefixSeq.Add(1))))
+	loc, err := ParseURL(c.URL(fmt.Sprintf("t%d", etcdPrefixSeq.Add(1))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +83,7 @@ func TestEtcdUnreachable(t *testing.T) {
 // is granted exactly once, and claims resume on the two live members.
 func TestEtcdLeaderKill(t *testing.T) {
 	c := startEtcd(t, 3)
-	url := c.url("kill")
+	url := c.URL("kill")
 	var stores []Store
 	for range 4 {
 		s, err := Open(context.Background(), url)
@@ -255,9 +126,9 @@ func TestEtcdLeaderKill(t *testing.T) {
 			results = append(results, r)
 			mu.Unlock()
 			if done.Add(1) == claimers/3 {
-				ld := c.leader()
+				ld := c.Leader()
 				if ld >= 0 {
-					c.kill(ld)
+					c.Kill(ld)
 				}
 				killed <- ld
 			}
@@ -386,7 +257,7 @@ func TestEtcdUnreachableKeeper(t *testing.T) {
 	k := Keep(s, l, ttl, KeeperOptions{})
 	defer k.Stop()
 	d := NewDialer(func(d *dial.Dialer) { d.Timeout = time.Second }, k)
-	c.kill(0)
+	c.Kill(0)
 	killed := time.Now()
 	conn, err := d.Dial("tcp", ln.Addr().String())
 	if err != nil {
