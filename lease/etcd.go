@@ -279,14 +279,11 @@ func (s *EtcdStore) setPoolsLocked(doc poolsDoc, rev int64) {
 		v.slot = map[string]slot{}
 	}
 	v.free = map[string]*freeSet{}
-	v.byID = map[string]*Lease{}
 	v.poolOf = map[string]int{}
 	for i, p := range v.pools {
 		f := &freeSet{pos: map[string]int{}}
 		v.free[p.Name] = f
 		for _, l := range slicesOf(p) {
-			l := l
-			v.byID[l.ID] = &l
 			v.poolOf[l.ID] = i
 			if sl := v.slot[l.ID]; !sl.h && !sl.b && !v.draining[l.ID] {
 				f.add(l.ID)

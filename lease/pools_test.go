@@ -105,7 +105,7 @@ func TestParsePoolsErrors(t *testing.T) {
 			"p.yaml:2: pool a: quarantine \"soon\""},
 		{"bad ports", "pools:\n  - {name: a, addresses: [192.0.2.1], ports: 1024-99999, slice: 512}\n", "p.yaml:2: pool a: ports \"1024-99999\""},
 		{"no slice", "pools:\n  - {name: a, addresses: [192.0.2.1], ports: 1024-2047}\n", "p.yaml:2: pool a: no slice size"},
-		{"bad yaml", "pools:\n  - {name: a\n", "p.yaml: yaml: line"},
+		{"bad yaml", "pools:\n  - name: a: b\n", "p.yaml:2: YAML: mapping values are not allowed in this context"},
 		{"empty", "", "p.yaml: no pools"},
 		{"no pools key", "pool: []\n", "p.yaml:1: the document: unknown key \"pool\""},
 		{"name with space", "pools:\n  - {name: a b, addresses: [192.0.2.1], ports: 1024-2047, slice: 512}\n", "p.yaml:2: pool name \"a b\""},
