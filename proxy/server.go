@@ -329,7 +329,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // connection.
 func (s *Server) handle(c net.Conn) {
 	defer s.untrack(c)
-	defer c.Close()
+	defer lingerClose(c, s.now)
 	rt := s.rt.Load()
 	_ = c.SetDeadline(s.now().Add(rt.cfg.handshakeTimeout()))
 	var first [1]byte
@@ -342,6 +342,19 @@ func (s *Server) handle(c net.Conn) {
 		return
 	}
 	s.serveHTTP(c, rt, first[0])
+}
+
+// lingerClose half-closes c and discards what the client still sends for a
+// moment, so that an error reply is not lost to the RST that closing a
+// socket with unread data sends.
+func lingerClose(c net.Conn, now func() time.Time) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		if tc.CloseWrite() == nil {
+			_ = tc.SetReadDeadline(now().Add(250 * time.Millisecond))
+			_, _ = io.CopyN(io.Discard, tc, 64<<10)
+		}
+	}
+	c.Close()
 }
 
 // Results of a connection, the metrics' result label.
