@@ -149,22 +149,25 @@ func relay(a, b net.Conn, idle time.Duration, now func() time.Time, up, down fun
 	t.touch()
 	ab := newDirection(t, a, b, up)
 	ba := newDirection(t, b, a, down)
-	errc := make(chan error, 1)
-	go func() {
-		err := ba.run()
-		if err != nil {
+	var first error
+	var once sync.Once
+	fail := func(err error) {
+		once.Do(func() {
+			first = err
 			a.Close()
 			b.Close()
+		})
+	}
+	done := make(chan struct{})
+	go func() {
+		if err := ba.run(); err != nil {
+			fail(err)
 		}
-		errc <- err
+		close(done)
 	}()
-	err = ab.run()
-	if err != nil {
-		a.Close()
-		b.Close()
+	if err := ab.run(); err != nil {
+		fail(err)
 	}
-	if err2 := <-errc; err == nil {
-		err = err2
-	}
-	return ab.n, ba.n, err
+	<-done
+	return ab.n, ba.n, first
 }
