@@ -235,3 +235,5 @@ func mustContain(t *testing.T, got, want string) {
 		t.Fatalf("got %q, want it to contain %q", got, want)
 	}
 }
+
+func newBufReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

@@ -140,6 +140,7 @@ func (s *Server) serveHTTP(c net.Conn, rt *runtimeConfig, first byte) {
 // carry another.
 func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr *io.LimitedReader, l *connLog, n int) bool {
 	fail := func(code int, extra http.Header, result, reason string) bool {
+		_ = c.SetWriteDeadline(s.now().Add(time.Second))
 		httpError(c, code, extra, reason)
 		l.result, l.reason = result, reason
 		return false
@@ -151,6 +152,9 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 		}
 		if n > 0 && (errors.Is(err, io.EOF) || isTimeout(err)) {
 			return false // the client is done with a persistent connection
+		}
+		if isTimeout(err) {
+			return fail(http.StatusRequestTimeout, nil, resultTimeout, "request not received within the handshake timeout")
 		}
 		return fail(http.StatusBadRequest, nil, resultBad, "malformed request: "+err.Error())
 	}

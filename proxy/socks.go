@@ -294,6 +294,7 @@ func (s *Server) serveSOCKS(c net.Conn, rt *runtimeConfig) {
 	dst, f, why := s.connect(ctx, rt, id, req.dst)
 	cancel()
 	if f != failNone {
+		_ = c.SetWriteDeadline(s.now().Add(time.Second))
 		writeReply(c, repFor(f), netip.AddrPort{})
 		fail(f.result(), why)
 		return

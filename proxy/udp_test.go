@@ -75,7 +75,9 @@ func TestPySocksUDPAssociate(t *testing.T) {
 	}
 }
 
-func itoa(p uint16) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), p).String()[len("0.0.0.0:"):] }
+func itoa(p uint16) string {
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), p).String()[len("0.0.0.0:"):]
+}
 
 // TestUDPAssociateRules uses the project's own client for what PySocks
 // cannot show: fragments dropped, datagrams from another address dropped,
