@@ -237,3 +237,7 @@ func mustContain(t *testing.T, got, want string) {
 }
 
 func newBufReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+func testDialer() *dial.Dialer { return &dial.Dialer{} }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
