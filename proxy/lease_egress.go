@@ -97,7 +97,7 @@ func (e *LeaseEgress) log() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-func (e *LeaseEgress) ttl() time.Duration        { return orDur(e.TTL, DefaultLeaseTTL) }
+func (e *LeaseEgress) ttl() time.Duration         { return orDur(e.TTL, DefaultLeaseTTL) }
 func (e *LeaseEgress) idleRelease() time.Duration { return orDur(e.IdleRelease, DefaultIdleRelease) }
 func (e *LeaseEgress) maxSlices() int {
 	if e.MaxSlices > 0 {
