@@ -214,8 +214,11 @@ func (s *Server) Listen() error {
 		}
 		lns = append(lns, ln)
 	}
+	s.mu.Lock()
+	s.listeners = append(s.listeners, lns...)
+	s.mu.Unlock()
 	for _, ln := range lns {
-		go s.Serve(ln)
+		go s.serve(ln)
 	}
 	return nil
 }
@@ -249,6 +252,10 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
+	return s.serve(ln)
+}
+
+func (s *Server) serve(ln net.Listener) error {
 	s.ready.Add(1)
 	defer s.ready.Add(-1)
 	var backoff time.Duration

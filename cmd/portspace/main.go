@@ -19,6 +19,7 @@ func subcommands() []func() *cobra.Command {
 		newBenchCmd,
 		newCapacityCmd,
 		newNatCmd,
+		newProxyCmd,
 	}
 }
 
