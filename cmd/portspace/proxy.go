@@ -24,8 +24,8 @@ import (
 
 type proxyFlags struct {
 	config, store, holder, metrics, pools, check, host, logLevel string
-	listen                                                      []string
-	allowOpen                                                   bool
+	listen                                                       []string
+	allowOpen                                                    bool
 }
 
 func newProxyCmd() *cobra.Command {
