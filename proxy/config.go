@@ -140,7 +140,6 @@ func (c *Config) dialTimeout() time.Duration { return orDur(c.Timeouts.Dial, Def
 
 // DrainTimeout is Timeouts.Drain or its default.
 func (c *Config) DrainTimeout() time.Duration { return orDur(c.Timeouts.Drain, DefaultDrainTimeout) }
-func (c *Config) sessionIdle() time.Duration  { return orDur(c.SessionIdle, DefaultSessionIdle) }
 func (c *Config) maxHeaderBytes() int {
 	if c.MaxHeaderBytes > 0 {
 		return c.MaxHeaderBytes
@@ -421,7 +420,7 @@ func (r *rawConfig) build(name string) (*Config, error) {
 			return nil, errf(u.line, "user %q: %v", u.Name, err)
 		}
 		names[u.Name] = u.line
-		c.Users = append(c.Users, User{Name: u.Name, Password: u.Password, PasswordHash: u.PasswordHash, Traits: u.Traits, MaxConnections: u.MaxConnections, line: u.line})
+		c.Users = append(c.Users, User(u))
 	}
 	for _, cl := range r.Clients {
 		p, err := netip.ParsePrefix(cl.CIDR.V)

@@ -25,12 +25,6 @@ func curl(t *testing.T, args ...string) (string, int) {
 	return string(out), code
 }
 
-const usersConfig = `
-users:
-  - {name: alice, password: secret}
-  - {name: bob, password-hash: "$2a$04$Vn7n3o6eQXc7N4cFQk6m5uC7o3Kc0vH8b1Y3nWb2J3f0S0Y8o9d7S"}
-`
-
 // TestCurlSOCKS5 sends curl through every SOCKS5 path: --socks5 (curl
 // resolves), --socks5-hostname (the proxy resolves), with and without
 // credentials, and checks the origin saw the request.

@@ -53,6 +53,9 @@ type LeaseEgress struct {
 	// IdleRelease is how long a surplus slice with no connection is kept;
 	// zero: DefaultIdleRelease.
 	IdleRelease time.Duration
+	// SessionIdle is how long a sticky session without connections keeps
+	// its address; zero: DefaultSessionIdle.
+	SessionIdle time.Duration
 	// Strategy is passed to each slice's dial.Dialer (Auto chooses).
 	Strategy dial.Strategy
 	// Now is the clock for idle times; nil: time.Now.
@@ -156,7 +159,7 @@ func (e *LeaseEgress) candidates(req EgressRequest) []*heldSlice {
 	defer e.mu.Unlock()
 	var pin netip.Addr
 	if s := e.sessions[req.Session]; req.Session != "" && s != nil {
-		if s.active > 0 || e.now().Sub(s.lastUsed) < DefaultSessionIdle {
+		if s.active > 0 || e.now().Sub(s.lastUsed) < orDur(e.SessionIdle, DefaultSessionIdle) {
 			pin = s.addr
 		} else {
 			delete(e.sessions, req.Session)

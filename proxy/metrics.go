@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Metrics are the proxy's Prometheus metrics, registered on their own
@@ -52,7 +53,7 @@ func NewMetrics() *Metrics {
 	m.Exhausted = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portspace_proxy_exhausted_total", Help: "Dials refused because every matching pool was exhausted, by requested traits."}, []string{"traits"})
 	m.Reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portspace_proxy_reloads_total", Help: "Configuration reloads by result."}, []string{"result"})
 	m.Registry.MustRegister(m.Connections, m.Active, m.Bytes, m.DialSeconds, m.UDPDatagrams, m.LeasesHeld, m.SlicePorts, m.Exhausted, m.Reloads,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.up = m.Bytes.WithLabelValues("up")
 	m.down = m.Bytes.WithLabelValues("down")
 	return m

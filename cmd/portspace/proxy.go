@@ -255,7 +255,7 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		}
 	}
 	metrics := proxy.NewMetrics()
-	eg := &proxy.LeaseEgress{Store: store, Holder: cfg.Holder, Host: host, Pools: pools, MaxSlices: cfg.MaxSlicesOrDefault(), Logger: log, Metrics: metrics}
+	eg := &proxy.LeaseEgress{Store: store, Holder: cfg.Holder, Host: host, Pools: pools, MaxSlices: cfg.MaxSlicesOrDefault(), SessionIdle: cfg.SessionIdle, Logger: log, Metrics: metrics}
 	srv, err := proxy.NewServer(cfg, eg, proxy.Options{Logger: log, Metrics: metrics})
 	if err != nil {
 		return err
