@@ -118,12 +118,21 @@ func hostTarget(hostport string, def uint16) (target, error) {
 
 // serveHTTP serves HTTP proxy requests on c, whose first byte was already
 // read.
-func (s *Server) serveHTTP(c net.Conn, rt *runtimeConfig, first byte) {
-	lr := &io.LimitedReader{R: c, N: int64(rt.cfg.maxHeaderBytes()) - 1}
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader([]byte{first}), lr), 4096)
+func (s *Server) serveHTTP(c net.Conn, br *bufio.Reader, lr *io.LimitedReader, rt *runtimeConfig, cl *cleanup) {
 	for n := 0; ; n++ {
 		l := &connLog{proto: "http", client: remoteAddr(c), start: s.now()}
-		keep := s.httpRequest(c, rt, br, lr, l, n)
+		rc := &cleanup{}
+		keep := s.httpRequest(c, rt, br, lr, l, n, rc)
+		if rc.detached {
+			// A CONNECT tunnel: its relay finishes the request and then
+			// the connection.
+			reqFns := rc.fns
+			rc.fns = append([]func(){func() { cl.relayed = true; cl.run() }, func() { s.finish(rt, l) }}, reqFns...)
+			cl.detached = true
+			close(rc.wait)
+			return
+		}
+		rc.run()
 		if l.result != "" {
 			s.finish(rt, l)
 		}
@@ -138,7 +147,7 @@ func (s *Server) serveHTTP(c net.Conn, rt *runtimeConfig, first byte) {
 
 // httpRequest serves one request; it reports whether the connection may
 // carry another.
-func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr *io.LimitedReader, l *connLog, n int) bool {
+func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr *io.LimitedReader, l *connLog, n int, rc *cleanup) bool {
 	fail := func(code int, extra http.Header, result, reason string) bool {
 		_ = c.SetWriteDeadline(s.now().Add(time.Second))
 		httpError(c, code, extra, reason)
@@ -189,16 +198,16 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 	if !ok {
 		return fail(http.StatusTooManyRequests, nil, resultLimit, fmt.Sprintf("user %s is at max-connections %d", id.user.Name, id.user.MaxConnections))
 	}
-	defer release()
-	s.metrics.Active.WithLabelValues("http").Inc()
-	defer s.metrics.Active.WithLabelValues("http").Dec()
+	rc.add(release)
+	s.metrics.activeHTTP.Inc()
+	rc.add(s.metrics.activeHTTP.Dec)
 	ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.dialTimeout())
 	dst, f, why := s.connect(ctx, rt, id, t)
 	cancel()
 	if f != failNone {
 		return fail(statusFor(f), nil, f.result(), why)
 	}
-	defer dst.Close()
+	rc.add(func() { dst.Close() })
 	l.egress = localAddr(dst)
 	if req.Method == http.MethodConnect {
 		if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
@@ -215,8 +224,13 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 			l.up += int64(k)
 			s.metrics.countUp(k)
 		}
-		up, down, _ := relay(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.countUp, s.metrics.countDown)
-		l.up, l.down, l.result = l.up+up, down, resultOK
+		rc.detached = true
+		rc.wait = make(chan struct{})
+		relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.countUp, s.metrics.countDown, func(up, down int64, _ error) {
+			<-rc.wait // serveHTTP has added the connection's cleanups
+			l.up, l.down, l.result = l.up+up, down, resultOK
+			rc.run()
+		})
 		return false
 	}
 	return s.forward(c, rt, req, dst, l)

@@ -78,6 +78,7 @@ type heldSlice struct {
 	active   atomic.Int64
 	lost     atomic.Bool
 	idleFrom atomic.Int64 // unix nanos when active last fell to 0
+	gauge    interface{ Set(float64) }
 }
 
 type session struct {
@@ -249,8 +250,8 @@ func (e *LeaseEgress) dialFrom(ctx context.Context, h *heldSlice, network string
 }
 
 func (e *LeaseEgress) gauge(h *heldSlice) {
-	if e.Metrics != nil {
-		e.Metrics.SlicePorts.WithLabelValues(h.l.Pool, h.l.ID).Set(float64(h.active.Load()))
+	if h.gauge != nil {
+		h.gauge.Set(float64(h.active.Load()))
 	}
 }
 
@@ -343,6 +344,10 @@ func (e *LeaseEgress) claim(ctx context.Context, req EgressRequest) (*heldSlice,
 	}
 	h := &heldSlice{l: l, traits: traits, d: &dial.Dialer{Sources: []netip.Addr{l.Addr}, Ports: l.Ports, Strategy: e.Strategy, Logger: e.Logger}}
 	h.idleFrom.Store(e.now().UnixNano())
+	if e.Metrics != nil {
+		h.gauge = e.Metrics.SlicePorts.WithLabelValues(l.Pool, l.ID)
+		h.gauge.Set(0)
+	}
 	e.mu.Lock()
 	e.slices = append(e.slices, h)
 	e.mu.Unlock()

@@ -38,9 +38,11 @@ var lo1 = netip.MustParseAddr("127.0.0.1")
 // claimed slice when it has one.
 func TestLeaseEgressSliceCapacity(t *testing.T) {
 	for _, second := range []bool{false, true} {
-		ports := rangePorts(47400, 47409)
+		base := uint16(47400)
+		ports := rangePorts(base, base+9)
 		if second {
-			ports = rangePorts(47400, 47419)
+			base = 47420 // the first round's connections are still open
+			ports = rangePorts(base, base+19)
 		}
 		pools := []lease.Pool{{Name: "de", Addrs: []netip.Addr{lo1}, Traits: map[string]string{"geo": "de"}, Ports: ports, Slice: 10, Quarantine: time.Second}}
 		st := boltStore(t, pools)
@@ -54,7 +56,7 @@ func TestLeaseEgressSliceCapacity(t *testing.T) {
 				t.Fatalf("connection %d: reply %d err %v", i, rep, err)
 			}
 			t.Cleanup(func() { c.Close() })
-			if bnd.Port() < 47400 || bnd.Port() > 47409 {
+			if bnd.Port() < base || bnd.Port() > base+9 {
 				t.Fatalf("connection %d from %v, outside the first slice", i, bnd)
 			}
 			k := tuple.From(tuple.TCP, bnd, dsts[i%2])
@@ -71,8 +73,8 @@ func TestLeaseEgressSliceCapacity(t *testing.T) {
 			p.waitCount("socks5", resultExhausted, 1)
 			continue
 		}
-		if err != nil || rep != 0 || bnd.Port() < 47410 {
-			t.Fatalf("21st with a second slice: reply %d from %v err %v, want success from 47410-47419", rep, bnd, err)
+		if err != nil || rep != 0 || bnd.Port() < base+10 {
+			t.Fatalf("21st with a second slice: reply %d from %v err %v, want success from the second slice", rep, bnd, err)
 		}
 		c.Close()
 		if n := len(eg.Held()); n != 2 {

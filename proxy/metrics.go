@@ -36,7 +36,8 @@ type Metrics struct {
 	// Reloads counts configuration reloads by result (ok, error).
 	Reloads *prometheus.CounterVec
 
-	up, down prometheus.Counter
+	up, down                prometheus.Counter
+	activeSOCKS, activeHTTP prometheus.Gauge
 }
 
 // NewMetrics creates the metrics on a new registry, with the Go and process
@@ -56,6 +57,8 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.up = m.Bytes.WithLabelValues("up")
 	m.down = m.Bytes.WithLabelValues("down")
+	m.activeSOCKS = m.Active.WithLabelValues("socks5")
+	m.activeHTTP = m.Active.WithLabelValues("http")
 	return m
 }
 

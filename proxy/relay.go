@@ -33,13 +33,20 @@ type direction struct {
 	rc       syscall.RawConn // nil: src offers no RawConn; Read blocks holding a buffer
 	wait     func(fd uintptr) bool
 	peek     [1]byte
+	avail    int32 // bytes queued on src, as the readability check found
+	srcTCP   *net.TCPConn
+	dstTCP   *net.TCPConn
+	lr       io.LimitedReader // reused: splices exactly avail bytes
 	n        int64
 	count    func(int) // adds bytes to a metric; may be nil
 	deadline time.Time
 }
 
 func newDirection(t *tunnel, src, dst net.Conn, count func(int)) *direction {
-	d := &direction{t: t, src: src, dst: dst, count: count}
+	d := &direction{t: t, src: src, dst: dst, count: count, srcTCP: tcpOf(src), dstTCP: tcpOf(dst)}
+	if d.srcTCP != nil {
+		src = d.srcTCP
+	}
 	if sc, ok := src.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			d.rc = rc
@@ -47,6 +54,21 @@ func newDirection(t *tunnel, src, dst net.Conn, count func(int)) *direction {
 		}
 	}
 	return d
+}
+
+// tcpOf returns the *net.TCPConn under c's NetConn wrappers, or nil.
+func tcpOf(c net.Conn) *net.TCPConn {
+	for range 4 {
+		if tc, ok := c.(*net.TCPConn); ok {
+			return tc
+		}
+		w, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
+		c = w.NetConn()
+	}
+	return nil
 }
 
 // errIdle ends a tunnel that saw no byte in either direction for its idle
@@ -92,8 +114,25 @@ func (d *direction) waitReadable() error {
 // step relays one chunk: it waits for readability, then reads into a
 // pooled buffer and writes it out. It allocates nothing.
 func (d *direction) step() (int, error) {
+	d.avail = 0
 	if err := d.waitReadable(); err != nil {
 		return 0, err
+	}
+	if d.avail > 0 && d.srcTCP != nil && d.dstTCP != nil {
+		// Splice exactly the queued bytes through a pooled pipe: the
+		// kernel moves them, and the pipe goes back to the pool before the
+		// next wait.
+		d.lr.R, d.lr.N = d.srcTCP, int64(d.avail)
+		n64, err := d.dstTCP.ReadFrom(&d.lr)
+		n := int(n64)
+		if n > 0 {
+			d.t.touch()
+			d.n += n64
+			if d.count != nil {
+				d.count(n)
+			}
+		}
+		return n, err
 	}
 	bp := relayBufs.Get().(*[relayBufSize]byte)
 	n, err := d.src.Read(bp[:])
@@ -139,6 +178,43 @@ func closeWrite(c net.Conn) {
 		return
 	}
 	_ = c.Close()
+}
+
+// relayAsync relays a and b as relay does, in two new goroutines, and calls
+// done when both directions have ended; the caller's goroutine (and its
+// stack) is free at once.
+func relayAsync(a, b net.Conn, idle time.Duration, now func() time.Time, up, down func(int), done func(aToB, bToA int64, err error)) {
+	t := &tunnel{idle: idle, now: now}
+	t.touch()
+	r := &relayState{a: a, b: b, done: done}
+	r.ab = newDirection(t, a, b, up)
+	r.ba = newDirection(t, b, a, down)
+	r.left.Store(2)
+	go r.run(r.ab)
+	go r.run(r.ba)
+}
+
+type relayState struct {
+	a, b   net.Conn
+	ab, ba *direction
+	left   atomic.Int32
+	once   sync.Once
+	first  error
+	done   func(aToB, bToA int64, err error)
+}
+
+func (r *relayState) run(d *direction) {
+	if err := d.run(); err != nil {
+		r.once.Do(func() {
+			r.first = err
+			r.a.Close()
+			r.b.Close()
+		})
+	}
+	if r.left.Add(-1) == 0 {
+		r.once.Do(func() {})
+		r.done(r.ab.n, r.ba.n, r.first)
+	}
 }
 
 // relay copies a to b and b to a until both directions end, propagating a

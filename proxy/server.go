@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -335,20 +337,60 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // handle tells SOCKS5 from HTTP by the first byte and serves the
 // connection.
 func (s *Server) handle(c net.Conn) {
-	defer s.untrack(c)
-	defer lingerClose(c, s.now)
+	cl := &cleanup{}
+	cl.add(func() { s.untrack(c) })
+	cl.add(func() {
+		if cl.relayed {
+			c.Close() // both directions ended: nothing left to read
+		} else {
+			lingerClose(c, s.now)
+		}
+	})
+	defer func() {
+		if !cl.detached {
+			cl.run()
+		}
+	}()
 	rt := s.rt.Load()
 	_ = c.SetDeadline(s.now().Add(rt.cfg.handshakeTimeout()))
-	var first [1]byte
-	if _, err := io.ReadFull(c, first[:]); err != nil {
+	// One buffered reader for the handshake: a client's greeting, request
+	// (or HTTP header section) each arrive in one read. lr bounds what an
+	// HTTP header section may take.
+	lr := &io.LimitedReader{R: c, N: int64(rt.cfg.maxHeaderBytes())}
+	br := bufio.NewReaderSize(lr, 2048)
+	first, err := br.Peek(1)
+	if err != nil {
 		s.finish(rt, &connLog{proto: "unknown", client: remoteAddr(c), result: resultBad, reason: "no first byte: " + errString(err)})
 		return
 	}
 	if first[0] == socksVersion {
-		s.serveSOCKS(c, rt)
+		lr.N = math.MaxInt64
+		br.Discard(1)
+		s.serveSOCKS(c, br, rt, cl)
 		return
 	}
-	s.serveHTTP(c, rt, first[0])
+	s.serveHTTP(c, br, lr, rt, cl)
+}
+
+// cleanup is the work left when a connection ends: run by the handler
+// goroutine, or, once a tunnel is handed to its relay goroutines
+// (detached), by the relay when both directions end, so that the
+// handler's stack is gone while the tunnel idles.
+type cleanup struct {
+	fns      []func()
+	detached bool
+	wait     chan struct{} // closed when fns is complete (HTTP CONNECT)
+	relayed  bool          // the connection was a tunnel that ended
+}
+
+func (c *cleanup) add(f func()) { c.fns = append(c.fns, f) }
+
+// run calls the functions in reverse order, as defers would.
+func (c *cleanup) run() {
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		c.fns[i]()
+	}
+	c.fns = nil
 }
 
 // lingerClose half-closes c and discards what the client still sends for a

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -208,12 +209,12 @@ func repFor(f failure) byte {
 }
 
 // serveSOCKS serves one SOCKS5 connection after its version byte.
-func (s *Server) serveSOCKS(c net.Conn, rt *runtimeConfig) {
+func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, rt *runtimeConfig, cl *cleanup) {
 	l := &connLog{proto: "socks5", client: remoteAddr(c), start: s.now()}
-	defer s.finish(rt, l)
+	cl.add(func() { s.finish(rt, l) })
 	fail := func(result, reason string) { l.result, l.reason = result, reason }
 	var mbuf [255]byte
-	methods, err := readGreeting(c, &mbuf)
+	methods, err := readGreeting(br, &mbuf)
 	if err != nil {
 		fail(resultBad, err.Error())
 		return
@@ -237,7 +238,7 @@ func (s *Server) serveSOCKS(c net.Conn, rt *runtimeConfig) {
 	}
 	var user, pass string
 	if want == methodUserPass {
-		if user, pass, err = readUserPass(c); err != nil {
+		if user, pass, err = readUserPass(br); err != nil {
 			c.Write([]byte{authVersion, 0x01})
 			fail(resultBad, err.Error())
 			return
@@ -256,7 +257,7 @@ func (s *Server) serveSOCKS(c net.Conn, rt *runtimeConfig) {
 			return
 		}
 	}
-	req, rerr := readSOCKSRequest(c)
+	req, rerr := readSOCKSRequest(br)
 	l.dst = req.dst.String()
 	if rerr != nil {
 		var se *socksError
@@ -283,9 +284,9 @@ func (s *Server) serveSOCKS(c net.Conn, rt *runtimeConfig) {
 		fail(resultLimit, fmt.Sprintf("user %s is at max-connections %d", id.user.Name, id.user.MaxConnections))
 		return
 	}
-	defer release()
-	s.metrics.Active.WithLabelValues("socks5").Inc()
-	defer s.metrics.Active.WithLabelValues("socks5").Dec()
+	cl.add(release)
+	s.metrics.activeSOCKS.Inc()
+	cl.add(s.metrics.activeSOCKS.Dec)
 	if req.cmd == cmdUDP {
 		s.udpAssociate(c, rt, id, req, l)
 		return
@@ -299,13 +300,25 @@ func (s *Server) serveSOCKS(c net.Conn, rt *runtimeConfig) {
 		fail(f.result(), why)
 		return
 	}
-	defer dst.Close()
+	cl.add(func() { dst.Close() })
 	l.egress = localAddr(dst)
 	if err := writeReply(c, RepSucceeded, l.egress); err != nil {
 		fail(resultBad, err.Error())
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	l.up, l.down, _ = relay(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.countUp, s.metrics.countDown)
-	l.result = resultOK
+	if k := br.Buffered(); k > 0 { // data the client sent before the reply
+		b, _ := br.Peek(k)
+		if _, err := dst.Write(b); err != nil {
+			fail(resultDialFailed, err.Error())
+			return
+		}
+		l.up += int64(k)
+	}
+	cl.detached = true
+	relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.countUp, s.metrics.countDown, func(up, down int64, _ error) {
+		l.up, l.down, l.result = l.up+up, down, resultOK
+		cl.relayed = true
+		cl.run()
+	})
 }

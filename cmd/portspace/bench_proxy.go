@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -119,7 +120,6 @@ func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 	if err != nil {
 		return err
 	}
-	defer ours.stop()
 	all := []*proxyFigures{direct, ours}
 	for _, p := range strings.Split(f.peers, ",") {
 		switch strings.TrimSpace(p) {
@@ -508,7 +508,9 @@ func freeLoopbackPort() (string, error) {
 // startChild starts a proxy process and waits until it accepts.
 func startChild(ctx context.Context, p *proxyFigures, name string, args ...string) {
 	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	// No pipes: a forking peer's children would keep them open and Wait
+	// would never return.
+	cmd.Stdout, cmd.Stderr = nil, nil
 	if err := cmd.Start(); err != nil {
 		p.Skipped = err.Error()
 		return
@@ -517,7 +519,7 @@ func startChild(ctx context.Context, p *proxyFigures, name string, args ...strin
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	p.stop = func() {
-		cmd.Process.Signal(os.Interrupt)
+		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
