@@ -38,10 +38,10 @@ var lo1 = netip.MustParseAddr("127.0.0.1")
 // claimed slice when it has one.
 func TestLeaseEgressSliceCapacity(t *testing.T) {
 	for _, second := range []bool{false, true} {
-		base := uint16(47400)
+		base := uint16(21400)
 		ports := rangePorts(base, base+9)
 		if second {
-			base = 47420 // the first round's connections are still open
+			base = 21420 // the first round's connections are still open
 			ports = rangePorts(base, base+19)
 		}
 		pools := []lease.Pool{{Name: "de", Addrs: []netip.Addr{lo1}, Traits: map[string]string{"geo": "de"}, Ports: ports, Slice: 10, Quarantine: time.Second}}
@@ -87,7 +87,7 @@ func TestLeaseEgressSliceCapacity(t *testing.T) {
 // once; an idle surplus slice is released after IdleRelease (fake clock);
 // the first slice stays.
 func TestLeaseEgressLifecycle(t *testing.T) {
-	pools := []lease.Pool{{Name: "p", Addrs: []netip.Addr{lo1}, Ports: rangePorts(47500, 47502), Slice: 1, Quarantine: time.Millisecond}}
+	pools := []lease.Pool{{Name: "p", Addrs: []netip.Addr{lo1}, Ports: rangePorts(21500, 21502), Slice: 1, Quarantine: time.Millisecond}}
 	st := boltStore(t, pools)
 	var now atomic.Int64
 	now.Store(time.Unix(1e9, 0).UnixNano())
@@ -146,8 +146,8 @@ func TestLeaseEgressLifecycle(t *testing.T) {
 func TestLeaseEgressTraitsAndSessions(t *testing.T) {
 	a2 := netip.MustParseAddr("127.0.0.2")
 	pools := []lease.Pool{
-		{Name: "de", Addrs: []netip.Addr{lo1, a2}, Traits: map[string]string{"geo": "de"}, Ports: rangePorts(47600, 47601), Slice: 2, Quarantine: time.Millisecond},
-		{Name: "fr", Addrs: []netip.Addr{lo1}, Traits: map[string]string{"geo": "fr"}, Ports: rangePorts(47610, 47611), Slice: 2, Quarantine: time.Millisecond},
+		{Name: "de", Addrs: []netip.Addr{lo1, a2}, Traits: map[string]string{"geo": "de"}, Ports: rangePorts(21600, 21601), Slice: 2, Quarantine: time.Millisecond},
+		{Name: "fr", Addrs: []netip.Addr{lo1}, Traits: map[string]string{"geo": "fr"}, Ports: rangePorts(21610, 21611), Slice: 2, Quarantine: time.Millisecond},
 	}
 	st := boltStore(t, pools)
 	eg := &LeaseEgress{Store: st, Holder: "h", Pools: pools, Strategy: dial.Search}
@@ -158,7 +158,7 @@ func TestLeaseEgressTraitsAndSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fr.Close()
-	if p := localAddr(fr).Port(); p < 47610 || p > 47611 {
+	if p := localAddr(fr).Port(); p < 21610 || p > 21611 {
 		t.Errorf("geo=fr dialed from %v", localAddr(fr))
 	}
 	if _, err := eg.Dial(ctx, "tcp", dst, EgressRequest{Traits: map[string]string{"geo": "us"}}); !errors.Is(err, ErrNoEgress) {

@@ -104,15 +104,15 @@ func TestSOCKSReplyCodes(t *testing.T) {
 // HTTP path answers 503.
 func TestSOCKSExhaustion(t *testing.T) {
 	echo := echoServer(t, "127.0.0.10")
-	d := &dial.Dialer{Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Ports: tuple.PortSetOf(tuple.SinglePort(47311)), Strategy: dial.Search}
+	d := &dial.Dialer{Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Ports: tuple.PortSetOf(tuple.SinglePort(21311)), Strategy: dial.Search}
 	p := startProxy(t, "", &DialerEgress{Dialer: d})
 	c1, rep, bnd, err := socksDial(t, p.addr, "", "", cmdConnect, addrBytes(echo))
 	if err != nil || rep != 0 {
 		t.Fatalf("first: rep %d err %v", rep, err)
 	}
 	defer c1.Close()
-	if bnd.Port() != 47311 {
-		t.Errorf("BND %v, want port 47311 (the egress port)", bnd)
+	if bnd.Port() != 21311 {
+		t.Errorf("BND %v, want port 21311 (the egress port)", bnd)
 	}
 	_, rep, _, err = socksDial(t, p.addr, "", "", cmdConnect, addrBytes(echo))
 	if err != nil || rep != RepGeneralFailure {
