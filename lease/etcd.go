@@ -816,9 +816,9 @@ func (s *EtcdStore) Renew(ctx context.Context, l Lease) (Lease, error) {
 	if !resp.Succeeded {
 		return Lease{}, lost(l, "the grant ended during the renew")
 	}
-	p, _ := s.poolNamed(l.Pool)
-	if p.Name == "" {
-		p = Pool{Name: l.Pool}
+	pool, _, _, _ := parseSliceID(l.ID)
+	if p, ok := s.poolNamed(pool); ok {
+		return s.leaseOf(l.ID, p, g, int64(l.Token)), nil
 	}
 	out := l
 	out.Holder, out.Host, out.Expires, out.State = g.Holder, g.Host, time.Unix(0, g.Expires), Held
@@ -833,7 +833,8 @@ func (s *EtcdStore) Release(ctx context.Context, l Lease) error {
 	if _, _, _, err := s.current(ctx, l); err != nil {
 		return err
 	}
-	p, ok := s.poolNamed(l.Pool)
+	pool, _, _, _ := parseSliceID(l.ID)
+	p, ok := s.poolNamed(pool)
 	q := DefaultQuarantine
 	if ok {
 		q = p.Quarantine
