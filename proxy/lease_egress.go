@@ -206,6 +206,19 @@ func (e *LeaseEgress) Dial(ctx context.Context, network string, dst netip.AddrPo
 	return c, err
 }
 
+// Claim claims one slice for traits now (before any request needs it), so
+// that the steering gateway can route its replies by the time clients
+// come; it is the claim a dial would make.
+func (e *LeaseEgress) Claim(ctx context.Context, traits map[string]string) (lease.Lease, error) {
+	e.claimMu.Lock()
+	defer e.claimMu.Unlock()
+	h, err := e.claim(ctx, EgressRequest{Traits: traits})
+	if err != nil {
+		return lease.Lease{}, err
+	}
+	return h.l, nil
+}
+
 var errNoHeldPort = errors.New("proxy: no held slice has a free port toward the destination")
 
 func (e *LeaseEgress) dialHeld(ctx context.Context, network string, dst netip.AddrPort, req EgressRequest) (net.Conn, error) {
