@@ -260,6 +260,22 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	if err != nil {
 		return err
 	}
+	// Claim a first slice now (one per pool whose traits we know), so the
+	// steering gateway routes its replies before the first client comes.
+	prime := []map[string]string{nil}
+	if len(pools) > 0 {
+		prime = prime[:0]
+		for _, p := range pools {
+			prime = append(prime, p.Traits)
+		}
+	}
+	for _, tr := range prime {
+		if l, err := eg.Claim(ctx, tr); err != nil {
+			log.Warn("proxy: no slice at start; dials will claim one", "traits", proxy.TraitsString(tr), "err", err)
+		} else {
+			log.Info("proxy: holding", "slice", l.ID, "addr", l.Addr, "ports", l.Ports.String())
+		}
+	}
 	egCtx, egStop := context.WithCancel(context.Background())
 	egDone := make(chan struct{})
 	go func() { eg.Run(egCtx); close(egDone) }()
