@@ -117,8 +117,11 @@ func TestIdleTunnelDescriptors(t *testing.T) {
 		conns = append(conns, c)
 	}
 	s1, p1 := fdKinds(t)
-	if s1-s0 != 4*n || p1 != p0 {
-		t.Errorf("%d idle tunnels added %d sockets and %d pipes, want %d sockets and 0 pipes", n, s1-s0, p1-p0, 4*n)
+	// Splice pipes live in a pool shared by all tunnels (and the garbage
+	// collector may close pooled ones meanwhile): a few may come and go,
+	// but none may be held per idle tunnel.
+	if s1-s0 != 4*n || p1-p0 >= n/5 {
+		t.Errorf("%d idle tunnels added %d sockets and %d pipes, want %d sockets and no pipe per tunnel", n, s1-s0, p1-p0, 4*n)
 	}
 	for _, c := range conns {
 		c.Close()

@@ -137,20 +137,31 @@ func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 			defer p.stop()
 		}
 	}
-	for _, p := range all {
-		if p.Skipped == "" {
-			measureSetup(ctx, p, o.setup, f.concurrency, f.duration)
+	progress := func(phase string, p *proxyFigures, start time.Time) {
+		if !f.json {
+			fmt.Fprintf(cmd.ErrOrStderr(), "bench proxy: %s %s: %v\n", phase, p.Name, time.Since(start).Round(time.Millisecond))
 		}
 	}
 	for _, p := range all {
 		if p.Skipped == "" {
+			start := time.Now()
+			measureSetup(ctx, p, o.setup, f.concurrency, f.duration)
+			progress("setup", p, start)
+		}
+	}
+	for _, p := range all {
+		if p.Skipped == "" {
+			start := time.Now()
 			measureBulk(p, o.bulk, int64(f.bulkMiB)<<20)
+			progress("bulk", p, start)
 		}
 	}
 	if f.idle > 0 {
 		for _, p := range all {
 			if p.Skipped == "" && p.pid != 0 {
+				start := time.Now()
 				measureIdle(p, o.idle, f.idle)
+				progress("idle", p, start)
 			}
 		}
 	}
