@@ -423,27 +423,41 @@ func measureBulk(p *proxyFigures, dst netip.AddrPort, n int64) {
 func measureIdle(p *proxyFigures, dst netip.AddrPort, n int) {
 	runtimeSettle()
 	before := treePSS(p.pid)
+	var mu sync.Mutex
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}()
-	var b [1]byte
-	for range n {
-		c, err := socksConnect(p.socks, dst)
-		if err != nil {
-			p.IdleErrors++
-			continue
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadFull(c, b[:]); err != nil {
-			p.IdleErrors++
-			c.Close()
-			continue
-		}
-		conns = append(conns, c)
+	// Open them from 16 clients at once: a peer that is slow per connection
+	// (microsocks starts a thread for each) still finishes in time.
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b [1]byte
+			for next.Add(1) <= int64(n) {
+				c, err := socksConnect(p.socks, dst)
+				if err == nil {
+					c.SetDeadline(time.Now().Add(10 * time.Second))
+					if _, err = io.ReadFull(c, b[:]); err != nil {
+						c.Close()
+					}
+				}
+				mu.Lock()
+				if err != nil {
+					p.IdleErrors++
+				} else {
+					conns = append(conns, c)
+				}
+				mu.Unlock()
+			}
+		}()
 	}
+	wg.Wait()
 	runtimeSettle()
 	after := treePSS(p.pid)
 	p.IdleConns = len(conns)
