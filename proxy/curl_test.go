@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os/exec"
 	"strings"
 	"testing"
@@ -128,4 +130,26 @@ users:
 	p.waitCount("http", resultAuth, 2)
 	p.waitCount("http", resultRefused, 3)
 	p.waitCount("http", resultDialFailed, 1)
+}
+
+// TestCurlIPv6Listener: a listener on ::1 serves SOCKS5 and HTTP too.
+func TestCurlIPv6Listener(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback")
+	}
+	o := startOrigin(t, "127.0.0.10")
+	cfg, _ := ParseConfig("v6.yaml", []byte(baseConfig))
+	srv, err := NewServer(cfg, &DialerEgress{Dialer: testDialer()}, Options{Resolver: testResolver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+	for _, args := range [][]string{{"--socks5", ln.Addr().String()}, {"-x", "http://" + ln.Addr().String()}} {
+		out, code := curl(t, append(args, "http://"+o.addr.String()+"/v6")...)
+		if code != 0 || !strings.Contains(out, "path /v6") {
+			t.Errorf("curl %v: exit %d: %s", args, code, out)
+		}
+	}
 }

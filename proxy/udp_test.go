@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/internal/netnstest"
+	"github.com/portspace/portspace/lease"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -127,5 +128,54 @@ func TestUDPAssociateRules(t *testing.T) {
 	client.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	if _, _, err := client.ReadFromUDPAddrPort(buf); err == nil {
 		t.Error("the association relayed after its TCP connection closed")
+	}
+}
+
+// TestUDPAssociateFromSlice relays UDP through a LeaseEgress: the
+// destination sees a source port of the held slice (the dialer's UDP path),
+// and two associations to the same destination get different ports.
+func TestUDPAssociateFromSlice(t *testing.T) {
+	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.10:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(b)
+			if err != nil {
+				return
+			}
+			pc.WriteToUDPAddrPort(append([]byte(from.String()+" "), b[:n]...), from)
+		}
+	}()
+	echo := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	pools := []lease.Pool{{Name: "u", Addrs: []netip.Addr{lo1}, Ports: rangePorts(21700, 21709), Slice: 10, Quarantine: time.Second}}
+	eg := &LeaseEgress{Store: boltStore(t, pools), Holder: "h", Pools: pools}
+	p := startProxy(t, "", eg)
+	seen := map[netip.AddrPort]bool{}
+	for i := range 2 {
+		ctl, rep, relayAddr, err := socksDial(t, p.addr, "", "", cmdUDP, addrBytes(netip.MustParseAddrPort("0.0.0.0:0")))
+		if err != nil || rep != 0 {
+			t.Fatal(rep, err)
+		}
+		defer ctl.Close()
+		client, _ := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+		defer client.Close()
+		hdr := append([]byte{0, 0, 0}, addrBytes(echo)...)
+		client.WriteToUDPAddrPort(append(hdr, "hi"...), relayAddr)
+		buf := make([]byte, 2048)
+		client.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, _, err := client.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("association %d: %v", i, err)
+		}
+		from, _, _ := strings.Cut(string(buf[len(hdr):n]), " ")
+		ap, err := netip.ParseAddrPort(from)
+		if err != nil || ap.Addr() != lo1 || ap.Port() < 21700 || ap.Port() > 21709 || seen[ap] {
+			t.Fatalf("association %d: the destination saw %q, want a fresh port of 21700-21709", i, from)
+		}
+		seen[ap] = true
 	}
 }
