@@ -38,6 +38,8 @@ type direction struct {
 	dstTCP   *net.TCPConn
 	lr       io.LimitedReader // reused: splices exactly avail bytes
 	n        int64
+	ended    atomic.Bool // run returned
+	other    *direction  // the opposite direction, if known
 	count    func(int) // adds bytes to a metric; may be nil
 	deadline time.Time
 }
@@ -163,7 +165,11 @@ func (d *direction) run() error {
 	for {
 		_, err := d.step()
 		if err == io.EOF {
-			closeWrite(d.dst)
+			// Pass the FIN on, unless the other direction has ended too:
+			// then both sockets are about to be closed anyway.
+			if d.other == nil || !d.other.ended.Load() {
+				closeWrite(d.dst)
+			}
 			return nil
 		}
 		if err != nil {
@@ -189,6 +195,7 @@ func relayAsync(a, b net.Conn, idle time.Duration, now func() time.Time, up, dow
 	r := &relayState{a: a, b: b, done: done}
 	r.ab = newDirection(t, a, b, up)
 	r.ba = newDirection(t, b, a, down)
+	r.ab.other, r.ba.other = r.ba, r.ab
 	r.left.Store(2)
 	go r.run(r.ab)
 	go r.run(r.ba)
@@ -204,7 +211,9 @@ type relayState struct {
 }
 
 func (r *relayState) run(d *direction) {
-	if err := d.run(); err != nil {
+	err := d.run()
+	d.ended.Store(true)
+	if err != nil {
 		r.once.Do(func() {
 			r.first = err
 			r.a.Close()
