@@ -40,7 +40,7 @@ type direction struct {
 	n        int64
 	ended    atomic.Bool // run returned
 	other    *direction  // the opposite direction, if known
-	count    func(int) // adds bytes to a metric; may be nil
+	count    func(int)   // adds bytes to a metric; may be nil
 	deadline time.Time
 }
 
