@@ -34,6 +34,10 @@ type benchProxyFlags struct {
 	peers       string
 	json        bool
 	origin      string
+
+	fleet                              bool
+	fleetProcs, fleetConns, fleetDests int
+	role, roleArg                      string
 }
 
 func newBenchProxyCmd() *cobra.Command {
@@ -56,7 +60,15 @@ with the same SOCKS5 client:
 A direct connection (no proxy) is measured as the baseline for setup and
 bulk. A peer that is not installed is skipped and the table says so.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runBenchProxy(cmd, f) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case f.role != "":
+				return runFleetRole(cmd, f.role, f.roleArg)
+			case f.fleet:
+				return runBenchProxyFleet(cmd, f)
+			}
+			return runBenchProxy(cmd, f)
+		},
 	}
 	fl := cmd.Flags()
 	fl.DurationVar(&f.duration, "duration", 3*time.Second, "setup phase length per proxy")
@@ -66,6 +78,14 @@ bulk. A peer that is not installed is skipped and the table says so.`,
 	fl.StringVar(&f.peers, "peers", "microsocks,dante", "peers to compare (comma-separated: microsocks, dante; empty: none)")
 	fl.StringVar(&f.origin, "origin", "127.0.0.10", "loopback address of the origin servers")
 	fl.BoolVar(&f.json, "json", false, "print JSON instead of a table")
+	fl.BoolVar(&f.fleet, "fleet", false, "instead: --fleet-procs proxy processes, each with its own 1,000-port slice of 127.0.0.1, carry --fleet-conns tunnels each to --fleet-dests destinations; report time, memory and a sock_diag census of duplicate 4-tuples")
+	fl.IntVar(&f.fleetProcs, "fleet-procs", 8, "--fleet: proxy processes")
+	fl.IntVar(&f.fleetConns, "fleet-conns", 9000, "--fleet: tunnels per proxy process")
+	fl.IntVar(&f.fleetDests, "fleet-dests", 100, "--fleet: loopback destinations (127.0.1.1 up, port 9000)")
+	fl.StringVar(&f.role, "role", "", "internal: run as a --fleet worker (origin or client)")
+	fl.StringVar(&f.roleArg, "role-arg", "", "internal: the worker's argument")
+	_ = fl.MarkHidden("role")
+	_ = fl.MarkHidden("role-arg")
 	return cmd
 }
 
