@@ -62,3 +62,23 @@ func TestBenchProxySmall(t *testing.T) {
 		t.Errorf("ratios %v lack bulk_vs_direct", rep.Ratios)
 	}
 }
+
+// TestBenchProxyFleetSmall runs a small --fleet: two proxy processes with
+// their own slices carry every tunnel, and the sock_diag census finds each
+// 4-tuple once and every source port inside the slices.
+func TestBenchProxyFleetSmall(t *testing.T) {
+	out, _, err := runCLI(t, "bench", "proxy", "--fleet", "--fleet-procs", "2", "--fleet-conns", "300", "--fleet-dests", "4", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fig fleetFigures
+	if err := json.Unmarshal([]byte(out), &fig); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if fig.Opened != 600 || fig.Errors != 0 {
+		t.Errorf("opened %d with %d errors, want 600 and 0", fig.Opened, fig.Errors)
+	}
+	if c := fig.Census; !c.Taken || c.Seen != 600 || c.Distinct != 600 || c.Duplicates != 0 || c.OutsidePorts != 0 {
+		t.Errorf("census %+v, want 600 distinct sockets inside the slices", c)
+	}
+}
