@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -123,5 +124,38 @@ func TestParseUsername(t *testing.T) {
 		if _, _, _, err := ParseUsername(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// TestAccessLog: with access-log set, each finished connection is one JSON
+// line naming the user, destination, egress and result.
+func TestAccessLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.jsonl")
+	echo := echoServer(t, "127.0.0.10")
+	p := startProxy(t, "access-log: "+path+"\nusers: [{name: alice, password: secret}]", nil)
+	c, rep, _, err := socksDial(t, p.addr, "alice", "secret", cmdConnect, addrBytes(echo))
+	if err != nil || rep != 0 {
+		t.Fatal(rep, err)
+	}
+	c.Close()
+	socksDial(t, p.addr, "alice", "wrong", cmdConnect, addrBytes(echo))
+	p.waitCount("socks5", resultAuth, 1)
+	p.waitCount("socks5", resultOK, 1)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("access log %q, want 2 lines", b)
+	}
+	var ok, bad map[string]any
+	json.Unmarshal([]byte(lines[0]), &ok)
+	json.Unmarshal([]byte(lines[1]), &bad)
+	if ok["result"] == "auth_failed" {
+		ok, bad = bad, ok
+	}
+	if ok["user"] != "alice" || ok["dst"] != echo.String() || ok["result"] != "ok" || !strings.HasPrefix(ok["egress"].(string), "127.0.0.") || bad["result"] != "auth_failed" {
+		t.Errorf("access log lines %v / %v", ok, bad)
 	}
 }
