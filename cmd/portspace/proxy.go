@@ -291,7 +291,14 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		}
 		defer ms.Close()
 	}
-	log.Info("proxy: serving", "listen", fmt.Sprint(srv.Addrs()), "holder", cfg.Holder, "store", cfg.Store, "metrics", cfg.Metrics.String())
+	metricsAt, storeAt := "off", cfg.Store
+	if cfg.Metrics.IsValid() {
+		metricsAt = cfg.Metrics.String()
+	}
+	if storeAt == "" {
+		storeAt = "bolt: (the default file)"
+	}
+	log.Info("proxy: serving", "listen", fmt.Sprint(srv.Addrs()), "holder", cfg.Holder, "store", storeAt, "metrics", metricsAt)
 	fmt.Fprintf(cmd.OutOrStdout(), "portspace proxy: serving SOCKS5 and HTTP on %v\n", srv.Addrs())
 
 	hup := make(chan os.Signal, 1)
