@@ -205,9 +205,11 @@ func closeWrite(c net.Conn) {
 	_ = c.Close()
 }
 
-// relayAsync relays a and b as relay does, in two new goroutines, and calls
-// done when both directions have ended; the caller's goroutine (and its
-// stack) is free at once.
+// relayAsync copies a to b and b to a, each direction in a new goroutine,
+// until both end, propagating a half-close (FIN) from either side; an error
+// or the idle timeout in either direction closes both. It then calls done
+// with the bytes relayed each way and the first error. The caller's
+// goroutine (and its stack) is free at once.
 func relayAsync(a, b net.Conn, idle time.Duration, now func() time.Time, up, down func(int), done func(aToB, bToA int64, err error)) {
 	t := &tunnel{idle: idle, now: now}
 	t.touch()
@@ -243,35 +245,4 @@ func (r *relayState) run(d *direction) {
 		r.once.Do(func() {})
 		r.done(r.ab.n, r.ba.n, r.first)
 	}
-}
-
-// relay copies a to b and b to a until both directions end, propagating a
-// half-close (FIN) from either side; an error or the idle timeout in
-// either direction closes both. It returns the bytes relayed each way.
-func relay(a, b net.Conn, idle time.Duration, now func() time.Time, up, down func(int)) (aToB, bToA int64, err error) {
-	t := &tunnel{idle: idle, now: now}
-	t.touch()
-	ab := newDirection(t, a, b, up)
-	ba := newDirection(t, b, a, down)
-	var first error
-	var once sync.Once
-	fail := func(err error) {
-		once.Do(func() {
-			first = err
-			a.Close()
-			b.Close()
-		})
-	}
-	done := make(chan struct{})
-	go func() {
-		if err := ba.run(); err != nil {
-			fail(err)
-		}
-		close(done)
-	}()
-	if err := ab.run(); err != nil {
-		fail(err)
-	}
-	<-done
-	return ab.n, ba.n, first
 }

@@ -171,3 +171,14 @@ func TestRelayIdleTimeout(t *testing.T) {
 		t.Fatal("idle tunnel not closed")
 	}
 }
+
+// relay runs relayAsync and waits for it: the tests' synchronous form.
+func relay(a, b net.Conn, idle time.Duration, now func() time.Time, up, down func(int)) (aToB, bToA int64, err error) {
+	done := make(chan struct{})
+	relayAsync(a, b, idle, now, up, down, func(x, y int64, e error) {
+		aToB, bToA, err = x, y, e
+		close(done)
+	})
+	<-done
+	return
+}
