@@ -355,7 +355,8 @@ func (e *LeaseEgress) claim(ctx context.Context, req EgressRequest) (*heldSlice,
 			traits = p.Traits
 		}
 	}
-	h := &heldSlice{l: l, traits: traits, d: &dial.Dialer{Sources: []netip.Addr{l.Addr}, Ports: l.Ports, Strategy: e.Strategy, Logger: e.Logger}}
+	// No TCP keep-alive: the proxy's idle timeout ends dead tunnels.
+	h := &heldSlice{l: l, traits: traits, d: &dial.Dialer{Sources: []netip.Addr{l.Addr}, Ports: l.Ports, Strategy: e.Strategy, Logger: e.Logger, KeepAlive: -1}}
 	h.idleFrom.Store(e.now().UnixNano())
 	if e.Metrics != nil {
 		h.gauge = e.Metrics.SlicePorts.WithLabelValues(l.Pool, l.ID)

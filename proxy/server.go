@@ -207,7 +207,10 @@ func ownAddrs(listeners []netip.AddrPort) []netip.Addr {
 func (s *Server) Listen() error {
 	var lns []net.Listener
 	for _, a := range s.Config().Listeners() {
-		ln, err := net.Listen("tcp", a.String())
+		// No TCP keep-alive on client connections: the idle timeout
+		// ends dead ones, and each accept saves the keep-alive options.
+		lc := net.ListenConfig{KeepAlive: -1}
+		ln, err := lc.Listen(context.Background(), "tcp", a.String())
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
