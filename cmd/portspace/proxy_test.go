@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/internal/netnstest"
+	"github.com/portspace/portspace/lease"
 )
 
 func freePort(t *testing.T) string {
@@ -113,14 +114,31 @@ func TestProxyCommand(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- root.ExecuteContext(ctx) }()
 	defer func() {
-		cancel()
+		// SIGTERM drains and stops the proxy (the cancel is the fallback).
+		syscall.Kill(os.Getpid(), syscall.SIGTERM)
+		defer cancel()
 		select {
 		case err := <-done:
 			if err != nil {
 				t.Errorf("proxy exited with %v; log:\n%s", err, errb.String())
 			}
 		case <-time.After(10 * time.Second):
-			t.Error("proxy did not drain within 10 s of cancel")
+			t.Error("proxy did not drain within 10 s of SIGTERM")
+		}
+		if !strings.Contains(errb.String(), "proxy: draining") {
+			t.Errorf("no drain on SIGTERM; log:\n%s", errb.String())
+		}
+		// Its slices were released: they are in quarantine, held by nobody.
+		st, err := lease.Open(context.Background(), "bolt:"+filepath.Join(dir, "leases.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		ls, _ := st.List(context.Background())
+		for _, l := range ls {
+			if l.State == lease.Held {
+				t.Errorf("slice %s still held by %s after SIGTERM", l.ID, l.Holder)
+			}
 		}
 	}()
 	deadline := time.Now().Add(10 * time.Second)
