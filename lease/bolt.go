@@ -49,7 +49,8 @@ type BoltOptions struct {
 // of failing, and a stuck process makes the others fail with
 // ErrLockTimeout instead of hanging.
 //
-// Layout: bucket "meta" holds the pools (JSON) and a change counter;
+// Layout: bucket "meta" holds the pools (JSON), bucket "gen" a change
+// counter;
 // bucket "slices" one JSON record per slice ID; bucket "avail" one empty
 // key per slice, pool name + NUL + the time from which the slice may be
 // granted (8 bytes, big-endian Unix nanoseconds) + ID, so a claim takes the
@@ -61,15 +62,18 @@ type BoltStore struct {
 	log  *slog.Logger
 	sem  chan struct{} // one transaction at a time in this process
 
-	mu     sync.Mutex
-	closed bool
-	stop   chan struct{}
+	mu       sync.Mutex
+	closed   bool
+	stop     chan struct{}
+	poolsRaw []byte // the pools as last decoded, and the result
+	poolsDec []Pool
 }
 
 var (
 	bMeta   = []byte("meta")
 	bSlices = []byte("slices")
 	bAvail  = []byte("avail")
+	bGen    = []byte("gen") // its own bucket: bumping it must not rewrite the pools' pages
 	kPools  = []byte("pools")
 	kGen    = []byte("gen")
 )
@@ -103,7 +107,7 @@ func OpenBolt(ctx context.Context, path string, o BoltOptions) (*BoltStore, erro
 		return nil, fmt.Errorf("lease: bolt:%s: %w", path, err)
 	}
 	err = s.update(ctx, func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bMeta, bSlices, bAvail} {
+		for _, b := range [][]byte{bMeta, bSlices, bAvail, bGen} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -224,8 +228,30 @@ func getPools(tx *bolt.Tx) ([]Pool, error) {
 	return pools, nil
 }
 
+// pools returns the stored pools, decoding them only when their bytes
+// differ from the last ones this store decoded. Callers must not modify
+// the result.
+func (s *BoltStore) pools(tx *bolt.Tx) ([]Pool, error) {
+	v := tx.Bucket(bMeta).Get(kPools)
+	s.mu.Lock()
+	if v != nil && bytes.Equal(v, s.poolsRaw) {
+		p := s.poolsDec
+		s.mu.Unlock()
+		return p, nil
+	}
+	s.mu.Unlock()
+	pools, err := getPools(tx)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.poolsRaw, s.poolsDec = bytes.Clone(v), pools
+	s.mu.Unlock()
+	return pools, nil
+}
+
 func bumpGen(tx *bolt.Tx) error {
-	b := tx.Bucket(bMeta)
+	b := tx.Bucket(bGen)
 	var g uint64
 	if v := b.Get(kGen); len(v) == 8 {
 		g = binary.BigEndian.Uint64(v)
@@ -234,7 +260,7 @@ func bumpGen(tx *bolt.Tx) error {
 }
 
 func readGen(tx *bolt.Tx) uint64 {
-	if b := tx.Bucket(bMeta); b != nil {
+	if b := tx.Bucket(bGen); b != nil {
 		if v := b.Get(kGen); len(v) == 8 {
 			return binary.BigEndian.Uint64(v)
 		}
@@ -347,7 +373,7 @@ func (s *BoltStore) Claim(ctx context.Context, req Request) (Lease, error) {
 	}
 	var out Lease
 	err := s.update(ctx, func(tx *bolt.Tx) error {
-		pools, err := getPools(tx)
+		pools, err := s.pools(tx)
 		if err != nil {
 			return err
 		}
@@ -427,7 +453,7 @@ func lost(l Lease, why string) error {
 
 // current loads l's record and checks that l is its current, unexpired
 // grant.
-func current(tx *bolt.Tx, l Lease, now int64) (record, Pool, error) {
+func (s *BoltStore) current(tx *bolt.Tx, l Lease, now int64) (record, Pool, error) {
 	r, ok, err := getRecord(tx, l.ID)
 	if err != nil {
 		return r, Pool{}, err
@@ -444,7 +470,7 @@ func current(tx *bolt.Tx, l Lease, now int64) (record, Pool, error) {
 	if now >= r.Expires {
 		return r, Pool{}, lost(l, "expired at "+time.Unix(0, r.Expires).UTC().Format(time.RFC3339Nano))
 	}
-	pools, err := getPools(tx)
+	pools, err := s.pools(tx)
 	if err != nil {
 		return r, Pool{}, err
 	}
@@ -463,7 +489,7 @@ func (s *BoltStore) Renew(ctx context.Context, l Lease) (Lease, error) {
 	var out Lease
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		now := s.o.Now().UnixNano()
-		r, p, err := current(tx, l, now)
+		r, p, err := s.current(tx, l, now)
 		if err != nil {
 			return err
 		}
@@ -490,7 +516,7 @@ func (s *BoltStore) Renew(ctx context.Context, l Lease) (Lease, error) {
 func (s *BoltStore) Release(ctx context.Context, l Lease) error {
 	return s.update(ctx, func(tx *bolt.Tx) error {
 		now := s.o.Now().UnixNano()
-		r, p, err := current(tx, l, now)
+		r, p, err := s.current(tx, l, now)
 		if err != nil {
 			return err
 		}

@@ -603,33 +603,32 @@ func (s *EtcdStore) Claim(ctx context.Context, req Request) (Lease, error) {
 	resynced := false
 	for attempt := 0; ; attempt++ {
 		id, p, prev, matched := s.pick(req.Traits, skip)
-		if !matched {
-			s.mu.Lock()
-			pools := s.view.pools
-			s.mu.Unlock()
-			if !resynced {
-				resynced = true
-				if _, err := s.resync(ctx); err != nil {
-					return Lease{}, s.errf("claim: %w", err)
-				}
-				continue
-			}
-			return Lease{}, unmatchedTraitsError(req.Traits, pools)
-		}
-		if id == "" {
+		var (
+			l   Lease
+			ok  bool
+			err error
+		)
+		switch {
+		case (!matched || id == "") && !resynced:
 			// The view may lag: confirm with a fresh read before saying no.
-			if !resynced {
+			if _, err = s.resync(ctx); err == nil {
 				resynced = true
-				if _, err := s.resync(ctx); err != nil {
-					return Lease{}, s.errf("claim: %w", err)
-				}
 				clear(skip)
 				continue
 			}
+		case !matched:
+			s.mu.Lock()
+			pools := s.view.pools
+			s.mu.Unlock()
+			return Lease{}, unmatchedTraitsError(req.Traits, pools)
+		case id == "":
 			return Lease{}, fmt.Errorf("%w %s: every matching slice is held or in quarantine", ErrNoSlice, traitString(req.Traits))
+		default:
+			l, ok, err = s.try(ctx, req, id, p, prev, ttl)
 		}
-		l, ok, err := s.try(ctx, req, id, p, prev, ttl)
 		if err != nil {
+			// A lost leader, a member gone, a lease that ran out: retry
+			// until the context ends.
 			if ctx.Err() != nil {
 				return Lease{}, s.errf("claim: %w", err)
 			}

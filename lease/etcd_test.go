@@ -78,7 +78,7 @@ func startEtcd(t testing.TB, n int) *etcdCluster {
 			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 			"--initial-cluster", strings.Join(initial, ","),
 			"--initial-cluster-state", "new", "--initial-cluster-token", filepath.Base(dir),
-			"--heartbeat-interval", "50", "--election-timeout", "500",
+			"--heartbeat-interval", "100", "--election-timeout", "1000",
 			"--logger", "zap", "--log-level", "error")
 		cmd.Stdout, cmd.Stderr = log, log
 		if err := cmd.Start(); err != nil {
@@ -273,5 +273,38 @@ func TestEtcdLeaderKill(t *testing.T) {
 	l, err := stores[3].Claim(context.Background(), Request{Holder: "after", TTL: time.Minute})
 	if err != nil || l.Pool != "q" {
 		t.Fatalf("claim after the kill: %+v, %v", l, err)
+	}
+}
+
+// TestEtcdOneLeasePerHolder checks that a claim reuses the holder's etcd
+// lease for its TTL (one transaction per claim, no lease grant), and that
+// another holder or TTL gets its own.
+func TestEtcdOneLeasePerHolder(t *testing.T) {
+	c := startEtcd(t, 1)
+	s := openTestEtcd(t, c)
+	e := env{s: s, ttl: 30 * time.Second}
+	mustApply(t, s, testPool("p", time.Second, nil, "192.0.2.10", "192.0.2.11"))
+	leaseOfKey := func(id string) int64 {
+		resp, err := s.cli.Get(context.Background(), s.pfxH+id)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("get %s: %v", id, err)
+		}
+		return resp.Kvs[0].Lease
+	}
+	var ids []int64
+	for range 4 {
+		ids = append(ids, leaseOfKey(mustClaim(t, e, "h1", nil).ID))
+	}
+	for _, id := range ids[1:] {
+		if id != ids[0] {
+			t.Fatalf("one holder's claims use etcd leases %v, want one", ids)
+		}
+	}
+	if other := leaseOfKey(mustClaim(t, e, "h2", nil).ID); other == ids[0] {
+		t.Fatal("another holder got the same etcd lease")
+	}
+	e.ttl = time.Minute
+	if other := leaseOfKey(mustClaim(t, e, "h1", nil).ID); other == ids[0] {
+		t.Fatal("another TTL got the same etcd lease")
 	}
 }

@@ -48,14 +48,16 @@ type KeeperOptions struct {
 // clock: the grant counts from when the renew request was sent, not from
 // the store's reply, so the holder stops before the store frees the slice.
 type Keeper struct {
-	s     Store
-	ttl   time.Duration
-	clk   Clock
-	log   *slog.Logger
-	onRen func(Lease, error)
-	lost  chan error
-	stopc chan struct{}
-	done  chan struct{}
+	s           Store
+	ttl         time.Duration
+	clk         Clock
+	log         *slog.Logger
+	onRen       func(Lease, error)
+	lost        chan error
+	stopc       chan struct{}
+	done        chan struct{}
+	ctx         context.Context // canceled by Stop, so a renew in flight ends
+	cancelRenew context.CancelFunc
 
 	mu       sync.Mutex
 	l        Lease
@@ -72,6 +74,7 @@ func Keep(s Store, l Lease, ttl time.Duration, o KeeperOptions) *Keeper {
 	if k.clk == nil {
 		k.clk = realClock{}
 	}
+	k.ctx, k.cancelRenew = context.WithCancel(context.Background())
 	if k.log == nil {
 		k.log = slog.New(slog.DiscardHandler)
 	}
@@ -126,6 +129,7 @@ func (k *Keeper) Stop() {
 	if !k.stopped {
 		k.stopped = true
 		close(k.stopc)
+		k.cancelRenew()
 	}
 	k.mu.Unlock()
 	<-k.done
@@ -184,7 +188,7 @@ func (k *Keeper) run() {
 			return
 		}
 		sent := k.clk.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), max(untilEnd, time.Second))
+		ctx, cancel := context.WithTimeout(k.ctx, max(untilEnd, time.Second))
 		r, err := k.s.Renew(ctx, l)
 		cancel()
 		if k.onRen != nil {
@@ -201,6 +205,8 @@ func (k *Keeper) run() {
 			next = k.ttl / 3
 		case errors.Is(err, ErrLost):
 			k.setLost(err)
+			return
+		case k.isStopped():
 			return
 		default:
 			k.log.Debug("lease: renew failed", "slice", l.ID, "err", err)

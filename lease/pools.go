@@ -430,12 +430,6 @@ func numSlices(p Pool) int {
 	return p.Ports.Len() / p.Slice
 }
 
-// sliceKey identifies a slice of a pool: the address and the index.
-type sliceKey struct {
-	addr  netip.Addr
-	index int
-}
-
 // sliceID returns the ID of slice index of addr in pool.
 func sliceID(pool string, addr netip.Addr, index int) string {
 	return pool + "/" + addr.String() + "/" + strconv.Itoa(index)

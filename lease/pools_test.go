@@ -232,3 +232,26 @@ func FuzzParseURL(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseSliceID(f *testing.F) {
+	for _, s := range []string{"de/192.0.2.10/3", "p/2001:db8::1/0", "p//1", "/1.2.3.4/1", "p/1.2.3.4/-1", "a/b/c/d"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		pool, addr, index, err := parseSliceID(s)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "lease: slice ID ") {
+				t.Fatalf("error %q does not say what it parsed", err)
+			}
+			return
+		}
+		if pool == "" || !addr.IsValid() || index < 0 {
+			t.Fatalf("parseSliceID(%q) = %q, %v, %d", s, pool, addr, index)
+		}
+		// The canonical form parses back to the same parts.
+		p2, a2, i2, err := parseSliceID(sliceID(pool, addr, index))
+		if err != nil || p2 != pool || a2 != addr || i2 != index {
+			t.Fatalf("round trip of %q: %q %v %d %v", s, p2, a2, i2, err)
+		}
+	})
+}

@@ -274,3 +274,40 @@ func TestApplyNFT1000(t *testing.T) {
 		t.Errorf("second apply changed %+v (%v)", st, err)
 	}
 }
+
+// TestApplyNFTEdges applies slices at both ends of the port space (the
+// interval ending at 65535 has no end element): the table lists as nft -f
+// makes it, and a second Apply changes nothing.
+func TestApplyNFTEdges(t *testing.T) {
+	netnstest.RequireRoot(t)
+	netnstest.RequireCommand(t, "nft")
+	ls := []lease.Lease{
+		held("e/0", "192.0.2.10", "0-1023", "10.0.1.2"),
+		held("e/1", "192.0.2.10", "64512-65535", "10.0.2.2"),
+		held("e/2", "192.0.2.10", "65000", "10.0.1.2"), // inside e/1: refused below
+	}
+	if _, err := NewPlan(ls, t0, Options{}, nil); err == nil {
+		t.Fatal("a port inside another slice was accepted")
+	}
+	p, err := NewPlan(ls[:2], t0, Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := gatewayNS(t), gatewayNS(t)
+	g := openGW(t, a)
+	if _, err := g.Apply(p, FormNFT); err != nil {
+		t.Fatal(err)
+	}
+	file, _ := Render(p, FormatNFT)
+	runScript(t, b, file, "nft", "-f")
+	la := a.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable)
+	if lb := b.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable); la != lb {
+		t.Errorf("apply and nft -f differ:\napply:\n%s\nnft -f:\n%s", la, lb)
+	}
+	if !strings.Contains(la, "64512-65535 comment") || !strings.Contains(la, "0-1023 comment") {
+		t.Errorf("edges missing:\n%s", la)
+	}
+	if st, err := g.Apply(p, FormNFT); err != nil || st.Changed() {
+		t.Errorf("second apply changed %+v (%v)", st, err)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 	"path/filepath"
@@ -129,5 +130,44 @@ func TestSteerApplyNetns(t *testing.T) {
 	}
 	if v := ns.MustRun(t, "sysctl", "-n", "net.ipv4.conf.all.arp_ignore"); strings.TrimSpace(v) != "1" {
 		t.Errorf("arp_ignore = %q", v)
+	}
+}
+
+// TestSteerWatchNetns runs steer watch against a namespace until its first
+// reconcile has steered the store's two slices, then interrupts it.
+func TestSteerWatchNetns(t *testing.T) {
+	netnstest.RequireRoot(t)
+	url := steerStore(t)
+	ns := netnstest.New(t)
+	ns.MustRun(t, "ip", "link", "add", "name", "va", "type", "veth", "peer", "name", "vb")
+	ns.MustRun(t, "ip", "link", "set", "va", "up")
+	ns.MustRun(t, "ip", "link", "set", "vb", "up")
+	ns.MustRun(t, "ip", "addr", "add", "10.0.0.1/16", "dev", "va")
+	root := newRootCmd()
+	var out, errb bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errb)
+	root.SetArgs([]string{"steer", "watch", "--store", url, "--form", "ip", "--netns", "/run/netns/" + ns.Name, "--resync", "1h"})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rules := ns.MustRun(t, "ip", "rule", "show")
+		if strings.Count(rules, "dport") == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("watch did not steer the two slices within 10 s:\n%s\n%s", rules, errb.String())
+		}
+		time.Sleep(20 * time.Millisecond) // polling another process's effect, not timing a timer
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("interrupted watch returned %v", err)
+	}
+	if !strings.Contains(errb.String(), "steer: reconciled") {
+		t.Errorf("no reconcile logged:\n%s", errb.String())
 	}
 }

@@ -3,6 +3,9 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/portspace/portspace/steer"
@@ -35,7 +38,9 @@ or expired are removed. Changes are logged to standard error.`,
 			if err != nil {
 				return err
 			}
-			s, err := f.open(cmd.Context())
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			s, err := f.open(ctx)
 			if err != nil {
 				return err
 			}
@@ -47,9 +52,9 @@ or expired are removed. Changes are logged to standard error.`,
 			defer g.Close()
 			r := &steer.Reconciler{Store: s, Gateway: g, Form: fm, Options: o,
 				Logger: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))}
-			err = r.Run(cmd.Context(), steer.WatchOptions{Resync: resync})
-			if cmd.Context().Err() != nil {
-				return nil // interrupted
+			err = r.Run(ctx, steer.WatchOptions{Resync: resync})
+			if ctx.Err() != nil {
+				return nil // interrupted: the steering stays as last applied
 			}
 			return err
 		},
