@@ -21,6 +21,7 @@ func subcommands() []func() *cobra.Command {
 		newCapacityCmd,
 		newLeaseCmd,
 		newNatCmd,
+		newProxyCmd,
 		newSteerCmd,
 	}
 }
