@@ -8,6 +8,7 @@ func benchSubcommands() []func() *cobra.Command {
 	return []func() *cobra.Command{
 		newBenchDialCmd,
 		newBenchNatCmd,
+		newBenchProxyCmd,
 	}
 }
 

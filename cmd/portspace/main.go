@@ -19,8 +19,11 @@ func subcommands() []func() *cobra.Command {
 		newACLCmd,
 		newBenchCmd,
 		newCapacityCmd,
+		newLeaseCmd,
 		newNatCmd,
 		newPunchCmd,
+		newProxyCmd,
+		newSteerCmd,
 	}
 }
 

@@ -12,24 +12,6 @@ import (
 	"github.com/portspace/portspace/internal/gwtest"
 )
 
-// envMain makes the re-executed test binary run the portspace command line
-// with the arguments after "--".
-const envMain = "PORTSPACE_CLI_TEST_MAIN"
-
-func TestMain(m *testing.M) {
-	if os.Getenv(envMain) != "" {
-		for i, a := range os.Args {
-			if a == "--" {
-				os.Args = append([]string{"portspace"}, os.Args[i+1:]...)
-				break
-			}
-		}
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
 // TestNatGatewayCommand runs `portspace nat gateway` in a router namespace
 // and checks, while it runs, traffic through it, `nat sessions`, `nat
 // stats`, the metrics endpoint and SIGHUP; then that SIGTERM stops it with
