@@ -51,6 +51,11 @@ type Options struct {
 	// Table and Priority are the routing table and the policy rules'
 	// priority (default 7300 each).
 	Table, Priority int
+	// SplitGSO splits super-packets into segments on read and coalesces
+	// them again on write (the wireguard/tun offload code) instead of
+	// translating each super-packet once and writing it back whole (the
+	// default); for comparison.
+	SplitGSO bool
 	// ExpireEvery is the period of the engine's timer sweep (default 100 ms).
 	ExpireEvery time.Duration
 	// Logger receives start, stop and error logs; nil discards.

@@ -86,6 +86,7 @@ its passthrough. Needs root, iperf3 and nft. A full run takes a few minutes.`,
 	f.Float64Var(&c.MaxRate, "max-rate", 0, "cap of the zero-loss search in packets/s (0: the full-load rate)")
 	f.Float64Var(&c.Resolution, "resolution", 0.03, "resolution of the zero-loss search (fraction)")
 	f.IntVar(&c.Workers, "workers", 0, "the gateway's --workers")
+	f.BoolVar(&c.SplitGSO, "split-gso", false, "run the gateway with --split-gso")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	f.StringVar(&role, "role", "", "internal: run the UDP sender inside the client namespace")
 	f.Float64Var(&rate, "rate", 0, "internal (--role sender): offered packets/s, 0 = full load")

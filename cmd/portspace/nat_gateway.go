@@ -64,7 +64,7 @@ func (l *reopenLog) close() error {
 type gatewayFlags struct {
 	preset, config, logFile, metrics, control, tun, stateDir string
 	external, inside                                         []string
-	passthrough                                              bool
+	passthrough, splitGSO                                    bool
 	workers, mtu                                             int
 	verbose                                                  bool
 }
@@ -155,6 +155,7 @@ control socket (--control), and --metrics ADDR serves Prometheus metrics.`,
 	fl.StringVar(&f.tun, "tun", "psnat0", "TUN device name")
 	fl.StringVar(&f.stateDir, "state-dir", "/run/portspace", "directory of the state file listing what the gateway set up")
 	fl.BoolVar(&f.passthrough, "passthrough", false, "forward through the TUN without translating (benchmark baseline)")
+	fl.BoolVar(&f.splitGSO, "split-gso", false, "split super-packets into segments and coalesce them again (wireguard/tun's offload code) instead of translating each once")
 	fl.IntVar(&f.workers, "workers", 0, "TUN queues and worker goroutines (default: the number of CPUs)")
 	fl.IntVar(&f.mtu, "mtu", 1500, "MTU of the TUN device")
 	fl.BoolVar(&f.verbose, "verbose", false, "log at debug level")
@@ -188,7 +189,7 @@ func runGateway(cmd *cobra.Command, f gatewayFlags) error {
 		cfg.Events = lw
 	}
 	g, err := gateway.New(gateway.Options{Engine: cfg, Passthrough: f.passthrough, TUN: f.tun, MTU: f.mtu,
-		Workers: f.workers, StateDir: f.stateDir, Logger: logger})
+		Workers: f.workers, StateDir: f.stateDir, Logger: logger, SplitGSO: f.splitGSO})
 	if err != nil {
 		return fmt.Errorf("nat gateway: %w", err)
 	}

@@ -63,6 +63,8 @@ type Config struct {
 	Exe string
 	// Workers of the gateway (0: its default).
 	Workers int
+	// SplitGSO runs the gateway with --split-gso.
+	SplitGSO bool
 	// Progress receives one line per step (nil: none).
 	Progress io.Writer
 }
@@ -237,6 +239,9 @@ func (t *topo) setup(ctx context.Context, c Config, mode string) (func() map[str
 			"--inside", "10.0.0.0/24", "--control", control, "--state-dir", t.dir}
 		if mode == ModePassthrough {
 			args = append(args, "--passthrough")
+		}
+		if c.SplitGSO {
+			args = append(args, "--split-gso")
 		}
 		if c.Workers > 0 {
 			args = append(args, "--workers", strconv.Itoa(c.Workers))
