@@ -343,15 +343,23 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, partial []bool, extra []
 	}
 	now := time.Now()
 	ne := 0
+	// Prefetch the table look-ups of the batch's first packets: their
+	// cache misses then overlap (nat.Engine.Prefetch).
+	var views [nat.PrefetchSlots][]byte
+	var inb [nat.PrefetchSlots]bool
+	np := min(len(bufs), nat.PrefetchSlots)
+	for i := 0; i < np; i++ {
+		views[i] = bufs[i][offset : offset+sizes[i]]
+		inb[i] = !g.outbound(views[i])
+	}
 	g.mu.Lock()
+	if np >= 4 {
+		g.eng.Prefetch(views[:np], inb[:np])
+	}
 	for i := range bufs {
 		pkt := bufs[i][offset : offset+sizes[i]]
 		rxBytes += uint64(len(pkt))
-		outbound := true
-		if len(pkt) >= 20 && g.ext[binary.BigEndian.Uint32(pkt[16:20])] {
-			src := binary.BigEndian.Uint32(pkt[12:16])
-			outbound = g.isInside(src) && !g.local[src]
-		}
+		outbound := g.outbound(pkt)
 		cs := -1           // offset of a partial checksum field in pkt
 		var l4, sp, dp int // start of the transport header; its ports before translation
 		if partial != nil && partial[i] {
@@ -449,6 +457,17 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, partial []bool, extra []
 	ctr.c[cReplies].Add(nRep)
 	ctr.c[cReleased].Add(nRel)
 	return out, raw
+}
+
+// outbound reports whether pkt goes to Engine.Outbound: everything but
+// packets to an external address from outside the inside networks or from
+// the router itself.
+func (g *Gateway) outbound(pkt []byte) bool {
+	if len(pkt) >= 20 && g.ext[binary.BigEndian.Uint32(pkt[16:20])] {
+		src := binary.BigEndian.Uint32(pkt[12:16])
+		return g.isInside(src) && !g.local[src]
+	}
+	return true
 }
 
 func (g *Gateway) isInside(a uint32) bool {
