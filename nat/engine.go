@@ -126,14 +126,13 @@ type Engine struct {
 	subs                      map[uint32]*subCount
 	ovSubs                    map[ovSubKey]*ovPorts // overlapping ports per subscriber (engine_overlap.go)
 
-	cursor       uint32 // next record ExpireSome visits
-	prefetchSink uint32 // keeps Prefetch's loads (engine_prefetch.go)
-	chk          overlapCheck
-	held         []heldSYN
-	nheld        int
-	replies      [][]byte
-	rbuf         []byte
-	reply        [576]byte
+	cursor  uint32 // next record ExpireSome visits
+	chk     overlapCheck
+	held    []heldSYN
+	nheld   int
+	replies [][]byte
+	rbuf    []byte
+	reply   [576]byte
 
 	frags     [fragSlots]fragEntry
 	fragHeld  []heldFrag // held fragments (engine_frag.go), arrival order

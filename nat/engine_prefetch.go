@@ -37,7 +37,7 @@ func (e *Engine) Prefetch(pkts [][]byte, inbound []bool) {
 			sink8 += t.touchRecord(pos[i], tag[i])
 		}
 	}
-	e.prefetchSink += sink + uint32(sink8)
+	t.sink += sink + uint32(sink8)
 }
 
 // prefetchKey returns the mapping key the look-up of pkt starts with, read

@@ -126,6 +126,7 @@ type table struct {
 	k0     uint64
 	k1     uint64
 	mode   keyMode
+	sink   uint32 // keeps Engine.Prefetch's loads
 }
 
 // indexMinBits sizes a new index (2^10 slots); tests lower it to exercise
