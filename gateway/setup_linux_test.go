@@ -163,3 +163,25 @@ func TestEventLogWhois(t *testing.T) {
 		t.Fatalf("whois %v at %v: %+v, %v", ext, at, hs, err)
 	}
 }
+
+// TestICMPErrorsThroughEngine checks the ICMP errors the router's kernel
+// sends about packets leaving the TUN reach the inside client through the
+// engine's ICMP error translation (RFC 5508): time exceeded for TTL 2, and
+// fragmentation needed for a DF packet over a smaller outside MTU.
+func TestICMPErrorsThroughEngine(t *testing.T) {
+	topo := gwtest.New(t, gwtest.Options{})
+	topo.RouterNS.MustRun(t, "ip", "link", "set", "g1", "mtu", "1400")
+	topo.ServerNS.MustRun(t, "ip", "link", "set", "s0", "mtu", "1400")
+	g := topo.Start(t, gwtest.Spec{Preset: "symmetric"})
+	out, _ := topo.ClientNS.Run("ping", "-c", "1", "-t", "2", "-W", "2", gwtest.Server.String())
+	if !strings.Contains(out, "Time to live exceeded") {
+		t.Errorf("TTL 2: %s", out)
+	}
+	out, _ = topo.ClientNS.Run("ping", "-c", "1", "-M", "do", "-s", "1450", "-W", "2", gwtest.Server.String())
+	if !strings.Contains(out, "mtu = 1400") {
+		t.Errorf("DF over the MTU: %s", out)
+	}
+	if st := g.Stats(t); st.InForwarded < 2 {
+		t.Errorf("the errors did not go through the engine: %+v", st.Counters)
+	}
+}
