@@ -101,8 +101,8 @@ type Report struct {
 	Flows   int       `json:"flows"`
 	Rounds  int       `json:"rounds"`
 	// LoadEnd is /proc/loadavg when the run ended.
-	LoadEnd string `json:"load_end"`
-	Results []Result  `json:"results"`
+	LoadEnd string   `json:"load_end"`
+	Results []Result `json:"results"`
 	// Ratios of each mode to nft-masquerade and of the gateway to its
 	// passthrough, by figure name.
 	Ratios map[string]map[string]float64 `json:"ratios"`
