@@ -77,9 +77,9 @@ func capacities(c Config) []CapacityRow {
 	}
 	return []CapacityRow{
 		{Method: CapacityShared, Connections: shared.TotalMaxConcurrent,
-			Why: fmt.Sprintf("%d ports x %d destinations%s: a port carries one connection per destination", c.Ports.Len(), len(c.Dests), srcs)},
+			Why: fmt.Sprintf("%s ports x %s destinations%s: a port carries one connection per destination", group(int64(c.Ports.Len())), group(int64(len(c.Dests))), srcs)},
 		{Method: CapacityBindEach, Connections: excl.TotalMaxConcurrent,
-			Why: fmt.Sprintf("%d ports%s: bind() before connect() holds a port for one connection", c.Ports.Len(), srcs)},
+			Why: fmt.Sprintf("%s ports%s: bind() before connect() holds a port for one connection", group(int64(c.Ports.Len())), srcs)},
 	}
 }
 
@@ -209,7 +209,7 @@ func (r *Report) summarize() {
 		if res.Dialer != DialerPortspace {
 			continue
 		}
-		s := fmt.Sprintf("portspace opened %d of %d (%s)", res.Opened, res.Attempted, phaseName(res.Mode, res.FillPercent))
+		s := fmt.Sprintf("portspace opened %s of %s (%s)", group(int64(res.Opened)), group(int64(res.Attempted)), phaseName(res.Mode, res.FillPercent))
 		if res.Census.Taken {
 			s += fmt.Sprintf(" with %d duplicate 4-tuples in the census", res.Census.Duplicates)
 		}
@@ -276,7 +276,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(&b, "portspace bench dial: %s from %s, ports %s (%d), %s, capacity %d\n",
 		r.Proto, strings.Join(srcs, ","), r.Ports, r.PortCount, dests, r.Capacity)
 	if len(r.Capacities) > 0 {
-		fmt.Fprintf(&b, "\nconnections the same %d ports hold at once toward the %d destinations (computed; higher is better):\n", r.PortCount, r.Dests)
+		fmt.Fprintf(&b, "\nconnections the same %s ports hold at once toward the %d destinations (computed; higher is better):\n", group(int64(r.PortCount)), r.Dests)
 		ctw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		for _, c := range r.Capacities {
 			fmt.Fprintf(ctw, "  %s\t%s\t%s\n", c.Method, group(c.Connections), c.Why)
