@@ -100,8 +100,8 @@ type Stats struct {
 	Engine nat.Stats
 	// Drops are the engine's drops by reason name (Engine.Drops by index).
 	Drops map[string]uint64
-	// PortsInUse counts live mappings per external address (TCP, UDP and
-	// ICMP together).
+	// PortsInUse counts the ports allocated (or quarantined, RFC 6888
+	// REQ-8) per external address, TCP, UDP and ICMP identifiers together.
 	PortsInUse map[netip.Addr]int
 	Started    time.Time
 	Workers    int
@@ -222,10 +222,9 @@ func (g *Gateway) Stats() Stats {
 			s.Drops[nat.Reason(r).String()] = n
 		}
 	}
-	for ss := range g.eng.Sessions() {
-		if ss.Mapping {
-			s.PortsInUse[ss.External.Addr()]++
-		}
+	for _, a := range g.opts.Engine.External {
+		tcp, udp, icmp := g.eng.PortsUsed(a)
+		s.PortsInUse[a] = tcp + udp + icmp
 	}
 	g.mu.Unlock()
 	return s

@@ -99,3 +99,19 @@ func icmpPkt(tb testing.TB, src, dst netip.Addr, typ uint8, id uint16) []byte {
 	p[10], p[11] = byte(c>>8), byte(c)
 	return p
 }
+
+// TestPortsUsed checks the per-protocol port counts follow mappings.
+func TestPortsUsed(t *testing.T) {
+	e := newEngine(t, testConfig(nil))
+	for _, p := range [][]byte{udpPkt(t, hostA, srv1), udpPkt(t, hostB, srv1), tcpPkt(t, hostA, srv2, "S")} {
+		if v := e.Outbound(p, t0); v.Action != Forward {
+			t.Fatal(v)
+		}
+	}
+	if tcp, udp, icmp := e.PortsUsed(extA); tcp != 1 || udp != 2 || icmp != 0 {
+		t.Fatalf("PortsUsed = %d, %d, %d; want 1, 2, 0", tcp, udp, icmp)
+	}
+	if tcp, udp, _ := e.PortsUsed(extB); tcp+udp != 0 {
+		t.Fatal("ports counted on an address not in the pool")
+	}
+}
