@@ -251,3 +251,17 @@ func (g *Gateway) Config() nat.Config {
 
 // Options returns the options the gateway runs with.
 func (g *Gateway) Options() Options { return g.opts }
+
+// Reload applies the settings of cfg that can change on a running engine
+// (nat.Reloadable: timers, refresh, ICMP answers, session limits) without
+// dropping sessions. External and Internal must stay as they are (the
+// kernel set-up follows them); any other difference is refused with the
+// engine's *nat.ConfigError naming the field, and nothing changes.
+func (g *Gateway) Reload(cfg nat.Config) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.eng.Reload(cfg); err != nil {
+		return fmt.Errorf("gateway: reload: %w", err)
+	}
+	return nil
+}

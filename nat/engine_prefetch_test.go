@@ -2,6 +2,7 @@ package nat
 
 import (
 	"bytes"
+	"errors"
 	"net/netip"
 	"testing"
 )
@@ -113,5 +114,44 @@ func TestPortsUsed(t *testing.T) {
 	}
 	if tcp, udp, _ := e.PortsUsed(extB); tcp+udp != 0 {
 		t.Fatal("ports counted on an address not in the pool")
+	}
+}
+
+// TestReload checks a timer change applies to an existing session from its
+// next packet, and that a non-reloadable change is refused by name with
+// the engine unchanged.
+func TestReload(t *testing.T) {
+	cfg := testConfig(nil)
+	e := newEngine(t, cfg)
+	if v := e.Outbound(udpPkt(t, hostA, srv1), t0); v.Action != Forward {
+		t.Fatal(v)
+	}
+	next := cfg
+	next.UDPTimeout = 30 * 60e9 // 30 min
+	if err := e.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	if v := e.Outbound(udpPkt(t, hostA, srv1), t0); v.Action != Forward {
+		t.Fatal(v)
+	}
+	for s := range e.Sessions() {
+		if d := s.Expires.Sub(t0); d < 29*60e9 {
+			t.Fatalf("session expires %v after the packet, want the reloaded 30 min", d)
+		}
+	}
+	bad := next
+	bad.Mapping = MappingAPDM
+	err := e.Reload(bad)
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.Field != "Mapping" || ce.YAML != "mapping" {
+		t.Fatalf("Reload of Mapping: %v", err)
+	}
+	if e.Config().Mapping != MappingEIM {
+		t.Fatal("a refused Reload changed the engine")
+	}
+	bad = next
+	bad.UDPTimeout = -1
+	if err := e.Reload(bad); err == nil && e.Config().UDPTimeout < 0 {
+		t.Fatal("Reload accepted a negative UDP timeout")
 	}
 }
