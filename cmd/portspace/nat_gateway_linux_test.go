@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/internal/gwtest"
+	"github.com/portspace/portspace/internal/netnstest"
 )
 
 // envMain makes the re-executed test binary run the portspace command line
@@ -35,6 +36,8 @@ func TestMain(m *testing.M) {
 // stats`, the metrics endpoint and SIGHUP; then that SIGTERM stops it with
 // status 0.
 func TestNatGatewayCommand(t *testing.T) {
+	netnstest.RequireCommand(t, "curl")
+	netnstest.RequireCommand(t, "ping")
 	topo := gwtest.New(t, gwtest.Options{})
 	dir := topo.Dir()
 	control := filepath.Join(dir, "gw.sock")
