@@ -33,6 +33,7 @@ func plumbing(t *testing.T, r *netnstest.NS) string {
 // SIGTERM, and that after a SIGKILL the next start removes the leftovers
 // (and works), so that a stop after it leaves the router as it was.
 func TestCleanup(t *testing.T) {
+	netnstest.RequireCommand(t, "ping")
 	topo := gwtest.New(t, gwtest.Options{})
 	before := plumbing(t, topo.RouterNS)
 	g := topo.Start(t, gwtest.Spec{Preset: "full-cone"})
@@ -169,6 +170,7 @@ func TestEventLogWhois(t *testing.T) {
 // engine's ICMP error translation (RFC 5508): time exceeded for TTL 2, and
 // fragmentation needed for a DF packet over a smaller outside MTU.
 func TestICMPErrorsThroughEngine(t *testing.T) {
+	netnstest.RequireCommand(t, "ping")
 	topo := gwtest.New(t, gwtest.Options{})
 	topo.RouterNS.MustRun(t, "ip", "link", "set", "g1", "mtu", "1400")
 	topo.ServerNS.MustRun(t, "ip", "link", "set", "s0", "mtu", "1400")
