@@ -49,7 +49,7 @@ func ParseNG(file string, data []byte, opt NGOptions) (*Policy, error) {
 	subject := ""
 	var blockPos Pos
 	inBlock := false
-	lines, first := 0, ""
+	first := "" // the first token of the file, to recognise YAML
 	for i, raw := range strings.Split(string(data), "\n") {
 		pos := Pos{file, i + 1}
 		line, _, _ := strings.Cut(raw, "#")
@@ -57,8 +57,7 @@ func ParseNG(file string, data []byte, opt NGOptions) (*Policy, error) {
 		if len(toks) == 0 {
 			continue
 		}
-		lines++
-		if lines == 1 {
+		if first == "" {
 			first = toks[0]
 		}
 		cmd, args := toks[0], toks[1:]
@@ -126,7 +125,7 @@ func ParseNG(file string, data []byte, opt NGOptions) (*Policy, error) {
 	if inBlock {
 		errs.add(blockPos, "rule "+subject, "block is not closed with }")
 	}
-	if lines == 0 {
+	if first == "" {
 		return nil, &Error{Pos: Pos{file, 1}, Msg: "empty naclgen file (no service, zone or rule lines)"}
 	}
 	if len(errs) > 0 && looksLikeYAML(first) {

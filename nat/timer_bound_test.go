@@ -11,7 +11,7 @@ import (
 // REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-2, RFC 7857 §2) and not a second
 // longer (a 120 s UDP mapping does not forward at 121 s). Each case sets up
 // a flow at t0 on a fresh engine and sends one inbound packet at the bound or
-// one second after it, after Expire ran at that time.
+// one second after it, with Expire run at that time and without it.
 func TestTimersExpireAtTheirBound(t *testing.T) {
 	type flow struct {
 		// setup builds the flow on e (last outbound packet at t0) and
@@ -68,16 +68,26 @@ func TestTimersExpireAtTheirBound(t *testing.T) {
 			c.TCPTransitory, c.TCPEstablished, c.TCPClosing = 90*time.Second, 10*time.Minute, 30*time.Second
 		})
 		for _, late := range []bool{false, true} {
-			e := newEngine(t, cfg)
-			probe := c.setup(t, e)
-			at := t0.Add(c.bound)
-			if late {
-				at = at.Add(time.Second)
-			}
-			e.Expire(at)
-			v := probe(at)
-			if (v.Action == Forward) == late {
-				t.Errorf("%s: inbound %v after the last outbound packet of a %v timer: %v %v", name, at.Sub(t0), c.bound, v.Action, v.Reason)
+			// With Expire run at the probe's time (the sweep retires the
+			// session) and without it (the lookup finds it stale, as
+			// between two ticks of a caller's Expire loop).
+			for _, sweep := range []bool{true, false} {
+				e := newEngine(t, cfg)
+				probe := c.setup(t, e)
+				at := t0.Add(c.bound)
+				if late {
+					at = at.Add(time.Second)
+				}
+				if sweep {
+					e.Expire(at)
+					if n := e.Stats().Sessions; (n == 0) != late {
+						t.Errorf("%s: %d sessions after Expire at %v of a %v timer", name, n, at.Sub(t0), c.bound)
+					}
+				}
+				v := probe(at)
+				if (v.Action == Forward) == late {
+					t.Errorf("%s (Expire run: %v): inbound %v after the last outbound packet of a %v timer: %v %v", name, sweep, at.Sub(t0), c.bound, v.Action, v.Reason)
+				}
 			}
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -136,7 +137,7 @@ the result in one format: ` + strings.Join(acl.Formats, ", ") + `.
 Nothing is written to stdout when it fails; warnings go to stderr.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !validFormat(format) {
+			if !slices.Contains(acl.Formats, format) {
 				return fmt.Errorf("acl: --format %q: unknown format (want %s)", format, strings.Join(acl.Formats, ", "))
 			}
 			if err := checkMaxRules(maxRules); err != nil {
@@ -174,15 +175,6 @@ func checkMaxRules(n int) error {
 			n, acl.MaxRulesLimit, acl.DefaultMaxRules)
 	}
 	return nil
-}
-
-func validFormat(f string) bool {
-	for _, x := range acl.Formats {
-		if x == f {
-			return true
-		}
-	}
-	return false
 }
 
 func newACLLintCmd() *cobra.Command {

@@ -212,15 +212,11 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 		}
 		src, dests, err := bench.NamespaceIPv6(n)
 		if err != nil {
-			return cfg, nil, err
+			return cfg, nil, f.destError(err)
 		}
 		cfg.Sources, cfg.Dests, cfg.LocalPrefix = []netip.Addr{src}, dests, bench.NamespacePrefix
 	} else if cfg.Dests, err = bench.ParseDests(f.dests); err != nil {
-		var ie *bench.InputError
-		if errors.As(err, &ie) {
-			ie.Flag = f.destFlag
-		}
-		return cfg, nil, err
+		return cfg, nil, f.destError(err)
 	}
 	if strings.TrimSpace(f.fill) != "" {
 		if cfg.Fill, err = bench.ParseFill(f.fill); err != nil {
@@ -260,6 +256,9 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 		cfg.Census = bench.CensusOff
 	}
 	cfg.Exhausted = portspaceExhausted
+	if _, err := dialStrategy(f.strategy); err != nil {
+		return cfg, nil, err
+	}
 	var names []string
 	for n := range strings.SplitSeq(f.dialers, ",") {
 		n = strings.TrimSpace(n)
@@ -272,6 +271,16 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 		return cfg, nil, err
 	}
 	return cfg, names, nil
+}
+
+// destError makes a destinations error of package bench name the flag the
+// user typed (--destinations or --dests).
+func (f benchDialFlags) destError(err error) error {
+	var ie *bench.InputError
+	if errors.As(err, &ie) {
+		ie.Flag = f.destFlag
+	}
+	return err
 }
 
 // noneOpened fails a run in which a dialer opened none of the connections it
@@ -327,18 +336,24 @@ var portspaceExhausted = dial.ErrExhausted
 
 // newPortspaceDialer builds the portspace dialer for cfg.
 func newPortspaceDialer(cfg bench.Config, strategy string) (bench.Dialer, error) {
-	d := &dial.Dialer{Sources: cfg.Sources, Ports: cfg.Ports, Timeout: cfg.Timeout}
-	switch strategy {
-	case "auto", "":
-		d.Strategy = dial.Auto
-	case "kernel":
-		d.Strategy = dial.Kernel
-	case "search":
-		d.Strategy = dial.Search
-	default:
-		return nil, fmt.Errorf("bench dial: --strategy %q: want auto, kernel or search", strategy)
+	s, err := dialStrategy(strategy)
+	if err != nil {
+		return nil, err
 	}
-	return d, nil
+	return &dial.Dialer{Sources: cfg.Sources, Ports: cfg.Ports, Timeout: cfg.Timeout, Strategy: s}, nil
+}
+
+// dialStrategy parses --strategy.
+func dialStrategy(name string) (dial.Strategy, error) {
+	switch name {
+	case "auto", "":
+		return dial.Auto, nil
+	case "kernel":
+		return dial.Kernel, nil
+	case "search":
+		return dial.Search, nil
+	}
+	return dial.Auto, fmt.Errorf("bench dial: --strategy %q: want auto, kernel or search", name)
 }
 
 // strategyNotes says which port-selection strategy the portspace dialer

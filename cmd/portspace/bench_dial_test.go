@@ -54,6 +54,7 @@ func TestBenchDialBadFlags(t *testing.T) {
 		{[]string{"--conns", "0"}, `--conns 0`},
 		{[]string{"--dialers", "curl"}, `unknown dialer "curl"`},
 		{[]string{"--strategy", "magic"}, `--strategy "magic"`},
+		{[]string{"--strategy", "magic", "--dialers", "net.Dialer"}, `--strategy "magic"`},
 		{[]string{"--rounds", "0"}, `--rounds 0`},
 		{[]string{"--hold", "-1s"}, `--hold -1s`},
 		{[]string{"--timeout", "-2s"}, `--timeout -2s`},
@@ -65,6 +66,7 @@ func TestBenchDialBadFlags(t *testing.T) {
 		{[]string{"--warmup", "-2"}, `--warmup -2`},
 		{[]string{"--role", "bogus"}, `--role "bogus": want listener or dialer`},
 		{[]string{"--destinations", "0"}, `--destinations "0"`},
+		{[]string{"--ipv6", "--destinations", "0"}, `--destinations "0"`},
 	} {
 		_, err := runBenchDial(t, tt.args...)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {

@@ -59,7 +59,7 @@ ports × sources / (hold + TIME-WAIT) per destination.
 				return fmt.Errorf("capacity: --hold %v: must not be negative", hold)
 			}
 			if timeWait <= 0 {
-				return fmt.Errorf("--time-wait %v: must be positive", timeWait)
+				return fmt.Errorf("capacity: --time-wait %v: must be positive", timeWait)
 			}
 			switch {
 			case cmd.Flags().Changed("sources") && cmd.Flags().Changed("source-count"):

@@ -19,7 +19,9 @@ func subcommands() []func() *cobra.Command {
 		newACLCmd,
 		newBenchCmd,
 		newCapacityCmd,
+		newLeaseCmd,
 		newNatCmd,
+		newSteerCmd,
 	}
 }
 

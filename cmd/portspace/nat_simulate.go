@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -84,7 +85,7 @@ without port overlapping (RFC 7857 §3)?
 			if logFile != "" {
 				if out, err = createSimLog(logFile); err != nil {
 					line.Clear()
-					return fmt.Errorf("nat simulate: --log: %w", err)
+					return fmt.Errorf("nat simulate: --log %s: %w", logFile, err)
 				}
 				defer out.Abort() // a no-op after Commit
 				lw = natlog.NewLogWriter(out, natlog.LogOptions{Destinations: c.LogDestinations, Compact: compact})
@@ -97,7 +98,7 @@ without port overlapping (RFC 7857 §3)?
 				r, err := natsim.Simulate(cc)
 				if err != nil {
 					line.Clear()
-					return simFlagError(err)
+					return simFlagError(err, cc.Ports.IsValid())
 				}
 				runs = append(runs, r)
 				base += c.Duration
@@ -108,7 +109,7 @@ without port overlapping (RFC 7857 §3)?
 					return fmt.Errorf("nat simulate: --log %s: %w", logFile, err)
 				}
 				if err := out.Commit(); err != nil {
-					return fmt.Errorf("nat simulate: --log: %w", err)
+					return fmt.Errorf("nat simulate: --log %s: %w", logFile, err)
 				}
 			}
 			w := cmd.OutOrStdout()
@@ -309,17 +310,18 @@ func simParseFlags(cmd *cobra.Command, c *natsim.SimConfig, external []string, p
 func simCheck(c natsim.SimConfig) error {
 	cfg, err := c.EngineConfig(nil)
 	if err != nil {
-		return simFlagError(err)
+		return simFlagError(err, c.Ports.IsValid())
 	}
 	if _, err := nat.New(cfg); err != nil {
-		return simFlagError(err)
+		return simFlagError(err, c.Ports.IsValid())
 	}
 	return nil
 }
 
 // simFlagError rewrites a natsim or nat configuration error to name the
-// flag that set the field.
-func simFlagError(err error) error {
+// flag that set the field; a setting of the preset that does not fit the
+// ports given with --ports (port blocks, deterministic blocks) names both.
+func simFlagError(err error, portsGiven bool) error {
 	var se *natsim.ConfigError
 	if errors.As(err, &se) {
 		if flag, ok := simFlags[se.Field]; ok {
@@ -331,6 +333,9 @@ func simFlagError(err error) error {
 		flag, ok := simFlags[ne.Field]
 		if !ok {
 			flag = "--preset" // a setting the preset made
+			if portsGiven {
+				flag = "--preset with --ports"
+			}
 		}
 		return fmt.Errorf("nat simulate: %s: %w", flag, ne.Err)
 	}
@@ -355,7 +360,8 @@ func simProgress(cmd *cobra.Command, mode string, d time.Duration, runs int) (*p
 
 // simLogFile is the --log output: a temporary file next to the target,
 // renamed over it by Commit, removed by Abort, so that a run that fails
-// never truncates or half-writes the file the user named.
+// never truncates or half-writes the file the user named. Its errors leave
+// out the temporary file's name (the caller names the target, as typed).
 type simLogFile struct {
 	*os.File
 	target string
@@ -364,11 +370,11 @@ type simLogFile struct {
 
 func createSimLog(target string) (*simLogFile, error) {
 	if fi, err := os.Stat(target); err == nil && !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", target)
+		return nil, errors.New("not a regular file")
 	}
 	f, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".tmp*")
 	if err != nil {
-		return nil, err
+		return nil, pathCause(err)
 	}
 	return &simLogFile{File: f, target: target}, nil
 }
@@ -376,19 +382,32 @@ func createSimLog(target string) (*simLogFile, error) {
 // Commit closes the temporary file and renames it over the target.
 func (f *simLogFile) Commit() error {
 	f.done = true
-	if err := f.File.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
+	err := f.File.Close()
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
 	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		os.Remove(f.Name())
-		return err
+	if err == nil {
+		err = os.Rename(f.Name(), f.target)
 	}
-	if err := os.Rename(f.Name(), f.target); err != nil {
+	if err != nil {
 		os.Remove(f.Name())
-		return err
+		return pathCause(err)
 	}
 	return nil
+}
+
+// pathCause returns the cause of a *fs.PathError or *os.LinkError (which
+// name the temporary file), else err.
+func pathCause(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	var le *os.LinkError
+	if errors.As(err, &le) {
+		return le.Err
+	}
+	return err
 }
 
 // Abort removes the temporary file unless Commit ran.

@@ -92,6 +92,8 @@ func TestNatSimulateCLIBadInput(t *testing.T) {
 		{[]string{"--subscribers", "99999999"}, "--subscribers: 99999999 is outside"},
 		{[]string{"--dest-zipf", "0.5"}, "--dest-zipf: 0.5 must be above 1"},
 		{[]string{"--tick", "10ms"}, "--tick: 10ms is below"},
+		{[]string{"--preset", "cgn", "--ports", "1024-1100"}, "--preset with --ports: portalloc: Config.BlockSize: 512 exceeds the 77 ports"},
+		{[]string{"--preset", "deterministic", "--ports", "1024-1030"}, "--preset with --ports: portalloc: deterministic:"},
 		{[]string{"--keepalive", "10ms"}, "--keepalive: 10ms is below"},
 		{[]string{"--flow-rate", "1e6", "--duration", "1h"}, "--flow-rate: "},
 		{[]string{"--ports", "0-100"}, "--ports: contains port 0"},
@@ -141,6 +143,12 @@ func TestNatSimulateFailedRunKeepsLog(t *testing.T) {
 	// A --log that names a directory is refused and the directory kept.
 	if _, _, err := runCLI(t, "nat", "simulate", "--log", dir, "--duration", "30s"); err == nil {
 		t.Fatal("--log of a directory accepted")
+	}
+	// An error names the file as typed, not the temporary file.
+	missing := filepath.Join(dir, "no-such-dir", "events.jsonl")
+	_, _, err = runCLI(t, "nat", "simulate", "--log", missing, "--duration", "30s")
+	if err == nil || !strings.Contains(err.Error(), "--log "+missing+": ") || strings.Contains(err.Error(), ".tmp") {
+		t.Fatalf("--log in a missing directory: %v", err)
 	}
 }
 

@@ -90,6 +90,9 @@ Exit status: 0 when a holder was found, 1 when nobody held the endpoint,
 			}
 			return printHoldings(out, []natlog.Holding{h}, asJSON)
 		}
+		if len(logs) == 0 {
+			return errors.New("nat whois: give --log FILE (or --deterministic with its parameters)")
+		}
 		if len(args) != 2 {
 			return errors.New("nat whois: TIME (RFC 3339) is required with --log")
 		}
@@ -97,8 +100,11 @@ Exit status: 0 when a holder was found, 1 when nobody held the endpoint,
 		if err != nil {
 			return fmt.Errorf("nat whois: time %q: want RFC 3339, e.g. 2026-11-21T05:00:00Z", args[1])
 		}
-		if len(logs) == 0 {
-			return errors.New("nat whois: give --log FILE (or --deterministic with its parameters)")
+		var r netip.AddrPort
+		if remote != "" {
+			if r, err = netip.ParseAddrPort(remote); err != nil {
+				return fmt.Errorf("nat whois: --remote %q: want ADDR:PORT", remote)
+			}
 		}
 		ix := natlog.NewIndexFor(ext) // keeps only the events about ext
 		bad := 0
@@ -111,11 +117,7 @@ Exit status: 0 when a holder was found, 1 when nobody held the endpoint,
 			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d bad log line(s) skipped\n", bad)
 		}
 		var hs []natlog.Holding
-		if remote != "" {
-			r, perr := netip.ParseAddrPort(remote)
-			if perr != nil {
-				return fmt.Errorf("nat whois: --remote %q: want ADDR:PORT", remote)
-			}
+		if r.IsValid() {
 			hs, err = ix.WhoisRemote(ext, r, when)
 		} else {
 			hs, err = ix.Whois(ext, when)

@@ -105,6 +105,8 @@ func TestNatWhoisCLIBadInput(t *testing.T) {
 		{[]string{"--log", log, "192.0.2.1:1", "yesterday"}, `time "yesterday"`},
 		{[]string{"--log", log, "192.0.2.1:1"}, "TIME"},
 		{[]string{"192.0.2.1:1", "2026-11-21T05:00:30Z"}, "--log"},
+		{[]string{"192.0.2.1:1"}, "give --log FILE"}, // not "TIME is required with --log"
+		{[]string{"--log", filepath.Join(t.TempDir(), "missing"), "--remote", "nope", "192.0.2.1:1", "2026-11-21T05:00:30Z"}, `--remote "nope"`},
 		{[]string{"--log", filepath.Join(t.TempDir(), "missing"), "192.0.2.1:1", "2026-11-21T05:00:30Z"}, "missing"},
 		{[]string{"--deterministic", "192.0.2.1:1"}, "--inside"},
 		{[]string{"--deterministic", "--inside", "100.64.0.0/33", "--outside", "192.0.2.1", "192.0.2.1:1"}, `--inside "100.64.0.0/33"`},

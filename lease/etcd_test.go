@@ -1,0 +1,281 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/portspace/portspace/dial"
+	"github.com/portspace/portspace/lease/leasetest"
+	"github.com/portspace/portspace/tuple"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// The cluster helpers live in lease/leasetest so that other packages'
+// tests can start clusters too.
+type etcdCluster = leasetest.Etcd
+
+var (
+	startEtcd = leasetest.StartEtcd
+	freePorts = leasetest.FreePorts
+)
+
+var etcdPrefixSeq atomic.Int64
+
+func openTestEtcd(t testing.TB, c *etcdCluster) *EtcdStore {
+	t.Helper()
+	loc, err := ParseURL(c.URL(fmt.Sprintf("t%d", etcdPrefixSeq.Add(1))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenEtcd(context.Background(), loc, EtcdOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestEtcdContract runs the contract suite against a real three-member
+// etcd cluster. Expiry is etcd's lease TTL, so this suite lets real time
+// pass: TTLs of 2 s, quarantines of 1 s, and state changes awaited for at
+// most 3 s (the leader checks lease expiry every 500 ms).
+func TestEtcdContract(t *testing.T) {
+	c := startEtcd(t, 3)
+	contract(t, func(t *testing.T) env {
+		return env{
+			s:       openTestEtcd(t, c),
+			ttl:     2 * time.Second,
+			q:       time.Second,
+			advance: time.Sleep,
+			settle:  3 * time.Second,
+		}
+	})
+}
+
+// TestEtcdUnreachable checks that a store no member answers is an error
+// naming the URL within a few seconds.
+func TestEtcdUnreachable(t *testing.T) {
+	port := freePorts(t, 1)[0]
+	url := fmt.Sprintf("etcd://127.0.0.1:%d", port)
+	start := time.Now()
+	_, err := Open(context.Background(), url)
+	if err == nil {
+		t.Fatal("Open of a closed port worked")
+	}
+	if d := time.Since(start); d > 6*time.Second {
+		t.Fatalf("Open took %v", d)
+	}
+	if !strings.Contains(err.Error(), url) {
+		t.Fatalf("error %q does not name %s", err, url)
+	}
+}
+
+// TestEtcdLeaderKill claims from four stores (four hosts) at once and
+// kills the etcd leader when a third of the claims are done: every slice
+// is granted exactly once, and claims resume on the two live members.
+func TestEtcdLeaderKill(t *testing.T) {
+	c := startEtcd(t, 3)
+	url := c.URL("kill")
+	var stores []Store
+	for range 4 {
+		s, err := Open(context.Background(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		stores = append(stores, s)
+	}
+	p := Pool{Name: "p", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, Ports: tuple.MustParsePortSet("1024-1823"), Slice: 10, Quarantine: time.Minute}
+	mustApply(t, stores[0], p) // 80 slices
+	const claimers = 120
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		results []childResult
+		done    atomic.Int64
+		killed  = make(chan int, 1)
+		start   = make(chan struct{})
+	)
+	for i := range claimers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			// Spread the claims over time so that some run after the kill.
+			time.Sleep(time.Duration(i) * 8 * time.Millisecond)
+			holder := fmt.Sprint("h", i)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			l, err := stores[i%4].Claim(ctx, Request{Holder: holder, TTL: time.Minute})
+			r := childResult{Holder: holder, ID: l.ID, Token: l.Token}
+			switch {
+			case errors.Is(err, ErrNoSlice):
+				r.NoSlice = true
+			case err != nil:
+				r.Err = err.Error()
+			}
+			mu.Lock()
+			results = append(results, r)
+			mu.Unlock()
+			if done.Add(1) == claimers/3 {
+				ld := c.Leader()
+				if ld >= 0 {
+					c.Kill(ld)
+				}
+				killed <- ld
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if ld := <-killed; ld < 0 {
+		t.Fatal("found no leader to kill")
+	}
+	checkExactlyOnce(t, results, claimers, 80)
+	// The store agrees: 80 held, each by the holder its claim returned.
+	byID := map[string]string{}
+	for _, r := range results {
+		if r.ID != "" {
+			byID[r.ID] = r.Holder
+		}
+	}
+	ls, err := stores[1].List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		if l.State != Held || byID[l.ID] != l.Holder {
+			t.Fatalf("List: %s %v by %q, claim returned %q", l.ID, l.State, l.Holder, byID[l.ID])
+		}
+	}
+	// Claims resume: a release and a claim (quarantine 0 in a new pool).
+	p2 := Pool{Name: "q", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, Ports: tuple.MustParsePortSet("1024-1033"), Slice: 10, Quarantine: 0}
+	mustApply(t, stores[2], p, p2)
+	l, err := stores[3].Claim(context.Background(), Request{Holder: "after", TTL: time.Minute})
+	if err != nil || l.Pool != "q" {
+		t.Fatalf("claim after the kill: %+v, %v", l, err)
+	}
+}
+
+// TestEtcdOneLeasePerHolder checks that a claim reuses the holder's etcd
+// lease for its TTL (one transaction per claim, no lease grant), and that
+// another holder or TTL gets its own.
+func TestEtcdOneLeasePerHolder(t *testing.T) {
+	c := startEtcd(t, 1)
+	s := openTestEtcd(t, c)
+	e := env{s: s, ttl: 30 * time.Second}
+	mustApply(t, s, testPool("p", time.Second, nil, "192.0.2.10", "192.0.2.11"))
+	leaseOfKey := func(id string) int64 {
+		resp, err := s.cli.Get(context.Background(), s.pfxH+id)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("get %s: %v", id, err)
+		}
+		return resp.Kvs[0].Lease
+	}
+	var ids []int64
+	for range 4 {
+		ids = append(ids, leaseOfKey(mustClaim(t, e, "h1", nil).ID))
+	}
+	for _, id := range ids[1:] {
+		if id != ids[0] {
+			t.Fatalf("one holder's claims use etcd leases %v, want one", ids)
+		}
+	}
+	if other := leaseOfKey(mustClaim(t, e, "h2", nil).ID); other == ids[0] {
+		t.Fatal("another holder got the same etcd lease")
+	}
+	e.ttl = time.Minute
+	if other := leaseOfKey(mustClaim(t, e, "h1", nil).ID); other == ids[0] {
+		t.Fatal("another TTL got the same etcd lease")
+	}
+}
+
+// TestEtcdAbandonedGrant: a grant that committed after its claim gave up
+// on it (the reply was lost, a read did not show it yet) is taken back
+// when claims would otherwise find no slice.
+func TestEtcdAbandonedGrant(t *testing.T) {
+	c := startEtcd(t, 1)
+	s := openTestEtcd(t, c)
+	p := testPool("p", time.Minute, nil, "192.0.2.10")
+	p.Ports, p.Slice = tuple.MustParsePortSet("2000-2009"), 10
+	mustApply(t, s, p)
+	id := "p/192.0.2.10/0"
+	// What the lost claim left behind.
+	ctx := context.Background()
+	if _, err := s.cli.Txn(ctx).Then(
+		clientv3.OpPut(s.pfxH+id, `{"holder":"h1","ttl":30000000000,"expires":0,"nonce":"lost-reply"}`),
+		clientv3.OpPut(s.pfxB+id, "lost-reply")).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Claim(ctx, Request{Holder: "h2", TTL: 30 * time.Second}); !errors.Is(err, ErrNoSlice) {
+		t.Fatalf("claim with a foreign grant in place: %v, want ErrNoSlice", err)
+	}
+	s.mu.Lock()
+	s.abandoned["lost-reply"] = true
+	s.mu.Unlock()
+	l, err := s.Claim(ctx, Request{Holder: "h2", TTL: 30 * time.Second})
+	if err != nil || l.ID != id {
+		t.Fatalf("claim after the abandoned grant: %+v, %v", l, err)
+	}
+}
+
+// TestEtcdUnreachableKeeper kills the only etcd member under a kept lease
+// (real time: a 3 s TTL): dials from the lease's Dialer work until the
+// expiry, fail with ErrLost after it, and the Keeper reports the loss.
+func TestEtcdUnreachableKeeper(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	c := startEtcd(t, 1)
+	s := openTestEtcd(t, c)
+	p := Pool{Name: "lo", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Ports: tuple.MustParsePortSet("41000-41099"), Slice: 100, Quarantine: time.Second}
+	mustApply(t, s, p)
+	const ttl = 3 * time.Second
+	l, err := s.Claim(context.Background(), Request{Holder: "h", TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := Keep(s, l, ttl, KeeperOptions{})
+	defer k.Stop()
+	d := NewDialer(func(d *dial.Dialer) { d.Timeout = time.Second }, k)
+	c.Kill(0)
+	killed := time.Now()
+	conn, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial right after the store went away: %v", err)
+	}
+	conn.Close()
+	select {
+	case err := <-k.Lost():
+		if !errors.Is(err, ErrLost) {
+			t.Fatalf("Lost: %v", err)
+		}
+	case <-time.After(ttl + 3*time.Second):
+		t.Fatal("no loss reported")
+	}
+	if d := time.Since(killed); d > ttl+time.Second {
+		t.Errorf("loss reported %v after the kill, TTL %v", d, ttl)
+	}
+	if _, err := d.Dial("tcp", ln.Addr().String()); !errors.Is(err, ErrLost) {
+		t.Fatalf("dial after the expiry: %v, want ErrLost", err)
+	}
+}
