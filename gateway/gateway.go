@@ -51,6 +51,11 @@ type Options struct {
 	// Table and Priority are the routing table and the policy rules'
 	// priority (default 7300 each).
 	Table, Priority int
+	// SplitGSO splits super-packets into segments on read and coalesces
+	// them again on write (the wireguard/tun offload code) instead of
+	// translating each super-packet once and writing it back whole (the
+	// default); for comparison.
+	SplitGSO bool
 	// ExpireEvery is the period of the engine's timer sweep (default 100 ms).
 	ExpireEvery time.Duration
 	// Logger receives start, stop and error logs; nil discards.
@@ -95,8 +100,8 @@ type Stats struct {
 	Engine nat.Stats
 	// Drops are the engine's drops by reason name (Engine.Drops by index).
 	Drops map[string]uint64
-	// PortsInUse counts live mappings per external address (TCP, UDP and
-	// ICMP together).
+	// PortsInUse counts the ports allocated (or quarantined, RFC 6888
+	// REQ-8) per external address, TCP, UDP and ICMP identifiers together.
 	PortsInUse map[netip.Addr]int
 	Started    time.Time
 	Workers    int
@@ -217,10 +222,9 @@ func (g *Gateway) Stats() Stats {
 			s.Drops[nat.Reason(r).String()] = n
 		}
 	}
-	for ss := range g.eng.Sessions() {
-		if ss.Mapping {
-			s.PortsInUse[ss.External.Addr()]++
-		}
+	for _, a := range g.opts.Engine.External {
+		tcp, udp, icmp := g.eng.PortsUsed(a)
+		s.PortsInUse[a] = tcp + udp + icmp
 	}
 	g.mu.Unlock()
 	return s
@@ -247,3 +251,17 @@ func (g *Gateway) Config() nat.Config {
 
 // Options returns the options the gateway runs with.
 func (g *Gateway) Options() Options { return g.opts }
+
+// Reload applies the settings of cfg that can change on a running engine
+// (nat.Reloadable: timers, refresh, ICMP answers, session limits) without
+// dropping sessions. External and Internal must stay as they are (the
+// kernel set-up follows them); any other difference is refused with the
+// engine's *nat.ConfigError naming the field, and nothing changes.
+func (g *Gateway) Reload(cfg nat.Config) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.eng.Reload(cfg); err != nil {
+		return fmt.Errorf("gateway: reload: %w", err)
+	}
+	return nil
+}

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/portspace/portspace/internal/tunnet"
 	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/packet"
 )
 
 // offset is the headroom left before each packet in the TUN buffers: the
@@ -113,7 +115,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := g.worker(d, &g.per[i]); err != nil {
+			work := g.worker
+			if !g.opts.SplitGSO {
+				work = g.rawWorker
+			}
+			if err := work(d, g.sys.setup.Queues[i], &g.per[i]); err != nil {
 				errc <- err
 			}
 		}()
@@ -174,7 +180,7 @@ func (g *Gateway) sweeper(stop <-chan struct{}) {
 // worker serves one TUN queue: read a batch (super-packets split into
 // segments by the offload code), translate each packet in place under one
 // lock of the engine, write the batch back (coalesced again on write).
-func (g *Gateway) worker(d tun.Device, ctr *counters) error {
+func (g *Gateway) worker(d tun.Device, _ *os.File, ctr *counters) error {
 	bs := d.BatchSize()
 	bufs := make([][]byte, bs)
 	sizes := make([]int, bs)
@@ -202,7 +208,100 @@ func (g *Gateway) worker(d tun.Device, ctr *counters) error {
 				continue
 			}
 		}
-		out = g.translate(bufs[:n], sizes[:n], extra, out[:0], ctr)
+		out, _ = g.translate(bufs[:n], sizes[:n], nil, extra, out[:0], nil, ctr)
+		if len(out) > 0 {
+			if _, err := d.Write(out, offset); err != nil {
+				if errors.Is(err, os.ErrClosed) {
+					return nil
+				}
+				ctr.c[cWriteErr].Add(1)
+			}
+		}
+	}
+}
+
+// vnetHdrLen is the size of struct virtio_net_hdr.
+const vnetHdrLen = 10
+
+// rawWorker serves one TUN queue without splitting super-packets: it
+// reads up to a batch of packets from the queue's descriptor (each with
+// its virtio-net header), translates each once, writes super-packets and
+// packets with a partial checksum back whole with their headers (the
+// kernel segments them on output), and writes the other packets through
+// the offload code (coalesced into super-packets where it can).
+func (g *Gateway) rawWorker(d tun.Device, f *os.File, ctr *counters) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("gateway: TUN queue: %w", err)
+	}
+	bs := d.BatchSize()
+	bufs := make([][]byte, bs)
+	sizes := make([]int, bs)
+	partial := make([]bool, bs)
+	for i := range bufs {
+		bufs[i] = make([]byte, offset+65535)
+	}
+	extra := make([][]byte, extraBufs)
+	for i := range extra {
+		extra[i] = make([]byte, offset+2048)
+	}
+	out := make([][]byte, 0, bs+extraBufs)
+	raw := make([][]byte, 0, bs)
+	var n int
+	var rerr error
+	readBatch := func(fd uintptr) bool {
+		for n < bs {
+			m, err := syscall.Read(int(fd), bufs[n][offset-vnetHdrLen:])
+			if err == syscall.EAGAIN || err == syscall.EINTR {
+				break
+			}
+			if err != nil {
+				rerr = err
+				return true
+			}
+			if m <= vnetHdrLen {
+				ctr.c[cReadErr].Add(1)
+				continue
+			}
+			h := bufs[n][offset-vnetHdrLen : offset]
+			partial[n] = h[1] != 0 || h[0]&1 != 0 // gso_type set, or VIRTIO_NET_HDR_F_NEEDS_CSUM
+			sizes[n] = m - vnetHdrLen
+			n++
+		}
+		return n > 0
+	}
+	var wraw []byte
+	writeRaw := func(fd uintptr) bool {
+		_, err := syscall.Write(int(fd), wraw)
+		if err == syscall.EAGAIN {
+			return false
+		}
+		if err != nil {
+			ctr.c[cWriteErr].Add(1)
+		}
+		return true
+	}
+	for {
+		n, rerr = 0, nil
+		if err := rc.Read(readBatch); err != nil {
+			return nil // the queue was closed
+		}
+		if rerr != nil {
+			if errors.Is(rerr, syscall.EBADFD) || errors.Is(rerr, syscall.EBADF) {
+				return nil
+			}
+			ctr.c[cReadErr].Add(1)
+		}
+		if n == 0 {
+			continue
+		}
+		out, raw = g.translate(bufs[:n], sizes[:n], partial[:n], extra, out[:0], raw[:0], ctr)
+		for _, b := range raw {
+			wraw = b
+			if err := rc.Write(writeRaw); err != nil {
+				return nil
+			}
+		}
 		if len(out) > 0 {
 			if _, err := d.Write(out, offset); err != nil {
 				if errors.Is(err, os.ErrClosed) {
@@ -217,35 +316,96 @@ func (g *Gateway) worker(d tun.Device, ctr *counters) error {
 // translate runs one batch through the engine and returns the packets to
 // write back. It reads the clock once per batch (the engine's timers have
 // one-second resolution) and does not allocate.
-func (g *Gateway) translate(bufs [][]byte, sizes []int, extra [][]byte, out [][]byte, ctr *counters) [][]byte {
+//
+// partial, if not nil, marks the packets that carry a virtio-net header
+// in the 10 bytes before offset with a partial checksum (a super-packet
+// the kernel segments on write, or CHECKSUM_PARTIAL): their checksum field
+// holds the pseudo-header sum, not its complement, so it is complemented
+// around the engine's incremental update (RFC 1624 eq. 3 then updates the
+// partial sum exactly), and the packet, translated once, goes to raw to be
+// written back whole with its header.
+func (g *Gateway) translate(bufs [][]byte, sizes []int, partial []bool, extra [][]byte, out, raw [][]byte, ctr *counters) ([][]byte, [][]byte) {
 	var rxBytes, outB, inB, hpB, nOut, nIn, nHp, dOut, dIn, nRep, nRel uint64
 	ctr.c[cBatches].Add(1)
 	ctr.c[cRxPackets].Add(uint64(len(bufs)))
 	if g.opts.Passthrough {
 		for i := range bufs {
 			rxBytes += uint64(sizes[i])
-			out = append(out, bufs[i][:offset+sizes[i]])
+			if partial != nil && partial[i] {
+				raw = append(raw, bufs[i][offset-vnetHdrLen:offset+sizes[i]])
+			} else {
+				out = append(out, bufs[i][:offset+sizes[i]])
+			}
 		}
 		ctr.c[cRxBytes].Add(rxBytes)
 		ctr.c[cPassed].Add(uint64(len(bufs)))
-		return out
+		return out, raw
 	}
 	now := time.Now()
 	ne := 0
+	// Prefetch the table look-ups of the batch's first packets: their
+	// cache misses then overlap (nat.Engine.Prefetch).
+	var views [nat.PrefetchSlots][]byte
+	var inb [nat.PrefetchSlots]bool
+	np := min(len(bufs), nat.PrefetchSlots)
+	for i := 0; i < np; i++ {
+		views[i] = bufs[i][offset : offset+sizes[i]]
+		inb[i] = !g.outbound(views[i])
+	}
 	g.mu.Lock()
+	if np >= 4 {
+		g.eng.Prefetch(views[:np], inb[:np])
+	}
 	for i := range bufs {
 		pkt := bufs[i][offset : offset+sizes[i]]
 		rxBytes += uint64(len(pkt))
-		outbound := true
-		if len(pkt) >= 20 && g.ext[binary.BigEndian.Uint32(pkt[16:20])] {
-			src := binary.BigEndian.Uint32(pkt[12:16])
-			outbound = g.isInside(src) && !g.local[src]
+		outbound := g.outbound(pkt)
+		cs := -1           // offset of a partial checksum field in pkt
+		var l4, sp, dp int // start of the transport header; its ports before translation
+		if partial != nil && partial[i] {
+			hdr := bufs[i][offset-vnetHdrLen : offset]
+			l4 = int(binary.LittleEndian.Uint16(hdr[6:]))
+			cs = l4 + int(binary.LittleEndian.Uint16(hdr[8:]))
+			if cs+2 > len(pkt) || l4+4 > len(pkt) {
+				cs = -2 // a header that does not fit: dropped below
+			} else {
+				c := ^binary.BigEndian.Uint16(pkt[cs:])
+				if c == 0 && len(pkt) > 9 && pkt[9] == 17 {
+					c = 0xffff // UDP: 0 means "no checksum"; 0xffff is the same sum
+				}
+				binary.BigEndian.PutUint16(pkt[cs:], c)
+				sp, dp = int(binary.BigEndian.Uint16(pkt[l4:])), int(binary.BigEndian.Uint16(pkt[l4+2:]))
+			}
 		}
 		var v nat.Verdict
-		if outbound {
+		switch {
+		case cs == -2:
+			v = nat.Verdict{Action: nat.Drop}
+		case outbound:
 			v = g.eng.Outbound(pkt, now)
-		} else {
+		default:
 			v = g.eng.Inbound(pkt, now)
+		}
+		if cs >= 0 && (v.Action == nat.Forward || v.Action == nat.Hairpin) {
+			// The engine's update covers the pseudo-header (addresses) and
+			// the ports; the ports are summed from the packet when the
+			// checksum is completed, so their part is taken out again.
+			c := binary.BigEndian.Uint16(pkt[cs:])
+			c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4:]), uint16(sp))
+			c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4+2:]), uint16(dp))
+			binary.BigEndian.PutUint16(pkt[cs:], ^c)
+			raw = append(raw, bufs[i][offset-vnetHdrLen:offset+len(pkt)])
+			if v.Action == nat.Hairpin {
+				nHp++
+				hpB += uint64(len(pkt))
+			} else if outbound {
+				nOut++
+				outB += uint64(len(pkt))
+			} else {
+				nIn++
+				inB += uint64(len(pkt))
+			}
+			continue
 		}
 		switch v.Action {
 		case nat.Forward:
@@ -274,7 +434,7 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, extra [][]byte, out [][]
 				dIn++
 			}
 		}
-		if v.Released {
+		if v.Released && cs < 0 {
 			for _, f := range g.eng.Released() {
 				if ne < len(extra) && len(f) <= len(extra[ne])-offset {
 					out = append(out, extra[ne][:offset+copy(extra[ne][offset:], f)])
@@ -296,7 +456,18 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, extra [][]byte, out [][]
 	ctr.c[cInDropped].Add(dIn)
 	ctr.c[cReplies].Add(nRep)
 	ctr.c[cReleased].Add(nRel)
-	return out
+	return out, raw
+}
+
+// outbound reports whether pkt goes to Engine.Outbound: everything but
+// packets to an external address from outside the inside networks or from
+// the router itself.
+func (g *Gateway) outbound(pkt []byte) bool {
+	if len(pkt) >= 20 && g.ext[binary.BigEndian.Uint32(pkt[16:20])] {
+		src := binary.BigEndian.Uint32(pkt[12:16])
+		return g.isInside(src) && !g.local[src]
+	}
+	return true
 }
 
 func (g *Gateway) isInside(a uint32) bool {

@@ -36,7 +36,7 @@ func background(tb testing.TB, ns *netnstest.NS, args ...string) {
 // empty configuration of ours), a UDP echo server and a TCP data server.
 func servers(tb testing.TB, topo *gwtest.Topology) {
 	tb.Helper()
-	for _, c := range []string{"stund", "turnserver", "turnutils_natdiscovery", "stun", "ping"} {
+	for _, c := range []string{"stund", "turnserver", "turnutils_natdiscovery", "stun", "ping", python} {
 		netnstest.RequireCommand(tb, c)
 	}
 	conf := filepath.Join(topo.Dir(), "turnserver.conf")

@@ -33,6 +33,7 @@ func plumbing(t *testing.T, r *netnstest.NS) string {
 // SIGTERM, and that after a SIGKILL the next start removes the leftovers
 // (and works), so that a stop after it leaves the router as it was.
 func TestCleanup(t *testing.T) {
+	netnstest.RequireCommand(t, "ping")
 	topo := gwtest.New(t, gwtest.Options{})
 	before := plumbing(t, topo.RouterNS)
 	g := topo.Start(t, gwtest.Spec{Preset: "full-cone"})
@@ -161,5 +162,28 @@ func TestEventLogWhois(t *testing.T) {
 	hs, err := ix.Whois(ext, at)
 	if err != nil || len(hs) != 1 || hs[0].Internal.Addr() != gwtest.Client {
 		t.Fatalf("whois %v at %v: %+v, %v", ext, at, hs, err)
+	}
+}
+
+// TestICMPErrorsThroughEngine checks the ICMP errors the router's kernel
+// sends about packets leaving the TUN reach the inside client through the
+// engine's ICMP error translation (RFC 5508): time exceeded for TTL 2, and
+// fragmentation needed for a DF packet over a smaller outside MTU.
+func TestICMPErrorsThroughEngine(t *testing.T) {
+	netnstest.RequireCommand(t, "ping")
+	topo := gwtest.New(t, gwtest.Options{})
+	topo.RouterNS.MustRun(t, "ip", "link", "set", "g1", "mtu", "1400")
+	topo.ServerNS.MustRun(t, "ip", "link", "set", "s0", "mtu", "1400")
+	g := topo.Start(t, gwtest.Spec{Preset: "symmetric"})
+	out, _ := topo.ClientNS.Run("ping", "-c", "1", "-t", "2", "-W", "2", gwtest.Server.String())
+	if !strings.Contains(out, "Time to live exceeded") {
+		t.Errorf("TTL 2: %s", out)
+	}
+	out, _ = topo.ClientNS.Run("ping", "-c", "1", "-M", "do", "-s", "1450", "-W", "2", gwtest.Server.String())
+	if !strings.Contains(out, "mtu = 1400") {
+		t.Errorf("DF over the MTU: %s", out)
+	}
+	if st := g.Stats(t); st.InForwarded < 2 {
+		t.Errorf("the errors did not go through the engine: %+v", st.Counters)
 	}
 }

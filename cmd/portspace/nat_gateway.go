@@ -64,7 +64,7 @@ func (l *reopenLog) close() error {
 type gatewayFlags struct {
 	preset, config, logFile, metrics, control, tun, stateDir string
 	external, inside                                         []string
-	passthrough                                              bool
+	passthrough, splitGSO                                    bool
 	workers, mtu                                             int
 	verbose                                                  bool
 }
@@ -134,8 +134,9 @@ fields (udp-timeout, mapping, filtering, preserve-port, ...; see
 docs/gateway.md); a "preset:" key first picks the base. --passthrough
 forwards through the same TUN path without translating (the benchmark
 baseline; routing alone must work). SIGTERM or SIGINT stops it cleanly;
-SIGHUP reopens --log and re-reads --config (settings that differ from the
-running engine need a restart, and are reported).
+SIGHUP reopens --log and re-reads --config, applying the settings a running
+engine can change without dropping sessions (timers, refresh, ICMP answers,
+session limits); other changes are reported and need a restart.
 
 While it runs, 'portspace nat sessions' and 'portspace nat stats' read its
 control socket (--control), and --metrics ADDR serves Prometheus metrics.`,
@@ -155,6 +156,7 @@ control socket (--control), and --metrics ADDR serves Prometheus metrics.`,
 	fl.StringVar(&f.tun, "tun", "psnat0", "TUN device name")
 	fl.StringVar(&f.stateDir, "state-dir", "/run/portspace", "directory of the state file listing what the gateway set up")
 	fl.BoolVar(&f.passthrough, "passthrough", false, "forward through the TUN without translating (benchmark baseline)")
+	fl.BoolVar(&f.splitGSO, "split-gso", false, "split super-packets into segments and coalesce them again (wireguard/tun's offload code) instead of translating each once")
 	fl.IntVar(&f.workers, "workers", 0, "TUN queues and worker goroutines (default: the number of CPUs)")
 	fl.IntVar(&f.mtu, "mtu", 1500, "MTU of the TUN device")
 	fl.BoolVar(&f.verbose, "verbose", false, "log at debug level")
@@ -188,7 +190,7 @@ func runGateway(cmd *cobra.Command, f gatewayFlags) error {
 		cfg.Events = lw
 	}
 	g, err := gateway.New(gateway.Options{Engine: cfg, Passthrough: f.passthrough, TUN: f.tun, MTU: f.mtu,
-		Workers: f.workers, StateDir: f.stateDir, Logger: logger})
+		Workers: f.workers, StateDir: f.stateDir, Logger: logger, SplitGSO: f.splitGSO})
 	if err != nil {
 		return fmt.Errorf("nat gateway: %w", err)
 	}
@@ -247,8 +249,9 @@ func presetOrPassthrough(f gatewayFlags) string {
 }
 
 // reload handles SIGHUP: reopen the event log, re-read the configuration
-// and report which settings differ from the running engine's (the engine
-// has no way to change them without dropping its sessions).
+// and apply the settings a running engine can change (nat.Reloadable)
+// without dropping its sessions; a change to any other setting is
+// reported and applies only after a restart.
 func reload(f gatewayFlags, g *gateway.Gateway, lw *reopenLog, logger *slog.Logger) {
 	if lw != nil {
 		if err := lw.open(); err != nil {
@@ -267,5 +270,9 @@ func reload(f gatewayFlags, g *gateway.Gateway, lw *reopenLog, logger *slog.Logg
 		logger.Info("SIGHUP: configuration unchanged")
 		return
 	}
-	logger.Warn("SIGHUP: these settings changed and take effect on restart (the engine keeps its sessions)", "settings", diff)
+	if err := g.Reload(cfg); err != nil {
+		logger.Warn("SIGHUP: not reloaded; these settings changed and need a restart (nothing was changed)", "settings", diff, "err", err)
+		return
+	}
+	logger.Info("SIGHUP: reloaded, sessions kept", "settings", diff)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/internal/gwtest"
+	"github.com/portspace/portspace/internal/netnstest"
 )
 
 // TestNatGatewayCommand runs `portspace nat gateway` in a router namespace
@@ -17,6 +18,8 @@ import (
 // stats`, the metrics endpoint and SIGHUP; then that SIGTERM stops it with
 // status 0.
 func TestNatGatewayCommand(t *testing.T) {
+	netnstest.RequireCommand(t, "curl")
+	netnstest.RequireCommand(t, "ping")
 	topo := gwtest.New(t, gwtest.Options{})
 	dir := topo.Dir()
 	control := filepath.Join(dir, "gw.sock")
@@ -62,16 +65,28 @@ func TestNatGatewayCommand(t *testing.T) {
 		!strings.Contains(m, "portspace_gateway_sessions 1") {
 		t.Errorf("metrics: %v\n%s", err, m)
 	}
+	wait := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(out.String(), what) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if !strings.Contains(out.String(), what) {
+			t.Errorf("SIGHUP: no %q in:\n%s", what, out.String())
+		}
+	}
 	cmd.Process.Signal(syscall.SIGHUP)
+	wait("SIGHUP: configuration unchanged")
+	wait("SIGHUP: log reopened")
 	os.WriteFile(conf, []byte("preset: port-restricted-cone\nudp_timeout: 4m\n"), 0o644)
 	cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(out.String(), "settings=[udp_timeout]") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	wait("SIGHUP: reloaded, sessions kept\" settings=[udp_timeout]")
+	if so, _, _ := runCLI(t, "nat", "sessions", "--control", control); !strings.Contains(so, "1 sessions") {
+		t.Errorf("the session did not survive the reload:\n%s", so)
 	}
-	if !strings.Contains(out.String(), "SIGHUP: log reopened") || !strings.Contains(out.String(), "settings=[udp_timeout]") {
-		t.Errorf("SIGHUP not handled:\n%s", out.String())
-	}
+	os.WriteFile(conf, []byte("preset: symmetric\nudp_timeout: 4m\n"), 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	wait("need a restart")
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-done:
