@@ -112,7 +112,6 @@ type etcdView struct {
 	draining map[string]bool
 	slot     map[string]slot     // busy slices by ID
 	free     map[string]*freeSet // per pool
-	byID     map[string]*Lease   // every slice of every pool
 	poolOf   map[string]int      // slice ID -> index in pools
 	_        struct{}            // keep composite literals keyed
 }
