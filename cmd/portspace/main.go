@@ -19,6 +19,8 @@ func subcommands() []func() *cobra.Command {
 		newBenchCmd,
 		newCapacityCmd,
 		newNatCmd,
+		newNatprobeCmd,
+		newStunCmd,
 	}
 }
 
