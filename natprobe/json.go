@@ -44,6 +44,7 @@ type jsonTCP struct {
 	Delta        *int     `json:"delta"`
 	Samples      []Sample `json:"samples"`
 	Skipped      []string `json:"skipped"`
+	ElapsedMS    int64    `json:"elapsed_ms"`
 }
 
 func str[T ~string](s T) *string {
@@ -94,7 +95,7 @@ func (r Result) MarshalJSON() ([]byte, error) {
 	if t := r.TCP; t != nil {
 		j.TCP = &jsonTCP{Local: ap(t.Local), Mapped: ap(t.Mapped), Mapping: str(t.Mapping),
 			Preservation: t.Preservation, Allocation: str(t.Allocation), Delta: delta(t.Allocation, t.Delta),
-			Samples: t.Samples, Skipped: t.Skipped}
+			Samples: t.Samples, Skipped: t.Skipped, ElapsedMS: t.Elapsed.Milliseconds()}
 		if j.TCP.Samples == nil {
 			j.TCP.Samples = []Sample{}
 		}

@@ -108,18 +108,26 @@ func TestProbeNoAnswer(t *testing.T) {
 	if !strings.Contains(err.Error(), "mapping test I") {
 		t.Errorf("error does not name the test: %v", err)
 	}
-	// Retransmissions: 0, RTO, 3 RTO, 7 RTO (< Timeout).
+	// Retransmissions: 0, RTO, 3 RTO, 7 RTO (< Timeout), from each of the
+	// two sockets whose first test expects an answer (mapping and
+	// filtering test I).
 	buf := make([]byte, 100)
-	n := 0
+	per := map[netip.AddrPort]int{}
 	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	for {
-		if _, _, err := c.ReadFromUDPAddrPort(buf); err != nil {
+		_, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
 			break
 		}
-		n++
+		per[from]++
 	}
-	if n != 4 {
-		t.Errorf("%d requests sent in %v, want 4 (RTO doubling)", n, time.Since(start))
+	if len(per) != 2 {
+		t.Errorf("requests from %d sockets, want 2: %v", len(per), per)
+	}
+	for from, n := range per {
+		if n != 4 {
+			t.Errorf("%v sent %d requests in %v, want 4 (RTO doubling)", from, n, time.Since(start))
+		}
 	}
 }
 

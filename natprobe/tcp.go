@@ -52,6 +52,7 @@ type TCPResult struct {
 	Delta        int
 	Samples      []Sample
 	Skipped      []string
+	Elapsed      time.Duration
 }
 
 // ProbeTCP runs the RFC 5780 section 4.3 mapping tests over TCP: Binding
@@ -76,7 +77,9 @@ func ProbeTCP(ctx context.Context, o TCPOptions) (TCPResult, error) {
 		o.Local = netip.AddrPortFrom(a, o.Local.Port())
 	}
 	o.Timeout = po.Timeout
-	return probeTCP(ctx, p, o)
+	res, err := probeTCP(ctx, p, o)
+	res.Elapsed = time.Since(p.start)
+	return res, err
 }
 
 // tcpExchange connects from local (SO_REUSEADDR) to dst, sends one Binding

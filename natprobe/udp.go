@@ -316,23 +316,19 @@ func Probe(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	res := Result{Server: o.Server}
-	var tcpDone chan struct{}
-	if o.TCP {
-		tcpDone = make(chan struct{})
-		go func() {
-			defer close(tcpDone)
-			tr, err := probeTCP(ctx, p, TCPOptions{Server: o.Server, Local: netip.AddrPortFrom(local, o.TCPLocalPort), Timeout: o.Timeout})
-			if err != nil {
-				tr.Skipped = append(tr.Skipped, err.Error())
-			}
-			res.TCP = &tr
-		}()
-	}
 	err := p.udp(ctx, local, &res)
-	if tcpDone != nil {
-		<-tcpDone
-	}
 	res.Elapsed = time.Since(p.start)
+	if o.TCP && ctx.Err() == nil {
+		// After the UDP tests, so that both share the pace without
+		// slowing the UDP run.
+		start := time.Now()
+		tr, terr := probeTCP(ctx, p, TCPOptions{Server: o.Server, Other: res.Other, Local: netip.AddrPortFrom(local, o.TCPLocalPort), Timeout: o.Timeout})
+		if terr != nil {
+			tr.Skipped = append(tr.Skipped, terr.Error())
+		}
+		tr.Elapsed = time.Since(start)
+		res.TCP = &tr
+	}
 	return res, err
 }
 
@@ -400,84 +396,29 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 	}
 	P := p.o.Server
 
-	// Mapping test I (RFC 5780 section 4.3) gates everything else.
-	a1, _, err := p.do(ctx, txn{name: "mapping test I", from: s1, to: P})
-	if err != nil {
-		if errors.Is(err, ErrTimeout) {
-			res.RFC3489 = Blocked
-		}
-		res.Skipped = append(res.Skipped, err.Error())
-		return err
-	}
-	m1 := st.sample(a1, s1, P, true)
-	if !m1.IsValid() {
-		err := fmt.Errorf("%w: mapping test I: %v answered without a usable mapped address", ErrServer, a1.from)
-		res.Skipped = append(res.Skipped, err.Error())
-		return err
-	}
-	res.Local, res.Mapped = s1.local, m1
-	res.NAT = ptr(m1 != s1.local)
-	oth, is5780 := other(a1.m)
-	res.Other, res.RFC5780 = oth, is5780
-	if !oth.IsValid() {
-		st.skip("mapping tests II and III, filtering: the server sent neither OTHER-ADDRESS nor CHANGED-ADDRESS")
-	} else if oth.Addr() == P.Addr() || oth.Port() == P.Port() {
-		st.skip("mapping tests II and III, filtering: the server's other address %v does not differ from %v in both address and port", oth, P)
-		oth = netip.AddrPort{}
-	}
-	if !*res.NAT {
-		res.Mapping = EndpointIndependent
-	}
-
-	var wg sync.WaitGroup
-	// Mapping tests II and III, from s1.
-	if oth.IsValid() && *res.NAT {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			A := netip.AddrPortFrom(oth.Addr(), P.Port())
-			a2, _, err := p.do(ctx, txn{name: "mapping test II", from: s1, to: A})
-			if err != nil {
-				st.skip("mapping: %v", err)
-				return
-			}
-			m2 := st.sample(a2, s1, A, false)
-			if !m2.IsValid() {
-				st.skip("mapping: test II's answer has no usable mapped address")
-				return
-			}
-			if m2 == m1 {
-				res.Mapping = EndpointIndependent
-				return
-			}
-			a3, _, err := p.do(ctx, txn{name: "mapping test III", from: s1, to: oth})
-			if err != nil {
-				st.skip("mapping: %v", err)
-				return
-			}
-			m3 := st.sample(a3, s1, oth, false)
-			switch {
-			case !m3.IsValid():
-				st.skip("mapping: test III's answer has no usable mapped address")
-			case m3 == m2:
-				res.Mapping = AddressDependent
-			default:
-				res.Mapping = AddressAndPortDependent
-			}
-		}()
-	}
 	// Filtering (RFC 5780 section 4.4) from s2: test I makes the binding
 	// toward P alone, then tests II and III in parallel.
-	if oth.IsValid() {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f1, _, err := p.do(ctx, txn{name: "filtering test I", from: s2, to: P})
-			if err != nil {
+	// It starts first, so that its two tests that wait for silence are
+	// decided early; it reads the other address from its own test I.
+	fctx, fcancel := context.WithCancel(ctx)
+	defer fcancel()
+	var fwg sync.WaitGroup
+	fwg.Add(1)
+	go func() {
+		defer fwg.Done()
+		f1, _, err := p.do(fctx, txn{name: "filtering test I", from: s2, to: P})
+		if err != nil {
+			if fctx.Err() == nil {
 				st.skip("filtering: %v", err)
-				return
 			}
-			st.sample(f1, s2, P, true)
+			return
+		}
+		st.sample(f1, s2, P, true)
+		oth, _ := other(f1.m)
+		if !oth.IsValid() || oth.Addr() == P.Addr() || oth.Port() == P.Port() {
+			return // reported by mapping test I
+		}
+		func() {
 			var both, port answer
 			var gotBoth, gotPort bool
 			var errBoth, errPort error
@@ -516,6 +457,89 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 				res.Filtering = AddressAndPortDependent
 			}
 		}()
+	}()
+	// Mapping test I (RFC 5780 section 4.3) gates everything else.
+	a1, _, err := p.do(ctx, txn{name: "mapping test I", from: s1, to: P})
+	if err != nil {
+		fcancel()
+		fwg.Wait()
+		if errors.Is(err, ErrTimeout) {
+			res.RFC3489 = Blocked
+		}
+		res.Skipped = append(res.Skipped, err.Error())
+		return err
+	}
+	m1 := st.sample(a1, s1, P, true)
+	if !m1.IsValid() {
+		fcancel()
+		fwg.Wait()
+		err := fmt.Errorf("%w: mapping test I: %v answered without a usable mapped address", ErrServer, a1.from)
+		res.Skipped = append(res.Skipped, err.Error())
+		return err
+	}
+	res.Local, res.Mapped = s1.local, m1
+	res.NAT = ptr(m1 != s1.local)
+	oth, is5780 := other(a1.m)
+	res.Other, res.RFC5780 = oth, is5780
+	if !oth.IsValid() {
+		st.skip("mapping tests II and III, filtering: the server sent neither OTHER-ADDRESS nor CHANGED-ADDRESS")
+	} else if oth.Addr() == P.Addr() || oth.Port() == P.Port() {
+		st.skip("mapping tests II and III, filtering: the server's other address %v does not differ from %v in both address and port", oth, P)
+		oth = netip.AddrPort{}
+	}
+	if !*res.NAT {
+		res.Mapping = EndpointIndependent
+	}
+
+	var wg sync.WaitGroup
+	// Hairpinning (RFC 5780 section 3.4): a request from a socket of its
+	// own to s1's mapped address must reach s1.
+	if *res.NAT {
+		hp, err := p.open(local)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res.Hairpinning = ptr(p.hairpin(ctx, hp, s1, m1))
+		}()
+	}
+	// Mapping tests II and III, from s1.
+	if oth.IsValid() && *res.NAT {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			A := netip.AddrPortFrom(oth.Addr(), P.Port())
+			a2, _, err := p.do(ctx, txn{name: "mapping test II", from: s1, to: A})
+			if err != nil {
+				st.skip("mapping: %v", err)
+				return
+			}
+			m2 := st.sample(a2, s1, A, false)
+			if !m2.IsValid() {
+				st.skip("mapping: test II's answer has no usable mapped address")
+				return
+			}
+			if m2 == m1 {
+				res.Mapping = EndpointIndependent
+				return
+			}
+			a3, _, err := p.do(ctx, txn{name: "mapping test III", from: s1, to: oth})
+			if err != nil {
+				st.skip("mapping: %v", err)
+				return
+			}
+			m3 := st.sample(a3, s1, oth, false)
+			switch {
+			case !m3.IsValid():
+				st.skip("mapping: test III's answer has no usable mapped address")
+			case m3 == m2:
+				res.Mapping = AddressDependent
+			default:
+				res.Mapping = AddressAndPortDependent
+			}
+		}()
 	}
 	// The allocation series: one new mapping per socket toward P.
 	wg.Add(1)
@@ -531,15 +555,7 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 		}
 	}()
 	wg.Wait()
-
-	// Hairpinning (RFC 5780 section 3.4): a request from another socket
-	// to s1's mapped address must reach s1.
-	if *res.NAT && len(series) > 0 {
-		hp := series[0]
-		id, ok := p.hairpin(ctx, hp, s1, m1)
-		_ = id
-		res.Hairpinning = ptr(ok)
-	}
+	fwg.Wait()
 
 	st.mu.Lock()
 	sort.SliceStable(st.samples, func(i, j int) bool { return st.samples[i].Sent < st.samples[j].Sent })
@@ -564,13 +580,13 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 
 // hairpin sends a Binding request from `from` to target's mapped address
 // at 0 and RTO and reports whether target received it by Decide.
-func (p *prober) hairpin(ctx context.Context, from, target *sock, mappedAddr netip.AddrPort) (stun.TransactionID, bool) {
+func (p *prober) hairpin(ctx context.Context, from, target *sock, mappedAddr netip.AddrPort) bool {
 	id := newID()
 	var b stun.Builder
 	b.Start(nil, stun.BindingRequest, id)
 	pkt := b.Bytes()
 	if p.pace(ctx) != nil {
-		return id, false
+		return false
 	}
 	end := time.Now().Add(p.o.Decide)
 	next := time.Now()
@@ -592,13 +608,13 @@ func (p *prober) hairpin(ctx context.Context, from, target *sock, mappedAddr net
 		case got := <-target.request:
 			t.Stop()
 			if got == id {
-				return id, true
+				return true
 			}
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return id, false
+			return false
 		}
 	}
-	return id, false
+	return false
 }
