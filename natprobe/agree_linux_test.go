@@ -86,6 +86,10 @@ type topo struct {
 }
 
 func newTopo(t *testing.T, nftFlags string, setup ...[]string) *topo {
+	return newTopoTB(t, nftFlags, setup...)
+}
+
+func newTopoTB(t testing.TB, nftFlags string, setup ...[]string) *topo {
 	t.Helper()
 	tp := &topo{s: netnstest.New(t), n: netnstest.New(t), c: netnstest.New(t), dir: t.TempDir()}
 	var b [3]byte
@@ -123,7 +127,7 @@ func newTopo(t *testing.T, nftFlags string, setup ...[]string) *topo {
 }
 
 // start runs a long-lived program in ns and kills it (only it) at cleanup.
-func start(t *testing.T, ns *netnstest.NS, env []string, name string, args ...string) *bytes.Buffer {
+func start(t testing.TB, ns *netnstest.NS, env []string, name string, args ...string) *bytes.Buffer {
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
@@ -146,7 +150,9 @@ func helperCmd(which string, a helperArgs) []string {
 
 // startServers starts coturn, stund and our server in the server namespace
 // and waits until all their UDP ports are bound.
-func (tp *topo) startServers(t *testing.T) {
+func (tp *topo) startServers(t *testing.T) { tp.startServersTB(t) }
+
+func (tp *topo) startServersTB(t testing.TB) {
 	t.Helper()
 	conf := filepath.Join(tp.dir, "turnserver.conf")
 	// Our own configuration: Debian's /etc/turnserver.conf sets
@@ -421,4 +427,41 @@ func TestLifetimeBehindNAT(t *testing.T) {
 		t.Fatalf("lifetime %v (at least %v), want about 2 s; skipped %v", r.LifetimeSeconds, r.AtLeast, r.Skipped)
 	}
 	t.Logf("lifetime %.2f s with conntrack UDP timeouts of 2 s, search took %v", *r.LifetimeSeconds, v.elapsed)
+}
+
+// BenchmarkClassify times a full UDP classification behind default
+// masquerade: our probe against coturn's turnserver and coturn's
+// turnutils_natdiscovery -m -f against the same server, back to back in
+// the same run (wall time of each process, start-up included). It reports
+// probe-s and natdiscovery-s per classification, and probe-udp-s, the
+// probe's own UDP run time.
+func BenchmarkClassify(b *testing.B) {
+	for _, prog := range []string{"ip", "nft", "ss", "turnserver", "turnutils_natdiscovery", "stund"} {
+		netnstest.RequireCommand(b, prog)
+	}
+	netnstest.RequireRoot(b)
+	tp := newTopoTB(b, "")
+	tp.startServersTB(b)
+	ctx := context.Background()
+	var probe, nd, udp time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		v := tp.probe(ctx, "192.0.2.10:3478", helperArgs{})
+		probe += time.Since(t0)
+		udp += v.elapsed
+		if v.err != nil || v.mapping != EndpointIndependent {
+			b.Fatalf("probe: %v %q", v.err, v.mapping)
+		}
+		t0 = time.Now()
+		w := tp.natdiscovery(ctx, "192.0.2.10", "3478")
+		nd += time.Since(t0)
+		if w.err != nil || w.mapping != EndpointIndependent {
+			b.Fatalf("natdiscovery: %v %q", w.err, w.mapping)
+		}
+	}
+	n := float64(b.N)
+	b.ReportMetric(probe.Seconds()/n, "probe-s")
+	b.ReportMetric(udp.Seconds()/n, "probe-udp-s")
+	b.ReportMetric(nd.Seconds()/n, "natdiscovery-s")
 }
