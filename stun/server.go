@@ -83,10 +83,11 @@ type Stats struct {
 	Errors    uint64 // error responses (400, 420) sent
 	Dropped   uint64 // messages dropped: not STUN, malformed, not a request
 	Limited   uint64 // requests dropped by the per-client rate limit
+	Reads     uint64 // UDP read system calls (Requests/Reads is the mean batch)
 }
 
 type counters struct {
-	requests, responses, errors, dropped, limited atomic.Uint64
+	requests, responses, errors, dropped, limited, reads atomic.Uint64
 }
 
 // Server is a behaviour-discovery STUN server (RFC 5780 section 6) on up to
@@ -176,7 +177,7 @@ func (s *Server) Addrs() []netip.AddrPort { return s.h.Sockets() }
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	return Stats{Requests: s.st.requests.Load(), Responses: s.st.responses.Load(),
-		Errors: s.st.errors.Load(), Dropped: s.st.dropped.Load(), Limited: s.st.limited.Load()}
+		Errors: s.st.errors.Load(), Dropped: s.st.dropped.Load(), Limited: s.st.limited.Load(), Reads: s.st.reads.Load()}
 }
 
 // Serve answers requests until ctx is done or Close is called, then closes
@@ -275,6 +276,7 @@ func (s *Server) serveUDPSingle(at Socket) error {
 			return fmt.Errorf("stun: read %v: %w", s.h.addrs[at], err)
 		}
 		s.st.requests.Add(1)
+		s.st.reads.Add(1)
 		if !s.allowed(src.Addr(), s.now().UnixNano()) {
 			s.st.limited.Add(1)
 			continue
@@ -322,6 +324,7 @@ func (s *Server) serveUDPBatch(at Socket) error {
 			}
 			return fmt.Errorf("stun: read %v: %w", s.h.addrs[at], err)
 		}
+		s.st.reads.Add(1)
 		now := s.now().UnixNano()
 		var limited, dropped, ok, bad uint64
 		for k := 0; k < n; k++ {
