@@ -241,7 +241,6 @@ type loadClient struct {
 	w   *udpbatch.Writer
 	r   *udpbatch.Reader
 	req []byte
-	buf []byte
 }
 
 func newLoadClient(tb testing.TB) *loadClient {
