@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +31,7 @@ func ruleStrings(rs []Rule) []string {
 		if r.Proto.HasPorts() {
 			ports = r.Ports.String()
 		}
-		out = append(out, fmt.Sprintf("%d %s %s %s %s", r.Number, r.Action, r.Proto, ports, r.Peer()))
+		out = append(out, fmt.Sprintf("%d %s %s %s %s", r.Number, r.Action, ProtoName(r.Proto), ports, r.Peer()))
 	}
 	return out
 }
@@ -174,7 +175,7 @@ func TestMergeEquivalent(t *testing.T) {
 	for iter := range 300 {
 		var atoms []atom
 		for range 1 + r.IntN(8) {
-			a := atom{proto: Protocol(r.IntN(4)), peer: peer{prefix: netip.MustParsePrefix(prefixes[r.IntN(len(prefixes))])}}
+			a := atom{proto: []tuple.Proto{ProtoAll, tuple.TCP, tuple.UDP, tuple.ICMP}[r.IntN(4)], peer: peer{prefix: netip.MustParsePrefix(prefixes[r.IntN(len(prefixes))])}}
 			if a.proto.HasPorts() {
 				lo := uint16(r.IntN(40))
 				a.ports = tuple.PortSetOf(tuple.PortRangeFrom(lo, lo+uint16(r.IntN(10))))
@@ -184,7 +185,7 @@ func TestMergeEquivalent(t *testing.T) {
 		m := mergeAtoms(atoms)
 		for range 400 {
 			addr := netip.AddrFrom4([4]byte{10, 0, byte(r.IntN(5)), byte(r.IntN(256))})
-			proto := Protocol(1 + r.IntN(3))
+			proto := []tuple.Proto{tuple.TCP, tuple.UDP, tuple.ICMP}[r.IntN(3)]
 			port := uint16(r.IntN(55))
 			want := false
 			for _, a := range atoms {
@@ -231,7 +232,8 @@ func TestAggregate(t *testing.T) {
 	}
 }
 
-// TestLimit checks the rule quota: exact counts in the error, --max-rules
+// TestLimit checks the rule quota: exact counts in the error, the default
+// deny counted (26 rules and the deny fail at 26, pass at 27), --max-rules
 // up to 40.
 func TestLimit(t *testing.T) {
 	var b strings.Builder
@@ -259,6 +261,9 @@ func TestLimit(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "zone a ingress") {
 		t.Errorf("a's ingress (2 rules) reported over: %v", err)
+	}
+	if _, err := Generate(p, Options{MaxRules: 26}); !errors.Is(err, ErrTooManyRules) || !strings.Contains(err.Error(), "27 rules (26 + default deny)") {
+		t.Errorf("max 26 with 26 rules and the default deny: err = %v, want ErrTooManyRules for 27 rules", err)
 	}
 	if _, err := Generate(p, Options{MaxRules: 27}); err != nil {
 		t.Errorf("max 27: %v", err)
@@ -727,5 +732,49 @@ flows:
 	}
 	if strings.Contains(all, `zone "quiet": no flow uses it`) {
 		t.Errorf("zone quiet is a source of the flow from all, yet reported unused:\n%s", all)
+	}
+}
+
+// TestZeroValuesFailClosed checks that an Action or a protocol that was
+// never set allows nothing: the zero Action is not "allow", the zero
+// protocol is not "all", and Render refuses a rule carrying either in every
+// format rather than emitting an allow-all.
+func TestZeroValuesFailClosed(t *testing.T) {
+	var a Action
+	if a == Allow || a.String() == "allow" {
+		t.Errorf("zero Action is %q", a)
+	}
+	var pr tuple.Proto
+	if pr == ProtoAll || ProtoName(pr) == "all" {
+		t.Errorf("zero protocol is %q", ProtoName(pr))
+	}
+	if s := (PortSpec{}).String(); s == "all" {
+		t.Errorf("zero PortSpec is %q", s)
+	}
+	good := Rule{Number: 100, Action: Allow, Proto: tuple.TCP, Ports: tuple.PortRangeFrom(443, 443), Prefix: netip.MustParsePrefix("10.0.0.0/8")}
+	zone := []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}
+	for name, r := range map[string]Rule{
+		"zero action":   func() Rule { r := good; r.Action = 0; return r }(),
+		"zero protocol": func() Rule { r := good; r.Proto = 0; return r }(),
+		"zero rule":     {Number: 200, Prefix: netip.MustParsePrefix("0.0.0.0/0")},
+	} {
+		for _, f := range Formats {
+			res := &Result{ACLs: []ACL{{Zone: "z", Prefixes: zone, Ingress: []Rule{good, r}}}}
+			var b bytes.Buffer
+			err := Render(&b, res, f, "t.yaml")
+			if err == nil || !strings.Contains(err.Error(), "invalid") {
+				t.Errorf("%s, %s: err = %v, want an invalid-rule error", name, f, err)
+			}
+			if b.Len() != 0 {
+				t.Errorf("%s, %s: wrote %d bytes", name, f, b.Len())
+			}
+		}
+		res := &Result{ACLs: []ACL{{Zone: "z", Prefixes: zone, Ingress: []Rule{good}}}}
+		if err := Render(io.Discard, res, "nftables", "t.yaml"); err != nil {
+			t.Fatalf("a valid rule: %v", err)
+		}
+	}
+	if _, err := ParseProtocol(""); err == nil {
+		t.Error(`ParseProtocol("") succeeded`)
 	}
 }

@@ -14,18 +14,22 @@ import (
 // Action is what a rule does with a matching packet.
 type Action uint8
 
-// Rule actions.
+// Rule actions. The zero Action is neither: a Rule whose action was never
+// set is rejected by Render instead of allowing (fail closed).
 const (
-	Allow Action = iota
+	Allow Action = iota + 1
 	Deny
 )
 
-// String returns "allow" or "deny".
+// String returns "allow", "deny" or "action(N)" for an invalid Action.
 func (a Action) String() string {
-	if a == Deny {
+	switch a {
+	case Allow:
+		return "allow"
+	case Deny:
 		return "deny"
 	}
-	return "allow"
+	return fmt.Sprintf("action(%d)", uint8(a))
 }
 
 // Rule is one numbered entry of a network ACL. Like an AWS NACL entry it
@@ -35,7 +39,7 @@ type Rule struct {
 	Number int
 	Egress bool
 	Action Action
-	Proto  Protocol
+	Proto  tuple.Proto
 	// Ports is the destination port range; valid only for TCP and UDP.
 	Ports tuple.PortRange
 	// Prefix is the peer's addresses. It is invalid when Ref is set.
@@ -263,7 +267,7 @@ type atom struct {
 	egress  bool
 	section int
 	action  Action
-	proto   Protocol
+	proto   tuple.Proto
 	ports   tuple.PortSet // tcp/udp only
 	peer    peer
 	why     string
@@ -403,7 +407,7 @@ type namedSpec struct {
 func (g *gen) acl(z *Zone) (*ACL, error) {
 	v4, v6 := families(z)
 	var atoms []atom
-	add := func(egress bool, sec int, act Action, pr Protocol, ports tuple.PortSet, ps []peer, why string) {
+	add := func(egress bool, sec int, act Action, pr tuple.Proto, ports tuple.PortSet, ps []peer, why string) {
 		if !pr.HasPorts() {
 			ports = tuple.PortSet{}
 		}
@@ -497,7 +501,7 @@ func (g *gen) build(atoms []atom, egress bool) []Rule {
 	}
 	act := atoms[0].action
 	type key struct {
-		proto  Protocol
+		proto  tuple.Proto
 		ports  tuple.PortRange
 		prefix netip.Prefix
 		ref    string
@@ -563,7 +567,7 @@ func compareRules(a, b Rule) int {
 	if c := comparePrefix(a.Prefix, b.Prefix); c != 0 {
 		return c
 	}
-	if c := cmp.Compare(a.Proto, b.Proto); c != 0 {
+	if c := cmp.Compare(protoRank(a.Proto), protoRank(b.Proto)); c != 0 {
 		return c
 	}
 	if c := cmp.Compare(a.Ports.First(), b.Ports.First()); c != 0 {
@@ -581,7 +585,7 @@ func boolInt(b bool) int {
 
 // merged is one rule that mergeAtoms produced.
 type merged struct {
-	proto Protocol
+	proto tuple.Proto
 	ports tuple.PortRange
 	peer  peer
 }
@@ -594,22 +598,22 @@ type merged struct {
 func mergeAtoms(atoms []atom) []merged {
 	type protoSet struct {
 		all   bool
-		ports map[Protocol]tuple.PortSet // icmp: fullPorts as a marker
+		ports map[tuple.Proto]tuple.PortSet // icmp: fullPorts as a marker
 	}
 	byPeer := map[peer]*protoSet{}
 	var peers []peer
 	for _, a := range atoms {
 		ps := byPeer[a.peer]
 		if ps == nil {
-			ps = &protoSet{ports: map[Protocol]tuple.PortSet{}}
+			ps = &protoSet{ports: map[tuple.Proto]tuple.PortSet{}}
 			byPeer[a.peer] = ps
 			peers = append(peers, a.peer)
 		}
 		switch a.proto {
 		case ProtoAll:
 			ps.all = true
-		case ProtoICMP:
-			ps.ports[ProtoICMP] = fullPorts
+		case tuple.ICMP:
+			ps.ports[tuple.ICMP] = fullPorts
 		default:
 			ps.ports[a.proto] = ps.ports[a.proto].Union(a.ports)
 		}
@@ -636,7 +640,7 @@ func mergeAtoms(atoms []atom) []merged {
 		}
 	}
 	type pkey struct {
-		proto Protocol
+		proto tuple.Proto
 		ports tuple.PortRange
 		ref   string
 	}
@@ -655,9 +659,9 @@ func mergeAtoms(atoms []atom) []merged {
 			continue
 		}
 		for pr, set := range ps.ports {
-			if pr == ProtoICMP {
+			if pr == tuple.ICMP {
 				if set.IsValid() {
-					addTo(pkey{ProtoICMP, tuple.PortRange{}, p.ref}, p.prefix)
+					addTo(pkey{tuple.ICMP, tuple.PortRange{}, p.ref}, p.prefix)
 				}
 				continue
 			}

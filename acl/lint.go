@@ -79,14 +79,14 @@ func Lint(p *Policy) []Finding {
 	type served struct {
 		flow  *Flow
 		svc   string
-		proto Protocol
+		proto tuple.Proto
 		ports tuple.PortSet
 	}
 	servedBy := map[string][]served{} // zone -> ports it serves
 	type started struct {
 		flow   *Flow
 		ret    tuple.PortSet
-		protos []Protocol // the protocols of its return rules
+		protos []tuple.Proto // the protocols of its return rules
 	}
 	startedBy := map[string][]started{} // zone -> return ranges it accepts
 	usedZones := map[string]bool{}

@@ -49,12 +49,17 @@ func ParseNG(file string, data []byte, opt NGOptions) (*Policy, error) {
 	subject := ""
 	var blockPos Pos
 	inBlock := false
+	lines, first := 0, ""
 	for i, raw := range strings.Split(string(data), "\n") {
 		pos := Pos{file, i + 1}
 		line, _, _ := strings.Cut(raw, "#")
 		toks := strings.Fields(line)
 		if len(toks) == 0 {
 			continue
+		}
+		lines++
+		if lines == 1 {
+			first = toks[0]
 		}
 		cmd, args := toks[0], toks[1:]
 		if inBlock {
@@ -120,6 +125,12 @@ func ParseNG(file string, data []byte, opt NGOptions) (*Policy, error) {
 	}
 	if inBlock {
 		errs.add(blockPos, "rule "+subject, "block is not closed with }")
+	}
+	if lines == 0 {
+		return nil, &Error{Pos: Pos{file, 1}, Msg: "empty naclgen file (no service, zone or rule lines)"}
+	}
+	if len(errs) > 0 && looksLikeYAML(first) {
+		return nil, &Error{Pos: Pos{file, 1}, Msg: "this is a YAML policy, not a naclgen file (acl generate and acl lint read YAML as it is; import converts .ng files)"}
 	}
 	for _, r := range rules {
 		item := "rule " + r.subject
@@ -198,9 +209,9 @@ func parseNGPort(s string) (PortSpec, error) {
 	if r.First() == 0 {
 		return PortSpec{}, fmt.Errorf("acl: port %q: port 0 is out of range (1-65535)", s)
 	}
-	pr := ProtoTCP
+	pr := tuple.TCP
 	if proto == "udp" {
-		pr = ProtoUDP
+		pr = tuple.UDP
 	}
 	return PortSpec{Proto: pr, Ports: tuple.PortSetOf(r)}, nil
 }
@@ -395,4 +406,10 @@ func WriteYAML(p *Policy, header string) []byte {
 		}
 	}
 	return []byte(b.String())
+}
+
+// looksLikeYAML reports whether the first token of a file is the start of a
+// YAML document ("services:", "---", "{", "- ") rather than a naclgen line.
+func looksLikeYAML(tok string) bool {
+	return strings.HasSuffix(tok, ":") || tok == "---" || strings.HasPrefix(tok, "{") || tok == "-"
 }

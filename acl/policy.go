@@ -10,47 +10,56 @@ import (
 	"github.com/portspace/portspace/tuple"
 )
 
-// Protocol is the IP protocol of a service port or a rule.
-type Protocol uint8
+// ProtoAll is the protocol of a service or rule that matches every IP
+// protocol and every port (AWS's protocol -1; no protocol match in
+// nftables). Services and rules carry a tuple.Proto: TCP, UDP, ICMP or
+// ProtoAll. ProtoAll is IANA's reserved protocol number 255, which no packet
+// carries, so it cannot stand for a real protocol; the zero tuple.Proto is
+// invalid, and a rule whose protocol was never set is rejected when rendered
+// instead of matching everything (fail closed).
+const ProtoAll tuple.Proto = 255
 
-// The protocols a service or rule can name. All means every IP protocol and
-// every port, like AWS's protocol -1.
-const (
-	ProtoAll Protocol = iota
-	ProtoTCP
-	ProtoUDP
-	ProtoICMP
-)
-
-// String returns "all", "tcp", "udp" or "icmp".
-func (p Protocol) String() string {
-	switch p {
-	case ProtoTCP:
-		return "tcp"
-	case ProtoUDP:
-		return "udp"
-	case ProtoICMP:
-		return "icmp"
+// ProtoName returns "tcp", "udp", "icmp" or "all" (for ProtoAll), and
+// tuple.Proto's "proto(N)" for anything else.
+func ProtoName(p tuple.Proto) string {
+	if p == ProtoAll {
+		return "all"
 	}
-	return "all"
+	return p.String()
 }
 
-// HasPorts reports whether rules of protocol p match port numbers.
-func (p Protocol) HasPorts() bool { return p == ProtoTCP || p == ProtoUDP }
+// validProto reports whether p is a protocol a service or rule may carry:
+// TCP, UDP, ICMP or ProtoAll.
+func validProto(p tuple.Proto) bool { return p == ProtoAll || p.IsValid() }
 
-// ParseProtocol parses "tcp", "udp", "icmp" or "all" (case-insensitive).
-func ParseProtocol(s string) (Protocol, error) {
+// protoRank orders protocols in output: all, tcp, udp, icmp (the order of
+// the generated files, independent of the protocol numbers).
+func protoRank(p tuple.Proto) int {
+	switch p {
+	case ProtoAll:
+		return 0
+	case tuple.TCP:
+		return 1
+	case tuple.UDP:
+		return 2
+	case tuple.ICMP:
+		return 3
+	}
+	return 4 + int(p)
+}
+
+// ParseProtocol parses "tcp", "udp", "icmp" or "all" (also "any";
+// case-insensitive).
+func ParseProtocol(s string) (tuple.Proto, error) {
 	switch strings.ToLower(s) {
-	case "tcp":
-		return ProtoTCP, nil
-	case "udp":
-		return ProtoUDP, nil
-	case "icmp":
-		return ProtoICMP, nil
 	case "all", "any":
 		return ProtoAll, nil
 	}
-	return 0, fmt.Errorf("acl: unknown protocol %q (want tcp, udp, icmp or all)", s)
+	p, err := tuple.ParseProto(s)
+	if err != nil {
+		return 0, fmt.Errorf("acl: unknown protocol %q (want tcp, udp, icmp or all)", s)
+	}
+	return p, nil
 }
 
 // Reserved zone names: All stands for every internal zone and may only
@@ -132,14 +141,14 @@ func (l errorList) err() error {
 // PortSpec is one protocol of a service with its ports; Ports is empty for
 // ICMP and All.
 type PortSpec struct {
-	Proto Protocol
+	Proto tuple.Proto
 	Ports tuple.PortSet
 }
 
 // String returns "443/tcp", "8000-8099,9000/tcp", "icmp" or "all".
 func (s PortSpec) String() string {
 	if !s.Proto.HasPorts() {
-		return s.Proto.String()
+		return ProtoName(s.Proto)
 	}
 	return s.Ports.String() + "/" + s.Proto.String()
 }
@@ -305,14 +314,14 @@ func validName(s string) bool {
 
 // parsePortItem parses "443", "8000-8099", "53/udp", "8000-8099/tcp",
 // "icmp" or "all"; def is the protocol for items without one (0 = none).
-func parsePortItem(s string, def Protocol, hasDef bool) (PortSpec, error) {
+func parsePortItem(s string, def tuple.Proto, hasDef bool) (PortSpec, error) {
 	ports, proto, hasProto := strings.Cut(s, "/")
 	if !hasProto {
 		if pr, err := ParseProtocol(s); err == nil && !pr.HasPorts() {
 			return PortSpec{Proto: pr}, nil
 		}
 	}
-	var pr Protocol
+	var pr tuple.Proto
 	switch {
 	case hasProto:
 		var err error
@@ -325,7 +334,7 @@ func parsePortItem(s string, def Protocol, hasDef bool) (PortSpec, error) {
 		return PortSpec{}, fmt.Errorf("acl: port %q has no protocol (write %s/tcp or set protocol)", s, s)
 	}
 	if !pr.HasPorts() {
-		return PortSpec{}, fmt.Errorf("acl: protocol %s has no ports (in %q)", pr, s)
+		return PortSpec{}, fmt.Errorf("acl: protocol %s has no ports (in %q)", ProtoName(pr), s)
 	}
 	r, err := tuple.ParsePortRange(ports)
 	if err != nil {

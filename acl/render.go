@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/portspace/portspace/tuple"
 )
 
 // Formats lists the output formats of Render.
@@ -22,6 +24,9 @@ func NeedsBinding(format string) bool { return format != "terraform" && format !
 // header comment (its base name, so output does not depend on the
 // directory). Nothing is written when rendering fails.
 func Render(w io.Writer, res *Result, format, source string) error {
+	if err := checkRules(res); err != nil {
+		return err
+	}
 	var b bytes.Buffer
 	source = filepath.Base(source)
 	var err error
@@ -44,6 +49,26 @@ func Render(w io.Writer, res *Result, format, source string) error {
 	}
 	_, err = w.Write(b.Bytes())
 	return err
+}
+
+// checkRules rejects a rule with an invalid action or protocol (a zero
+// value that was never set), so that no output allows what nobody asked for.
+func checkRules(res *Result) error {
+	for i := range res.ACLs {
+		a := &res.ACLs[i]
+		for _, rs := range [][]Rule{a.Ingress, a.Egress} {
+			for j := range rs {
+				r := &rs[j]
+				if r.Action != Allow && r.Action != Deny {
+					return fmt.Errorf("acl: zone %s rule %d: invalid action %v", a.Zone, r.Number, r.Action)
+				}
+				if !validProto(r.Proto) {
+					return fmt.Errorf("acl: zone %s rule %d: invalid protocol %v", a.Zone, r.Number, r.Proto)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func unboundErr(a *ACL, r *Rule, format string) error {
@@ -95,7 +120,7 @@ func renderTerraform(b *bytes.Buffer, res *Result, source string) {
 				}
 				from, to := awsPorts(r)
 				kv = append(kv, [2]string{"from_port", fmt.Sprint(from)}, [2]string{"to_port", fmt.Sprint(to)})
-				if r.Proto == ProtoICMP {
+				if r.Proto == tuple.ICMP {
 					kv = append(kv, [2]string{"icmp_type", "-1"}, [2]string{"icmp_code", "-1"})
 				}
 				fmt.Fprintf(b, "  %s {\n", dirName(eg))
@@ -121,11 +146,11 @@ func quote(s string) string { return `"` + s + `"` }
 // 58 (ICMPv6 for IPv6 ICMP rules).
 func awsProto(r *Rule) string {
 	switch r.Proto {
-	case ProtoTCP:
+	case tuple.TCP:
 		return "6"
-	case ProtoUDP:
+	case tuple.UDP:
 		return "17"
-	case ProtoICMP:
+	case tuple.ICMP:
 		if r.IPv6() {
 			return "58"
 		}
@@ -199,7 +224,7 @@ func entryMatch(r *Rule) (cidr, cidr6 string, ports *portRange, icmp *icmpTypeCo
 	if r.Proto.HasPorts() {
 		ports = &portRange{int(r.Ports.First()), int(r.Ports.Last())}
 	}
-	if r.Proto == ProtoICMP {
+	if r.Proto == tuple.ICMP {
 		icmp = &icmpTypeCode{Code: -1, Type: -1}
 	}
 	return
@@ -355,13 +380,13 @@ func nftMatch(r *Rule) string {
 	}
 	m := fmt.Sprintf("%s %s %s", fam, dir, r.Prefix)
 	switch r.Proto {
-	case ProtoTCP, ProtoUDP:
+	case tuple.TCP, tuple.UDP:
 		if r.Ports.First() == 0 && r.Ports.Last() == 65535 {
 			m += " meta l4proto " + r.Proto.String()
 		} else {
 			m += fmt.Sprintf(" %s dport %s", r.Proto, r.Ports)
 		}
-	case ProtoICMP:
+	case tuple.ICMP:
 		if r.IPv6() {
 			m += " meta l4proto ipv6-icmp"
 		} else {
@@ -397,7 +422,7 @@ func renderNFT(b *bytes.Buffer, res *Result, source string) error {
 			for j := range rules {
 				r := &rules[j]
 				verdict := "return"
-				if r.Action == Deny {
+				if r.Action != Allow {
 					verdict = "drop"
 				}
 				fmt.Fprintf(b, "\t\t%s %s comment %q\n", nftMatch(r), verdict, nftComment(r))
@@ -476,7 +501,7 @@ func renderTable(b *bytes.Buffer, res *Result, source string) {
 				if r.Proto.HasPorts() {
 					ports = r.Ports.String()
 				}
-				fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%s\n", dirName(r.Egress), r.Number, r.Action, r.Proto, ports, r.Peer(), strings.Join(r.Why, "; "))
+				fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%s\n", dirName(r.Egress), r.Number, r.Action, ProtoName(r.Proto), ports, r.Peer(), strings.Join(r.Why, "; "))
 			}
 		}
 		tw.Flush()

@@ -7,6 +7,9 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/portspace/portspace/ephemeral"
+	"github.com/portspace/portspace/tuple"
 )
 
 // ParsePolicy parses a YAML policy (see docs/acl.md) and checks it: every
@@ -119,7 +122,7 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 }
 
 func isBuiltinProfile(name string) bool {
-	_, ok := profiles[strings.ToLower(name)]
+	_, ok := ephemeral.Profile(name)
 	return ok
 }
 
@@ -328,12 +331,13 @@ func (d *ydec) service(p *Policy, n *yaml.Node) {
 	s := Service{Pos: d.pos(n)}
 	s.Name = d.str(m["name"], n, "service", "name", true)
 	item := fmt.Sprintf("service %q", s.Name)
-	var def Protocol
-	hasDef := false
+	var def tuple.Proto
+	hasDef, badDef := false, false
 	if v := m["protocol"]; v != nil {
 		pr, err := ParseProtocol(d.str(v, n, item, "protocol", false))
 		if err != nil {
 			d.errs.add(d.pos(v), item, "%s", trimPkg(err))
+			badDef = true // reported once: its ports do not also lack a protocol
 		} else {
 			def, hasDef = pr, true
 		}
@@ -352,6 +356,9 @@ func (d *ydec) service(p *Policy, n *yaml.Node) {
 		s.Ports = append(s.Ports, PortSpec{Proto: def, Ports: fullPorts})
 	}
 	for _, pn := range ports {
+		if badDef && !strings.Contains(pn.Value, "/") {
+			continue
+		}
 		ps, err := parsePortItem(pn.Value, def, hasDef)
 		if err != nil {
 			d.errs.add(d.pos(pn), item, "%s", trimPkg(err))
@@ -359,7 +366,7 @@ func (d *ydec) service(p *Policy, n *yaml.Node) {
 		}
 		s.Ports = append(s.Ports, ps)
 	}
-	if !hasDef && len(ports) == 0 && m["name"] != nil {
+	if !hasDef && !badDef && len(ports) == 0 && m["name"] != nil {
 		d.errs.add(s.Pos, item, "has neither protocol nor ports")
 	}
 	p.Services = append(p.Services, s)
@@ -397,7 +404,7 @@ func (d *ydec) zone(p *Policy, n *yaml.Node) {
 // normalizeSpecs merges the port sets of specs with the same protocol, in
 // the order tcp, udp, icmp; an "all" spec covers everything.
 func normalizeSpecs(in []PortSpec) []PortSpec {
-	merged := map[Protocol]PortSpec{}
+	merged := map[tuple.Proto]PortSpec{}
 	for _, s := range in {
 		e := merged[s.Proto]
 		e.Proto = s.Proto
@@ -408,7 +415,7 @@ func normalizeSpecs(in []PortSpec) []PortSpec {
 		return []PortSpec{{Proto: ProtoAll}}
 	}
 	var out []PortSpec
-	for _, pr := range []Protocol{ProtoTCP, ProtoUDP, ProtoICMP} {
+	for _, pr := range []tuple.Proto{tuple.TCP, tuple.UDP, tuple.ICMP} {
 		if s, ok := merged[pr]; ok {
 			out = append(out, s)
 		}
@@ -471,15 +478,17 @@ func ParseCIDRs(file string, data []byte) (*CIDRMap, error) {
 			d.errs.add(d.pos(k), item, "given twice")
 		}
 		var ps []netip.Prefix
+		bad := false
 		for _, c := range d.list(v, item) {
 			pr, err := parsePrefix(c.Value)
 			if err != nil {
 				d.errs.add(d.pos(c), item, "%s", trimPkg(err))
+				bad = true
 				continue
 			}
 			ps = append(ps, pr)
 		}
-		if len(ps) == 0 {
+		if len(ps) == 0 && !bad {
 			d.errs.add(d.pos(k), item, "no CIDRs")
 		}
 		out.Zones[k.Value] = ps

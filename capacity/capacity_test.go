@@ -3,7 +3,11 @@ package capacity
 import (
 	"encoding/json"
 	"errors"
+	"go/parser"
+	"go/token"
 	"math"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -286,7 +290,7 @@ func TestJSONFields(t *testing.T) {
 	}
 }
 
-// TestPlatformProfiles: the acl table resolves through ParsePorts, and the
+// TestPlatformProfiles: the ephemeral table resolves through ParsePorts, and the
 // Linux default gives the seed text's ≈470 connections per second.
 func TestPlatformProfiles(t *testing.T) {
 	var p Profiles = PlatformProfiles{}
@@ -311,5 +315,29 @@ func TestPlatformProfiles(t *testing.T) {
 	lr := linux.Range(0)
 	if want := float64(lr.Len()) / 60; !near(r.MaxNewPerSecond, want) || math.Floor(r.MaxNewPerSecond) != 470 {
 		t.Errorf("linux: %v/s, want %v (≈470)", r.MaxNewPerSecond, want)
+	}
+}
+
+// TestDoesNotImportACL keeps capacity independent of the ACL generator: the
+// platform profiles come from the ephemeral package.
+func TestDoesNotImportACL(t *testing.T) {
+	fset := token.NewFileSet()
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range f.Imports {
+			if p, _ := strconv.Unquote(imp.Path.Value); p == "github.com/portspace/portspace/acl" {
+				t.Errorf("%s imports %s", name, p)
+			}
+		}
 	}
 }

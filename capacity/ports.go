@@ -21,7 +21,8 @@ type Profiles interface {
 // "a=6,k=8,psid=18" of tuple.ParsePortSet. Names are matched
 // case-insensitively; profiles may be nil when no names are allowed. Errors
 // name the input and the item, and match ErrInput and either
-// tuple.ErrSyntax or ErrUnknownProfile.
+// tuple.ErrSyntax or ErrUnknownProfile. Port 0 is refused: it is not a port a
+// connection can have as its source.
 func ParsePorts(in string, profiles Profiles) (tuple.PortSet, error) {
 	if strings.TrimSpace(in) == "" {
 		return tuple.PortSet{}, badInput(nil, "ports %q: empty", in)
@@ -30,6 +31,9 @@ func ParsePorts(in string, profiles Profiles) (tuple.PortSet, error) {
 		s, err := tuple.ParsePortSet(in)
 		if err != nil {
 			return tuple.PortSet{}, badInput(err, "ports %q: %v", in, err)
+		}
+		if s.Contains(0) {
+			return tuple.PortSet{}, badInput(nil, "ports %q: port 0 is not a source port", in)
 		}
 		return s, nil
 	}
@@ -55,6 +59,9 @@ func ParsePorts(in string, profiles Profiles) (tuple.PortSet, error) {
 			return tuple.PortSet{}, badInput(ErrUnknownProfile, "ports %q: item %q: unknown profile; known: %s", in, item, strings.Join(profiles.ProfileNames(), ", "))
 		}
 		set = set.Union(p)
+	}
+	if set.Contains(0) {
+		return tuple.PortSet{}, badInput(nil, "ports %q: port 0 is not a source port (binding port 0 asks the kernel for any port)", in)
 	}
 	return set, nil
 }

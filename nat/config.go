@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"time"
 
 	"github.com/portspace/portspace/portalloc"
@@ -108,86 +109,86 @@ const (
 // combinations that cannot work, naming the field).
 type Config struct {
 	// External are the NAT's external IPv4 addresses (the pool). Required.
-	External []netip.Addr
+	External []netip.Addr `yaml:"external"`
 	// Internal are the IPv4 prefixes of the internal side. Outbound packets
 	// from other sources are dropped ("not-internal"). Required.
-	Internal []netip.Prefix
+	Internal []netip.Prefix `yaml:"internal"`
 
 	// Mapping is the mapping behaviour for UDP, TCP and ICMP queries
 	// (default MappingEIM; RFC 4787 REQ-1, RFC 5382 REQ-1, RFC 5508 REQ-1a).
-	Mapping Mapping
+	Mapping Mapping `yaml:"mapping"`
 	// Filtering is the filtering behaviour (default FilterEIF).
-	Filtering Filtering
+	Filtering Filtering `yaml:"filtering"`
 	// TCPFiltering, if set, overrides Filtering for TCP (RFC 5382 REQ-3:
 	// TCP filtering may differ from UDP filtering).
-	TCPFiltering Filtering
+	TCPFiltering Filtering `yaml:"tcp_filtering"`
 	// Pooling is PoolingPaired (default) or PoolingArbitrary.
-	Pooling Pooling
+	Pooling Pooling `yaml:"pooling"`
 
 	// PreservePort tries the internal port (ICMP identifier) first
 	// (RFC 4787 §4.2.1 port preservation).
-	PreservePort bool
+	PreservePort bool `yaml:"preserve_port"`
 	// Algorithm is the RFC 6056 algorithm for ports that are not preserved
 	// (default keyed hash, RFC 7857 §3 / RFC 6056 §4).
-	Algorithm portalloc.Algorithm
+	Algorithm portalloc.Algorithm `yaml:"algorithm"`
 	// Ports are the external ports of TCP and UDP (default 1-65535).
-	Ports tuple.PortSet
+	Ports tuple.PortSet `yaml:"ports"`
 	// Parity keeps the parity of the internal port (RFC 4787 REQ-4).
-	Parity bool
+	Parity bool `yaml:"parity"`
 	// MixClasses lets ports 0-1023 map to 1024-65535 and back; by default
 	// the class is kept (RFC 4787 REQ-3a).
-	MixClasses bool
+	MixClasses bool `yaml:"mix_classes"`
 	// Overlapping lets one external port serve several internal endpoints
 	// whose remote endpoints differ, demultiplexed by the 5-tuple (RFC 7857
 	// §3 port overlapping; what Linux masquerade does). Mappings are then
 	// per 5-tuple and the configured mapping becomes a preference (a port
 	// is reused when the 5-tuple is free), so it requires FilterAPDF.
-	Overlapping bool
+	Overlapping bool `yaml:"overlapping"`
 	// Overloading lets a new mapping share an external port already held by
 	// another internal endpoint when no free port is left, as long as the
 	// 5-tuples differ (RFC 4787 §4.2.2 "port overloading", which REQ-3
 	// forbids: off by default, for experiments). Sessions made this way
 	// accept only their own remote endpoint.
-	Overloading bool
+	Overloading bool `yaml:"overloading"`
 	// NoHairpinning disables hairpinning (RFC 4787 REQ-9 requires it, so
 	// it is on by default). Hairpinned packets keep the external source
 	// (REQ-9a).
-	NoHairpinning bool
+	NoHairpinning bool `yaml:"no_hairpinning"`
 	// InboundRefresh lets inbound packets refresh timers (RFC 4787 REQ-6
 	// MAY); off by default.
-	InboundRefresh bool
+	InboundRefresh bool `yaml:"inbound_refresh"`
 	// NoOutboundRefresh stops outbound packets refreshing timers (violates
 	// RFC 4787 REQ-6; for experiments).
-	NoOutboundRefresh bool
+	NoOutboundRefresh bool `yaml:"no_outbound_refresh"`
 
 	// UDPTimeout is the UDP mapping timer (default 5 min; RFC 4787 REQ-5
 	// requires at least 2 min, but shorter values are accepted for
 	// experiments).
-	UDPTimeout time.Duration
+	UDPTimeout time.Duration `yaml:"udp_timeout"`
 	// TCPEstablished is the idle timer of established TCP connections
 	// (default 2 h 4 min, RFC 5382 REQ-5).
-	TCPEstablished time.Duration
+	TCPEstablished time.Duration `yaml:"tcp_established"`
 	// TCPTransitory is the timer of connections being opened (default
 	// 4 min, RFC 5382 REQ-5, RFC 7857 §2.1).
-	TCPTransitory time.Duration
+	TCPTransitory time.Duration `yaml:"tcp_transitory"`
 	// TCPClosing is the timer after both FINs or a RST (default 4 min,
 	// RFC 7857 §2.1 and §2.2).
-	TCPClosing time.Duration
+	TCPClosing time.Duration `yaml:"tcp_closing"`
 	// ICMPTimeout is the ICMP query timer (default 60 s, RFC 5508 REQ-2).
-	ICMPTimeout time.Duration
+	ICMPTimeout time.Duration `yaml:"icmp_timeout"`
 	// SYNHold is how long an unsolicited inbound SYN is held before the
 	// engine answers it with ICMP port unreachable (default 6 s, RFC 5382
 	// REQ-4). If an outbound SYN of the same connection arrives meanwhile,
-	// the held SYN is dropped silently.
-	SYNHold time.Duration
-	// NoSYNHold drops unsolicited inbound SYNs at once, silently.
-	NoSYNHold bool
+	// the held SYN is dropped silently. A negative SYNHold disables the
+	// hold: unsolicited inbound SYNs are dropped at once, silently
+	// (ReasonSYNDropped).
+	SYNHold time.Duration `yaml:"syn_hold"`
 	// SilentSYNDrop drops held SYNs silently instead of answering with
 	// port unreachable (RFC 5382 REQ-4 allows this by policy).
-	SilentSYNDrop bool
+	SilentSYNDrop bool `yaml:"silent_syn_drop"`
 	// MaxHeldSYNs bounds the SYNs held at once (default 64); more are
 	// dropped silently.
-	MaxHeldSYNs int
+	MaxHeldSYNs int `yaml:"max_held_syns"`
 
 	// FragmentHold is how long a non-first fragment that arrives before
 	// the first fragment of its datagram (which carries the ports) is held
@@ -197,9 +198,9 @@ type Config struct {
 	// inbound ones and hairpinned ones; when the first fragment is
 	// translated they are translated too and handed out by
 	// Engine.Released. Expire drops those held longer (ReasonFragmentTimeout).
-	FragmentHold time.Duration
-	// NoFragmentHold drops such fragments at once (ReasonFragment).
-	NoFragmentHold bool
+	// A negative FragmentHold disables the hold: such fragments are
+	// dropped at once (ReasonFragment).
+	FragmentHold time.Duration `yaml:"fragment_hold"`
 	// MaxHeldFragments bounds the fragments held at once (default 256),
 	// MaxHeldFragmentBytes their total size (default 256 KiB, allocated on
 	// first use and never grown), MaxFragmentsPerDatagram those of one
@@ -207,78 +208,112 @@ type Config struct {
 	// source address (default 64). A fragment over any cap is dropped
 	// (ReasonFragmentHoldFull), so a flood of orphan fragments costs
 	// bounded memory and cannot push out more than its source's share.
-	MaxHeldFragments          int
-	MaxHeldFragmentBytes      int
-	MaxFragmentsPerDatagram   int
-	MaxHeldFragmentsPerSource int
+	MaxHeldFragments          int `yaml:"max_held_fragments"`
+	MaxHeldFragmentBytes      int `yaml:"max_held_fragment_bytes"`
+	MaxFragmentsPerDatagram   int `yaml:"max_fragments_per_datagram"`
+	MaxHeldFragmentsPerSource int `yaml:"max_held_fragments_per_source"`
 	// NoICMPReplies stops the engine from answering with ICMP
 	// "communication administratively prohibited" when it cannot create a
 	// session (RFC 5508 REQ-8 SHOULD; on by default).
-	NoICMPReplies bool
+	NoICMPReplies bool `yaml:"no_icmp_replies"`
 	// ReplySource is the source address of ICMP messages the engine sends
 	// to the internal side (default External[0]).
-	ReplySource netip.Addr
+	ReplySource netip.Addr `yaml:"reply_source"`
 
 	// MaxPortsPerSubscriber limits the external ports (mappings) of one
 	// internal address per protocol (RFC 6888 REQ-3 MUST be configurable);
-	// 0 means no limit.
-	MaxPortsPerSubscriber int
+	// 0 means no limit. With Overlapping it counts the distinct external
+	// endpoints the subscriber's mappings use: at the limit a new flow
+	// overlaps onto one of its own ports or is refused (RFC 6888 REQ-4).
+	MaxPortsPerSubscriber int `yaml:"max_ports_per_subscriber"`
 	// MaxSessionsPerSubscriber limits the sessions of one internal address
 	// (RFC 6888 REQ-5); 0 means no limit.
-	MaxSessionsPerSubscriber int
+	MaxSessionsPerSubscriber int `yaml:"max_sessions_per_subscriber"`
 	// MaxSessions limits the engine's state (RFC 6888 REQ-5); 0 means no
 	// limit.
-	MaxSessions int
+	MaxSessions int `yaml:"max_sessions"`
 	// BlockSize > 0 allocates ports to subscribers in blocks of this size
 	// (RFC 6888 REQ-4, bulk port allocation).
-	BlockSize int
+	BlockSize int `yaml:"block_size"`
 	// MaxBlocksPerSubscriber limits the blocks of one subscriber per
 	// protocol; 0 means no limit.
-	MaxBlocksPerSubscriber int
+	MaxBlocksPerSubscriber int `yaml:"max_blocks_per_subscriber"`
 	// Deterministic maps each internal address to a fixed block of one
 	// external address computed from Internal, External and Ports
 	// (RFC 7422); BlockSize is then ignored.
-	Deterministic bool
+	Deterministic bool `yaml:"deterministic"`
 	// Quarantine keeps a freed external port out of use this long
 	// (RFC 6888 REQ-8 SHOULD: 120 s); 0 disables it.
-	Quarantine time.Duration
+	Quarantine time.Duration `yaml:"quarantine"`
 
 	// NoTranslate lists destination prefixes that are not translated
 	// (RFC 6888 REQ-6 MUST: translation can be turned off per destination):
 	// Outbound forwards packets to them unchanged, and Inbound forwards
 	// packets from them to internal addresses unchanged.
-	NoTranslate []netip.Prefix
+	NoTranslate []netip.Prefix `yaml:"no_translate"`
 	// NoTranslatePorts, if set, limits NoTranslate to these destination
 	// ports (TCP and UDP; ICMP is then translated).
-	NoTranslatePorts tuple.PortSet
+	NoTranslatePorts tuple.PortSet `yaml:"no_translate_ports"`
 
 	// ExpectedSessions pre-sizes the table for this many sessions, so that
 	// it does not grow (and re-index, an O(n) pause) while filling up to
 	// it; 0 starts small.
-	ExpectedSessions int
+	ExpectedSessions int `yaml:"expected_sessions"`
 
 	// LogDestinations adds remote endpoints to events and emits session
 	// events (RFC 6888 REQ-12: off by default).
-	LogDestinations bool
+	LogDestinations bool `yaml:"log_destinations"`
 	// Events receives mapping and block events; nil disables them.
-	Events EventSink
+	Events EventSink `yaml:"-"`
 	// Logger receives debug logs of mappings created and deleted and of
 	// sessions refused (only when its handler is enabled at debug level,
 	// checked once by New); nil discards.
-	Logger *slog.Logger
+	Logger *slog.Logger `yaml:"-"`
 
 	// Secret keys the port-selection and table hashes (default random).
-	Secret portalloc.Secret
+	Secret portalloc.Secret `yaml:"secret"`
 	// Seed seeds the random port algorithms (0 = random); set it for
 	// reproducible tests.
-	Seed uint64
+	Seed uint64 `yaml:"seed"`
 }
 
-// normalized returns cfg with defaults filled in, or an error naming the
-// first invalid field.
+// ConfigError is the error New returns for an invalid Config: Field names
+// the Go field ("External", "UDPTimeout") and YAML its yaml name
+// ("external", "udp_timeout"), so that a caller that loaded the Config from
+// a file can point at the line. Test for it with errors.As.
+type ConfigError struct {
+	Field string // the Config field, as spelled in Go
+	YAML  string // the field's yaml name (its struct tag)
+	Err   error  // what is wrong with it
+}
+
+// Error returns "nat: Config.<Field>: <what is wrong>".
+func (e *ConfigError) Error() string { return "nat: Config." + e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns the cause (for instance a portalloc error).
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// configError returns a *ConfigError for field with a formatted cause (%w
+// wraps as in fmt.Errorf).
+func configError(field, format string, args ...any) *ConfigError {
+	return &ConfigError{Field: field, YAML: YAMLName(field), Err: fmt.Errorf(format, args...)}
+}
+
+// YAMLName returns the yaml name of the Config field called field in Go
+// ("UDPTimeout" gives "udp_timeout"), or "" when Config has no such field.
+func YAMLName(field string) string {
+	f, ok := reflect.TypeOf(Config{}).FieldByName(field)
+	if !ok {
+		return ""
+	}
+	return f.Tag.Get("yaml")
+}
+
+// normalized returns cfg with defaults filled in, or a *ConfigError naming
+// the first invalid field.
 func (cfg Config) normalized() (Config, error) {
 	fail := func(field, format string, args ...any) (Config, error) {
-		return Config{}, fmt.Errorf("nat: Config.%s: %s", field, fmt.Sprintf(format, args...))
+		return Config{}, configError(field, format, args...)
 	}
 	if len(cfg.External) == 0 {
 		return fail("External", "no external addresses")
@@ -364,8 +399,11 @@ func (cfg Config) normalized() (Config, error) {
 		{"SYNHold", &cfg.SYNHold, DefaultSYNHold},
 		{"FragmentHold", &cfg.FragmentHold, DefaultFragmentHold},
 	} {
-		if *d.v < 0 {
+		if *d.v < 0 && d.v != &cfg.SYNHold && d.v != &cfg.FragmentHold {
 			return fail(d.name, "negative duration %v", *d.v)
+		}
+		if *d.v < 0 {
+			continue // hold disabled
 		}
 		if *d.v > 0 && *d.v < time.Second {
 			return fail(d.name, "%v is below the 1 s timer resolution", *d.v)

@@ -29,7 +29,7 @@ func TestConformance_C1_CGNMeetsTransportRequirements(t *testing.T) {
 	cfg := r.e.Config()
 	if cfg.UDPTimeout < 2*time.Minute || cfg.TCPEstablished < 2*time.Hour+4*time.Minute ||
 		cfg.TCPTransitory < 4*time.Minute || cfg.ICMPTimeout < time.Minute || cfg.NoHairpinning ||
-		cfg.Mapping != nat.MappingEIM || cfg.Overloading || (cfg.NoSYNHold || cfg.SYNHold < 6*time.Second) {
+		cfg.Mapping != nat.MappingEIM || cfg.Overloading || cfg.SYNHold < 6*time.Second {
 		t.Fatalf("cgn preset violates a transport MUST: %+v", cfg)
 	}
 	// U1/T1: EIM.
@@ -409,4 +409,53 @@ func TestConformance_C15_PortsHardToGuess(t *testing.T) {
 	if len(firsts) < 6 {
 		t.Fatalf("8 CGNs gave the same subscriber only %d distinct first ports: %v", len(firsts), firsts)
 	}
+}
+
+// RFC 6888 REQ-4 with port overlapping (RFC 7857 §3): a subscriber must not
+// exceed its port limit by way of overlapping. With MaxPortsPerSubscriber 3
+// it gets three distinct external ports; a fourth flow to the same remote
+// endpoint (which would need a fourth port) is refused with the port limit,
+// flows to other remotes overlap onto its own three ports, another
+// subscriber is unaffected, and a port comes back when its mappings expire.
+func TestConformance_C4_OverlappingKeepsThePortLimit(t *testing.T) {
+	r := newRig(t, nat.Config{Overlapping: true, Filtering: nat.FilterAPDF, MaxPortsPerSubscriber: 3,
+		UDPTimeout: 2 * time.Minute})
+	ports := map[netip.AddrPort]bool{}
+	for p := range 3 {
+		ports[r.out(ping, netip.AddrPortFrom(hostX.Addr(), 40000+uint16(p)), srvA)] = true
+	}
+	if len(ports) != 3 {
+		t.Fatalf("three flows to one remote use %d external ports", len(ports))
+	}
+	res := r.send(true, ping, netip.AddrPortFrom(hostX.Addr(), 40003), srvA)
+	if res.v.Action == nat.Forward || res.v.Reason != nat.ReasonPortLimit {
+		t.Fatalf("fourth port by way of overlapping: %v (%s), want refused (%s)", res.v.Action, res.v.Reason, nat.ReasonPortLimit)
+	}
+	for p := range 20 {
+		dst := netip.AddrPortFrom(srvB.Addr(), 1000+uint16(p))
+		if ext := r.out(ping, netip.AddrPortFrom(hostX.Addr(), 41000+uint16(p)), dst); !ports[ext] {
+			t.Fatalf("flow %d to %v got %v, not one of the subscriber's ports %v", p, dst, ext, ports)
+		}
+	}
+	r.out(ping, hostY, srvA) // another subscriber
+	r.at(3 * time.Minute)    // every mapping expired
+	for p := range 3 {
+		r.out(ping, netip.AddrPortFrom(hostX.Addr(), 42000+uint16(p)), srvA)
+	}
+	if res := r.send(true, ping, netip.AddrPortFrom(hostX.Addr(), 42003), srvA); res.v.Reason != nat.ReasonPortLimit {
+		t.Fatalf("after expiry, fourth port: %v (%s)", res.v.Action, res.v.Reason)
+	}
+}
+
+// RFC 6888 REQ-5 with port overlapping: overlapping shares ports, not the
+// session limit; a subscriber's third session is refused at
+// MaxSessionsPerSubscriber 2 as without overlapping.
+func TestConformance_C5_OverlappingKeepsTheSessionLimit(t *testing.T) {
+	r := newRig(t, nat.Config{Overlapping: true, Filtering: nat.FilterAPDF, MaxSessionsPerSubscriber: 2})
+	r.out(ping, hostX, srvA)
+	r.out(ping, hostX2, srvB)
+	if res := r.send(true, ping, netip.AddrPortFrom(hostX.Addr(), 40005), srvAb); res.v.Action == nat.Forward || res.v.Reason != nat.ReasonSessionLimit {
+		t.Fatalf("third session by way of overlapping: %v (%s)", res.v.Action, res.v.Reason)
+	}
+	r.out(ping, hostY, srvA)
 }

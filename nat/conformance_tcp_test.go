@@ -120,7 +120,7 @@ func TestConformance_T2a_SimultaneousOpen(t *testing.T) {
 // RFC 5382 REQ-3 (3a, 3b): TCP filtering is EIF or ADF (or APDF),
 // configurable, and may differ from UDP's: here UDP is EIF and TCP APDF.
 func TestConformance_T3_TCPFilteringConfigurable(t *testing.T) {
-	r := newRig(t, nat.Config{Filtering: nat.FilterEIF, TCPFiltering: nat.FilterAPDF, NoSYNHold: true})
+	r := newRig(t, nat.Config{Filtering: nat.FilterEIF, TCPFiltering: nat.FilterAPDF, SYNHold: -1})
 	peer := netip.MustParseAddrPort("198.51.100.9:5555")
 	extT := r.tcpOpen(hostX, web)
 	extU := r.out(ping, hostX, web)
@@ -409,5 +409,53 @@ func TestConformance_T10_ICMPDoesNotKillTCP(t *testing.T) {
 	r.inTo(tcpMk(tcpACK|tcpPSH, 5001, 1001), web, ext, hostX)
 	if got := r.out(tcpMk(tcpACK, 1001, 5002), hostX, web); got != ext {
 		t.Fatalf("connection moved from %v to %v", ext, got)
+	}
+}
+
+// A segment with both SYN and FIN set opens a connection as a SYN would
+// (RFC 5382 REQ-2 asks for every sequence a TCP may send to work; RFC 9293
+// §3.10.7.2 processes the SYN of such a segment first): outbound it creates
+// the session in the opening state with the transitory timer, the SYN-ACK
+// comes back and the connection becomes established; inbound and
+// unsolicited it is held like a SYN (RFC 5382 REQ-4); after both FINs it
+// reopens the connection as a SYN does.
+func TestConformance_T2_SYNFINOpensLikeSYN(t *testing.T) {
+	peer := netip.MustParseAddrPort("198.51.100.9:5555")
+	for _, syn := range []uint8{tcpSYN, tcpSYN | tcpFIN} {
+		r := newRig(t, nat.Config{Filtering: nat.FilterAPDF})
+		ext := r.out(tcpMk(syn, 1000, 0), hostX, web)
+		r.inTo(tcpMk(tcpSYN|tcpACK, 5000, 1001), web, ext, hostX)
+		r.out(tcpMk(tcpACK, 1001, 5001), hostX, web)
+		r.at(10 * time.Minute) // past the transitory timer: established
+		r.inTo(tcpMk(tcpACK|tcpPSH, 5001, 1001), web, ext, hostX)
+
+		// Opening state: without an answer the session lives for the
+		// transitory timer (4 min), not the established one.
+		r = newRig(t, nat.Config{Filtering: nat.FilterAPDF})
+		r.out(tcpMk(syn, 1000, 0), hostX, web)
+		r.at(4*time.Minute + 2*time.Second)
+		if st := r.e.Stats(); st.Sessions != 0 {
+			t.Fatalf("flags %#x: %d sessions 4 min after an unanswered opening segment", syn, st.Sessions)
+		}
+
+		// Unsolicited from outside: held like a SYN.
+		r = newRig(t, nat.Config{Filtering: nat.FilterAPDF})
+		ext = r.tcpOpen(hostX, web)
+		if res := r.run(false, tcpPkt(peer, ext, syn, 4242, 0)); res.v.Action != nat.Drop || res.v.Reason != nat.ReasonSYNHeld {
+			t.Fatalf("flags %#x unsolicited inbound: %v (%s), want held", syn, res.v.Action, res.v.Reason.String())
+		}
+
+		// After both FINs: reopens the connection.
+		r.out(tcpMk(tcpFIN|tcpACK, 1001, 5001), hostX, web)
+		r.inTo(tcpMk(tcpFIN|tcpACK, 5001, 1002), web, ext, hostX)
+		r.out(tcpMk(tcpACK, 1002, 5002), hostX, web)
+		r.at(time.Minute)
+		if got := r.out(tcpMk(syn, 90000, 0), hostX, web); got != ext {
+			t.Fatalf("flags %#x reopening left from %v, want %v", syn, got, ext)
+		}
+		r.inTo(tcpMk(tcpSYN|tcpACK, 7000, 90001), web, ext, hostX)
+		r.out(tcpMk(tcpACK, 90001, 7001), hostX, web)
+		r.at(time.Minute + 10*time.Minute) // established again, not closing
+		r.inTo(tcpMk(tcpACK|tcpPSH, 7001, 90001), web, ext, hostX)
 	}
 }

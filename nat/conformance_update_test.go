@@ -150,7 +150,7 @@ func TestConformance_Nmisc(t *testing.T) {
 		}
 	})
 	t.Run("EIF is protocol-dependent", func(t *testing.T) {
-		r := newRig(t, nat.Config{Filtering: nat.FilterEIF, NoSYNHold: true})
+		r := newRig(t, nat.Config{Filtering: nat.FilterEIF, SYNHold: -1})
 		ext := r.out(ping, hostX, srvA)
 		r.blocked(tcpMk(tcpSYN, 1, 0), srvA, ext)
 	})

@@ -57,70 +57,14 @@ type Verdict struct {
 	// they are now translated and Engine.Released returns them, to be sent
 	// on the internal side after this packet (RFC 4787 REQ-14).
 	Released bool
-	// Reason says why a packet was dropped (or replied to): one of the
-	// Reason* constants or a packet.Reason name. Empty for Forward and
-	// Hairpin. It is a constant string; reading it never allocates.
-	Reason string
+	// Reason says why a packet was dropped (or replied to); ReasonNone for
+	// Forward and Hairpin.
+	Reason Reason
 	// Reply is, for Action Reply, the ICMP message to send back to the
 	// packet's source. It points into the engine's buffer and is valid
 	// until the next call on the Engine.
 	Reply []byte
 }
-
-// Drop reasons (Verdict.Reason). Malformed packets carry the name of their
-// packet.Reason ("truncated", "ip_checksum", ...).
-const (
-	ReasonNotInternal     = "not-internal"          // outbound source outside Config.Internal
-	ReasonNotExternal     = "not-external"          // inbound destination is not an external address
-	ReasonFragment        = "fragment"              // fragment that cannot be translated (fragmented ICMP error, unknown datagram with the hold off)
-	ReasonNoMapping       = "no-mapping"            // inbound packet matches no mapping
-	ReasonFiltered        = "filtered"              // inbound packet refused by the filtering behaviour
-	ReasonSYNHeld         = "syn-held"              // unsolicited SYN held (RFC 5382 REQ-4)
-	ReasonSYNDropped      = "syn-dropped"           // unsolicited SYN dropped (no hold, hold full, or a retransmission)
-	ReasonTCPNoSession    = "tcp-no-session"        // TCP segment other than SYN with no session
-	ReasonPortsExhausted  = "ports-exhausted"       // no external port left (RFC 4787 REQ-3)
-	ReasonPortLimit       = "subscriber-port-limit" // RFC 6888 REQ-3
-	ReasonSessionLimit    = "session-limit"         // MaxSessions or MaxSessionsPerSubscriber
-	ReasonICMPChecksum    = "icmp-checksum"         // ICMP error failing its checksum (RFC 5508 REQ-3)
-	ReasonICMPNoSession   = "icmp-no-session"       // ICMP error about no known flow (RFC 5508 REQ-4)
-	ReasonICMPUnsolicited = "icmp-unsolicited"      // ICMP query that may not create a session
-	ReasonNoHairpin       = "hairpin-disabled"      // Config.NoHairpinning
-	ReasonUnsupported     = "unsupported"           // packet the engine does not translate
-	ReasonFragmentHeld    = "fragment-held"         // non-first fragment held until its first fragment (Engine.Released)
-	ReasonFragmentTimeout = "fragment-timeout"      // held fragment whose first fragment did not come within Config.FragmentHold
-	ReasonFragmentFull    = "fragment-hold-full"    // fragment over a hold cap (Config.MaxHeldFragments...), or a duplicate
-)
-
-var reasonList = [...]string{ReasonNotInternal, ReasonNotExternal, ReasonFragment, ReasonNoMapping,
-	ReasonFiltered, ReasonSYNHeld, ReasonSYNDropped, ReasonTCPNoSession, ReasonPortsExhausted,
-	ReasonPortLimit, ReasonSessionLimit, ReasonICMPChecksum, ReasonICMPNoSession,
-	ReasonICMPUnsolicited, ReasonNoHairpin, ReasonUnsupported, ReasonFragmentHeld, ReasonFragmentTimeout,
-	ReasonFragmentFull}
-
-type reasonID uint8
-
-const (
-	rNotInternal reasonID = iota
-	rNotExternal
-	rFragment
-	rNoMapping
-	rFiltered
-	rSYNHeld
-	rSYNDropped
-	rTCPNoSession
-	rPortsExhausted
-	rPortLimit
-	rSessionLimit
-	rICMPChecksum
-	rICMPNoSession
-	rICMPUnsolicited
-	rNoHairpin
-	rUnsupported
-	rFragmentHeld
-	rFragmentTimeout
-	rFragmentFull
-	numReasons
-)
 
 // Stats are the engine's counters (see Engine.Stats).
 type Stats struct {
@@ -142,7 +86,8 @@ type Stats struct {
 	TableBytes        int    // memory of the table's arrays
 	// Drops counts Drop and Reply verdicts by Reason, and held fragments
 	// dropped later (fragment-timeout; their verdict was fragment-held).
-	Drops map[string]uint64
+	// An array, so that Stats does not allocate.
+	Drops [NumReasons]uint64
 }
 
 type heldSYN struct {
@@ -179,6 +124,7 @@ type Engine struct {
 	sessions, mappings, loose int
 	inMembers                 int // sessions created inbound on another flow's mapping
 	subs                      map[uint32]*subCount
+	ovSubs                    map[ovSubKey]*ovPorts // overlapping ports per subscriber (engine_overlap.go)
 
 	cursor  uint32 // next record ExpireSome visits
 	chk     overlapCheck
@@ -196,8 +142,6 @@ type Engine struct {
 	released  [][]byte   // Released
 	nextID    uint16     // last IPv4 ID given to an outbound fragmented datagram
 	st        Stats
-	drops     [numReasons]uint64
-	badDrops  [packet.NumReasons]uint64
 }
 
 func pidx(p tuple.Proto) int {
@@ -218,10 +162,16 @@ func a4(u uint32) netip.Addr {
 }
 func ap4(u uint32, p uint16) netip.AddrPort { return netip.AddrPortFrom(a4(u), p) }
 
-func secs(d time.Duration) uint32 { return uint32((d + time.Second - 1) / time.Second) }
+// secs rounds d up to whole seconds (0 for a negative d: a disabled hold).
+func secs(d time.Duration) uint32 {
+	if d < 0 {
+		return 0
+	}
+	return uint32((d + time.Second - 1) / time.Second)
+}
 
-// New validates cfg and returns an Engine. Errors name the field:
-// "nat: Config.External: ...".
+// New validates cfg and returns an Engine. An invalid cfg gives a
+// *ConfigError naming the field ("nat: Config.External: ...").
 func New(cfg Config) (*Engine, error) {
 	cfg.External = append([]netip.Addr(nil), cfg.External...)
 	cfg.Internal = append([]netip.Prefix(nil), cfg.Internal...)
@@ -260,13 +210,13 @@ func New(cfg Config) (*Engine, error) {
 		r := tuple.PortRangeFrom(1024, 65535)
 		if ports.IsValid() {
 			if ports.NumRanges() != 1 {
-				return nil, errors.New("nat: Config.Ports: deterministic mapping needs one contiguous range")
+				return nil, configError("Ports", "deterministic mapping needs one contiguous range")
 			}
 			r = ports.Range(0)
 		}
 		e.det, err = portalloc.NewDeterministic(cfg.Internal, cfg.External, r)
 		if err != nil {
-			return nil, fmt.Errorf("nat: Config.Deterministic: %w", err)
+			return nil, configError("Deterministic", "%w", err)
 		}
 	}
 	for i, proto := range []tuple.Proto{tuple.TCP, tuple.UDP, tuple.ICMP} {
@@ -285,7 +235,13 @@ func New(cfg Config) (*Engine, error) {
 			pc.Parity = false
 		}
 		if e.alloc[i], err = portalloc.New(pc); err != nil {
-			return nil, fmt.Errorf("nat: Config: %w", err)
+			// nat has checked every other setting portalloc checks: what
+			// is left is port blocks that do not fit the ports.
+			field := "Ports"
+			if cfg.BlockSize > 0 {
+				field = "BlockSize"
+			}
+			return nil, configError(field, "%w", err)
 		}
 	}
 	e.held = make([]heldSYN, cfg.MaxHeldSYNs)
@@ -354,17 +310,14 @@ func (e *Engine) isExternal(a uint32) bool {
 	return e.extMap[a]
 }
 
-func (e *Engine) drop(r reasonID) Verdict {
-	e.drops[r]++
+func (e *Engine) drop(r Reason) Verdict {
+	e.st.Drops[r]++
 	e.st.Dropped++
-	return Verdict{Action: Drop, Reason: reasonList[r]}
+	return Verdict{Action: Drop, Reason: r}
 }
 
 func (e *Engine) bad(err error) Verdict {
-	r := packet.ReasonOf(err)
-	e.badDrops[r]++
-	e.st.Dropped++
-	return Verdict{Action: Drop, Reason: r.String()}
+	return e.drop(FromPacket(packet.ReasonOf(err)))
 }
 
 // timeout returns the idle timer of a session of proto in TCP state s.
@@ -401,7 +354,7 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	src := p.Src()
 	ns := e.now(now)
 	if !e.isInside(u4(src)) {
-		return e.drop(rNotInternal)
+		return e.drop(ReasonNotInternal)
 	}
 	if p.IsFragment() && !p.HasTransport() {
 		return e.outboundFragment(&p, ns)
@@ -415,10 +368,10 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	}
 	hairpin := e.isExternal(dst)
 	if hairpin && e.cfg.NoHairpinning {
-		return e.drop(rNoHairpin)
+		return e.drop(ReasonNoHairpin)
 	}
 	if p.IsFragment() && p.Proto() == tuple.ICMP && p.IsICMPError() {
-		return e.drop(rFragment)
+		return e.drop(ReasonFragment)
 	}
 	if p.Proto() == tuple.ICMP && p.IsICMPError() {
 		return e.outboundError(&p, now, ns)
@@ -426,7 +379,7 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if p.Proto() == tuple.ICMP && (!p.IsICMPQueryRequest() || hairpin) {
 		// A query to an external address of this NAT would come back to
 		// its sender; the NAT's own host answers such pings, not the engine.
-		return e.drop(rICMPUnsolicited)
+		return e.drop(ReasonICMPUnsolicited)
 	}
 	origID := p.IPID()
 	v := e.outboundFlow(&p, now, ns)
@@ -572,7 +525,7 @@ func (e *Engine) outboundFlow(p *packet.Packet, now time.Time, ns uint32) Verdic
 	s, o := e.lookupOut(proto, ia, ip, ra, rp, now, ns)
 	if s == 0 {
 		if proto == uint8(tuple.TCP) && p.TCPFlags()&(packet.TCPSyn|packet.TCPRst) != packet.TCPSyn {
-			return e.drop(rTCPNoSession)
+			return e.drop(ReasonTCPNoSession)
 		}
 		var v Verdict
 		s, v = e.newOutbound(p, proto, ia, ip, ra, rp, o, now, ns)
@@ -649,15 +602,15 @@ func (e *Engine) sessionDown(ia uint32) {
 
 // refuse answers a packet for which no session can be created: ICMP type 3
 // code 13 to its source (RFC 5508 REQ-8), or a plain drop.
-func (e *Engine) refuse(p *packet.Packet, r reasonID) Verdict {
+func (e *Engine) refuse(p *packet.Packet, r Reason) Verdict {
 	return e.refuseFrom(p, r, e.cfg.ReplySource)
 }
 
 // refuseFrom is refuse with the given source address for the ICMP error
 // (the external address for packets from outside).
-func (e *Engine) refuseFrom(p *packet.Packet, r reasonID, from netip.Addr) Verdict {
+func (e *Engine) refuseFrom(p *packet.Packet, r Reason, from netip.Addr) Verdict {
 	if e.debug {
-		attrs := []slog.Attr{slog.String("reason", reasonList[r]), slog.String("proto", p.Proto().String()),
+		attrs := []slog.Attr{slog.String("reason", r.String()), slog.String("proto", p.Proto().String()),
 			slog.String("internal", p.SrcAddrPort().String())}
 		if e.cfg.LogDestinations { // RFC 6888 REQ-12
 			attrs = append(attrs, slog.String("remote", p.DstAddrPort().String()))
@@ -672,9 +625,9 @@ func (e *Engine) refuseFrom(p *packet.Packet, r reasonID, from netip.Addr) Verdi
 	if err != nil {
 		return e.drop(r)
 	}
-	e.drops[r]++
+	e.st.Drops[r]++
 	e.st.Replied++
-	return Verdict{Action: Reply, Reason: reasonList[r], Reply: e.reply[:n]}
+	return Verdict{Action: Reply, Reason: r, Reply: e.reply[:n]}
 }
 
 // newOutbound creates the session of a new outbound flow (and its mapping
@@ -682,7 +635,7 @@ func (e *Engine) refuseFrom(p *packet.Packet, r reasonID, from netip.Addr) Verdi
 func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16, ra uint32, rp uint16, o uint32, now time.Time, ns uint32) (uint32, Verdict) {
 	t := e.t
 	if e.cfg.MaxSessions > 0 && e.sessions >= e.cfg.MaxSessions || e.subscriberFull(ia) {
-		return 0, e.refuse(p, rSessionLimit)
+		return 0, e.refuse(p, ReasonSessionLimit)
 	}
 	st := tcpNone
 	if proto == uint8(tuple.TCP) {
@@ -702,11 +655,11 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 		}
 		if e.loose > 0 && t.find(mkKey(kIn, proto, r.extAddr, r.extPort, ra, rp)) != 0 {
 			// An overloaded session already uses this 5-tuple.
-			return 0, e.refuse(p, rPortsExhausted)
+			return 0, e.refuse(p, ReasonPortsExhausted)
 		}
 		i, ok := t.alloc()
 		if !ok {
-			return 0, e.refuse(p, rSessionLimit)
+			return 0, e.refuse(p, ReasonSessionLimit)
 		}
 		r = t.at(o - 1)
 		m := t.at(i)
@@ -730,6 +683,12 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 		var ep netip.AddrPort
 		e.chk = overlapCheck{e: e, proto: proto, ra: ra, rp: rp, now: now, ns: ns}
 		ep, err = al.GetShared(sub, ip, remote, &e.chk)
+		if err == nil && e.overlapLimited() {
+			var ok bool
+			if ep, ok = e.overlapPort(proto, ia, ep); !ok {
+				err = portalloc.ErrLimit // RFC 6888 REQ-3/REQ-4: no more ports by way of overlapping
+			}
+		}
 		lease.Ext = ep
 	} else {
 		lease, err = al.Get(sub, ip, remote, now)
@@ -750,9 +709,9 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 	if err != nil {
 		switch {
 		case errors.Is(err, portalloc.ErrLimit):
-			return 0, e.refuse(p, rPortLimit)
+			return 0, e.refuse(p, ReasonPortLimit)
 		default:
-			return 0, e.refuse(p, rPortsExhausted)
+			return 0, e.refuse(p, ReasonPortsExhausted)
 		}
 	}
 	i, ok := t.alloc()
@@ -760,7 +719,7 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 		if !e.overlap && !loose {
 			e.putPort(proto, ia, lease.Ext, now)
 		}
-		return 0, e.refuse(p, rSessionLimit)
+		return 0, e.refuse(p, ReasonSessionLimit)
 	}
 	r := t.at(i)
 	flags := uint8(fUsed | fOwner)
@@ -773,6 +732,9 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 	t.index(i)
 	if !loose {
 		e.mappings++
+	}
+	if e.overlapLimited() {
+		e.overlapUp(proto, ia, lease.Ext)
 	}
 	e.sessionUp(ia)
 	e.filterUp(r)
@@ -943,6 +905,8 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 	}
 	if !e.overlap {
 		e.putPort(proto, ia, ext, now)
+	} else if e.overlapLimited() {
+		e.overlapDown(proto, ia, ext)
 	}
 }
 
@@ -971,20 +935,20 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 				return e.untranslated()
 			}
 		}
-		return e.drop(rNotExternal)
+		return e.drop(ReasonNotExternal)
 	}
 	if p.IsFragment() && !p.HasTransport() {
 		return e.inboundFragment(&p, ns)
 	}
 	if p.IsFragment() && p.Proto() == tuple.ICMP && p.IsICMPError() {
-		return e.drop(rFragment)
+		return e.drop(ReasonFragment)
 	}
 	var v Verdict
 	switch {
 	case p.Proto() == tuple.ICMP && p.IsICMPError():
 		v = e.inboundError(&p, now, ns)
 	case p.Proto() == tuple.ICMP && p.IsICMPQueryRequest():
-		v = e.drop(rICMPUnsolicited)
+		v = e.drop(ReasonICMPUnsolicited)
 	default:
 		dst := u4(p.Dst())
 		v = e.inboundFlow(&p, now, ns, false)
@@ -1028,9 +992,9 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 			return e.holdSYN(p, ea, ep, ra, rp, ns)
 		}
 		if o == 0 {
-			return e.drop(rNoMapping)
+			return e.drop(ReasonNoMapping)
 		}
-		return e.drop(rFiltered)
+		return e.drop(ReasonFiltered)
 	}
 	r := e.t.at(o - 1)
 	if proto != uint8(tuple.TCP) {
@@ -1043,11 +1007,11 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 		return Verdict{Action: Forward}
 	}
 	if !isSYN {
-		return e.drop(rTCPNoSession)
+		return e.drop(ReasonTCPNoSession)
 	}
 	// A SYN the filter admits opens a session (RFC 6146 V4 INIT).
 	if e.cfg.MaxSessions > 0 && e.sessions >= e.cfg.MaxSessions || e.subscriberFull(r.intAddr) {
-		return e.refuseFrom(p, rSessionLimit, a4(ea)) // RFC 5508 REQ-8
+		return e.refuseFrom(p, ReasonSessionLimit, a4(ea)) // RFC 5508 REQ-8
 	}
 	ia, ip := r.intAddr, r.intPort
 	if e.cfg.Mapping != MappingEIM {
@@ -1055,7 +1019,7 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 		// with this remote on another mapping; a second one would make the
 		// outbound 5-tuple ambiguous.
 		if s, _ := e.lookupOut(proto, ia, ip, ra, rp, now, ns); s != 0 {
-			return e.drop(rFiltered)
+			return e.drop(ReasonFiltered)
 		}
 		r = e.t.at(o - 1)
 	}
@@ -1069,7 +1033,7 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 	} else {
 		i, ok := e.t.alloc()
 		if !ok {
-			return e.drop(rSessionLimit)
+			return e.drop(ReasonSessionLimit)
 		}
 		r = e.t.at(o - 1)
 		m := e.t.at(i)
@@ -1090,25 +1054,25 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 
 // holdSYN keeps an unsolicited SYN for Config.SYNHold (RFC 5382 REQ-4).
 func (e *Engine) holdSYN(p *packet.Packet, ea uint32, ep uint16, ra uint32, rp uint16, ns uint32) Verdict {
-	if e.cfg.NoSYNHold {
-		return e.drop(rSYNDropped)
+	if e.cfg.SYNHold < 0 {
+		return e.drop(ReasonSYNDropped)
 	}
 	for k := range e.held[:e.nheld] {
 		h := &e.held[k]
 		if h.extAddr == ea && h.extPort == ep && h.remAddr == ra && h.remPort == rp {
-			return e.drop(rSYNDropped) // a retransmission of a held SYN
+			return e.drop(ReasonSYNDropped) // a retransmission of a held SYN
 		}
 	}
 	b := p.Bytes()
 	if e.nheld == len(e.held) || len(b) > len(e.held[0].buf) {
-		return e.drop(rSYNDropped)
+		return e.drop(ReasonSYNDropped)
 	}
 	h := &e.held[e.nheld]
 	e.nheld++
 	h.extAddr, h.extPort, h.remAddr, h.remPort = ea, ep, ra, rp
 	h.deadline = ns + e.tmHold
 	h.n = copy(h.buf[:], b)
-	return e.drop(rSYNHeld)
+	return e.drop(ReasonSYNHeld)
 }
 
 // Expire retires sessions and mappings whose timers ran out, answers
@@ -1203,7 +1167,7 @@ func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 // be sent on the external side. They are valid until the next Expire.
 func (e *Engine) Replies() [][]byte { return e.replies }
 
-// Stats returns the engine's counters.
+// Stats returns the engine's counters. It does not allocate.
 func (e *Engine) Stats() Stats {
 	s := e.st
 	s.Sessions, s.Mappings, s.HeldSYNs = e.sessions, e.mappings, e.nheld
@@ -1214,17 +1178,6 @@ func (e *Engine) Stats() Stats {
 		}
 	}
 	s.Records, s.TableBytes = e.t.n, e.t.memBytes()
-	s.Drops = map[string]uint64{}
-	for i, n := range e.drops {
-		if n > 0 {
-			s.Drops[reasonList[i]] += n
-		}
-	}
-	for i, n := range e.badDrops {
-		if n > 0 {
-			s.Drops[packet.Reason(i).String()] += n
-		}
-	}
 	return s
 }
 

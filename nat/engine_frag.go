@@ -126,7 +126,7 @@ func (e *Engine) outboundFragment(p *packet.Packet, ns uint32) Verdict {
 	if f == nil {
 		if in, sure := e.addrExempt(dst, p.Proto()); in {
 			if !sure {
-				return e.drop(rFragment) // exemption depends on ports not seen yet
+				return e.drop(ReasonFragment) // exemption depends on ports not seen yet
 			}
 			e.exemptFragment(p, 1, ns)
 			return e.untranslated()
@@ -134,7 +134,7 @@ func (e *Engine) outboundFragment(p *packet.Packet, ns uint32) Verdict {
 		if e.isExternal(dst) {
 			// Hairpinned: the destination's mapping is in the first fragment.
 			if e.cfg.NoHairpinning {
-				return e.drop(rNoHairpin)
+				return e.drop(ReasonNoHairpin)
 			}
 			return e.holdFragment(p, src, dst, 1, ns)
 		}
@@ -142,7 +142,7 @@ func (e *Engine) outboundFragment(p *packet.Packet, ns uint32) Verdict {
 		// known from the subscriber alone.
 		a, ok := e.alloc[pidx(tuple.Proto(proto))].PairedAddr(a4(src))
 		if !ok {
-			return e.drop(rFragment)
+			return e.drop(ReasonFragment)
 		}
 		f = e.fragNew(src, dst, p.IPID(), proto, 1, ns)
 		f.xlat = u4(a)
@@ -152,16 +152,16 @@ func (e *Engine) outboundFragment(p *packet.Packet, ns uint32) Verdict {
 	}
 	if f.hairpin {
 		if !e.applyFragment(p, f) {
-			return e.drop(rFragment)
+			return e.drop(ReasonFragment)
 		}
 		e.st.Hairpinned++
 		return Verdict{Action: Hairpin}
 	}
 	if e.isExternal(dst) {
-		return e.drop(rFragment) // its first fragment was not hairpinned
+		return e.drop(ReasonFragment) // its first fragment was not hairpinned
 	}
 	if p.SetSrcAddr(a4(f.xlat)) != nil {
-		return e.drop(rFragment)
+		return e.drop(ReasonFragment)
 	}
 	setIPID(p, f.newID)
 	e.st.Forwarded++
@@ -176,7 +176,7 @@ func (e *Engine) inboundFragment(p *packet.Packet, ns uint32) Verdict {
 		return e.holdFragment(p, src, dst, 2, ns)
 	}
 	if p.SetDstAddr(a4(f.xlat)) != nil {
-		return e.drop(rFragment)
+		return e.drop(ReasonFragment)
 	}
 	e.st.Forwarded++
 	return Verdict{Action: Forward}
@@ -191,7 +191,7 @@ func (e *Engine) inboundExemptFragment(p *packet.Packet, ns uint32) Verdict {
 	if in, sure := e.addrExempt(u4(p.Src()), p.Proto()); in && sure {
 		return e.untranslated()
 	}
-	return e.drop(rFragment)
+	return e.drop(ReasonFragment)
 }
 
 // Held fragments (RFC 4787 REQ-14). An inbound non-first fragment whose
@@ -223,8 +223,8 @@ func fragOffset(b []byte) uint16 { return binary.BigEndian.Uint16(b[6:8]) & 0x1f
 // holdFragment keeps a copy of the non-first fragment p (identity a, b,
 // dir) until its first fragment comes or Config.FragmentHold passes.
 func (e *Engine) holdFragment(p *packet.Packet, a, b uint32, dir uint8, ns uint32) Verdict {
-	if e.cfg.NoFragmentHold {
-		return e.drop(rFragment)
+	if e.cfg.FragmentHold < 0 {
+		return e.drop(ReasonFragment)
 	}
 	pk := p.Bytes()
 	id, proto, off := p.IPID(), uint8(p.Proto()), fragOffset(pk)
@@ -243,21 +243,21 @@ func (e *Engine) holdFragment(p *packet.Packet, a, b uint32, dir uint8, ns uint3
 		}
 		if h.a == a && h.b == b && h.id == id && h.proto == proto && h.dir == dir {
 			if h.off == off {
-				return e.drop(rFragmentFull) // a duplicate (or overlapping copy)
+				return e.drop(ReasonFragmentFull) // a duplicate (or overlapping copy)
 			}
 			perDgram++
 		}
 	}
 	if len(e.fragHeld) == cap(e.fragHeld) || len(e.fragBuf)+len(pk) > cap(e.fragBuf) ||
 		perDgram >= e.cfg.MaxFragmentsPerDatagram || perSrc >= e.cfg.MaxHeldFragmentsPerSource {
-		return e.drop(rFragmentFull)
+		return e.drop(ReasonFragmentFull)
 	}
 	start := len(e.fragBuf)
 	e.fragBuf = append(e.fragBuf, pk...)
 	e.fragHeld = append(e.fragHeld, heldFrag{a: a, b: b, id: id, off: off, proto: proto, dir: dir,
 		start: start, n: len(pk), deadline: ns + e.tmFrag})
 	e.nfrag++
-	return e.drop(rFragmentHeld)
+	return e.drop(ReasonFragmentHeld)
 }
 
 // releaseFragments translates the fragments held for the datagram of
@@ -274,13 +274,13 @@ func (e *Engine) releaseFragments(f *fragEntry, ns uint32) bool {
 		e.nfrag--
 		e.fragDirty = true
 		if ns >= h.deadline+1 {
-			e.drops[rFragmentTimeout]++ // its Drop verdict (fragment-held) is counted already
+			e.st.Drops[ReasonFragmentTimeout]++ // its Drop verdict (fragment-held) is counted already
 			continue
 		}
 		var p packet.Packet
 		b := e.fragBuf[h.start : h.start+h.n : h.start+h.n]
 		if p.Parse(b) != nil || !e.applyFragment(&p, f) {
-			e.drops[rFragment]++
+			e.st.Drops[ReasonFragment]++
 			continue
 		}
 		e.released = append(e.released, b)
@@ -331,7 +331,7 @@ func (e *Engine) expireFragments(ns uint32) {
 		if !h.gone && ns >= h.deadline+1 {
 			h.gone = true
 			e.nfrag--
-			e.drops[rFragmentTimeout]++ // its Drop verdict (fragment-held) is counted already
+			e.st.Drops[ReasonFragmentTimeout]++ // its Drop verdict (fragment-held) is counted already
 		}
 	}
 	e.compactFragments()

@@ -180,7 +180,7 @@ func TestHeldFragmentCaps(t *testing.T) {
 		e := newEngine(t, testConfig(func(c *Config) { c.MaxFragmentsPerDatagram = 2 }))
 		x := mapUDP(t, e, hostA, srv1, t0)
 		frags := fragmentN(bigUDP(t, srv1, x, 60, 5), 16, 16, 16)
-		want := []string{ReasonFragmentHeld, ReasonFragmentFull, ReasonFragmentHeld, ReasonFragmentFull}
+		want := []Reason{ReasonFragmentHeld, ReasonFragmentFull, ReasonFragmentHeld, ReasonFragmentFull}
 		for k, i := range []int{1, 1, 2, 3} {
 			if v, _ := in(e, frags[i], t0); v.Reason != want[k] {
 				t.Fatalf("fragment %d: %q, want %q", i, v.Reason, want[k])
@@ -240,11 +240,11 @@ func TestHeldFragmentCaps(t *testing.T) {
 		}
 	})
 	t.Run("off", func(t *testing.T) {
-		e := newEngine(t, testConfig(func(c *Config) { c.NoFragmentHold = true }))
+		e := newEngine(t, testConfig(func(c *Config) { c.FragmentHold = -1 }))
 		x := mapUDP(t, e, hostA, srv1, t0)
 		f := fragmentN(bigUDP(t, srv1, x, 60, 5), 24)
 		if v, _ := in(e, f[1], t0); v.Reason != ReasonFragment {
-			t.Fatalf("NoFragmentHold: %q", v.Reason)
+			t.Fatalf("FragmentHold -1: %q", v.Reason)
 		}
 	})
 }

@@ -22,7 +22,7 @@ func checkOut(t *testing.T, inputValid bool, v Verdict, b []byte) {
 			t.Fatalf("forwarded: %s\n% x", msg, b)
 		}
 	}
-	if v.Action == Drop && v.Reason == "" {
+	if v.Action == Drop && v.Reason == ReasonNone {
 		t.Fatal("drop without a reason")
 	}
 }
@@ -70,7 +70,7 @@ func FuzzEngineOps(f *testing.F) {
 	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20})
 	f.Add([]byte{3, 0, 0, 0, 16, 1, 2, 33, 50, 7, 7, 7, 200, 100, 3, 4})
 	f.Add([]byte{5, 2, 130, 2, 1, 129, 3, 5, 9, 200, 2, 40, 41, 42, 43})
-	f.Add([]byte("7000000000000002*0000c0002Zcx")) // review: APDM+EIF inbound SYN opening a second session
+	f.Add([]byte("7000000000000002*0000c0002Zcx")) // APDM+EIF: an inbound SYN must not open a second session
 	f.Fuzz(runOps)
 }
 

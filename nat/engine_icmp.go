@@ -15,7 +15,7 @@ import (
 // endpoint to a remote endpoint.
 func (e *Engine) inboundError(p *packet.Packet, now time.Time, ns uint32) Verdict {
 	if p.VerifyChecksums() != nil {
-		return e.drop(rICMPChecksum) // RFC 5508 REQ-3
+		return e.drop(ReasonICMPChecksum) // RFC 5508 REQ-3
 	}
 	in := p.Inner()
 	proto := uint8(in.Proto())
@@ -25,18 +25,18 @@ func (e *Engine) inboundError(p *packet.Packet, now time.Time, ns uint32) Verdic
 		rp = 0
 	}
 	if !e.isExternal(ea) {
-		return e.drop(rICMPNoSession)
+		return e.drop(ReasonICMPNoSession)
 	}
 	s, o := e.lookupIn(proto, ea, ep, ra, rp, now, ns)
 	if s == 0 {
 		s = o // the mapping's internal endpoint is the same for all its sessions
 	}
 	if s == 0 {
-		return e.drop(rICMPNoSession) // RFC 5508 REQ-4
+		return e.drop(ReasonICMPNoSession) // RFC 5508 REQ-4
 	}
 	r := e.t.at(s - 1)
 	if p.SetInnerSrc(ap4(r.intAddr, r.intPort)) != nil || p.SetDstAddr(a4(r.intAddr)) != nil {
-		return e.drop(rUnsupported)
+		return e.drop(ReasonUnsupported)
 	}
 	return Verdict{Action: Forward}
 }
@@ -48,7 +48,7 @@ func (e *Engine) inboundError(p *packet.Packet, now time.Time, ns uint32) Verdic
 // hairpinned too (RFC 5508 REQ-7).
 func (e *Engine) outboundError(p *packet.Packet, now time.Time, ns uint32) Verdict {
 	if p.VerifyChecksums() != nil {
-		return e.drop(rICMPChecksum)
+		return e.drop(ReasonICMPChecksum)
 	}
 	in := p.Inner()
 	proto := uint8(in.Proto())
@@ -58,18 +58,18 @@ func (e *Engine) outboundError(p *packet.Packet, now time.Time, ns uint32) Verdi
 		rp = 0
 	}
 	if !e.isInside(ia) {
-		return e.drop(rICMPNoSession)
+		return e.drop(ReasonICMPNoSession)
 	}
 	s, o := e.lookupOut(proto, ia, ip, ra, rp, now, ns)
 	if s == 0 {
 		s = o
 	}
 	if s == 0 {
-		return e.drop(rICMPNoSession)
+		return e.drop(ReasonICMPNoSession)
 	}
 	r := e.t.at(s - 1)
 	if p.SetInnerDst(ap4(r.extAddr, r.extPort)) != nil || p.SetSrcAddr(a4(r.extAddr)) != nil {
-		return e.drop(rUnsupported)
+		return e.drop(ReasonUnsupported)
 	}
 	if !e.isExternal(u4(p.Dst())) {
 		e.st.Forwarded++

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/packet"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -47,9 +48,9 @@ func TestFilteringMatrix(t *testing.T) {
 	for _, tc := range []struct {
 		f             Filtering
 		fromB, from2  bool
-		reasonBlocked string
+		reasonBlocked Reason
 	}{
-		{FilterEIF, true, true, ""},
+		{FilterEIF, true, true, ReasonNone},
 		{FilterADF, true, false, ReasonFiltered},
 		{FilterAPDF, false, false, ReasonFiltered},
 	} {
@@ -82,7 +83,7 @@ func TestFilteringMatrix(t *testing.T) {
 // TestTCPFilteringOverride: Config.TCPFiltering applies to TCP only
 // (RFC 5382 REQ-3).
 func TestTCPFilteringOverride(t *testing.T) {
-	e := newEngine(t, testConfig(func(c *Config) { c.Filtering = FilterEIF; c.TCPFiltering = FilterAPDF; c.NoSYNHold = true }))
+	e := newEngine(t, testConfig(func(c *Config) { c.Filtering = FilterEIF; c.TCPFiltering = FilterAPDF; c.SYNHold = -1 }))
 	if e.Config().TCPFiltering != FilterAPDF || e.filt[1] != FilterEIF {
 		t.Fatal("TCP filtering not separate")
 	}
@@ -631,10 +632,10 @@ func TestMalformed(t *testing.T) {
 		"empty": nil, "short": good[:10], "truncated": good[:len(good)-3],
 		"ipv6": append([]byte{0x60}, good[1:]...),
 	} {
-		if v, _ := out(e, b, t0); v.Action != Drop || v.Reason == "" {
+		if v, _ := out(e, b, t0); v.Action != Drop || v.Reason == ReasonNone {
 			t.Errorf("%s: %v %q", name, v.Action, v.Reason)
 		}
-		if v, _ := in(e, b, t0); v.Action != Drop || v.Reason == "" {
+		if v, _ := in(e, b, t0); v.Action != Drop || v.Reason == ReasonNone {
 			t.Errorf("%s inbound: %v %q", name, v.Action, v.Reason)
 		}
 	}
@@ -648,7 +649,7 @@ func TestMalformed(t *testing.T) {
 	if v, _ := in(e, udpPkt(t, srv1, netip.MustParseAddrPort("192.0.2.99:1")), t0); v.Reason != ReasonNotExternal {
 		t.Errorf("foreign destination: %q", v.Reason)
 	}
-	if st := e.Stats(); st.Drops["truncated"] == 0 || st.Drops[ReasonFragmentHeld] != 1 {
+	if st := e.Stats(); st.Drops[FromPacket(packet.ReasonTruncated)] == 0 || st.Drops[ReasonFragmentHeld] != 1 {
 		t.Errorf("drop counters %v", st.Drops)
 	}
 }
@@ -668,7 +669,9 @@ func TestConfigErrors(t *testing.T) {
 		"TCPFiltering": func(c *Config) { c.TCPFiltering = 8 },
 	} {
 		_, err := New(testConfig(mut))
-		if err == nil || !strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != field || ce.YAML != YAMLName(field) || ce.YAML == "" ||
+			!strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
 			t.Errorf("%s: error %v", field, err)
 		}
 	}
@@ -776,8 +779,6 @@ func reassemble(first, second []byte) []byte {
 // datagram has valid checksums.
 func TestFragments(t *testing.T) {
 	e := newEngine(t, testConfig(nil))
-	big := udpPkt(t, hostA, srv1)
-	big = append(big[:0:0], big...)
 	f1, f2 := fragments(udpPkt(t, hostA, srv1), 8)
 	// Out of order: the second fragment first.
 	v2, o2 := out(e, f2, t0)
@@ -1028,126 +1029,135 @@ func TestSetupNoAlloc(t *testing.T) {
 	}
 }
 
-// TestReviewFixes pins three bugs found in review: a RST before
-// establishment must not lead to "established"; under APDM+EIF an inbound
-// SYN must not open a second session of one internal endpoint with one
-// remote; an overloaded 5-tuple is not handed out again when its port is
-// freed.
-func TestReviewFixes(t *testing.T) {
-	t.Run("rst-before-established", func(t *testing.T) {
-		e := newEngine(t, testConfig(nil))
-		tcpOut(t, e, hostA, srv1, "S", t0)
-		tcpOut(t, e, hostA, srv1, "R", t0.Add(time.Second))
-		tcpOut(t, e, hostA, srv1, "A", t0.Add(2*time.Second))
-		s, _ := e.lookupOut(6, u4(hostA.Addr()), hostA.Port(), u4(srv1.Addr()), srv1.Port(), t0, 3)
-		if st := e.t.at(s - 1).state; st != tcpOutSYN {
-			t.Fatalf("state %s", tcpStateNames[st])
-		}
-		e.Expire(t0.Add(10 * time.Minute))
-		if e.Stats().Sessions != 0 {
-			t.Fatal("half-open connection alive after a RST and 10 min")
-		}
-	})
-	t.Run("apdm-eif-two-mappings", func(t *testing.T) {
-		for _, m := range []Mapping{MappingADM, MappingAPDM} {
-			e := newEngine(t, testConfig(func(c *Config) { c.Mapping = m; c.Filtering = FilterEIF }))
-			_, d1 := tcpOut(t, e, hostA, srv1, "S", t0)
-			if v := tcpIn(t, e, srv1b, d1.src, "S", t0); v.Action != Forward {
-				t.Fatalf("%v: inbound SYN on E1: %s", m, v.Reason)
-			}
-			_, d2 := tcpOut(t, e, hostA, srv2, "S", t0)
-			v := tcpIn(t, e, srv1b, d2.src, "S", t0)
-			if err := e.t.check(); err != nil {
-				t.Fatalf("%v: %v", m, err)
-			}
-			if d1.src != d2.src && v.Action == Forward {
-				t.Fatalf("%v: second session of hostA with srv1b opened on %v", m, d2.src)
-			}
-		}
-	})
-	t.Run("overloading-freed-port", func(t *testing.T) {
-		e := newEngine(t, testConfig(func(c *Config) {
-			c.Ports, c.MixClasses, c.Overloading = tuple.PortSetOf(tuple.PortRangeFrom(50000, 50000)), true, true
-			c.UDPTimeout = 10 * time.Second
-			c.Filtering = FilterAPDF
-		}))
-		hostC := netip.MustParseAddrPort("10.0.0.3:40002")
-		mapUDP(t, e, hostA, srv1, t0)
-		xb := mapUDP(t, e, hostB, srv2, t0)
-		mapUDP(t, e, hostB, srv2, t0.Add(8*time.Second))
-		e.Expire(t0.Add(12 * time.Second))
-		if v, _ := out(e, udpPkt(t, hostC, srv2), t0.Add(13*time.Second)); v.Action == Forward {
-			if err := e.t.check(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		v, b := in(e, udpPkt(t, srv2, xb), t0.Add(13*time.Second))
-		if d := decode(t, b); v.Action != Forward || d.dst != hostB {
-			t.Fatalf("srv2's reply went to %v (%v %s), want %v", d.dst, v.Action, v.Reason, hostB)
-		}
-	})
+// TestTCPRSTBeforeEstablishedKeepsOpeningState: a RST before establishment leaves the connection in its opening state (RFC 6146 §3.5.2.2), so it expires with the transitory timer, never becoming "established".
+func TestTCPRSTBeforeEstablishedKeepsOpeningState(t *testing.T) {
+	e := newEngine(t, testConfig(nil))
+	tcpOut(t, e, hostA, srv1, "S", t0)
+	tcpOut(t, e, hostA, srv1, "R", t0.Add(time.Second))
+	tcpOut(t, e, hostA, srv1, "A", t0.Add(2*time.Second))
+	s, _ := e.lookupOut(6, u4(hostA.Addr()), hostA.Port(), u4(srv1.Addr()), srv1.Port(), t0, 3)
+	if st := e.t.at(s - 1).state; st != tcpOutSYN {
+		t.Fatalf("state %s", tcpStateNames[st])
+	}
+	e.Expire(t0.Add(10 * time.Minute))
+	if e.Stats().Sessions != 0 {
+		t.Fatal("half-open connection alive after a RST and 10 min")
+	}
 }
 
-// TestReviewFixes2 pins the second round of review findings.
-func TestReviewFixes2(t *testing.T) {
-	t.Run("reopen-after-fin", func(t *testing.T) {
-		e := newEngine(t, testConfig(nil))
-		_, d := tcpOut(t, e, hostA, srv1, "S", t0)
-		tcpIn(t, e, srv1, d.src, "SA", t0)
-		tcpOut(t, e, hostA, srv1, "FA", t0)
-		tcpIn(t, e, srv1, d.src, "FA", t0)
-		tcpOut(t, e, hostA, srv1, "A", t0)
-		later := t0.Add(time.Minute)
-		if v, d2 := tcpOut(t, e, hostA, srv1, "S", later); v.Action != Forward || d2.src != d.src {
-			t.Fatalf("reopening SYN: %v %s", v.Action, v.Reason)
+// TestAPDMEIFInboundSYNOpensNoSecondSession: under APDM with EIF an inbound SYN does not open a second session of one internal endpoint with one remote endpoint.
+func TestAPDMEIFInboundSYNOpensNoSecondSession(t *testing.T) {
+	for _, m := range []Mapping{MappingADM, MappingAPDM} {
+		e := newEngine(t, testConfig(func(c *Config) { c.Mapping = m; c.Filtering = FilterEIF }))
+		_, d1 := tcpOut(t, e, hostA, srv1, "S", t0)
+		if v := tcpIn(t, e, srv1b, d1.src, "S", t0); v.Action != Forward {
+			t.Fatalf("%v: inbound SYN on E1: %s", m, v.Reason)
 		}
-		tcpIn(t, e, srv1, d.src, "SA", later)
-		for m := 2; m <= 6; m++ {
-			now := t0.Add(time.Duration(m) * time.Minute)
-			e.Expire(now)
-			if v, _ := tcpOut(t, e, hostA, srv1, "PA", now); v.Action != Forward {
-				t.Fatalf("reopened connection cut at +%d min: %s", m, v.Reason)
-			}
+		_, d2 := tcpOut(t, e, hostA, srv2, "S", t0)
+		v := tcpIn(t, e, srv1b, d2.src, "S", t0)
+		if err := e.t.check(); err != nil {
+			t.Fatalf("%v: %v", m, err)
 		}
-	})
-	t.Run("hairpinned-ping", func(t *testing.T) {
-		e := newEngine(t, testConfig(nil))
-		if v, _ := out(e, echoPkt(t, hostA.Addr(), extA, 8, 3), t0); v.Action != Drop || v.Reason != ReasonICMPUnsolicited {
-			t.Fatalf("ping to the external address: %v %s", v.Action, v.Reason)
+		if d1.src != d2.src && v.Action == Forward {
+			t.Fatalf("%v: second session of hostA with srv1b opened on %v", m, d2.src)
 		}
-	})
-	t.Run("log-without-destination", func(t *testing.T) {
-		var sb strings.Builder
-		e := newEngine(t, testConfig(func(c *Config) {
-			c.MaxPortsPerSubscriber = 1
-			c.Logger = slog.New(slog.NewTextHandler(&sb, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		}))
-		mapUDP(t, e, hostA, srv1, t0)
-		out(e, udpPkt(t, netip.AddrPortFrom(hostA.Addr(), 9), srv2), t0)
-		if !strings.Contains(sb.String(), "session refused") || strings.Contains(sb.String(), srv2.Addr().String()) {
-			t.Fatalf("log: %s", sb.String())
+	}
+}
+
+// TestOverloadedFiveTupleNotReusedWhenPortFreed: an overloaded 5-tuple (Config.Overloading) is not handed out again when its port is freed while the overloaded session lives.
+func TestOverloadedFiveTupleNotReusedWhenPortFreed(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) {
+		c.Ports, c.MixClasses, c.Overloading = tuple.PortSetOf(tuple.PortRangeFrom(50000, 50000)), true, true
+		c.UDPTimeout = 10 * time.Second
+		c.Filtering = FilterAPDF
+	}))
+	hostC := netip.MustParseAddrPort("10.0.0.3:40002")
+	mapUDP(t, e, hostA, srv1, t0)
+	xb := mapUDP(t, e, hostB, srv2, t0)
+	mapUDP(t, e, hostB, srv2, t0.Add(8*time.Second))
+	e.Expire(t0.Add(12 * time.Second))
+	if v, _ := out(e, udpPkt(t, hostC, srv2), t0.Add(13*time.Second)); v.Action == Forward {
+		if err := e.t.check(); err != nil {
+			t.Fatal(err)
 		}
-	})
-	t.Run("inbound-refused", func(t *testing.T) {
-		e := newEngine(t, testConfig(func(c *Config) { c.MaxSessions = 1 }))
-		_, d := tcpOut(t, e, hostA, srv1, "S", t0)
-		v, _ := in(e, tcpPkt(t, srv2, d.src, "S"), t0)
-		if v.Action != Reply {
-			t.Fatalf("inbound SYN over the session limit: %v %s", v.Action, v.Reason)
+	}
+	v, b := in(e, udpPkt(t, srv2, xb), t0.Add(13*time.Second))
+	if d := decode(t, b); v.Action != Forward || d.dst != hostB {
+		t.Fatalf("srv2's reply went to %v (%v %s), want %v", d.dst, v.Action, v.Reason, hostB)
+	}
+}
+
+// TestTCPReopenAfterBothFINs: a SYN after both FINs reopens the connection on the same external endpoint, which then lives with the established timer.
+func TestTCPReopenAfterBothFINs(t *testing.T) {
+	e := newEngine(t, testConfig(nil))
+	_, d := tcpOut(t, e, hostA, srv1, "S", t0)
+	tcpIn(t, e, srv1, d.src, "SA", t0)
+	tcpOut(t, e, hostA, srv1, "FA", t0)
+	tcpIn(t, e, srv1, d.src, "FA", t0)
+	tcpOut(t, e, hostA, srv1, "A", t0)
+	later := t0.Add(time.Minute)
+	if v, d2 := tcpOut(t, e, hostA, srv1, "S", later); v.Action != Forward || d2.src != d.src {
+		t.Fatalf("reopening SYN: %v %s", v.Action, v.Reason)
+	}
+	tcpIn(t, e, srv1, d.src, "SA", later)
+	for m := 2; m <= 6; m++ {
+		now := t0.Add(time.Duration(m) * time.Minute)
+		e.Expire(now)
+		if v, _ := tcpOut(t, e, hostA, srv1, "PA", now); v.Action != Forward {
+			t.Fatalf("reopened connection cut at +%d min: %s", m, v.Reason)
 		}
-		if r := decode(t, v.Reply); r.icmpType != 3 || r.code != 13 || r.src.Addr() != extA || r.dst.Addr() != srv2.Addr() {
-			t.Fatalf("reply %+v", r)
+	}
+}
+
+// TestPingToOwnExternalAddressRefused: an echo request from inside to the NAT's own external address is not hairpinned (ReasonICMPUnsolicited).
+func TestPingToOwnExternalAddressRefused(t *testing.T) {
+	e := newEngine(t, testConfig(nil))
+	if v, _ := out(e, echoPkt(t, hostA.Addr(), extA, 8, 3), t0); v.Action != Drop || v.Reason != ReasonICMPUnsolicited {
+		t.Fatalf("ping to the external address: %v %s", v.Action, v.Reason)
+	}
+}
+
+// TestDebugLogOmitsDestinations: the debug log of a refused session names no destination unless LogDestinations is set (RFC 6888 REQ-12).
+func TestDebugLogOmitsDestinations(t *testing.T) {
+	var sb strings.Builder
+	e := newEngine(t, testConfig(func(c *Config) {
+		c.MaxPortsPerSubscriber = 1
+		c.Logger = slog.New(slog.NewTextHandler(&sb, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}))
+	mapUDP(t, e, hostA, srv1, t0)
+	out(e, udpPkt(t, netip.AddrPortFrom(hostA.Addr(), 9), srv2), t0)
+	if !strings.Contains(sb.String(), "session refused") || strings.Contains(sb.String(), srv2.Addr().String()) {
+		t.Fatalf("log: %s", sb.String())
+	}
+}
+
+// TestInboundSYNOverSessionLimitAnsweredProhibited: an inbound SYN over the session limit is answered with ICMP "administratively prohibited" from the external address (RFC 5508 REQ-8).
+func TestInboundSYNOverSessionLimitAnsweredProhibited(t *testing.T) {
+	e := newEngine(t, testConfig(func(c *Config) { c.MaxSessions = 1 }))
+	_, d := tcpOut(t, e, hostA, srv1, "S", t0)
+	v, _ := in(e, tcpPkt(t, srv2, d.src, "S"), t0)
+	if v.Action != Reply {
+		t.Fatalf("inbound SYN over the session limit: %v %s", v.Action, v.Reason)
+	}
+	if r := decode(t, v.Reply); r.icmpType != 3 || r.code != 13 || r.src.Addr() != extA || r.dst.Addr() != srv2.Addr() {
+		t.Fatalf("reply %+v", r)
+	}
+}
+
+// TestConfigErrorsNameFieldOfCombinations: New names the field of invalid combinations (port 0, overloading with overlapping, blocks without a size, blocks and deterministic ports that do not fit) with a *ConfigError.
+func TestConfigErrorsNameFieldOfCombinations(t *testing.T) {
+	for field, mut := range map[string]func(*Config){
+		"Ports":                  func(c *Config) { c.Ports = tuple.PortSetOf(tuple.PortRangeFrom(0, 10)) },
+		"Overloading":            func(c *Config) { c.Overlapping, c.Overloading, c.Filtering = true, true, FilterAPDF },
+		"MaxBlocksPerSubscriber": func(c *Config) { c.MaxBlocksPerSubscriber = 2 },
+		"BlockSize":              func(c *Config) { c.BlockSize = 70000 },
+		"Deterministic": func(c *Config) {
+			c.Deterministic, c.Ports = true, tuple.PortSetOf(tuple.PortRangeFrom(1024, 1025))
+		},
+	} {
+		_, err := New(testConfig(mut))
+		if ce := (*ConfigError)(nil); !errors.As(err, &ce) || ce.Field != field {
+			t.Errorf("%s: %v", field, err)
 		}
-	})
-	t.Run("config", func(t *testing.T) {
-		for field, mut := range map[string]func(*Config){
-			"Ports":                  func(c *Config) { c.Ports = tuple.PortSetOf(tuple.PortRangeFrom(0, 10)) },
-			"Overloading":            func(c *Config) { c.Overlapping, c.Overloading, c.Filtering = true, true, FilterAPDF },
-			"MaxBlocksPerSubscriber": func(c *Config) { c.MaxBlocksPerSubscriber = 2 },
-		} {
-			if _, err := New(testConfig(mut)); err == nil || !strings.HasPrefix(err.Error(), "nat: Config."+field+":") {
-				t.Errorf("%s: %v", field, err)
-			}
-		}
-	})
+	}
 }

@@ -21,7 +21,7 @@ func ExampleNew() {
 		panic(err)
 	}
 	v := e.Outbound([]byte{0x45}, time.Now()) // a truncated packet
-	fmt.Println(v.Action, v.Reason)
+	fmt.Println(v.Action, v.Reason.String())
 	fmt.Println(e.Config().Mapping, e.Config().Filtering, e.Config().UDPTimeout)
 	// Output:
 	// drop truncated

@@ -53,7 +53,7 @@ var presets = []struct {
 			Algorithm: portalloc.SimpleRandom, InboundRefresh: true,
 			UDPTimeout: 120 * time.Second, TCPEstablished: 5 * 24 * time.Hour,
 			TCPTransitory: 120 * time.Second, TCPClosing: 120 * time.Second, ICMPTimeout: 30 * time.Second,
-			NoSYNHold: true, NoICMPReplies: true,
+			SYNHold: -1, NoICMPReplies: true,
 		}
 	}},
 	{PresetInfo{"cgn", MappingEIM, FilterEIF, "RFC 6888 carrier-grade NAT: EIM, EIF, paired pooling, 512-port blocks (up to 8), 120 s port quarantine, no destination logging"}, func() Config {
@@ -76,7 +76,7 @@ var presets = []struct {
 			Mapping: MappingEIM, Filtering: FilterEIF, Algorithm: portalloc.Sequential,
 			Ports: tuple.PortSetOf(tuple.PortRangeFrom(0xC000, 0xFFFF)), MixClasses: true,
 			UDPTimeout: 30 * time.Second, TCPEstablished: 30 * time.Second, TCPTransitory: 30 * time.Second,
-			TCPClosing: 30 * time.Second, ICMPTimeout: 30 * time.Second, NoSYNHold: true,
+			TCPClosing: 30 * time.Second, ICMPTimeout: 30 * time.Second, SYNHold: -1,
 		}
 	}},
 }

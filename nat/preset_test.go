@@ -71,7 +71,7 @@ func TestRFCRecommendedPreset(t *testing.T) {
 		"U6 outbound refresh":   !c.NoOutboundRefresh,
 		"U8 EIF":                c.Filtering == FilterEIF && c.TCPFiltering == FilterEIF,
 		"U9 hairpinning":        !c.NoHairpinning,
-		"T4 SYN hold 6 s":       !c.NoSYNHold && c.SYNHold >= 6*time.Second && !c.SilentSYNDrop,
+		"T4 SYN hold 6 s":       c.SYNHold >= 6*time.Second && !c.SilentSYNDrop,
 		"T5 established >= 2h4": c.TCPEstablished >= 2*time.Hour+4*time.Minute,
 		"T5 transitory >= 4m":   c.TCPTransitory >= 4*time.Minute && c.TCPClosing >= 4*time.Minute,
 		"I2 ICMP >= 60 s":       c.ICMPTimeout >= 60*time.Second,

@@ -62,8 +62,58 @@ func ParseAlgorithm(s string) (Algorithm, error) {
 	return 0, fmt.Errorf("portalloc: unknown algorithm %q", s)
 }
 
+// MarshalText implements encoding.TextMarshaler with the name
+// ParseAlgorithm accepts (RFC 6056 §3.3).
+func (a Algorithm) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler with ParseAlgorithm
+// (RFC 6056 §3.3 algorithms by name, for YAML and JSON configurations).
+func (a *Algorithm) UnmarshalText(b []byte) error {
+	v, err := ParseAlgorithm(string(b))
+	if err != nil {
+		return err
+	}
+	*a = v
+	return nil
+}
+
 // Pooling is the IP address pooling behaviour of RFC 4787 §4.1.
 type Pooling uint8
+
+var poolingNames = [...]string{"paired", "arbitrary"}
+
+// String returns "paired" or "arbitrary" (RFC 4787 §4.1 terms), the names
+// ParsePooling accepts.
+func (p Pooling) String() string {
+	if int(p) < len(poolingNames) {
+		return poolingNames[p]
+	}
+	return fmt.Sprintf("pooling(%d)", uint8(p))
+}
+
+// ParsePooling parses "paired" or "arbitrary" (RFC 4787 §4.1 REQ-2).
+func ParsePooling(s string) (Pooling, error) {
+	for i, n := range poolingNames {
+		if n == s {
+			return Pooling(i), nil
+		}
+	}
+	return 0, fmt.Errorf("portalloc: unknown pooling %q (want paired or arbitrary)", s)
+}
+
+// MarshalText implements encoding.TextMarshaler with String (RFC 4787 §4.1).
+func (p Pooling) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler with ParsePooling
+// (RFC 4787 §4.1 pooling by name, for YAML and JSON configurations).
+func (p *Pooling) UnmarshalText(b []byte) error {
+	v, err := ParsePooling(string(b))
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
 
 // The pooling behaviours. The zero value is Paired.
 const (

@@ -125,9 +125,16 @@ func (d *Deterministic) Forward(in netip.Addr) (out netip.Addr, block tuple.Port
 	if !ok {
 		return netip.Addr{}, tuple.PortRange{}, false
 	}
+	// The ratio is rounded up (⌈N_in / N_out⌉), so i / ratio < N_out even
+	// when the inside addresses do not divide evenly over the outside ones;
+	// the check keeps a wrong ratio from indexing past the outside list.
+	j := i / d.ratio
+	if j >= uint64(len(d.outside)) {
+		return netip.Addr{}, tuple.PortRange{}, false
+	}
 	slot := i % d.ratio
 	lo := uint64(d.ports.First()) + slot*uint64(d.block)
-	return d.outside[i/d.ratio], tuple.PortRangeFrom(uint16(lo), uint16(lo+uint64(d.block)-1)), true
+	return d.outside[j], tuple.PortRangeFrom(uint16(lo), uint16(lo+uint64(d.block)-1)), true
 }
 
 // Reverse returns the inside address that owns the external endpoint ext

@@ -87,3 +87,67 @@ func TestDeterministicErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestDeterministicUnevenDivision: when the inside addresses do not divide
+// evenly over the outside addresses (4 over 3, 5 over 2, 3 over 4), RFC 7422
+// §2's ratio is rounded up: every inside address still gets a block on one
+// of the outside addresses, no two share a port, Reverse gives every port
+// of a block back to its owner, and Reverse of any port of any outside
+// address answers without panicking.
+func TestDeterministicUnevenDivision(t *testing.T) {
+	for _, c := range []struct {
+		inside []string
+		nOut   int
+		ports  tuple.PortRange
+	}{
+		{[]string{"10.0.0.0/30"}, 3, tuple.PortRangeFrom(1024, 1035)},
+		{[]string{"10.0.0.0/30", "10.0.1.7/32"}, 2, tuple.PortRangeFrom(2000, 2010)},
+		{[]string{"10.0.0.0/31", "10.0.9.1/32"}, 4, tuple.PortRangeFrom(5000, 5006)},
+		{[]string{"10.0.0.0/29"}, 3, tuple.PortRangeFrom(1024, 1031)},
+	} {
+		var inside []netip.Prefix
+		for _, s := range c.inside {
+			inside = append(inside, netip.MustParsePrefix(s))
+		}
+		var outside []netip.Addr
+		for i := range c.nOut {
+			outside = append(outside, netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}))
+		}
+		d, err := NewDeterministic(inside, outside, c.ports)
+		if err != nil {
+			t.Fatalf("%v over %d: %v", c.inside, c.nOut, err)
+		}
+		owner := map[netip.AddrPort]netip.Addr{}
+		n := 0
+		for _, p := range inside {
+			for a := p.Addr(); p.Contains(a); a = a.Next() {
+				n++
+				out, blk, ok := d.Forward(a)
+				if !ok || !blk.IsValid() || blk.Len() != d.BlockSize() || !c.ports.Contains(blk.First()) || !c.ports.Contains(blk.Last()) {
+					t.Fatalf("%v over %d: Forward(%v) = %v %v %v", c.inside, c.nOut, a, out, blk, ok)
+				}
+				for port := range blk.All() {
+					ep := netip.AddrPortFrom(out, port)
+					if o, dup := owner[ep]; dup {
+						t.Fatalf("%v over %d: %v owned by %v and %v", c.inside, c.nOut, ep, o, a)
+					}
+					owner[ep] = a
+					if back, ok := d.Reverse(ep); !ok || back != a {
+						t.Fatalf("%v over %d: Reverse(%v) = %v %v, want %v", c.inside, c.nOut, ep, back, ok, a)
+					}
+				}
+			}
+		}
+		if want := (n + c.nOut - 1) / c.nOut; d.Ratio() != want {
+			t.Fatalf("%v over %d: ratio %d, want ⌈%d/%d⌉ = %d", c.inside, c.nOut, d.Ratio(), n, c.nOut, want)
+		}
+		for _, o := range outside {
+			for port := range c.ports.All() {
+				ep := netip.AddrPortFrom(o, port)
+				if back, ok := d.Reverse(ep); ok != (owner[ep].IsValid()) || ok && back != owner[ep] {
+					t.Fatalf("%v over %d: Reverse(%v) = %v %v, owner %v", c.inside, c.nOut, ep, back, ok, owner[ep])
+				}
+			}
+		}
+	}
+}

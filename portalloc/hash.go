@@ -3,6 +3,8 @@ package portalloc
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
+	"fmt"
 	"math/bits"
 	"net/netip"
 )
@@ -17,6 +19,25 @@ func NewSecret() Secret {
 	var s Secret
 	_, _ = rand.Read(s[:]) // crypto/rand.Read never fails (Go 1.24+)
 	return s
+}
+
+// MarshalText implements encoding.TextMarshaler: 32 lower-case hex digits.
+// The RFC 6056 §3.3.3 secret_key must stay secret: marshal it only into
+// files that are as protected as the key itself.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(hex.EncodeToString(s[:])), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler: exactly 32 hex digits
+// (the 128-bit RFC 6056 §3.3.3 secret_key).
+func (s *Secret) UnmarshalText(b []byte) error {
+	var v Secret
+	if len(b) != 2*len(v) {
+		return fmt.Errorf("portalloc: secret: %d characters, want %d hex digits", len(b), 2*len(v))
+	}
+	if _, err := hex.Decode(v[:], b); err != nil {
+		return fmt.Errorf("portalloc: secret: %w", err)
+	}
+	*s = v
+	return nil
 }
 
 // IsZero reports whether s is all zeros (an unset Secret).

@@ -35,7 +35,7 @@ func TestOffsetKeyed(t *testing.T) {
 	s1, s2 := NewSecret(), NewSecret()
 	l := netip.MustParseAddr("10.0.0.1")
 	r := netip.MustParseAddrPort("192.0.2.1:443")
-	if Offset(s1, l, r) != Offset(s1, l, r) {
+	if a, b := Offset(s1, l, r), Offset(s1, l, r); a != b {
 		t.Fatal("Offset is not deterministic")
 	}
 	if Offset(s1, l, r) == Offset(s2, l, r) && Offset(s1, l, netip.MustParseAddrPort("192.0.2.1:80")) == Offset(s2, l, netip.MustParseAddrPort("192.0.2.1:80")) {

@@ -7,7 +7,9 @@ import (
 
 // Tuple is a transport connection's identity: protocol, local endpoint and
 // remote endpoint (the "4-tuple" of RFC 9293 §3.1, with the protocol it is a
-// 5-tuple). It is a comparable value of 64 bytes; the zero Tuple is invalid.
+// 5-tuple). It is a comparable value of 72 bytes on 64-bit platforms (a
+// one-byte Proto padded to 8, and two 32-byte netip.AddrPorts); the zero
+// Tuple is invalid.
 type Tuple struct {
 	Proto  Proto
 	Local  netip.AddrPort

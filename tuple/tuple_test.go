@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"unsafe"
 )
 
 func TestProtoParseString(t *testing.T) {
@@ -235,5 +236,16 @@ func TestTextMarshalling(t *testing.T) {
 	got := slices.Collect(MustParsePortSet("5-6,9").All())
 	if !slices.Equal(got, []uint16{5, 6, 9}) {
 		t.Errorf("All = %v", got)
+	}
+}
+
+// TestTupleSize pins the size the Tuple doc comment states: 72 bytes on a
+// 64-bit platform (it is copied by value on every look-up).
+func TestTupleSize(t *testing.T) {
+	if unsafe.Sizeof(uintptr(0)) != 8 {
+		t.Skip("the documented size is for 64-bit platforms")
+	}
+	if got := unsafe.Sizeof(Tuple{}); got != 72 {
+		t.Errorf("unsafe.Sizeof(Tuple{}) = %d, the doc comment says 72", got)
 	}
 }

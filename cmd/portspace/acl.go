@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/portspace/portspace/acl"
+	"github.com/portspace/portspace/ephemeral"
 )
 
 func newACLCmd() *cobra.Command {
@@ -39,13 +42,42 @@ func (in *aclInput) flags(c *cobra.Command) {
 	c.Flags().BoolVar(&in.codeDefault, "ng-code-default", false, "for .ng input: default return range 1024-65535 as naclgen's code (not its docs)")
 }
 
-// load reads a YAML policy or, for a .ng file (or any file when ng is
-// set), a naclgen file with its --policy, and binds --cidrs.
-func (in *aclInput) load(path string, ng bool) (*acl.Policy, error) {
-	ng = ng || strings.HasSuffix(path, ".ng")
+// readInput reads a file named on the command line. A failure names the
+// flag that gave it (flag is "" for the POLICY argument) and the path once:
+// "acl: --cidrs adir.yaml: is a directory".
+func readInput(flag, path string) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("acl: %w", err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		if flag != "" {
+			return nil, fmt.Errorf("acl: %s %s: %w", flag, path, err)
+		}
+		return nil, fmt.Errorf("acl: %s: %w", path, err)
+	}
+	return data, nil
+}
+
+// isNG reports whether path is read as a naclgen file: a .ng name, or any
+// name when the command reads only naclgen files (import).
+func isNG(path string, ng bool) bool { return ng || strings.HasSuffix(path, ".ng") }
+
+// load reads a YAML policy or, for a .ng file (or any file when ng is
+// set), a naclgen file with its --policy, and binds --cidrs. Flags that do
+// not apply to the input are errors, not silently ignored.
+func (in *aclInput) load(path string, ng bool) (*acl.Policy, error) {
+	ng = isNG(path, ng)
+	if !ng && in.policy != "" {
+		return nil, fmt.Errorf("acl: --policy applies to naclgen .ng input; a YAML policy has an allow list")
+	}
+	if !ng && in.codeDefault {
+		return nil, fmt.Errorf("acl: --ng-code-default applies to naclgen .ng input; a YAML policy sets default_ephemeral instead")
+	}
+	data, err := readInput("", path)
+	if err != nil {
+		return nil, err
 	}
 	var p *acl.Policy
 	if ng {
@@ -57,21 +89,21 @@ func (in *aclInput) load(path string, ng bool) (*acl.Policy, error) {
 		return nil, err
 	}
 	if in.policy != "" {
-		if !ng {
-			return nil, fmt.Errorf("acl: --policy applies to naclgen .ng input; a YAML policy has an allow list")
-		}
-		pd, err := os.ReadFile(in.policy)
+		pd, err := readInput("--policy", in.policy)
 		if err != nil {
-			return nil, fmt.Errorf("acl: %w", err)
+			return nil, err
 		}
 		if err := acl.ApplyNGPolicy(p, in.policy, pd); err != nil {
 			return nil, err
 		}
 	}
 	if in.cidrs != "" {
-		data, err := os.ReadFile(in.cidrs)
+		data, err := readInput("--cidrs", in.cidrs)
 		if err != nil {
-			return nil, fmt.Errorf("acl: %w", err)
+			return nil, err
+		}
+		if strings.TrimSpace(string(data)) == "" {
+			return nil, fmt.Errorf("acl: --cidrs %s: empty (want a YAML map of zone or vpc to CIDRs)", in.cidrs)
 		}
 		m, err := acl.ParseCIDRs(in.cidrs, data)
 		if err != nil {
@@ -105,7 +137,7 @@ Nothing is written to stdout when it fails; warnings go to stderr.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !validFormat(format) {
-				return fmt.Errorf("acl: unknown format %q (want %s)", format, strings.Join(acl.Formats, ", "))
+				return fmt.Errorf("acl: --format %q: unknown format (want %s)", format, strings.Join(acl.Formats, ", "))
 			}
 			if err := checkMaxRules(maxRules); err != nil {
 				return err
@@ -129,6 +161,7 @@ Nothing is written to stdout when it fails; warnings go to stderr.`,
 	}
 	in.flags(c)
 	c.Flags().StringVarP(&format, "format", "f", "terraform", "output format: "+strings.Join(acl.Formats, ", "))
+	completeFlag(c, "format", acl.Formats...)
 	c.Flags().IntVar(&maxRules, "max-rules", acl.DefaultMaxRules, "rules allowed per ACL, direction and address family, including the default deny (AWS: 20, at most 40)")
 	c.Flags().BoolVar(&noMerge, "no-merge", false, "only remove duplicates; do not merge port ranges and CIDRs")
 	return c
@@ -160,9 +193,9 @@ func newACLLintCmd() *cobra.Command {
 		Short: "Check a policy and print its rule counts before and after merging",
 		Long: `lint prints every finding (service ports inside return ranges, NodePort
 overlap, unused zones and services, flows the allow list does not permit)
-and, per ACL, direction and address family, the rule count including the
-default deny after merging and with --no-merge. It fails on any error
-finding or a count over --max-rules.`,
+on stderr and, on stdout, per ACL, direction and address family, the rule
+count including the default deny after merging and with --no-merge. It
+fails on any error finding or a count over --max-rules.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkMaxRules(maxRules); err != nil {
@@ -176,7 +209,7 @@ finding or a count over --max-rules.`,
 			findings := acl.Lint(p)
 			nerr := 0
 			for _, f := range findings {
-				fmt.Fprintln(w, f)
+				fmt.Fprintln(cmd.ErrOrStderr(), f)
 				if f.Severity == acl.SevError {
 					nerr++
 				}
@@ -257,6 +290,18 @@ policy as YAML. --cidrs writes zone addresses into it.`,
 			if err != nil {
 				return err
 			}
+			// As naclgen does, an implementation that its --policy does
+			// not permit (or any other error finding) fails the import.
+			nerr := 0
+			for _, f := range acl.Lint(p) {
+				if f.Severity == acl.SevError {
+					fmt.Fprintln(cmd.ErrOrStderr(), f)
+					nerr++
+				}
+			}
+			if nerr > 0 {
+				return fmt.Errorf("acl: %s: %d lint errors; nothing imported", args[0], nerr)
+			}
 			header := "Imported by portspace acl import from " + filepath.Base(args[0])
 			if in.policy != "" {
 				header += " and " + filepath.Base(in.policy)
@@ -281,8 +326,8 @@ func newACLProfilesCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
-			for _, n := range acl.Profiles() {
-				s, _ := acl.Profile(n)
+			for _, n := range ephemeral.Names() {
+				s, _ := ephemeral.Profile(n)
 				fmt.Fprintf(tw, "%s\t%s\t%d ports\n", n, s, s.Len())
 			}
 			return tw.Flush()

@@ -29,7 +29,7 @@ flows: [{from: a, to: b, services: [s]}]
 		{[]string{"acl", "generate", bad, "--format", "terraform"}, "bad.yaml:5: flow a->b: service s port 40000/tcp lies inside the return range 32768-65535"},
 		{[]string{"acl", "generate", "../../acl/testdata/vpc.ng", "--cidrs", "../../acl/testdata/vpc-cidrs.yaml", "--max-rules", "8"}, "zone shared ingress IPv4: 12 rules (11 + default deny)"},
 		{[]string{"acl", "generate", "../../acl/testdata/small.ng", "--format", "aws-json"}, `small.ng:6: zone "front": has no cidrs`},
-		{[]string{"acl", "generate", bad, "--format", "pdf"}, `unknown format "pdf"`},
+		{[]string{"acl", "generate", bad, "--format", "pdf"}, `--format "pdf": unknown format`},
 	} {
 		out, _, err := runCLI(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -81,13 +81,25 @@ func TestACLLintPolicy(t *testing.T) {
 	pol := filepath.Join(dir, "i.policy")
 	os.WriteFile(impl, []byte("service ssh 22/tcp\nzone a internal\nzone b internal\nrule a {\n > b ssh\n}\n"), 0o644)
 	os.WriteFile(pol, []byte("zone a internal\nzone b internal\nrule b {\n > a\n}\n"), 0o644)
-	out, _, err := runCLI(t, "acl", "lint", impl, "--policy", pol)
-	if err == nil || !strings.Contains(out, "i.ng:5: error: flow a->b: not permitted by the policy's allow list (services ssh)") {
-		t.Errorf("lint --policy: err %v, output:\n%s", err, out)
+	out, errOut, err := runCLI(t, "acl", "lint", impl, "--policy", pol)
+	if err == nil || !strings.Contains(errOut, "i.ng:5: error: flow a->b: not permitted by the policy's allow list (services ssh)") {
+		t.Errorf("lint --policy: err %v, stderr:\n%s", err, errOut)
+	}
+	if strings.Contains(out, "not permitted") {
+		t.Errorf("lint wrote a finding to stdout:\n%s", out)
+	}
+	// import fails as naclgen does when the policy blocks a flow, and
+	// writes no YAML.
+	out, errOut, err = runCLI(t, "acl", "import", impl, "--policy", pol)
+	if err == nil || !strings.Contains(errOut, "i.ng:5: error: flow a->b: not permitted") || out != "" {
+		t.Errorf("import --policy of a blocked flow: err %v, stdout %q, stderr %q", err, out, errOut)
 	}
 	os.WriteFile(pol, []byte("zone a internal\nzone b internal\nrule a {\n > b\n}\n"), 0o644)
 	if _, _, err := runCLI(t, "acl", "lint", impl, "--policy", pol); err != nil {
 		t.Errorf("permitted flow: %v", err)
+	}
+	if out, _, err := runCLI(t, "acl", "import", impl, "--policy", pol); err != nil || !strings.Contains(out, "allow:") {
+		t.Errorf("import of a permitted flow: err %v, output:\n%s", err, out)
 	}
 }
 
@@ -175,5 +187,74 @@ func TestACLFlagsChangeOutput(t *testing.T) {
 	}
 	if d, c := strings.Count(def, "1024-65535"), strings.Count(code, "1024-65535"); c <= d {
 		t.Errorf("--ng-code-default should widen return rules to naclgen's 1024-65535: %d such rules with it, %d without", c, d)
+	}
+}
+
+// TestACLLintStreams checks that lint, like generate, writes its findings to
+// stderr and only the count table to stdout.
+func TestACLLintStreams(t *testing.T) {
+	out, errOut, err := runCLI(t, "acl", "lint", "../../acl/testdata/doc.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errOut, "doc.yaml:8: warning: flow internet->web") {
+		t.Errorf("stderr lacks the NodePort warning:\n%s", errOut)
+	}
+	if strings.Contains(out, "warning") || !strings.HasPrefix(out, "zone") || !strings.Contains(out, "total") {
+		t.Errorf("stdout is not just the table:\n%s", out)
+	}
+}
+
+// TestACLBadInputOnce runs acl with inputs that used to be accepted or
+// reported in a cascade, and checks each fails with one error that names
+// the flag or file the user typed, and writes nothing to stdout.
+func TestACLBadInputOnce(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	emptyNG := write("empty.ng", "# only a comment\n\n")
+	emptyYAML := write("empty.yaml", "")
+	emptyCIDRs := write("cidrs.yaml", "\n")
+	adir := filepath.Join(dir, "adir.yaml")
+	os.Mkdir(adir, 0o755)
+	badProto := write("proto.yaml", "services: [{name: s, protocol: tcpx, ports: [80, 81]}]\nzones: [{name: a, type: internal, cidrs: [10.1.0.0/24]}]\nflows: [{from: a, to: internet, services: [s]}]\n")
+	badCIDR := write("bad-cidrs.yaml", "a: 10.1.0.0/33\n")
+	const doc = "../../acl/testdata/doc.yaml"
+	for _, c := range []struct {
+		args []string
+		want string // the whole error contains this
+		not  string // and not this (the cascade)
+	}{
+		{[]string{"acl", "generate", emptyNG}, "empty.ng:1: empty naclgen file", ""},
+		{[]string{"acl", "generate", emptyYAML}, "empty.yaml:1: empty policy", ""},
+		{[]string{"acl", "generate", doc, "--cidrs", emptyCIDRs}, "--cidrs " + emptyCIDRs + ": empty", ""},
+		{[]string{"acl", "generate", doc, "--ng-code-default"}, "--ng-code-default applies to naclgen .ng input", ""},
+		{[]string{"acl", "generate", doc, "--policy", emptyNG}, "--policy applies to naclgen .ng input", ""},
+		{[]string{"acl", "generate", adir}, adir + ": is a directory", "read"},
+		{[]string{"acl", "lint", doc, "--cidrs", adir}, "--cidrs " + adir + ": is a directory", "read"},
+		{[]string{"acl", "generate", "../../acl/testdata/small.ng", "--policy", adir}, "--policy " + adir + ": is a directory", "read"},
+		{[]string{"acl", "generate", badProto}, `unknown protocol "tcpx"`, "no protocol"},
+		{[]string{"acl", "generate", doc, "--cidrs", badCIDR}, `bad CIDR "10.1.0.0/33"`, "no CIDRs"},
+		{[]string{"acl", "import", doc}, "doc.yaml:1: this is a YAML policy, not a naclgen file", "cannot parse"},
+	} {
+		out, _, err := runCLI(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: error %v, want %q", c.args[1:], err, c.want)
+			continue
+		}
+		if c.not != "" && strings.Contains(err.Error(), c.not) {
+			t.Errorf("%v: error %q also says %q", c.args[1:], err, c.not)
+		}
+		if n := strings.Count(err.Error(), c.want); n != 1 {
+			t.Errorf("%v: %q reported %d times: %v", c.args[1:], c.want, n, err)
+		}
+		if out != "" {
+			t.Errorf("%v: wrote %d bytes to stdout", c.args[1:], len(out))
+		}
 	}
 }

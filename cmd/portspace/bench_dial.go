@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/portspace/portspace/dial"
 	"github.com/portspace/portspace/internal/bench"
+	"github.com/portspace/portspace/internal/progress"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -24,6 +26,9 @@ type benchDialFlags struct {
 	hold, timeout                               time.Duration
 	census, json, ipv6, inNetns                 bool
 	role, shard, strategy                       string
+	// destFlag is the spelling of the destinations flag the user typed
+	// (--destinations, or its alias --dests), for error messages.
+	destFlag string
 }
 
 func newBenchDialCmd() *cobra.Command {
@@ -51,13 +56,17 @@ one-million-connection run).`,
 		Example: `  portspace bench dial
   portspace bench dial --proto udp --json
   # capacity: 10 ports x 20 destinations = 200; the 201st is exhausted
-  portspace bench dial --ports 40000-40009 --dests 20 --conns 201 --concurrency 1 --rounds 1
+  portspace bench dial --ports 40000-40009 --destinations 20 --conns 201 --concurrency 1 --rounds 1
   # latency with the port set 95% full (measure latency one dial at a time)
-  portspace bench dial --ports 40000-40099 --dests 20 --fill 0,95 --conns 2000 --concurrency 1
+  portspace bench dial --ports 40000-40099 --destinations 20 --fill 0,95 --conns 2000 --concurrency 1
   # 200,000 connections over 11 dialer and 11 listener processes
-  portspace bench dial --dests 200 --conns 200000 --workers 11 --dialers portspace`,
+  portspace bench dial --destinations 200 --conns 200000 --workers 11 --dialers portspace`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.destFlag = "--destinations"
+			if cmd.Flags().Changed("dests") {
+				f.destFlag = "--dests"
+			}
 			cfg, names, err := f.config()
 			if err != nil {
 				return err
@@ -83,11 +92,23 @@ one-million-connection run).`,
 			}
 			var rep *bench.Report
 			if f.workers > 0 {
+				// A plain progress line on stderr while the worker
+				// processes dial (none when stderr is not a terminal).
+				pl := progress.New(cmd.ErrOrStderr(), progress.Options{Label: "bench dial", Total: int64(cfg.Conns), Unit: "dials"})
 				rep, err = bench.RunWorkers(ctx, cfg, bench.WorkersOptions{
-					Workers: f.workers,
-					Command: workerCommand(f, names[0]),
-					Dialer:  names[0],
+					Workers:  f.workers,
+					Command:  workerCommand(f, names[0]),
+					Dialer:   names[0],
+					Progress: pl.Set,
 				})
+				if err != nil {
+					pl.Clear()
+				} else {
+					if len(rep.Results) > 0 {
+						pl.Set(int64(rep.Results[0].Attempted)) // every dial finished
+					}
+					pl.Done()
+				}
 			} else {
 				rep, err = bench.Run(ctx, cfg, dialers)
 			}
@@ -99,16 +120,23 @@ one-million-connection run).`,
 			}
 			rep.Notes = append(rep.Notes, strategyNotes(cfg, dialers)...)
 			if f.json {
-				return rep.WriteJSON(cmd.OutOrStdout())
+				err = rep.WriteJSON(cmd.OutOrStdout())
+			} else {
+				err = rep.WriteTable(cmd.OutOrStdout())
 			}
-			return rep.WriteTable(cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			return noneOpened(rep)
 		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.proto, "proto", "tcp", "protocol: tcp or udp")
 	fl.StringVar(&f.sources, "sources", bench.DefaultSource, "source addresses (comma-separated loopback addresses or prefixes)")
 	fl.StringVar(&f.ports, "ports", bench.DefaultPorts, "the portspace dialer's port set (ranges such as 40000-40999,41000, or a=6,k=8,psid=N)")
-	fl.StringVar(&f.dests, "dests", fmt.Sprint(bench.DefaultDests), "destinations: a count (127.1.0.1 up) or a comma-separated list of loopback addresses or prefixes")
+	fl.StringVar(&f.dests, "destinations", fmt.Sprint(bench.DefaultDests), "destinations: a count (127.1.0.1 up) or a comma-separated list of loopback addresses or prefixes (alias --dests)")
+	fl.StringVar(&f.dests, "dests", fmt.Sprint(bench.DefaultDests), "alias of --destinations")
+	_ = fl.MarkHidden("dests")
 	fl.Uint16Var(&f.destPort, "dest-port", 0, "the listeners' port (0: chosen by the kernel)")
 	fl.IntVar(&f.conns, "conns", bench.DefaultConns, "measured connections per dialer (in-process runs cap what they hold)")
 	fl.StringVar(&f.fill, "fill", "", "pre-fill levels in percent of the capacity, such as 95 or 0,95: hold that many connections, then measure --conns connections, each closed once open")
@@ -121,12 +149,15 @@ one-million-connection run).`,
 	fl.StringVar(&f.strategy, "strategy", "auto", "the portspace dialer's port-selection strategy: auto, kernel or search")
 	fl.BoolVar(&f.census, "census", true, "take a sock_diag census of the held connections")
 	fl.BoolVar(&f.json, "json", false, "print the report as JSON")
-	fl.BoolVar(&f.ipv6, "ipv6", false, "run over IPv6 in a network namespace the command creates (root): source and destinations in "+bench.NamespacePrefix.String()+" on its loopback; --dests takes a count")
+	fl.BoolVar(&f.ipv6, "ipv6", false, "run over IPv6 in a network namespace the command creates (root): source and destinations in "+bench.NamespacePrefix.String()+" on its loopback; --destinations takes a count")
 	fl.BoolVar(&f.inNetns, "in-netns", false, "internal: this process runs inside the namespace --ipv6 created")
 	_ = fl.MarkHidden("in-netns")
 	fl.IntVar(&f.workers, "workers", 0, "spread the run over this many dialer processes and as many listener processes (0: in-process)")
 	fl.StringVar(&f.role, "role", "", "internal: run as a listener or dialer process of --workers")
 	fl.StringVar(&f.shard, "shard", "", "internal: this process's destinations, FIRST-LAST (indices)")
+	completeFlag(cmd, "proto", "tcp", "udp")
+	completeFlag(cmd, "strategy", "auto", "kernel", "search")
+	_ = cmd.RegisterFlagCompletionFunc("dialers", completeList(bench.DialerPortspace, bench.DialerBaseline))
 	_ = fl.MarkHidden("role")
 	_ = fl.MarkHidden("shard")
 	return cmd
@@ -135,6 +166,14 @@ one-million-connection run).`,
 // config turns the flags into a bench.Config and the list of dialer names.
 func (f benchDialFlags) config() (bench.Config, []string, error) {
 	var cfg bench.Config
+	if f.destFlag == "" {
+		f.destFlag = "--destinations"
+	}
+	// The internal flags first: a bad --role is not reported as a --shard
+	// problem.
+	if f.role != "" && f.role != bench.RoleListener && f.role != bench.RoleDialer {
+		return cfg, nil, fmt.Errorf("bench dial: --role %q: want %s or %s (internal: set by --workers)", f.role, bench.RoleListener, bench.RoleDialer)
+	}
 	p, err := tuple.ParseProto(f.proto)
 	if err != nil || (p != tuple.TCP && p != tuple.UDP) {
 		return cfg, nil, fmt.Errorf("bench dial: --proto %q: want tcp or udp", f.proto)
@@ -146,10 +185,13 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 	if cfg.Ports, err = tuple.ParsePortSet(f.ports); err != nil {
 		return cfg, nil, fmt.Errorf("bench dial: --ports: %w", err)
 	}
+	if cfg.Ports.Contains(0) {
+		return cfg, nil, fmt.Errorf("bench dial: --ports %q: port 0 is not a source port (binding port 0 asks the kernel for any port)", f.ports)
+	}
 	if f.ipv6 {
 		n, err := strconv.Atoi(strings.TrimSpace(f.dests))
 		if err != nil {
-			return cfg, nil, fmt.Errorf("bench dial: --dests %q: with --ipv6, a count of destinations", f.dests)
+			return cfg, nil, fmt.Errorf("bench dial: %s %q: with --ipv6, a count of destinations", f.destFlag, f.dests)
 		}
 		if f.sources != bench.DefaultSource {
 			return cfg, nil, fmt.Errorf("bench dial: --sources %q: with --ipv6 the source is the namespace's own address", f.sources)
@@ -160,6 +202,10 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 		}
 		cfg.Sources, cfg.Dests, cfg.LocalPrefix = []netip.Addr{src}, dests, bench.NamespacePrefix
 	} else if cfg.Dests, err = bench.ParseDests(f.dests); err != nil {
+		var ie *bench.InputError
+		if errors.As(err, &ie) {
+			ie.Flag = f.destFlag
+		}
 		return cfg, nil, err
 	}
 	if strings.TrimSpace(f.fill) != "" {
@@ -175,6 +221,13 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 	}
 	if f.workers < 0 {
 		return cfg, nil, fmt.Errorf("bench dial: --workers %d: must not be negative", f.workers)
+	}
+	if f.workers > len(cfg.Dests) {
+		return cfg, nil, fmt.Errorf("bench dial: --workers %d: more than the %d destinations of %s (each dialer process takes whole destinations): use at most --workers %d",
+			f.workers, len(cfg.Dests), f.destFlag, len(cfg.Dests))
+	}
+	if f.warmup < -1 {
+		return cfg, nil, fmt.Errorf("bench dial: --warmup %d: want -1 (none), 0 (min(--conns, 1000)) or a count", f.warmup)
 	}
 	cfg.DestPort = f.destPort
 	cfg.Conns = f.conns
@@ -207,6 +260,18 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 	return cfg, names, nil
 }
 
+// noneOpened fails a run in which a dialer opened none of the connections it
+// attempted (every dial failed), after the report was printed: such a run
+// measured nothing, and a script must not take it for a result.
+func noneOpened(rep *bench.Report) error {
+	for _, r := range rep.Results {
+		if r.Attempted > 0 && r.Opened == 0 {
+			return fmt.Errorf("bench dial: %s opened none of its %d connections (%s); see the notes above for the errors", r.Dialer, r.Attempted, r.Mode)
+		}
+	}
+	return nil
+}
+
 // benchDialers builds the named dialers for cfg.
 func benchDialers(cfg bench.Config, names []string, strategy string) ([]bench.NamedDialer, error) {
 	var out []bench.NamedDialer
@@ -234,7 +299,7 @@ func workerCommand(f benchDialFlags, dialer string) []string {
 		exe = "/proc/self/exe"
 	}
 	args := []string{exe, "bench", "dial",
-		"--proto", f.proto, "--sources", f.sources, "--ports", f.ports, "--dests", f.dests,
+		"--proto", f.proto, "--sources", f.sources, "--ports", f.ports, "--destinations", f.dests,
 		"--conns", fmt.Sprint(f.conns), "--concurrency", fmt.Sprint(f.concurrency),
 		"--timeout", f.timeout.String(), "--dialers", dialer, "--strategy", f.strategy}
 	if f.ipv6 {

@@ -58,6 +58,13 @@ func TestBenchDialBadFlags(t *testing.T) {
 		{[]string{"--hold", "-1s"}, `--hold -1s`},
 		{[]string{"--timeout", "-2s"}, `--timeout -2s`},
 		{[]string{"--sources", "::1"}, `use --ipv6`},
+		{[]string{"--ports", "0"}, `--ports "0": port 0 is not a source port`},
+		{[]string{"--ports", "0-10"}, `--ports "0-10": port 0`},
+		{[]string{"--workers", "5", "--dests", "2"}, `--workers 5: more than the 2 destinations of --dests`},
+		{[]string{"--workers", "3", "--destinations", "2"}, `--workers 3: more than the 2 destinations of --destinations`},
+		{[]string{"--warmup", "-2"}, `--warmup -2`},
+		{[]string{"--role", "bogus"}, `--role "bogus": want listener or dialer`},
+		{[]string{"--destinations", "0"}, `--destinations "0"`},
 	} {
 		_, err := runBenchDial(t, tt.args...)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -84,5 +91,67 @@ func TestBenchDialRunsJSON(t *testing.T) {
 		if r.Opened != 20 || r.Distinct != 20 || r.Census.Duplicates != 0 {
 			t.Errorf("%s: opened %d distinct %d census %+v", r.Dialer, r.Opened, r.Distinct, r.Census)
 		}
+	}
+}
+
+// TestBenchDialNoneOpenedFails checks that a run in which a dialer opened
+// none of its connections is an error (exit status 1), and one that opened
+// some is not.
+func TestBenchDialNoneOpenedFails(t *testing.T) {
+	rep := &bench.Report{Results: []bench.Result{
+		{Dialer: bench.DialerPortspace, Mode: "hold", Attempted: 10, Opened: 10},
+		{Dialer: bench.DialerBaseline, Mode: "hold", Attempted: 10, Opened: 0},
+	}}
+	if err := noneOpened(rep); err == nil || !strings.Contains(err.Error(), "net.Dialer opened none of its 10 connections") {
+		t.Errorf("every dial failed: err = %v", err)
+	}
+	rep.Results[1].Opened = 1
+	if err := noneOpened(rep); err != nil {
+		t.Errorf("some dials opened: %v", err)
+	}
+}
+
+// TestBenchDialDestsAlias checks that --dests still works as the alias of
+// --destinations.
+func TestBenchDialDestsAlias(t *testing.T) {
+	for _, flag := range []string{"--destinations", "--dests"} {
+		f := benchDialFlags{proto: "tcp", sources: "127.0.0.1", ports: "40000-40009", dialers: "net.Dialer", conns: 1, concurrency: 1, rounds: 1}
+		cmd := newBenchDialCmd()
+		if err := cmd.ParseFlags([]string{flag, "3"}); err != nil {
+			t.Fatal(err)
+		}
+		f.dests = cmd.Flags().Lookup("destinations").Value.String()
+		if flag == "--dests" {
+			f.dests = cmd.Flags().Lookup("dests").Value.String()
+		}
+		cfg, _, err := f.config()
+		if err != nil || len(cfg.Dests) != 3 {
+			t.Errorf("%s 3: %d destinations, %v", flag, len(cfg.Dests), err)
+		}
+	}
+}
+
+// TestBenchDialFirstScreen runs bench dial with its default port slice and
+// destinations (fewer connections, to stay quick) and checks that the
+// first screen compares the slice's capacity with portspace (20,000) and
+// with binding each port (1,000), explains the columns and ends with a
+// summary.
+func TestBenchDialFirstScreen(t *testing.T) {
+	out, err := runBenchDial(t, "--rounds", "1", "--conns", "200", "--warmup", "-1")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"portspace (4-tuple sharing)  20,000", "bind each port               1,000",
+		"columns (", "conn/s         connections opened per second (higher is better)",
+		"(higher is better)", "(lower is better)",
+		"summary: the 1,000 ports hold 20,000 connections at once with portspace against 1,000 when binding each port (20.00x)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("first screen lacks %q:\n%s", want, out)
+		}
+	}
+	if i, j := strings.Index(out, "bind each port"), strings.Index(out, "dialer  phase"); i < 0 || j < 0 || i > j {
+		t.Errorf("the capacity comparison does not come before the measured table:\n%s", out)
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -26,6 +28,7 @@ func newCapacityCmd() *cobra.Command {
 		hold         time.Duration
 		destinations int64
 		sources      int64
+		sourceList   string
 		sharing      string
 		asJSON       bool
 	)
@@ -41,7 +44,7 @@ ports × sources / (hold + TIME-WAIT) per destination.
 ("a=6,k=8,psid=18") or platform profile names, alone or mixed ("linux,8080"):
 ` + profileList() + `.`,
 		Example: `  portspace capacity --ports 1000-1999 --time-wait 60s --destinations 1
-  portspace capacity --ports linux --destinations 4 --sources 2 --json
+  portspace capacity --ports linux --destinations 4 --sources 192.0.2.1,192.0.2.2 --json
   portspace capacity --ports windows-legacy --sharing exclusive`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -49,11 +52,26 @@ ports × sources / (hold + TIME-WAIT) per destination.
 			if err != nil {
 				return fmt.Errorf("--ports: %w", err)
 			}
+			if destinations < 0 {
+				return fmt.Errorf("capacity: --destinations %d: must not be negative", destinations)
+			}
+			if hold < 0 {
+				return fmt.Errorf("capacity: --hold %v: must not be negative", hold)
+			}
 			if timeWait <= 0 {
 				return fmt.Errorf("--time-wait %v: must be positive", timeWait)
 			}
-			if sources < 1 {
-				return fmt.Errorf("--sources %d: need at least one source address", sources)
+			switch {
+			case cmd.Flags().Changed("sources") && cmd.Flags().Changed("source-count"):
+				return fmt.Errorf("capacity: give --sources (a list of addresses) or --source-count (a number), not both")
+			case cmd.Flags().Changed("sources"):
+				addrs, err := parseAddrList(sourceList)
+				if err != nil {
+					return fmt.Errorf("capacity: --sources %q: %w", sourceList, err)
+				}
+				sources = int64(len(addrs))
+			case sources < 1:
+				return fmt.Errorf("capacity: --source-count %d: need at least one source address", sources)
 			}
 			sh, err := capacity.ParseSharing(sharing)
 			if err != nil {
@@ -80,9 +98,12 @@ ports × sources / (hold + TIME-WAIT) per destination.
 	f.DurationVar(&timeWait, "time-wait", capacity.DefaultTimeWait, "how long a closed 4-tuple stays in TIME-WAIT (Linux: 60s)")
 	f.DurationVar(&hold, "hold", 0, "how long each connection stays open before the client closes it")
 	f.Int64Var(&destinations, "destinations", 1, "number of distinct destination endpoints (address:port)")
-	f.Int64Var(&sources, "sources", 1, "number of source addresses, each with the whole port set")
+	f.StringVar(&sourceList, "sources", "", "source addresses (comma-separated), each with the whole port set; their number is what counts")
+	f.Int64Var(&sources, "source-count", 1, "number of source addresses, each with the whole port set (instead of listing them with --sources)")
 	f.StringVar(&sharing, "sharing", "4-tuple", "4-tuple (connect() picks the port) or exclusive (bind() before connect())")
 	f.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	_ = cmd.RegisterFlagCompletionFunc("ports", completeList(capacity.PlatformProfiles{}.ProfileNames()...))
+	completeFlag(cmd, "sharing", "4-tuple", "exclusive")
 	return cmd
 }
 
@@ -130,4 +151,24 @@ func writeCapacityTable(w io.Writer, o capacityOutput, timeWait, hold time.Durat
 		fmt.Fprintf(tw, "%s\t%s\n", r[0], r[1])
 	}
 	return tw.Flush()
+}
+
+// parseAddrList parses a comma-separated list of IP addresses; duplicates
+// are an error (they would count one address twice).
+func parseAddrList(in string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	seen := map[netip.Addr]bool{}
+	for item := range strings.SplitSeq(in, ",") {
+		item = strings.TrimSpace(item)
+		a, err := netip.ParseAddr(item)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP address", item)
+		}
+		if seen[a] {
+			return nil, fmt.Errorf("%v is listed twice", a)
+		}
+		seen[a] = true
+		out = append(out, a)
+	}
+	return out, nil
 }

@@ -8,7 +8,7 @@ import (
 )
 
 func TestCapacityJSON(t *testing.T) {
-	out, _, err := runCLI(t, "capacity", "--ports", "1000-1999", "--time-wait", "60s", "--destinations", "3", "--sources", "2", "--json")
+	out, _, err := runCLI(t, "capacity", "--ports", "1000-1999", "--time-wait", "60s", "--destinations", "3", "--source-count", "2", "--json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,11 +60,16 @@ func TestCapacityBadInputNamesFlag(t *testing.T) {
 		{[]string{"--time-wait", "0s"}, "--time-wait 0s"},
 		{[]string{"--time-wait", "-5s"}, "--time-wait -5s"},
 		{[]string{"--time-wait", "soon"}, "--time-wait"},
-		{[]string{"--destinations", "-1"}, "destinations -1"},
+		{[]string{"--destinations", "-1"}, "--destinations -1"},
 		{[]string{"--destinations", "many"}, "--destinations"},
-		{[]string{"--sources", "0"}, "--sources 0"},
+		{[]string{"--source-count", "0"}, "--source-count 0"},
+		{[]string{"--sources", "192.0.2.1,nope"}, `--sources "192.0.2.1,nope": "nope" is not an IP address`},
+		{[]string{"--sources", "192.0.2.1,192.0.2.1"}, "listed twice"},
+		{[]string{"--sources", "192.0.2.1", "--source-count", "2"}, "not both"},
+		{[]string{"--ports", "0"}, `--ports: capacity: ports "0": port 0 is not a source port`},
+		{[]string{"--ports", "0-1023"}, `port 0 is not a source port`},
 		{[]string{"--sharing", "5-tuple"}, `--sharing: capacity: sharing "5-tuple"`},
-		{[]string{"--hold", "-1s"}, "hold -1s"},
+		{[]string{"--hold", "-1s"}, "--hold -1s"},
 	} {
 		_, _, err := runCLI(t, append([]string{"capacity"}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -92,5 +97,24 @@ func TestCapacityExclusiveSharing(t *testing.T) {
 	}
 	if got.Sharing != "exclusive" || got.PerDest != 1000 || got.Total != 1000 || math.Abs(got.TotalNew-1000.0/60) > 1e-9 {
 		t.Errorf("exclusive sharing over 3 destinations: %+v; want totals equal to one destination's 1000 and 16.67/s", got)
+	}
+}
+
+// TestCapacitySourcesList checks that --sources is a list of addresses whose
+// number counts, the same spelling as bench dial's --sources.
+func TestCapacitySourcesList(t *testing.T) {
+	out, _, err := runCLI(t, "capacity", "--ports", "1000-1999", "--sources", "192.0.2.1, 192.0.2.2,2001:db8::1", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Sources int64 `json:"sources"`
+		Total   int64 `json:"total_max_concurrent"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got.Sources != 3 || got.Total != 3000 {
+		t.Errorf("three listed sources: %+v, want sources 3 and 3000 concurrent", got)
 	}
 }

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -32,16 +33,38 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		// --version prints the module's build information (version.go).
+		Version: version(),
 	}
+	root.SetVersionTemplate("portspace {{.Version}}\n")
 	for _, c := range subcommands() {
 		root.AddCommand(c())
 	}
 	return root
 }
 
+// exitError carries the exit status main uses for err (default 1), for
+// commands whose status says more than failed or not (nat whois: 1 when
+// nobody held the endpoint, 2 for an error).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// exitCode returns the exit status for err: an exitError's code, else 1.
+func exitCode(err error) int {
+	if ee := (*exitError)(nil); errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}
+
 func main() {
 	if err := newRootCmd().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "portspace:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }

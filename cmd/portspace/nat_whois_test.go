@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/natlog"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -19,7 +20,7 @@ func writeLog(t *testing.T, extra string) string {
 	t.Helper()
 	t0 := time.Date(2026, 11, 21, 5, 0, 0, 0, time.UTC)
 	var buf bytes.Buffer
-	w := nat.NewLogWriter(&buf, nat.LogOptions{})
+	w := natlog.NewLogWriter(&buf, natlog.LogOptions{})
 	ext := netip.MustParseAddrPort("192.0.2.1:40000")
 	w.Record(nat.Event{Time: t0, Kind: nat.MappingCreated, Proto: tuple.UDP, Subscriber: netip.MustParseAddr("10.0.0.1"),
 		Internal: netip.MustParseAddrPort("10.0.0.1:1000"), External: ext})
@@ -27,7 +28,7 @@ func writeLog(t *testing.T, extra string) string {
 		Internal: netip.MustParseAddrPort("10.0.0.1:1000"), External: ext, Reason: nat.ReasonIdle})
 	w.Flush()
 	buf.WriteString(extra)
-	w = nat.NewLogWriter(&buf, nat.LogOptions{})
+	w = natlog.NewLogWriter(&buf, natlog.LogOptions{})
 	w.Record(nat.Event{Time: t0.Add(5 * time.Minute), Kind: nat.MappingCreated, Proto: tuple.UDP, Subscriber: netip.MustParseAddr("10.0.0.2"),
 		Internal: netip.MustParseAddrPort("10.0.0.2:2000"), External: ext})
 	w.Flush()
@@ -56,7 +57,7 @@ func TestNatWhoisCLI(t *testing.T) {
 	}
 	// Nobody between the deletion and the re-creation.
 	_, _, err = runCLI(t, "nat", "whois", "--log", log, "192.0.2.1:40000", "2026-11-21T05:02:00Z")
-	if !errors.Is(err, nat.ErrNoHolder) {
+	if !errors.Is(err, natlog.ErrNoHolder) {
 		t.Fatalf("gap: %v", err)
 	}
 	// --strict stops at the bad line, naming it.
@@ -69,7 +70,7 @@ func TestNatWhoisCLI(t *testing.T) {
 func TestNatWhoisRemoteCLI(t *testing.T) {
 	t0 := time.Date(2026, 11, 21, 5, 0, 0, 0, time.UTC)
 	var buf bytes.Buffer
-	w := nat.NewLogWriter(&buf, nat.LogOptions{Destinations: true})
+	w := natlog.NewLogWriter(&buf, natlog.LogOptions{Destinations: true})
 	ext := netip.MustParseAddrPort("192.0.2.1:5000")
 	for i, r := range []string{"198.51.100.1:443", "198.51.100.2:443"} {
 		in := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 1000)
@@ -108,6 +109,7 @@ func TestNatWhoisCLIBadInput(t *testing.T) {
 		{[]string{"--deterministic", "192.0.2.1:1"}, "--inside"},
 		{[]string{"--deterministic", "--inside", "100.64.0.0/33", "--outside", "192.0.2.1", "192.0.2.1:1"}, `--inside "100.64.0.0/33"`},
 		{[]string{"--deterministic", "--inside", "100.64.0.0/24", "--outside", "nope", "192.0.2.1:1"}, `--outside "nope"`},
+		{[]string{"--deterministic", "--inside", "100.64.0.0/24", "--external", "nope", "192.0.2.1:1"}, `--external "nope"`},
 	} {
 		_, _, err := runCLI(t, append([]string{"nat", "whois"}, c.args...)...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -120,12 +122,59 @@ func TestNatWhoisDeterministicCLI(t *testing.T) {
 	// 256 inside addresses over 2 outside addresses: 128 per address,
 	// 504 ports each from 1024; 192.0.2.2 port 1024+3*504 is the 132nd
 	// subscriber's first port: 100.64.0.131.
-	args := []string{"nat", "whois", "--deterministic", "--inside", "100.64.0.0/24", "--outside", "192.0.2.1,192.0.2.2"}
+	args := []string{"nat", "whois", "--deterministic", "--inside", "100.64.0.0/24", "--external", "192.0.2.1,192.0.2.2"}
 	out, _, err := runCLI(t, append(args, "192.0.2.2:2536")...)
 	if err != nil || !strings.Contains(out, "held by 100.64.0.131") || !strings.Contains(out, "2536-3039") {
 		t.Fatalf("%q %v", out, err)
 	}
-	if _, _, err := runCLI(t, append(args, "192.0.2.3:2536")...); !errors.Is(err, nat.ErrNoHolder) {
+	// No log was read, so the answer does not talk about one.
+	if strings.Contains(out, "log") || !strings.Contains(out, "deterministic") {
+		t.Fatalf("deterministic answer: %q", out)
+	}
+	out, _, err = runCLI(t, append(args, "--json", "192.0.2.2:2536")...)
+	var hs []map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &hs) != nil || len(hs) != 1 || hs[0]["deterministic"] != true || hs[0]["open"] != false {
+		t.Fatalf("json %q %v", out, err)
+	}
+	// --outside is kept as an alias of --external.
+	args[5] = "--outside"
+	if out, _, err := runCLI(t, append(args, "192.0.2.2:2536")...); err != nil || !strings.Contains(out, "held by 100.64.0.131") {
+		t.Fatalf("--outside: %q %v", out, err)
+	}
+	if _, _, err := runCLI(t, append(args, "192.0.2.3:2536")...); !errors.Is(err, natlog.ErrNoHolder) {
 		t.Fatalf("unknown address: %v", err)
+	}
+}
+
+// TestNatWhoisExitCodes: nat whois exits 0 when it found a holder, 1 when
+// nobody held the endpoint, 2 for an error (bad flag, bad argument, missing
+// log, a bad line with --strict), for the log and the deterministic form.
+func TestNatWhoisExitCodes(t *testing.T) {
+	log := writeLog(t, "this is not json\n")
+	det := []string{"--deterministic", "--inside", "100.64.0.0/24", "--external", "192.0.2.1,192.0.2.2"}
+	for _, c := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"--log", log, "192.0.2.1:40000", "2026-11-21T05:00:30Z"}, 0},
+		{append(det, "192.0.2.2:2536"), 0},
+		{[]string{"--log", log, "192.0.2.1:40000", "2026-11-21T05:02:00Z"}, 1},
+		{[]string{"--log", log, "192.0.2.9:40000", "2026-11-21T05:00:30Z"}, 1},
+		{append(det, "192.0.2.3:2536"), 1},
+		{[]string{"--log", log, "--strict", "192.0.2.1:40000", "2026-11-21T05:00:30Z"}, 2},
+		{[]string{"--log", filepath.Join(t.TempDir(), "missing"), "192.0.2.1:1", "2026-11-21T05:00:30Z"}, 2},
+		{[]string{"--log", log, "192.0.2.1", "2026-11-21T05:00:30Z"}, 2},
+		{[]string{"--no-such-flag", "192.0.2.1:1"}, 2},
+		{[]string{}, 2},
+		{[]string{"--deterministic", "192.0.2.1:1"}, 2},
+	} {
+		_, _, err := runCLI(t, append([]string{"nat", "whois"}, c.args...)...)
+		code := 0
+		if err != nil {
+			code = exitCode(err)
+		}
+		if code != c.code {
+			t.Errorf("nat whois %v: exit %d (%v), want %d", c.args, code, err, c.code)
+		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/portspace/portspace/capacity"
 )
 
 // Report is the outcome of a run: its settings, one Result per dialer and
@@ -32,15 +34,76 @@ type Report struct {
 	Workers        *WorkersFigures  `json:"workers,omitempty"`
 	Results        []Result         `json:"results"`
 	Comparisons    []Comparison     `json:"comparisons,omitempty"`
-	Notes          []string         `json:"notes,omitempty"`
+	// Capacities is how many connections the same port set holds at once
+	// toward the run's destinations, with portspace's 4-tuple sharing and
+	// with binding each port (one connection per port), computed with
+	// capacity.Compute.
+	Capacities []CapacityRow `json:"capacities"`
+	// Summary is the report in one sentence, built from Results,
+	// Comparisons and Capacities, so it cannot say what they do not.
+	Summary string   `json:"summary"`
+	Notes   []string `json:"notes,omitempty"`
 }
+
+// CapacityRow is the number of connections a way of choosing source ports
+// can hold at once from the run's sources and port set toward its
+// destinations.
+type CapacityRow struct {
+	// Method is "portspace (4-tuple sharing)" or "bind each port".
+	Method string `json:"method"`
+	// Connections is the most connections open at once.
+	Connections int64 `json:"connections"`
+	// Why is the arithmetic: "1000 ports x 20 destinations".
+	Why string `json:"why"`
+}
+
+// capacities computes the two CapacityRows of c: portspace shares each port
+// over every destination (capacity.FourTuple), binding each port before
+// connect gives it to one connection (capacity.Exclusive).
+func capacities(c Config) []CapacityRow {
+	in := capacity.Input{Ports: c.Ports, Destinations: int64(len(c.Dests)), Sources: int64(len(c.Sources))}
+	if !c.Ports.IsValid() || len(c.Dests) == 0 {
+		return nil
+	}
+	shared, err1 := capacity.Compute(in)
+	in.Sharing = capacity.Exclusive
+	excl, err2 := capacity.Compute(in)
+	if err1 != nil || err2 != nil {
+		return nil
+	}
+	srcs := ""
+	if len(c.Sources) > 1 {
+		srcs = fmt.Sprintf(" x %d sources", len(c.Sources))
+	}
+	return []CapacityRow{
+		{Method: CapacityShared, Connections: shared.TotalMaxConcurrent,
+			Why: fmt.Sprintf("%s ports x %s destinations%s: a port carries one connection per destination", group(int64(c.Ports.Len())), group(int64(len(c.Dests))), srcs)},
+		{Method: CapacityBindEach, Connections: excl.TotalMaxConcurrent,
+			Why: fmt.Sprintf("%s ports%s: bind() before connect() holds a port for one connection", group(int64(c.Ports.Len())), srcs)},
+	}
+}
+
+// The methods of the CapacityRows.
+const (
+	CapacityShared   = "portspace (4-tuple sharing)"
+	CapacityBindEach = "bind each port"
+)
 
 // Comparison is a named ratio between two results, such as the portspace
 // dialer's connection rate over the baseline's.
 type Comparison struct {
 	What  string  `json:"what"`
 	Ratio float64 `json:"ratio"`
+	// Better is "higher" or "lower": which way the ratio is good for
+	// portspace (or, for a latency ratio, for the dialer named).
+	Better string `json:"better"`
 }
+
+// The directions of a Comparison.
+const (
+	HigherIsBetter = "higher"
+	LowerIsBetter  = "lower"
+)
 
 func newReport(c Config) *Report {
 	return &Report{
@@ -54,6 +117,7 @@ func newReport(c Config) *Report {
 		Rounds:      c.Rounds,
 		Concurrency: c.Concurrency,
 		HoldSeconds: c.Hold.Seconds(),
+		Capacities:  capacities(c),
 	}
 }
 
@@ -83,8 +147,9 @@ func (r *Report) compare() {
 			continue
 		}
 		c := Comparison{
-			What:  fmt.Sprintf("%s/%s conns per second (%s)", DialerPortspace, DialerBaseline, phaseName(k.mode, k.fill)),
-			Ratio: round3(p.ConnsPerSec / b.ConnsPerSec),
+			What:   fmt.Sprintf("%s/%s conns per second (%s)", DialerPortspace, DialerBaseline, phaseName(k.mode, k.fill)),
+			Ratio:  round3(p.ConnsPerSec / b.ConnsPerSec),
+			Better: HigherIsBetter,
 		}
 		if n := len(p.RoundConnsPerSec); n > 1 && n == len(b.RoundConnsPerSec) {
 			// Each round runs both dialers back to back; the median of
@@ -104,8 +169,9 @@ func (r *Report) compare() {
 		r.Comparisons = append(r.Comparisons, c)
 		if p.CPUPerConnUs > 0 && b.CPUPerConnUs > 0 {
 			r.Comparisons = append(r.Comparisons, Comparison{
-				What:  fmt.Sprintf("%s/%s CPU time per connection (%s)", DialerPortspace, DialerBaseline, phaseName(k.mode, k.fill)),
-				Ratio: round3(p.CPUPerConnUs / b.CPUPerConnUs),
+				What:   fmt.Sprintf("%s/%s CPU time per connection (%s)", DialerPortspace, DialerBaseline, phaseName(k.mode, k.fill)),
+				Ratio:  round3(p.CPUPerConnUs / b.CPUPerConnUs),
+				Better: LowerIsBetter,
 			})
 		}
 	}
@@ -120,12 +186,42 @@ func (r *Report) compare() {
 			}
 			if res, ok := byKey[k][name]; ok {
 				r.Comparisons = append(r.Comparisons, Comparison{
-					What:  fmt.Sprintf("%s p50 at %v%% fill / at 0%% fill", name, k.fill),
-					Ratio: round3(res.P50us / zero.P50us),
+					What:   fmt.Sprintf("%s p50 at %v%% fill / at 0%% fill", name, k.fill),
+					Ratio:  round3(res.P50us / zero.P50us),
+					Better: LowerIsBetter,
 				})
 			}
 		}
 	}
+	r.summarize()
+}
+
+// summarize sets Summary from the capacity rows, the results and the
+// comparisons (so it says nothing they do not).
+func (r *Report) summarize() {
+	var parts []string
+	if len(r.Capacities) == 2 && r.Capacities[1].Connections > 0 {
+		sh, be := r.Capacities[0], r.Capacities[1]
+		parts = append(parts, fmt.Sprintf("the %s ports hold %s connections at once with portspace against %s when binding each port (%.2fx)",
+			group(int64(r.PortCount)), group(sh.Connections), group(be.Connections), float64(sh.Connections)/float64(be.Connections)))
+	}
+	for _, res := range r.Results {
+		if res.Dialer != DialerPortspace {
+			continue
+		}
+		s := fmt.Sprintf("portspace opened %s of %s (%s)", group(int64(res.Opened)), group(int64(res.Attempted)), phaseName(res.Mode, res.FillPercent))
+		if res.Census.Taken {
+			s += fmt.Sprintf(" with %d duplicate 4-tuples in the census", res.Census.Duplicates)
+		}
+		parts = append(parts, s)
+	}
+	for _, c := range r.Comparisons {
+		if !strings.HasPrefix(c.What, DialerPortspace+"/") {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2f (%s is better)", c.What, c.Ratio, c.Better))
+	}
+	r.Summary = strings.Join(parts, "; ")
 }
 
 // median returns the median of v (the mean of the middle two for an even
@@ -179,6 +275,15 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "portspace bench dial: %s from %s, ports %s (%d), %s, capacity %d\n",
 		r.Proto, strings.Join(srcs, ","), r.Ports, r.PortCount, dests, r.Capacity)
+	if len(r.Capacities) > 0 {
+		fmt.Fprintf(&b, "\nconnections the same %s ports hold at once toward the %d destinations (computed; higher is better):\n", group(int64(r.PortCount)), r.Dests)
+		ctw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		for _, c := range r.Capacities {
+			fmt.Fprintf(ctw, "  %s\t%s\t%s\n", c.Method, group(c.Connections), c.Why)
+		}
+		ctw.Flush()
+		b.WriteString("  (a run with --conns above the capacity measures it: the dials beyond it are exhausted)\n\n")
+	}
 	rounds := ""
 	if r.Rounds > 1 {
 		rounds = fmt.Sprintf(" and round (%d rounds, dialer order alternating, figures summed)", r.Rounds)
@@ -214,11 +319,15 @@ func (r *Report) WriteTable(w io.Writer) error {
 			res.Distinct, census, dups, res.ConnsPerSec, cpu, fmtUs(res.P50us), fmtUs(res.P99us))
 	}
 	tw.Flush()
+	b.WriteString(tableLegend)
 	if len(r.Comparisons) > 0 {
-		b.WriteString("\n")
+		b.WriteString("\nratios:\n")
 		for _, c := range r.Comparisons {
-			fmt.Fprintf(&b, "%s: %.2f\n", c.What, c.Ratio)
+			fmt.Fprintf(&b, "  %s: %.2f (%s is better)\n", c.What, c.Ratio, c.Better)
 		}
+	}
+	if r.Summary != "" {
+		fmt.Fprintf(&b, "\nsummary: %s.\n", r.Summary)
 	}
 	var extra []string
 	for _, res := range r.Results {
@@ -249,6 +358,40 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// tableLegend explains the columns of the results table.
+const tableLegend = `
+columns (measured; net.Dialer binds the source with port 0, so the kernel
+picks from its whole ephemeral range, not from --ports):
+  dialer, phase  who dialed; hold (connections held) or N% fill (a pre-fill held)
+  opened         connections opened / attempted (measured, summed over rounds)
+  exhausted      dials refused for lack of a free source port (dial.ErrExhausted)
+  eaddrnotavail  dials the kernel refused with EADDRNOTAVAIL
+  timeout other  dials that timed out, and that failed otherwise
+  distinct       distinct 4-tuples among the held connections (equals opened)
+  census         ESTABLISHED (TCP) or connected (UDP) sockets of the run that
+                 an independent sock_diag dump counted
+  dups           4-tuples held by more than one socket in the census (must be 0)
+  conn/s         connections opened per second (higher is better)
+  cpu/conn       process CPU time per opened connection (lower is better)
+  p50 p99        connect latency, median and 99th percentile (lower is better)
+`
+
+// group writes n with thousands separators: 20000 -> "20,000".
+func group(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	if n < 0 {
+		return "-" + group(-n)
+	}
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
 }
 
 func fmtUs(v float64) string {

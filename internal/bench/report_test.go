@@ -229,3 +229,90 @@ func TestDistinctTuples(t *testing.T) {
 		t.Errorf("distinctTuples = %d, want 2 (two conns share one 4-tuple)", n)
 	}
 }
+
+// TestReportCapacityRows checks the capacity comparison on the first
+// screen: the default run's 1,000 ports toward 20 destinations hold 20,000
+// connections with portspace and 1,000 when binding each port; sources
+// multiply both.
+func TestReportCapacityRows(t *testing.T) {
+	dests, _ := CountDests(DefaultDests)
+	cfg := Config{Proto: tuple.TCP, Dests: dests, Ports: tuple.MustParsePortSet(DefaultPorts)}.withDefaults()
+	r := newReport(cfg)
+	if len(r.Capacities) != 2 || r.Capacities[0].Method != CapacityShared || r.Capacities[0].Connections != 20000 ||
+		r.Capacities[1].Method != CapacityBindEach || r.Capacities[1].Connections != 1000 {
+		t.Fatalf("default capacities %+v, want 20000 shared and 1000 bind-each", r.Capacities)
+	}
+	r.compare()
+	var b bytes.Buffer
+	if err := r.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"portspace (4-tuple sharing)  20,000", "bind each port               1,000", "higher is better"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+	cfg.Sources = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")}
+	if c := capacities(cfg); c[0].Connections != 40000 || c[1].Connections != 2000 {
+		t.Errorf("two sources: %+v, want 40000 and 2000", c)
+	}
+}
+
+// TestReportLegendAndDirections checks that every column of the results
+// table is explained in the legend and that every ratio says which way is
+// better: higher for the rate, lower for CPU and latency.
+func TestReportLegendAndDirections(t *testing.T) {
+	r := &Report{Results: []Result{
+		{Dialer: DialerPortspace, Mode: "hold", ConnsPerSec: 900, CPUPerConnUs: 30},
+		{Dialer: DialerBaseline, Mode: "hold", ConnsPerSec: 1000, CPUPerConnUs: 20},
+		{Dialer: DialerPortspace, Mode: "fill", FillPercent: 0, P50us: 40},
+		{Dialer: DialerPortspace, Mode: "fill", FillPercent: 95, P50us: 50},
+	}}
+	r.compare()
+	want := map[string]string{"conns per second": HigherIsBetter, "CPU time per": LowerIsBetter, "p50 at 95% fill": LowerIsBetter}
+	for _, c := range r.Comparisons {
+		for part, dir := range want {
+			if strings.Contains(c.What, part) && c.Better != dir {
+				t.Errorf("%s: better %q, want %q", c.What, c.Better, dir)
+			}
+		}
+	}
+	var b bytes.Buffer
+	if err := sampleReport().WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if !strings.Contains(out, "portspace/net.Dialer conns per second (hold): 1.25 (higher is better)") {
+		t.Errorf("rate ratio without its direction:\n%s", out)
+	}
+	legend := out[strings.Index(out, "columns ("):]
+	for _, col := range []string{"dialer", "phase", "opened", "exhausted", "eaddrnotavail", "timeout", "other", "distinct", "census", "dups", "conn/s", "cpu/conn", "p50", "p99"} {
+		if !strings.Contains(legend, "  "+col+" ") && !strings.Contains(legend, " "+col+",") && !strings.Contains(legend, " "+col+"  ") {
+			t.Errorf("legend does not explain %q:\n%s", col, legend)
+		}
+	}
+}
+
+// TestSummaryFollowsTheRows checks that the summary is computed from the
+// capacity rows, the results and the ratios: change a row and the summary
+// changes with it; drop the baseline and it claims no ratio.
+func TestSummaryFollowsTheRows(t *testing.T) {
+	r := sampleReport()
+	for _, want := range []string{"the 10 ports hold 200 connections at once with portspace against 10 when binding each port (20.00x)",
+		"portspace opened 200 of 201 (hold) with 0 duplicate 4-tuples", "conns per second (hold) 1.25 (higher is better)"} {
+		if !strings.Contains(r.Summary, want) {
+			t.Errorf("summary %q lacks %q", r.Summary, want)
+		}
+	}
+	r.Results[0].ConnsPerSec = 8000 // half the baseline's 16000
+	r.Results[0].Census.Duplicates = 3
+	r.compare()
+	if !strings.Contains(r.Summary, "(hold) 0.50 (higher") || !strings.Contains(r.Summary, "with 3 duplicate 4-tuples") {
+		t.Errorf("summary did not follow the rows: %q", r.Summary)
+	}
+	r.Results = r.Results[:1]
+	r.compare()
+	if strings.Contains(r.Summary, "net.Dialer") {
+		t.Errorf("summary names a ratio without a baseline: %q", r.Summary)
+	}
+}

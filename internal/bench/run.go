@@ -188,6 +188,9 @@ type runner struct {
 	l       *Listeners
 	eps     []netip.AddrPort
 	network string
+	// done, when set, counts the dials finished (opened or failed), for
+	// progress reports.
+	done *atomic.Int64
 }
 
 // batch is the outcome of opening a number of connections.
@@ -230,6 +233,9 @@ func (r *runner) open(ctx context.Context, d Dialer, first, n int, churn bool) b
 				c, err := d.DialContext(dctx, r.network, ep.String())
 				lat := time.Since(t0)
 				cancel()
+				if r.done != nil {
+					r.done.Add(1)
+				}
 				if err != nil {
 					kind := Classify(err, r.cfg.Exhausted)
 					mu.Lock()

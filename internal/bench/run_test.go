@@ -1,16 +1,21 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
@@ -250,3 +255,68 @@ func TestSplitAndConnsFor(t *testing.T) {
 		t.Errorf("parseShard(5-3) succeeded")
 	}
 }
+
+// TestWorkerProgress checks the progress path of a multi-process run
+// without processes or sleeping: a dialer process reports its finished
+// dials at each tick (and nothing once stopped), and the coordinator sums
+// the reports of all processes and hands on each one's final message.
+func TestWorkerProgress(t *testing.T) {
+	msgs := make(chan string, 10)
+	enc := json.NewEncoder(chanWriter(msgs))
+	var done atomic.Int64
+	tick := make(chan time.Time)
+	stop := make(chan struct{})
+	stopped := reportProgress(enc, &done, tick, stop)
+	tick <- time.Time{} // nothing done yet: no message
+	tick <- time.Time{}
+	close(stop)
+	<-stopped
+	if len(msgs) != 0 {
+		t.Fatalf("a progress message with nothing done: %q", <-msgs)
+	}
+	stop = make(chan struct{})
+	stopped = reportProgress(enc, &done, tick, stop)
+	done.Store(7)
+	tick <- time.Time{}
+	if m := <-msgs; m != "{\"done\":7}\n" {
+		t.Fatalf("first progress message %q, want done 7", m)
+	}
+	done.Store(9)
+	tick <- time.Time{}
+	if m := <-msgs; m != "{\"done\":9}\n" {
+		t.Fatalf("second progress message %q, want done 9", m)
+	}
+	close(stop)
+	<-stopped
+	if len(msgs) != 0 {
+		t.Fatalf("%d messages besides done 7 and 9", len(msgs))
+	}
+
+	proc := func(lines string) *workerProc {
+		return &workerProc{out: bufio.NewScanner(strings.NewReader(lines)), shard: "test"}
+	}
+	a := proc(`{"done":5}` + "\n" + `{"done":10}` + "\n" + `{"result":{"dialer":"portspace","opened":10}}` + "\n")
+	b := proc(`{"done":3}` + "\n" + `{"result":{"dialer":"portspace","opened":4}}` + "\n")
+	var mu sync.Mutex
+	var sums []int64
+	finals := collectDialers([]*workerProc{a, b}, func(n int64) { mu.Lock(); sums = append(sums, n); mu.Unlock() })
+	fa, fb := <-finals[0], <-finals[1]
+	if fa.err != nil || fa.msg.Result == nil || fa.msg.Result.Opened != 10 || fb.err != nil || fb.msg.Result == nil || fb.msg.Result.Opened != 4 {
+		t.Fatalf("finals %+v %+v", fa, fb)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sums) != 3 || slices.Max(sums) != 13 {
+		t.Errorf("progress sums %v, want three reports reaching 10+3 = 13", sums)
+	}
+	c := proc(`{"done":2}` + "\n") // ends without a result
+	if f := <-collectDialers([]*workerProc{c}, nil)[0]; f.err == nil {
+		t.Errorf("a process that ended without a result: %+v, want an error", f)
+	}
+}
+
+// chanWriter sends each Write to a channel, so that a test reads the
+// messages of a goroutine one by one.
+type chanWriter chan string
+
+func (w chanWriter) Write(b []byte) (int, error) { w <- string(b); return len(b), nil }

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/portspace/portspace/tuple"
@@ -40,7 +41,14 @@ type WorkersOptions struct {
 	// Dialer is the name the dialer processes' figures are reported
 	// under (empty: DialerPortspace).
 	Dialer string
+	// Progress, when set, is called with the number of dials the dialer
+	// processes have finished so far (opened or failed), a few times a
+	// second while they dial (see internal/progress).
+	Progress func(done int64)
 }
+
+// progressEvery is how often a dialer process reports its finished dials.
+const progressEvery = 500 * time.Millisecond
 
 // WorkersFigures are the extra figures of a multi-process run: how many
 // processes held the connections and how much memory they took at the peak.
@@ -88,6 +96,8 @@ type roleMsg struct {
 	// CPUNs is the worker's CPU time (user + system) so far.
 	CPUNs int64  `json:"cpu_ns,omitempty"`
 	Err   string `json:"error,omitempty"`
+	// Done is a dialer process's progress report: dials finished so far.
+	Done int64 `json:"done,omitempty"`
 }
 
 // shard is a contiguous run of destination indices [First, Last].
@@ -240,8 +250,10 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 	}
 	var lats []time.Duration
 	var cpu time.Duration
-	for _, p := range dialers {
-		m, err := p.next()
+	finals := collectDialers(dialers, opts.Progress)
+	for i := range dialers {
+		f := <-finals[i]
+		m, err := f.msg, f.err
 		if err != nil {
 			return nil, fmt.Errorf("bench: dialer process: %w", err)
 		}
@@ -321,7 +333,68 @@ func RunWorkers(ctx context.Context, cfg Config, opts WorkersOptions) (*Report, 
 		p.stop()
 	}
 	procs = nil
+	rep.summarize()
 	return rep, nil
+}
+
+// finalMsg is a dialer process's last message, or the error reading it.
+type finalMsg struct {
+	msg roleMsg
+	err error
+}
+
+// collectDialers reads every dialer process's messages in a goroutine of
+// its own: progress reports (Done) go to progress as the sum over the
+// processes, and the final message (the result or an error) to the
+// process's channel.
+func collectDialers(dialers []*workerProc, progress func(int64)) []chan finalMsg {
+	finals := make([]chan finalMsg, len(dialers))
+	var mu sync.Mutex
+	done := make([]int64, len(dialers))
+	for i, p := range dialers {
+		finals[i] = make(chan finalMsg, 1)
+		go func() {
+			for {
+				m, err := p.next()
+				if err == nil && m.Result == nil && m.Err == "" && m.Done > 0 {
+					if progress != nil {
+						mu.Lock()
+						done[i] = m.Done
+						var sum int64
+						for _, d := range done {
+							sum += d
+						}
+						progress(sum)
+						mu.Unlock()
+					}
+					continue
+				}
+				finals[i] <- finalMsg{m, err}
+				return
+			}
+		}()
+	}
+	return finals
+}
+
+// reportProgress sends a Done message on enc at every tick until stop is
+// closed; the returned channel is closed when it has stopped writing.
+func reportProgress(enc *json.Encoder, done *atomic.Int64, tick <-chan time.Time, stop <-chan struct{}) <-chan struct{} {
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick:
+				if n := done.Load(); n > 0 {
+					_ = enc.Encode(roleMsg{Done: n})
+				}
+			}
+		}
+	}()
+	return stopped
 }
 
 // freePort finds a port free on dest for proto by binding port 0.
@@ -447,9 +520,15 @@ func RunRole(ctx context.Context, role, shardSpec string, cfg Config, d Dialer, 
 		for i, a := range dests {
 			eps[i] = netip.AddrPortFrom(a, cfg.DestPort)
 		}
-		r := &runner{cfg: cfg, eps: eps, network: network(cfg.Proto, cfg.Sources[0].Is6())}
+		r := &runner{cfg: cfg, eps: eps, network: network(cfg.Proto, cfg.Sources[0].Is6()), done: new(atomic.Int64)}
 		n := connsFor(cfg.Conns, len(cfg.Dests), s)
+		stop := make(chan struct{})
+		ticker := time.NewTicker(progressEvery)
+		stopped := reportProgress(enc, r.done, ticker.C, stop)
 		b := r.open(ctx, d, 0, n, false)
+		close(stop)
+		<-stopped // no progress message after the result
+		ticker.Stop()
 		held := appendConns(nil, b.conns)
 		defer func() {
 			for _, c := range held {

@@ -1,4 +1,6 @@
-// Package doccheck holds the test that every package of the module has a
-// package doc and every exported name a doc comment (convention 7 in
-// DEVELOPERS.md). It has no code of its own.
+// Package doccheck holds the tests that every package of the module has a
+// package doc and every exported name a doc comment, and that only the
+// packages on its allow-list (internal/netsys, the syscall and netlink
+// boundary, and internal/bench for its independent census) import
+// golang.org/x/sys/unix or netlink. It has no code of its own.
 package doccheck

@@ -33,31 +33,63 @@ func TestDocs(t *testing.T) {
 	}
 	for dir := range dirs {
 		fset := token.NewFileSet()
-		pkgs, err := parser.ParseDir(fset, dir, func(fi os.FileInfo) bool {
-			return !strings.HasSuffix(fi.Name(), "_test.go")
-		}, parser.ParseComments)
+		pkgs, err := parsePackages(fset, dir)
 		if err != nil {
 			t.Errorf("%s: %v", dir, err)
 			continue
 		}
 		for _, pkg := range pkgs {
 			hasDoc := false
-			for _, f := range pkg.Files {
+			for _, f := range pkg.files {
 				if f.Doc != nil && strings.TrimSpace(f.Doc.Text()) != "" {
 					hasDoc = true
 				}
 			}
 			if !hasDoc {
-				t.Errorf("%s: package %s has no package doc", dir, pkg.Name)
+				t.Errorf("%s: package %s has no package doc", dir, pkg.name)
 			}
-			if pkg.Name == "main" {
+			if pkg.name == "main" {
 				continue
 			}
-			for name, f := range pkg.Files {
+			for name, f := range pkg.files {
 				checkFile(t, fset, name, f)
 			}
 		}
 	}
+}
+
+// pkgFiles is one package's non-test files, parsed with comments.
+type pkgFiles struct {
+	name  string
+	files map[string]*ast.File
+}
+
+// parsePackages parses the non-test Go files of dir and groups them by
+// package name (go/parser.ParseDir, deprecated, did the same).
+func parsePackages(fset *token.FileSet, dir string) (map[string]*pkgFiles, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	pkgs := map[string]*pkgFiles{}
+	for _, e := range entries {
+		n := e.Name()
+		if e.IsDir() || !strings.HasSuffix(n, ".go") || strings.HasSuffix(n, "_test.go") {
+			continue
+		}
+		p := filepath.Join(dir, n)
+		f, err := parser.ParseFile(fset, p, nil, parser.ParseComments)
+		if err != nil {
+			return nil, err
+		}
+		pk := pkgs[f.Name.Name]
+		if pk == nil {
+			pk = &pkgFiles{name: f.Name.Name, files: map[string]*ast.File{}}
+			pkgs[f.Name.Name] = pk
+		}
+		pk.files[p] = f
+	}
+	return pkgs, nil
 }
 
 func checkFile(t *testing.T, fset *token.FileSet, name string, f *ast.File) {

@@ -1,4 +1,4 @@
-package nat
+package natlog
 
 import (
 	"cmp"
@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/portspace/portspace/nat"
 	"github.com/portspace/portspace/portalloc"
 	"github.com/portspace/portspace/tuple"
 )
@@ -42,6 +43,10 @@ type Holding struct {
 	To time.Time
 	// Reason is the reason of the deletion event, if any.
 	Reason string
+	// Deterministic says that the holding follows from RFC 7422
+	// deterministic parameters (WhoisDeterministic): the block belongs to
+	// the subscriber at every time, and no log was read.
+	Deterministic bool
 }
 
 // Open reports whether the holding had not ended by the end of the log.
@@ -71,6 +76,9 @@ func (h Holding) String() string {
 	if h.Remote.IsValid() {
 		s += fmt.Sprintf(" to %v", h.Remote)
 	}
+	if h.Deterministic {
+		return s + " at any time (RFC 7422 deterministic block)"
+	}
 	from, to := "before the log", "end of log (still held)"
 	if !h.From.IsZero() {
 		from = h.From.UTC().Format(time.RFC3339Nano)
@@ -83,7 +91,7 @@ func (h Holding) String() string {
 
 // ErrNoHolder is matched (errors.Is) by Whois errors when no subscriber held
 // the external endpoint at the time asked.
-var ErrNoHolder = errors.New("nat: no holder")
+var ErrNoHolder = errors.New("natlog: no holder")
 
 // noHolderError is the error of a whois without answer; it names the
 // question and matches ErrNoHolder.
@@ -153,16 +161,16 @@ func NewIndexFor(ext netip.AddrPort) *Index {
 }
 
 // relevant reports whether ev can matter to a whois about ix.only.
-func (ix *Index) relevant(ev Event) bool {
+func (ix *Index) relevant(ev nat.Event) bool {
 	switch ev.Kind {
-	case BlockAllocated, BlockFreed:
+	case nat.BlockAllocated, nat.BlockFreed:
 		return ev.External.Addr() == ix.only.Addr() && ev.Block.Contains(ix.only.Port())
 	}
 	return ev.External == ix.only
 }
 
-// Record implements EventSink, so an Index can follow an Engine live.
-func (ix *Index) Record(ev Event) { ix.Add(ev) }
+// Record implements nat.EventSink, so an Index can follow a nat.Engine live.
+func (ix *Index) Record(ev nat.Event) { ix.Add(ev) }
 
 // Add adds one event. A creation opens an interval; a deletion closes the
 // oldest open interval with the same protocol, internal, external and (when
@@ -172,7 +180,7 @@ func (ix *Index) Record(ev Event) { ix.Add(ev) }
 // by subscriber, address and block; a second allocation of an open block
 // closes the first. A deletion without a creation (the log starts mid-way)
 // gives an interval with a zero From.
-func (ix *Index) Add(ev Event) {
+func (ix *Index) Add(ev nat.Event) {
 	ix.events++
 	if ix.first.IsZero() || ev.Time.Before(ix.first) {
 		ix.first = ev.Time
@@ -188,15 +196,15 @@ func (ix *Index) Add(ev Event) {
 		sub = ev.Internal.Addr()
 	}
 	switch ev.Kind {
-	case MappingCreated, SessionCreated, MappingDeleted, SessionDeleted:
+	case nat.MappingCreated, nat.SessionCreated, nat.MappingDeleted, nat.SessionDeleted:
 		hs, open := ix.mappings, ix.openMap
-		if ev.Kind == SessionCreated || ev.Kind == SessionDeleted {
+		if ev.Kind == nat.SessionCreated || ev.Kind == nat.SessionDeleted {
 			hs, open = ix.sessions, ix.openSess
 		}
 		ext := ev.External
 		k := mappingKey{ev.Proto, ev.Internal, ext, ev.Remote}
 		q := open[k]
-		if ev.Kind == MappingCreated || ev.Kind == SessionCreated {
+		if ev.Kind == nat.MappingCreated || ev.Kind == nat.SessionCreated {
 			if len(q) > 0 {
 				ix.dups++
 			}
@@ -218,11 +226,11 @@ func (ix *Index) Add(ev Event) {
 		ix.unmatched++
 		hs[ext] = append(hs[ext], Holding{Proto: ev.Proto, Subscriber: sub, Internal: ev.Internal,
 			External: ext, Remote: ev.Remote, Block: ev.Block, To: ev.Time, Reason: ev.Reason})
-	case BlockAllocated, BlockFreed:
+	case nat.BlockAllocated, nat.BlockFreed:
 		addr := ev.External.Addr()
 		k := blockKey{ev.Proto, ev.Subscriber, addr, ev.Block}
 		i, open := ix.openBlock[k]
-		if ev.Kind == BlockAllocated {
+		if ev.Kind == nat.BlockAllocated {
 			if open {
 				ix.blocks[addr][i].To = ev.Time
 				ix.dups++
@@ -308,9 +316,9 @@ func (ix *Index) Whois(ext netip.AddrPort, at time.Time) ([]Holding, error) {
 	if len(out) == 0 {
 		when := at.UTC().Format(time.RFC3339Nano)
 		if !seen {
-			return nil, noHolder("nat: whois %v at %s: no holder (the log never mentions it)", ext, when)
+			return nil, noHolder("natlog: whois %v at %s: no holder (the log never mentions it)", ext, when)
 		}
-		return nil, noHolder("nat: whois %v at %s: no holder at that time", ext, when)
+		return nil, noHolder("natlog: whois %v at %s: no holder at that time", ext, when)
 	}
 	slices.SortFunc(out, func(a, b Holding) int {
 		if c := a.From.Compare(b.From); c != 0 {
@@ -326,7 +334,7 @@ func (ix *Index) Whois(ext netip.AddrPort, at time.Time) ([]Holding, error) {
 
 // WhoisRemote is Whois for one flow: the holders of ext at time at whose
 // mapping or session went to remote. It needs a log written with
-// destinations (LogOptions.Destinations and Config.LogDestinations), and is
+// destinations (LogOptions.Destinations and nat.Config.LogDestinations), and is
 // the only way to tell apart subscribers sharing an external port under
 // RFC 7857 port overlapping. The error wraps ErrNoHolder when there is none.
 func (ix *Index) WhoisRemote(ext, remote netip.AddrPort, at time.Time) ([]Holding, error) {
@@ -342,7 +350,7 @@ func (ix *Index) WhoisRemote(ext, remote netip.AddrPort, at time.Time) ([]Holdin
 		}
 	}
 	if len(out) == 0 {
-		return nil, noHolder("nat: whois %v from %v at %s: no holder (the log has no flow to that remote then; were destinations logged?)",
+		return nil, noHolder("natlog: whois %v from %v at %s: no holder (the log has no flow to that remote then; were destinations logged?)",
 			ext, remote, at.UTC().Format(time.RFC3339Nano))
 	}
 	slices.SortFunc(out, func(a, b Holding) int { return a.From.Compare(b.From) })
@@ -406,8 +414,8 @@ func (ix *Index) ReadFrom(r *LogReader, onBad func(*LogError) error) error {
 func WhoisDeterministic(d *portalloc.Deterministic, ext netip.AddrPort) (Holding, error) {
 	in, ok := d.Reverse(ext)
 	if !ok {
-		return Holding{}, noHolder("nat: whois %v: no holder (not in any deterministic block)", ext)
+		return Holding{}, noHolder("natlog: whois %v: no holder (not in any deterministic block)", ext)
 	}
 	_, block, _ := d.Forward(in)
-	return Holding{Subscriber: in, External: ext, Block: block, IsBlock: true}, nil
+	return Holding{Subscriber: in, External: ext, Block: block, IsBlock: true, Deterministic: true}, nil
 }

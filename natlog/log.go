@@ -1,4 +1,4 @@
-package nat
+package natlog
 
 import (
 	"bufio"
@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/portspace/portspace/nat"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -28,7 +29,7 @@ type LogOptions struct {
 	// underlying writer; 0 means 64 KiB. Call Flush to write the rest.
 	BufferSize int
 	// Compact omits the mapping events of ports that belong to a port
-	// block (Event.Block valid on creation: bulk port allocation or RFC 7422
+	// block (nat.Event.Block valid on creation: bulk port allocation or RFC 7422
 	// deterministic blocks). The block events (or, for deterministic NAT,
 	// its parameters) already attribute every port of the block to its
 	// subscriber, which is how bulk allocation and deterministic NAT cut
@@ -38,7 +39,7 @@ type LogOptions struct {
 	Compact bool
 }
 
-// LogWriter is an EventSink that writes one JSON object per event and line
+// LogWriter is a nat.EventSink that writes one JSON object per event and line
 // (JSON Lines), the log RFC 6888 REQ-12 and RFC 7422 expect a CGN to
 // keep so that an external endpoint can be traced back to a subscriber:
 //
@@ -69,9 +70,9 @@ func NewLogWriter(w io.Writer, opts LogOptions) *LogWriter {
 	return &LogWriter{w: w, opts: opts, buf: make([]byte, 0, opts.BufferSize+512)}
 }
 
-// Record implements EventSink: it appends ev as one JSON line.
-func (l *LogWriter) Record(ev Event) {
-	if !l.opts.Destinations && (ev.Kind == SessionCreated || ev.Kind == SessionDeleted) {
+// Record implements nat.EventSink: it appends ev as one JSON line.
+func (l *LogWriter) Record(ev nat.Event) {
+	if !l.opts.Destinations && (ev.Kind == nat.SessionCreated || ev.Kind == nat.SessionDeleted) {
 		return
 	}
 	if l.opts.Compact && l.omit(ev) {
@@ -89,10 +90,10 @@ func (l *LogWriter) Record(ev Event) {
 
 // omit reports whether Compact drops ev: the creation of a mapping inside a
 // block, and the deletion of a mapping whose creation was dropped.
-func (l *LogWriter) omit(ev Event) bool {
+func (l *LogWriter) omit(ev nat.Event) bool {
 	k := mappingKey{ev.Proto, ev.Internal, ev.External, ev.Remote}
 	switch ev.Kind {
-	case MappingCreated:
+	case nat.MappingCreated:
 		if !ev.Block.IsValid() {
 			return false
 		}
@@ -101,7 +102,7 @@ func (l *LogWriter) omit(ev Event) bool {
 		}
 		l.omitted[k]++
 		return true
-	case MappingDeleted:
+	case nat.MappingDeleted:
 		if n := l.omitted[k]; n > 0 {
 			if n == 1 {
 				delete(l.omitted, k)
@@ -121,7 +122,7 @@ func (l *LogWriter) flush() {
 	}
 	if l.err == nil {
 		if _, err := l.w.Write(l.buf); err != nil {
-			l.err = fmt.Errorf("nat: event log: %w", err)
+			l.err = fmt.Errorf("natlog: event log: %w", err)
 		}
 	}
 	l.buf = l.buf[:0]
@@ -146,7 +147,7 @@ func (l *LogWriter) Bytes() int64 { return l.bytes }
 // AppendEventJSON appends ev as a JSON object (no newline) to b, in the
 // LogWriter format; withRemote controls the "remote" field. It does not
 // allocate when b has room.
-func AppendEventJSON(b []byte, ev Event, withRemote bool) []byte {
+func AppendEventJSON(b []byte, ev nat.Event, withRemote bool) []byte {
 	b = append(b, `{"time":"`...)
 	b = ev.Time.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","kind":`...)
@@ -168,7 +169,7 @@ func AppendEventJSON(b []byte, ev Event, withRemote bool) []byte {
 	}
 	if ev.External.Addr().IsValid() {
 		b = append(b, `,"external":"`...)
-		if ev.Kind == BlockAllocated || ev.Kind == BlockFreed {
+		if ev.Kind == nat.BlockAllocated || ev.Kind == nat.BlockFreed {
 			b = ev.External.Addr().AppendTo(b) // a block event has no port
 		} else {
 			b = ev.External.AppendTo(b)
@@ -333,7 +334,7 @@ func (e *LogError) Error() string { return fmt.Sprintf("%s:%d: %v", e.File, e.Li
 func (e *LogError) Unwrap() error { return e.Err }
 
 // ErrBadLogLine is matched (errors.Is) by every LogError.
-var ErrBadLogLine = errors.New("nat: bad event log line")
+var ErrBadLogLine = errors.New("natlog: bad event log line")
 
 // Is makes errors.Is(err, ErrBadLogLine) true for every LogError.
 func (e *LogError) Is(target error) bool { return target == ErrBadLogLine }
@@ -360,19 +361,19 @@ func NewLogReader(r io.Reader, name string) *LogReader {
 
 // Next returns the next event, a *LogError for a bad line (call Next again
 // to continue), or io.EOF at the end. Other errors are read errors.
-func (lr *LogReader) Next() (Event, error) {
+func (lr *LogReader) Next() (nat.Event, error) {
 	for {
 		line, err := lr.readLine()
 		if err != nil {
-			return Event{}, err
+			return nat.Event{}, err
 		}
 		line = bytes.TrimSpace(line)
 		if len(line) == 0 {
 			continue
 		}
-		ev, perr := ParseEventJSON(line)
+		ev, perr := parseEvent(line)
 		if perr != nil {
-			return Event{}, &LogError{File: lr.name, Line: lr.line, Err: perr}
+			return nat.Event{}, &LogError{File: lr.name, Line: lr.line, Err: perr}
 		}
 		return ev, nil
 	}
@@ -400,7 +401,7 @@ func (lr *LogReader) readLine() ([]byte, error) {
 			err = nil // last line without a newline
 		} else if err != nil {
 			if err != io.EOF {
-				err = fmt.Errorf("nat: read %s: %w", lr.name, err)
+				err = fmt.Errorf("natlog: read %s: %w", lr.name, err)
 			}
 			return nil, err
 		}
@@ -414,77 +415,88 @@ func (lr *LogReader) readLine() ([]byte, error) {
 
 // ParseEventJSON decodes one line of the LogWriter format. Unknown fields
 // are ignored (newer writers may add some); time and kind are required, and
-// mapping and session events need proto and external.
-func ParseEventJSON(line []byte) (Event, error) {
+// mapping and session events need proto and external. Errors read
+// "natlog: bad event log line: ..." and match ErrBadLogLine (errors.Is).
+func ParseEventJSON(line []byte) (nat.Event, error) {
+	ev, err := parseEvent(line)
+	if err != nil {
+		return nat.Event{}, fmt.Errorf("%w: %w", ErrBadLogLine, err)
+	}
+	return ev, nil
+}
+
+// parseEvent is ParseEventJSON with errors that say only what is wrong with
+// the line (LogError adds file:line).
+func parseEvent(line []byte) (nat.Event, error) {
 	var l logLine
 	if !l.parseFast(line) {
 		l = logLine{}
 		if err := json.Unmarshal(line, &l); err != nil {
-			return Event{}, fmt.Errorf("not a JSON object: %w", err)
+			return nat.Event{}, fmt.Errorf("not a JSON object: %w", err)
 		}
 	}
-	var ev Event
+	var ev nat.Event
 	var err error
 	if l.Time == "" {
-		return Event{}, errors.New(`missing "time"`)
+		return nat.Event{}, errors.New(`missing "time"`)
 	}
 	if ev.Time, err = time.Parse(time.RFC3339Nano, l.Time); err != nil {
-		return Event{}, fmt.Errorf(`bad "time" %q: want RFC 3339`, l.Time)
+		return nat.Event{}, fmt.Errorf(`bad "time" %q: want RFC 3339`, l.Time)
 	}
 	if ev.Kind = parseEventKind(l.Kind); ev.Kind == 0 {
-		return Event{}, fmt.Errorf(`bad "kind" %q`, l.Kind)
+		return nat.Event{}, fmt.Errorf(`bad "kind" %q`, l.Kind)
 	}
 	if l.Proto != "" {
 		if ev.Proto, err = tuple.ParseProto(l.Proto); err != nil {
-			return Event{}, fmt.Errorf(`bad "proto" %q`, l.Proto)
+			return nat.Event{}, fmt.Errorf(`bad "proto" %q`, l.Proto)
 		}
 	}
 	if l.Subscriber != "" {
 		if ev.Subscriber, err = netip.ParseAddr(l.Subscriber); err != nil {
-			return Event{}, fmt.Errorf(`bad "subscriber" %q`, l.Subscriber)
+			return nat.Event{}, fmt.Errorf(`bad "subscriber" %q`, l.Subscriber)
 		}
 	}
 	if l.Internal != "" {
 		if ev.Internal, err = netip.ParseAddrPort(l.Internal); err != nil {
-			return Event{}, fmt.Errorf(`bad "internal" %q`, l.Internal)
+			return nat.Event{}, fmt.Errorf(`bad "internal" %q`, l.Internal)
 		}
 	}
 	if l.External != "" {
 		if ev.External, err = netip.ParseAddrPort(l.External); err != nil {
 			a, aerr := netip.ParseAddr(l.External)
 			if aerr != nil {
-				return Event{}, fmt.Errorf(`bad "external" %q`, l.External)
+				return nat.Event{}, fmt.Errorf(`bad "external" %q`, l.External)
 			}
 			ev.External = netip.AddrPortFrom(a, 0)
 		}
 	}
 	if l.Block != "" {
 		if ev.Block, err = tuple.ParsePortRange(l.Block); err != nil {
-			return Event{}, fmt.Errorf(`bad "block" %q`, l.Block)
+			return nat.Event{}, fmt.Errorf(`bad "block" %q`, l.Block)
 		}
 	}
 	if l.Remote != "" {
 		if ev.Remote, err = netip.ParseAddrPort(l.Remote); err != nil {
-			return Event{}, fmt.Errorf(`bad "remote" %q`, l.Remote)
+			return nat.Event{}, fmt.Errorf(`bad "remote" %q`, l.Remote)
 		}
 	}
 	ev.Reason = l.Reason
 	switch ev.Kind {
-	case MappingCreated, MappingDeleted, SessionCreated, SessionDeleted:
+	case nat.MappingCreated, nat.MappingDeleted, nat.SessionCreated, nat.SessionDeleted:
 		if ev.Proto == 0 || !ev.External.IsValid() || ev.External.Port() == 0 && ev.Proto != tuple.ICMP {
-			return Event{}, fmt.Errorf(`%s event needs "proto" and "external" address:port`, ev.Kind)
+			return nat.Event{}, fmt.Errorf(`%s event needs "proto" and "external" address:port`, ev.Kind)
 		}
-	case BlockAllocated, BlockFreed:
+	case nat.BlockAllocated, nat.BlockFreed:
 		if !ev.External.Addr().IsValid() || !ev.Block.IsValid() {
-			return Event{}, fmt.Errorf(`%s event needs "external" address and "block"`, ev.Kind)
+			return nat.Event{}, fmt.Errorf(`%s event needs "external" address and "block"`, ev.Kind)
 		}
 		ev.External = netip.AddrPortFrom(ev.External.Addr(), 0) // a block has no single port
 	}
 	return ev, nil
 }
 
-func parseEventKind(s string) EventKind {
-	for k := MappingCreated; k <= SessionDeleted; k++ {
+func parseEventKind(s string) nat.EventKind {
+	for k := nat.MappingCreated; k <= nat.SessionDeleted; k++ {
 		if strings.EqualFold(s, k.String()) {
 			return k
 		}

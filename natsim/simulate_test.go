@@ -1,12 +1,15 @@
-package nat
+package natsim
 
 import (
 	"bytes"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/natlog"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -87,7 +90,7 @@ func TestSimulateOverlapping(t *testing.T) {
 	if without.PeakPortsInUse > 200 || without.PeakConcurrent > 200 || without.MaxFlowsPerPort != 1 {
 		t.Fatalf("without overlapping: %d ports, %d flows, %d per port", without.PeakPortsInUse, without.PeakConcurrent, without.MaxFlowsPerPort)
 	}
-	if without.Refused == 0 || without.Drops[ReasonPortsExhausted] == 0 {
+	if without.Refused == 0 || without.Drops[nat.ReasonPortsExhausted.String()] == 0 {
 		t.Fatalf("demand (~1200 concurrent) must exhaust 200 ports: refused %d drops %v", without.Refused, without.Drops)
 	}
 	if with.PeakConcurrent <= 2*without.PeakConcurrent || with.MaxFlowsPerPort < 2 || with.PeakPortsInUse > 200 {
@@ -102,12 +105,12 @@ func TestSimulateLogReplaysIntoWhois(t *testing.T) {
 	// The log a simulation writes answers whois for every mapping.
 	c := SimConfig{Subscribers: 10, Destinations: 3, FlowRate: 2, Duration: time.Minute, Seed: 5}
 	var buf bytes.Buffer
-	lw := NewLogWriter(&buf, LogOptions{})
+	lw := natlog.NewLogWriter(&buf, natlog.LogOptions{})
 	cfg, err := c.EngineConfig(lw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := New(cfg)
+	e, err := nat.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +126,7 @@ func TestSimulateLogReplaysIntoWhois(t *testing.T) {
 	}
 	e.Expire(start.Add(time.Hour))
 	lw.Flush()
-	ix, err := ReadIndex(NewLogReader(&buf, "sim"), nil)
+	ix, err := natlog.ReadIndex(natlog.NewLogReader(&buf, "sim"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,24 +143,46 @@ func TestSimulateLogReplaysIntoWhois(t *testing.T) {
 
 func TestSimConfigErrors(t *testing.T) {
 	for _, c := range []struct {
-		cfg  SimConfig
-		want string
+		cfg   SimConfig
+		field string
 	}{
-		{SimConfig{Subscribers: -1}, "SimConfig.Subscribers"},
-		{SimConfig{Destinations: 1 << 20}, "SimConfig.Destinations"},
-		{SimConfig{FlowRate: -1}, "SimConfig.FlowRate"},
-		{SimConfig{DestZipf: 0.5}, "SimConfig.DestZipf"},
-		{SimConfig{Keepalive: time.Millisecond}, "SimConfig.Keepalive"},
-		{SimConfig{Tick: time.Millisecond}, "SimConfig.Tick"},
-		{SimConfig{Duration: -time.Second}, "SimConfig.Duration"},
-		{SimConfig{UDPShare: 2}, "SimConfig.UDPShare"},
-		{SimConfig{UDPShare: 0.6, ICMPShare: 0.6}, "SimConfig.ICMPShare"},
-		{SimConfig{Preset: "nope"}, "unknown preset"},
-		{SimConfig{FlowRate: 1e6, Duration: time.Hour}, "50 million"},
+		{SimConfig{Subscribers: -1}, "Subscribers"},
+		{SimConfig{Destinations: 1 << 20}, "Destinations"},
+		{SimConfig{FlowRate: -1}, "FlowRate"},
+		{SimConfig{DestZipf: 0.5}, "DestZipf"},
+		{SimConfig{Keepalive: time.Millisecond}, "Keepalive"},
+		{SimConfig{Tick: time.Millisecond}, "Tick"},
+		{SimConfig{Duration: -time.Second}, "Duration"},
+		{SimConfig{UDPShare: 2}, "UDPShare"},
+		{SimConfig{UDPShare: 0.6, ICMPShare: 0.6}, "ICMPShare"},
+		{SimConfig{Preset: "nope"}, "Preset"},
+		{SimConfig{FlowRate: 1e6, Duration: time.Hour}, "FlowRate"},
 	} {
-		if _, err := Simulate(c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%+v: %v, want %q", c.cfg, err, c.want)
+		_, err := Simulate(c.cfg)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != c.field || !strings.HasPrefix(err.Error(), "natsim: SimConfig."+c.field+": ") {
+			t.Errorf("%+v: %v, want a ConfigError for %s", c.cfg, err, c.field)
 		}
+	}
+}
+
+// TestSimulateProgress: Progress is called with the simulated time, which
+// grows to Duration.
+func TestSimulateProgress(t *testing.T) {
+	var calls int
+	var last, total time.Duration
+	_, err := Simulate(SimConfig{Subscribers: 5, Duration: time.Minute, Tick: 10 * time.Second,
+		Progress: func(done, all time.Duration) {
+			if done < last {
+				t.Errorf("progress went back from %v to %v", last, done)
+			}
+			calls, last, total = calls+1, done, all
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != 6 || last != time.Minute || total != time.Minute {
+		t.Fatalf("%d calls, last %v of %v; want 6 calls up to 1m0s", calls, last, total)
 	}
 }
 
@@ -214,7 +239,7 @@ func TestSimulateCompactLog(t *testing.T) {
 // preset: with ample ports every flow must be established, and every packet
 // of an established flow must reach the right endpoint.
 func TestSimulateEveryPreset(t *testing.T) {
-	for _, p := range Presets() {
+	for _, p := range nat.Presets() {
 		r, err := Simulate(SimConfig{Preset: p.Name, Subscribers: 20, Destinations: 5, FlowRate: 5,
 			UDPShare: 0.3, ICMPShare: 0.1, Duration: 2 * time.Minute, Seed: 11})
 		if err != nil {

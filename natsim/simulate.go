@@ -1,4 +1,4 @@
-package nat
+package natsim
 
 import (
 	"container/heap"
@@ -10,11 +10,13 @@ import (
 	"slices"
 	"time"
 
+	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/natlog"
 	"github.com/portspace/portspace/packet"
 	"github.com/portspace/portspace/tuple"
 )
 
-// OverlapMode says how a simulation sets Config.Overlapping.
+// OverlapMode says how a simulation sets nat.Config.Overlapping.
 type OverlapMode uint8
 
 // The overlap modes. The zero value keeps the preset's setting.
@@ -30,7 +32,7 @@ const (
 // SimConfig describes a synthetic workload for Simulate. Every zero value is
 // the documented default.
 type SimConfig struct {
-	// Preset names the engine configuration (see Preset); default
+	// Preset names the engine configuration (see nat.Preset); default
 	// "rfc-recommended".
 	Preset string
 	// Overlap forces port overlapping on or off (default: as the preset).
@@ -67,7 +69,7 @@ type SimConfig struct {
 	Keepalive time.Duration
 	// Duration is the simulated time; default 10 min.
 	Duration time.Duration
-	// Tick is how often Engine.Expire runs and state is sampled; default 1 s.
+	// Tick is how often nat.Engine.Expire runs and state is sampled; default 1 s.
 	Tick time.Duration
 	// Seed makes the run reproducible (traffic, engine secret and port
 	// choices); default 1.
@@ -79,8 +81,26 @@ type SimConfig struct {
 	Start time.Time
 	// Events, if set, also receives every engine event (e.g. a LogWriter
 	// writing the simulated log to a file for `nat whois`).
-	Events EventSink
+	Events nat.EventSink
+	// Progress, if set, is called at every Tick with the simulated time
+	// done and the Duration (for a progress line); it must be quick.
+	Progress func(done, total time.Duration)
 }
+
+// ConfigError is the error Simulate, CompareOverlapping and
+// SimConfig.EngineConfig return for an invalid SimConfig: Field names the
+// SimConfig field ("Duration"), so that a command line can name its own
+// flag. Test for it with errors.As.
+type ConfigError struct {
+	Field string // the SimConfig field
+	Err   error  // what is wrong with its value
+}
+
+// Error returns "natsim: SimConfig.<Field>: <what is wrong>".
+func (e *ConfigError) Error() string { return "natsim: SimConfig." + e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *ConfigError) Unwrap() error { return e.Err }
 
 // SimResult is what Simulate measured. Counts are over the simulated
 // Duration; "peak" values are maxima seen at any event.
@@ -141,10 +161,10 @@ type SimResult struct {
 	// (LogWriter); per established flow, and per day extrapolated from the
 	// simulated Duration (run longer than the timers, so that deletions
 	// are in the log, for steady-state figures).
-	LogEvents      int64   `json:"log_events"`
-	LogBytes       int64   `json:"log_bytes"`
-	LogBytesPerFlw float64 `json:"log_bytes_per_flow"`
-	LogBytesPerDay float64 `json:"log_bytes_per_day"`
+	LogEvents       int64   `json:"log_events"`
+	LogBytes        int64   `json:"log_bytes"`
+	LogBytesPerFlow float64 `json:"log_bytes_per_flow"`
+	LogBytesPerDay  float64 `json:"log_bytes_per_day"`
 	// CompactLogEvents and CompactLogBytes are the volume of the same log
 	// written with LogOptions.Compact (mappings inside port blocks left
 	// out); they differ from the full log only for block and
@@ -155,9 +175,9 @@ type SimResult struct {
 }
 
 // teeSink records every event into several sinks.
-type teeSink []EventSink
+type teeSink []nat.EventSink
 
-func (t teeSink) Record(ev Event) {
+func (t teeSink) Record(ev nat.Event) {
 	for _, s := range t {
 		s.Record(ev)
 	}
@@ -174,7 +194,7 @@ type SimAddress struct {
 // first invalid field.
 func (c SimConfig) withDefaults() (SimConfig, error) {
 	fail := func(field, format string, args ...any) (SimConfig, error) {
-		return SimConfig{}, fmt.Errorf("nat: SimConfig.%s: %s", field, fmt.Sprintf(format, args...))
+		return SimConfig{}, &ConfigError{Field: field, Err: fmt.Errorf(format, args...)}
 	}
 	if c.Preset == "" {
 		c.Preset = "rfc-recommended"
@@ -219,7 +239,7 @@ func (c SimConfig) withDefaults() (SimConfig, error) {
 		c.ICMPShare = 0
 	}
 	if c.UDPShare+c.ICMPShare > 1 {
-		return fail("ICMPShare", "UDPShare %v + ICMPShare %v is above 1", c.UDPShare, c.ICMPShare)
+		return fail("ICMPShare", "%v plus the UDP share %v is above 1", c.ICMPShare, c.UDPShare)
 	}
 	if c.Keepalive == 0 {
 		c.Keepalive = 20 * time.Second
@@ -255,14 +275,14 @@ func (c SimConfig) withDefaults() (SimConfig, error) {
 // preset with c's external addresses, an internal prefix just large enough
 // for the subscribers, the overlap mode applied, a secret and seed derived
 // from c.Seed, and sink as the event sink.
-func (c SimConfig) EngineConfig(sink EventSink) (Config, error) {
+func (c SimConfig) EngineConfig(sink nat.EventSink) (nat.Config, error) {
 	c, err := c.withDefaults()
 	if err != nil {
-		return Config{}, err
+		return nat.Config{}, err
 	}
-	cfg, err := Preset(c.Preset)
+	cfg, err := nat.Preset(c.Preset)
 	if err != nil {
-		return Config{}, err
+		return nat.Config{}, &ConfigError{Field: "Preset", Err: err}
 	}
 	cfg.External = c.External
 	cfg.Internal = []netip.Prefix{simInternal(c.Subscribers)}
@@ -274,7 +294,7 @@ func (c SimConfig) EngineConfig(sink EventSink) (Config, error) {
 		cfg.Overlapping = false
 	case OverlapOn:
 		cfg.Overlapping = true
-		cfg.Filtering, cfg.TCPFiltering = FilterAPDF, FilterAPDF
+		cfg.Filtering, cfg.TCPFiltering = nat.FilterAPDF, nat.FilterAPDF
 		cfg.BlockSize, cfg.MaxBlocksPerSubscriber, cfg.Deterministic, cfg.Quarantine = 0, 0, false, 0
 	}
 	r := rand.New(rand.NewPCG(c.Seed, 0x5eed))
@@ -378,8 +398,8 @@ func Simulate(c SimConfig) (SimResult, error) {
 		return SimResult{}, err
 	}
 	cw, ccw := &countingWriter{}, &countingWriter{}
-	lw := NewLogWriter(cw, LogOptions{Destinations: c.LogDestinations})
-	clw := NewLogWriter(ccw, LogOptions{Destinations: c.LogDestinations, Compact: true})
+	lw := natlog.NewLogWriter(cw, natlog.LogOptions{Destinations: c.LogDestinations})
+	clw := natlog.NewLogWriter(ccw, natlog.LogOptions{Destinations: c.LogDestinations, Compact: true})
 	sinks := teeSink{lw, clw}
 	if c.Events != nil {
 		sinks = append(sinks, c.Events)
@@ -388,7 +408,7 @@ func Simulate(c SimConfig) (SimResult, error) {
 	if err != nil {
 		return SimResult{}, err
 	}
-	eng, err := New(cfg)
+	eng, err := nat.New(cfg)
 	if err != nil {
 		return SimResult{}, err
 	}
@@ -439,6 +459,9 @@ func Simulate(c SimConfig) (SimResult, error) {
 				steadyMaps += float64(st.Mappings)
 			}
 			s.push(ev.at+int64(c.Tick), -1, evTick)
+			if c.Progress != nil {
+				c.Progress(time.Duration(ev.at), c.Duration)
+			}
 		case evKeepalive:
 			f := &s.flows[ev.flow]
 			if !f.live {
@@ -462,7 +485,12 @@ func Simulate(c SimConfig) (SimResult, error) {
 	res.CompactLogBytesPerDay = float64(res.CompactLogBytes) / c.Duration.Seconds() * 86400
 	st := eng.Stats()
 	res.TableBytes = st.TableBytes
-	res.Drops = st.Drops
+	res.Drops = map[string]uint64{}
+	for r, n := range st.Drops {
+		if n > 0 {
+			res.Drops[nat.Reason(r).String()] = n
+		}
+	}
 	res.PortsUsed = len(s.used)
 	if steadyN > 0 {
 		res.SteadyConcurrent = steadyFlows / float64(steadyN)
@@ -477,7 +505,7 @@ func Simulate(c SimConfig) (SimResult, error) {
 	}
 	res.LogEvents, res.LogBytes = lw.Events(), cw.n
 	if res.Established > 0 {
-		res.LogBytesPerFlw = float64(res.LogBytes) / float64(res.Established)
+		res.LogBytesPerFlow = float64(res.LogBytes) / float64(res.Established)
 	}
 	res.LogBytesPerDay = float64(res.LogBytes) / c.Duration.Seconds() * 86400
 	return res, nil
@@ -485,7 +513,7 @@ func Simulate(c SimConfig) (SimResult, error) {
 
 type simState struct {
 	c     SimConfig
-	eng   *Engine
+	eng   *nat.Engine
 	rng   *rand.Rand
 	zipf  *rand.Zipf
 	q     simQueue
@@ -620,7 +648,7 @@ func (s *simState) open(f *simFlow, now time.Time) bool {
 		out = s.echo(f.internal.Addr(), f.remote.Addr(), packet.ICMPEcho, f.internal.Port())
 	}
 	s.res.Packets++
-	if v := s.eng.Outbound(out, now); v.Action != Forward {
+	if v := s.eng.Outbound(out, now); v.Action != nat.Forward {
 		return false
 	}
 	if s.pkt.Parse(out) != nil {
@@ -650,7 +678,7 @@ func (s *simState) out(f *simFlow, now time.Time, flags uint8) bool {
 		b = s.echo(f.internal.Addr(), f.remote.Addr(), packet.ICMPEcho, f.internal.Port())
 	}
 	s.res.Packets++
-	if v := s.eng.Outbound(b, now); v.Action != Forward {
+	if v := s.eng.Outbound(b, now); v.Action != nat.Forward {
 		return false
 	}
 	return s.pkt.Parse(b) == nil && s.pkt.SrcAddrPort() == f.external
@@ -669,7 +697,7 @@ func (s *simState) in(f *simFlow, now time.Time, flags uint8) bool {
 		b = s.echo(f.remote.Addr(), f.external.Addr(), packet.ICMPEchoReply, f.external.Port())
 	}
 	s.res.Packets++
-	if v := s.eng.Inbound(b, now); v.Action != Forward {
+	if v := s.eng.Inbound(b, now); v.Action != nat.Forward {
 		return false
 	}
 	return s.pkt.Parse(b) == nil && s.pkt.DstAddrPort() == f.internal

@@ -1,4 +1,4 @@
-package nat
+package natlog
 
 import (
 	"bytes"
@@ -8,17 +8,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/nat"
 	"github.com/portspace/portspace/portalloc"
 	"github.com/portspace/portspace/tuple"
 )
 
-func lgMapEv(d time.Duration, kind EventKind, proto tuple.Proto, internal, external string) Event {
+func lgMapEv(d time.Duration, kind nat.EventKind, proto tuple.Proto, internal, external string) nat.Event {
 	in := netip.MustParseAddrPort(internal)
-	return Event{Time: lgAt(d), Kind: kind, Proto: proto, Subscriber: in.Addr(), Internal: in, External: netip.MustParseAddrPort(external)}
+	return nat.Event{Time: lgAt(d), Kind: kind, Proto: proto, Subscriber: in.Addr(), Internal: in, External: netip.MustParseAddrPort(external)}
 }
 
-func lgBlockEv(d time.Duration, kind EventKind, sub, ext string, lo, hi uint16) Event {
-	return Event{Time: lgAt(d), Kind: kind, Proto: tuple.TCP, Subscriber: netip.MustParseAddr(sub),
+func lgBlockEv(d time.Duration, kind nat.EventKind, sub, ext string, lo, hi uint16) nat.Event {
+	return nat.Event{Time: lgAt(d), Kind: kind, Proto: tuple.TCP, Subscriber: netip.MustParseAddr(sub),
 		External: netip.AddrPortFrom(netip.MustParseAddr(ext), 0), Block: tuple.PortRangeFrom(lo, hi)}
 }
 
@@ -33,13 +34,13 @@ func lgSubs(hs []Holding) []string {
 func TestWhoisMappings(t *testing.T) {
 	ix := NewIndex()
 	ext := "192.0.2.1:40000"
-	for _, ev := range []Event{
-		lgMapEv(0, MappingCreated, tuple.UDP, "10.0.0.1:1000", ext),
-		lgMapEv(10*time.Minute, MappingDeleted, tuple.UDP, "10.0.0.1:1000", ext),
+	for _, ev := range []nat.Event{
+		lgMapEv(0, nat.MappingCreated, tuple.UDP, "10.0.0.1:1000", ext),
+		lgMapEv(10*time.Minute, nat.MappingDeleted, tuple.UDP, "10.0.0.1:1000", ext),
 		// The port is reused by another subscriber after the quarantine.
-		lgMapEv(13*time.Minute, MappingCreated, tuple.UDP, "10.0.0.2:2000", ext),
+		lgMapEv(13*time.Minute, nat.MappingCreated, tuple.UDP, "10.0.0.2:2000", ext),
 		// Same port number, other protocol, other holder, never deleted.
-		lgMapEv(5*time.Minute, MappingCreated, tuple.TCP, "10.0.0.3:3000", ext),
+		lgMapEv(5*time.Minute, nat.MappingCreated, tuple.TCP, "10.0.0.3:3000", ext),
 	} {
 		ix.Add(ev)
 	}
@@ -88,8 +89,8 @@ func TestWhoisOverlappingIsAmbiguous(t *testing.T) {
 	// return both rather than pick one.
 	ix := NewIndex()
 	ext := "192.0.2.1:5000"
-	ix.Add(lgMapEv(0, MappingCreated, tuple.TCP, "10.0.0.1:1000", ext))
-	ix.Add(lgMapEv(time.Second, MappingCreated, tuple.TCP, "10.0.0.2:1000", ext))
+	ix.Add(lgMapEv(0, nat.MappingCreated, tuple.TCP, "10.0.0.1:1000", ext))
+	ix.Add(lgMapEv(time.Second, nat.MappingCreated, tuple.TCP, "10.0.0.2:1000", ext))
 	hs, err := ix.Whois(netip.MustParseAddrPort(ext), lgAt(2*time.Second))
 	if err != nil || len(hs) != 2 || hs[0].Subscriber == hs[1].Subscriber {
 		t.Fatalf("got %v %v", lgSubs(hs), err)
@@ -98,10 +99,10 @@ func TestWhoisOverlappingIsAmbiguous(t *testing.T) {
 
 func TestWhoisBlocks(t *testing.T) {
 	ix := NewIndex()
-	ix.Add(lgBlockEv(0, BlockAllocated, "100.64.0.1", "192.0.2.9", 1024, 1535))
-	ix.Add(lgBlockEv(time.Hour, BlockFreed, "100.64.0.1", "192.0.2.9", 1024, 1535))
-	ix.Add(lgBlockEv(2*time.Hour, BlockAllocated, "100.64.0.2", "192.0.2.9", 1024, 1535))
-	ix.Add(lgBlockEv(0, BlockAllocated, "100.64.0.3", "192.0.2.9", 1536, 2047))
+	ix.Add(lgBlockEv(0, nat.BlockAllocated, "100.64.0.1", "192.0.2.9", 1024, 1535))
+	ix.Add(lgBlockEv(time.Hour, nat.BlockFreed, "100.64.0.1", "192.0.2.9", 1024, 1535))
+	ix.Add(lgBlockEv(2*time.Hour, nat.BlockAllocated, "100.64.0.2", "192.0.2.9", 1024, 1535))
+	ix.Add(lgBlockEv(0, nat.BlockAllocated, "100.64.0.3", "192.0.2.9", 1536, 2047))
 	for _, c := range []struct {
 		port uint16
 		at   time.Duration
@@ -130,7 +131,7 @@ func TestWhoisBlocks(t *testing.T) {
 func TestWhoisLogStartsMidway(t *testing.T) {
 	ix := NewIndex()
 	// Deletion without creation: held from before the log until then.
-	ix.Add(lgMapEv(time.Minute, MappingDeleted, tuple.UDP, "10.0.0.1:1", "192.0.2.1:7"))
+	ix.Add(lgMapEv(time.Minute, nat.MappingDeleted, tuple.UDP, "10.0.0.1:1", "192.0.2.1:7"))
 	e := netip.MustParseAddrPort("192.0.2.1:7")
 	hs, err := ix.Whois(e, lgAt(-time.Hour))
 	if err != nil || len(hs) != 1 || hs[0].Subscriber.String() != "10.0.0.1" || !hs[0].From.IsZero() {
@@ -153,9 +154,9 @@ func TestWhoisLogStartsMidway(t *testing.T) {
 // held from the first creation to the last deletion.
 func TestWhoisDuplicateKeys(t *testing.T) {
 	ix := NewIndex()
-	ix.Add(lgMapEv(0, MappingCreated, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
-	ix.Add(lgMapEv(time.Minute, MappingCreated, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
-	ix.Add(lgMapEv(2*time.Minute, MappingDeleted, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
+	ix.Add(lgMapEv(0, nat.MappingCreated, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
+	ix.Add(lgMapEv(time.Minute, nat.MappingCreated, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
+	ix.Add(lgMapEv(2*time.Minute, nat.MappingDeleted, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
 	e := netip.MustParseAddrPort("192.0.2.1:7")
 	for _, c := range []struct {
 		at   time.Duration
@@ -166,7 +167,7 @@ func TestWhoisDuplicateKeys(t *testing.T) {
 			t.Fatalf("at %v: %v %v", c.at, hs, err)
 		}
 	}
-	ix.Add(lgMapEv(4*time.Minute, MappingDeleted, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
+	ix.Add(lgMapEv(4*time.Minute, nat.MappingDeleted, tuple.TCP, "10.0.0.1:1", "192.0.2.1:7"))
 	if _, err := ix.Whois(e, lgAt(5*time.Minute)); !errors.Is(err, ErrNoHolder) {
 		t.Fatal(err)
 	}
@@ -183,10 +184,10 @@ func TestWhoisRemote(t *testing.T) {
 	r1, r2 := netip.MustParseAddrPort("198.51.100.1:443"), netip.MustParseAddrPort("198.51.100.2:443")
 	for i, r := range []netip.AddrPort{r1, r2} {
 		in := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 1000)
-		ix.Add(Event{Time: lgAt(0), Kind: MappingCreated, Proto: tuple.TCP, Subscriber: in.Addr(), Internal: in, External: ext, Remote: r})
-		ix.Add(Event{Time: lgAt(0), Kind: SessionCreated, Proto: tuple.TCP, Subscriber: in.Addr(), Internal: in, External: ext, Remote: r})
+		ix.Add(nat.Event{Time: lgAt(0), Kind: nat.MappingCreated, Proto: tuple.TCP, Subscriber: in.Addr(), Internal: in, External: ext, Remote: r})
+		ix.Add(nat.Event{Time: lgAt(0), Kind: nat.SessionCreated, Proto: tuple.TCP, Subscriber: in.Addr(), Internal: in, External: ext, Remote: r})
 	}
-	ix.Add(Event{Time: lgAt(time.Minute), Kind: SessionDeleted, Proto: tuple.TCP, Subscriber: netip.MustParseAddr("10.0.0.2"),
+	ix.Add(nat.Event{Time: lgAt(time.Minute), Kind: nat.SessionDeleted, Proto: tuple.TCP, Subscriber: netip.MustParseAddr("10.0.0.2"),
 		Internal: netip.MustParseAddrPort("10.0.0.2:1000"), External: ext, Remote: r2})
 	if hs, _ := ix.Whois(ext, lgAt(time.Second)); len(hs) != 2 {
 		t.Fatalf("Whois without remote: %v", hs)
@@ -254,8 +255,11 @@ func TestWhoisDeterministic(t *testing.T) {
 		}
 		for _, p := range []uint16{block.First(), block.Last(), uint16((int(block.First()) + int(block.Last())) / 2)} {
 			h, err := WhoisDeterministic(d, netip.AddrPortFrom(out, p))
-			if err != nil || h.Subscriber != in || h.Block != block {
+			if err != nil || h.Subscriber != in || h.Block != block || !h.Deterministic {
 				t.Fatalf("%v:%d: %+v %v", out, p, h, err)
+			}
+			if s := h.String(); strings.Contains(s, "log") || !strings.Contains(s, "deterministic") {
+				t.Fatalf("deterministic holding talks about a log: %s", s)
 			}
 		}
 	}
@@ -273,12 +277,12 @@ func TestIndexFor(t *testing.T) {
 	full := NewIndex()
 	ext := netip.MustParseAddrPort("192.0.2.9:1300")
 	one := NewIndexFor(ext)
-	evs := []Event{
-		lgBlockEv(0, BlockAllocated, "100.64.0.1", "192.0.2.9", 1024, 1535),
-		lgBlockEv(0, BlockAllocated, "100.64.0.3", "192.0.2.9", 1536, 2047),
-		lgMapEv(time.Second, MappingCreated, tuple.TCP, "100.64.0.1:5", "192.0.2.9:1300"),
-		lgMapEv(time.Second, MappingCreated, tuple.TCP, "100.64.0.1:6", "192.0.2.9:1301"),
-		lgMapEv(time.Minute, MappingDeleted, tuple.TCP, "100.64.0.1:5", "192.0.2.9:1300"),
+	evs := []nat.Event{
+		lgBlockEv(0, nat.BlockAllocated, "100.64.0.1", "192.0.2.9", 1024, 1535),
+		lgBlockEv(0, nat.BlockAllocated, "100.64.0.3", "192.0.2.9", 1536, 2047),
+		lgMapEv(time.Second, nat.MappingCreated, tuple.TCP, "100.64.0.1:5", "192.0.2.9:1300"),
+		lgMapEv(time.Second, nat.MappingCreated, tuple.TCP, "100.64.0.1:6", "192.0.2.9:1301"),
+		lgMapEv(time.Minute, nat.MappingDeleted, tuple.TCP, "100.64.0.1:5", "192.0.2.9:1300"),
 	}
 	for _, ev := range evs {
 		full.Add(ev)
@@ -305,10 +309,10 @@ func BenchmarkReadIndex(b *testing.B) {
 	for i := range n {
 		in := netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), 40000)
 		ext := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(1024+i))
-		w.Record(Event{Time: lgAt(time.Duration(i) * time.Millisecond), Kind: MappingCreated, Proto: tuple.UDP,
+		w.Record(nat.Event{Time: lgAt(time.Duration(i) * time.Millisecond), Kind: nat.MappingCreated, Proto: tuple.UDP,
 			Subscriber: in.Addr(), Internal: in, External: ext})
-		w.Record(Event{Time: lgAt(time.Duration(i)*time.Millisecond + time.Minute), Kind: MappingDeleted, Proto: tuple.UDP,
-			Subscriber: in.Addr(), Internal: in, External: ext, Reason: ReasonIdle})
+		w.Record(nat.Event{Time: lgAt(time.Duration(i)*time.Millisecond + time.Minute), Kind: nat.MappingDeleted, Proto: tuple.UDP,
+			Subscriber: in.Addr(), Internal: in, External: ext, Reason: nat.ReasonIdle})
 	}
 	w.Flush()
 	data := buf.Bytes()

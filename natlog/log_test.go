@@ -1,4 +1,4 @@
-package nat
+package natlog
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/nat"
 	"github.com/portspace/portspace/tuple"
 )
 
@@ -17,29 +18,29 @@ var lgT0 = time.Date(2026, 11, 21, 5, 0, 0, 0, time.UTC)
 
 func lgAt(d time.Duration) time.Time { return lgT0.Add(d) }
 
-func lgSample() []Event {
+func lgSample() []nat.Event {
 	sub := netip.MustParseAddr("100.64.0.7")
-	return []Event{
-		{Time: lgAt(0), Kind: BlockAllocated, Proto: tuple.UDP, Subscriber: sub,
+	return []nat.Event{
+		{Time: lgAt(0), Kind: nat.BlockAllocated, Proto: tuple.UDP, Subscriber: sub,
 			External: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 0), Block: tuple.PortRangeFrom(2048, 2559)},
-		{Time: lgAt(time.Second + 123456789), Kind: MappingCreated, Proto: tuple.UDP, Subscriber: sub,
+		{Time: lgAt(time.Second + 123456789), Kind: nat.MappingCreated, Proto: tuple.UDP, Subscriber: sub,
 			Internal: netip.MustParseAddrPort("100.64.0.7:5353"), External: netip.MustParseAddrPort("192.0.2.1:2050"),
 			Block: tuple.PortRangeFrom(2048, 2559)},
-		{Time: lgAt(2 * time.Second), Kind: SessionCreated, Proto: tuple.UDP, Subscriber: sub,
+		{Time: lgAt(2 * time.Second), Kind: nat.SessionCreated, Proto: tuple.UDP, Subscriber: sub,
 			Internal: netip.MustParseAddrPort("100.64.0.7:5353"), External: netip.MustParseAddrPort("192.0.2.1:2050"),
 			Remote: netip.MustParseAddrPort("198.51.100.1:53")},
-		{Time: lgAt(5 * time.Minute), Kind: MappingDeleted, Proto: tuple.UDP, Subscriber: sub,
+		{Time: lgAt(5 * time.Minute), Kind: nat.MappingDeleted, Proto: tuple.UDP, Subscriber: sub,
 			Internal: netip.MustParseAddrPort("100.64.0.7:5353"), External: netip.MustParseAddrPort("192.0.2.1:2050"),
-			Reason: ReasonIdle},
-		{Time: lgAt(6 * time.Minute), Kind: MappingCreated, Proto: tuple.ICMP, Subscriber: sub,
+			Reason: nat.ReasonIdle},
+		{Time: lgAt(6 * time.Minute), Kind: nat.MappingCreated, Proto: tuple.ICMP, Subscriber: sub,
 			Internal: netip.MustParseAddrPort("100.64.0.7:0"), External: netip.MustParseAddrPort("192.0.2.1:0")},
-		{Time: lgAt(7 * time.Minute), Kind: BlockFreed, Proto: tuple.UDP, Subscriber: sub,
+		{Time: lgAt(7 * time.Minute), Kind: nat.BlockFreed, Proto: tuple.UDP, Subscriber: sub,
 			External: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 0), Block: tuple.PortRangeFrom(2048, 2559),
 			Reason: "weird \"reason\"\n\x01 ünïcode"},
 	}
 }
 
-func lgEqual(a, b Event) bool {
+func lgEqual(a, b nat.Event) bool {
 	return a.Time.Equal(b.Time) && a.Kind == b.Kind && a.Proto == b.Proto && a.Subscriber == b.Subscriber &&
 		a.Internal == b.Internal && a.External == b.External && a.Block == b.Block && a.Remote == b.Remote && a.Reason == b.Reason
 }
@@ -59,7 +60,7 @@ func TestLogRoundTrip(t *testing.T) {
 			t.Fatalf("Bytes %d, wrote %d", w.Bytes(), buf.Len())
 		}
 		r := NewLogReader(&buf, "events.jsonl")
-		var got []Event
+		var got []nat.Event
 		for {
 			ev, err := r.Next()
 			if err == io.EOF {
@@ -70,9 +71,9 @@ func TestLogRoundTrip(t *testing.T) {
 			}
 			got = append(got, ev)
 		}
-		var want []Event
+		var want []nat.Event
 		for _, ev := range evs {
-			if !dest && (ev.Kind == SessionCreated || ev.Kind == SessionDeleted) {
+			if !dest && (ev.Kind == nat.SessionCreated || ev.Kind == nat.SessionDeleted) {
 				continue
 			}
 			if !dest {
@@ -193,7 +194,7 @@ func TestLogWriterError(t *testing.T) {
 	w := NewLogWriter(fw, LogOptions{BufferSize: 10})
 	w.Record(lgSample()[1])
 	w.Record(lgSample()[1])
-	if err := w.Flush(); err == nil || !strings.Contains(err.Error(), "disk full") || !strings.HasPrefix(err.Error(), "nat: ") {
+	if err := w.Flush(); err == nil || !strings.Contains(err.Error(), "disk full") || !strings.HasPrefix(err.Error(), "natlog: ") {
 		t.Fatalf("Flush: %v", err)
 	}
 	if w.Err() == nil || fw.n != 1 {
@@ -273,18 +274,18 @@ func TestLogCompact(t *testing.T) {
 	sub := netip.MustParseAddr("100.64.0.9")
 	blk := tuple.PortRangeFrom(4096, 4607)
 	ext := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 0)
-	inBlock := Event{Time: lgAt(time.Second), Kind: MappingCreated, Proto: tuple.TCP, Subscriber: sub,
+	inBlock := nat.Event{Time: lgAt(time.Second), Kind: nat.MappingCreated, Proto: tuple.TCP, Subscriber: sub,
 		Internal: netip.MustParseAddrPort("100.64.0.9:40000"), External: netip.MustParseAddrPort("192.0.2.1:4100"), Block: blk}
 	inBlockDel := inBlock
-	inBlockDel.Kind, inBlockDel.Block, inBlockDel.Time = MappingDeleted, tuple.PortRange{}, lgAt(time.Minute)
-	plain := Event{Time: lgAt(2 * time.Second), Kind: MappingCreated, Proto: tuple.UDP, Subscriber: sub,
+	inBlockDel.Kind, inBlockDel.Block, inBlockDel.Time = nat.MappingDeleted, tuple.PortRange{}, lgAt(time.Minute)
+	plain := nat.Event{Time: lgAt(2 * time.Second), Kind: nat.MappingCreated, Proto: tuple.UDP, Subscriber: sub,
 		Internal: netip.MustParseAddrPort("100.64.0.9:5000"), External: netip.MustParseAddrPort("192.0.2.1:9999")}
 	plainDel := plain
-	plainDel.Kind, plainDel.Time = MappingDeleted, lgAt(3*time.Minute)
-	evs := []Event{
-		{Time: lgAt(0), Kind: BlockAllocated, Proto: tuple.TCP, Subscriber: sub, External: ext, Block: blk},
+	plainDel.Kind, plainDel.Time = nat.MappingDeleted, lgAt(3*time.Minute)
+	evs := []nat.Event{
+		{Time: lgAt(0), Kind: nat.BlockAllocated, Proto: tuple.TCP, Subscriber: sub, External: ext, Block: blk},
 		inBlock, plain, inBlockDel, plainDel,
-		{Time: lgAt(time.Hour), Kind: BlockFreed, Proto: tuple.TCP, Subscriber: sub, External: ext, Block: blk},
+		{Time: lgAt(time.Hour), Kind: nat.BlockFreed, Proto: tuple.TCP, Subscriber: sub, External: ext, Block: blk},
 	}
 	var buf bytes.Buffer
 	w := NewLogWriter(&buf, LogOptions{Compact: true})
@@ -336,4 +337,22 @@ func FuzzLogLineFastPath(f *testing.F) {
 			t.Fatalf("fast %+v\njson %+v\nline %q", fast, slow, line)
 		}
 	})
+}
+
+// TestParseEventJSONErrors: a bad line gives an error with the package
+// prefix that says what is wrong and matches ErrBadLogLine.
+func TestParseEventJSONErrors(t *testing.T) {
+	for line, want := range map[string]string{
+		`nope`:                            "not a JSON object",
+		`{"kind":"mapping-created"}`:      `missing "time"`,
+		`{"time":"2026-01-01T00:00:00Z"}`: `bad "kind"`,
+		`{"time":"yesterday","kind":"x"}`: `bad "time"`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"mapping-created","proto":"udp"}`: `needs "proto" and "external"`,
+	} {
+		_, err := ParseEventJSON([]byte(line))
+		if err == nil || !errors.Is(err, ErrBadLogLine) || !strings.HasPrefix(err.Error(), "natlog: bad event log line: ") ||
+			!strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", line, err, want)
+		}
+	}
 }
