@@ -31,8 +31,9 @@ var boundary = []string{
 // import a boundary package (a stale entry fails TestSyscallAllowList), and
 // README.md and docs/architecture.md name it beside netsys.
 var syscallImporters = map[string]string{
-	"internal/netsys": "the syscall and netlink boundary itself: socket options, capability probes, sock_diag",
-	"internal/bench":  "the benchmark's census dumps sockets through sock_diag on its own, so that it checks the dialer (which uses netsys) instead of trusting it; RLIMIT_NOFILE and getrusage",
+	"internal/netsys":   "the syscall and netlink boundary itself: socket options, capability probes, sock_diag",
+	"internal/bench":    "the benchmark's census dumps sockets through sock_diag on its own, so that it checks the dialer (which uses netsys) instead of trusting it; RLIMIT_NOFILE and getrusage",
+	"internal/udpbatch": "recvmmsg/sendmmsg with headers, buffers and socket addresses made once: the STUN server's zero-allocation hot path",
 }
 
 // Test files may import boundary packages: a test may check the kernel's
