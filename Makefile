@@ -19,7 +19,9 @@ STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSIO
 #   steer           shared steering state updated while traffic flows
 #   gateway         datapath goroutines over one NAT engine
 #   internal/progress  a line updated from many goroutines
-RACE_PKGS ?= dial internal/bench lease proxy steer gateway internal/progress
+#   stun            a reader goroutine per socket and per TCP connection, shared counters and rate limit
+#   natprobe        parallel tests sharing one pace and per-socket reader goroutines
+RACE_PKGS ?= dial internal/bench lease proxy steer gateway internal/progress stun natprobe
 
 RACE_DIRS    = $(foreach p,$(RACE_PKGS),$(if $(wildcard $(p)/*.go),./$(p)/...))
 RACE_IMPORTS = $(if $(RACE_DIRS),$(shell $(GO) list $(RACE_DIRS)))
