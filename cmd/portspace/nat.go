@@ -8,6 +8,9 @@ func natSubcommands() []func() *cobra.Command {
 	return []func() *cobra.Command{
 		newNatSimulateCmd,
 		newNatWhoisCmd,
+		newNatGatewayCmd,
+		newNatSessionsCmd,
+		newNatStatsCmd,
 	}
 }
 

@@ -32,6 +32,7 @@ var boundary = []string{
 // README.md and docs/architecture.md name it beside netsys.
 var syscallImporters = map[string]string{
 	"internal/netsys":   "the syscall and netlink boundary itself: socket options, capability probes, sock_diag",
+	"internal/tunnet":   "the NAT gateway's kernel set-up: a multi-queue TUN device with virtio-net headers (TUNSETIFF), and the policy rules, routes, proxy-ARP entries it installs and removes over netlink",
 	"internal/bench":    "the benchmark's census dumps sockets through sock_diag on its own, so that it checks the dialer (which uses netsys) instead of trusting it; RLIMIT_NOFILE and getrusage",
 	"internal/udpbatch": "recvmmsg/sendmmsg with headers, buffers and socket addresses made once: the STUN server's zero-allocation hot path",
 }
