@@ -17,7 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/internal/gwtest"
 	"github.com/portspace/portspace/internal/netnstest"
+	"github.com/portspace/portspace/nat"
 )
 
 // The agreement matrix (docs/natprobe.md): for each NAT, built from Linux
@@ -35,6 +37,7 @@ import (
 const helperEnv = "PORTSPACE_NATPROBE_HELPER"
 
 func TestMain(m *testing.M) {
+	gwtest.Main() // a gateway process of internal/gwtest, when asked
 	if h := os.Getenv(helperEnv); h != "" {
 		os.Exit(runHelper(h))
 	}
@@ -71,13 +74,14 @@ type agreeCase struct {
 	mapping  Behavior
 	filter   Behavior
 	class    Class
-	preserve bool
+	preserve *bool      // nil: not asserted
+	alloc    Allocation // "": not asserted
 }
 
 var agreeCases = []agreeCase{
-	{"masquerade", "", EndpointIndependent, AddressAndPortDependent, PortRestrictedCone, true},
-	{"masquerade-persistent", "persistent", EndpointIndependent, AddressAndPortDependent, PortRestrictedCone, true},
-	{"masquerade-fully-random", "fully-random", AddressAndPortDependent, AddressAndPortDependent, Symmetric, false},
+	{"masquerade", "", EndpointIndependent, AddressAndPortDependent, PortRestrictedCone, ptr(true), Preserving},
+	{"masquerade-persistent", "persistent", EndpointIndependent, AddressAndPortDependent, PortRestrictedCone, ptr(true), Preserving},
+	{"masquerade-fully-random", "fully-random", AddressAndPortDependent, AddressAndPortDependent, Symmetric, ptr(false), Random},
 }
 
 type topo struct {
@@ -185,6 +189,8 @@ type verdict struct {
 	filter       Behavior
 	class        Class
 	preserve     *bool
+	hairpin      *bool
+	alloc        Allocation
 	tcp          *TCPResult
 	raw          string
 	elapsed      time.Duration
@@ -209,6 +215,8 @@ func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict 
 		Filtering    Behavior
 		RFC3489      Class
 		Preservation *bool
+		Hairpinning  *bool
+		Allocation   Allocation
 		TCP          *struct {
 			Mapping      Behavior
 			Preservation *bool
@@ -222,6 +230,7 @@ func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict 
 		return v
 	}
 	v.mapping, v.filter, v.class, v.preserve = r.Mapping, r.Filtering, r.RFC3489, r.Preservation
+	v.hairpin, v.alloc = r.Hairpinning, r.Allocation
 	v.elapsed = time.Duration(r.ElapsedMS) * time.Millisecond // the UDP run, without process start-up or TCP
 	if r.TCP != nil {
 		v.tcp = &TCPResult{Mapping: r.TCP.Mapping, Preservation: r.TCP.Preservation}
@@ -306,6 +315,10 @@ func (tp *topo) stunClient(ctx context.Context, server string) verdict {
 			v.preserve = ptr(true)
 		case part == "random port":
 			v.preserve = ptr(false)
+		case part == "will hairpin":
+			v.hairpin = ptr(true)
+		case part == "no hairpin":
+			v.hairpin = ptr(false)
 		}
 	}
 	return v
@@ -324,59 +337,157 @@ func TestAgreement(t *testing.T) {
 			t.Parallel()
 			tp := newTopo(t, c.nft)
 			tp.startServers(t)
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			var mu sync.Mutex
-			var vs []verdict
-			var wg sync.WaitGroup
-			run := func(f func() verdict) {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					v := f()
-					mu.Lock()
-					vs = append(vs, v)
-					mu.Unlock()
-				}()
+			tp.runMatrix(t, c)
+		})
+	}
+}
+
+// runMatrix runs every client against the servers of tp at once and checks
+// each answer against what the NAT is, c.
+func (tp *topo) runMatrix(t *testing.T, c agreeCase) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var vs []verdict
+	var wg sync.WaitGroup
+	run := func(f func() verdict) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v := f()
+			mu.Lock()
+			vs = append(vs, v)
+			mu.Unlock()
+		}()
+	}
+	run(func() verdict { return tp.probe(ctx, "192.0.2.10:3478", helperArgs{TCP: true}) })
+	run(func() verdict { return tp.probe(ctx, "192.0.2.10:3480", helperArgs{}) })
+	run(func() verdict { return tp.probe(ctx, "192.0.2.10:3490", helperArgs{TCP: true}) })
+	run(func() verdict { return tp.natdiscovery(ctx, "192.0.2.10", "3490") })
+	run(func() verdict { return tp.natdiscovery(ctx, "192.0.2.10", "3478") })
+	run(func() verdict { return tp.stunClient(ctx, "192.0.2.10:3490") })
+	run(func() verdict { return tp.stunClient(ctx, "192.0.2.10:3480") })
+	wg.Wait()
+	hairpin := map[string]bool{}
+	for _, v := range vs {
+		tcp := "-"
+		if v.tcp != nil {
+			tcp = orDash(string(v.tcp.Mapping)) + " preserving " + fmtPtr(v.tcp.Preservation)
+		}
+		t.Logf("| %s | %s -> %s | %s | %s | %s | preserving %s | %s | hairpin %s | tcp %s | %v |", c.name, v.tool, v.server,
+			orDash(string(v.mapping)), orDash(string(v.filter)), orDash(string(v.class)), fmtPtr(v.preserve),
+			orDash(string(v.alloc)), fmtPtr(v.hairpin), tcp, v.elapsed.Round(time.Millisecond))
+		if v.err != nil {
+			t.Errorf("%s -> %s: %v", v.tool, v.server, v.err)
+			continue
+		}
+		// Every tool must report what the NAT is, where it
+		// reports that dimension at all.
+		if v.mapping != "" || v.tool != "stun (stun-client)" {
+			if v.mapping != c.mapping {
+				t.Errorf("%s -> %s: mapping %q, the NAT is %q\n%s", v.tool, v.server, v.mapping, c.mapping, v.raw)
 			}
-			run(func() verdict { return tp.probe(ctx, "192.0.2.10:3478", helperArgs{TCP: true}) })
-			run(func() verdict { return tp.probe(ctx, "192.0.2.10:3480", helperArgs{}) })
-			run(func() verdict { return tp.probe(ctx, "192.0.2.10:3490", helperArgs{TCP: true}) })
-			run(func() verdict { return tp.natdiscovery(ctx, "192.0.2.10", "3490") })
-			run(func() verdict { return tp.natdiscovery(ctx, "192.0.2.10", "3478") })
-			run(func() verdict { return tp.stunClient(ctx, "192.0.2.10:3490") })
-			run(func() verdict { return tp.stunClient(ctx, "192.0.2.10:3480") })
-			wg.Wait()
-			for _, v := range vs {
-				t.Logf("| %s | %s -> %s | %s | %s | %s | %v |", c.name, v.tool, v.server, orDash(string(v.mapping)), orDash(string(v.filter)), orDash(string(v.class)), v.elapsed.Round(time.Millisecond))
-				if v.err != nil {
-					t.Errorf("%s -> %s: %v", v.tool, v.server, v.err)
-					continue
-				}
-				// Every tool must report what the NAT is, where it
-				// reports that dimension at all.
-				if v.mapping != "" || v.tool != "stun (stun-client)" {
-					if v.mapping != c.mapping {
-						t.Errorf("%s -> %s: mapping %q, the NAT is %q\n%s", v.tool, v.server, v.mapping, c.mapping, v.raw)
-					}
-				}
-				if v.filter != "" || v.tool != "stun (stun-client)" {
-					if v.filter != c.filter {
-						t.Errorf("%s -> %s: filtering %q, the NAT is %q\n%s", v.tool, v.server, v.filter, c.filter, v.raw)
-					}
-				}
-				if v.tool != "turnutils_natdiscovery -m -f" && v.class != c.class {
-					t.Errorf("%s -> %s: class %q, the NAT is %q\n%s", v.tool, v.server, v.class, c.class, v.raw)
-				}
-				if v.preserve != nil && *v.preserve != c.preserve {
-					t.Errorf("%s -> %s: preservation %v, the NAT's is %v", v.tool, v.server, *v.preserve, c.preserve)
-				}
-				if v.tool == "natprobe" && v.server != "192.0.2.10:3480" {
-					if v.tcp == nil || v.tcp.Mapping != c.mapping || v.tcp.Preservation == nil || *v.tcp.Preservation != c.preserve {
-						t.Errorf("natprobe --tcp -> %s: %+v, the NAT maps TCP %q, preserving %v\n%s", v.server, v.tcp, c.mapping, c.preserve, v.raw)
-					}
-				}
+		}
+		if v.filter != "" || v.tool != "stun (stun-client)" {
+			if v.filter != c.filter {
+				t.Errorf("%s -> %s: filtering %q, the NAT is %q\n%s", v.tool, v.server, v.filter, c.filter, v.raw)
 			}
+		}
+		if v.tool != "turnutils_natdiscovery -m -f" && v.class != c.class {
+			t.Errorf("%s -> %s: class %q, the NAT is %q\n%s", v.tool, v.server, v.class, c.class, v.raw)
+		}
+		if v.preserve != nil && c.preserve != nil && *v.preserve != *c.preserve {
+			t.Errorf("%s -> %s: preservation %v, the NAT's is %v", v.tool, v.server, *v.preserve, *c.preserve)
+		}
+		if v.hairpin != nil {
+			hairpin[v.tool+" -> "+v.server] = *v.hairpin
+		}
+		if v.tool == "natprobe" && v.server != "192.0.2.10:3480" {
+			if v.tcp == nil || v.tcp.Mapping != c.mapping || v.tcp.Preservation == nil || (c.preserve != nil && *v.tcp.Preservation != *c.preserve) {
+				t.Errorf("natprobe --tcp -> %s: %+v, the NAT maps TCP %q, preserving %v\n%s", v.server, v.tcp, c.mapping, fmtPtr(c.preserve), v.raw)
+			}
+		}
+	}
+	// The allocation pattern, from a probe that runs alone: the others'
+	// mappings, made meanwhile, would be gaps in a sequence and could
+	// interleave out of order.
+	if c.alloc != "" {
+		v := tp.probe(ctx, "192.0.2.10:3490", helperArgs{})
+		t.Logf("| %s | natprobe (alone) -> %s | allocation %s |", c.name, v.server, orDash(string(v.alloc)))
+		if v.err != nil || v.alloc != c.alloc {
+			t.Errorf("natprobe alone -> %s: allocation %q (%v), the NAT's is %q\n%s", v.server, v.alloc, v.err, c.alloc, v.raw)
+		}
+	}
+	// natprobe and stun both report hairpinning: they must agree.
+	var first *bool
+	for who, h := range hairpin {
+		if first == nil {
+			first = ptr(h)
+		} else if *first != h {
+			t.Errorf("hairpinning disagrees: %v (%s)", hairpin, who)
+			break
+		}
+	}
+}
+
+func fmtPtr(p *bool) string {
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprint(*p)
+}
+
+// TestAgreementGateway runs the matrix through every preset of the
+// portspace NAT gateway (internal/gwtest: client | router | server
+// namespaces, the gateway on a TUN in the router), expecting the preset's
+// own mapping and filtering (nat.Presets) from every client.
+func TestAgreementGateway(t *testing.T) {
+	for _, prog := range []string{"ip", "ss", "turnserver", "turnutils_natdiscovery", "stun", "stund"} {
+		netnstest.RequireCommand(t, prog)
+	}
+	netnstest.RequireRoot(t)
+	t.Parallel()
+	beh := func(m string) Behavior {
+		switch m {
+		case "EIM", "EIF":
+			return EndpointIndependent
+		case "ADM", "ADF":
+			return AddressDependent
+		}
+		return AddressAndPortDependent
+	}
+	for _, p := range nat.Presets() {
+		c := agreeCase{name: "gateway " + p.Name}
+		switch p.Mapping {
+		case nat.MappingEIM:
+			c.mapping = beh("EIM")
+		case nat.MappingADM:
+			c.mapping = beh("ADM")
+		default:
+			c.mapping = beh("APDM")
+		}
+		switch p.Filtering {
+		case nat.FilterEIF:
+			c.filter = beh("EIF")
+		case nat.FilterADF:
+			c.filter = beh("ADF")
+		default:
+			c.filter = beh("APDF")
+		}
+		c.class = class(ptr(true), c.mapping, c.filter)
+		switch p.Name {
+		case "full-cone", "restricted-cone", "port-restricted-cone":
+			c.preserve, c.alloc = ptr(true), Preserving
+		case "pion-vnet":
+			c.preserve, c.alloc = ptr(false), Sequential
+		}
+		t.Run(p.Name, func(t *testing.T) {
+			t.Parallel()
+			g := gwtest.New(t, gwtest.Options{})
+			g.Start(t, gwtest.Spec{Preset: p.Name})
+			tp := &topo{s: g.ServerNS, n: g.RouterNS, c: g.ClientNS, dir: g.Dir()}
+			tp.startServers(t)
+			tp.runMatrix(t, c)
 		})
 	}
 }

@@ -194,8 +194,8 @@ func class(nat *bool, m, f Behavior) Class {
 }
 
 // analyse fills Preservation, Parity, Overlapping, Allocation and Delta from
-// the samples (each a new mapping, in the order made). firsts counts the
-// leading samples that were each socket's first mapping.
+// the samples (each a new mapping, in the order made); firsts are the
+// samples that were each socket's first mapping.
 func analyse(samples []Sample, firsts []Sample) (pres, parity, overlap *bool, alloc Allocation, delta int) {
 	if len(firsts) > 0 {
 		p := true
@@ -229,18 +229,36 @@ func analyse(samples []Sample, firsts []Sample) (pres, parity, overlap *bool, al
 	case len(samples) < 3:
 		return pres, parity, overlap, "", 0
 	}
-	ds := make([]int, 0, len(samples)-1)
+	// Sequential: every new mapping above (or every one below) the one
+	// before by at most 64, so that mappings other hosts (or other tests)
+	// took in between still count; Delta is the most common step. Random
+	// ports pass that test with odds of about (128/65536)^n.
+	counts := map[int]int{}
+	sign := 0
 	for i := 1; i < len(samples); i++ {
-		ds = append(ds, int(int16(samples[i].Mapped.Port()-samples[i-1].Mapped.Port())))
+		d := int(int16(samples[i].Mapped.Port() - samples[i-1].Mapped.Port()))
+		sg := 1
+		if d < 0 {
+			sg = -1
+		}
+		if d == 0 || d > 64 || d < -64 || (sign != 0 && sg != sign) {
+			return pres, parity, overlap, Random, 0
+		}
+		sign = sg
+		counts[d]++
 	}
-	same := true
-	for _, d := range ds {
-		if d != ds[0] {
-			same = false
+	best := 0
+	for d, n := range counts {
+		if n > counts[best] || (n == counts[best] && (best == 0 || abs(d) < abs(best))) {
+			best = d
 		}
 	}
-	if same && ds[0] != 0 && ds[0] >= -64 && ds[0] <= 64 {
-		return pres, parity, overlap, Sequential, ds[0]
+	return pres, parity, overlap, Sequential, best
+}
+
+func abs(x int) int {
+	if x < 0 {
+		return -x
 	}
-	return pres, parity, overlap, Random, 0
+	return x
 }

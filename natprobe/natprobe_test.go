@@ -206,6 +206,8 @@ func TestAnalyse(t *testing.T) {
 		{"preserving", []Sample{sample(40001, 40001), sample(40100, 40100), sample(50000, 50000)}, Preserving, 0, true, true, false},
 		{"sequential +1", []Sample{sample(40001, 1024), sample(40100, 1025), sample(50000, 1026), sample(41000, 1027)}, Sequential, 1, false, false, false},
 		{"sequential -2 across wrap", []Sample{sample(40001, 1), sample(40003, 65535), sample(50001, 65533)}, Sequential, -2, false, true, false},
+		{"sequential with gaps", []Sample{sample(40001, 49152), sample(40100, 49153), sample(50000, 49157), sample(41000, 49158), sample(41001, 49159)}, Sequential, 1, false, false, false},
+		{"not sequential: a step back", []Sample{sample(40001, 49152), sample(40100, 49153), sample(50000, 49151), sample(41000, 49158)}, Random, 0, false, false, false},
 		{"random", []Sample{sample(40001, 7001), sample(40100, 33333), sample(50000, 1234)}, Random, 0, false, false, false},
 		{"overlapping", []Sample{sample(40001, 5000), sample(40100, 5000), sample(50000, 6000)}, Random, 0, false, false, true},
 	} {

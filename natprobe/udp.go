@@ -492,19 +492,6 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 	}
 
 	var wg sync.WaitGroup
-	// Hairpinning (RFC 5780 section 3.4): a request from a socket of its
-	// own to s1's mapped address must reach s1.
-	if *res.NAT {
-		hp, err := p.open(local)
-		if err != nil {
-			return err
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res.Hairpinning = ptr(p.hairpin(ctx, hp, s1, m1))
-		}()
-	}
 	// Mapping tests II and III, from s1.
 	if oth.IsValid() && *res.NAT {
 		wg.Add(1)
@@ -541,17 +528,26 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 			}
 		}()
 	}
-	// The allocation series: one new mapping per socket toward P.
+	// The allocation series: one new mapping per socket toward P. Once
+	// the first has its mapping, hairpinning (RFC 5780 section 3.4) runs
+	// between it and s1.
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for _, s := range series {
+		for i, s := range series {
 			a, _, err := p.do(ctx, txn{name: "allocation series", from: s, to: P})
 			if err != nil {
 				st.skip("allocation: %v", err)
 				return
 			}
-			st.sample(a, s, P, true)
+			ms := st.sample(a, s, P, true)
+			if i == 0 && *res.NAT && ms.IsValid() {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					res.Hairpinning = ptr(p.hairpin(ctx, s1, s, m1, ms))
+				}()
+			}
 		}
 	}()
 	wg.Wait()
@@ -578,36 +574,48 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 	return nil
 }
 
-// hairpin sends a Binding request from `from` to target's mapped address
-// at 0 and RTO and reports whether target received it by Decide.
-func (p *prober) hairpin(ctx context.Context, from, target *sock, mappedAddr netip.AddrPort) bool {
-	id := newID()
-	var b stun.Builder
-	b.Start(nil, stun.BindingRequest, id)
-	pkt := b.Bytes()
+// hairpin sends Binding requests between two sockets through the NAT: a
+// to b's mapped address mb and b to a's mapped address ma, at 0 and RTO,
+// and reports whether either arrived by Decide. Each direction's first
+// request opens the sender's own filter toward the other's mapping, so a
+// NAT that hairpins is seen as doing so whatever its filtering (RFC 5780
+// section 3.4; RFC 4787 section 6, REQ-9).
+func (p *prober) hairpin(ctx context.Context, a, b *sock, ma, mb netip.AddrPort) bool {
+	idA, idB := newID(), newID()
+	var ba, bb stun.Builder
+	ba.Start(nil, stun.BindingRequest, idA)
+	bb.Start(nil, stun.BindingRequest, idB)
+	pa, pb := ba.Bytes(), bb.Bytes()
 	if p.pace(ctx) != nil {
 		return false
 	}
 	end := time.Now().Add(p.o.Decide)
-	next := time.Now()
-	for time.Now().Before(end) {
-		if !time.Now().Before(next) {
-			_, _ = from.c.WriteToUDPAddrPort(pkt, mappedAddr)
-			if next.Sub(end) < -p.o.RTO {
-				next = next.Add(p.o.RTO)
-			} else {
-				next = end
-			}
+	sends := []time.Time{time.Now(), time.Now().Add(p.o.RTO)}
+	for {
+		now := time.Now()
+		if !now.Before(end) {
+			return false
 		}
-		wake := next
-		if end.Before(wake) {
-			wake = end
+		wake := end
+		if len(sends) > 0 {
+			if !now.Before(sends[0]) {
+				_, _ = a.c.WriteToUDPAddrPort(pa, mb)
+				_, _ = b.c.WriteToUDPAddrPort(pb, ma)
+				sends = sends[1:]
+				continue
+			}
+			wake = sends[0]
 		}
 		t := time.NewTimer(time.Until(wake))
 		select {
-		case got := <-target.request:
-			t.Stop()
-			if got == id {
+		case got := <-b.request:
+			if got == idA {
+				t.Stop()
+				return true
+			}
+		case got := <-a.request:
+			if got == idB {
+				t.Stop()
 				return true
 			}
 		case <-t.C:
@@ -615,6 +623,6 @@ func (p *prober) hairpin(ctx context.Context, from, target *sock, mappedAddr net
 			t.Stop()
 			return false
 		}
+		t.Stop()
 	}
-	return false
 }

@@ -82,6 +82,16 @@ func (h *Handler) Sockets() []netip.AddrPort {
 	return h.addrs[:1]
 }
 
+// otherOf is the socket OTHER-ADDRESS (and CHANGED-ADDRESS) names for a
+// request that arrived on each socket. RFC 5780 section 7.4 makes it the
+// receiving socket's opposite (Ca, Cp), and so it is for three sockets; for
+// (alternate address, primary port) it is (alternate address, alternate
+// port), as coturn answers, because coturn's turnutils_natdiscovery sends
+// mapping test III to the OTHER-ADDRESS of test II's answer (RFC 5780
+// section 4.3 means the alternate address and port) and would otherwise
+// test the primary address's alternate port.
+var otherOf = [4]Socket{SocketAltBoth, SocketAltAddr, SocketAltBoth, SocketPrimary}
+
 // maxUnknown bounds the UNKNOWN-ATTRIBUTES list of a 420 response.
 const maxUnknown = 8
 
@@ -169,14 +179,14 @@ func (h *Handler) Handle(out, req []byte, src netip.AddrPort, at Socket, tcp boo
 		b.AddAddr(AttrMappedAddress, src)
 		b.AddAddr(AttrSourceAddress, origin)
 		if h.dual {
-			b.AddAddr(AttrChangedAddress, h.addrs[at^3])
+			b.AddAddr(AttrChangedAddress, h.addrs[otherOf[at]])
 		}
 	} else {
 		b.AddXORAddr(AttrXORMappedAddress, src)
 		b.AddAddr(AttrMappedAddress, src)
 		b.AddAddr(AttrResponseOrigin, origin)
 		if h.dual {
-			b.AddAddr(AttrOtherAddress, h.addrs[at^3])
+			b.AddAddr(AttrOtherAddress, h.addrs[otherOf[at]])
 		}
 		if h.software != "" {
 			b.AddString(AttrSoftware, h.software)
