@@ -47,6 +47,7 @@ func TestMain(m *testing.M) {
 // helperArgs is what the test passes to a helper copy of itself.
 type helperArgs struct {
 	Server, Alternate string
+	AltLocal          string
 	TCP, Lifetime     bool
 	LifetimeMax       time.Duration
 	LifetimeRes       time.Duration
@@ -76,12 +77,13 @@ type agreeCase struct {
 	class    Class
 	preserve *bool      // nil: not asserted
 	alloc    Allocation // "": not asserted
+	overlap  *bool      // nil: not asserted
 }
 
 var agreeCases = []agreeCase{
-	{"masquerade", "", EndpointIndependent, AddressAndPortDependent, PortRestrictedCone, ptr(true), Preserving},
-	{"masquerade-persistent", "persistent", EndpointIndependent, AddressAndPortDependent, PortRestrictedCone, ptr(true), Preserving},
-	{"masquerade-fully-random", "fully-random", AddressAndPortDependent, AddressAndPortDependent, Symmetric, ptr(false), Random},
+	{"masquerade", "", EndpointIndependent, AddressAndPortDependent, PortRestrictedCone, ptr(true), Preserving, ptr(true)},
+	{"masquerade-persistent", "persistent", EndpointIndependent, AddressAndPortDependent, PortRestrictedCone, ptr(true), Preserving, ptr(true)},
+	{"masquerade-fully-random", "fully-random", AddressAndPortDependent, AddressAndPortDependent, Symmetric, ptr(false), Random, nil},
 }
 
 type topo struct {
@@ -115,6 +117,7 @@ func newTopoTB(t testing.TB, nftFlags string, setup ...[]string) *topo {
 	tp.n.MustRun(t, "ip", "link", "set", no, "up")
 	tp.n.MustRun(t, "ip", "link", "set", ni, "up")
 	tp.c.MustRun(t, "ip", "addr", "add", "10.0.0.2/24", "dev", cv)
+	tp.c.MustRun(t, "ip", "addr", "add", "10.0.0.3/24", "dev", cv) // the overlapping test's second address
 	tp.c.MustRun(t, "ip", "link", "set", cv, "up")
 	tp.c.MustRun(t, "ip", "route", "add", "default", "via", "10.0.0.1")
 	tp.n.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -190,6 +193,7 @@ type verdict struct {
 	class        Class
 	preserve     *bool
 	hairpin      *bool
+	overlap      *bool
 	alloc        Allocation
 	tcp          *TCPResult
 	raw          string
@@ -216,6 +220,7 @@ func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict 
 		RFC3489      Class
 		Preservation *bool
 		Hairpinning  *bool
+		Overlapping  *bool
 		Allocation   Allocation
 		TCP          *struct {
 			Mapping      Behavior
@@ -230,7 +235,7 @@ func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict 
 		return v
 	}
 	v.mapping, v.filter, v.class, v.preserve = r.Mapping, r.Filtering, r.RFC3489, r.Preservation
-	v.hairpin, v.alloc = r.Hairpinning, r.Allocation
+	v.hairpin, v.alloc, v.overlap = r.Hairpinning, r.Allocation, r.Overlapping
 	v.elapsed = time.Duration(r.ElapsedMS) * time.Millisecond // the UDP run, without process start-up or TCP
 	if r.TCP != nil {
 		v.tcp = &TCPResult{Mapping: r.TCP.Mapping, Preservation: r.TCP.Preservation}
@@ -362,7 +367,7 @@ func (tp *topo) runMatrix(t *testing.T, c agreeCase) {
 	}
 	run(func() verdict { return tp.probe(ctx, "192.0.2.10:3478", helperArgs{TCP: true}) })
 	run(func() verdict { return tp.probe(ctx, "192.0.2.10:3480", helperArgs{}) })
-	run(func() verdict { return tp.probe(ctx, "192.0.2.10:3490", helperArgs{TCP: true}) })
+	run(func() verdict { return tp.probe(ctx, "192.0.2.10:3490", helperArgs{TCP: true, AltLocal: "10.0.0.3"}) })
 	run(func() verdict { return tp.natdiscovery(ctx, "192.0.2.10", "3490") })
 	run(func() verdict { return tp.natdiscovery(ctx, "192.0.2.10", "3478") })
 	run(func() verdict { return tp.stunClient(ctx, "192.0.2.10:3490") })
@@ -401,6 +406,12 @@ func (tp *topo) runMatrix(t *testing.T, c agreeCase) {
 		}
 		if v.hairpin != nil {
 			hairpin[v.tool+" -> "+v.server] = *v.hairpin
+		}
+		if v.tool == "natprobe" && v.server == "192.0.2.10:3490" {
+			t.Logf("| %s | natprobe --alt-local -> %s | overlapping %s |", c.name, v.server, fmtPtr(v.overlap))
+			if c.overlap != nil && (v.overlap == nil || *v.overlap != *c.overlap) {
+				t.Errorf("natprobe (second address) -> %s: overlapping %s, the NAT's is %v\n%s", v.server, fmtPtr(v.overlap), *c.overlap, v.raw)
+			}
 		}
 		if v.tool == "natprobe" && v.server != "192.0.2.10:3480" {
 			if v.tcp == nil || v.tcp.Mapping != c.mapping || v.tcp.Preservation == nil || (c.preserve != nil && *v.tcp.Preservation != *c.preserve) {
@@ -477,7 +488,9 @@ func TestAgreementGateway(t *testing.T) {
 		c.class = class(ptr(true), c.mapping, c.filter)
 		switch p.Name {
 		case "full-cone", "restricted-cone", "port-restricted-cone":
-			c.preserve, c.alloc = ptr(true), Preserving
+			c.preserve, c.alloc, c.overlap = ptr(true), Preserving, ptr(false)
+		case "linux-masquerade":
+			c.overlap = ptr(true)
 		case "pion-vnet":
 			c.preserve, c.alloc = ptr(false), Sequential
 		}

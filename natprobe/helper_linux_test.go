@@ -45,8 +45,11 @@ func helperProbe(a helperArgs) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	r, err := Probe(context.Background(), Options{Server: server, TCP: a.TCP, Lifetime: a.Lifetime,
-		LifetimeMax: a.LifetimeMax, LifetimeResolution: a.LifetimeRes})
+	o := Options{Server: server, TCP: a.TCP, Lifetime: a.Lifetime, LifetimeMax: a.LifetimeMax, LifetimeResolution: a.LifetimeRes}
+	if a.AltLocal != "" {
+		o.AltLocal = netip.MustParseAddr(a.AltLocal)
+	}
+	r, err := Probe(context.Background(), o)
 	j, _ := json.Marshal(r)
 	fmt.Println(string(j))
 	if err != nil {

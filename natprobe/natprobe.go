@@ -88,6 +88,10 @@ type Options struct {
 	// the routing table picks toward Server. Its port is ignored: every
 	// test uses fresh random ports (RFC 5780 section 4.1).
 	Local netip.Addr
+	// AltLocal is a second local address of this host (same family). With
+	// it the probe tests port overlapping directly: the same port from both
+	// addresses toward two server addresses (like natdiscovery -c -A).
+	AltLocal netip.Addr
 	// TCP also runs ProbeTCP toward the same server.
 	TCP bool
 	// TCPLocalPort is the local port ProbeTCP reuses; 0 lets the kernel

@@ -339,6 +339,7 @@ type state struct {
 	skipped []string
 	algSeen bool
 	alg     bool
+	overlap *bool // from the two-address test
 }
 
 func (st *state) sample(a answer, from *sock, to netip.AddrPort, first bool) netip.AddrPort {
@@ -528,6 +529,22 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 			}
 		}()
 	}
+	// Overlapping, with a second local address: the same port from both
+	// toward two server addresses; one external port for both is
+	// overlapping (RFC 7857 section 3).
+	if alt := p.o.AltLocal; alt.IsValid() && oth.IsValid() && *res.NAT {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ov, err := p.overlap(ctx, local, alt, netip.AddrPortFrom(oth.Addr(), P.Port())); err != nil {
+				st.skip("overlapping: %v", err)
+			} else {
+				st.mu.Lock()
+				st.overlap = ov
+				st.mu.Unlock()
+			}
+		}()
+	}
 	// The allocation series: one new mapping per socket toward P. Once
 	// the first has its mapping, hairpinning (RFC 5780 section 3.4) runs
 	// between it and s1.
@@ -557,6 +574,9 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 	sort.SliceStable(st.samples, func(i, j int) bool { return st.samples[i].Sent < st.samples[j].Sent })
 	res.Samples = st.samples
 	res.Preservation, res.Parity, res.Overlapping, res.Allocation, res.Delta = analyse(st.samples, st.firsts)
+	if st.overlap != nil {
+		res.Overlapping = st.overlap
+	}
 	if st.algSeen {
 		res.ALG = ptr(st.alg)
 	}
@@ -625,4 +645,43 @@ func (p *prober) hairpin(ctx context.Context, a, b *sock, ma, mb netip.AddrPort)
 		}
 		t.Stop()
 	}
+}
+
+// overlap binds one port on local and the same port on alt, sends from
+// the first to the primary address and from the second to A (another
+// server address), and compares the mappings: the same external endpoint
+// is overlapping; different ones, when the first kept its port (so the
+// second could have had it), is not; otherwise it cannot tell (nil).
+func (p *prober) overlap(ctx context.Context, local, alt netip.Addr, A netip.AddrPort) (*bool, error) {
+	a, err := p.open(local)
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(alt, a.local.Port())))
+	if err != nil {
+		return nil, fmt.Errorf("natprobe: the second local address %v: %w", alt, err)
+	}
+	b := &sock{c: c, local: netip.AddrPortFrom(alt, a.local.Port()), wait: map[stun.TransactionID]chan reply{}, request: make(chan stun.TransactionID, 8)}
+	p.socks = append(p.socks, b)
+	go b.read()
+	ra, _, err := p.do(ctx, txn{name: "overlapping (first address)", from: a, to: p.o.Server})
+	if err != nil {
+		return nil, err
+	}
+	rb, _, err := p.do(ctx, txn{name: "overlapping (second address)", from: b, to: A})
+	if err != nil {
+		return nil, err
+	}
+	ma, err1 := mapped(ra.m)
+	mb, err2 := mapped(rb.m)
+	if err1 != nil || err2 != nil {
+		return nil, errors.Join(err1, err2)
+	}
+	switch {
+	case ma == mb:
+		return ptr(true), nil
+	case ma.Port() == a.local.Port():
+		return ptr(false), nil
+	}
+	return nil, nil
 }

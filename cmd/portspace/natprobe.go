@@ -22,7 +22,7 @@ func newNatprobeCmd() *cobra.Command {
 		tcp, lifetime, asJSON, verbose bool
 		tcpPort                        uint16
 		lifetimeMax                    time.Duration
-		local                          string
+		local, altLocal                string
 	)
 	cmd := &cobra.Command{
 		Use:   "natprobe SERVER[:PORT] [--tcp] [--lifetime] [--json]",
@@ -30,7 +30,8 @@ func newNatprobeCmd() *cobra.Command {
 		Long: `natprobe runs the RFC 5780 behaviour-discovery tests against a STUN server
 (mapping 4.3, filtering 4.4, hairpinning 3.4, ALG 3.6, and with --lifetime the
 binding lifetime 4.6 by binary search) plus port preservation, parity,
-overlapping and the allocation pattern; --tcp adds the TCP mapping from one
+overlapping (directly with --alt-local, a second local address) and the
+allocation pattern; --tcp adds the TCP mapping from one
 reused local port. Results use RFC 4787 names with the RFC 3489 class beside.
 Against an RFC 3489 server (no OTHER-ADDRESS) it uses CHANGED-ADDRESS.
 SERVER is an IP literal; PORT defaults to 3478. A UDP run without --lifetime
@@ -48,6 +49,11 @@ takes about 2 s. The exit status is 1 when the server did not answer.`,
 			if local != "" {
 				if o.Local, err = netip.ParseAddr(local); err != nil {
 					return fmt.Errorf("--local %q: want an IP address: %w", local, err)
+				}
+			}
+			if altLocal != "" {
+				if o.AltLocal, err = netip.ParseAddr(altLocal); err != nil {
+					return fmt.Errorf("--alt-local %q: want an IP address: %w", altLocal, err)
 				}
 			}
 			if lifetimeMax < 0 {
@@ -85,6 +91,7 @@ takes about 2 s. The exit status is 1 when the server did not answer.`,
 	f.BoolVar(&lifetime, "lifetime", false, "measure the UDP binding lifetime (takes minutes)")
 	f.DurationVar(&lifetimeMax, "lifetime-max", natprobe.DefaultLifetimeMax, "longest lifetime the --lifetime search tries")
 	f.StringVar(&local, "local", "", "local address to probe from (default: the route's source toward SERVER)")
+	f.StringVar(&altLocal, "alt-local", "", "a second local address of this host: test port overlapping directly")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object on standard output")
 	f.BoolVar(&verbose, "verbose", false, "log every transaction on standard error")
 	return cmd

@@ -19,6 +19,7 @@ func TestNatprobeBadInput(t *testing.T) {
 		{[]string{"natprobe", "stun.example.org"}, `SERVER "stun.example.org"`},
 		{[]string{"natprobe", "192.0.2.1:99999"}, `bad port "99999"`},
 		{[]string{"natprobe", "192.0.2.1", "--local", "nope"}, `--local "nope"`},
+		{[]string{"natprobe", "192.0.2.1", "--alt-local", "x"}, `--alt-local "x"`},
 		{[]string{"natprobe"}, "accepts 1 arg"},
 	} {
 		_, _, err := runCLI(t, c.args...)
