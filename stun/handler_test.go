@@ -298,3 +298,31 @@ func BenchmarkHandle(b *testing.B) {
 		h.Handle(out, req, hClient, 0, false)
 	}
 }
+
+// FuzzHandle feeds arbitrary requests to the server's handler over UDP and
+// TCP: it must not panic, every answer must parse, and no answer may exceed
+// its request by more than the fixed attributes and the longest error
+// (the server is no amplifier).
+func FuzzHandle(f *testing.F) {
+	f.Add(request(false, func(b *Builder) { b.AddChangeRequest(ChangeIP | ChangePort) }), uint8(0), false)
+	f.Add(request(true, func(b *Builder) { b.AddResponsePort(9) }), uint8(2), false)
+	f.Add(request(false, func(b *Builder) { b.AddZeros(AttrPadding, 40); b.AddFingerprint() }), uint8(3), true)
+	f.Add(request(false, func(b *Builder) { b.AddUint32(0x0024, 1); b.AddUint32(0x0025, 1) }), uint8(1), false)
+	h := mustHandler(f, hAlternate)
+	f.Fuzz(func(t *testing.T, req []byte, at uint8, tcp bool) {
+		r, ok := h.Handle(nil, req, hClient, Socket(at%4), tcp)
+		if !ok {
+			return
+		}
+		var m Message
+		if err := Parse(r.Data, &m); err != nil {
+			t.Fatalf("answer does not parse: %v", err)
+		}
+		if len(r.Data) > len(req)+80 {
+			t.Fatalf("%d-byte answer to a %d-byte request", len(r.Data), len(req))
+		}
+		if r.To.Addr() != hClient.Addr() {
+			t.Fatalf("answer aimed at %v", r.To)
+		}
+	})
+}
