@@ -108,8 +108,9 @@ func sum(ds []time.Duration) (t time.Duration) {
 }
 
 // BenchmarkDialUDP compares a Search-strategy UDP dial (the cooperative
-// lock: bind, sock_diag lookup, connect) with a plain net.Dialer bound to
-// the same source with port 0.
+// lock: bind, sock_diag lookup, connect; with lock files, or with the
+// in-flight dump) with a plain net.Dialer bound to the same source with
+// port 0.
 func BenchmarkDialUDP(b *testing.B) {
 	_, outside := benchRanges(b)
 	if !netsys.Probe().UDPDiag {
@@ -121,11 +122,15 @@ func BenchmarkDialUDP(b *testing.B) {
 	}
 	defer sink.Close()
 	dst := sink.LocalAddr().String()
-	plain := &net.Dialer{LocalAddr: &net.UDPAddr{IP: loopback.AsSlice()}}
-	d := &Dialer{Sources: []netip.Addr{loopback}, Ports: outside}
-	warmUp(b, plain, d, "udp4", dst)
-	tPlain, tOurs := interleave(b, plain.Dial, d.Dial, "udp4", dst)
-	reportRate(b, tPlain, tOurs)
+	for _, lock := range []UDPLock{UDPLockFile, UDPLockDump} {
+		b.Run(lock.String(), func(b *testing.B) {
+			plain := &net.Dialer{LocalAddr: &net.UDPAddr{IP: loopback.AsSlice()}}
+			d := &Dialer{Sources: []netip.Addr{loopback}, Ports: outside, UDPLock: lock, LockDir: b.TempDir()}
+			warmUp(b, plain, d, "udp4", dst)
+			tPlain, tOurs := interleave(b, plain.Dial, d.Dial, "udp4", dst)
+			reportRate(b, tPlain, tOurs)
+		})
+	}
 }
 
 // interleave times one dial with each dialer per iteration, alternating

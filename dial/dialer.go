@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,6 +70,51 @@ func (s Strategy) String() string {
 	return "Strategy(" + strconv.Itoa(int(s)) + ")"
 }
 
+// UDPLock selects how the UDP Search strategy keeps two cooperating sockets
+// off one 4-tuple while each checks and connects it (see the package
+// documentation). Both variants run the cooperative SO_REUSEADDR lock and
+// the exact sock_diag lookup, so they interoperate with other programs that
+// follow that protocol; they differ in how two portspace processes binding
+// one (source, port) at the same instant exclude each other.
+type UDPLock int
+
+const (
+	// UDPLockAuto (the zero value) uses UDPLockFile when the lock
+	// directory and open file description locks work (probed at the
+	// Dialer's first dial), UDPLockDump otherwise.
+	UDPLockAuto UDPLock = iota
+	// UDPLockFile holds an advisory lock per (network namespace, source,
+	// port) in LockDir around the protocol's steps, so no two processes
+	// that share the directory are inside them for one port at once. The
+	// kernel walks no table: the dial costs two fcntl calls over a plain
+	// locked dial. Every portspace process of the namespace that dials
+	// from the same ports must use it with the same directory.
+	UDPLockFile
+	// UDPLockDump adds, instead, an in-flight check: a sock_diag dump of
+	// the unconnected UDP sockets, which finds another socket bound to the
+	// port whose owner may be between bind and connect. It needs no shared
+	// directory, but the kernel walks its whole UDP hash table (every
+	// slot and every socket, connected or not) for each attempt.
+	UDPLockDump
+)
+
+// String returns the lock's name.
+func (l UDPLock) String() string {
+	switch l {
+	case UDPLockAuto:
+		return "auto"
+	case UDPLockFile:
+		return "file"
+	case UDPLockDump:
+		return "dump"
+	}
+	return "UDPLock(" + strconv.Itoa(int(l)) + ")"
+}
+
+// DefaultLockDir returns the lock directory of UDPLockFile when
+// Dialer.LockDir is empty: "portspace-locks" under os.TempDir().
+func DefaultLockDir() string { return filepath.Join(os.TempDir(), "portspace-locks") }
+
 // DefaultMaxAttempts is the bound on ports tried per source and destination
 // in one dial when Dialer.MaxAttempts is zero.
 const DefaultMaxAttempts = 128
@@ -87,6 +135,20 @@ type Dialer struct {
 	// namespace's ephemeral range (net.ipv4.ip_local_port_range), minus
 	// ip_local_reserved_ports for the Search strategy.
 	Ports tuple.PortSet
+
+	// LocalAddr is the local address to dial from, as net.Dialer.LocalAddr
+	// (a *net.TCPAddr, *net.UDPAddr or *net.IPAddr): its IP, unless nil or
+	// unspecified, is the only source, and its port, unless zero, the only
+	// port (which still serves every destination). Use it or Sources and
+	// Ports, not both: a Dialer with both fails every dial. Nil: unused.
+	LocalAddr net.Addr
+
+	// FallbackDelay is how long a "tcp" dial to a name with addresses of
+	// both families waits on the first family before it also dials the
+	// other, racing them (RFC 6555 Happy Eyeballs, as net.Dialer does).
+	// Zero: DefaultFallbackDelay (300 ms); negative: no racing, the
+	// addresses are dialed one after another.
+	FallbackDelay time.Duration
 
 	// Timeout bounds a whole dial, name resolution and port search
 	// included. Zero: no timeout beyond the context's.
@@ -122,6 +184,16 @@ type Dialer struct {
 	// kernels); Auto chooses.
 	Strategy Strategy
 
+	// UDPLock chooses how UDP Search dials of several processes exclude
+	// each other (UDPLockAuto: the lock files, or the dump when they do
+	// not work here).
+	UDPLock UDPLock
+
+	// LockDir is the directory of the UDPLockFile lock files; every
+	// process that dials from the same ports in one network namespace must
+	// use the same directory. Empty: DefaultLockDir().
+	LockDir string
+
 	// MaxAttempts bounds the ports tried (bind and connect) per source in
 	// one dial, not counting ports this Dialer already holds toward the
 	// destination, nor ports it recently found taken by other sockets
@@ -139,17 +211,29 @@ type Dialer struct {
 
 // state is what a Dialer computes once, at its first dial.
 type state struct {
-	log   *slog.Logger
-	caps  netsys.Caps
-	tcp   plan
-	udp   plan
-	sel   *selector
-	diags *diagPool
-	rr    atomic.Uint32
-	dials atomic.Uint64
-	tries atomic.Uint64 // Search: ports tried with syscalls (for tests)
-	full  fullMemo
-	locks [lockStripes]sync.Mutex
+	// sources and ports are the Dialer's Sources and Ports, or what its
+	// LocalAddr stands for when those are empty.
+	sources []netip.Addr
+	ports   tuple.PortSet
+	log     *slog.Logger
+	caps    netsys.Caps
+	tcp     plan
+	udp     plan
+	sel     *selector
+	diags   *diagPool
+	rr      atomic.Uint32
+	dials   atomic.Uint64
+	tries   atomic.Uint64 // Search: ports tried with syscalls (for tests)
+	full    fullMemo
+	locks   [lockStripes]sync.Mutex
+
+	udpLock   UDPLock // UDPLockFile or UDPLockDump, for UDP Search
+	lockDir   string
+	netns     string
+	lockFiles *lockFiles
+
+	kernelTCP map[netip.Addr]*net.Dialer // the TCP Kernel strategy's dialers, by source (read-only)
+	searchTCP net.Dialer                 // the TCP Search strategy's template (LocalAddr set per try)
 }
 
 // plan is the resolved strategy for one protocol.
@@ -163,12 +247,15 @@ var discard = slog.New(slog.DiscardHandler)
 
 func (d *Dialer) init() *state {
 	d.once.Do(func() {
-		st := &state{log: d.Logger, sel: newSelector()}
+		st := &state{log: d.Logger, sel: newSelector(), sources: d.Sources, ports: d.Ports}
 		st.diags = newDiagPool(st)
+		st.lockFiles = &lockFiles{}
+		runtime.AddCleanup(st, (*lockFiles).closeAll, st.lockFiles)
 		if st.log == nil {
 			st.log = discard
 		}
 		st.caps = netsys.Probe()
+		lerr := d.applyLocalAddr(st)
 		st.tcp = d.planTCP(st)
 		st.udp = d.planUDP(st)
 		for i, s := range d.Sources {
@@ -177,9 +264,73 @@ func (d *Dialer) init() *state {
 				st.tcp.err, st.udp.err = err, err
 			}
 		}
+		if lerr != nil {
+			st.tcp.err, st.udp.err = lerr, lerr
+		}
+		d.buildKernelDialers(st)
 		d.st = st
 	})
 	return d.st
+}
+
+// applyLocalAddr applies LocalAddr: its IP, if specified, becomes the only
+// source and its port, if not zero, the only port, as net.Dialer binds
+// LocalAddr. Setting it together with Sources or Ports is an error.
+func (d *Dialer) applyLocalAddr(st *state) error {
+	if d.LocalAddr == nil {
+		return nil
+	}
+	var ip net.IP
+	var port int
+	var zone string
+	switch a := d.LocalAddr.(type) {
+	case *net.TCPAddr:
+		if a == nil {
+			return nil
+		}
+		ip, port, zone = a.IP, a.Port, a.Zone
+	case *net.UDPAddr:
+		if a == nil {
+			return nil
+		}
+		ip, port, zone = a.IP, a.Port, a.Zone
+	case *net.IPAddr:
+		if a == nil {
+			return nil
+		}
+		ip, zone = a.IP, a.Zone
+	default:
+		return fmt.Errorf("dial: LocalAddr %v is a %T, want a *net.TCPAddr, *net.UDPAddr or *net.IPAddr", d.LocalAddr, d.LocalAddr)
+	}
+	if len(d.Sources) > 0 || d.Ports.IsValid() {
+		return fmt.Errorf("dial: LocalAddr %v is set together with Sources or Ports; set one of them", d.LocalAddr)
+	}
+	if a, ok := netip.AddrFromSlice(ip); ok && !a.IsUnspecified() {
+		st.sources = []netip.Addr{a.Unmap().WithZone(zone)}
+	}
+	if port < 0 || port > 65535 {
+		return fmt.Errorf("dial: LocalAddr %v: port out of range", d.LocalAddr)
+	}
+	if port != 0 {
+		st.ports = tuple.PortSetOf(tuple.SinglePort(uint16(port)))
+	}
+	return nil
+}
+
+// lockFiles are a Dialer's open lock files, one per source address.
+type lockFiles struct {
+	mu sync.Mutex
+	m  map[netip.Addr]*netsys.PortLockFile
+}
+
+// closeAll closes the lock files of a Dialer that was garbage collected.
+func (l *lockFiles) closeAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, lf := range l.m {
+		lf.Close()
+	}
+	l.m = nil
 }
 
 // ephemeral returns the namespace's ephemeral range as a port set, minus the
@@ -211,13 +362,13 @@ func (d *Dialer) planTCP(st *state) plan {
 		if !kernelOK {
 			return plan{strategy: Kernel, err: fmt.Errorf("%w: kernel strategy for tcp: %s", ErrStrategy, why)}
 		}
-		return plan{strategy: Kernel, ports: d.Ports}
+		return plan{strategy: Kernel, ports: st.ports}
 	case Search:
 		return d.searchPlan(st, "tcp", "forced")
 	case Auto:
 		if kernelOK {
-			st.log.Debug("dial: tcp uses the kernel strategy", "ports", d.Ports.String(), "sources", len(d.Sources))
-			return plan{strategy: Kernel, ports: d.Ports}
+			st.log.Debug("dial: tcp uses the kernel strategy", "ports", st.ports.String(), "sources", len(st.sources))
+			return plan{strategy: Kernel, ports: st.ports}
 		}
 		return d.searchPlan(st, "tcp", why)
 	}
@@ -231,36 +382,113 @@ func (d *Dialer) planUDP(st *state) plan {
 		if !kernelOK {
 			return plan{strategy: Kernel, err: fmt.Errorf("%w: kernel strategy for udp: %s", ErrStrategy, why)}
 		}
-		return plan{strategy: Kernel, ports: d.Ports}
+		return plan{strategy: Kernel, ports: st.ports}
 	case Search:
 		if !st.caps.UDPDiag {
 			return plan{strategy: Search, err: fmt.Errorf("%w: search strategy for udp: the kernel lacks the exact sock_diag UDP lookup or SO_COOKIE", ErrStrategy)}
 		}
+		if err := d.planUDPLock(st); err != nil {
+			return plan{strategy: Search, err: err}
+		}
 		return d.searchPlan(st, "udp", "forced")
 	case Auto:
 		if st.caps.UDPDiag {
+			if err := d.planUDPLock(st); err != nil {
+				return plan{strategy: Search, err: err}
+			}
 			return d.searchPlan(st, "udp", "connected UDP sockets share ports only through the cooperative lock")
 		}
 		if kernelOK {
 			st.log.Debug("dial: udp uses the kernel strategy (no port sharing): the kernel lacks the sock_diag UDP lookup")
-			return plan{strategy: Kernel, ports: d.Ports}
+			return plan{strategy: Kernel, ports: st.ports}
 		}
 		return plan{strategy: Search, err: fmt.Errorf("%w: udp: the kernel lacks the sock_diag UDP lookup, and %s", ErrStrategy, why)}
 	}
 	return plan{err: fmt.Errorf("%w: unknown strategy %v", ErrStrategy, d.Strategy)}
 }
 
-// kernelRangeOK reports whether the kernel can confine ports to d.Ports, and
+// planUDPLock resolves UDPLock, probing the lock directory once.
+func (d *Dialer) planUDPLock(st *state) error {
+	st.lockDir = d.LockDir
+	if st.lockDir == "" {
+		st.lockDir = DefaultLockDir()
+	}
+	switch d.UDPLock {
+	case UDPLockDump:
+		st.udpLock = UDPLockDump
+		return nil
+	case UDPLockAuto, UDPLockFile:
+	default:
+		return fmt.Errorf("%w: unknown UDPLock %v", ErrStrategy, d.UDPLock)
+	}
+	err := st.probeLockFile()
+	if err == nil {
+		st.udpLock = UDPLockFile
+		st.log.Debug("dial: udp search locks ports with lock files", "dir", st.lockDir)
+		return nil
+	}
+	if d.UDPLock == UDPLockFile {
+		return fmt.Errorf("%w: udp lock files in %s: %w", ErrStrategy, st.lockDir, err)
+	}
+	st.udpLock = UDPLockDump
+	st.log.Debug("dial: udp search uses the in-flight dump: lock files do not work here", "dir", st.lockDir, "err", err)
+	return nil
+}
+
+// probeLockFile checks that a lock file can be opened in the lock
+// directory and locked.
+func (st *state) probeLockFile() error {
+	ns, err := netsys.NetNSID()
+	if err != nil {
+		return err
+	}
+	st.netns = ns
+	lf, err := netsys.OpenPortLockFile(st.lockDir, ns, "udp", netip.IPv4Unspecified())
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	ok, err := lf.TryLock(0)
+	if err != nil {
+		return err
+	}
+	if ok {
+		return lf.Unlock(0)
+	}
+	return nil // held by another process's probe: locks work
+}
+
+// lockFile returns the Dialer's lock file of source src, opening it at its
+// first use. The files are closed when the Dialer is garbage collected.
+func (st *state) lockFile(src netip.Addr) (*netsys.PortLockFile, error) {
+	l := st.lockFiles
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if lf := l.m[src]; lf != nil {
+		return lf, nil
+	}
+	lf, err := netsys.OpenPortLockFile(st.lockDir, st.netns, "udp", src)
+	if err != nil {
+		return nil, fmt.Errorf("dial: udp lock: %w", err)
+	}
+	if l.m == nil {
+		l.m = map[netip.Addr]*netsys.PortLockFile{}
+	}
+	l.m[src] = lf
+	return lf, nil
+}
+
+// kernelRangeOK reports whether the kernel can confine ports to st.ports, and
 // if not, why.
 func (d *Dialer) kernelRangeOK(st *state) (bool, string) {
-	if !d.Ports.IsValid() {
-		if len(d.Sources) > 0 && !st.caps.BindAddressNoPort {
+	if !st.ports.IsValid() {
+		if len(st.sources) > 0 && !st.caps.BindAddressNoPort {
 			return false, "the kernel lacks IP_BIND_ADDRESS_NO_PORT"
 		}
 		return true, ""
 	}
-	if d.Ports.NumRanges() != 1 {
-		return false, fmt.Sprintf("port set %s is not one range", d.Ports)
+	if st.ports.NumRanges() != 1 {
+		return false, fmt.Sprintf("port set %s is not one range", st.ports)
 	}
 	if !st.caps.LocalPortRange {
 		return false, "the kernel lacks IP_LOCAL_PORT_RANGE (Linux 6.3)"
@@ -269,9 +497,9 @@ func (d *Dialer) kernelRangeOK(st *state) (bool, string) {
 	if err != nil {
 		return false, err.Error()
 	}
-	r := d.Ports.Range(0)
+	r := st.ports.Range(0)
 	if r.First() < eph.Lo || r.Last() > eph.Hi {
-		return false, fmt.Sprintf("port set %s is outside the namespace's ephemeral range %d-%d (IP_LOCAL_PORT_RANGE only narrows it; the sysctl is never widened)", d.Ports, eph.Lo, eph.Hi)
+		return false, fmt.Sprintf("port set %s is outside the namespace's ephemeral range %d-%d (IP_LOCAL_PORT_RANGE only narrows it; the sysctl is never widened)", st.ports, eph.Lo, eph.Hi)
 	}
 	res, err := netsys.ReservedPorts()
 	if err != nil {
@@ -279,7 +507,7 @@ func (d *Dialer) kernelRangeOK(st *state) (bool, string) {
 	}
 	for _, x := range res {
 		if r.Overlaps(tuple.PortRangeFrom(x.Lo, x.Hi)) {
-			return false, fmt.Sprintf("port set %s overlaps ip_local_reserved_ports %d-%d, which the kernel skips", d.Ports, x.Lo, x.Hi)
+			return false, fmt.Sprintf("port set %s overlaps ip_local_reserved_ports %d-%d, which the kernel skips", st.ports, x.Lo, x.Hi)
 		}
 	}
 	return true, ""
@@ -287,9 +515,9 @@ func (d *Dialer) kernelRangeOK(st *state) (bool, string) {
 
 func (d *Dialer) searchPlan(st *state, proto, why string) plan {
 	// Port 0 would ask the kernel to choose; it is never a source port.
-	ports := d.Ports.Subtract(tuple.PortSetOf(tuple.SinglePort(0)))
-	if d.Ports.IsValid() && !ports.IsValid() {
-		return plan{strategy: Search, err: fmt.Errorf("dial: %s: port set %s holds no usable port", proto, d.Ports)}
+	ports := st.ports.Subtract(tuple.PortSetOf(tuple.SinglePort(0)))
+	if st.ports.IsValid() && !ports.IsValid() {
+		return plan{strategy: Search, err: fmt.Errorf("dial: %s: port set %s holds no usable port", proto, st.ports)}
 	}
 	if !ports.IsValid() {
 		var err error
@@ -300,7 +528,7 @@ func (d *Dialer) searchPlan(st *state, proto, why string) plan {
 			return plan{strategy: Search, err: fmt.Errorf("dial: %s: the ephemeral range minus reserved ports is empty", proto)}
 		}
 	}
-	st.log.Debug("dial: "+proto+" uses the user-space search strategy", "reason", why, "ports", ports.String(), "sources", len(d.Sources))
+	st.log.Debug("dial: "+proto+" uses the user-space search strategy", "reason", why, "ports", ports.String(), "sources", len(st.sources))
 	return plan{strategy: Search, ports: ports}
 }
 
@@ -312,15 +540,18 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // DialContext connects to address ("host:port") on network ("tcp", "tcp4",
 // "tcp6", "udp", "udp4" or "udp6") from one of the Dialer's sources and
 // ports. Names resolve through the Resolver; IP literals are used as they
-// are. With several addresses, each is tried in turn. The conn is a
-// *net.TCPConn or *net.UDPConn (Kernel strategy), or a *TCPConn or *UDPConn
-// that embeds one and releases the port to the Dialer on Close (Search).
-// When every source's ports are taken toward the destination, the error
-// wraps ErrExhausted.
+// are. With several addresses, each is tried in turn; for "tcp" with
+// addresses of both families, the second family races the first after
+// FallbackDelay (RFC 6555 Happy Eyeballs, as net.Dialer does it). The conn
+// is a *net.TCPConn or *net.UDPConn (Kernel strategy), or a *TCPConn or
+// *UDPConn that embeds one and releases the port to the Dialer on Close
+// (Search). Errors are *net.OpError (Op "dial", Net, Source and Addr as
+// known); when every source's ports are taken toward the destination, the
+// error wraps ErrExhausted.
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	proto, fam, err := parseNetwork(network)
 	if err != nil {
-		return nil, err
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
 	st := d.init()
 	pl := st.tcp
@@ -328,7 +559,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		pl = st.udp
 	}
 	if pl.err != nil {
-		return nil, pl.err
+		return nil, &net.OpError{Op: "dial", Net: network, Err: pl.err}
 	}
 	if d.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -340,24 +571,180 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		ctx, cancel = context.WithDeadline(ctx, d.Deadline)
 		defer cancel()
 	}
-	dsts, err := d.resolve(ctx, network, fam, address)
+	dsts, err := d.resolve(ctx, st, network, fam, address)
 	if err != nil {
-		return nil, err
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
+	if d.FallbackDelay >= 0 && proto == tuple.TCP && fam == famAny {
+		if primaries, fallbacks := partitionFamily(dsts); len(fallbacks) > 0 {
+			return d.dialParallel(ctx, st, &pl, proto, network, primaries, fallbacks)
+		}
+	}
+	return d.dialSerial(ctx, st, &pl, proto, network, dsts)
+}
+
+// dialSerial tries dsts in turn and returns the first conn, or the first
+// error, as net.Dialer does.
+func (d *Dialer) dialSerial(ctx context.Context, st *state, pl *plan, proto tuple.Proto, network string, dsts []netip.AddrPort) (net.Conn, error) {
 	var first error
-	for _, dst := range dsts {
-		c, err := d.dialAddr(ctx, st, &pl, proto, network, dst)
+	for i, dst := range dsts {
+		if err := ctx.Err(); err != nil {
+			if first == nil {
+				first = opErr(network, proto, netip.Addr{}, dst, err)
+			}
+			break
+		}
+		dctx := ctx
+		if dl, ok := partialDeadline(ctx, time.Now(), len(dsts)-i); ok {
+			var cancel context.CancelFunc
+			dctx, cancel = context.WithDeadline(ctx, dl)
+			defer cancel()
+		}
+		c, src, err := d.dialAddr(dctx, st, pl, proto, dst)
 		if err == nil {
 			return c, nil
 		}
 		if first == nil {
-			first = err
-		}
-		if ctx.Err() != nil {
-			break
+			first = opErr(network, proto, src, dst, err)
 		}
 	}
 	return nil, first
+}
+
+// minAttemptTime is the least time partialDeadline gives one address, as
+// net.Dialer does.
+const minAttemptTime = 2 * time.Second
+
+// partialDeadline returns the deadline for one of left addresses still to
+// try: an equal share of the time to the context's deadline, but at least
+// minAttemptTime (and never past the deadline). ok is false when the
+// context has no deadline, or when this is the last address.
+func partialDeadline(ctx context.Context, now time.Time, left int) (time.Time, bool) {
+	dl, ok := ctx.Deadline()
+	if !ok || left <= 1 {
+		return time.Time{}, false
+	}
+	share := dl.Sub(now) / time.Duration(left)
+	if share < minAttemptTime {
+		share = minAttemptTime
+	}
+	if t := now.Add(share); t.Before(dl) {
+		return t, true
+	}
+	return time.Time{}, false
+}
+
+// DefaultFallbackDelay is the head start of the first address family in
+// Happy Eyeballs when Dialer.FallbackDelay is zero, as net.Dialer's.
+const DefaultFallbackDelay = 300 * time.Millisecond
+
+// partitionFamily splits dsts into those of the first address's family
+// (primaries) and the rest (fallbacks), keeping their order (RFC 6555 §4:
+// the resolver's order chooses the preferred family).
+func partitionFamily(dsts []netip.AddrPort) (primaries, fallbacks []netip.AddrPort) {
+	v4 := dsts[0].Addr().Is4()
+	for _, a := range dsts {
+		if a.Addr().Is4() == v4 {
+			primaries = append(primaries, a)
+		} else {
+			fallbacks = append(fallbacks, a)
+		}
+	}
+	return primaries, fallbacks
+}
+
+// dialParallel races primaries against fallbacks (RFC 6555 §5, the "Happy
+// Eyeballs" fast fallback): the fallbacks start after FallbackDelay, or as
+// soon as the primaries have failed; the first conn wins and the other
+// attempt is cancelled (a conn it still produces is closed). With both
+// failing, the primaries' error is returned.
+func (d *Dialer) dialParallel(ctx context.Context, st *state, pl *plan, proto tuple.Proto, network string, primaries, fallbacks []netip.AddrPort) (net.Conn, error) {
+	type result struct {
+		c       net.Conn
+		err     error
+		primary bool
+	}
+	results := make(chan result)
+	returned := make(chan struct{})
+	defer close(returned)
+	race := func(ctx context.Context, primary bool) {
+		dsts := primaries
+		if !primary {
+			dsts = fallbacks
+		}
+		c, err := d.dialSerial(ctx, st, pl, proto, network, dsts)
+		select {
+		case results <- result{c: c, err: err, primary: primary}:
+		case <-returned:
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+	pctx, pcancel := context.WithCancel(ctx)
+	defer pcancel()
+	fctx, fcancel := context.WithCancel(ctx)
+	defer fcancel()
+	go race(pctx, true)
+	delay := d.FallbackDelay
+	if delay == 0 {
+		delay = DefaultFallbackDelay
+	}
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	var primaryErr, fallbackErr error
+	started := false
+	for {
+		select {
+		case <-timer.C:
+			if !started {
+				started = true
+				go race(fctx, false)
+			}
+		case r := <-results:
+			if r.err == nil {
+				return r.c, nil
+			}
+			if r.primary {
+				primaryErr = r.err
+				if !started {
+					started = true
+					timer.Stop()
+					go race(fctx, false)
+				}
+			} else {
+				fallbackErr = r.err
+			}
+			if primaryErr != nil && fallbackErr != nil {
+				return nil, primaryErr
+			}
+		}
+	}
+}
+
+// opErr shapes a dial error as net.Dialer's: a *net.OpError with Op "dial",
+// the caller's network, the source (when one was chosen) and the
+// destination. A *net.OpError from the net package is kept, with Net set to
+// the caller's network.
+func opErr(network string, proto tuple.Proto, src netip.Addr, dst netip.AddrPort, err error) error {
+	if oe, ok := err.(*net.OpError); ok {
+		c := *oe
+		c.Net = network
+		return &c
+	}
+	oe := &net.OpError{Op: "dial", Net: network, Err: err}
+	if proto == tuple.TCP {
+		oe.Addr = net.TCPAddrFromAddrPort(dst)
+		if src.IsValid() {
+			oe.Source = &net.TCPAddr{IP: src.AsSlice(), Zone: src.Zone()}
+		}
+	} else {
+		oe.Addr = net.UDPAddrFromAddrPort(dst)
+		if src.IsValid() {
+			oe.Source = &net.UDPAddr{IP: src.AsSlice(), Zone: src.Zone()}
+		}
+	}
+	return oe
 }
 
 // splitAddress splits "host:port" without touching the network: lit is the
@@ -427,7 +814,7 @@ func (f family) allows(a netip.Addr) bool {
 // resolve turns address into destinations, as net.Dialer would: literals
 // directly, names through the Resolver, an empty host as loopback.
 // With Sources set, only destinations of a family some source has are kept.
-func (d *Dialer) resolve(ctx context.Context, network string, fam family, address string) ([]netip.AddrPort, error) {
+func (d *Dialer) resolve(ctx context.Context, st *state, network string, fam family, address string) ([]netip.AddrPort, error) {
 	host, lit, port, portName, err := splitAddress(address, fam)
 	if err != nil {
 		return nil, err
@@ -464,7 +851,7 @@ func (d *Dialer) resolve(ctx context.Context, network string, fam family, addres
 	}
 	var out []netip.AddrPort
 	for _, a := range addrs {
-		if !fam.allows(a) || !d.hasSourceFor(a) {
+		if !fam.allows(a) || !st.hasSourceFor(a) {
 			continue
 		}
 		out = append(out, netip.AddrPortFrom(a, uint16(port)))
@@ -473,19 +860,19 @@ func (d *Dialer) resolve(ctx context.Context, network string, fam family, addres
 		if len(addrs) == 1 && !fam.allows(addrs[0]) {
 			return nil, fmt.Errorf("dial: address %q: %v is not a %s address", address, addrs[0], network)
 		}
-		if len(d.Sources) > 0 {
-			return nil, fmt.Errorf("dial: address %q: no source address of the destination's family (sources %v)", address, d.Sources)
+		if len(st.sources) > 0 {
+			return nil, fmt.Errorf("dial: address %q: no source address of the destination's family (sources %v)", address, st.sources)
 		}
 		return nil, fmt.Errorf("dial: address %q: no suitable address for %s", address, network)
 	}
 	return out, nil
 }
 
-func (d *Dialer) hasSourceFor(a netip.Addr) bool {
-	if len(d.Sources) == 0 {
+func (st *state) hasSourceFor(a netip.Addr) bool {
+	if len(st.sources) == 0 {
 		return true
 	}
-	for _, s := range d.Sources {
+	for _, s := range st.sources {
 		if s.Unmap().Is4() == a.Is4() {
 			return true
 		}
@@ -498,25 +885,35 @@ func (d *Dialer) hasSourceFor(a netip.Addr) bool {
 var errSourceFull = errors.New("dial: source exhausted")
 
 // dialAddr dials dst from the Dialer's sources in round-robin order.
-func (d *Dialer) dialAddr(ctx context.Context, st *state, pl *plan, proto tuple.Proto, network string, dst netip.AddrPort) (net.Conn, error) {
-	n := len(d.Sources)
+// It returns the source tried last (invalid when the kernel chooses).
+func (d *Dialer) dialAddr(ctx context.Context, st *state, pl *plan, proto tuple.Proto, dst netip.AddrPort) (net.Conn, netip.Addr, error) {
+	n := len(st.sources)
 	if n == 0 {
 		c, err := d.dialFrom(ctx, st, pl, proto, netip.Addr{}, dst)
 		if errors.Is(err, errSourceFull) {
-			return nil, d.exhausted(proto, pl, dst, err)
+			return nil, netip.Addr{}, d.exhausted(st, pl, err)
 		}
-		return c, err
+		return c, netip.Addr{}, err
+	}
+	if n == 1 {
+		// One source: no rotation, and no source to defer to.
+		src := st.sources[0].Unmap()
+		c, err := d.dialFrom(ctx, st, pl, proto, src, dst)
+		if errors.Is(err, errSourceFull) {
+			return nil, src, d.exhausted(st, pl, err)
+		}
+		return c, src, err
 	}
 	// Round robin over the sources of the destination's family.
 	m := 0
-	for _, s := range d.Sources {
+	for _, s := range st.sources {
 		if s.Unmap().Is4() == dst.Addr().Is4() {
 			m++
 		}
 	}
 	skip := int(st.rr.Add(1) % uint32(m))
 	start := 0
-	for i, s := range d.Sources {
+	for i, s := range st.sources {
 		if s.Unmap().Is4() == dst.Addr().Is4() {
 			if skip == 0 {
 				start = i
@@ -532,10 +929,11 @@ func (d *Dialer) dialAddr(ctx context.Context, st *state, pl *plan, proto tuple.
 	seq := st.dials.Add(1)
 	var tried []bool
 	var last error
+	var lastSrc netip.Addr
 	for pass := range 2 {
 		for i := range n {
 			j := (start + i) % n
-			src := d.Sources[j].Unmap()
+			src := st.sources[j].Unmap()
 			if src.Is4() != dst.Addr().Is4() {
 				continue
 			}
@@ -551,10 +949,10 @@ func (d *Dialer) dialAddr(ctx context.Context, st *state, pl *plan, proto tuple.
 				if pass == 1 {
 					st.full.clear(k)
 				}
-				return c, nil
+				return c, src, nil
 			}
 			if !errors.Is(err, errSourceFull) {
-				return nil, err
+				return nil, src, err
 			}
 			st.log.Debug("dial: source exhausted toward destination; trying the next", "source", src, "destination", dst, "proto", proto)
 			st.full.mark(k, seq)
@@ -562,13 +960,13 @@ func (d *Dialer) dialAddr(ctx context.Context, st *state, pl *plan, proto tuple.
 				tried = make([]bool, n)
 			}
 			tried[j] = true
-			last = err
-			if ctx.Err() != nil {
-				return nil, &opError{msg: "dial: " + proto.String() + " " + dst.String(), err: ctx.Err()}
+			last, lastSrc = err, src
+			if err := ctx.Err(); err != nil {
+				return nil, src, err
 			}
 		}
 	}
-	return nil, d.exhausted(proto, pl, dst, last)
+	return nil, lastSrc, d.exhausted(st, pl, last)
 }
 
 // fullMemoDials is how many later dials (of the Dialer, toward any
@@ -608,22 +1006,19 @@ func (f *fullMemo) clear(k holdKey) {
 	delete(f.m, k)
 }
 
-func (d *Dialer) exhausted(proto tuple.Proto, pl *plan, dst netip.AddrPort, last error) error {
+func (d *Dialer) exhausted(st *state, pl *plan, last error) error {
 	ports := "the ephemeral range"
 	if pl.ports.IsValid() {
 		ports = pl.ports.String()
 	}
-	nsrc := len(d.Sources)
-	if nsrc == 0 {
-		nsrc = 1
-	}
-	return fmt.Errorf("dial: %s %v: every port of %s from %d source(s) is in use toward it (%w): %w", proto, dst, ports, nsrc, last, ErrExhausted)
+	nsrc := max(len(st.sources), 1)
+	return fmt.Errorf("dial: every port of %s from %d source(s) is in use toward the destination (%w): %w", ports, nsrc, last, ErrExhausted)
 }
 
 func (d *Dialer) dialFrom(ctx context.Context, st *state, pl *plan, proto tuple.Proto, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	if proto == tuple.TCP {
 		if pl.strategy == Kernel {
-			return d.tcpKernel(ctx, pl, src, dst)
+			return d.tcpKernel(ctx, st, pl, src, dst)
 		}
 		return d.tcpSearch(ctx, st, pl, src, dst)
 	}
@@ -639,26 +1034,6 @@ func (d *Dialer) maxAttempts() uint32 {
 	}
 	return DefaultMaxAttempts
 }
-
-// opError is a dial error that keeps net.Error's Timeout of what it wraps.
-type opError struct {
-	msg string
-	err error
-}
-
-func (e *opError) Error() string { return e.msg + ": " + e.err.Error() }
-func (e *opError) Unwrap() error { return e.err }
-
-// Timeout reports whether the wrapped error is a timeout.
-func (e *opError) Timeout() bool {
-	var t interface{ Timeout() bool }
-	return errors.As(e.err, &t) && t.Timeout() || errors.Is(e.err, context.DeadlineExceeded)
-}
-
-// Temporary reports Timeout, as net errors do.
-func (e *opError) Temporary() bool { return e.Timeout() }
-
-var _ net.Error = (*opError)(nil)
 
 // userControl runs the user's ControlContext, or else Control.
 func (d *Dialer) userControl(ctx context.Context, network, address string, c syscall.RawConn) error {

@@ -21,20 +21,28 @@
 //     covered completely, so exhaustion (ErrExhausted) is exact.
 //
 // UDP sockets share ports only through a cooperative lock (Cloudflare's
-// connectx): SO_REUSEADDR=1, bind, SO_REUSEADDR=0 (the lock: no cooperating
-// socket can bind the port now), a dump of the unconnected UDP sockets (if
-// another is bound to the same local end, its owner may be mid-protocol and
-// the port counts as busy: this closes a window the published protocol
-// leaves between a concurrent bind's conflict check and its entry into the
-// lookup tables), an exact sock_diag lookup of the 4-tuple
-// (not a dump: the kernel runs its packet-delivery lookup and returns the
-// socket that would receive the destination's datagrams), compare that
-// socket's cookie with our SO_COOKIE, connect if it is ours, SO_REUSEADDR=1.
-// Two Dialers, in one process or many, never create the same connected UDP
-// 4-tuple this way. Within a Dialer a mutex per (source, port) keeps
-// concurrent dials out of each other's lock window; a port whose bind meets
-// another process's lock is retried a few times (under 1 ms in all) before
-// the dial reports ErrExhausted.
+// connectx), run inside a net.Dialer's ControlContext: SO_REUSEADDR=1,
+// bind, SO_REUSEADDR=0 (the lock: no cooperating socket can bind the port
+// now), an exact sock_diag lookup of the 4-tuple (not a dump: the kernel
+// runs its packet-delivery lookup and returns the socket that would receive
+// the destination's datagrams), compare that socket's cookie with our
+// SO_COOKIE, connect if it is ours, SO_REUSEADDR=1. The published protocol
+// leaves a window between a concurrent bind's conflict check and its entry
+// into the lookup tables; UDPLock closes it between portspace processes,
+// either with an advisory lock per (network namespace, source, port) held
+// around the steps in a shared directory (UDPLockFile, the default: no
+// table walk), or with a dump of the unconnected UDP sockets before the
+// lookup (UDPLockDump: another socket bound to the same local end may be
+// mid-protocol, so the port counts as busy; the kernel walks its whole UDP
+// table). Two Dialers, in one process or many, never create the same
+// connected UDP 4-tuple this way. Within a Dialer a mutex per (source,
+// port) keeps concurrent dials out of each other's lock window; a port
+// whose lock or bind meets another process's is retried a few times (under
+// 1 ms in all) before the dial reports ErrExhausted.
+//
+// Errors are *net.OpError, as net.Dialer's; LocalAddr, FallbackDelay (RFC
+// 6555 Happy Eyeballs for "tcp" to names with addresses of both families),
+// Timeout, Deadline, Resolver, KeepAlive and Control work as net.Dialer's.
 //
 // What the UDP lock cannot protect against: sockets that do not follow the
 // protocol. A program that sets SO_REUSEADDR, binds one of the ports and

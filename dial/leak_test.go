@@ -114,6 +114,7 @@ func dialEveryPath(t *testing.T) {
 			}
 			if d.st != nil {
 				d.st.diags.closeAll()
+				d.st.lockFiles.closeAll()
 			}
 		}
 	}

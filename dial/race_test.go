@@ -274,12 +274,14 @@ func TestUDPCrossProcessRace(t *testing.T) {
 	if !netnstest.InNetNS(t) {
 		return
 	}
-	dups, summary := runRace(t, false, raceDials)
-	if len(dups) > 0 {
-		t.Fatalf("duplicate 4-tuples with the lock: %v", dups)
+	for _, lock := range []UDPLock{UDPLockFile, UDPLockDump} {
+		dups, summary := runRace(t, lock, false, raceDials)
+		if len(dups) > 0 {
+			t.Fatalf("UDPLock %v: duplicate 4-tuples with the lock: %v", lock, dups)
+		}
+		t.Logf("UDPLock %v: %s", lock, summary)
 	}
-	t.Log(summary)
-	dups, _ = runRace(t, true, 200)
+	dups, _ := runRace(t, UDPLockFile, true, 200)
 	if len(dups) == 0 {
 		t.Fatal("control run without the lock left no duplicate 4-tuple; the check is blind")
 	}
@@ -288,7 +290,7 @@ func TestUDPCrossProcessRace(t *testing.T) {
 
 // runRace starts raceProcs children that dial dials times each and returns
 // the duplicate 4-tuples seen in ss snapshots during and after the run.
-func runRace(t *testing.T, unsafe bool, dials int) (dups []string, summary string) {
+func runRace(t *testing.T, lock UDPLock, unsafe bool, dials int) (dups []string, summary string) {
 	raceSetPorts := tuple.MustParsePortSet(raceSet)
 	ours := func(ap netip.AddrPort) bool { return ap.Addr() == v4src(1) && raceSetPorts.Contains(ap.Port()) }
 	type child struct {
@@ -301,12 +303,14 @@ func runRace(t *testing.T, unsafe bool, dials int) (dups []string, summary strin
 	var children []*child
 	var ledgers []string
 	dir := t.TempDir()
+	lockDir := t.TempDir()
 	for i := range raceProcs {
 		c := &child{ready: make(chan string, 1)}
 		ledger := fmt.Sprintf("%s/ledger-%d", dir, i)
 		ledgers = append(ledgers, ledger)
 		c.cmd = exec.Command(os.Args[0], "-test.run=^TestUDPRaceChild$", "-test.count=1")
-		c.cmd.Env = append(os.Environ(), raceEnv+"="+strconv.Itoa(dials), raceEnv+"_LEDGER="+ledger)
+		c.cmd.Env = append(os.Environ(), raceEnv+"="+strconv.Itoa(dials), raceEnv+"_LEDGER="+ledger,
+			raceEnv+"_LOCK="+strconv.Itoa(int(lock)), raceEnv+"_LOCKDIR="+lockDir)
 		if unsafe {
 			c.cmd.Env = append(c.cmd.Env, raceEnv+"_UNSAFE=1")
 		}
@@ -439,7 +443,12 @@ func TestUDPRaceChild(t *testing.T) {
 		return // runs only as a child of TestUDPCrossProcessRace
 	}
 	testHookSkipLock = os.Getenv(raceEnv+"_UNSAFE") != ""
-	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet(raceSet), Strategy: Search}
+	lock, _ := strconv.Atoi(os.Getenv(raceEnv + "_LOCK"))
+	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet(raceSet), Strategy: Search,
+		UDPLock: UDPLock(lock), LockDir: os.Getenv(raceEnv + "_LOCKDIR")}
+	if got := d.init().udpLock; !testHookSkipLock && got != UDPLock(lock) {
+		t.Fatalf("the child runs UDPLock %v, want %v", got, UDPLock(lock))
+	}
 	ledger, err := os.Create(os.Getenv(raceEnv + "_LEDGER"))
 	if err != nil {
 		t.Fatal(err)

@@ -57,33 +57,17 @@ func (d *Dialer) netDialer(optional bool, control func(fd int) error) net.Dialer
 	}
 }
 
+func setReuseAddr(fd int) error { return netsys.SetReuseAddr(fd, true) }
+
 // tcpKernel dials with the port chosen by the kernel at connect:
 // IP_BIND_ADDRESS_NO_PORT keeps bind(source, 0) from locking a port, and
-// IP_LOCAL_PORT_RANGE confines the choice to the port set. SO_REUSEADDR
-// lets Search-strategy sockets share the same ports.
-func (d *Dialer) tcpKernel(ctx context.Context, pl *plan, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
-	var lo, hi uint16
-	if pl.ports.IsValid() {
-		r := pl.ports.Range(0)
-		lo, hi = r.First(), r.Last()
-	}
-	nd := d.netDialer(!src.IsValid() && lo == 0, func(fd int) error {
-		if err := netsys.SetReuseAddr(fd, true); err != nil {
-			return err
-		}
-		if src.IsValid() {
-			if err := netsys.SetBindAddressNoPort(fd); err != nil {
-				return err
-			}
-		}
-		if lo != 0 {
-			return netsys.SetLocalPortRange(fd, lo, hi)
-		}
-		return nil
-	})
-	if src.IsValid() {
-		nd.LocalAddr = tcpAddr(src, 0)
-	}
+// IP_LOCAL_PORT_RANGE confines the choice to the port set. It sets no
+// SO_REUSEADDR: the kernel's connect-time choice never needs it, and it
+// would cost a system call per dial (see docs/dial.md for what that means
+// for Search-strategy sockets of other Dialers on the same ports). The
+// net.Dialer of each source is built once (kernelDialer).
+func (d *Dialer) tcpKernel(ctx context.Context, st *state, pl *plan, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	nd := st.kernelDialer(d, pl, src)
 	c, err := nd.DialContext(ctx, tcpNetwork(dst), dst.String())
 	if err == nil {
 		return c, nil
@@ -94,7 +78,65 @@ func (d *Dialer) tcpKernel(ctx context.Context, pl *plan, src netip.Addr, dst ne
 	case sc == "connect" && netsys.IsAddrNotAvail(err):
 		return nil, fmt.Errorf("%w: %w", errSourceFull, err)
 	}
-	return nil, &opError{msg: "dial: tcp " + dst.String(), err: err}
+	return nil, err
+}
+
+// kernelDialer returns the net.Dialer of the TCP Kernel strategy for src
+// (built by buildKernelDialers), or builds one.
+func (st *state) kernelDialer(d *Dialer, pl *plan, src netip.Addr) *net.Dialer {
+	if nd := st.kernelTCP[src]; nd != nil {
+		return nd
+	}
+	return d.newKernelDialer(pl, src)
+}
+
+// buildKernelDialers builds the Kernel strategy's net.Dialer of every
+// source (or of the kernel's choice, with none) once, at the Dialer's
+// first dial; the map is read-only afterwards.
+func (d *Dialer) buildKernelDialers(st *state) {
+	st.searchTCP = d.netDialer(false, setReuseAddr)
+	if st.tcp.strategy != Kernel || st.tcp.err != nil {
+		return
+	}
+	st.kernelTCP = map[netip.Addr]*net.Dialer{}
+	if len(st.sources) == 0 {
+		st.kernelTCP[netip.Addr{}] = d.newKernelDialer(&st.tcp, netip.Addr{})
+	}
+	for _, s := range st.sources {
+		s = s.Unmap()
+		st.kernelTCP[s] = d.newKernelDialer(&st.tcp, s)
+	}
+}
+
+func (d *Dialer) newKernelDialer(pl *plan, src netip.Addr) *net.Dialer {
+	var lo, hi uint16
+	if pl.ports.IsValid() {
+		r := pl.ports.Range(0)
+		lo, hi = r.First(), r.Last()
+	}
+	opts := func(fd int) error {
+		if src.IsValid() {
+			if err := netsys.SetBindAddressNoPort(fd); err != nil {
+				return err
+			}
+		}
+		if lo != 0 {
+			return netsys.SetLocalPortRange(fd, lo, hi)
+		}
+		return nil
+	}
+	nd := d.netDialer(false, opts)
+	if !src.IsValid() && lo == 0 {
+		// No option to set: the plain kernel dial.
+		nd.ControlContext = nil
+		if d.ControlContext != nil || d.Control != nil {
+			nd.ControlContext = d.userControl
+		}
+	}
+	if src.IsValid() {
+		nd.LocalAddr = tcpAddr(src, 0)
+	}
+	return &nd
 }
 
 // tcpSearch tries ports of the set in the selector's order: SO_REUSEADDR,
@@ -105,7 +147,7 @@ func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	var last error
 	for range d.maxAttempts() {
 		if err := ctx.Err(); err != nil {
-			return nil, &opError{msg: "dial: tcp " + dst.String(), err: err}
+			return nil, err
 		}
 		idx, ok := st.sel.pick(&sr)
 		if !ok {
@@ -113,7 +155,7 @@ func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		}
 		port, _ := pl.ports.Nth(int(idx))
 		st.tries.Add(1)
-		c, err := d.tcpTry(ctx, src, port, dst)
+		c, err := d.tcpTry(ctx, st, src, port, dst)
 		if errors.Is(err, errPortTaken) {
 			// Another socket holds the 4-tuple (or the port): memoise it.
 			st.sel.settleTaken(&sr, idx)
@@ -132,8 +174,8 @@ func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	return nil, fmt.Errorf("%w: %w", errSourceFull, last)
 }
 
-func (d *Dialer) tcpTry(ctx context.Context, src netip.Addr, port uint16, dst netip.AddrPort) (net.Conn, error) {
-	nd := d.netDialer(false, func(fd int) error { return netsys.SetReuseAddr(fd, true) })
+func (d *Dialer) tcpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort) (net.Conn, error) {
+	nd := st.searchTCP // a copy of the template, whose ControlContext is built once
 	nd.LocalAddr = tcpAddr(src, port)
 	c, err := nd.DialContext(ctx, tcpNetwork(dst), dst.String())
 	if err == nil {
@@ -148,5 +190,5 @@ func (d *Dialer) tcpTry(ctx context.Context, src netip.Addr, port uint16, dst ne
 	case sc == "connect" && netsys.IsAddrNotAvail(err):
 		return nil, fmt.Errorf("%w: %w", errPortTaken, err)
 	}
-	return nil, &opError{msg: "dial: tcp " + dst.String(), err: err}
+	return nil, err
 }

@@ -50,7 +50,7 @@ func (d *Dialer) udpKernel(ctx context.Context, pl *plan, src netip.Addr, dst ne
 	case sc == "bind":
 		return nil, sourceError(src, err)
 	}
-	return nil, &opError{msg: "dial: udp " + dst.String(), err: err}
+	return nil, err
 }
 
 // udpSearch tries ports of the set in the selector's order with the
@@ -59,7 +59,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	if !src.IsValid() {
 		var err error
 		if src, err = netsys.RouteSource(dst.Addr()); err != nil {
-			return nil, &opError{msg: "dial: udp " + dst.String() + ": finding the source address", err: err}
+			return nil, fmt.Errorf("dial: finding the source address toward %v: %w", dst.Addr(), err)
 		}
 	}
 	sr := search{key: holdKey{proto: tuple.UDP, src: src, dst: dst}, size: uint32(pl.ports.Len())}
@@ -85,7 +85,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	var busy []uint32 // indices whose bind met another process's lock
 	for range d.maxAttempts() {
 		if err := ctx.Err(); err != nil {
-			return nil, &opError{msg: "dial: udp " + dst.String(), err: err}
+			return nil, err
 		}
 		idx, ok := st.sel.pick(&sr)
 		if !ok {
@@ -110,7 +110,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, &opError{msg: "dial: udp " + dst.String(), err: ctx.Err()}
+			return nil, ctx.Err()
 		case <-t.C:
 		}
 		wait *= 2
@@ -163,129 +163,159 @@ func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
 }
 
 // udpTry runs the cooperative lock (Cloudflare's connectx for UDP) for one
-// (source, port):
+// (source, port), inside a net.Dialer's ControlContext, so that the socket
+// is created, connected and wrapped by the net package itself:
 //
-//  1. socket; read its SO_COOKIE; SO_REUSEADDR=1; bind(source, port).
-//     EADDRINUSE: another socket holds the port without sharing it, or
-//     another process's socket holds the lock right now: busy (udpSearch
-//     retries it before reporting exhaustion). Within the Dialer, the
-//     per-(source, port) mutex keeps its own dials out of each other's lock.
-//  2. SO_REUSEADDR=0. This is the lock: no cooperating socket can bind
-//     (source, port) until it is set again.
-//  3. Exact sock_diag lookup of (destination -> source:port): the socket
+//  0. UDPLockFile: take the advisory lock of (source, port) in the lock
+//     directory (an OFD lock, netsys.PortLockFile), held until step 5. No
+//     other portspace process of the namespace is between its steps 1 and
+//     4 for this (source, port) meanwhile. Held elsewhere: busy.
+//  1. Read the socket's SO_COOKIE; SO_REUSEADDR=1; the user's Control;
+//     bind(source, port). EADDRINUSE: another socket holds the port
+//     without sharing it, or another program's SO_REUSEADDR lock holds it
+//     right now: busy (udpSearch retries it before reporting exhaustion).
+//     Within the Dialer, the per-(source, port) mutex keeps its own dials
+//     out of each other's lock.
+//  2. SO_REUSEADDR=0. This is the protocol's lock: no cooperating socket
+//     can bind (source, port) until it is set again.
+//  3. UDPLockDump only: the in-flight check, a dump of the unconnected UDP
+//     sockets; another one bound to (source, port) may be between its own
+//     steps 1 and 4: busy.
+//  4. Exact sock_diag lookup of (destination -> source:port): the socket
 //     the kernel would deliver that 4-tuple's datagrams to. A socket
 //     already connected to the destination wins over ours; if the answer
 //     is not our cookie, the 4-tuple is taken. No answer (ENOENT) means the
 //     best match is a socket that is being closed: taken, too.
-//  4. connect(destination); SO_REUSEADDR=1 again to release the lock.
+//  5. connect(destination) (by the net package); SO_REUSEADDR=1 again to
+//     release the protocol's lock; release the file lock.
 func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort) (*net.UDPConn, error) {
 	mu := st.portLock(src, port)
 	mu.Lock()
 	defer mu.Unlock()
-	return d.udpTryLocked(ctx, src, port, dst)
-}
-
-// udpTryLocked is udpTry under the Dialer's lock for (src, port); it closes
-// the socket on failure before returning.
-func (d *Dialer) udpTryLocked(ctx context.Context, src netip.Addr, port uint16, dst netip.AddrPort) (c *net.UDPConn, err error) {
-	fd, err := netsys.UDPSocket(dst.Addr().Is6())
-	if err != nil {
-		return nil, fmt.Errorf("dial: udp %v: %w", dst, err)
-	}
-	owned := true
-	defer func() {
-		if owned {
-			netsys.Close(fd)
+	if st.udpLock == UDPLockFile && !testHookSkipLock {
+		lf, err := st.lockFile(src)
+		if err != nil {
+			return nil, err
 		}
-	}()
-	fail := func(err error) (*net.UDPConn, error) {
-		return nil, &opError{msg: "dial: udp " + dst.String(), err: err}
-	}
-	own, err := netsys.Cookie(fd)
-	if err != nil {
-		return fail(err)
-	}
-	if err := netsys.SetReuseAddr(fd, true); err != nil {
-		return fail(err)
-	}
-	if err := d.userControl(ctx, udpNetwork(dst), dst.String(), fdConn(fd)); err != nil {
-		return fail(err)
+		ok, err := lf.TryLock(port)
+		if err != nil {
+			return nil, fmt.Errorf("dial: udp lock: %w", err)
+		}
+		if !ok {
+			return nil, fmt.Errorf("%w: another process holds the lock of %v", errPortBusy, netip.AddrPortFrom(src, port))
+		}
+		defer lf.Unlock(port)
 	}
 	local := netip.AddrPortFrom(src, port)
+	nd := net.Dialer{ControlContext: func(ctx context.Context, network, address string, c syscall.RawConn) error {
+		// Without a user Control, every step runs in one Control call.
+		var own uint64
+		user := d.ControlContext != nil || d.Control != nil
+		err := netsys.Control(c, func(fd int) (err error) {
+			if own, err = netsys.Cookie(fd); err != nil {
+				return err
+			}
+			if err := netsys.SetReuseAddr(fd, true); err != nil || user {
+				return err
+			}
+			return wrapStep(d.udpLockSteps(st, fd, own, local, dst))
+		})
+		if err != nil || !user {
+			return err
+		}
+		if err := d.userControl(ctx, network, address, c); err != nil {
+			return err
+		}
+		return wrapStep(netsys.Control(c, func(fd int) error { return d.udpLockSteps(st, fd, own, local, dst) }))
+	}}
+	c, err := nd.DialContext(ctx, udpNetwork(dst), dst.String())
+	if err != nil {
+		// The steps' own errors come back inside net's *OpError; unwrap
+		// them so that the search sees errPortTaken and the caller a
+		// single OpError.
+		if se, ok := errors.AsType[*stepError](err); ok {
+			return nil, se.err
+		}
+		return nil, err
+	}
+	uc := c.(*net.UDPConn)
+	if testHookSkipLock {
+		return uc, nil
+	}
+	rc, err := uc.SyscallConn()
+	if err == nil {
+		err = netsys.Control(rc, func(fd int) error { return netsys.SetReuseAddr(fd, true) })
+	}
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("dial: udp lock: releasing: %w", err)
+	}
+	return uc, nil
+}
+
+// stepError carries an error of udpLockSteps through net.Dialer.
+type stepError struct{ err error }
+
+func wrapStep(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &stepError{err}
+}
+
+func (e *stepError) Error() string { return e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
+
+// udpLockSteps runs steps 1 (bind) to 4 of udpTry on fd.
+func (d *Dialer) udpLockSteps(st *state, fd int, own uint64, local, dst netip.AddrPort) error {
 	if err := netsys.Bind(fd, local); err != nil {
 		if netsys.IsAddrInUse(err) {
-			return nil, fmt.Errorf("%w: %w", errPortBusy, err)
+			return fmt.Errorf("%w: %w", errPortBusy, err)
 		}
-		return nil, sourceError(src, err)
+		return sourceError(local.Addr(), err)
 	}
 	if testHookSkipLock {
-		return d.udpFinish(fd, &owned, dst, fail)
+		return nil
 	}
 	if err := netsys.SetReuseAddr(fd, false); err != nil {
-		return fail(err)
+		return fmt.Errorf("dial: udp lock: %w", err)
 	}
-	// Before the exact lookup: another socket bound to local and not yet
-	// connected may have passed bind's check just before our lock and be
-	// running its own lookup, and it need not be visible to ours. Of two such
-	// sockets at least one sees the other here and backs off; a socket that
-	// connected before this check is found by the lookup below.
-	other, err := d.st.diags.otherUnbound(local, own)
+	if st.udpLock == UDPLockDump {
+		// Before the exact lookup: another socket bound to local and not
+		// yet connected may have passed bind's check just before our lock
+		// and be running its own lookup, and it need not be visible to
+		// ours. Of two such sockets at least one sees the other here and
+		// backs off; a socket that connected before this check is found by
+		// the lookup below.
+		other, err := st.diags.otherUnbound(local, own)
+		if err != nil {
+			return fmt.Errorf("dial: udp lock: %w", err)
+		}
+		if other {
+			return fmt.Errorf("%w: another socket is binding %v", errPortBusy, local)
+		}
+	}
+	got, found, err := st.diags.lookup(local, dst)
 	if err != nil {
-		return fail(err)
-	}
-	if other {
-		return nil, fmt.Errorf("%w: another socket is binding %v", errPortBusy, local)
-	}
-	got, found, err := d.st.diags.lookup(local, dst)
-	if err != nil {
-		return fail(err)
+		return fmt.Errorf("dial: udp lock: %w", err)
 	}
 	if !found {
 		// The best match is a socket being closed (its refcount already
 		// dropped; the kernel skips it): the 4-tuple frees soon, but not
 		// now.
-		return nil, fmt.Errorf("%w: %v -> %v belongs to a closing socket", errPortTaken, local, dst)
+		return fmt.Errorf("%w: %v -> %v belongs to a closing socket", errPortTaken, local, dst)
 	}
 	if got != own {
-		return nil, fmt.Errorf("%w: %v -> %v is connected by another socket (cookie %#x)", errPortTaken, local, dst, got)
+		return fmt.Errorf("%w: %v -> %v is connected by another socket (cookie %#x)", errPortTaken, local, dst, got)
 	}
-	return d.udpFinish(fd, &owned, dst, fail)
+	return nil
 }
 
-// testHookSkipLock makes udpTry skip the lock and the lookup (SO_REUSEADDR,
-// bind, connect, as programs that do not cooperate do). Only the race
-// test's control run sets it, to show that its duplicate check works.
+// testHookSkipLock makes udpTry skip every lock and the lookup
+// (SO_REUSEADDR, bind, connect, as programs that do not cooperate do). Only
+// the race test's control run sets it, to show that its duplicate check
+// works.
 var testHookSkipLock bool
-
-// udpFinish connects fd, releases the lock and turns fd into a conn.
-func (d *Dialer) udpFinish(fd int, owned *bool, dst netip.AddrPort, fail func(error) (*net.UDPConn, error)) (*net.UDPConn, error) {
-	if err := netsys.Connect(fd, dst); err != nil {
-		return fail(err)
-	}
-	if err := netsys.SetReuseAddr(fd, true); err != nil {
-		return fail(err)
-	}
-	*owned = false
-	nc, err := netsys.FileConn(fd, "udp")
-	if err != nil {
-		return fail(err)
-	}
-	return nc.(*net.UDPConn), nil
-}
-
-// fdConn is the syscall.RawConn handed to Control for raw UDP sockets; only
-// Control works.
-type fdConn int
-
-func (f fdConn) Control(fn func(fd uintptr)) error { fn(uintptr(f)); return nil }
-
-func (f fdConn) Read(func(fd uintptr) bool) error {
-	return errors.New("dial: RawConn.Read is not available during Control")
-}
-
-func (f fdConn) Write(func(fd uintptr) bool) error {
-	return errors.New("dial: RawConn.Write is not available during Control")
-}
 
 // diagPool keeps a few open sock_diag sockets for a Dialer, so that a lookup
 // costs one sendto and one recvfrom. A Dialer's sockets are closed when it

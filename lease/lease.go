@@ -145,3 +145,13 @@ type Store interface {
 	// Close releases the store's resources (not its grants).
 	Close() error
 }
+
+// Watcher is implemented by stores that report changes; both stores do
+// (BoltStore.Watch, EtcdStore.Watch). Watch returns a channel that receives
+// a value, coalesced, whenever slices or pools may have changed (a claim,
+// renew, release or apply by anyone, a grant's expiry, a quarantine's
+// end); the reader then calls List. The channel is closed when ctx ends or
+// the store is closed.
+type Watcher interface {
+	Watch(ctx context.Context) (<-chan struct{}, error)
+}

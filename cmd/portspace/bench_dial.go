@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -110,7 +111,20 @@ one-million-connection run).`,
 					pl.Done()
 				}
 			} else {
+				// The same progress line over every dial of the run
+				// (warm-up, pre-fill, measured), on terminals only.
+				var pl *progress.Line
+				if progress.IsTerminal(cmd.ErrOrStderr()) {
+					var once sync.Once
+					cfg.Progress = func(done, total int64) {
+						once.Do(func() {
+							pl = progress.New(cmd.ErrOrStderr(), progress.Options{Label: "bench dial", Total: total, Unit: "dials"})
+						})
+						pl.Set(done)
+					}
+				}
 				rep, err = bench.Run(ctx, cfg, dialers)
+				pl.Clear() // the table follows; its figures say what was done
 			}
 			if err != nil {
 				return err

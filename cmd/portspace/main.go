@@ -19,8 +19,10 @@ func subcommands() []func() *cobra.Command {
 		newACLCmd,
 		newBenchCmd,
 		newCapacityCmd,
+		newLeaseCmd,
 		newNatCmd,
 		newNatprobeCmd,
+		newSteerCmd,
 		newStunCmd,
 	}
 }

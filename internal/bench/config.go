@@ -93,6 +93,11 @@ type Config struct {
 	// besides loopback. Set it only inside a network namespace the run
 	// created and put those addresses on (see NamespaceIPv6).
 	LocalPrefix netip.Prefix
+	// Progress, when set, is called by an in-process Run after every dial
+	// (warm-up, pre-fill and measured) with the dials finished so far and
+	// the run's total, for a progress line (internal/progress). RunWorkers
+	// reports through WorkersOptions.Progress instead.
+	Progress func(done, total int64) `json:"-"`
 	// OpenFiles overrides the open-files limit used to cap in-process runs
 	// (0: RLIMIT_NOFILE of this process).
 	OpenFiles int

@@ -143,6 +143,9 @@ func Run(ctx context.Context, cfg Config, dialers []NamedDialer) (*Report, error
 	if len(levels) == 0 {
 		levels = []float64{-1}
 	}
+	if cfg.Progress != nil {
+		r.done, r.progress, r.total = new(atomic.Int64), cfg.Progress, totalDials(cfg, len(dialers), levels, capacity)
+	}
 	if n := cfg.warmup(); n > 0 {
 		for _, d := range dialers {
 			r.open(ctx, d.Dialer, 0, n, true)
@@ -179,6 +182,21 @@ func Run(ctx context.Context, cfg Config, dialers []NamedDialer) (*Report, error
 	return rep, nil
 }
 
+// totalDials is the number of dials an in-process Run makes: each dialer's
+// warm-up, then for every fill level, round and dialer the pre-fill and the
+// measured connections.
+func totalDials(cfg Config, dialers int, levels []float64, capacity int) int64 {
+	n := int64(cfg.warmup()) * int64(dialers)
+	for _, f := range levels {
+		pre := 0
+		if f >= 0 {
+			pre = prefillCount(f, capacity)
+		}
+		n += int64(cfg.Rounds) * int64(dialers) * int64(pre+cfg.Conns)
+	}
+	return n
+}
+
 func prefillCount(fill float64, capacity int) int {
 	return int(math.Round(fill / 100 * float64(capacity)))
 }
@@ -191,6 +209,10 @@ type runner struct {
 	// done, when set, counts the dials finished (opened or failed), for
 	// progress reports.
 	done *atomic.Int64
+	// progress, when set, is called after each dial with done's count and
+	// total.
+	progress func(done, total int64)
+	total    int64
 }
 
 // batch is the outcome of opening a number of connections.
@@ -234,7 +256,10 @@ func (r *runner) open(ctx context.Context, d Dialer, first, n int, churn bool) b
 				lat := time.Since(t0)
 				cancel()
 				if r.done != nil {
-					r.done.Add(1)
+					n := r.done.Add(1)
+					if r.progress != nil {
+						r.progress(n, r.total)
+					}
 				}
 				if err != nil {
 					kind := Classify(err, r.cfg.Exhausted)

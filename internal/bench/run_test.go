@@ -320,3 +320,28 @@ func TestWorkerProgress(t *testing.T) {
 type chanWriter chan string
 
 func (w chanWriter) Write(b []byte) (int, error) { w <- string(b); return len(b), nil }
+
+// TestRunProgress checks that an in-process run reports every dial it
+// makes against the total it announced: warm-up, pre-fill and measured
+// dials of both fill levels, two rounds and two dialers.
+func TestRunProgress(t *testing.T) {
+	cfg := small(tuple.TCP)
+	cfg.Conns, cfg.Rounds, cfg.Warmup, cfg.Fill = 50, 2, 10, []float64{0, 50}
+	var mu sync.Mutex
+	var last, total, calls int64
+	cfg.Progress = func(done, tot int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		last, total = max(last, done), tot
+	}
+	d := NewBaseline(cfg.Proto, []netip.Addr{netip.MustParseAddr(DefaultSource)})
+	if _, err := Run(context.Background(), cfg, []NamedDialer{{Name: DialerBaseline, Dialer: d}, {Name: "second", Dialer: d}}); err != nil {
+		t.Fatal(err)
+	}
+	// capacity 100 ports x 4 destinations = 400; 50% fill pre-fills 200.
+	want := int64(2*10 + 2*2*(0+50) + 2*2*(200+50))
+	if total != want || last != want || calls != want {
+		t.Errorf("progress: total %d, last %d, calls %d; want %d each", total, last, calls, want)
+	}
+}

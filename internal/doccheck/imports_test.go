@@ -1,6 +1,7 @@
 package doccheck
 
 import (
+	"errors"
 	"go/parser"
 	"go/token"
 	"io/fs"
@@ -27,14 +28,18 @@ var boundary = []string{
 // syscallImporters is the allow-list: the package directories (relative to
 // the module root) whose non-test code may import a boundary package, each
 // with the reason it may. Everything else goes through internal/netsys.
-// Adding a package is one line here, with its reason; the package must then
-// import a boundary package (a stale entry fails TestSyscallAllowList), and
-// README.md and docs/architecture.md name it beside netsys.
+// Adding a package is one line here, with its reason; once its directory
+// exists the package must import a boundary package (a stale entry fails
+// TestSyscallAllowList), and README.md and docs/architecture.md name it
+// beside netsys.
 var syscallImporters = map[string]string{
-	"internal/netsys":   "the syscall and netlink boundary itself: socket options, capability probes, sock_diag",
-	"internal/tunnet":   "the NAT gateway's kernel set-up: a multi-queue TUN device with virtio-net headers (TUNSETIFF), and the policy rules, routes, proxy-ARP entries it installs and removes over netlink",
-	"internal/bench":    "the benchmark's census dumps sockets through sock_diag on its own, so that it checks the dialer (which uses netsys) instead of trusting it; RLIMIT_NOFILE and getrusage",
-	"internal/udpbatch": "recvmmsg/sendmmsg with headers, buffers and socket addresses made once: the STUN server's zero-allocation hot path",
+	"internal/netsys": "the syscall and netlink boundary itself: socket options, capability probes, sock_diag",
+	"internal/bench":  "the benchmark's census dumps sockets through sock_diag on its own, so that it checks the dialer (which uses netsys) instead of trusting it; RLIMIT_NOFILE and getrusage",
+	// Wave 2 (each lands with its branch; an entry whose directory does
+	// not exist yet is pending, not stale):
+	"internal/steerlink": "steer's routing rules, routes (rtnetlink) and nftables table (nf_tables) in a namespace",
+	"internal/tunnet":    "the gateway's TUN device, policy rule and routes (rtnetlink, TUNSETIFF)",
+	"internal/udpbatch":  "recvmmsg/sendmmsg batches on the STUN server's hot path",
 }
 
 // Test files may import boundary packages: a test may check the kernel's
@@ -104,8 +109,8 @@ func TestSyscallBoundary(t *testing.T) {
 }
 
 // TestSyscallAllowList fails for an allow-list entry without a reason or
-// whose package imports no boundary package (any more), so that the list
-// says exactly who imports them.
+// whose package exists but imports no boundary package (any more), so that
+// the list says exactly who imports them.
 func TestSyscallAllowList(t *testing.T) {
 	_, used, _, err := boundaryViolations("../..", syscallImporters)
 	if err != nil {
@@ -114,6 +119,9 @@ func TestSyscallAllowList(t *testing.T) {
 	for dir, why := range syscallImporters {
 		if strings.TrimSpace(why) == "" {
 			t.Errorf("syscallImporters[%q] gives no reason", dir)
+		}
+		if _, err := os.Stat(filepath.Join("../..", dir)); errors.Is(err, fs.ErrNotExist) {
+			continue // pending: the package has not landed yet
 		}
 		if !used[dir] {
 			t.Errorf("syscallImporters lists %s, which imports no boundary package in non-test code: remove it", dir)

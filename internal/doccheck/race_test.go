@@ -19,11 +19,12 @@ func racePkgs(t *testing.T, makefile string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^RACE_PKGS\s*\??=\s*(.*)$`).FindSubmatch(data)
+	// The assignment may continue over lines ending in a backslash.
+	m := regexp.MustCompile(`(?m)^RACE_PKGS\s*\??=\s*((?:.*\\\n)*.*)$`).FindSubmatch(data)
 	if m == nil {
 		t.Fatalf("%s has no RACE_PKGS line", makefile)
 	}
-	return strings.Fields(string(m[1]))
+	return strings.Fields(strings.ReplaceAll(string(m[1]), "\\\n", " "))
 }
 
 // goroutineDirs returns the package directories under root whose non-test
@@ -81,7 +82,7 @@ func covered(dir string, pkgs []string) bool {
 // layer whose packages are raced).
 func TestRacePkgsCoverGoroutines(t *testing.T) {
 	pkgs := racePkgs(t, "../../Makefile")
-	for _, want := range []string{"dial", "internal/bench"} {
+	for _, want := range []string{"dial", "internal/bench", "punch"} { // punch: on the continued line
 		if !covered(want, pkgs) {
 			t.Errorf("RACE_PKGS %v lacks %s", pkgs, want)
 		}

@@ -45,7 +45,8 @@ func LookupUDP(local, remote netip.AddrPort) (cookie uint64, found bool, err err
 // Diag is an open NETLINK_SOCK_DIAG socket for repeated lookups. It is not
 // safe for concurrent use.
 type Diag struct {
-	fd int
+	fd  int
+	buf [1024]byte // the exact lookup's reply
 }
 
 // OpenDiag opens a sock_diag netlink socket.
@@ -75,17 +76,19 @@ func (d *Diag) LookupUDP(local, remote netip.AddrPort) (cookie uint64, found boo
 	putAddr(id[4:20], remote.Addr())                  // idiag_src: remote
 	putAddr(id[20:36], local.Addr())                  // idiag_dst: local
 
-	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return 0, false, os.NewSyscallError("sendto sock_diag", err)
+	// write and read: an unconnected netlink socket sends to the kernel,
+	// and neither needs a socket address (no allocation).
+	if _, err := unix.Write(fd, req[:]); err != nil {
+		return 0, false, os.NewSyscallError("write sock_diag", err)
 	}
-	var buf [1024]byte
+	buf := &d.buf
 	for {
-		n, _, err := unix.Recvfrom(fd, buf[:], 0)
+		n, err := unix.Read(fd, buf[:])
 		if err != nil {
 			if err == unix.EINTR {
 				continue
 			}
-			return 0, false, os.NewSyscallError("recvfrom sock_diag", err)
+			return 0, false, os.NewSyscallError("read sock_diag", err)
 		}
 		b := buf[:n]
 		for len(b) >= nlmsgHdrLen {

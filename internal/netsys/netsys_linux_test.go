@@ -227,7 +227,8 @@ func TestLocalPortRangeOnlyNarrows(t *testing.T) {
 // TestOtherUnboundUDP checks the in-flight check of the cooperative lock:
 // a second socket bound to the same local end and not connected is seen
 // (whichever socket asks), a connected one is not, nor is a socket bound to
-// another port or the asker itself.
+// another port, or to the same port on another local address, or the asker
+// itself.
 func TestOtherUnboundUDP(t *testing.T) {
 	for _, lo := range []netip.Addr{lo4, netip.IPv6Loopback()} {
 		d, err := OpenDiag()
@@ -245,6 +246,14 @@ func TestOtherUnboundUDP(t *testing.T) {
 		}
 		if other, err := d.OtherUnboundUDP(local, cookieA); err != nil || other {
 			t.Fatalf("socket on another port %v counted: other=%v err=%v", elsewhere, other, err)
+		}
+		if lo.Is4() {
+			// The same port on another local address is another endpoint.
+			sameport := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), local.Port())
+			boundUDP(t, sameport)
+			if other, err := d.OtherUnboundUDP(local, cookieA); err != nil || other {
+				t.Fatalf("socket on %v counted as in flight on %v: other=%v err=%v", sameport, local, other, err)
+			}
 		}
 		fdB, _, cookieB := boundUDP(t, local)
 		for _, asker := range []uint64{cookieA, cookieB} {

@@ -92,3 +92,23 @@ func (d *Diag) OtherUnboundUDP(local netip.AddrPort, own uint64) (bool, error) {
 func (d *Diag) LookupUDP(local, remote netip.AddrPort) (uint64, bool, error) {
 	return 0, false, unsupported("sock_diag")
 }
+
+// PortLockFile is a port lock file; only supported on Linux.
+type PortLockFile struct{}
+
+// NetNSID is only supported on Linux.
+func NetNSID() (string, error) { return "", unsupported("network namespace identity") }
+
+// OpenPortLockFile is only supported on Linux.
+func OpenPortLockFile(dir, netns, proto string, a netip.Addr) (*PortLockFile, error) {
+	return nil, unsupported("port lock file")
+}
+
+// TryLock is only supported on Linux.
+func (l *PortLockFile) TryLock(port uint16) (bool, error) { return false, unsupported("port lock") }
+
+// Unlock is only supported on Linux.
+func (l *PortLockFile) Unlock(port uint16) error { return unsupported("port lock") }
+
+// Close does nothing outside Linux.
+func (l *PortLockFile) Close() error { return nil }
