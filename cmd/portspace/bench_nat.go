@@ -52,6 +52,9 @@ its passthrough. Needs root, iperf3 and nft. A full run takes a few minutes.`,
 				return fmt.Errorf("bench nat: --role %q: only sender exists", role)
 			}
 			c.Flows = flows
+			if c.Rounds < 1 {
+				return fmt.Errorf("bench nat: --rounds %d: want at least 1", c.Rounds)
+			}
 			if modes != "" {
 				known := map[string]bool{}
 				for _, m := range natbench.AllModes {
@@ -86,6 +89,7 @@ its passthrough. Needs root, iperf3 and nft. A full run takes a few minutes.`,
 	f.Float64Var(&c.MaxRate, "max-rate", 0, "cap of the zero-loss search in packets/s (0: the full-load rate)")
 	f.Float64Var(&c.Resolution, "resolution", 0.03, "resolution of the zero-loss search (fraction)")
 	f.IntVar(&c.Workers, "workers", 0, "the gateway's --workers")
+	f.IntVar(&c.Rounds, "rounds", 1, "run the modes this many times, round-robin, and report medians")
 	f.BoolVar(&c.SplitGSO, "split-gso", false, "run the gateway with --split-gso")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	f.StringVar(&role, "role", "", "internal: run the UDP sender inside the client namespace")
@@ -96,7 +100,7 @@ its passthrough. Needs root, iperf3 and nft. A full run takes a few minutes.`,
 }
 
 func printNatBench(w io.Writer, rep *natbench.Report) error {
-	fmt.Fprintf(w, "preset %s, %d flows, load at start %s\n", rep.Preset, rep.Flows, rep.Load)
+	fmt.Fprintf(w, "preset %s, %d flows, %d rounds (medians), load at start %s, at end %s\n", rep.Preset, rep.Flows, rep.Rounds, rep.Load, rep.LoadEnd)
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "mode\ttcp 1 (Gbit/s)\ttcp 8 (Gbit/s)\tudp 1 flow rx (pps)\tudp 1 zero-loss\tudp many rx (pps)\tudp many zero-loss\t")
 	for _, r := range rep.Results {

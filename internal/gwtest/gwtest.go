@@ -134,7 +134,10 @@ func (t *Topology) Start(tb testing.TB, spec Spec) *Gateway {
 	if spec.StateDir == "" {
 		spec.StateDir = filepath.Join(t.dir, "state")
 	}
-	spec.Control = filepath.Join(t.dir, fmt.Sprintf("control-%d.sock", time.Now().UnixNano()))
+	// A short path: a Unix socket's name is limited to 107 bytes, and a
+	// test's TempDir carries the test's name.
+	spec.Control = filepath.Join(os.TempDir(), fmt.Sprintf("psgw-%d-%d.sock", os.Getpid(), time.Now().UnixNano()))
+	tb.Cleanup(func() { os.Remove(spec.Control) })
 	b, _ := json.Marshal(spec)
 	cmd := exec.Command("ip", "netns", "exec", t.RouterNS.Name, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envRun+"="+string(b))

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -65,6 +66,10 @@ type Config struct {
 	Workers int
 	// SplitGSO runs the gateway with --split-gso.
 	SplitGSO bool
+	// Rounds runs every mode this many times, round-robin, and reports
+	// each figure's median (default 1): on a machine others load, the
+	// modes then see the same noise.
+	Rounds int
 	// Progress receives one line per step (nil: none).
 	Progress io.Writer
 }
@@ -94,7 +99,10 @@ type Report struct {
 	Load    string    `json:"load"`
 	Preset  string    `json:"preset"`
 	Flows   int       `json:"flows"`
-	Results []Result  `json:"results"`
+	Rounds  int       `json:"rounds"`
+	// LoadEnd is /proc/loadavg when the run ended.
+	LoadEnd string   `json:"load_end"`
+	Results []Result `json:"results"`
 	// Ratios of each mode to nft-masquerade and of the gateway to its
 	// passthrough, by figure name.
 	Ratios map[string]map[string]float64 `json:"ratios"`
@@ -121,6 +129,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Progress == nil {
 		c.Progress = io.Discard
+	}
+	if c.Rounds <= 0 {
+		c.Rounds = 1
 	}
 	return c
 }
@@ -391,21 +402,29 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 	defer func() { iperfd.Process.Kill(); iperfd.Wait() }()
 	time.Sleep(300 * time.Millisecond)
 	load, _ := os.ReadFile("/proc/loadavg")
-	rep := &Report{Started: time.Now().UTC(), Load: strings.TrimSpace(string(load)), Preset: c.Preset, Flows: c.Flows}
-	for _, mode := range c.Modes {
-		fmt.Fprintf(c.Progress, "%s\n", mode)
-		stop, err := t.setup(ctx, c, mode)
-		if err != nil {
-			return nil, err
+	rep := &Report{Started: time.Now().UTC(), Load: strings.TrimSpace(string(load)), Preset: c.Preset, Flows: c.Flows, Rounds: c.Rounds}
+	runs := map[string][]Result{}
+	for round := 0; round < c.Rounds; round++ {
+		for _, mode := range c.Modes {
+			fmt.Fprintf(c.Progress, "%s (round %d of %d)\n", mode, round+1, c.Rounds)
+			stop, err := t.setup(ctx, c, mode)
+			if err != nil {
+				return nil, err
+			}
+			r, err := t.measure(ctx, c)
+			r.Mode = mode
+			r.GatewayDrops = stop()
+			if err != nil {
+				return nil, fmt.Errorf("natbench: %s: %w", mode, err)
+			}
+			runs[mode] = append(runs[mode], r)
 		}
-		r, err := t.measure(ctx, c)
-		r.Mode = mode
-		r.GatewayDrops = stop()
-		if err != nil {
-			return nil, fmt.Errorf("natbench: %s: %w", mode, err)
-		}
-		rep.Results = append(rep.Results, r)
 	}
+	for _, mode := range c.Modes {
+		rep.Results = append(rep.Results, median(runs[mode]))
+	}
+	load, _ = os.ReadFile("/proc/loadavg")
+	rep.LoadEnd = strings.TrimSpace(string(load))
 	rep.Ratios = ratios(rep.Results)
 	return rep, nil
 }
@@ -445,6 +464,29 @@ func (t *topo) measure(ctx context.Context, c Config) (Result, error) {
 		}
 	}
 	return r, nil
+}
+
+// median returns the per-figure median of rs (the upper one of an even
+// count), with the drops of the last run.
+func median(rs []Result) Result {
+	out := rs[len(rs)-1]
+	pick := func(get func(Result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = get(r)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	out.TCP1 = pick(func(r Result) float64 { return r.TCP1 })
+	out.TCP8 = pick(func(r Result) float64 { return r.TCP8 })
+	out.UDP1Sent = pick(func(r Result) float64 { return r.UDP1Sent })
+	out.UDP1Recv = pick(func(r Result) float64 { return r.UDP1Recv })
+	out.UDP1ZeroLoss = pick(func(r Result) float64 { return r.UDP1ZeroLoss })
+	out.UDPManySent = pick(func(r Result) float64 { return r.UDPManySent })
+	out.UDPManyRecv = pick(func(r Result) float64 { return r.UDPManyRecv })
+	out.UDPManyZeroLoss = pick(func(r Result) float64 { return r.UDPManyZeroLoss })
+	return out
 }
 
 // figures returns a result's figures by name.

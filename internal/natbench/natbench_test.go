@@ -36,3 +36,10 @@ func TestFlowDest(t *testing.T) {
 		t.Fatalf("flow destinations %v .. %v", FlowDest(0), FlowDest(99999))
 	}
 }
+
+func TestMedian(t *testing.T) {
+	m := median([]Result{{TCP1: 3, UDP1Recv: 10}, {TCP1: 1, UDP1Recv: 30}, {TCP1: 2, UDP1Recv: 20}})
+	if m.TCP1 != 2 || m.UDP1Recv != 20 {
+		t.Fatalf("median %+v", m)
+	}
+}
