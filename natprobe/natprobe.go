@@ -111,6 +111,8 @@ type Options struct {
 	Series int
 	// Logger receives one debug line per transaction; nil discards.
 	Logger *slog.Logger
+
+	onFirstSend func(time.Time) // tests: when each new transaction started
 }
 
 // Sample is one observed mapping: the local endpoint, the server endpoint

@@ -85,7 +85,7 @@ func ProbeTCP(ctx context.Context, o TCPOptions) (TCPResult, error) {
 // tcpExchange connects from local (SO_REUSEADDR) to dst, sends one Binding
 // request and reads the answer; the connection stays open for the caller.
 func tcpExchange(ctx context.Context, p *prober, local, dst netip.AddrPort, timeout time.Duration) (net.Conn, *stun.Message, time.Duration, error) {
-	if err := p.pace(ctx); err != nil {
+	if err := p.pace(ctx, nil); err != nil {
 		return nil, nil, 0, err
 	}
 	sent := time.Since(p.start)

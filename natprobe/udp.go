@@ -97,26 +97,33 @@ func (p *prober) close() {
 	}
 }
 
-// pace blocks until this transaction may start: at most one new
-// transaction per Pace (RFC 5780 section 5: 10 per second).
-func (p *prober) pace(ctx context.Context) error {
+// pace waits until a new transaction may start and then runs send, its
+// first packet, under the pace's lock: new transactions go out at least
+// Pace apart however the goroutines are scheduled (RFC 5780 section 5: 10
+// per second). send may be nil (a TCP connect follows at once).
+func (p *prober) pace(ctx context.Context, send func()) error {
 	p.paceMu.Lock()
-	now := time.Now()
-	at := p.next
-	if at.Before(now) {
-		at = now
-	}
-	p.next = at.Add(p.o.Pace)
-	p.paceMu.Unlock()
-	if d := time.Until(at); d > 0 {
+	defer p.paceMu.Unlock()
+	if d := time.Until(p.next); d > 0 {
 		t := time.NewTimer(d)
-		defer t.Stop()
 		select {
 		case <-t.C:
 		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := time.Now()
+	if send != nil {
+		send()
+	}
+	if p.o.onFirstSend != nil {
+		p.o.onFirstSend(now)
+	}
+	p.next = now.Add(p.o.Pace)
 	return nil
 }
 
@@ -174,18 +181,28 @@ func (p *prober) do(ctx context.Context, t txn) (answer, bool, error) {
 		t.build(&b)
 	}
 	pkt := b.Bytes()
-	if err := p.pace(ctx); err != nil {
+	var first time.Time
+	send := func() {
+		first = time.Now()
+		if _, err := t.from.c.WriteToUDPAddrPort(pkt, t.to); err != nil {
+			p.log.Debug("natprobe: send", "test", t.name, "err", err)
+		}
+	}
+	if err := p.pace(ctx, send); err != nil {
 		return answer{}, false, err
 	}
 	deadline := p.o.Timeout
 	if t.mayFail {
 		deadline = p.o.Decide
 	}
-	first := time.Now()
 	sent := first.Sub(p.start)
 	end := first.Add(deadline)
 	rto := p.o.RTO
-	nextSend := first
+	nextSend := first.Add(rto) // the first request went out in pace
+	rto *= 2
+	if t.mayFail && rto > p.o.RTO*2 {
+		nextSend = end
+	}
 	for {
 		now := time.Now()
 		if !now.Before(end) {
@@ -606,11 +623,16 @@ func (p *prober) hairpin(ctx context.Context, a, b *sock, ma, mb netip.AddrPort)
 	ba.Start(nil, stun.BindingRequest, idA)
 	bb.Start(nil, stun.BindingRequest, idB)
 	pa, pb := ba.Bytes(), bb.Bytes()
-	if p.pace(ctx) != nil {
+	var start time.Time
+	if p.pace(ctx, func() {
+		start = time.Now()
+		_, _ = a.c.WriteToUDPAddrPort(pa, mb)
+		_, _ = b.c.WriteToUDPAddrPort(pb, ma)
+	}) != nil {
 		return false
 	}
-	end := time.Now().Add(p.o.Decide)
-	sends := []time.Time{time.Now(), time.Now().Add(p.o.RTO)}
+	end := start.Add(p.o.Decide)
+	sends := []time.Time{start.Add(p.o.RTO)}
 	for {
 		now := time.Now()
 		if !now.Before(end) {
