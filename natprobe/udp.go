@@ -576,11 +576,15 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 			}
 			ms := st.sample(a, s, P, true)
 			if i == 0 && *res.NAT && ms.IsValid() {
+				// The hairpin test takes the next slot: it waits for
+				// silence, so it must not start last.
+				started := make(chan struct{})
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					res.Hairpinning = ptr(p.hairpin(ctx, s1, s, m1, ms))
+					res.Hairpinning = ptr(p.hairpin(ctx, s1, s, m1, ms, started))
 				}()
+				<-started
 			}
 		}
 	}()
@@ -617,18 +621,20 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 // request opens the sender's own filter toward the other's mapping, so a
 // NAT that hairpins is seen as doing so whatever its filtering (RFC 5780
 // section 3.4; RFC 4787 section 6, REQ-9).
-func (p *prober) hairpin(ctx context.Context, a, b *sock, ma, mb netip.AddrPort) bool {
+func (p *prober) hairpin(ctx context.Context, a, b *sock, ma, mb netip.AddrPort, started chan<- struct{}) bool {
 	idA, idB := newID(), newID()
 	var ba, bb stun.Builder
 	ba.Start(nil, stun.BindingRequest, idA)
 	bb.Start(nil, stun.BindingRequest, idB)
 	pa, pb := ba.Bytes(), bb.Bytes()
 	var start time.Time
-	if p.pace(ctx, func() {
+	err := p.pace(ctx, func() {
 		start = time.Now()
 		_, _ = a.c.WriteToUDPAddrPort(pa, mb)
 		_, _ = b.c.WriteToUDPAddrPort(pb, ma)
-	}) != nil {
+	})
+	close(started)
+	if err != nil {
 		return false
 	}
 	end := start.Add(p.o.Decide)
