@@ -21,9 +21,11 @@ func subcommands() []func() *cobra.Command {
 		newCapacityCmd,
 		newLeaseCmd,
 		newNatCmd,
-		newPunchCmd,
+		newNatprobeCmd,
 		newProxyCmd,
+		newPunchCmd,
 		newSteerCmd,
+		newStunCmd,
 	}
 }
 
