@@ -456,7 +456,8 @@ type pickInfo struct {
 // round tries every candidate and the listener until rctx ends, then keeps
 // one connection by the tie-break: the side with the smaller ID picks the
 // first connection on which the peer's hello arrived and says so; the other
-// side keeps the connection the pick arrives on.
+// side keeps the connection the pick arrives on and acknowledges it, and
+// the chooser keeps it only once the acknowledgement is back.
 func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort) (net.Conn, pickInfo, bool) {
 	rctx, stopRound := context.WithCancel(rctx)
 	defer stopRound()
@@ -603,6 +604,11 @@ loop:
 					if v.err == nil && (pm.Op != OpPick || pm.Session != p.peer.session) {
 						v.err = fmt.Errorf("%w: expected the pick", ErrBadMessage)
 					}
+					if v.err == nil {
+						// Acknowledge, so that the chooser keeps the
+						// connection only if this side does too.
+						v.err = writeMessage(pc.c, Message{Op: OpPick, Session: p.peer.session})
+					}
 				}
 				done <- v
 			}()
@@ -614,6 +620,13 @@ loop:
 			}
 			if chooser {
 				if err := writeMessage(v.c, Message{Op: OpPick, Session: p.peer.session}); err != nil {
+					continue
+				}
+				ack, err := readMessage(v.br)
+				if err != nil || ack.Op != OpPick || ack.Session != p.peer.session {
+					// The peer never took this connection (its round
+					// ended first): try another.
+					p.log.Info("punch: the pick was not acknowledged", "err", err)
 					continue
 				}
 			}
