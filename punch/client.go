@@ -657,6 +657,18 @@ loop:
 	for pc := range up {
 		closeRST(pc.c)
 	}
+	// The kernel completes handshakes for SYNs that reach the listener
+	// after Accept stopped; such a connection holds the peer's 4-tuple, so
+	// the next round's connect to the peer would fail (EADDRNOTAVAIL), and
+	// the peer would think itself connected. Reset them.
+	p.ln.SetDeadline(time.Now().Add(5 * time.Millisecond))
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			break
+		}
+		closeRST(c)
+	}
 	if !found {
 		return nil, pickInfo{}, false
 	}
