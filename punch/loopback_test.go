@@ -128,7 +128,7 @@ func TestNoRelayFails(t *testing.T) {
 	ob := Options{Rendezvous: rv, ID: "b", Peer: "a", RoundTimeout: 50 * time.Millisecond, Rounds: 2, NoRelay: true, candidates: nowhere}
 	a, b := dialPair(t, oa, ob)
 	for _, x := range []dialOut{a, b} {
-		if !errors.Is(x.err, ErrNoPath) || !strings.Contains(x.res.Reason, "127.0.0.1:9 refused by RST") {
+		if !errors.Is(x.err, ErrNoPath) || !strings.Contains(x.res.Reason, "SYNs to 127.0.0.1:9 ") || !strings.Contains(x.res.Reason, "refused by RST") {
 			t.Errorf("err = %v, reason %q; want ErrNoPath with the RSTs as the reason", x.err, x.res.Reason)
 		}
 		if x.res.Rounds != 2 {
