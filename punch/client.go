@@ -462,6 +462,7 @@ func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort)
 	rctx, stopRound := context.WithCancel(rctx)
 	defer stopRound()
 	deadline, _ := rctx.Deadline()
+	roundStart := time.Now()
 	up := make(chan punched, 16)
 	var wg sync.WaitGroup
 	p.ln.SetDeadline(deadline)
@@ -525,10 +526,21 @@ func (p *puncher) round(rctx context.Context, round int, cands []netip.AddrPort)
 					c, err = dialTCP(rctx, p.me, cand, ttl)
 					if err != nil && timeExceeded(err) {
 						// The door did its work and its SYN died on the
-						// way, as meant; the socket with it. Open it again
-						// now and then, for the peer's SYN to come in.
+						// way, as meant; the socket with it (an ICMP error
+						// ends a connect). The peer's SYN will then reach
+						// the listener, whose SYN-ACK carries a fresh
+						// initial sequence number; a NAT that tracks TCP
+						// windows (Linux conntrack) passes it only if it
+						// lies within a window (64 KiB, about 4 ms of
+						// sequence-number clock) of the last door's SYN.
+						// So reopen the door every 2 ms while the peer's
+						// SYN is due, every 10 ms after that.
+						pause := 10 * time.Millisecond
+						if time.Since(roundStart) < 250*time.Millisecond {
+							pause = 2 * time.Millisecond
+						}
 						select {
-						case <-time.After(10 * time.Millisecond):
+						case <-time.After(pause):
 						case <-rctx.Done():
 						}
 						continue
