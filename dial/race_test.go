@@ -274,7 +274,7 @@ func TestUDPCrossProcessRace(t *testing.T) {
 	if !netnstest.InNetNS(t) {
 		return
 	}
-	for _, lock := range []UDPLock{UDPLockFile, UDPLockDump} {
+	for _, lock := range []UDPLock{UDPLockFile, UDPLockDump, UDPLockRegistry} {
 		dups, summary := runRace(t, lock, false, raceDials)
 		if len(dups) > 0 {
 			t.Fatalf("UDPLock %v: duplicate 4-tuples with the lock: %v", lock, dups)
