@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -66,15 +68,11 @@ func TestRegistryOffsetAllocs(t *testing.T) {
 // release allocate nothing once the stripe's map exists.
 func TestRegistryRefCount(t *testing.T) {
 	dir := t.TempDir()
-	open := func() *netsys.PortLockFile {
-		f, err := netsys.OpenPortLockFile(dir, "ns", registryProto, v4src(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return f
+	r := newRegistry(dir, "ns", v4src(1))
+	other, err := netsys.OpenPortLockFile(dir, "ns", shardProto(20000), v4src(1))
+	if err != nil {
+		t.Fatal(err)
 	}
-	r := newRegistry(open())
-	other := open()
 	defer other.Close()
 	const off = 20000<<32 | 0x1234
 	for range 2 {
@@ -133,7 +131,7 @@ func TestUDPRegistryMakesTupleBusy(t *testing.T) {
 	if l, err := d.UDPLockInUse(); l != UDPLockRegistry || err != nil {
 		t.Fatalf("UDPLockInUse() = %v, %v; want registry", l, err)
 	}
-	other, err := netsys.OpenPortLockFile(dir, d.st.netns, registryProto, v4src(1))
+	other, err := netsys.OpenPortLockFile(dir, d.st.netns, shardProto(20000), v4src(1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,3 +260,34 @@ func TestRegistryDialAllocs(t *testing.T) {
 }
 
 var _ net.Conn = (*UDPConn)(nil)
+
+// shardProto is the registry file name prefix of port's shard, spelled out
+// as the documentation gives it: udptuple and the port's low byte in hex.
+func shardProto(port uint16) string { return fmt.Sprintf("udptuple%02x", port&0xff) }
+
+// TestRegistryShards checks that ports with different low bytes lock in
+// different registry files (the kernel walks one list per file) and ports
+// with the same low byte in one, named as documented.
+func TestRegistryShards(t *testing.T) {
+	dir := t.TempDir()
+	r := newRegistry(dir, "ns", v4src(1))
+	defer r.files.closeAll()
+	dst := netip.MustParseAddrPort("127.0.1.1:7000")
+	for _, port := range []uint16{20000, 20001, 20000 + 256} {
+		if ok, err := r.acquire(registryOffset(port, dst)); !ok || err != nil {
+			t.Fatalf("acquire port %d: %v %v", port, ok, err)
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	want := []string{shardProto(20000) + "-ns-127.0.2.1", shardProto(20001) + "-ns-127.0.2.1"}
+	if !slices.Equal(names, want) {
+		t.Fatalf("registry files %v, want %v", names, want)
+	}
+}
