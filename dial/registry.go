@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/portspace/portspace/internal/netsys"
@@ -80,19 +81,19 @@ type registry struct {
 	}
 }
 
-// registryFiles are the open shards of a registry.
+// registryFiles are the open shards of a registry; f is read without the
+// mutex, which only serialises opening.
 type registryFiles struct {
 	mu sync.Mutex
-	f  [registryShards]*netsys.PortLockFile
+	f  [registryShards]atomic.Pointer[netsys.PortLockFile]
 }
 
 func (fs *registryFiles) closeAll() {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	for i, f := range fs.f {
-		if f != nil {
+	for i := range fs.f {
+		if f := fs.f[i].Swap(nil); f != nil {
 			f.Close()
-			fs.f[i] = nil
 		}
 	}
 }
@@ -108,16 +109,19 @@ func newRegistry(dir, netns string, src netip.Addr) *registry {
 func (r *registry) file(port uint16) (*netsys.PortLockFile, error) {
 	i := registryShard(port)
 	fs := r.files
+	if f := fs.f[i].Load(); f != nil {
+		return f, nil
+	}
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	if f := fs.f[i]; f != nil {
+	if f := fs.f[i].Load(); f != nil {
 		return f, nil
 	}
 	f, err := netsys.OpenPortLockFile(r.dir, r.netns, fmt.Sprintf("%s%02x", registryProto, i), r.src)
 	if err != nil {
 		return nil, err
 	}
-	fs.f[i] = f
+	fs.f[i].Store(f)
 	return f, nil
 }
 
@@ -176,37 +180,36 @@ func (r *registry) release(off int64) error {
 	return nil
 }
 
-// registries are a Dialer's registry files, one per source address.
+// registries are a Dialer's registries, one per source address (m, read
+// without the mutex, which serialises adding one).
 type registries struct {
 	mu sync.Mutex
-	m  map[netip.Addr]*registry
+	m  sync.Map // netip.Addr -> *registry
 }
 
 // closeAll closes the registry files now, releasing every byte they hold
 // (for tests that count file descriptors).
 func (rs *registries) closeAll() {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	for _, r := range rs.m {
-		r.files.closeAll()
-	}
-	rs.m = nil
+	rs.m.Range(func(_, r any) bool {
+		r.(*registry).files.closeAll()
+		return true
+	})
 }
 
 // registry returns the Dialer's registry of source src (its files open at
 // their first use).
 func (st *state) registry(src netip.Addr) (*registry, error) {
 	rs := &st.registries
+	if r, ok := rs.m.Load(src); ok {
+		return r.(*registry), nil
+	}
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if r := rs.m[src]; r != nil {
-		return r, nil
-	}
-	if rs.m == nil {
-		rs.m = map[netip.Addr]*registry{}
+	if r, ok := rs.m.Load(src); ok {
+		return r.(*registry), nil
 	}
 	r := newRegistry(st.lockDir, st.netns, src)
-	rs.m[src] = r
+	rs.m.Store(src, r)
 	return r, nil
 }
 
