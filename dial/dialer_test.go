@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -307,14 +308,14 @@ func FuzzSplitAddress(f *testing.F) {
 // the host) and that a past Deadline fails the dial as a timeout.
 func TestResolverAndDeadline(t *testing.T) {
 	boom := errors.New("no DNS in tests")
-	calls := 0
+	var calls atomic.Int32 // the resolver looks up A and AAAA at once
 	d := &Dialer{Resolver: &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
-		calls++
+		calls.Add(1)
 		return nil, boom
 	}}}
 	_, err := d.Dial("tcp", "portspace-test.invalid:80")
-	if err == nil || !strings.Contains(err.Error(), `dial: address "portspace-test.invalid:80"`) || calls == 0 {
-		t.Errorf("dial through the failing resolver: %v after %d resolver dials", err, calls)
+	if err == nil || !strings.Contains(err.Error(), `dial: address "portspace-test.invalid:80"`) || calls.Load() == 0 {
+		t.Errorf("dial through the failing resolver: %v after %d resolver dials", err, calls.Load())
 	}
 	d = &Dialer{Deadline: time.Now().Add(-time.Second)}
 	_, err = d.Dial("tcp", "127.0.0.1:9")

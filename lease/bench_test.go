@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -133,9 +134,16 @@ func claimAll(b *testing.B, stores []Store, claimers int, midway func()) []child
 // slices: bolt from 4 processes (250 claimers each), etcd from 8 clients
 // in one process, and etcd with its leader killed when a quarter of the
 // claims are done. Each run checks exactly 500 grants, no slice twice.
-// Run: go test -run '^$' -bench BenchmarkClaimers -benchtime 1x ./lease/
+// Run: PORTSPACE_BENCH_FULL=1 go test -run '^$' -bench BenchmarkClaimers -benchtime 1x ./lease/
+// Without PORTSPACE_BENCH_FULL (make test's one-iteration smoke run) the
+// scale is a tenth: 100 claimers against 50 slices.
 func BenchmarkClaimers(b *testing.B) {
-	p := benchPool(500)
+	claimers, nslices := 100, 50
+	if os.Getenv("PORTSPACE_BENCH_FULL") != "" {
+		claimers, nslices = 1000, 500
+	}
+	p := benchPool(100) // one address, 64,000 ports
+	p.Slice = 64000 / nslices
 	p.Quarantine = time.Minute
 	b.Run("store=bolt/procs=4", func(b *testing.B) {
 		for range b.N {
@@ -149,9 +157,9 @@ func BenchmarkClaimers(b *testing.B) {
 			}
 			s.Close()
 			t0 := time.Now()
-			rs := runClaimers(b, path, 4, 250)
+			rs := runClaimers(b, path, 4, claimers/4)
 			b.ReportMetric(time.Since(t0).Seconds(), "s/run")
-			checkExactlyOnce(b, rs, 1000, 500)
+			checkExactlyOnce(b, rs, claimers, nslices)
 		}
 	})
 	for _, kill := range []bool{false, true} {
@@ -160,7 +168,7 @@ func BenchmarkClaimers(b *testing.B) {
 				c := startEtcd(b, 3)
 				var stores []Store
 				for range 8 {
-					s, err := Open(context.Background(), c.url("bench"))
+					s, err := Open(context.Background(), c.URL("bench"))
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -173,17 +181,17 @@ func BenchmarkClaimers(b *testing.B) {
 				var midway func()
 				if kill {
 					midway = func() {
-						if ld := c.leader(); ld >= 0 {
-							c.kill(ld)
+						if ld := c.Leader(); ld >= 0 {
+							c.Kill(ld)
 						} else {
 							b.Error("no leader to kill")
 						}
 					}
 				}
 				t0 := time.Now()
-				rs := claimAll(b, stores, 1000, midway)
+				rs := claimAll(b, stores, claimers, midway)
 				b.ReportMetric(time.Since(t0).Seconds(), "s/run")
-				checkExactlyOnce(b, rs, 1000, 500)
+				checkExactlyOnce(b, rs, claimers, nslices)
 			}
 		})
 	}

@@ -76,9 +76,11 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	n := len(d.keepers)
 	start := int(d.rr.Add(1) - 1)
-	dstIs4 := true
+	// With an address literal, skip leases of the other family; a name is
+	// left to each lease's dial.Dialer to resolve.
+	literal, dstIs4 := false, false
 	if ap, err := netip.ParseAddrPort(address); err == nil {
-		dstIs4 = ap.Addr().Unmap().Is4()
+		literal, dstIs4 = true, ap.Addr().Unmap().Is4()
 	}
 	var last error
 	var src net.Addr
@@ -92,7 +94,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 			continue
 		}
 		l := k.Lease()
-		if l.Addr.Is4() != dstIs4 {
+		if literal && l.Addr.Is4() != dstIs4 {
 			continue
 		}
 		c, err := d.dialers[j].DialContext(ctx, network, address)

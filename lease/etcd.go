@@ -66,9 +66,10 @@ type EtcdStore struct {
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 
-	mu     sync.Mutex
-	view   etcdView
-	leases map[leaseKey]*heldLease
+	mu        sync.Mutex
+	view      etcdView
+	leases    map[leaseKey]*heldLease
+	abandoned map[string]bool // nonces of claims given up as not committed
 }
 
 var _ Store = (*EtcdStore)(nil)
@@ -111,7 +112,6 @@ type etcdView struct {
 	draining map[string]bool
 	slot     map[string]slot     // busy slices by ID
 	free     map[string]*freeSet // per pool
-	byID     map[string]*Lease   // every slice of every pool
 	poolOf   map[string]int      // slice ID -> index in pools
 	_        struct{}            // keep composite literals keyed
 }
@@ -168,7 +168,7 @@ func OpenEtcd(ctx context.Context, loc Location, o EtcdOptions) (*EtcdStore, err
 		return nil, fmt.Errorf("lease: %s: %w", loc, err)
 	}
 	s := &EtcdStore{loc: loc, cli: cli, o: o, log: o.Logger, kPools: loc.Prefix + "pools", pfxH: loc.Prefix + "h/", pfxB: loc.Prefix + "b/",
-		leases: map[leaseKey]*heldLease{}}
+		leases: map[leaseKey]*heldLease{}, abandoned: map[string]bool{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -193,6 +193,16 @@ func (s *EtcdStore) Location() Location { return s.loc }
 
 func (s *EtcdStore) errf(format string, args ...any) error {
 	return fmt.Errorf("lease: %s: "+format, append([]any{s.loc}, args...)...)
+}
+
+// attemptTimeout bounds one attempt of a claim, so that a call stuck on a
+// member that lost its leader is retried elsewhere.
+const attemptTimeout = 5 * time.Second
+
+// attempt returns the context of one claim attempt: at most
+// attemptTimeout, and failing at once on a member without a leader.
+func (s *EtcdStore) attempt(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(clientv3.WithRequireLeader(ctx), attemptTimeout)
 }
 
 // reqCtx bounds a call that has no deadline by RequestTimeout.
@@ -268,14 +278,11 @@ func (s *EtcdStore) setPoolsLocked(doc poolsDoc, rev int64) {
 		v.slot = map[string]slot{}
 	}
 	v.free = map[string]*freeSet{}
-	v.byID = map[string]*Lease{}
 	v.poolOf = map[string]int{}
 	for i, p := range v.pools {
 		f := &freeSet{pos: map[string]int{}}
 		v.free[p.Name] = f
 		for _, l := range slicesOf(p) {
-			l := l
-			v.byID[l.ID] = &l
 			v.poolOf[l.ID] = i
 			if sl := v.slot[l.ID]; !sl.h && !sl.b && !v.draining[l.ID] {
 				f.add(l.ID)
@@ -381,6 +388,9 @@ func (s *EtcdStore) apply(ev *clientv3.Event) {
 		s.mu.Unlock()
 	case strings.HasPrefix(k, s.pfxH), strings.HasPrefix(k, s.pfxB):
 		isH := strings.HasPrefix(k, s.pfxH)
+		if isH && put && ev.Kv.Version == 1 {
+			s.undoAbandoned(ev.Kv)
+		}
 		id := strings.TrimPrefix(strings.TrimPrefix(k, s.pfxH), s.pfxB)
 		s.mu.Lock()
 		sl := s.view.slot[id]
@@ -396,6 +406,76 @@ func (s *EtcdStore) apply(ev *clientv3.Event) {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// undoAbandoned deletes a grant that a claim of this store gave up on
+// (its reply was lost and a read did not show it) but that committed
+// later, so that the slice is not held by nobody's knowledge until the
+// holder's etcd lease runs out. Nobody was told of the grant, so the
+// slice goes back without a quarantine.
+func (s *EtcdStore) undoAbandoned(kv *mvccpb.KeyValue) {
+	var g grant
+	if json.Unmarshal(kv.Value, &g) != nil || g.Nonce == "" {
+		return
+	}
+	s.mu.Lock()
+	mine := s.abandoned[g.Nonce]
+	delete(s.abandoned, g.Nonce)
+	s.mu.Unlock()
+	if !mine {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(s.stopCtx, s.o.RequestTimeout)
+		defer cancel()
+		s.undo(ctx, kv)
+	}()
+}
+
+// undo deletes the abandoned grant kv (and its b key) if it is still the
+// slice's grant.
+func (s *EtcdStore) undo(ctx context.Context, kv *mvccpb.KeyValue) error {
+	id := strings.TrimPrefix(string(kv.Key), s.pfxH)
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(string(kv.Key)), "=", kv.CreateRevision)).
+		Then(clientv3.OpDelete(string(kv.Key)), clientv3.OpDelete(s.pfxB+id)).Commit()
+	s.log.Debug("lease: etcd undid an abandoned grant", "slice", id, "err", err)
+	if err == nil && resp.Succeeded {
+		s.note(id, false, false, resp.Header.Revision)
+	}
+	return err
+}
+
+// sweepAbandoned undoes every grant that committed after a claim of this
+// store gave up on it; it reports whether it undid any.
+func (s *EtcdStore) sweepAbandoned(ctx context.Context) (bool, error) {
+	s.mu.Lock()
+	n := len(s.abandoned)
+	s.mu.Unlock()
+	if n == 0 {
+		return false, nil
+	}
+	resp, err := s.cli.Get(ctx, s.pfxH, clientv3.WithPrefix())
+	if err != nil {
+		return false, err
+	}
+	undone := false
+	for _, kv := range resp.Kvs {
+		var g grant
+		if json.Unmarshal(kv.Value, &g) != nil {
+			continue
+		}
+		s.mu.Lock()
+		mine := s.abandoned[g.Nonce]
+		delete(s.abandoned, g.Nonce)
+		s.mu.Unlock()
+		if mine {
+			if err := s.undo(ctx, kv); err != nil {
+				return undone, err
+			}
+			undone = true
+		}
+	}
+	return undone, nil
 }
 
 // Apply makes the store's pools these. Removing or re-cutting a slice
@@ -611,7 +691,10 @@ func (s *EtcdStore) Claim(ctx context.Context, req Request) (Lease, error) {
 		switch {
 		case (!matched || id == "") && !resynced:
 			// The view may lag: confirm with a fresh read before saying no.
-			if _, err = s.resync(ctx); err == nil {
+			actx, acancel := s.attempt(ctx)
+			_, err = s.resync(actx)
+			acancel()
+			if err == nil {
 				resynced = true
 				clear(skip)
 				continue
@@ -622,9 +705,23 @@ func (s *EtcdStore) Claim(ctx context.Context, req Request) (Lease, error) {
 			s.mu.Unlock()
 			return Lease{}, unmatchedTraitsError(req.Traits, pools)
 		case id == "":
-			return Lease{}, fmt.Errorf("%w %s: every matching slice is held or in quarantine", ErrNoSlice, traitString(req.Traits))
+			// A claim of ours whose reply was lost may have committed after
+			// all: take such grants back before saying no.
+			actx, acancel := s.attempt(ctx)
+			var undone bool
+			undone, err = s.sweepAbandoned(actx)
+			acancel()
+			if err == nil && undone {
+				clear(skip)
+				continue
+			}
+			if err == nil {
+				return Lease{}, fmt.Errorf("%w %s: every matching slice is held or in quarantine", ErrNoSlice, traitString(req.Traits))
+			}
 		default:
-			l, ok, err = s.try(ctx, req, id, p, prev, ttl)
+			actx, acancel := s.attempt(ctx)
+			l, ok, err = s.try(actx, ctx, req, id, p, prev, ttl)
+			acancel()
 		}
 		if err != nil {
 			// A lost leader, a member gone, a lease that ran out: retry
@@ -649,7 +746,9 @@ func (s *EtcdStore) Claim(ctx context.Context, req Request) (Lease, error) {
 
 // try runs one claim transaction for slice id. ok is false when the slice
 // (or the pools) turned out not as the view said.
-func (s *EtcdStore) try(ctx context.Context, req Request, id string, p Pool, prev int64, ttl int64) (Lease, bool, error) {
+// ctx bounds this attempt; outer, the whole claim (for finding out what
+// became of a transaction whose reply was lost).
+func (s *EtcdStore) try(ctx, outer context.Context, req Request, id string, p Pool, prev int64, ttl int64) (Lease, bool, error) {
 	ha, err := s.leaseFor(ctx, req.Holder, ttl)
 	if err != nil {
 		return Lease{}, false, err
@@ -688,7 +787,7 @@ func (s *EtcdStore) try(ctx context.Context, req Request, id string, p Pool, pre
 		}
 		// The reply may be lost after the grant committed: look for our
 		// nonce.
-		if l, ok := s.recover(ctx, id, p, g); ok {
+		if l, ok := s.recover(outer, id, p, g); ok {
 			return l, true, nil
 		}
 		return Lease{}, false, err
@@ -715,15 +814,19 @@ func (s *EtcdStore) try(ctx context.Context, req Request, id string, p Pool, pre
 // is linearizable, so a grant not visible now never commits later.
 func (s *EtcdStore) recover(ctx context.Context, id string, p Pool, g grant) (Lease, bool) {
 	for ctx.Err() == nil {
-		resp, err := s.cli.Get(ctx, s.pfxH+id)
+		gctx, cancel := s.attempt(ctx)
+		resp, err := s.cli.Get(gctx, s.pfxH+id)
+		cancel()
 		if err == nil {
-			if len(resp.Kvs) == 0 {
-				return Lease{}, false
-			}
 			var got grant
-			if json.Unmarshal(resp.Kvs[0].Value, &got) == nil && got.Nonce == g.Nonce {
+			if len(resp.Kvs) > 0 && json.Unmarshal(resp.Kvs[0].Value, &got) == nil && got.Nonce == g.Nonce {
 				return s.leaseOf(id, p, got, resp.Kvs[0].CreateRevision), true
 			}
+			// Not committed as far as a linearizable read can tell; should
+			// the proposal still commit later, follow undoes it.
+			s.mu.Lock()
+			s.abandoned[g.Nonce] = true
+			s.mu.Unlock()
 			return Lease{}, false
 		}
 		select {

@@ -6,143 +6,32 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/portspace/portspace/internal/netnstest"
+	"github.com/portspace/portspace/dial"
+	"github.com/portspace/portspace/lease/leasetest"
 	"github.com/portspace/portspace/tuple"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
-// etcdCluster is a real etcd cluster (/usr/bin/etcd) on loopback with
-// free ports and a temporary data directory, for tests and benchmarks.
-type etcdCluster struct {
-	t       testing.TB
-	clients []string // host:port per member
-	cmds    []*exec.Cmd
-	names   []string
-	dead    []bool
-}
+// The cluster helpers live in lease/leasetest so that other packages'
+// tests can start clusters too.
+type etcdCluster = leasetest.Etcd
 
-// freePorts returns n loopback TCP ports that were free a moment ago.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
-
-// startEtcd starts an n-member cluster and waits until it has a leader.
-// The members are killed (only these processes) when the test ends.
-func startEtcd(t testing.TB, n int) *etcdCluster {
-	t.Helper()
-	netnstest.RequireCommand(t, "etcd")
-	dir := t.TempDir()
-	ports := freePorts(t, 2*n)
-	c := &etcdCluster{t: t, dead: make([]bool, n)}
-	var initial []string
-	for i := range n {
-		c.names = append(c.names, fmt.Sprintf("m%d", i))
-		c.clients = append(c.clients, fmt.Sprintf("127.0.0.1:%d", ports[2*i]))
-		initial = append(initial, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1]))
-	}
-	for i := range n {
-		peer := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
-		client := "http://" + c.clients[i]
-		log, err := os.Create(filepath.Join(dir, c.names[i]+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command("etcd",
-			"--name", c.names[i],
-			"--data-dir", filepath.Join(dir, c.names[i]),
-			"--listen-client-urls", client, "--advertise-client-urls", client,
-			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-			"--initial-cluster", strings.Join(initial, ","),
-			"--initial-cluster-state", "new", "--initial-cluster-token", filepath.Base(dir),
-			"--heartbeat-interval", "100", "--election-timeout", "1000",
-			"--logger", "zap", "--log-level", "error")
-		cmd.Stdout, cmd.Stderr = log, log
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		c.cmds = append(c.cmds, cmd)
-	}
-	t.Cleanup(func() {
-		for i, cmd := range c.cmds {
-			if !c.dead[i] {
-				cmd.Process.Kill()
-				cmd.Wait()
-			}
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for c.leader() < 0 {
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(dir, "m0.log"))
-			t.Fatalf("etcd cluster has no leader after 20 s; m0 log:\n%s", b)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return c
-}
-
-// url returns the store URL for the cluster under prefix.
-func (c *etcdCluster) url(prefix string) string {
-	return "etcd://" + strings.Join(c.clients, ",") + "/" + prefix
-}
-
-// leader returns the index of the current leader among live members, or -1.
-func (c *etcdCluster) leader() int {
-	for i, ep := range c.clients {
-		if c.dead[i] {
-			continue
-		}
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: time.Second, Logger: zap.NewNop()})
-		if err != nil {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		st, err := cli.Status(ctx, ep)
-		cancel()
-		cli.Close()
-		if err == nil && st.Leader != 0 && st.Header.MemberId == st.Leader {
-			return i
-		}
-	}
-	return -1
-}
-
-// kill kills member i (a process this test started).
-func (c *etcdCluster) kill(i int) {
-	c.cmds[i].Process.Kill()
-	c.cmds[i].Wait()
-	c.dead[i] = true
-}
+var (
+	startEtcd = leasetest.StartEtcd
+	freePorts = leasetest.FreePorts
+)
 
 var etcdPrefixSeq atomic.Int64
 
 func openTestEtcd(t testing.TB, c *etcdCluster) *EtcdStore {
 	t.Helper()
-	loc, err := ParseURL(c.url(fmt.Sprintf("t%d", etcdPrefixSeq.Add(1))))
+	loc, err := ParseURL(c.URL(fmt.Sprintf("t%d", etcdPrefixSeq.Add(1))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +83,7 @@ func TestEtcdUnreachable(t *testing.T) {
 // is granted exactly once, and claims resume on the two live members.
 func TestEtcdLeaderKill(t *testing.T) {
 	c := startEtcd(t, 3)
-	url := c.url("kill")
+	url := c.URL("kill")
 	var stores []Store
 	for range 4 {
 		s, err := Open(context.Background(), url)
@@ -237,9 +126,9 @@ func TestEtcdLeaderKill(t *testing.T) {
 			results = append(results, r)
 			mu.Unlock()
 			if done.Add(1) == claimers/3 {
-				ld := c.leader()
+				ld := c.Leader()
 				if ld >= 0 {
-					c.kill(ld)
+					c.Kill(ld)
 				}
 				killed <- ld
 			}
@@ -306,5 +195,87 @@ func TestEtcdOneLeasePerHolder(t *testing.T) {
 	e.ttl = time.Minute
 	if other := leaseOfKey(mustClaim(t, e, "h1", nil).ID); other == ids[0] {
 		t.Fatal("another TTL got the same etcd lease")
+	}
+}
+
+// TestEtcdAbandonedGrant: a grant that committed after its claim gave up
+// on it (the reply was lost, a read did not show it yet) is taken back
+// when claims would otherwise find no slice.
+func TestEtcdAbandonedGrant(t *testing.T) {
+	c := startEtcd(t, 1)
+	s := openTestEtcd(t, c)
+	p := testPool("p", time.Minute, nil, "192.0.2.10")
+	p.Ports, p.Slice = tuple.MustParsePortSet("2000-2009"), 10
+	mustApply(t, s, p)
+	id := "p/192.0.2.10/0"
+	// What the lost claim left behind.
+	ctx := context.Background()
+	if _, err := s.cli.Txn(ctx).Then(
+		clientv3.OpPut(s.pfxH+id, `{"holder":"h1","ttl":30000000000,"expires":0,"nonce":"lost-reply"}`),
+		clientv3.OpPut(s.pfxB+id, "lost-reply")).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Claim(ctx, Request{Holder: "h2", TTL: 30 * time.Second}); !errors.Is(err, ErrNoSlice) {
+		t.Fatalf("claim with a foreign grant in place: %v, want ErrNoSlice", err)
+	}
+	s.mu.Lock()
+	s.abandoned["lost-reply"] = true
+	s.mu.Unlock()
+	l, err := s.Claim(ctx, Request{Holder: "h2", TTL: 30 * time.Second})
+	if err != nil || l.ID != id {
+		t.Fatalf("claim after the abandoned grant: %+v, %v", l, err)
+	}
+}
+
+// TestEtcdUnreachableKeeper kills the only etcd member under a kept lease
+// (real time: a 3 s TTL): dials from the lease's Dialer work until the
+// expiry, fail with ErrLost after it, and the Keeper reports the loss.
+func TestEtcdUnreachableKeeper(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	c := startEtcd(t, 1)
+	s := openTestEtcd(t, c)
+	p := Pool{Name: "lo", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Ports: tuple.MustParsePortSet("41000-41099"), Slice: 100, Quarantine: time.Second}
+	mustApply(t, s, p)
+	const ttl = 3 * time.Second
+	l, err := s.Claim(context.Background(), Request{Holder: "h", TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := Keep(s, l, ttl, KeeperOptions{})
+	defer k.Stop()
+	d := NewDialer(func(d *dial.Dialer) { d.Timeout = time.Second }, k)
+	c.Kill(0)
+	killed := time.Now()
+	conn, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial right after the store went away: %v", err)
+	}
+	conn.Close()
+	select {
+	case err := <-k.Lost():
+		if !errors.Is(err, ErrLost) {
+			t.Fatalf("Lost: %v", err)
+		}
+	case <-time.After(ttl + 3*time.Second):
+		t.Fatal("no loss reported")
+	}
+	if d := time.Since(killed); d > ttl+time.Second {
+		t.Errorf("loss reported %v after the kill, TTL %v", d, ttl)
+	}
+	if _, err := d.Dial("tcp", ln.Addr().String()); !errors.Is(err, ErrLost) {
+		t.Fatalf("dial after the expiry: %v, want ErrLost", err)
 	}
 }

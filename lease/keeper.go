@@ -188,7 +188,12 @@ func (k *Keeper) run() {
 			return
 		}
 		sent := k.clk.Now()
-		ctx, cancel := context.WithTimeout(k.ctx, max(untilEnd, time.Second))
+		k.mu.Lock()
+		remaining := k.deadline.Sub(sent)
+		k.mu.Unlock()
+		// A renew that cannot finish before the expiry is no use: bound it
+		// there, so that a hung store call does not delay the loss report.
+		ctx, cancel := context.WithTimeout(k.ctx, max(remaining, 50*time.Millisecond))
 		r, err := k.s.Renew(ctx, l)
 		cancel()
 		if k.onRen != nil {

@@ -30,7 +30,10 @@ const MaxSlices = 1 << 20
 // ports, a PSID layout that does not fit).
 var ErrPools = errors.New("lease: bad pools")
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+var (
+	nameRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+	yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+)
 
 // ParsePools reads pools from YAML: a mapping with one key, pools, holding a
 // sequence of pools with the keys name, addresses, traits, ports, slice or
@@ -42,6 +45,10 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 func ParsePools(file string, data []byte) ([]Pool, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
+		// yaml.v3 says "yaml: line N: msg"; put it in file:line form.
+		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+			return nil, fmt.Errorf("%w: %s:%s: YAML: %s", ErrPools, file, m[1], m[2])
+		}
 		return nil, fmt.Errorf("%w: %s: %v", ErrPools, file, err)
 	}
 	d := pdec{file: file}

@@ -105,7 +105,7 @@ func TestParsePoolsErrors(t *testing.T) {
 			"p.yaml:2: pool a: quarantine \"soon\""},
 		{"bad ports", "pools:\n  - {name: a, addresses: [192.0.2.1], ports: 1024-99999, slice: 512}\n", "p.yaml:2: pool a: ports \"1024-99999\""},
 		{"no slice", "pools:\n  - {name: a, addresses: [192.0.2.1], ports: 1024-2047}\n", "p.yaml:2: pool a: no slice size"},
-		{"bad yaml", "pools:\n  - {name: a\n", "p.yaml: yaml: line"},
+		{"bad yaml", "pools:\n  - name: a: b\n", "p.yaml:2: YAML: mapping values are not allowed in this context"},
 		{"empty", "", "p.yaml: no pools"},
 		{"no pools key", "pool: []\n", "p.yaml:1: the document: unknown key \"pool\""},
 		{"name with space", "pools:\n  - {name: a b, addresses: [192.0.2.1], ports: 1024-2047, slice: 512}\n", "p.yaml:2: pool name \"a b\""},
@@ -254,4 +254,26 @@ func FuzzParseSliceID(f *testing.F) {
 			t.Fatalf("round trip of %q: %q %v %d %v", s, p2, a2, i2, err)
 		}
 	})
+}
+
+// TestParsePoolsIssueExample parses the example of the pools format as
+// the issue gives it, comments and all.
+func TestParsePoolsIssueExample(t *testing.T) {
+	const y = `pools:
+  - name: de-residential
+    addresses: [192.0.2.10, 192.0.2.11]     # IPv4 or IPv6; each address is cut the same way
+    traits: {geo: de, category: residential}
+    ports: 1024-65535                        # tuple.PortSet syntax
+    slice: 1024                              # ports per contiguous slice; or
+    # psid: {offset: 6, length: 6}           # RFC 7597 port sets: one PSID per slice
+    quarantine: 120s                         # default 120 s
+`
+	pools, err := ParsePools("issue.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pools[0]
+	if len(pools) != 1 || p.Slice != 1024 || p.Quarantine != 120*time.Second || len(slicesOf(p)) != 2*63 {
+		t.Fatalf("pools = %+v", pools)
+	}
 }

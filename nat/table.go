@@ -126,6 +126,7 @@ type table struct {
 	k0     uint64
 	k1     uint64
 	mode   keyMode
+	sink   uint32 // keeps Engine.Prefetch's loads
 }
 
 // indexMinBits sizes a new index (2^10 slots); tests lower it to exercise
@@ -591,4 +592,31 @@ func (t *table) check() error {
 		return fmt.Errorf("%d slots used, only %d keys", n, want)
 	}
 	return nil
+}
+
+// slotOf returns the home position of key k in the current index array and
+// the slot value there, loading it: the first half of a prefetch.
+func (t *table) slotOf(k key) (pos uint32, tag uint32) {
+	h := t.hash(k)
+	mask := uint32(len(t.slots) - 1)
+	pos = uint32(h>>t.shift) & mask
+	return pos, uint32(h&15) << 28
+}
+
+// touchRecord loads the record the slot at pos points to when its tag
+// matches (the second half of a prefetch); it returns a byte of it so the
+// load is not optimised away.
+func (t *table) touchRecord(pos, tag uint32) uint8 {
+	mask := uint32(len(t.slots) - 1)
+	for n := 0; n < 4; n++ {
+		s := t.slots[pos]
+		if s == 0 {
+			return 0
+		}
+		if s&0xf0000000 == tag {
+			return t.at(s&idxMask - 1).flags
+		}
+		pos = (pos + 1) & mask
+	}
+	return 0
 }

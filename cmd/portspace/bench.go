@@ -7,6 +7,8 @@ import "github.com/spf13/cobra"
 func benchSubcommands() []func() *cobra.Command {
 	return []func() *cobra.Command{
 		newBenchDialCmd,
+		newBenchNatCmd,
+		newBenchProxyCmd,
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/portspace/portspace/lease/leasetest"
 )
 
 const leasePoolsYAML = `pools:
@@ -136,6 +138,52 @@ func TestLeaseCLIBadInput(t *testing.T) {
 		}
 		if d := time.Since(start); d > 6*time.Second {
 			t.Errorf("%v took %v", tc.args, d)
+		}
+	}
+}
+
+// TestLeaseCLIEtcd runs apply, claim, renew, release and list against a
+// real three-member etcd cluster.
+func TestLeaseCLIEtcd(t *testing.T) {
+	c := leasetest.StartEtcd(t, 3)
+	store := c.URL("cli")
+	_, pools := leaseStore(t)
+	if out, _, err := runCLI(t, "lease", "apply", "--store", store, pools); err != nil || !strings.Contains(out, "2 pools, 6 slices") {
+		t.Fatalf("apply: %q, %v", out, err)
+	}
+	out, _, err := runCLI(t, "lease", "claim", "--store", store, "--holder", "web-1", "--trait", "geo=de", "--trait", "category=residential", "--json")
+	if err != nil {
+		t.Fatalf("claim: %v", err)
+	}
+	var l leaseJSON
+	if err := json.Unmarshal([]byte(out), &l); err != nil || l.Pool != "de" || l.Holder != "web-1" || l.Token == 0 || l.Expires == "" {
+		t.Fatalf("claim = %q (%v)", out, err)
+	}
+	tok := fmt.Sprint(l.Token)
+	if _, _, err := runCLI(t, "lease", "renew", "--store", store, "--id", l.ID, "--token", tok); err != nil {
+		t.Fatalf("renew: %v", err)
+	}
+	if _, _, err := runCLI(t, "lease", "release", "--store", store, "--id", l.ID, "--token", fmt.Sprint(l.Token+1)); err == nil || !strings.Contains(err.Error(), "lease lost") {
+		t.Fatalf("release with a wrong token: %v", err)
+	}
+	if _, _, err := runCLI(t, "lease", "release", "--store", store, "--id", l.ID, "--token", tok); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	out, _, err = runCLI(t, "lease", "list", "--store", store, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ls []leaseJSON
+	if err := json.Unmarshal([]byte(out), &ls); err != nil || len(ls) != 6 {
+		t.Fatalf("list %q: %v", out, err)
+	}
+	for _, x := range ls {
+		want := "free"
+		if x.ID == l.ID {
+			want = "quarantined"
+		}
+		if x.State != want {
+			t.Fatalf("list: %s is %s, want %s", x.ID, x.State, want)
 		}
 	}
 }

@@ -21,7 +21,11 @@ func subcommands() []func() *cobra.Command {
 		newCapacityCmd,
 		newLeaseCmd,
 		newNatCmd,
+		newNatprobeCmd,
+		newProxyCmd,
+		newPunchCmd,
 		newSteerCmd,
+		newStunCmd,
 	}
 }
 

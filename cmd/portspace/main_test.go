@@ -2,11 +2,50 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
 )
+
+// The test binary can act as the portspace binary, for tests that start it
+// as a child process: envRunCLI=1 runs the command line given as the
+// binary's arguments (bench proxy starts "portspace proxy" this way), and
+// envMain runs the arguments after "--" (the nat gateway tests re-execute
+// it inside a namespace).
+const (
+	envRunCLI = "PORTSPACE_TEST_RUN_CLI"
+	envMain   = "PORTSPACE_CLI_TEST_MAIN"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envMain) != "" {
+		for i, a := range os.Args {
+			if a == "--" {
+				os.Args = append([]string{"portspace"}, os.Args[i+1:]...)
+				break
+			}
+		}
+		main()
+		os.Exit(0)
+	}
+	if os.Getenv(envRunCLI) == "1" {
+		root := newRootCmd()
+		root.SetArgs(os.Args[1:])
+		if err := root.Execute(); err != nil {
+			os.Stderr.WriteString("portspace: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	ourExecutable = func() (string, []string, error) {
+		exe, err := os.Executable()
+		return exe, nil, err
+	}
+	os.Setenv(envRunCLI, "1") // inherited by the child processes only
+	os.Exit(m.Run())
+}
 
 // runCLI runs the portspace root command with args, as the binary would, and
 // returns what it wrote to standard output and standard error. Every

@@ -34,11 +34,11 @@ var boundary = []string{
 // beside netsys.
 var syscallImporters = map[string]string{
 	"internal/netsys": "the syscall and netlink boundary itself: socket options, capability probes, sock_diag",
+	"internal/tunnet": "the NAT gateway's kernel set-up: a multi-queue TUN device with virtio-net headers (TUNSETIFF), and the policy rules, routes, proxy-ARP entries it installs and removes over netlink",
 	"internal/bench":  "the benchmark's census dumps sockets through sock_diag on its own, so that it checks the dialer (which uses netsys) instead of trusting it; RLIMIT_NOFILE and getrusage",
 	// Wave 2 (each lands with its branch; an entry whose directory does
 	// not exist yet is pending, not stale):
 	"internal/steerlink": "steer's routing rules, routes (rtnetlink) and nftables table (nf_tables) in a namespace",
-	"internal/tunnet":    "the gateway's TUN device, policy rule and routes (rtnetlink, TUNSETIFF)",
 	"internal/udpbatch":  "recvmmsg/sendmmsg batches on the STUN server's hot path",
 }
 

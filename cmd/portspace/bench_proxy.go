@@ -1,0 +1,677 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/portspace/portspace/internal/bench"
+)
+
+type benchProxyFlags struct {
+	duration    time.Duration
+	concurrency int
+	bulkMiB     int
+	idle        int
+	peers       string
+	json        bool
+	origin      string
+
+	fleet                              bool
+	fleetProcs, fleetConns, fleetDests int
+	role, roleArg                      string
+}
+
+func newBenchProxyCmd() *cobra.Command {
+	var f benchProxyFlags
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Compare portspace proxy with microsocks and Dante: setup rate, latency, bulk throughput, memory per idle tunnel",
+		Long: `proxy starts loopback origin servers, "portspace proxy" (as a child process,
+with a bolt store and a pool of 127.0.0.1 slices), and, when installed,
+microsocks and Dante (danted) as peers, all on 127.0.0.1, and drives each
+with the same SOCKS5 client:
+
+  setup   connections per second and p50/p99 setup latency (connect, SOCKS5
+          handshake, CONNECT, first byte from the origin), --concurrency
+          clients for --duration
+  bulk    throughput of one tunnel carrying --bulk-mib MiB from the origin
+  idle    memory per open idle tunnel: the proxy's PSS (all its processes)
+          before and after opening --idle tunnels, divided by --idle
+
+A direct connection (no proxy) is measured as the baseline for setup and
+bulk. A peer that is not installed is skipped and the table says so.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case f.role != "":
+				return runFleetRole(cmd, f.role, f.roleArg)
+			case f.fleet:
+				return runBenchProxyFleet(cmd, f)
+			}
+			return runBenchProxy(cmd, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.DurationVar(&f.duration, "duration", 3*time.Second, "setup phase length per proxy")
+	fl.IntVar(&f.concurrency, "concurrency", 16, "concurrent clients in the setup phase")
+	fl.IntVar(&f.bulkMiB, "bulk-mib", 1024, "MiB carried by the bulk tunnel")
+	fl.IntVar(&f.idle, "idle", 5000, "idle tunnels opened per proxy for the memory figure (0: skip)")
+	fl.StringVar(&f.peers, "peers", "microsocks,dante", "peers to compare (comma-separated: microsocks, dante; empty: none)")
+	fl.StringVar(&f.origin, "origin", "127.0.0.10", "loopback address of the origin servers")
+	fl.BoolVar(&f.json, "json", false, "print JSON instead of a table")
+	fl.BoolVar(&f.fleet, "fleet", false, "instead: --fleet-procs proxy processes, each with its own 1,000-port slice of 127.0.0.1, carry --fleet-conns tunnels each to --fleet-dests destinations; report time, memory and a sock_diag census of duplicate 4-tuples")
+	fl.IntVar(&f.fleetProcs, "fleet-procs", 8, "--fleet: proxy processes")
+	fl.IntVar(&f.fleetConns, "fleet-conns", 9000, "--fleet: tunnels per proxy process")
+	fl.IntVar(&f.fleetDests, "fleet-dests", 100, "--fleet: loopback destinations (127.0.1.1 up, port 9000)")
+	fl.StringVar(&f.role, "role", "", "internal: run as a --fleet worker (origin or client)")
+	fl.StringVar(&f.roleArg, "role-arg", "", "internal: the worker's argument")
+	_ = fl.MarkHidden("role")
+	_ = fl.MarkHidden("role-arg")
+	return cmd
+}
+
+// proxyFigures are one proxy's measurements.
+type proxyFigures struct {
+	Name        string  `json:"name"`
+	Skipped     string  `json:"skipped,omitempty"`
+	SetupPerSec float64 `json:"setup_per_sec"`
+	SetupP50us  float64 `json:"setup_p50_us"`
+	SetupP99us  float64 `json:"setup_p99_us"`
+	SetupErrors int     `json:"setup_errors"`
+	BulkMiBps   float64 `json:"bulk_mib_per_sec"`
+	IdleConns   int     `json:"idle_conns,omitempty"`
+	KiBPerIdle  float64 `json:"kib_per_idle_conn,omitempty"`
+	IdleErrors  int     `json:"idle_errors,omitempty"`
+	socks       string
+	pid         int
+	stop        func()
+}
+
+// proxyReport is the whole run.
+type proxyReport struct {
+	Load    string             `json:"load"`
+	Command string             `json:"command"`
+	Proxies []*proxyFigures    `json:"proxies"`
+	Ratios  map[string]float64 `json:"ratios"`
+}
+
+func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
+	if f.duration <= 0 || f.concurrency < 1 || f.bulkMiB < 1 || f.idle < 0 {
+		return errors.New("bench proxy: --duration, --concurrency and --bulk-mib must be positive, --idle not negative")
+	}
+	origin, err := netip.ParseAddr(f.origin)
+	if err != nil || !origin.IsLoopback() || !origin.Is4() {
+		return fmt.Errorf("bench proxy: --origin %q: want an IPv4 loopback address", f.origin)
+	}
+	ctx, cancel := context.WithCancel(cmd.Context())
+	defer cancel()
+	o, err := startBenchOrigins(ctx, origin, int64(f.bulkMiB)<<20)
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	dir, err := os.MkdirTemp("", "portspace-bench-proxy-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	direct := &proxyFigures{Name: "direct"}
+	ours, err := startOurProxy(ctx, dir, origin)
+	if err != nil {
+		return err
+	}
+	all := []*proxyFigures{direct, ours}
+	for _, p := range strings.Split(f.peers, ",") {
+		switch strings.TrimSpace(p) {
+		case "":
+		case "microsocks":
+			all = append(all, startMicrosocks(ctx, dir))
+		case "dante":
+			all = append(all, startDante(ctx, dir))
+		default:
+			return fmt.Errorf("bench proxy: --peers: unknown peer %q (want microsocks, dante)", p)
+		}
+	}
+	for _, p := range all {
+		if p.stop != nil {
+			defer p.stop()
+		}
+	}
+	progress := func(phase string, p *proxyFigures, start time.Time) {
+		if !f.json {
+			fmt.Fprintf(cmd.ErrOrStderr(), "bench proxy: %s %s: %v\n", phase, p.Name, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	for _, p := range all {
+		if p.Skipped == "" {
+			start := time.Now()
+			measureSetup(ctx, p, o.setup, f.concurrency, f.duration)
+			progress("setup", p, start)
+		}
+	}
+	for _, p := range all {
+		if p.Skipped == "" {
+			start := time.Now()
+			measureBulk(p, o.bulk, int64(f.bulkMiB)<<20)
+			progress("bulk", p, start)
+		}
+	}
+	if f.idle > 0 {
+		for _, p := range all {
+			if p.Skipped == "" && p.pid != 0 {
+				start := time.Now()
+				measureIdle(p, o.idle, f.idle)
+				progress("idle", p, start)
+			}
+		}
+	}
+	rep := &proxyReport{Load: loadavg(), Command: "portspace bench proxy " + strings.Join(os.Args[min(len(os.Args), 3):], " "), Proxies: all, Ratios: ratios(all)}
+	if f.json {
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printProxyTable(cmd.OutOrStdout(), rep)
+	return nil
+}
+
+func ratios(all []*proxyFigures) map[string]float64 {
+	by := map[string]*proxyFigures{}
+	for _, p := range all {
+		if p.Skipped == "" {
+			by[p.Name] = p
+		}
+	}
+	r := map[string]float64{}
+	ours := by["portspace"]
+	if ours == nil {
+		return r
+	}
+	var bestSetup, bestBulk float64
+	for _, n := range []string{"microsocks", "dante"} {
+		if p := by[n]; p != nil {
+			bestSetup = max(bestSetup, p.SetupPerSec)
+			bestBulk = max(bestBulk, p.BulkMiBps)
+		}
+	}
+	if bestSetup > 0 {
+		r["setup_vs_best_peer"] = ours.SetupPerSec / bestSetup
+	}
+	if bestBulk > 0 {
+		r["bulk_vs_best_peer"] = ours.BulkMiBps / bestBulk
+	}
+	if d := by["direct"]; d != nil && d.BulkMiBps > 0 {
+		r["bulk_vs_direct"] = ours.BulkMiBps / d.BulkMiBps
+	}
+	if m := by["microsocks"]; m != nil && m.KiBPerIdle > 0 && ours.KiBPerIdle > 0 {
+		r["idle_kib_vs_microsocks"] = ours.KiBPerIdle / m.KiBPerIdle
+	}
+	return r
+}
+
+func printProxyTable(w io.Writer, rep *proxyReport) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "proxy\tsetup/s\tp50 µs\tp99 µs\terrors\tbulk MiB/s\tidle conns\tKiB/idle conn\t")
+	for _, p := range rep.Proxies {
+		if p.Skipped != "" {
+			fmt.Fprintf(tw, "%s\tskipped: %s\t\t\t\t\t\t\t\n", p.Name, p.Skipped)
+			continue
+		}
+		idle, kib := "-", "-"
+		if p.IdleConns > 0 {
+			idle, kib = strconv.Itoa(p.IdleConns), fmt.Sprintf("%.1f", p.KiBPerIdle)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%d\t%.0f\t%s\t%s\t\n", p.Name, p.SetupPerSec, p.SetupP50us, p.SetupP99us, p.SetupErrors+p.IdleErrors, p.BulkMiBps, idle, kib)
+	}
+	tw.Flush()
+	keys := make([]string, 0, len(rep.Ratios))
+	for k := range rep.Ratios {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "%s: %.2f\n", k, rep.Ratios[k])
+	}
+	fmt.Fprintf(w, "load average: %s\n", rep.Load)
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// benchOrigins are the loopback servers: setup writes one byte and closes
+// (so TIME_WAIT stays on the origin's side), bulk writes its bytes and
+// closes, idle holds connections open.
+type benchOrigins struct {
+	setup, bulk, idle netip.AddrPort
+	lns               []net.Listener
+	mu                sync.Mutex
+	held              []net.Conn
+}
+
+func startBenchOrigins(ctx context.Context, ip netip.Addr, bulk int64) (*benchOrigins, error) {
+	o := &benchOrigins{}
+	listen := func(serve func(net.Conn)) (netip.AddrPort, error) {
+		ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("bench proxy: origin: %w", err)
+		}
+		o.lns = append(o.lns, ln)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go serve(c)
+			}
+		}()
+		return ln.Addr().(*net.TCPAddr).AddrPort(), nil
+	}
+	var err error
+	if o.setup, err = listen(func(c net.Conn) { c.Write([]byte{'x'}); c.Close() }); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 256<<10)
+	if o.bulk, err = listen(func(c net.Conn) {
+		defer c.Close()
+		for left := bulk; left > 0; {
+			n := min(left, int64(len(buf)))
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+			left -= n
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if o.idle, err = listen(func(c net.Conn) {
+		o.mu.Lock()
+		o.held = append(o.held, c)
+		o.mu.Unlock()
+		c.Write([]byte{'i'})
+	}); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func (o *benchOrigins) close() {
+	for _, ln := range o.lns {
+		ln.Close()
+	}
+	o.mu.Lock()
+	for _, c := range o.held {
+		c.Close()
+	}
+	o.mu.Unlock()
+}
+
+// socksConnect opens a tunnel to dst through the SOCKS5 proxy at proxy
+// (no authentication), or dials dst directly when proxy is empty.
+func socksConnect(proxy string, dst netip.AddrPort) (net.Conn, error) {
+	if proxy == "" {
+		return net.DialTimeout("tcp", dst.String(), 10*time.Second)
+	}
+	c, err := net.DialTimeout("tcp", proxy, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	a := dst.Addr().As4()
+	var b [10]byte
+	if _, err := c.Write([]byte{5, 1, 0}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if _, err := io.ReadFull(c, b[:2]); err != nil || b[1] != 0 {
+		c.Close()
+		return nil, fmt.Errorf("socks5 method selection: % x %v", b[:2], err)
+	}
+	if _, err := c.Write([]byte{5, 1, 0, 1, a[0], a[1], a[2], a[3], byte(dst.Port() >> 8), byte(dst.Port())}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if _, err := io.ReadFull(c, b[:10]); err != nil || b[1] != 0 {
+		c.Close()
+		return nil, fmt.Errorf("socks5 reply: % x %v", b[:], err)
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func measureSetup(ctx context.Context, p *proxyFigures, dst netip.AddrPort, conc int, d time.Duration) {
+	var mu sync.Mutex
+	var samples []time.Duration
+	var errs atomic.Int64
+	end := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var local []time.Duration
+			var b [1]byte
+			for time.Now().Before(end) && ctx.Err() == nil {
+				start := time.Now()
+				c, err := socksConnect(p.socks, dst)
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				_, err = io.ReadFull(c, b[:])
+				el := time.Since(start)
+				if err == nil {
+					_, err = c.Read(b[:]) // the origin's FIN
+					if err == io.EOF {
+						err = nil
+					}
+				}
+				c.Close()
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				local = append(local, el)
+			}
+			mu.Lock()
+			samples = append(samples, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	p.SetupPerSec = bench.Rate(len(samples), d)
+	p.SetupP50us = float64(bench.Percentile(samples, 0.50).Microseconds())
+	p.SetupP99us = float64(bench.Percentile(samples, 0.99).Microseconds())
+	p.SetupErrors = int(errs.Load())
+}
+
+func measureBulk(p *proxyFigures, dst netip.AddrPort, n int64) {
+	c, err := socksConnect(p.socks, dst)
+	if err != nil {
+		p.SetupErrors++
+		return
+	}
+	defer c.Close()
+	buf := make([]byte, 256<<10)
+	start := time.Now()
+	var got int64
+	for {
+		k, err := c.Read(buf)
+		got += int64(k)
+		if err != nil {
+			break
+		}
+	}
+	el := time.Since(start)
+	if got != n {
+		p.SetupErrors++
+		return
+	}
+	p.BulkMiBps = float64(n) / (1 << 20) / el.Seconds()
+}
+
+func measureIdle(p *proxyFigures, dst netip.AddrPort, n int) {
+	runtimeSettle()
+	before := treePSS(p.pid)
+	var mu sync.Mutex
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	// Open them from 16 clients at once: a peer that is slow per connection
+	// (microsocks starts a thread for each) still finishes in time.
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b [1]byte
+			for next.Add(1) <= int64(n) {
+				c, err := socksConnect(p.socks, dst)
+				if err == nil {
+					c.SetDeadline(time.Now().Add(10 * time.Second))
+					if _, err = io.ReadFull(c, b[:]); err != nil {
+						c.Close()
+					}
+				}
+				mu.Lock()
+				if err != nil {
+					p.IdleErrors++
+				} else {
+					conns = append(conns, c)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	runtimeSettle()
+	after := treePSS(p.pid)
+	p.IdleConns = len(conns)
+	if len(conns) > 0 {
+		p.KiBPerIdle = float64(after-before) / float64(len(conns))
+	}
+}
+
+func runtimeSettle() { time.Sleep(time.Second) }
+
+// treePSS sums the proportional set size (KiB, /proc/PID/smaps_rollup) of
+// pid and its descendants, so shared pages count once across a forking
+// server's processes.
+func treePSS(pid int) int64 {
+	children := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		id, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i > 0 {
+			f := strings.Fields(s[i+1:])
+			if len(f) > 1 {
+				pp, _ := strconv.Atoi(f[1])
+				children[pp] = append(children[pp], id)
+			}
+		}
+	}
+	var total int64
+	var walk func(int)
+	walk = func(id int) {
+		total += pss(id)
+		for _, c := range children[id] {
+			walk(c)
+		}
+	}
+	walk(pid)
+	return total
+}
+
+func pss(pid int) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "Pss:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// freeLoopbackPort returns a free TCP port on 127.0.0.1.
+func freeLoopbackPort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// startChild starts a proxy process and waits until it accepts.
+func startChild(ctx context.Context, p *proxyFigures, name string, args ...string) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	// No pipes: a forking peer's children would keep them open and Wait
+	// would never return.
+	cmd.Stdout, cmd.Stderr = nil, nil
+	if err := cmd.Start(); err != nil {
+		p.Skipped = err.Error()
+		return
+	}
+	p.pid = cmd.Process.Pid
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	p.stop = func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", p.socks); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-done:
+			p.Skipped = name + " exited at start"
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	p.Skipped = name + " did not accept within 10 s"
+}
+
+// ourExecutable is the program that runs "portspace proxy" (tests replace
+// it with the test binary).
+var ourExecutable = func() (string, []string, error) {
+	exe, err := os.Executable()
+	return exe, nil, err
+}
+
+func startOurProxy(ctx context.Context, dir string, origin netip.Addr) (*proxyFigures, error) {
+	addr, err := freeLoopbackPort()
+	if err != nil {
+		return nil, err
+	}
+	p := &proxyFigures{Name: "portspace", socks: addr}
+	// Four 5,000-port slices of 127.0.0.1 inside the default ephemeral
+	// range, so the kernel strategy (IP_LOCAL_PORT_RANGE) serves them.
+	pools := filepath.Join(dir, "pools.yaml")
+	cfg := filepath.Join(dir, "proxy.yaml")
+	if err := os.WriteFile(pools, []byte("pools:\n  - {name: bench, addresses: [127.0.0.1], ports: 33000-52999, slice: 5000, quarantine: 1s}\n"), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("listen: [%s]\npools: %s\ndestinations: {allow: [%s/32]}\ntimeouts: {idle: 10m}\n", addr, pools, origin)), 0o600); err != nil {
+		return nil, err
+	}
+	exe, pre, err := ourExecutable()
+	if err != nil {
+		return nil, err
+	}
+	startChild(ctx, p, exe, append(pre, "proxy", "--config", cfg, "--store", "bolt:"+filepath.Join(dir, "leases.db"), "--holder", "bench", "--log-level", "error")...)
+	if p.Skipped != "" {
+		return nil, fmt.Errorf("bench proxy: portspace proxy: %s", p.Skipped)
+	}
+	return p, nil
+}
+
+func startMicrosocks(ctx context.Context, dir string) *proxyFigures {
+	p := &proxyFigures{Name: "microsocks"}
+	exe, err := exec.LookPath("microsocks")
+	if err != nil {
+		p.Skipped = "microsocks is not installed"
+		return p
+	}
+	addr, err := freeLoopbackPort()
+	if err != nil {
+		p.Skipped = err.Error()
+		return p
+	}
+	p.socks = addr
+	_, port, _ := net.SplitHostPort(addr)
+	startChild(ctx, p, exe, "-i", "127.0.0.1", "-p", port, "-b", "127.0.0.1")
+	return p
+}
+
+func startDante(ctx context.Context, dir string) *proxyFigures {
+	p := &proxyFigures{Name: "dante"}
+	exe, err := exec.LookPath("danted")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/danted"); serr != nil {
+			p.Skipped = "danted is not installed"
+			return p
+		}
+		exe = "/usr/sbin/danted"
+	}
+	addr, err := freeLoopbackPort()
+	if err != nil {
+		p.Skipped = err.Error()
+		return p
+	}
+	p.socks = addr
+	_, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(dir, "danted.conf")
+	text := fmt.Sprintf(`logoutput: /dev/null
+internal: 127.0.0.1 port = %s
+external: 127.0.0.1
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass { from: 0.0.0.0/0 to: 0.0.0.0/0 }
+socks pass { from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }
+`, port)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		p.Skipped = err.Error()
+		return p
+	}
+	startChild(ctx, p, exe, "-f", conf, "-p", filepath.Join(dir, "danted.pid"))
+	return p
+}

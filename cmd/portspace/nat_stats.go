@@ -1,0 +1,70 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/portspace/portspace/gateway"
+)
+
+func newNatStatsCmd() *cobra.Command {
+	var (
+		control, tun, stateDir string
+		asJSON                 bool
+	)
+	cmd := &cobra.Command{
+		Use:   "stats",
+		Short: "Show a running gateway's counters: packets by verdict, drops by reason, sessions, port use",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var s gateway.Stats
+			if err := gateway.Query(controlPath(gatewayFlags{control: control, tun: tun, stateDir: stateDir}), "stats", &s); err != nil {
+				return fmt.Errorf("nat stats: %w", err)
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(s)
+			}
+			tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
+			row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%v\n", k, v) }
+			row("tun", s.TUN)
+			row("workers", s.Workers)
+			row("up", time.Since(s.Started).Round(time.Second))
+			row("read", fmt.Sprintf("%d packets, %d bytes, %d batches", s.RxPackets, s.RxBytes, s.Batches))
+			row("outbound forwarded", fmt.Sprintf("%d packets, %d bytes", s.OutForwarded, s.OutForwardedBytes))
+			row("inbound forwarded", fmt.Sprintf("%d packets, %d bytes", s.InForwarded, s.InForwardedBytes))
+			row("hairpinned", fmt.Sprintf("%d packets, %d bytes", s.Hairpinned, s.HairpinnedBytes))
+			row("icmp replies", s.Replies)
+			row("passthrough", s.Passed)
+			row("dropped", fmt.Sprintf("%d outbound, %d inbound", s.OutDropped, s.InDropped))
+			reasons := make([]string, 0, len(s.Drops))
+			for r := range s.Drops {
+				reasons = append(reasons, r)
+			}
+			slices.Sort(reasons)
+			for _, r := range reasons {
+				row("  drop "+r, s.Drops[r])
+			}
+			row("tun errors", fmt.Sprintf("%d read, %d write", s.ReadErrors, s.WriteErrors))
+			row("sessions", s.Engine.Sessions)
+			row("mappings", s.Engine.Mappings)
+			for a, n := range s.PortsInUse {
+				row("  ports in use "+a.String(), n)
+			}
+			return tw.Flush()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&control, "control", "", "the gateway's control socket `PATH` (default /run/portspace/nat-TUN.sock)")
+	f.StringVar(&tun, "tun", "psnat0", "the gateway's TUN name (names the default socket)")
+	f.StringVar(&stateDir, "state-dir", "/run/portspace", "the gateway's --state-dir")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

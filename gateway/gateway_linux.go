@@ -1,0 +1,485 @@
+package gateway
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/portspace/portspace/internal/tunnet"
+	"github.com/portspace/portspace/nat"
+	"github.com/portspace/portspace/packet"
+)
+
+// offset is the headroom left before each packet in the TUN buffers: the
+// virtio-net header (10 bytes) goes there on write.
+const offset = 16
+
+// extraBufs bounds the ICMP replies and released fragments one batch adds.
+const extraBufs = 64
+
+type system struct {
+	setup *tunnet.Setup
+	devs  []tun.Device
+}
+
+// New validates opts, builds the engine and sets up the TUN device, routes,
+// rules and proxy-ARP entries (removing first what a killed run left). The
+// datapath starts with Run. Errors name the bad input: an inside network
+// that overlaps an external address (ErrOverlap), an external address
+// configured on this host (ErrAddressConfigured), a TUN device that cannot
+// be created.
+func New(opts Options) (*Gateway, error) {
+	opts = opts.withDefaults()
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	eng, err := newEngine(opts)
+	if err != nil {
+		return nil, err
+	}
+	local, err := tunnet.LocalAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if !opts.Passthrough {
+		for _, a := range opts.Engine.External {
+			if dev, ok := local[a]; ok {
+				return nil, fmt.Errorf("%w: %v is on %s (remove it: the gateway answers for it by proxy ARP)", ErrAddressConfigured, a, dev)
+			}
+		}
+	}
+	setup, err := tunnet.Apply(tunnet.Plan{
+		TUN: opts.TUN, MTU: opts.MTU, Queues: opts.Workers, Table: opts.Table, Priority: opts.Priority,
+		Inside: opts.Engine.Internal, External: opts.Engine.External, Passthrough: opts.Passthrough,
+		StateDir: opts.StateDir,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g := &Gateway{opts: opts, eng: eng, ext: map[uint32]bool{}, inside: opts.Engine.Internal,
+		log: opts.Logger, per: make([]counters, opts.Workers), sys: &system{setup: setup}, started: time.Now()}
+	for _, a := range opts.Engine.External {
+		b := a.As4()
+		g.ext[binary.BigEndian.Uint32(b[:])] = true
+	}
+	// The router's own addresses are outside the NAT, even one in an inside
+	// network: ICMP errors the kernel sends about packets it forwards out of
+	// the TUN (TTL expired, fragmentation needed) come from them.
+	g.local = map[uint32]bool{}
+	for a := range local {
+		b := a.As4()
+		g.local[binary.BigEndian.Uint32(b[:])] = true
+	}
+	for _, f := range setup.Queues {
+		d, err := tun.CreateTUNFromFile(f, opts.MTU)
+		if err != nil {
+			g.closeSystem()
+			return nil, fmt.Errorf("gateway: TUN %s: %w", opts.TUN, err)
+		}
+		go func() {
+			for range d.Events() {
+			}
+		}()
+		g.sys.devs = append(g.sys.devs, d)
+	}
+	g.log.Info("gateway up", "tun", opts.TUN, "workers", opts.Workers, "external", opts.Engine.External,
+		"inside", opts.Engine.Internal, "inside_devs", setup.InsideDevs, "outside_devs", setup.OutsideDevs,
+		"passthrough", opts.Passthrough, "batch", g.sys.devs[0].BatchSize())
+	return g, nil
+}
+
+// Close removes the TUN device and everything New set up, for a gateway
+// that was not Run (Run cleans up itself).
+func (g *Gateway) Close() error { return g.closeSystem() }
+
+func (g *Gateway) closeSystem() error {
+	for _, d := range g.sys.devs {
+		d.Close()
+	}
+	return g.sys.setup.Remove()
+}
+
+// Run runs the datapath until ctx is done, then removes the TUN device and
+// everything New set up. It returns the first worker error, if any.
+func (g *Gateway) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errc := make(chan error, len(g.sys.devs)+1)
+	for i, d := range g.sys.devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work := g.worker
+			if !g.opts.SplitGSO {
+				work = g.rawWorker
+			}
+			if err := work(d, g.sys.setup.Queues[i], &g.per[i]); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		g.sweeper(stop)
+	}()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	close(stop)
+	for _, d := range g.sys.devs {
+		d.Close()
+	}
+	wg.Wait()
+	if rerr := g.sys.setup.Remove(); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("gateway: clean-up: %w", rerr))
+	}
+	g.log.Info("gateway down", "tun", g.opts.TUN)
+	return err
+}
+
+// sweeper runs the engine's timers every ExpireEvery and writes the ICMP
+// messages they produce (port unreachable for held SYNs, RFC 5382 REQ-4).
+func (g *Gateway) sweeper(stop <-chan struct{}) {
+	t := time.NewTicker(g.opts.ExpireEvery)
+	defer t.Stop()
+	var out [][]byte
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			out = out[:0]
+			g.mu.Lock()
+			g.eng.ExpireSome(now, 65536)
+			for _, r := range g.eng.Replies() {
+				b := make([]byte, offset+len(r))
+				copy(b[offset:], r)
+				out = append(out, b)
+			}
+			g.mu.Unlock()
+			if len(out) > 0 {
+				g.per[0].c[cReplies].Add(uint64(len(out)))
+				if _, err := g.sys.devs[0].Write(out, offset); err != nil {
+					g.per[0].c[cWriteErr].Add(1)
+				}
+			}
+		}
+	}
+}
+
+// worker serves one TUN queue: read a batch (super-packets split into
+// segments by the offload code), translate each packet in place under one
+// lock of the engine, write the batch back (coalesced again on write).
+func (g *Gateway) worker(d tun.Device, _ *os.File, ctr *counters) error {
+	bs := d.BatchSize()
+	bufs := make([][]byte, bs)
+	sizes := make([]int, bs)
+	for i := range bufs {
+		bufs[i] = make([]byte, offset+65535)
+	}
+	extra := make([][]byte, extraBufs)
+	for i := range extra {
+		extra[i] = make([]byte, offset+2048)
+	}
+	out := make([][]byte, 0, bs+extraBufs)
+	for {
+		n, err := d.Read(bufs, sizes, offset)
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			ctr.c[cReadErr].Add(1)
+			if n == 0 {
+				if errors.Is(err, tun.ErrTooManySegments) {
+					continue
+				}
+				// A malformed virtio header or a super-packet that could
+				// not be split: dropped, counted.
+				continue
+			}
+		}
+		out, _ = g.translate(bufs[:n], sizes[:n], nil, extra, out[:0], nil, ctr)
+		if len(out) > 0 {
+			if _, err := d.Write(out, offset); err != nil {
+				if errors.Is(err, os.ErrClosed) {
+					return nil
+				}
+				ctr.c[cWriteErr].Add(1)
+			}
+		}
+	}
+}
+
+// vnetHdrLen is the size of struct virtio_net_hdr.
+const vnetHdrLen = 10
+
+// rawWorker serves one TUN queue without splitting super-packets: it
+// reads up to a batch of packets from the queue's descriptor (each with
+// its virtio-net header), translates each once, writes super-packets and
+// packets with a partial checksum back whole with their headers (the
+// kernel segments them on output), and writes the other packets through
+// the offload code (coalesced into super-packets where it can).
+func (g *Gateway) rawWorker(d tun.Device, f *os.File, ctr *counters) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("gateway: TUN queue: %w", err)
+	}
+	bs := d.BatchSize()
+	bufs := make([][]byte, bs)
+	sizes := make([]int, bs)
+	partial := make([]bool, bs)
+	for i := range bufs {
+		bufs[i] = make([]byte, offset+65535)
+	}
+	extra := make([][]byte, extraBufs)
+	for i := range extra {
+		extra[i] = make([]byte, offset+2048)
+	}
+	out := make([][]byte, 0, bs+extraBufs)
+	raw := make([][]byte, 0, bs)
+	var n int
+	var rerr error
+	readBatch := func(fd uintptr) bool {
+		for n < bs {
+			m, err := syscall.Read(int(fd), bufs[n][offset-vnetHdrLen:])
+			if err == syscall.EAGAIN || err == syscall.EINTR {
+				break
+			}
+			if err != nil {
+				rerr = err
+				return true
+			}
+			if m <= vnetHdrLen {
+				ctr.c[cReadErr].Add(1)
+				continue
+			}
+			h := bufs[n][offset-vnetHdrLen : offset]
+			partial[n] = h[1] != 0 || h[0]&1 != 0 // gso_type set, or VIRTIO_NET_HDR_F_NEEDS_CSUM
+			sizes[n] = m - vnetHdrLen
+			n++
+		}
+		return n > 0
+	}
+	var wraw []byte
+	writeRaw := func(fd uintptr) bool {
+		_, err := syscall.Write(int(fd), wraw)
+		if err == syscall.EAGAIN {
+			return false
+		}
+		if err != nil {
+			ctr.c[cWriteErr].Add(1)
+		}
+		return true
+	}
+	for {
+		n, rerr = 0, nil
+		if err := rc.Read(readBatch); err != nil {
+			return nil // the queue was closed
+		}
+		if rerr != nil {
+			if errors.Is(rerr, syscall.EBADFD) || errors.Is(rerr, syscall.EBADF) {
+				return nil
+			}
+			ctr.c[cReadErr].Add(1)
+		}
+		if n == 0 {
+			continue
+		}
+		out, raw = g.translate(bufs[:n], sizes[:n], partial[:n], extra, out[:0], raw[:0], ctr)
+		for _, b := range raw {
+			wraw = b
+			if err := rc.Write(writeRaw); err != nil {
+				return nil
+			}
+		}
+		if len(out) > 0 {
+			if _, err := d.Write(out, offset); err != nil {
+				if errors.Is(err, os.ErrClosed) {
+					return nil
+				}
+				ctr.c[cWriteErr].Add(1)
+			}
+		}
+	}
+}
+
+// translate runs one batch through the engine and returns the packets to
+// write back. It reads the clock once per batch (the engine's timers have
+// one-second resolution) and does not allocate.
+//
+// partial, if not nil, marks the packets that carry a virtio-net header
+// in the 10 bytes before offset with a partial checksum (a super-packet
+// the kernel segments on write, or CHECKSUM_PARTIAL): their checksum field
+// holds the pseudo-header sum, not its complement, so it is complemented
+// around the engine's incremental update (RFC 1624 eq. 3 then updates the
+// partial sum exactly), and the packet, translated once, goes to raw to be
+// written back whole with its header.
+func (g *Gateway) translate(bufs [][]byte, sizes []int, partial []bool, extra [][]byte, out, raw [][]byte, ctr *counters) ([][]byte, [][]byte) {
+	var rxBytes, outB, inB, hpB, nOut, nIn, nHp, dOut, dIn, nRep, nRel uint64
+	ctr.c[cBatches].Add(1)
+	ctr.c[cRxPackets].Add(uint64(len(bufs)))
+	if g.opts.Passthrough {
+		for i := range bufs {
+			rxBytes += uint64(sizes[i])
+			if partial != nil && partial[i] {
+				raw = append(raw, bufs[i][offset-vnetHdrLen:offset+sizes[i]])
+			} else {
+				out = append(out, bufs[i][:offset+sizes[i]])
+			}
+		}
+		ctr.c[cRxBytes].Add(rxBytes)
+		ctr.c[cPassed].Add(uint64(len(bufs)))
+		return out, raw
+	}
+	now := time.Now()
+	ne := 0
+	// Prefetch the table look-ups of the batch's first packets: their
+	// cache misses then overlap (nat.Engine.Prefetch).
+	var views [nat.PrefetchSlots][]byte
+	var inb [nat.PrefetchSlots]bool
+	np := min(len(bufs), nat.PrefetchSlots)
+	for i := 0; i < np; i++ {
+		views[i] = bufs[i][offset : offset+sizes[i]]
+		inb[i] = !g.outbound(views[i])
+	}
+	g.mu.Lock()
+	if np >= 4 {
+		g.eng.Prefetch(views[:np], inb[:np])
+	}
+	for i := range bufs {
+		pkt := bufs[i][offset : offset+sizes[i]]
+		rxBytes += uint64(len(pkt))
+		outbound := g.outbound(pkt)
+		cs := -1           // offset of a partial checksum field in pkt
+		var l4, sp, dp int // start of the transport header; its ports before translation
+		if partial != nil && partial[i] {
+			hdr := bufs[i][offset-vnetHdrLen : offset]
+			l4 = int(binary.LittleEndian.Uint16(hdr[6:]))
+			cs = l4 + int(binary.LittleEndian.Uint16(hdr[8:]))
+			if cs+2 > len(pkt) || l4+4 > len(pkt) {
+				cs = -2 // a header that does not fit: dropped below
+			} else {
+				c := ^binary.BigEndian.Uint16(pkt[cs:])
+				if c == 0 && len(pkt) > 9 && pkt[9] == 17 {
+					c = 0xffff // UDP: 0 means "no checksum"; 0xffff is the same sum
+				}
+				binary.BigEndian.PutUint16(pkt[cs:], c)
+				sp, dp = int(binary.BigEndian.Uint16(pkt[l4:])), int(binary.BigEndian.Uint16(pkt[l4+2:]))
+			}
+		}
+		var v nat.Verdict
+		switch {
+		case cs == -2:
+			v = nat.Verdict{Action: nat.Drop}
+		case outbound:
+			v = g.eng.Outbound(pkt, now)
+		default:
+			v = g.eng.Inbound(pkt, now)
+		}
+		if cs >= 0 && (v.Action == nat.Forward || v.Action == nat.Hairpin) {
+			// The engine's update covers the pseudo-header (addresses) and
+			// the ports; the ports are summed from the packet when the
+			// checksum is completed, so their part is taken out again.
+			c := binary.BigEndian.Uint16(pkt[cs:])
+			c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4:]), uint16(sp))
+			c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4+2:]), uint16(dp))
+			binary.BigEndian.PutUint16(pkt[cs:], ^c)
+			raw = append(raw, bufs[i][offset-vnetHdrLen:offset+len(pkt)])
+			if v.Action == nat.Hairpin {
+				nHp++
+				hpB += uint64(len(pkt))
+			} else if outbound {
+				nOut++
+				outB += uint64(len(pkt))
+			} else {
+				nIn++
+				inB += uint64(len(pkt))
+			}
+			continue
+		}
+		switch v.Action {
+		case nat.Forward:
+			out = append(out, bufs[i][:offset+len(pkt)])
+			if outbound {
+				nOut++
+				outB += uint64(len(pkt))
+			} else {
+				nIn++
+				inB += uint64(len(pkt))
+			}
+		case nat.Hairpin:
+			out = append(out, bufs[i][:offset+len(pkt)])
+			nHp++
+			hpB += uint64(len(pkt))
+		case nat.Reply:
+			if ne < len(extra) && len(v.Reply) <= len(extra[ne])-offset {
+				out = append(out, extra[ne][:offset+copy(extra[ne][offset:], v.Reply)])
+				ne++
+				nRep++
+			}
+		default:
+			if outbound {
+				dOut++
+			} else {
+				dIn++
+			}
+		}
+		if v.Released && cs < 0 {
+			for _, f := range g.eng.Released() {
+				if ne < len(extra) && len(f) <= len(extra[ne])-offset {
+					out = append(out, extra[ne][:offset+copy(extra[ne][offset:], f)])
+					ne++
+					nRel++
+				}
+			}
+		}
+	}
+	g.mu.Unlock()
+	ctr.c[cRxBytes].Add(rxBytes)
+	ctr.c[cOutFwd].Add(nOut)
+	ctr.c[cOutFwdBytes].Add(outB)
+	ctr.c[cInFwd].Add(nIn)
+	ctr.c[cInFwdBytes].Add(inB)
+	ctr.c[cHairpin].Add(nHp)
+	ctr.c[cHairpinBytes].Add(hpB)
+	ctr.c[cOutDropped].Add(dOut)
+	ctr.c[cInDropped].Add(dIn)
+	ctr.c[cReplies].Add(nRep)
+	ctr.c[cReleased].Add(nRel)
+	return out, raw
+}
+
+// outbound reports whether pkt goes to Engine.Outbound: everything but
+// packets to an external address from outside the inside networks or from
+// the router itself.
+func (g *Gateway) outbound(pkt []byte) bool {
+	if len(pkt) >= 20 && g.ext[binary.BigEndian.Uint32(pkt[16:20])] {
+		src := binary.BigEndian.Uint32(pkt[12:16])
+		return g.isInside(src) && !g.local[src]
+	}
+	return true
+}
+
+func (g *Gateway) isInside(a uint32) bool {
+	for _, p := range g.inside {
+		b := p.Addr().As4()
+		m := uint32(0)
+		if p.Bits() > 0 {
+			m = ^uint32(0) << (32 - p.Bits())
+		}
+		if a&m == binary.BigEndian.Uint32(b[:])&m {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,301 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// hopByHop are the connection-specific header fields a proxy removes (RFC
+// 9110 section 7.6.1), besides those the Connection field names.
+var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopByHop deletes RFC 9110 section 7.6.1 connection-specific fields
+// from h: the ones listed in Connection, then the fixed list.
+func removeHopByHop(h http.Header) {
+	for _, v := range h.Values("Connection") {
+		for _, f := range strings.Split(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				h.Del(f)
+			}
+		}
+	}
+	for _, f := range hopByHop {
+		h.Del(f)
+	}
+}
+
+// httpError writes a minimal HTTP/1.1 error response.
+func httpError(w io.Writer, code int, extra http.Header, msg string) {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", code, http.StatusText(code))
+	for k, vs := range extra {
+		for _, v := range vs {
+			fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+		}
+	}
+	body := msg + "\n"
+	fmt.Fprintf(&b, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+	w.Write(b.Bytes())
+}
+
+func statusFor(f failure) int {
+	switch f {
+	case failGuard, failNoEgress:
+		return http.StatusForbidden
+	case failExhausted:
+		return http.StatusServiceUnavailable
+	case failTimeout:
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusBadGateway
+}
+
+// proxyCredentials returns the Basic credentials of a Proxy-Authorization
+// field (RFC 9110 section 11.7.2, RFC 7617).
+func proxyCredentials(h http.Header) (user, pass string, ok bool) {
+	v := h.Get("Proxy-Authorization")
+	scheme, cred, found := strings.Cut(v, " ")
+	if !found || !strings.EqualFold(scheme, "Basic") {
+		return "", "", false
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return "", "", false
+	}
+	user, pass, ok = strings.Cut(string(raw), ":")
+	return user, pass, ok
+}
+
+// readHTTPRequest reads one request with its header section bounded by
+// lr's remaining count; it reports errHeaderTooLarge when the bound cut it.
+func readHTTPRequest(br *bufio.Reader, lr *io.LimitedReader) (*http.Request, error) {
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		if lr.N <= 0 {
+			return nil, errHeaderTooLarge
+		}
+		return nil, err
+	}
+	return req, nil
+}
+
+var errHeaderTooLarge = errors.New("proxy: http: request header section too large")
+
+// hostTarget parses "host:port" (port defaulting to def) into a target.
+func hostTarget(hostport string, def uint16) (target, error) {
+	host, portStr, err := net.SplitHostPort(hostport)
+	if err != nil {
+		if def == 0 || strings.Contains(err.Error(), "too many colons") && !strings.HasPrefix(hostport, "[") {
+			return target{}, fmt.Errorf("proxy: http: authority %q: %w", hostport, err)
+		}
+		host, portStr = strings.TrimSuffix(strings.TrimPrefix(hostport, "["), "]"), strconv.Itoa(int(def))
+	}
+	p, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || p == 0 {
+		return target{}, fmt.Errorf("proxy: http: authority %q: bad port %q", hostport, portStr)
+	}
+	if host == "" {
+		return target{}, fmt.Errorf("proxy: http: authority %q: empty host", hostport)
+	}
+	t := target{host: host, port: uint16(p)}
+	if a, err := netip.ParseAddr(host); err == nil {
+		t.addr, t.host = a.Unmap(), ""
+	}
+	return t, nil
+}
+
+// serveHTTP serves HTTP proxy requests on c, whose first byte was already
+// read.
+func (s *Server) serveHTTP(c net.Conn, br *bufio.Reader, lr *io.LimitedReader, rt *runtimeConfig, cl *cleanup) {
+	for n := 0; ; n++ {
+		l := &connLog{proto: "http", client: remoteAddr(c), start: s.now()}
+		rc := &cleanup{}
+		keep := s.httpRequest(c, rt, br, lr, l, n, rc)
+		if rc.detached {
+			// A CONNECT tunnel: its relay finishes the request and then
+			// the connection.
+			reqFns := rc.fns
+			rc.fns = append([]func(){func() { cl.relayed = true; cl.run() }, func() { s.finish(rt, l) }}, reqFns...)
+			cl.detached = true
+			close(rc.wait)
+			return
+		}
+		rc.run()
+		if l.result != "" {
+			s.finish(rt, l)
+		}
+		if !keep {
+			return
+		}
+		rt = s.rt.Load()
+		lr.N = int64(rt.cfg.maxHeaderBytes())
+		_ = c.SetDeadline(s.now().Add(rt.cfg.idleTimeout()))
+	}
+}
+
+// httpRequest serves one request; it reports whether the connection may
+// carry another.
+func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr *io.LimitedReader, l *connLog, n int, rc *cleanup) bool {
+	fail := func(code int, extra http.Header, result, reason string) bool {
+		_ = c.SetWriteDeadline(s.now().Add(time.Second))
+		httpError(c, code, extra, reason)
+		l.result, l.reason = result, reason
+		return false
+	}
+	req, err := readHTTPRequest(br, lr)
+	if err != nil {
+		if errors.Is(err, errHeaderTooLarge) {
+			return fail(http.StatusRequestHeaderFieldsTooLarge, nil, resultBad, err.Error())
+		}
+		if n > 0 && (errors.Is(err, io.EOF) || isTimeout(err)) {
+			return false // the client is done with a persistent connection
+		}
+		if isTimeout(err) {
+			return fail(http.StatusRequestTimeout, nil, resultTimeout, "request not received within the handshake timeout")
+		}
+		return fail(http.StatusBadRequest, nil, resultBad, "malformed request: "+err.Error())
+	}
+	lr.N = math.MaxInt64 // bodies are not bounded by the header limit
+	user, pass, have := proxyCredentials(req.Header)
+	id, err := s.identify(rt, l.client.Addr(), user, pass, have)
+	l.user = user
+	if errors.Is(err, errAuth) {
+		return fail(http.StatusProxyAuthRequired, http.Header{"Proxy-Authenticate": {`Basic realm="portspace"`}}, resultAuth, "proxy authentication required")
+	}
+	if err != nil {
+		return fail(http.StatusForbidden, nil, resultRefused, err.Error())
+	}
+	var t target
+	if req.Method == http.MethodConnect {
+		if t, err = hostTarget(req.Host, 0); err != nil {
+			return fail(http.StatusBadRequest, nil, resultBad, err.Error())
+		}
+	} else {
+		if req.URL.Scheme != "http" || req.URL.Host == "" {
+			if req.URL.Scheme == "" {
+				return fail(http.StatusBadRequest, nil, resultBad, "a proxy request needs an absolute-form http:// target (RFC 9112 section 3.2.2)")
+			}
+			return fail(http.StatusNotImplemented, nil, resultUnsupported, "scheme "+req.URL.Scheme+" is not proxied; use CONNECT")
+		}
+		if t, err = hostTarget(req.URL.Host, 80); err != nil {
+			return fail(http.StatusBadRequest, nil, resultBad, err.Error())
+		}
+	}
+	l.dst = t.String()
+	release, ok := s.acquire(id)
+	if !ok {
+		return fail(http.StatusTooManyRequests, nil, resultLimit, fmt.Sprintf("user %s is at max-connections %d", id.user.Name, id.user.MaxConnections))
+	}
+	rc.add(release)
+	s.metrics.activeHTTP.Inc()
+	rc.add(s.metrics.activeHTTP.Dec)
+	ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.dialTimeout())
+	dst, f, why := s.connect(ctx, rt, id, t)
+	cancel()
+	if f != failNone {
+		return fail(statusFor(f), nil, f.result(), why)
+	}
+	rc.add(func() { dst.Close() })
+	l.egress = localAddr(dst)
+	if req.Method == http.MethodConnect {
+		if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+			l.result, l.reason = resultBad, err.Error()
+			return false
+		}
+		_ = c.SetDeadline(time.Time{})
+		if k := br.Buffered(); k > 0 {
+			b, _ := br.Peek(k)
+			if _, err := dst.Write(b); err != nil {
+				l.result, l.reason = resultDialFailed, err.Error()
+				return false
+			}
+			l.up += int64(k)
+			s.metrics.countUp(k)
+		}
+		rc.detached = true
+		rc.wait = make(chan struct{})
+		relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.countUp, s.metrics.countDown, func(up, down int64, _ error) {
+			<-rc.wait // serveHTTP has added the connection's cleanups
+			l.up, l.down, l.result = l.up+up, down, resultOK
+			rc.run()
+		})
+		return false
+	}
+	return s.forward(c, rt, req, dst, l)
+}
+
+// forward sends an absolute-form request to the origin in origin form with
+// hop-by-hop fields removed, and relays the response back.
+func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, dst net.Conn, l *connLog) bool {
+	clientClose := req.Close
+	removeHopByHop(req.Header)
+	req.RequestURI = ""
+	req.Close = true // one origin connection per request
+	_ = dst.SetDeadline(s.now().Add(rt.cfg.idleTimeout()))
+	cw := &countWriter{w: dst, count: s.metrics.countUp}
+	if err := req.Write(cw); err != nil {
+		httpError(c, http.StatusBadGateway, nil, "writing to the origin: "+err.Error())
+		l.result, l.reason = resultDialFailed, err.Error()
+		return false
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(dst), req)
+	if err != nil {
+		code := http.StatusBadGateway
+		if isTimeout(err) {
+			code = http.StatusGatewayTimeout
+		}
+		httpError(c, code, nil, "reading the origin's response: "+err.Error())
+		l.result, l.reason = resultDialFailed, err.Error()
+		return false
+	}
+	defer resp.Body.Close()
+	removeHopByHop(resp.Header)
+	resp.Close = clientClose || resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && resp.ProtoAtLeast(1, 0) && !bodyless(req, resp)
+	if resp.ContentLength < 0 && !resp.Close {
+		resp.TransferEncoding = []string{"chunked"}
+	}
+	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
+	ccw := &countWriter{w: c, count: s.metrics.countDown}
+	err = resp.Write(ccw)
+	l.up, l.down = cw.n, ccw.n
+	if err != nil {
+		l.result, l.reason = resultDialFailed, err.Error()
+		return false
+	}
+	l.result = resultOK
+	return !resp.Close
+}
+
+func bodyless(req *http.Request, resp *http.Response) bool {
+	return req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified || resp.StatusCode/100 == 1
+}
+
+type countWriter struct {
+	w     io.Writer
+	n     int64
+	count func(int)
+}
+
+func (w *countWriter) Write(b []byte) (int, error) {
+	n, err := w.w.Write(b)
+	w.n += int64(n)
+	w.count(n)
+	return n, err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,458 @@
+package stun
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/portspace/portspace/internal/udpbatch"
+)
+
+// Defaults of Options' zero values.
+const (
+	// DefaultRate is the requests per second a client address may send
+	// (over UDP and TCP together) before the server stops answering it.
+	DefaultRate = 50
+	// DefaultBurst is the number of requests a client may send at once.
+	DefaultBurst = 100
+	// DefaultBatch is the datagrams read or written per system call.
+	DefaultBatch = 64
+	// DefaultMaxTCPConns bounds the server's open TCP connections.
+	DefaultMaxTCPConns = 1024
+	// DefaultTCPIdle closes a TCP connection after this long without a
+	// request (RFC 8489 section 6.2.2 leaves it to the server).
+	DefaultTCPIdle = 30 * time.Second
+	// maxDatagram is the largest request the server reads; a longer one
+	// is dropped.
+	maxDatagram = 2048
+	// maxTCPPerClient bounds one client address's TCP connections.
+	maxTCPPerClient = 16
+)
+
+// Options configures a Server. The zero value of every field but Primary is
+// a documented default.
+type Options struct {
+	// Primary is the primary transport address (RFC 5780 section 6).
+	// Required: a specific address and a port.
+	Primary netip.AddrPort
+	// Alternate is the alternate address and port. Zero makes the server
+	// single-homed: one socket, no OTHER-ADDRESS, and CHANGE-REQUEST is
+	// refused with 420 (RFC 5780 section 6).
+	Alternate netip.AddrPort
+	// TCP also serves STUN over TCP on the same transport addresses (RFC
+	// 8489 section 6.2.2).
+	TCP bool
+	// Rate is the requests per second one client address may send;
+	// 0 means DefaultRate. Burst is its bucket; 0 means DefaultBurst.
+	Rate  float64
+	Burst int
+	// Unlimited turns the per-client rate limit off (for benchmarks on
+	// loopback; never on a public address).
+	Unlimited bool
+	// Software, when not empty, is sent as SOFTWARE in RFC 8489
+	// responses (RFC 8489 section 14.14).
+	Software string
+	// Batch is the datagrams per recvmmsg/sendmmsg call; 0 means
+	// DefaultBatch, 1 forces one datagram per system call (the portable
+	// path, also taken where batching is unsupported).
+	Batch int
+	// MaxTCPConns bounds the open TCP connections; 0 means
+	// DefaultMaxTCPConns. TCPIdle closes idle ones; 0 means
+	// DefaultTCPIdle.
+	MaxTCPConns int
+	TCPIdle     time.Duration
+	// Logger receives start-up and error messages; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock the rate limit reads; nil means time.Now.
+	Now func() time.Time
+}
+
+// Stats counts what a Server did since it started.
+type Stats struct {
+	Requests  uint64 // requests read (UDP and TCP)
+	Responses uint64 // success responses sent
+	Errors    uint64 // error responses (400, 420) sent
+	Dropped   uint64 // messages dropped: not STUN, malformed, not a request
+	Limited   uint64 // requests dropped by the per-client rate limit
+	Reads     uint64 // UDP read system calls (Requests/Reads is the mean batch)
+}
+
+type counters struct {
+	requests, responses, errors, dropped, limited, reads atomic.Uint64
+}
+
+// Server is a behaviour-discovery STUN server (RFC 5780 section 6) on up to
+// four UDP sockets (and as many TCP listeners) that also answers RFC 3489
+// clients.
+type Server struct {
+	h      *Handler
+	opts   Options
+	log    *slog.Logger
+	now    func() time.Time
+	lim    *limiter
+	udp    []*net.UDPConn
+	tcp    []*net.TCPListener
+	st     counters
+	tcpSem chan struct{}
+	tcpMu  sync.Mutex
+	tcpPer map[netip.Addr]int
+	conns  map[net.Conn]struct{}
+
+	closeOnce sync.Once
+	done      chan struct{}
+	wg        sync.WaitGroup
+}
+
+// Listen opens the server's sockets (four UDP sockets when Alternate is
+// set, one otherwise, plus TCP listeners with TCP) without serving yet.
+func Listen(o Options) (*Server, error) {
+	h, err := NewHandler(o.Primary, o.Alternate, o.Software)
+	if err != nil {
+		return nil, err
+	}
+	if o.Rate < 0 || o.Burst < 0 || o.Batch < 0 || o.MaxTCPConns < 0 || o.TCPIdle < 0 {
+		return nil, fmt.Errorf("%w: Rate, Burst, Batch, MaxTCPConns and TCPIdle must not be negative", ErrBadConfig)
+	}
+	s := &Server{h: h, opts: o, log: o.Logger, now: o.Now, done: make(chan struct{}),
+		tcpPer: map[netip.Addr]int{}, conns: map[net.Conn]struct{}{}}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.opts.Batch == 0 {
+		s.opts.Batch = DefaultBatch
+	}
+	if s.opts.MaxTCPConns == 0 {
+		s.opts.MaxTCPConns = DefaultMaxTCPConns
+	}
+	if s.opts.TCPIdle == 0 {
+		s.opts.TCPIdle = DefaultTCPIdle
+	}
+	if !o.Unlimited {
+		rate, burst := o.Rate, o.Burst
+		if rate == 0 {
+			rate = DefaultRate
+		}
+		if burst == 0 {
+			burst = DefaultBurst
+		}
+		var seed [8]byte
+		_, _ = rand.Read(seed[:])
+		s.lim = newLimiter(rate, burst, binary.LittleEndian.Uint64(seed[:]))
+	}
+	s.tcpSem = make(chan struct{}, s.opts.MaxTCPConns)
+	for _, ap := range h.Sockets() {
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+		if err != nil {
+			s.closeSockets()
+			return nil, fmt.Errorf("stun: listen udp %v: %w", ap, err)
+		}
+		s.udp = append(s.udp, c)
+		if o.TCP {
+			l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
+			if err != nil {
+				s.closeSockets()
+				return nil, fmt.Errorf("stun: listen tcp %v: %w", ap, err)
+			}
+			s.tcp = append(s.tcp, l)
+		}
+	}
+	return s, nil
+}
+
+// Addrs returns the server's transport addresses, indexed by Socket.
+func (s *Server) Addrs() []netip.AddrPort { return s.h.Sockets() }
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	return Stats{Requests: s.st.requests.Load(), Responses: s.st.responses.Load(),
+		Errors: s.st.errors.Load(), Dropped: s.st.dropped.Load(), Limited: s.st.limited.Load(), Reads: s.st.reads.Load()}
+}
+
+// Serve answers requests until ctx is done or Close is called, then closes
+// the sockets and returns nil (or the first socket error that stopped a
+// reader).
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, len(s.udp)+len(s.tcp))
+	for i := range s.udp {
+		s.wg.Add(1)
+		go func(i int) {
+			defer s.wg.Done()
+			errc <- s.serveUDP(Socket(i))
+		}(i)
+	}
+	for i := range s.tcp {
+		s.wg.Add(1)
+		go func(i int) {
+			defer s.wg.Done()
+			errc <- s.serveTCP(Socket(i))
+		}(i)
+	}
+	s.log.Info("stun: serving", "sockets", s.h.Sockets(), "tcp", s.opts.TCP, "batch", s.opts.Batch)
+	var first error
+	select {
+	case <-ctx.Done():
+	case <-s.done:
+	case first = <-errc:
+	}
+	s.Close()
+	s.wg.Wait()
+	return first
+}
+
+// Close stops the server and closes its sockets.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.closeSockets()
+	})
+	return nil
+}
+
+func (s *Server) closeSockets() {
+	for _, c := range s.udp {
+		c.Close()
+	}
+	for _, l := range s.tcp {
+		l.Close()
+	}
+	s.tcpMu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.tcpMu.Unlock()
+}
+
+func (s *Server) closing() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// allowed applies the per-client rate limit.
+func (s *Server) allowed(a netip.Addr, now int64) bool {
+	return s.lim == nil || s.lim.allow(a, now)
+}
+
+func (s *Server) serveUDP(at Socket) error {
+	if s.opts.Batch > 1 {
+		err := s.serveUDPBatch(at)
+		if !errors.Is(err, udpbatch.ErrUnsupported) {
+			return err
+		}
+	}
+	return s.serveUDPSingle(at)
+}
+
+// serveUDPSingle is the portable path: one datagram per system call.
+func (s *Server) serveUDPSingle(at Socket) error {
+	c := s.udp[at]
+	in := make([]byte, maxDatagram)
+	out := make([]byte, 0, maxDatagram+256)
+	for {
+		n, src, err := c.ReadFromUDPAddrPort(in)
+		if err != nil {
+			if s.closing() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("stun: read %v: %w", s.h.addrs[at], err)
+		}
+		s.st.requests.Add(1)
+		s.st.reads.Add(1)
+		if !s.allowed(src.Addr(), s.now().UnixNano()) {
+			s.st.limited.Add(1)
+			continue
+		}
+		r, ok := s.h.Handle(out, in[:n], src, at, false)
+		if !ok {
+			s.st.dropped.Add(1)
+			continue
+		}
+		s.count(r)
+		if _, err := s.udp[r.Via].WriteToUDPAddrPort(r.Data, r.To); err != nil && s.closing() {
+			return nil
+		}
+	}
+}
+
+func (s *Server) count(r Reply) {
+	if Type(binary.BigEndian.Uint16(r.Data)) == BindingSuccess {
+		s.st.responses.Add(1)
+	} else {
+		s.st.errors.Add(1)
+	}
+}
+
+// serveUDPBatch reads a batch with recvmmsg, computes every response, and
+// sends them with one sendmmsg per outgoing socket.
+func (s *Server) serveUDPBatch(at Socket) error {
+	batch := s.opts.Batch
+	r, err := udpbatch.NewReader(s.udp[at], batch, maxDatagram)
+	if err != nil {
+		return err
+	}
+	ws := make([]*udpbatch.Writer, len(s.udp))
+	for i, c := range s.udp {
+		if ws[i], err = udpbatch.NewWriter(c, batch, maxDatagram+256); err != nil {
+			return err
+		}
+	}
+	scratch := make([]byte, 0, maxDatagram+256)
+	for {
+		n, err := r.Read()
+		if err != nil {
+			if s.closing() {
+				return nil
+			}
+			return fmt.Errorf("stun: read %v: %w", s.h.addrs[at], err)
+		}
+		s.st.reads.Add(1)
+		now := s.now().UnixNano()
+		var limited, dropped, ok, bad uint64
+		for k := 0; k < n; k++ {
+			data, src := r.Msg(k)
+			if !src.IsValid() {
+				dropped++
+				continue
+			}
+			if !s.allowed(src.Addr(), now) {
+				limited++
+				continue
+			}
+			rep, good := s.h.Handle(scratch, data, src, at, false)
+			if !good {
+				dropped++
+				continue
+			}
+			if Type(binary.BigEndian.Uint16(rep.Data)) == BindingSuccess {
+				ok++
+			} else {
+				bad++
+			}
+			w := ws[rep.Via]
+			buf := append(w.Next(), rep.Data...)
+			w.Commit(buf, rep.To)
+		}
+		s.st.requests.Add(uint64(n))
+		if limited > 0 {
+			s.st.limited.Add(limited)
+		}
+		if dropped > 0 {
+			s.st.dropped.Add(dropped)
+		}
+		s.st.responses.Add(ok)
+		if bad > 0 {
+			s.st.errors.Add(bad)
+		}
+		for _, w := range ws {
+			if w.Len() == 0 {
+				continue
+			}
+			if _, err := w.Flush(); err != nil && s.closing() {
+				return nil
+			}
+		}
+	}
+}
+
+func (s *Server) serveTCP(at Socket) error {
+	l := s.tcp[at]
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if s.closing() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("stun: accept %v: %w", s.h.addrs[at], err)
+		}
+		src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		select {
+		case s.tcpSem <- struct{}{}:
+		default:
+			c.Close()
+			continue
+		}
+		s.tcpMu.Lock()
+		if s.tcpPer[src.Addr()] >= maxTCPPerClient || s.closing() {
+			s.tcpMu.Unlock()
+			<-s.tcpSem
+			c.Close()
+			continue
+		}
+		s.tcpPer[src.Addr()]++
+		s.conns[c] = struct{}{}
+		s.tcpMu.Unlock()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(c, src, at)
+			c.Close()
+			s.tcpMu.Lock()
+			delete(s.conns, c)
+			if s.tcpPer[src.Addr()]--; s.tcpPer[src.Addr()] <= 0 {
+				delete(s.tcpPer, src.Addr())
+			}
+			s.tcpMu.Unlock()
+			<-s.tcpSem
+		}()
+	}
+}
+
+// serveConn answers the STUN messages framed on one TCP connection (RFC
+// 8489 section 6.2.2) until it closes, idles or misbehaves.
+func (s *Server) serveConn(c *net.TCPConn, src netip.AddrPort, at Socket) {
+	in := make([]byte, maxDatagram)
+	out := make([]byte, 0, maxDatagram+256)
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(s.opts.TCPIdle))
+		if _, err := io.ReadFull(c, in[:HeaderSize]); err != nil {
+			return
+		}
+		l, err := MessageLength(in[:HeaderSize])
+		if err != nil || l > len(in) {
+			s.st.dropped.Add(1)
+			return // not STUN: the stream cannot be re-framed
+		}
+		if _, err := io.ReadFull(c, in[HeaderSize:l]); err != nil {
+			return
+		}
+		s.st.requests.Add(1)
+		if !s.allowed(src.Addr(), s.now().UnixNano()) {
+			s.st.limited.Add(1)
+			continue
+		}
+		r, ok := s.h.Handle(out, in[:l], src, at, true)
+		if !ok {
+			s.st.dropped.Add(1)
+			continue
+		}
+		s.count(r)
+		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(r.Data); err != nil {
+			return
+		}
+	}
+}
