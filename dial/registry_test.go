@@ -291,3 +291,40 @@ func TestRegistryShards(t *testing.T) {
 		t.Fatalf("registry files %v, want %v", names, want)
 	}
 }
+
+// TestUDPRegistryDroppedConn checks the cleanup of a registered conn
+// garbage collected without Close (releaser.dropped, which newReleaser
+// registers with runtime.AddCleanup; called here directly, since cleanups
+// run at the collector's pace): the socket is closed and the byte
+// unlocked; a second call, or Close afterwards, only reports the closed
+// socket.
+func TestUDPRegistryDroppedConn(t *testing.T) {
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	dir := t.TempDir()
+	dst := netip.AddrPortFrom(v4dst(1), racePort)
+	d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet("20000"), Strategy: Search, UDPLock: UDPLockRegistry, LockDir: dir}
+	c, err := d.Dial("udp", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := netsys.OpenPortLockFile(dir, d.st.netns, shardProto(20000), v4src(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	off := registryOffset(20000, dst)
+	uc := c.(*UDPConn)
+	uc.rel.dropped()
+	if _, err := uc.UDPConn.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after the cleanup: %v, want net.ErrClosed (the socket must be closed before the unlock)", err)
+	}
+	if ok, err := other.TryLockAt(off); !ok || err != nil {
+		t.Fatalf("the byte after the cleanup: %v %v, want free", ok, err)
+	}
+	uc.rel.dropped()
+	if err := c.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Close after the cleanup: %v, want net.ErrClosed", err)
+	}
+}
