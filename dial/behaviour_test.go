@@ -89,7 +89,12 @@ func TestConcurrentExhaustion(t *testing.T) {
 	}
 	const ndst, workers, per, rounds = 20, 8, 30, 5 // 240 dials for 200 4-tuples
 	ports := tuple.MustParsePortSet("20000-20009")
-	for _, network := range []string{"tcp", "udp"} {
+	for _, tc := range []struct {
+		network string
+		lock    UDPLock
+	}{{"tcp", UDPLockAuto}, {"udp", UDPLockAuto}, {"udp", UDPLockRegistry}} {
+		network := tc.network
+		lockDir := t.TempDir() // shared by the Dialers, as by processes
 		var port uint16
 		if network == "tcp" {
 			port = tcpSink(t, false)
@@ -100,7 +105,7 @@ func TestConcurrentExhaustion(t *testing.T) {
 			for round := range rounds {
 				var dialers []*Dialer
 				for range ndialers {
-					dialers = append(dialers, &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: ports, Strategy: Search})
+					dialers = append(dialers, &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: ports, Strategy: Search, UDPLock: tc.lock, LockDir: lockDir})
 				}
 				var mu sync.Mutex
 				seen := map[[2]netip.AddrPort]bool{}
@@ -136,7 +141,7 @@ func TestConcurrentExhaustion(t *testing.T) {
 					closeRST(c) // no TIME_WAIT to block the next round's 4-tuples
 				}
 				if want := ports.Len() * ndst; len(conns) != want || exhausted != workers*per-want {
-					t.Fatalf("%s, %d dialer(s), round %d: %d conns and %d exhausted, want %d and %d", network, ndialers, round, len(conns), exhausted, want, workers*per-want)
+					t.Fatalf("%s %v, %d dialer(s), round %d: %d conns and %d exhausted, want %d and %d", network, tc.lock, ndialers, round, len(conns), exhausted, want, workers*per-want)
 				}
 			}
 		}

@@ -107,10 +107,11 @@ func sum(ds []time.Duration) (t time.Duration) {
 	return t
 }
 
-// BenchmarkDialUDP compares a Search-strategy UDP dial (the cooperative
-// lock: bind, sock_diag lookup, connect; with lock files, or with the
-// in-flight dump) with a plain net.Dialer bound to the same source with
-// port 0.
+// BenchmarkDialUDP compares a Search-strategy UDP dial with a plain
+// net.Dialer bound to the same source with port 0, for each UDPLock: the
+// cooperative lock (bind, sock_diag lookup, connect) with lock files or
+// with the in-flight dump, and the registry (a byte lock per 4-tuple, no
+// sock_diag).
 func BenchmarkDialUDP(b *testing.B) {
 	_, outside := benchRanges(b)
 	if !netsys.Probe().UDPDiag {
@@ -122,7 +123,7 @@ func BenchmarkDialUDP(b *testing.B) {
 	}
 	defer sink.Close()
 	dst := sink.LocalAddr().String()
-	for _, lock := range []UDPLock{UDPLockFile, UDPLockDump} {
+	for _, lock := range []UDPLock{UDPLockFile, UDPLockDump, UDPLockRegistry} {
 		b.Run(lock.String(), func(b *testing.B) {
 			plain := &net.Dialer{LocalAddr: &net.UDPAddr{IP: loopback.AsSlice()}}
 			d := &Dialer{Sources: []netip.Addr{loopback}, Ports: outside, UDPLock: lock, LockDir: b.TempDir()}

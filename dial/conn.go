@@ -6,18 +6,41 @@ import (
 	"sync/atomic"
 )
 
-// releaser gives a held port back to the Dialer, once.
+// releaser gives a held port back to the Dialer, once, and under
+// UDPLockRegistry unlocks the 4-tuple's registry byte.
 type releaser struct {
 	sel  *selector
 	key  holdKey
 	idx  uint32
 	done atomic.Bool
+	// UDPLockRegistry only: the registry, the 4-tuple's byte, and the
+	// socket, which a conn dropped without Close closes before unlocking.
+	reg  *registry
+	off  int64
+	sock *net.UDPConn
 }
 
-func (r *releaser) release() {
-	if r.done.CompareAndSwap(false, true) {
-		r.sel.release(r.key, r.idx)
+// release runs once; callers close the socket before it, so that the
+// registry byte is never free while the socket still holds the 4-tuple.
+func (r *releaser) release() error {
+	if !r.done.CompareAndSwap(false, true) {
+		return nil
 	}
+	r.sel.release(r.key, r.idx)
+	if r.reg != nil {
+		return r.reg.release(r.off)
+	}
+	return nil
+}
+
+// dropped is the cleanup of a conn garbage collected without Close: a
+// registered socket is closed first (it would otherwise live on until the
+// net package's finalizer, after the unlock), then the port is released.
+func (r *releaser) dropped() {
+	if r.sock != nil && !r.done.Load() {
+		r.sock.Close()
+	}
+	r.release()
 }
 
 func newReleaser[T any](owner *T, sel *selector, k holdKey, idx uint32) *releaser {
@@ -25,7 +48,8 @@ func newReleaser[T any](owner *T, sel *selector, k holdKey, idx uint32) *release
 	// If the wrapper is dropped without Close, give the port back to the
 	// selector anyway: its bookkeeping only steers the search; the kernel
 	// (TCP) and the sock_diag lookup (UDP) still refuse a taken 4-tuple.
-	runtime.AddCleanup(owner, func(r *releaser) { r.release() }, r)
+	// A registered UDP socket is closed first (releaser.dropped).
+	runtime.AddCleanup(owner, (*releaser).dropped, r)
 	return r
 }
 
@@ -61,18 +85,28 @@ type UDPConn struct {
 	rel *releaser
 }
 
-func newUDPConn(c *net.UDPConn, sel *selector, k holdKey, idx uint32) *UDPConn {
+func newUDPConn(c *net.UDPConn, sel *selector, k holdKey, idx uint32, reg *registry, off int64) *UDPConn {
 	uc := &UDPConn{UDPConn: c}
 	uc.rel = newReleaser(uc, sel, k, idx)
+	if reg != nil {
+		uc.rel.reg, uc.rel.off, uc.rel.sock = reg, off, c
+	}
 	return uc
 }
 
-// Close closes the socket and releases its port to the Dialer.
+// Close closes the socket and releases its port to the Dialer; under
+// UDPLockRegistry it then unlocks the 4-tuple's registry byte (after the
+// socket is closed, so the 4-tuple is never registered free while the
+// socket holds it).
 func (c *UDPConn) Close() error {
 	err := c.UDPConn.Close()
-	c.rel.release()
+	if rerr := c.rel.release(); err == nil {
+		err = rerr
+	}
 	return err
 }
 
-// NetConn returns the underlying *net.UDPConn.
+// NetConn returns the underlying *net.UDPConn. Keep the UDPConn reachable
+// while using it: under UDPLockRegistry a UDPConn garbage collected without
+// Close closes the socket before it unlocks the 4-tuple's registry byte.
 func (c *UDPConn) NetConn() net.Conn { return c.UDPConn }

@@ -70,12 +70,13 @@ func (s Strategy) String() string {
 	return "Strategy(" + strconv.Itoa(int(s)) + ")"
 }
 
-// UDPLock selects how the UDP Search strategy keeps two cooperating sockets
-// off one 4-tuple while each checks and connects it (see the package
-// documentation). Both variants run the cooperative SO_REUSEADDR lock and
-// the exact sock_diag lookup, so they interoperate with other programs that
-// follow that protocol; they differ in how two portspace processes binding
-// one (source, port) at the same instant exclude each other.
+// UDPLock selects how the UDP Search strategy keeps two sockets off one
+// connected 4-tuple (see the package documentation). UDPLockFile and
+// UDPLockDump run the cooperative SO_REUSEADDR lock and the exact sock_diag
+// lookup, so they interoperate with other programs that follow that
+// protocol, and differ in how two portspace processes binding one (source,
+// port) at the same instant exclude each other. UDPLockRegistry needs no
+// sock_diag: portspace processes register every 4-tuple they hold.
 type UDPLock int
 
 const (
@@ -96,6 +97,21 @@ const (
 	// directory, but the kernel walks its whole UDP hash table (every
 	// slot and every socket, connected or not) for each attempt.
 	UDPLockDump
+	// UDPLockRegistry registers every connected 4-tuple of the Dialer, for
+	// the life of its conn, as an open file description lock on one byte
+	// of a registry file per (network namespace, source address) in
+	// LockDir, at an offset computed from (port, destination); a 4-tuple
+	// whose byte another process holds is busy. The dial is
+	// SO_REUSEADDR, bind and connect plus one fcntl (and one at Close):
+	// no sock_diag, no lock window. It excludes only processes that
+	// register in the same directory: a socket connected earlier by any
+	// other program (including portspace processes using UDPLockFile or
+	// UDPLockDump) is not seen, and the Dialer may connect the same
+	// 4-tuple beside it. Programs of the published protocol that dial
+	// after us still see our sockets. Use it when every process dialing
+	// from the port set is a portspace process with UDPLockRegistry and
+	// the same LockDir; it is never chosen by UDPLockAuto.
+	UDPLockRegistry
 )
 
 // String returns the lock's name.
@@ -107,6 +123,8 @@ func (l UDPLock) String() string {
 		return "file"
 	case UDPLockDump:
 		return "dump"
+	case UDPLockRegistry:
+		return "registry"
 	}
 	return "UDPLock(" + strconv.Itoa(int(l)) + ")"
 }
@@ -186,10 +204,11 @@ type Dialer struct {
 
 	// UDPLock chooses how UDP Search dials of several processes exclude
 	// each other (UDPLockAuto: the lock files, or the dump when they do
-	// not work here).
+	// not work here; UDPLockRegistry only when set).
 	UDPLock UDPLock
 
-	// LockDir is the directory of the UDPLockFile lock files; every
+	// LockDir is the directory of the UDPLockFile lock files and the
+	// UDPLockRegistry registry files; every
 	// process that dials from the same ports in one network namespace must
 	// use the same directory. Empty: DefaultLockDir().
 	LockDir string
@@ -231,6 +250,9 @@ type state struct {
 	lockDir   string
 	netns     string
 	lockFiles *lockFiles
+	// registries are the UDPLockRegistry files by source. They are not
+	// closed with the state: conns keep them open while they hold bytes.
+	registries registries
 
 	kernelTCP map[netip.Addr]*net.Dialer // the TCP Kernel strategy's dialers, by source (read-only)
 	searchTCP net.Dialer                 // the TCP Search strategy's template (LocalAddr set per try)
@@ -384,7 +406,7 @@ func (d *Dialer) planUDP(st *state) plan {
 		}
 		return plan{strategy: Kernel, ports: st.ports}
 	case Search:
-		if !st.caps.UDPDiag {
+		if !st.caps.UDPDiag && d.UDPLock != UDPLockRegistry {
 			return plan{strategy: Search, err: fmt.Errorf("%w: search strategy for udp: the kernel lacks the exact sock_diag UDP lookup or SO_COOKIE", ErrStrategy)}
 		}
 		if err := d.planUDPLock(st); err != nil {
@@ -392,7 +414,7 @@ func (d *Dialer) planUDP(st *state) plan {
 		}
 		return d.searchPlan(st, "udp", "forced")
 	case Auto:
-		if st.caps.UDPDiag {
+		if st.caps.UDPDiag || d.UDPLock == UDPLockRegistry {
 			if err := d.planUDPLock(st); err != nil {
 				return plan{strategy: Search, err: err}
 			}
@@ -417,6 +439,17 @@ func (d *Dialer) planUDPLock(st *state) error {
 	case UDPLockDump:
 		st.udpLock = UDPLockDump
 		return nil
+	case UDPLockRegistry:
+		err := st.probeNetNS()
+		if err == nil {
+			err = st.probeRegistry()
+		}
+		if err != nil {
+			return fmt.Errorf("%w: udp registry in %s: %w", ErrStrategy, st.lockDir, err)
+		}
+		st.udpLock = UDPLockRegistry
+		st.log.Debug("dial: udp search registers its 4-tuples (no sock_diag)", "dir", st.lockDir)
+		return nil
 	case UDPLockAuto, UDPLockFile:
 	default:
 		return fmt.Errorf("%w: unknown UDPLock %v", ErrStrategy, d.UDPLock)
@@ -438,12 +471,10 @@ func (d *Dialer) planUDPLock(st *state) error {
 // probeLockFile checks that a lock file can be opened in the lock
 // directory and locked.
 func (st *state) probeLockFile() error {
-	ns, err := netsys.NetNSID()
-	if err != nil {
+	if err := st.probeNetNS(); err != nil {
 		return err
 	}
-	st.netns = ns
-	lf, err := netsys.OpenPortLockFile(st.lockDir, ns, "udp", netip.IPv4Unspecified())
+	lf, err := netsys.OpenPortLockFile(st.lockDir, st.netns, "udp", netip.IPv4Unspecified())
 	if err != nil {
 		return err
 	}
@@ -456,6 +487,16 @@ func (st *state) probeLockFile() error {
 		return lf.Unlock(0)
 	}
 	return nil // held by another process's probe: locks work
+}
+
+// probeNetNS reads the namespace identity that names the lock files.
+func (st *state) probeNetNS() error {
+	ns, err := netsys.NetNSID()
+	if err != nil {
+		return err
+	}
+	st.netns = ns
+	return nil
 }
 
 // lockFile returns the Dialer's lock file of source src, opening it at its
@@ -1052,6 +1093,21 @@ func sourceError(src netip.Addr, err error) error {
 		return fmt.Errorf("dial: source %v is not an address of this host: %w", src, err)
 	}
 	return fmt.Errorf("dial: bind to source %v: %w", src, err)
+}
+
+// UDPLockInUse reports the UDPLock (UDPLockFile, UDPLockDump or
+// UDPLockRegistry) that UDP Search dials use after the Dialer's one-time
+// probes, or the error such dials return. It is UDPLockAuto when UDP dials
+// use the Kernel strategy, which shares no port and needs no lock.
+func (d *Dialer) UDPLockInUse() (UDPLock, error) {
+	st := d.init()
+	if st.udp.err != nil {
+		return UDPLockAuto, st.udp.err
+	}
+	if st.udp.strategy != Search {
+		return UDPLockAuto, nil
+	}
+	return st.udpLock, nil
 }
 
 // StrategyFor reports the strategy (Kernel or Search) that dials on network

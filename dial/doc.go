@@ -40,6 +40,16 @@
 // whose lock or bind meets another process's is retried a few times (under
 // 1 ms in all) before the dial reports ErrExhausted.
 //
+// UDPLockRegistry (forced only; UDPLockAuto never picks it) needs no
+// sock_diag: every connected 4-tuple is registered, for the life of its
+// conn, as an open file description lock (F_OFD_SETLK) on one byte of a
+// registry file in LockDir, at port<<32 | FNV-1a(destination); a 4-tuple
+// whose byte another process holds is busy, and the dial is one fcntl plus
+// SO_REUSEADDR, bind and connect (Close closes the socket, then unlocks).
+// The kernel drops a dead process's locks. It excludes only processes that
+// register in the same directory: a socket connected earlier by any other
+// program, portspace processes of the other UDPLocks included, is not seen.
+//
 // Errors are *net.OpError, as net.Dialer's; LocalAddr, FallbackDelay (RFC
 // 6555 Happy Eyeballs for "tcp" to names with addresses of both families),
 // Timeout, Deadline, Resolver, KeepAlive and Control work as net.Dialer's.

@@ -19,6 +19,7 @@ type exhaustCase struct {
 	name     string
 	udp, v6  bool
 	strategy Strategy
+	lock     UDPLock
 	ports    string // a range inside the namespace's ephemeral range steers Auto to Kernel (TCP)
 }
 
@@ -32,6 +33,8 @@ var exhaustCases = []exhaustCase{
 	{name: "udp4-search", udp: true, strategy: Search, ports: "40000-40009"},
 	{name: "udp4-auto", udp: true, strategy: Auto, ports: "20000-20004,20100-20104"},
 	{name: "udp6-search", udp: true, v6: true, strategy: Search, ports: "20000-20009"},
+	{name: "udp4-registry", udp: true, strategy: Search, lock: UDPLockRegistry, ports: "20000-20009"},
+	{name: "udp6-registry", udp: true, v6: true, strategy: Search, lock: UDPLockRegistry, ports: "20000-20009"},
 }
 
 func TestExhaustionExact(t *testing.T) {
@@ -58,7 +61,7 @@ func TestExhaustionExact(t *testing.T) {
 				port = tcpSink(t, tc.v6)
 			}
 			ports := tuple.MustParsePortSet(tc.ports)
-			d := &Dialer{Sources: []netip.Addr{src}, Ports: ports, Strategy: tc.strategy, Logger: testLogger(t)}
+			d := &Dialer{Sources: []netip.Addr{src}, Ports: ports, Strategy: tc.strategy, UDPLock: tc.lock, LockDir: t.TempDir(), Logger: testLogger(t)}
 			ctx := context.Background()
 			seen := map[[2]netip.AddrPort]bool{}
 			var conns []net.Conn

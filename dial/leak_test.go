@@ -83,16 +83,18 @@ func dialEveryPath(t *testing.T) {
 	for _, tc := range []struct {
 		network string
 		s       Strategy
+		lock    UDPLock
 		ports   tuple.PortSet
 		port    uint16
 	}{
-		{"tcp", Search, ports, tport},
-		{"tcp", Kernel, tuple.MustParsePortSet("40000-40003"), tport},
-		{"udp", Search, ports, uport},
-		{"udp", Kernel, tuple.MustParsePortSet("40000-40003"), uport},
+		{"tcp", Search, UDPLockAuto, ports, tport},
+		{"tcp", Kernel, UDPLockAuto, tuple.MustParsePortSet("40000-40003"), tport},
+		{"udp", Search, UDPLockAuto, ports, uport},
+		{"udp", Search, UDPLockRegistry, ports, uport},
+		{"udp", Kernel, UDPLockAuto, tuple.MustParsePortSet("40000-40003"), uport},
 	} {
 		for _, src := range []netip.Addr{v4src(1), netip.MustParseAddr("192.0.2.9")} {
-			d := &Dialer{Sources: []netip.Addr{src}, Ports: tc.ports, Strategy: tc.s}
+			d := &Dialer{Sources: []netip.Addr{src}, Ports: tc.ports, Strategy: tc.s, UDPLock: tc.lock}
 			dst := netip.AddrPortFrom(v4dst(1), tc.port).String()
 			var conns []net.Conn
 			var err error
@@ -115,6 +117,7 @@ func dialEveryPath(t *testing.T) {
 			if d.st != nil {
 				d.st.diags.closeAll()
 				d.st.lockFiles.closeAll()
+				d.st.registries.closeAll()
 			}
 		}
 	}

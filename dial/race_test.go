@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -265,7 +266,8 @@ func TestSSDetectsDuplicates(t *testing.T) {
 	}
 }
 
-// TestUDPCrossProcessRace runs the cross-process race (see raceProcs) and
+// TestUDPCrossProcessRace runs the cross-process race (see raceProcs) once
+// per UDPLock (or those named in PORTSPACE_DIAL_RACE_CHILD_LOCKS) and
 // checks ss snapshots for duplicate 4-tuples. Its control run disables the
 // lock (SO_REUSEADDR and bind alone, as plain programs do) with fewer dials
 // and must see duplicates, which shows the check can fail.
@@ -274,7 +276,21 @@ func TestUDPCrossProcessRace(t *testing.T) {
 	if !netnstest.InNetNS(t) {
 		return
 	}
-	for _, lock := range []UDPLock{UDPLockFile, UDPLockDump} {
+	locks := []UDPLock{UDPLockFile, UDPLockDump, UDPLockRegistry}
+	if only := os.Getenv(raceEnv + "_LOCKS"); only != "" {
+		// For long repetitions of one lock (docs/bench-dial.md), e.g.
+		// PORTSPACE_DIAL_RACE_CHILD_LOCKS=registry; the control run stays.
+		locks = locks[:0]
+		for _, l := range []UDPLock{UDPLockFile, UDPLockDump, UDPLockRegistry} {
+			if slices.Contains(strings.Split(only, ","), l.String()) {
+				locks = append(locks, l)
+			}
+		}
+		if len(locks) == 0 {
+			t.Fatalf("%s_LOCKS=%q names no UDPLock (file, dump, registry)", raceEnv, only)
+		}
+	}
+	for _, lock := range locks {
 		dups, summary := runRace(t, lock, false, raceDials)
 		if len(dups) > 0 {
 			t.Fatalf("UDPLock %v: duplicate 4-tuples with the lock: %v", lock, dups)

@@ -70,7 +70,14 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	try := func(idx uint32) (c net.Conn, taken bool, err error) {
 		port, _ := pl.ports.Nth(int(idx))
 		st.tries.Add(1)
-		uc, err := d.udpTry(ctx, st, src, port, dst)
+		var uc *net.UDPConn
+		var reg *registry
+		var off int64
+		if st.udpLock == UDPLockRegistry {
+			uc, reg, off, err = d.udpTryRegistry(ctx, st, src, port, dst)
+		} else {
+			uc, err = d.udpTry(ctx, st, src, port, dst)
+		}
 		if errors.Is(err, errPortTaken) {
 			st.sel.settleTaken(&sr, idx)
 			return nil, true, err
@@ -79,7 +86,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		if err != nil {
 			return nil, false, err
 		}
-		return newUDPConn(uc, st.sel, sr.key, idx), false, nil
+		return newUDPConn(uc, st.sel, sr.key, idx, reg, off), false, nil
 	}
 	var last error
 	var busy []uint32 // indices whose bind met another process's lock

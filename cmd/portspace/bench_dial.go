@@ -26,7 +26,7 @@ type benchDialFlags struct {
 	conns, concurrency, workers, rounds, warmup int
 	hold, timeout                               time.Duration
 	census, json, ipv6, inNetns                 bool
-	role, shard, strategy                       string
+	role, shard, strategy, udpLock              string
 	// destFlag is the spelling of the destinations flag the user typed
 	// (--destinations, or its alias --dests), for error messages.
 	destFlag string
@@ -84,7 +84,7 @@ one-million-connection run).`,
 				args := append(append([]string{exe}, os.Args[1:]...), "--in-netns")
 				return bench.RunInNamespace(ctx, addrs, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
-			dialers, err := benchDialers(cfg, names, f.strategy)
+			dialers, err := benchDialers(cfg, names, f.strategy, f.udpLock)
 			if err != nil {
 				return err
 			}
@@ -161,6 +161,7 @@ one-million-connection run).`,
 	fl.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "timeout of each dial")
 	fl.StringVar(&f.dialers, "dialers", bench.DialerPortspace+","+bench.DialerBaseline, "dialers to run, in order: portspace, net.Dialer")
 	fl.StringVar(&f.strategy, "strategy", "auto", "the portspace dialer's port-selection strategy: auto, kernel or search")
+	fl.StringVar(&f.udpLock, "udp-lock", "auto", "the portspace dialer's UDP lock (dial.Dialer.UDPLock): auto, file, dump or registry")
 	fl.BoolVar(&f.census, "census", true, "take a sock_diag census of the held connections")
 	fl.BoolVar(&f.json, "json", false, "print the report as JSON")
 	fl.BoolVar(&f.ipv6, "ipv6", false, "run over IPv6 in a network namespace the command creates (root): source and destinations in "+bench.NamespacePrefix.String()+" on its loopback; --destinations takes a count")
@@ -171,6 +172,7 @@ one-million-connection run).`,
 	fl.StringVar(&f.shard, "shard", "", "internal: this process's destinations, FIRST-LAST (indices)")
 	completeFlag(cmd, "proto", "tcp", "udp")
 	completeFlag(cmd, "strategy", "auto", "kernel", "search")
+	completeFlag(cmd, "udp-lock", "auto", "file", "dump", "registry")
 	_ = cmd.RegisterFlagCompletionFunc("dialers", completeList(bench.DialerPortspace, bench.DialerBaseline))
 	_ = fl.MarkHidden("role")
 	_ = fl.MarkHidden("shard")
@@ -259,6 +261,9 @@ func (f benchDialFlags) config() (bench.Config, []string, error) {
 	if _, err := dialStrategy(f.strategy); err != nil {
 		return cfg, nil, err
 	}
+	if _, err := dialUDPLock(f.udpLock); err != nil {
+		return cfg, nil, err
+	}
 	var names []string
 	for n := range strings.SplitSeq(f.dialers, ",") {
 		n = strings.TrimSpace(n)
@@ -296,14 +301,14 @@ func noneOpened(rep *bench.Report) error {
 }
 
 // benchDialers builds the named dialers for cfg.
-func benchDialers(cfg bench.Config, names []string, strategy string) ([]bench.NamedDialer, error) {
+func benchDialers(cfg bench.Config, names []string, strategy, udpLock string) ([]bench.NamedDialer, error) {
 	var out []bench.NamedDialer
 	for _, n := range names {
 		switch n {
 		case bench.DialerBaseline:
 			out = append(out, bench.NamedDialer{Name: n, Dialer: bench.NewBaseline(cfg.Proto, cfg.Sources)})
 		case bench.DialerPortspace:
-			d, err := newPortspaceDialer(cfg, strategy)
+			d, err := newPortspaceDialer(cfg, strategy, udpLock)
 			if err != nil {
 				return nil, err
 			}
@@ -324,7 +329,7 @@ func workerCommand(f benchDialFlags, dialer string) []string {
 	args := []string{exe, "bench", "dial",
 		"--proto", f.proto, "--sources", f.sources, "--ports", f.ports, "--destinations", f.dests,
 		"--conns", fmt.Sprint(f.conns), "--concurrency", fmt.Sprint(f.concurrency),
-		"--timeout", f.timeout.String(), "--dialers", dialer, "--strategy", f.strategy}
+		"--timeout", f.timeout.String(), "--dialers", dialer, "--strategy", f.strategy, "--udp-lock", f.udpLock}
 	if f.ipv6 {
 		args = append(args, "--ipv6", "--in-netns")
 	}
@@ -335,12 +340,26 @@ func workerCommand(f benchDialFlags, dialer string) []string {
 var portspaceExhausted = dial.ErrExhausted
 
 // newPortspaceDialer builds the portspace dialer for cfg.
-func newPortspaceDialer(cfg bench.Config, strategy string) (bench.Dialer, error) {
+func newPortspaceDialer(cfg bench.Config, strategy, udpLock string) (bench.Dialer, error) {
 	s, err := dialStrategy(strategy)
 	if err != nil {
 		return nil, err
 	}
-	return &dial.Dialer{Sources: cfg.Sources, Ports: cfg.Ports, Timeout: cfg.Timeout, Strategy: s}, nil
+	l, err := dialUDPLock(udpLock)
+	if err != nil {
+		return nil, err
+	}
+	return &dial.Dialer{Sources: cfg.Sources, Ports: cfg.Ports, Timeout: cfg.Timeout, Strategy: s, UDPLock: l}, nil
+}
+
+// dialUDPLock parses --udp-lock.
+func dialUDPLock(name string) (dial.UDPLock, error) {
+	for _, l := range []dial.UDPLock{dial.UDPLockAuto, dial.UDPLockFile, dial.UDPLockDump, dial.UDPLockRegistry} {
+		if name == l.String() || (name == "" && l == dial.UDPLockAuto) {
+			return l, nil
+		}
+	}
+	return dial.UDPLockAuto, fmt.Errorf("bench dial: --udp-lock %q: want auto, file, dump or registry", name)
 }
 
 // dialStrategy parses --strategy.
@@ -368,7 +387,11 @@ func strategyNotes(cfg bench.Config, dialers []bench.NamedDialer) []string {
 		if err != nil {
 			return []string{fmt.Sprintf("portspace dialer: %v", err)}
 		}
-		return []string{fmt.Sprintf("portspace dialer strategy for %s: %v", cfg.Proto, s)}
+		note := fmt.Sprintf("portspace dialer strategy for %s: %v", cfg.Proto, s)
+		if l, err := pd.UDPLockInUse(); cfg.Proto == tuple.UDP && err == nil && l != dial.UDPLockAuto {
+			note += fmt.Sprintf(", UDP lock %v", l)
+		}
+		return []string{note}
 	}
 	return nil
 }
