@@ -112,9 +112,7 @@ type etcdView struct {
 	draining map[string]bool
 	slot     map[string]slot     // busy slices by ID
 	free     map[string]*freeSet // per pool
-	byID     map[string]*Lease   // every slice of every pool
 	poolOf   map[string]int      // slice ID -> index in pools
-	_        struct{}            // keep composite literals keyed
 }
 
 // slot is what the view knows of a busy slice and the revision it knows it at.
