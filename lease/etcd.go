@@ -1023,13 +1023,13 @@ func (s *EtcdStore) List(ctx context.Context) ([]Lease, error) {
 func (s *EtcdStore) Watch(ctx context.Context) (<-chan struct{}, error) {
 	ch := make(chan struct{}, 1)
 	wctx, cancel := context.WithCancel(ctx)
-	go func() {
-		<-s.stopCtx.Done()
-		cancel()
-	}()
+	// Closing the store ends the watch too; AfterFunc (unlike a goroutine
+	// waiting on stopCtx) leaves nothing behind when ctx ends first.
+	unhook := context.AfterFunc(s.stopCtx, cancel)
 	go func() {
 		defer close(ch)
 		defer cancel()
+		defer unhook()
 		for wctx.Err() == nil {
 			wch := s.cli.Watch(clientv3.WithRequireLeader(wctx), s.loc.Prefix, clientv3.WithPrefix())
 			for wr := range wch {
