@@ -889,6 +889,16 @@ func (s *EtcdStore) Renew(ctx context.Context, l Lease) (Lease, error) {
 		return Lease{}, err
 	}
 	sent := time.Now()
+	if exp := time.Unix(0, g.Expires); !sent.Before(exp) {
+		// The holder's etcd lease outlives this grant while the holder
+		// renews its other slices, but this grant's own expiry has passed:
+		// the renew is too late. End the grant, so that the slice enters
+		// its quarantine instead of staying held by nobody's keeper.
+		if err := s.end(ctx, l, "renew"); err != nil {
+			return Lease{}, err
+		}
+		return Lease{}, lost(l, "expired at "+exp.UTC().Format(time.RFC3339Nano))
+	}
 	ka, err := s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(hk.Lease))
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return Lease{}, lost(l, "its etcd lease expired")
@@ -934,6 +944,12 @@ func (s *EtcdStore) Release(ctx context.Context, l Lease) error {
 	if _, _, _, err := s.current(ctx, l); err != nil {
 		return err
 	}
+	return s.end(ctx, l, "release")
+}
+
+// end deletes l's grant and puts the slice in its quarantine, in one
+// transaction guarded by l's token; op names the caller in errors.
+func (s *EtcdStore) end(ctx context.Context, l Lease, op string) error {
 	pool, _, _, _ := parseSliceID(l.ID)
 	p, ok := s.poolNamed(pool)
 	q := DefaultQuarantine
@@ -946,7 +962,7 @@ func (s *EtcdStore) Release(ctx context.Context, l Lease) error {
 	if qs := ttlSeconds(q); qs > 0 {
 		g, err := s.cli.Grant(ctx, qs)
 		if err != nil {
-			return s.errf("release %s: %w", l.ID, err)
+			return s.errf("%s %s: %w", op, l.ID, err)
 		}
 		ql = g.ID
 		ops = append(ops, clientv3.OpPut(kb, "released", clientv3.WithLease(ql)))
@@ -955,13 +971,13 @@ func (s *EtcdStore) Release(ctx context.Context, l Lease) error {
 	}
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(kh), "=", int64(l.Token))).Then(ops...).Commit()
 	if err != nil {
-		return s.errf("release %s: %w", l.ID, err)
+		return s.errf("%s %s: %w", op, l.ID, err)
 	}
 	if !resp.Succeeded {
 		if ql != 0 {
 			s.cli.Revoke(ctx, ql)
 		}
-		return lost(l, "the grant ended during the release")
+		return lost(l, "the grant ended during the "+op)
 	}
 	s.note(l.ID, false, ql != 0, resp.Header.Revision)
 	return nil
