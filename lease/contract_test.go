@@ -36,6 +36,7 @@ func contract(t *testing.T, open func(t *testing.T) env) {
 	t.Run("RenewRelease", func(t *testing.T) { testRenewRelease(t, open(t)) })
 	t.Run("Quarantine", func(t *testing.T) { testQuarantine(t, open(t)) })
 	t.Run("Expiry", func(t *testing.T) { testExpiry(t, open(t)) })
+	t.Run("RenewedExpiry", func(t *testing.T) { testRenewedExpiry(t, open(t)) })
 	t.Run("ApplyKeepsHeld", func(t *testing.T) { testApplyKeepsHeld(t, open(t)) })
 	t.Run("Concurrent", func(t *testing.T) { testConcurrent(t, open(t)) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, open(t)) })
@@ -273,6 +274,32 @@ func testExpiry(t *testing.T, e env) {
 	}
 	if err := e.s.Release(ctx, l); !errors.Is(err, ErrLost) {
 		t.Fatalf("Release of the expired grant: %v, want ErrLost", err)
+	}
+}
+
+// testRenewedExpiry checks that a grant that was renewed and then expired
+// still goes to nobody for the quarantine (a renew moves the quarantine's
+// end along with the expiry).
+func testRenewedExpiry(t *testing.T, e env) {
+	ctx := context.Background()
+	p := testPool("p", e.q, nil, "192.0.2.10")
+	p.Ports, p.Slice = tuple.MustParsePortSet("2000-2009"), 10
+	mustApply(t, e.s, p)
+	l := mustClaim(t, e, "h1", nil)
+	e.advance(e.ttl / 2)
+	r, err := e.s.Renew(ctx, l)
+	if err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	e.advance(e.ttl)
+	waitState(t, e, r.ID, Quarantined)
+	if _, err := e.s.Claim(ctx, Request{Holder: "h2", TTL: e.ttl}); !errors.Is(err, ErrNoSlice) {
+		t.Fatalf("claim right after a renewed grant expired: %v, want ErrNoSlice (quarantine)", err)
+	}
+	e.advance(e.q)
+	waitState(t, e, r.ID, Free)
+	if l2 := mustClaim(t, e, "h2", nil); l2.ID != r.ID || l2.Token <= r.Token {
+		t.Fatalf("claim after the quarantine = %+v, want %s with a token above %d", l2, r.ID, r.Token)
 	}
 }
 

@@ -113,7 +113,6 @@ type etcdView struct {
 	slot     map[string]slot     // busy slices by ID
 	free     map[string]*freeSet // per pool
 	poolOf   map[string]int      // slice ID -> index in pools
-	_        struct{}            // keep composite literals keyed
 }
 
 // slot is what the view knows of a busy slice and the revision it knows it at.
@@ -890,6 +889,16 @@ func (s *EtcdStore) Renew(ctx context.Context, l Lease) (Lease, error) {
 		return Lease{}, err
 	}
 	sent := time.Now()
+	if exp := time.Unix(0, g.Expires); !sent.Before(exp) {
+		// The holder's etcd lease outlives this grant while the holder
+		// renews its other slices, but this grant's own expiry has passed:
+		// the renew is too late. End the grant, so that the slice enters
+		// its quarantine instead of staying held by nobody's keeper.
+		if err := s.end(ctx, l, "renew"); err != nil {
+			return Lease{}, err
+		}
+		return Lease{}, lost(l, "expired at "+exp.UTC().Format(time.RFC3339Nano))
+	}
 	ka, err := s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(hk.Lease))
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return Lease{}, lost(l, "its etcd lease expired")
@@ -935,6 +944,12 @@ func (s *EtcdStore) Release(ctx context.Context, l Lease) error {
 	if _, _, _, err := s.current(ctx, l); err != nil {
 		return err
 	}
+	return s.end(ctx, l, "release")
+}
+
+// end deletes l's grant and puts the slice in its quarantine, in one
+// transaction guarded by l's token; op names the caller in errors.
+func (s *EtcdStore) end(ctx context.Context, l Lease, op string) error {
 	pool, _, _, _ := parseSliceID(l.ID)
 	p, ok := s.poolNamed(pool)
 	q := DefaultQuarantine
@@ -947,7 +962,7 @@ func (s *EtcdStore) Release(ctx context.Context, l Lease) error {
 	if qs := ttlSeconds(q); qs > 0 {
 		g, err := s.cli.Grant(ctx, qs)
 		if err != nil {
-			return s.errf("release %s: %w", l.ID, err)
+			return s.errf("%s %s: %w", op, l.ID, err)
 		}
 		ql = g.ID
 		ops = append(ops, clientv3.OpPut(kb, "released", clientv3.WithLease(ql)))
@@ -956,13 +971,13 @@ func (s *EtcdStore) Release(ctx context.Context, l Lease) error {
 	}
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(kh), "=", int64(l.Token))).Then(ops...).Commit()
 	if err != nil {
-		return s.errf("release %s: %w", l.ID, err)
+		return s.errf("%s %s: %w", op, l.ID, err)
 	}
 	if !resp.Succeeded {
 		if ql != 0 {
 			s.cli.Revoke(ctx, ql)
 		}
-		return lost(l, "the grant ended during the release")
+		return lost(l, "the grant ended during the "+op)
 	}
 	s.note(l.ID, false, ql != 0, resp.Header.Revision)
 	return nil
@@ -1024,13 +1039,13 @@ func (s *EtcdStore) List(ctx context.Context) ([]Lease, error) {
 func (s *EtcdStore) Watch(ctx context.Context) (<-chan struct{}, error) {
 	ch := make(chan struct{}, 1)
 	wctx, cancel := context.WithCancel(ctx)
-	go func() {
-		<-s.stopCtx.Done()
-		cancel()
-	}()
+	// Closing the store ends the watch too; AfterFunc (unlike a goroutine
+	// waiting on stopCtx) leaves nothing behind when ctx ends first.
+	unhook := context.AfterFunc(s.stopCtx, cancel)
 	go func() {
 		defer close(ch)
 		defer cancel()
+		defer unhook()
 		for wctx.Err() == nil {
 			wch := s.cli.Watch(clientv3.WithRequireLeader(wctx), s.loc.Prefix, clientv3.WithPrefix())
 			for wr := range wch {

@@ -279,3 +279,32 @@ func TestEtcdUnreachableKeeper(t *testing.T) {
 		t.Fatalf("dial after the expiry: %v, want ErrLost", err)
 	}
 }
+
+// TestEtcdLateRenewWhileSiblingRenewed checks that a renew after a grant's
+// expiry is ErrLost even while the same holder renews another slice with
+// the same TTL (which keeps their shared etcd lease alive), and that the
+// late renew puts the slice in its quarantine.
+func TestEtcdLateRenewWhileSiblingRenewed(t *testing.T) {
+	c := startEtcd(t, 1)
+	e := env{s: openTestEtcd(t, c), ttl: 2 * time.Second, q: time.Second}
+	ctx := context.Background()
+	mustApply(t, e.s, testPool("p", e.q, nil, "192.0.2.10"))
+	a := mustClaim(t, e, "h1", nil)
+	b := mustClaim(t, e, "h1", nil)
+	for range 6 { // 3.6 s: past a's expiry, b renewed throughout
+		time.Sleep(600 * time.Millisecond)
+		var err error
+		if b, err = e.s.Renew(ctx, b); err != nil {
+			t.Fatalf("Renew of the other slice: %v", err)
+		}
+	}
+	if _, err := e.s.Renew(ctx, a); !errors.Is(err, ErrLost) {
+		t.Fatalf("Renew %.1f s after the claim with a 2 s TTL: %v, want ErrLost", time.Since(a.Expires.Add(-e.ttl)).Seconds(), err)
+	}
+	if got := list(t, e.s)[a.ID]; got.State != Quarantined {
+		t.Fatalf("after the late renew: %+v, want quarantined", got)
+	}
+	if got := list(t, e.s)[b.ID]; got.State != Held || got.Token != b.Token {
+		t.Fatalf("the renewed slice: %+v, want held", got)
+	}
+}

@@ -311,3 +311,54 @@ func TestApplyNFTEdges(t *testing.T) {
 		t.Errorf("second apply changed %+v (%v)", st, err)
 	}
 }
+
+// TestApplyNFTElementsOnly moves and expires slices while the same hosts
+// stay, so that only the map's elements change (the chains, marks and
+// rules stay): Apply must notice and replace the table, and a second
+// Apply must find nothing to change.
+func TestApplyNFTElementsOnly(t *testing.T) {
+	netnstest.RequireRoot(t)
+	netnstest.RequireCommand(t, "nft")
+	ns := gatewayNS(t)
+	g := openGW(t, ns)
+	ls := []lease.Lease{
+		held("a/0", "192.0.2.10", "1024-2047", "10.0.1.2"),
+		held("a/1", "192.0.2.10", "2048-3071", "10.0.2.2"),
+		held("a/2", "192.0.2.10", "3072-4095", "10.0.1.2"),
+		held("a/3", "192.0.2.10", "4096-5119", "10.0.1.2"),
+	}
+	p, err := NewPlan(ls, t0, Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Apply(p, FormNFT); err != nil {
+		t.Fatal(err)
+	}
+	moved := append([]lease.Lease(nil), ls...)
+	moved[0].Host = netip.MustParseAddr("10.0.2.2") // a/0 moves to host 2
+	moved[2].Expires = t0                           // a/2 expires; host 1 keeps a/3
+	keep, err := g.Tables(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := NewPlan(moved, t0, Options{}, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := g.Apply(p2, FormNFT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.NFT {
+		t.Errorf("Apply after a move within the same hosts changed nothing: %+v", st)
+	}
+	l := ns.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable)
+	if !strings.Contains(l, "1024-3071 comment \"host_2 10.0.2.2\" : goto host_2") ||
+		!strings.Contains(l, "4096-5119 comment \"host_1 10.0.1.2\" : goto host_1") ||
+		strings.Contains(l, "3072") || strings.Contains(l, "1024-2047") {
+		t.Errorf("after the move:\n%s", l)
+	}
+	if st, err := g.Apply(p2, FormNFT); err != nil || st.NFT {
+		t.Errorf("second Apply: %+v, %v; want no change", st, err)
+	}
+}

@@ -312,7 +312,6 @@ func (h *Handle) Apply(o Owned, want State) (Stats, error) {
 		if wantRules[k] {
 			continue
 		}
-		r := r
 		if err := h.nl.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
 			return st, fmt.Errorf("steerlink: delete rule priority %d table %d: %w", r.Priority, r.Table, err)
 		}
@@ -322,7 +321,6 @@ func (h *Handle) Apply(o Owned, want State) (Stats, error) {
 		if wantRoutes[k] {
 			continue
 		}
-		r := r
 		if err := h.nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
 			return st, fmt.Errorf("steerlink: delete route table %d: %w", r.Table, err)
 		}
@@ -600,7 +598,6 @@ func (h *Handle) HoldShared(link string, addrs []netip.Addr) error {
 		if !owned {
 			continue
 		}
-		a := a
 		if err := h.nl.AddrDel(l, &a); err != nil {
 			return fmt.Errorf("steerlink: delete %s from %s: %w", ip, link, err)
 		}
