@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -141,11 +142,21 @@ func TestAccessLog(t *testing.T) {
 	socksDial(t, p.addr, "alice", "wrong", cmdConnect, addrBytes(echo))
 	p.waitCount("socks5", resultAuth, 1)
 	p.waitCount("socks5", resultOK, 1)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
+	// A connection is counted in the metrics before its log line is
+	// written: wait (bounded) for both lines.
+	var b []byte
+	var lines []string
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		b, err = os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = strings.Split(strings.TrimSpace(string(b)), "\n")
+		if len(lines) >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("access log %q, want 2 lines", b)
 	}
