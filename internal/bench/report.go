@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/capacity"
+	"github.com/portspace/portspace/internal/progress"
 )
 
 // Report is the outcome of a run: its settings, one Result per dialer and
@@ -77,9 +78,9 @@ func capacities(c Config) []CapacityRow {
 	}
 	return []CapacityRow{
 		{Method: CapacityShared, Connections: shared.TotalMaxConcurrent,
-			Why: fmt.Sprintf("%s ports x %s destinations%s: a port carries one connection per destination", group(int64(c.Ports.Len())), group(int64(len(c.Dests))), srcs)},
+			Why: fmt.Sprintf("%s ports x %s destinations%s: a port carries one connection per destination", progress.Group(int64(c.Ports.Len())), progress.Group(int64(len(c.Dests))), srcs)},
 		{Method: CapacityBindEach, Connections: excl.TotalMaxConcurrent,
-			Why: fmt.Sprintf("%s ports%s: bind() before connect() holds a port for one connection", group(int64(c.Ports.Len())), srcs)},
+			Why: fmt.Sprintf("%s ports%s: bind() before connect() holds a port for one connection", progress.Group(int64(c.Ports.Len())), srcs)},
 	}
 }
 
@@ -203,13 +204,13 @@ func (r *Report) summarize() {
 	if len(r.Capacities) == 2 && r.Capacities[1].Connections > 0 {
 		sh, be := r.Capacities[0], r.Capacities[1]
 		parts = append(parts, fmt.Sprintf("the %s ports hold %s connections at once with portspace against %s when binding each port (%.2fx)",
-			group(int64(r.PortCount)), group(sh.Connections), group(be.Connections), float64(sh.Connections)/float64(be.Connections)))
+			progress.Group(int64(r.PortCount)), progress.Group(sh.Connections), progress.Group(be.Connections), float64(sh.Connections)/float64(be.Connections)))
 	}
 	for _, res := range r.Results {
 		if res.Dialer != DialerPortspace {
 			continue
 		}
-		s := fmt.Sprintf("portspace opened %s of %s (%s)", group(int64(res.Opened)), group(int64(res.Attempted)), phaseName(res.Mode, res.FillPercent))
+		s := fmt.Sprintf("portspace opened %s of %s (%s)", progress.Group(int64(res.Opened)), progress.Group(int64(res.Attempted)), phaseName(res.Mode, res.FillPercent))
 		if res.Census.Taken {
 			s += fmt.Sprintf(" with %d duplicate 4-tuples in the census", res.Census.Duplicates)
 		}
@@ -276,10 +277,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(&b, "portspace bench dial: %s from %s, ports %s (%d), %s, capacity %d\n",
 		r.Proto, strings.Join(srcs, ","), r.Ports, r.PortCount, dests, r.Capacity)
 	if len(r.Capacities) > 0 {
-		fmt.Fprintf(&b, "\nconnections the same %s ports hold at once toward the %d destinations (computed; higher is better):\n", group(int64(r.PortCount)), r.Dests)
+		fmt.Fprintf(&b, "\nconnections the same %s ports hold at once toward the %d destinations (computed; higher is better):\n", progress.Group(int64(r.PortCount)), r.Dests)
 		ctw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		for _, c := range r.Capacities {
-			fmt.Fprintf(ctw, "  %s\t%s\t%s\n", c.Method, group(c.Connections), c.Why)
+			fmt.Fprintf(ctw, "  %s\t%s\t%s\n", c.Method, progress.Group(c.Connections), c.Why)
 		}
 		ctw.Flush()
 		b.WriteString("  (a run with --conns above the capacity measures it: the dials beyond it are exhausted)\n\n")
@@ -377,22 +378,6 @@ picks from its whole ephemeral range, not from --ports):
   cpu/conn       process CPU time per opened connection (lower is better)
   p50 p99        connect latency, median and 99th percentile (lower is better)
 `
-
-// group writes n with thousands separators: 20000 -> "20,000".
-func group(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	if n < 0 {
-		return "-" + group(-n)
-	}
-	var b strings.Builder
-	for i, c := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(c)
-	}
-	return b.String()
-}
 
 func fmtUs(v float64) string {
 	if v >= 1000 {

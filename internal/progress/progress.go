@@ -172,10 +172,10 @@ func (l *Line) text(done int64, elapsed time.Duration) string {
 		b.WriteString(l.o.Label)
 		b.WriteString(": ")
 	}
-	b.WriteString(group(done))
+	b.WriteString(Group(done))
 	if l.o.Total > 0 {
 		b.WriteString("/")
-		b.WriteString(group(l.o.Total))
+		b.WriteString(Group(l.o.Total))
 	}
 	if l.o.Unit != "" {
 		b.WriteString(" ")
@@ -188,8 +188,10 @@ func (l *Line) text(done int64, elapsed time.Duration) string {
 	return b.String()
 }
 
-// group writes n with thousands separators: 1000000 -> "1,000,000".
-func group(n int64) string {
+// Group writes n in decimal with a comma between each group of three
+// digits (12,345,678), as the progress line and the benchmark tables show
+// counts.
+func Group(n int64) string {
 	s := fmt.Sprint(n)
 	neg := strings.HasPrefix(s, "-")
 	if neg {
