@@ -307,10 +307,16 @@ func Dial(ctx context.Context, o Options) (net.Conn, Result, error) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// addrPortOf returns a TCP address as an unmapped netip.AddrPort (IPv4
+// peers of a dual-stack socket as plain IPv4), or the zero AddrPort.
 func addrPortOf(a net.Addr) netip.AddrPort {
 	if ta, ok := a.(*net.TCPAddr); ok {
 		ap := ta.AddrPort()
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if a != nil {
+		ap, _ := netip.ParseAddrPort(a.String())
+		return ap
 	}
 	return netip.AddrPort{}
 }

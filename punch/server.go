@@ -191,14 +191,7 @@ func (s *Server) endpoints() []netip.AddrPort {
 	return out
 }
 
-func remoteAddrPort(c net.Conn) netip.AddrPort {
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-	return ap
-}
+func remoteAddrPort(c net.Conn) netip.AddrPort { return addrPortOf(c.RemoteAddr()) }
 
 // handle serves one connection: a probe, or a control connection that
 // pings, registers and may become a relay.
