@@ -574,3 +574,26 @@ func TestPunchFailureReasons(t *testing.T) {
 		})
 	}
 }
+
+// TestPunchDoorSurvivesSkew pins what the low-TTL door SYNs are for: through
+// Linux masquerade, whose host stack answers an early SYN with a RST, one
+// SYN per side still connects when B's SYN leaves 2.5 s after A's round
+// started, because A only opens its own NAT (its door) and listens; with
+// the doors off, A's own SYN meets B's NAT first and is refused.
+func TestPunchDoorSurvivesSkew(t *testing.T) {
+	netnstest.RequireRoot(t)
+	tp := newTopo(t, masqDefault, masqDefault)
+	one := Options{NoRelay: true, Rounds: 1, RoundTimeout: 4 * time.Second}
+	a, b := tp.attemptWith(t, 0, peerOpts{Options: one, NoRetry: true},
+		peerOpts{Options: one, NoRetry: true, StartDelay: 2500 * time.Millisecond})
+	if a.Err != "" || b.Err != "" {
+		t.Fatalf("with doors: A %q, B %q; want a connection", a.Err, b.Err)
+	}
+	off := one
+	off.DoorTTL = -1
+	a, _ = tp.attemptWith(t, 1, peerOpts{Options: off, NoRetry: true},
+		peerOpts{Options: off, NoRetry: true, StartDelay: 2500 * time.Millisecond})
+	if a.Err == "" || !strings.Contains(a.Result.Reason, "refused by RST") {
+		t.Fatalf("without doors: A %q (%s); want it refused by RST", a.Err, a.Result.Reason)
+	}
+}
