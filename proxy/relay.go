@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"github.com/portspace/portspace/internal/netsys"
 	"io"
 	"net"
 	"os"
@@ -19,7 +20,12 @@ const relayBufSize = 64 << 10
 // allocation test holds in both builds).
 var relayBufs = make(chan *[relayBufSize]byte, 256)
 
+// bufsOut counts the copy buffers taken and not yet given back: an idle
+// tunnel holds none (TestIdleTunnelDescriptors).
+var bufsOut atomic.Int64
+
 func getBuf() *[relayBufSize]byte {
+	bufsOut.Add(1)
 	select {
 	case b := <-relayBufs:
 		return b
@@ -29,6 +35,7 @@ func getBuf() *[relayBufSize]byte {
 }
 
 func putBuf(b *[relayBufSize]byte) {
+	bufsOut.Add(-1)
 	select {
 	case relayBufs <- b:
 	default: // the list is full: let the collector have it
@@ -246,3 +253,10 @@ func (r *relayState) run(d *direction) {
 		r.done(r.ab.n, r.ba.n, r.first)
 	}
 }
+
+// readable reports whether the socket fd has data, EOF or a pending error
+// (netsys.Readable: the queued byte count into d.avail, else a one-byte
+// peek; outside Linux always true, and the relay then blocks in Read
+// holding a pooled buffer); false makes the runtime poller wait for the
+// next readiness event.
+func (d *direction) readable(fd uintptr) bool { return netsys.Readable(fd, &d.avail, &d.peek[0]) }

@@ -117,6 +117,7 @@ func TestIdleTunnelDescriptors(t *testing.T) {
 	c0.Write([]byte("x"))
 	io.ReadFull(c0, make([]byte, 1))
 	s0, p0 := fdKinds(t)
+	b0 := bufsOut.Load()
 	const n = 50
 	var conns []net.Conn
 	for range n {
@@ -129,6 +130,11 @@ func TestIdleTunnelDescriptors(t *testing.T) {
 		conns = append(conns, c)
 	}
 	s1, p1 := fdKinds(t)
+	// The relay waits for readability before it takes a buffer: idle
+	// directions hold none.
+	if held := bufsOut.Load() - b0; held >= n/5 {
+		t.Errorf("%d idle tunnels hold %d copy buffers, want none per tunnel", n, held)
+	}
 	// Splice pipes live in a pool shared by all tunnels (and the garbage
 	// collector may close pooled ones meanwhile): a few may come and go,
 	// but none may be held per idle tunnel.
