@@ -584,14 +584,24 @@ func TestPunchDoorSurvivesSkew(t *testing.T) {
 	netnstest.RequireRoot(t)
 	tp := newTopo(t, masqDefault, masqDefault)
 	one := Options{NoRelay: true, Rounds: 1, RoundTimeout: 4 * time.Second}
-	a, b := tp.attemptWith(t, 0, peerOpts{Options: one, NoRetry: true},
-		peerOpts{Options: one, NoRetry: true, StartDelay: 2500 * time.Millisecond})
+	// With doors, a loaded machine (the race detector, other tests) can
+	// still lose the one SYN allowed here now and then, so up to three
+	// tries; with the doors' TTL broken every try is refused.
+	var a, b peerOut
+	for try := range 3 {
+		a, b = tp.attemptWith(t, try, peerOpts{Options: one, NoRetry: true},
+			peerOpts{Options: one, NoRetry: true, StartDelay: 2500 * time.Millisecond})
+		if a.Err == "" && b.Err == "" {
+			break
+		}
+		t.Logf("with doors, try %d: A %q, B %q", try, a.Err, b.Err)
+	}
 	if a.Err != "" || b.Err != "" {
-		t.Fatalf("with doors: A %q, B %q; want a connection", a.Err, b.Err)
+		t.Fatalf("with doors: no connection in 3 tries: A %q, B %q", a.Err, b.Err)
 	}
 	off := one
 	off.DoorTTL = -1
-	a, _ = tp.attemptWith(t, 1, peerOpts{Options: off, NoRetry: true},
+	a, _ = tp.attemptWith(t, 3, peerOpts{Options: off, NoRetry: true},
 		peerOpts{Options: off, NoRetry: true, StartDelay: 2500 * time.Millisecond})
 	if a.Err == "" || !strings.Contains(a.Result.Reason, "refused by RST") {
 		t.Fatalf("without doors: A %q (%s); want it refused by RST", a.Err, a.Result.Reason)
