@@ -54,6 +54,7 @@ func TestBoltContract(t *testing.T) {
 			ttl:     30 * time.Second,
 			q:       DefaultQuarantine,
 			advance: clk.Advance,
+			now:     clk.Now,
 			settle:  0,
 		}
 	})

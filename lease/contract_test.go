@@ -22,6 +22,9 @@ type env struct {
 	ttl, q time.Duration
 	// advance lets d pass.
 	advance func(d time.Duration)
+	// now is the store's clock (the fake clock for bolt, the wall clock for
+	// etcd).
+	now func() time.Time
 	// settle is how long a state change caused by time may take to show
 	// (etcd's lease expiry runs on the leader every 500 ms).
 	settle time.Duration
@@ -37,6 +40,7 @@ func contract(t *testing.T, open func(t *testing.T) env) {
 	t.Run("Quarantine", func(t *testing.T) { testQuarantine(t, open(t)) })
 	t.Run("Expiry", func(t *testing.T) { testExpiry(t, open(t)) })
 	t.Run("RenewedExpiry", func(t *testing.T) { testRenewedExpiry(t, open(t)) })
+	t.Run("StoppedSibling", func(t *testing.T) { testStoppedSibling(t, open(t)) })
 	t.Run("ApplyKeepsHeld", func(t *testing.T) { testApplyKeepsHeld(t, open(t)) })
 	t.Run("Concurrent", func(t *testing.T) { testConcurrent(t, open(t)) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, open(t)) })
@@ -300,6 +304,80 @@ func testRenewedExpiry(t *testing.T, e env) {
 	waitState(t, e, r.ID, Free)
 	if l2 := mustClaim(t, e, "h2", nil); l2.ID != r.ID || l2.Token <= r.Token {
 		t.Fatalf("claim after the quarantine = %+v, want %s with a token above %d", l2, r.ID, r.Token)
+	}
+}
+
+// testStoppedSibling checks that a slice whose holder stops renewing it
+// expires, and goes to another holder after its quarantine, while the
+// holder keeps renewing another slice claimed with the same TTL (which the
+// etcd store keeps on the same etcd lease).
+func testStoppedSibling(t *testing.T, e env) {
+	ctx := context.Background()
+	p := testPool("p", e.q, nil, "192.0.2.10")
+	p.Ports, p.Slice = tuple.MustParsePortSet("2000-2019"), 10 // two slices
+	mustApply(t, e.s, p)
+	a := mustClaim(t, e, "A", nil)
+	b := mustClaim(t, e, "A", nil)
+	step := e.ttl / 4
+	// tick lets a step pass and renews b (only b) after it.
+	tick := func() {
+		t.Helper()
+		e.advance(step)
+		r, err := e.s.Renew(ctx, b)
+		if err != nil {
+			t.Fatalf("Renew of the renewed slice %s: %v", b.ID, err)
+		}
+		b = r
+	}
+	// a expires: quarantined (not free, not held) by the next renew of b
+	// after its expiry, give or take the time a change takes to show.
+	bound := e.now().Add(e.ttl + 2*step + e.settle)
+	for {
+		tick()
+		got := list(t, e.s)[a.ID]
+		if got.State == Quarantined {
+			if got.Holder != "" {
+				t.Fatalf("expired slice lists holder %q", got.Holder)
+			}
+			break
+		}
+		if got.State == Free {
+			t.Fatalf("slice %s went free without a quarantine", a.ID)
+		}
+		if e.now().After(bound) {
+			t.Fatalf("slice %s is %v by %s %v after its expiry while its holder renews %s; want quarantined",
+				a.ID, got.State, got.Holder, e.now().Sub(a.Expires).Round(time.Millisecond), b.ID)
+		}
+	}
+	if _, err := e.s.Claim(ctx, Request{Holder: "B", TTL: e.ttl}); !errors.Is(err, ErrNoSlice) {
+		t.Fatalf("claim by B while %s is quarantined: %v, want ErrNoSlice", a.ID, err)
+	}
+	// After the quarantine B gets a, and never before it.
+	bound = e.now().Add(e.q + 2*step + e.settle)
+	for {
+		tick()
+		l, err := e.s.Claim(ctx, Request{Holder: "B", TTL: e.ttl})
+		if err == nil {
+			if l.ID != a.ID || l.Token <= a.Token || l.Holder != "B" {
+				t.Fatalf("claim by B = %+v, want %s with a token above %d", l, a.ID, a.Token)
+			}
+			if end := a.Expires.Add(e.q); e.now().Before(end) {
+				t.Fatalf("B got %s at %v, before the quarantine's end %v", a.ID, e.now(), end)
+			}
+			break
+		}
+		if !errors.Is(err, ErrNoSlice) {
+			t.Fatalf("claim by B: %v", err)
+		}
+		if e.now().After(bound) {
+			t.Fatalf("claim by B %v after %s's expiry, quarantine %v: %v", e.now().Sub(a.Expires).Round(time.Millisecond), a.ID, e.q, err)
+		}
+	}
+	if _, err := e.s.Renew(ctx, a); !errors.Is(err, ErrLost) {
+		t.Fatalf("Renew of the stopped grant: %v, want ErrLost", err)
+	}
+	if got := list(t, e.s)[b.ID]; got.State != Held || got.Holder != "A" || got.Token != b.Token {
+		t.Fatalf("the renewed slice %+v, want held by A with token %d", got, b.Token)
 	}
 }
 

@@ -113,12 +113,63 @@ type etcdView struct {
 	slot     map[string]slot     // busy slices by ID
 	free     map[string]*freeSet // per pool
 	poolOf   map[string]int      // slice ID -> index in pools
+	// onLease indexes the grants the view knows by their etcd lease, so that
+	// a keep-alive of a lease can find its stale grants (sweepLease).
+	onLease map[int64]map[string]struct{}
 }
+
+// setGrantLocked records slice id's grant reference g (zero: none) in the
+// slot and the lease index; the caller stores the slot.
+func (v *etcdView) setGrantLocked(id string, sl *slot, g grantRef) {
+	if sl.g.lease == g.lease {
+		sl.g = g
+		return
+	}
+	if m := v.onLease[sl.g.lease]; m != nil {
+		delete(m, id)
+		if len(m) == 0 {
+			delete(v.onLease, sl.g.lease)
+		}
+	}
+	sl.g = g
+	if g.lease != 0 {
+		if v.onLease == nil {
+			v.onLease = map[int64]map[string]struct{}{}
+		}
+		m := v.onLease[g.lease]
+		if m == nil {
+			m = map[string]struct{}{}
+			v.onLease[g.lease] = m
+		}
+		m[id] = struct{}{}
+	}
+}
+
+// grantRefOf returns the reference of an h key's grant (zero when the
+// value does not decode).
+func grantRefOf(kv *mvccpb.KeyValue) grantRef {
+	var g grant
+	if json.Unmarshal(kv.Value, &g) != nil {
+		return grantRef{}
+	}
+	return grantRef{lease: kv.Lease, expires: g.Expires, create: kv.CreateRevision, mod: kv.ModRevision}
+}
+
 
 // slot is what the view knows of a busy slice and the revision it knows it at.
 type slot struct {
 	h, b bool
 	rev  int64
+	g    grantRef // the h key's grant, when h and the view has read its value
+}
+
+// grantRef is what the view keeps of a grant for the sweep of stale grants:
+// its etcd lease, its recorded expiry (Unix ns) and its key's revisions.
+type grantRef struct {
+	lease   int64
+	expires int64
+	create  int64
+	mod     int64
 }
 
 // freeSet is a set of slice IDs with O(1) add, remove and random pick.
@@ -217,7 +268,7 @@ func (s *EtcdStore) reqCtx(ctx context.Context) (context.Context, context.Cancel
 func (s *EtcdStore) resync(ctx context.Context) (int64, error) {
 	resp, err := s.cli.Txn(ctx).Then(
 		clientv3.OpGet(s.kPools),
-		clientv3.OpGet(s.pfxH, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		clientv3.OpGet(s.pfxH, clientv3.WithPrefix()),
 		clientv3.OpGet(s.pfxB, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 	).Commit()
 	if err != nil {
@@ -233,6 +284,7 @@ func (s *EtcdStore) resync(ctx context.Context) (int64, error) {
 	s.setPoolsLocked(doc, prev)
 	for id, sl := range s.view.slot {
 		sl.h, sl.b, sl.rev = false, false, rev
+		s.view.setGrantLocked(id, &sl, grantRef{})
 		s.view.slot[id] = sl
 	}
 	for i, pfx := range []string{s.pfxH, s.pfxB} {
@@ -241,6 +293,7 @@ func (s *EtcdStore) resync(ctx context.Context) (int64, error) {
 			sl := s.view.slot[id]
 			if i == 0 {
 				sl.h = true
+				s.view.setGrantLocked(id, &sl, grantRefOf(kv))
 			} else {
 				sl.b = true
 			}
@@ -317,6 +370,9 @@ func (s *EtcdStore) note(id string, h, b bool, rev int64) {
 		return
 	}
 	sl.h, sl.b, sl.rev = h, b, rev
+	if !h {
+		s.view.setGrantLocked(id, &sl, grantRef{})
+	}
 	s.view.slot[id] = sl
 	s.refreshLocked(id)
 }
@@ -396,6 +452,11 @@ func (s *EtcdStore) apply(ev *clientv3.Event) {
 		if rev >= sl.rev {
 			if isH {
 				sl.h = put
+				g := grantRef{}
+				if put {
+					g = grantRefOf(ev.Kv)
+				}
+				s.view.setGrantLocked(id, &sl, g)
 			} else {
 				sl.b = put
 			}
@@ -586,6 +647,7 @@ func (s *EtcdStore) leaseFor(ctx context.Context, holder string, ttl int64) (*he
 			s.mu.Lock()
 			s.leases[k] = n
 			s.mu.Unlock()
+			s.sweepLease(ctx, hl.id, "")
 			return n, nil
 		}
 		if !errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -602,6 +664,38 @@ func (s *EtcdStore) leaseFor(ctx context.Context, holder string, ttl int64) (*he
 	s.leases[k] = n
 	s.mu.Unlock()
 	return n, nil
+}
+
+// sweepLease ends the grants on etcd lease id whose recorded expiry has
+// passed (except slice skip's), each in a transaction guarded by the grant
+// key's revisions, and puts their slices in quarantine. A holder's slices
+// with one TTL share id, so a keep-alive of id (a renew of one of them, or a
+// claim) would otherwise keep a slice whose keeper stopped held past its own
+// expiry; every keep-alive therefore sweeps. The stale grants are found in
+// the view's lease index, so a sweep with none costs no request. Errors are
+// only logged: the next keep-alive sweeps again.
+func (s *EtcdStore) sweepLease(ctx context.Context, id clientv3.LeaseID, skip string) {
+	if id == 0 {
+		return
+	}
+	now := time.Now().UnixNano()
+	type stale struct {
+		id string
+		g  grantRef
+	}
+	var todo []stale
+	s.mu.Lock()
+	for sid := range s.view.onLease[int64(id)] {
+		if g := s.view.slot[sid].g; sid != skip && g.expires <= now {
+			todo = append(todo, stale{sid, g})
+		}
+	}
+	s.mu.Unlock()
+	for _, st := range todo {
+		err := s.end(ctx, Lease{ID: st.id, Token: uint64(st.g.create)}, st.g.mod, "sweep")
+		s.log.Debug("lease: etcd swept a grant past its expiry", "slice", st.id, "token", st.g.create,
+			"expired", time.Unix(0, st.g.expires), "err", err)
+	}
 }
 
 func (s *EtcdStore) forget(holder string, ttl int64, id clientv3.LeaseID) {
@@ -894,7 +988,7 @@ func (s *EtcdStore) Renew(ctx context.Context, l Lease) (Lease, error) {
 		// renews its other slices, but this grant's own expiry has passed:
 		// the renew is too late. End the grant, so that the slice enters
 		// its quarantine instead of staying held by nobody's keeper.
-		if err := s.end(ctx, l, "renew"); err != nil {
+		if err := s.end(ctx, l, 0, "renew"); err != nil {
 			return Lease{}, err
 		}
 		return Lease{}, lost(l, "expired at "+exp.UTC().Format(time.RFC3339Nano))
@@ -927,6 +1021,7 @@ func (s *EtcdStore) Renew(ctx context.Context, l Lease) (Lease, error) {
 	if !resp.Succeeded {
 		return Lease{}, lost(l, "the grant ended during the renew")
 	}
+	s.sweepLease(ctx, clientv3.LeaseID(hk.Lease), l.ID)
 	pool, _, _, _ := parseSliceID(l.ID)
 	if p, ok := s.poolNamed(pool); ok {
 		return s.leaseOf(l.ID, p, g, int64(l.Token)), nil
@@ -944,12 +1039,14 @@ func (s *EtcdStore) Release(ctx context.Context, l Lease) error {
 	if _, _, _, err := s.current(ctx, l); err != nil {
 		return err
 	}
-	return s.end(ctx, l, "release")
+	return s.end(ctx, l, 0, "release")
 }
 
 // end deletes l's grant and puts the slice in its quarantine, in one
-// transaction guarded by l's token; op names the caller in errors.
-func (s *EtcdStore) end(ctx context.Context, l Lease, op string) error {
+// transaction guarded by l's token (and, when mod is not 0, by the grant
+// key's ModRevision, so that a renew in between wins); op names the caller
+// in errors.
+func (s *EtcdStore) end(ctx context.Context, l Lease, mod int64, op string) error {
 	pool, _, _, _ := parseSliceID(l.ID)
 	p, ok := s.poolNamed(pool)
 	q := DefaultQuarantine
@@ -969,8 +1066,15 @@ func (s *EtcdStore) end(ctx context.Context, l Lease, op string) error {
 	} else {
 		ops = append(ops, clientv3.OpDelete(kb))
 	}
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(kh), "=", int64(l.Token))).Then(ops...).Commit()
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(kh), "=", int64(l.Token))}
+	if mod != 0 {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(kh), "=", mod))
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
+		if ql != 0 {
+			s.cli.Revoke(ctx, ql)
+		}
 		return s.errf("%s %s: %w", op, l.ID, err)
 	}
 	if !resp.Succeeded {
@@ -985,6 +1089,10 @@ func (s *EtcdStore) end(ctx context.Context, l Lease, op string) error {
 
 // List returns every slice from one consistent read. A quarantined slice's
 // Expires is the end of its etcd lease (one TimeToLive per distinct lease).
+// A grant whose recorded expiry has passed is listed as quarantined until
+// its expiry plus the quarantine at the earliest: its key is still there
+// only because its holder keeps their shared etcd lease alive with other
+// slices, and the holder's next keep-alive ends it (sweepLease).
 func (s *EtcdStore) List(ctx context.Context) ([]Lease, error) {
 	ctx, cancel := s.reqCtx(ctx)
 	defer cancel()
@@ -1009,13 +1117,20 @@ func (s *EtcdStore) List(ctx context.Context) ([]Lease, error) {
 		busy[strings.TrimPrefix(string(kv.Key), s.pfxB)] = kv
 	}
 	ttls := map[int64]time.Time{}
+	now := time.Now()
 	var out []Lease
 	for _, p := range doc.Pools {
 		for _, l := range slicesOf(p) {
 			if h := held[l.ID]; h != nil {
 				var g grant
 				json.Unmarshal(h.Value, &g)
-				l = s.leaseOf(l.ID, p, g, h.CreateRevision)
+				if exp := time.Unix(0, g.Expires); g.Expires != 0 && !now.Before(exp) {
+					l.State = Quarantined
+					l.Token = uint64(h.CreateRevision)
+					l.Expires = exp.Add(p.Quarantine)
+				} else {
+					l = s.leaseOf(l.ID, p, g, h.CreateRevision)
+				}
 			} else if b := busy[l.ID]; b != nil {
 				l.State = Quarantined
 				l.Token = uint64(b.CreateRevision)

@@ -55,6 +55,7 @@ func TestEtcdContract(t *testing.T) {
 			ttl:     2 * time.Second,
 			q:       time.Second,
 			advance: time.Sleep,
+			now:     time.Now,
 			settle:  3 * time.Second,
 		}
 	})
@@ -306,5 +307,69 @@ func TestEtcdLateRenewWhileSiblingRenewed(t *testing.T) {
 	}
 	if got := list(t, e.s)[b.ID]; got.State != Held || got.Token != b.Token {
 		t.Fatalf("the renewed slice: %+v, want held", got)
+	}
+}
+
+// TestEtcdSweepSparesRenewed checks the guard of the sweep of stale
+// grants: a grant that the view still shows past its expiry, but that was
+// renewed since (its key's ModRevision moved on), is not ended.
+func TestEtcdSweepSparesRenewed(t *testing.T) {
+	c := startEtcd(t, 1)
+	s := openTestEtcd(t, c)
+	e := env{s: s, ttl: 30 * time.Second, q: time.Second}
+	ctx := context.Background()
+	mustApply(t, s, testPool("p", e.q, nil, "192.0.2.10"))
+	a := mustClaim(t, e, "h1", nil)
+	ref := func() grantRef {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.view.slot[a.ID].g
+	}
+	waitRef := func(pred func(grantRef) bool) grantRef {
+		t.Helper()
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if g := ref(); pred(g) {
+				return g
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the view's grant of %s is %+v", a.ID, ref())
+			}
+		}
+	}
+	old := waitRef(func(g grantRef) bool { return g.lease != 0 })
+	if _, err := s.Renew(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	waitRef(func(g grantRef) bool { return g.mod > old.mod })
+	// The view lags: it shows the grant as of the claim, long expired.
+	s.mu.Lock()
+	sl := s.view.slot[a.ID]
+	stale := old
+	stale.expires = time.Now().Add(-time.Minute).UnixNano()
+	s.view.setGrantLocked(a.ID, &sl, stale)
+	s.view.slot[a.ID] = sl
+	s.mu.Unlock()
+	s.sweepLease(ctx, clientv3.LeaseID(old.lease), "")
+	if got := list(t, s)[a.ID]; got.State != Held || got.Token != a.Token {
+		t.Fatalf("after a sweep with a stale view: %+v, want held with token %d", got, a.Token)
+	}
+	// With the view current and the expiry past, the same sweep ends it.
+	resp, err := s.cli.Get(ctx, s.pfxH+a.ID)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("get %s: %v", a.ID, err)
+	}
+	cur := grantRefOf(resp.Kvs[0])
+	s.mu.Lock()
+	sl = s.view.slot[a.ID]
+	cur.expires = time.Now().Add(-time.Minute).UnixNano()
+	s.view.setGrantLocked(a.ID, &sl, cur)
+	s.view.slot[a.ID] = sl
+	s.mu.Unlock()
+	s.sweepLease(ctx, clientv3.LeaseID(old.lease), "")
+	if got := list(t, s)[a.ID]; got.State != Quarantined {
+		t.Fatalf("after a sweep of a grant past its expiry: %+v, want quarantined", got)
+	}
+	if _, err := s.Renew(ctx, a); !errors.Is(err, ErrLost) {
+		t.Fatalf("Renew of the swept grant: %v, want ErrLost", err)
 	}
 }
