@@ -3,6 +3,8 @@ package lease
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -11,6 +13,7 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -155,7 +158,6 @@ func grantRefOf(kv *mvccpb.KeyValue) grantRef {
 	return grantRef{lease: kv.Lease, expires: g.Expires, create: kv.CreateRevision, mod: kv.ModRevision}
 }
 
-
 // slot is what the view knows of a busy slice and the revision it knows it at.
 type slot struct {
 	h, b bool
@@ -207,13 +209,17 @@ func OpenEtcd(ctx context.Context, loc Location, o EtcdOptions) (*EtcdStore, err
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 10 * time.Second
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	cfg := clientv3.Config{
 		Endpoints:            loc.Endpoints,
 		DialTimeout:          o.DialTimeout,
 		DialKeepAliveTime:    2 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
 		Logger:               zap.NewNop(),
-	})
+	}
+	if err := loc.etcdSecurity(&cfg); err != nil {
+		return nil, fmt.Errorf("lease: %s: %w", loc, err)
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("lease: %s: %w", loc, err)
 	}
@@ -236,6 +242,56 @@ func OpenEtcd(ctx context.Context, loc Location, o EtcdOptions) (*EtcdStore, err
 	s.wg.Add(1)
 	go s.follow(rev)
 	return s, nil
+}
+
+// etcdSecurity sets cfg's TLS and authentication from loc, reading the
+// files its options name; errors name the option and the file.
+func (loc Location) etcdSecurity(cfg *clientv3.Config) error {
+	if loc.TLS {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if loc.CACert != "" {
+			pem, err := os.ReadFile(loc.CACert)
+			if err != nil {
+				return fmt.Errorf("cacert=%s: %w", loc.CACert, err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("cacert=%s: no PEM certificate in the file", loc.CACert)
+			}
+			tc.RootCAs = pool
+		}
+		if loc.Cert != "" {
+			c, err := tls.LoadX509KeyPair(loc.Cert, loc.Key)
+			if err != nil {
+				return fmt.Errorf("cert=%s, key=%s: %w", loc.Cert, loc.Key, err)
+			}
+			tc.Certificates = []tls.Certificate{c}
+		}
+		cfg.TLS = tc
+		eps := make([]string, len(cfg.Endpoints))
+		for i, ep := range cfg.Endpoints {
+			eps[i] = "https://" + ep
+		}
+		cfg.Endpoints = eps
+	}
+	if loc.User != "" {
+		cfg.Username, cfg.Password = loc.User, loc.Password
+		if loc.PasswordFile != "" {
+			b, err := os.ReadFile(loc.PasswordFile)
+			if err != nil {
+				return fmt.Errorf("password-file=%s: %w", loc.PasswordFile, err)
+			}
+			pw, _, _ := strings.Cut(string(b), "\n")
+			if pw = strings.TrimSuffix(pw, "\r"); pw == "" {
+				return fmt.Errorf("password-file=%s: the first line is empty", loc.PasswordFile)
+			}
+			cfg.Password = pw
+		}
+		if cfg.Password == "" {
+			return errors.New("user " + loc.User + " has no password (USER:PASSWORD@ or password-file=)")
+		}
+	}
+	return nil
 }
 
 // Location returns the store's parsed URL.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -371,5 +373,145 @@ func TestEtcdSweepSparesRenewed(t *testing.T) {
 	}
 	if _, err := s.Renew(ctx, a); !errors.Is(err, ErrLost) {
 		t.Fatalf("Renew of the swept grant: %v, want ErrLost", err)
+	}
+}
+
+// exercise runs a claim's life on s under a fresh pool: apply, claim,
+// watch event, renew, list, release.
+func exercise(t *testing.T, s Store) {
+	t.Helper()
+	ctx := context.Background()
+	mustApply(t, s, testPool("p", time.Second, nil, "192.0.2.10"))
+	ch, err := s.(Watcher).Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := env{s: s, ttl: 30 * time.Second}
+	l := mustClaim(t, e, "h1", nil)
+	// The watch may start after the claim: renew until it reports one.
+	var r Lease
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if r, err = s.Renew(ctx, l); err != nil {
+			t.Fatalf("Renew: %v", err)
+		}
+		select {
+		case <-ch:
+		case <-time.After(200 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("no watch event after a claim and renews")
+			}
+			continue
+		}
+		break
+	}
+	if got := list(t, s)[l.ID]; got.State != Held || got.Token != l.Token || got.Holder != "h1" {
+		t.Fatalf("List: %+v", got)
+	}
+	if err := s.Release(ctx, r); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+}
+
+// openFails opens url with a 1 s dial timeout and returns the error,
+// failing the test if the open works or does not name the URL as shown.
+func openFails(t *testing.T, url, shown string) error {
+	t.Helper()
+	loc, err := ParseURL(url)
+	if err != nil {
+		t.Fatalf("ParseURL(%q): %v", url, err)
+	}
+	s, err := OpenEtcd(context.Background(), loc, EtcdOptions{DialTimeout: time.Second})
+	if err == nil {
+		s.Close()
+		t.Fatalf("Open(%q) worked", shown)
+	}
+	if !strings.Contains(err.Error(), shown) {
+		t.Fatalf("Open(%q): error %q does not name the URL", shown, err)
+	}
+	return err
+}
+
+// TestEtcdTLS runs a store against a real etcd member that serves clients
+// only over TLS and wants client certificates (a throwaway CA made by the
+// test): it works with the CA and the client certificate, and fails,
+// naming the URL, without the client certificate, with another CA, over
+// plain etcd://, and with a CA file that is missing or not PEM.
+func TestEtcdTLS(t *testing.T) {
+	c := leasetest.StartEtcdTLS(t)
+	url := c.URL("tls")
+	s, err := Open(context.Background(), url)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", url, err)
+	}
+	defer s.Close()
+	exercise(t, s)
+
+	ep := c.Clients[0]
+	f := c.TLS
+	other := leasetest.NewTLSFiles(t, "127.0.0.1")
+	for _, tc := range []struct{ name, url, why string }{
+		{"no client certificate", "etcds://" + ep + "/tls?cacert=" + f.CA, "no member answered"},
+		{"another CA", "etcds://" + ep + "/tls?cacert=" + other.CA + "&cert=" + f.ClientCert + "&key=" + f.ClientKey, "no member answered"},
+		{"another CA's client certificate", "etcds://" + ep + "/tls?cacert=" + f.CA + "&cert=" + other.ClientCert + "&key=" + other.ClientKey, "no member answered"},
+		{"plain etcd://", "etcd://" + ep + "/tls", "no member answered"},
+		{"missing CA file", "etcds://" + ep + "/tls?cacert=" + f.CA + ".missing", "cacert=" + f.CA + ".missing: open"},
+		{"CA file not PEM", "etcds://" + ep + "/tls?cacert=" + f.ClientKey + "x", "cacert=" + f.ClientKey + "x"},
+		{"key of another certificate", "etcds://" + ep + "/tls?cacert=" + f.CA + "&cert=" + f.ClientCert + "&key=" + f.ServerKey, "cert=" + f.ClientCert + ", key=" + f.ServerKey},
+	} {
+		if tc.name == "CA file not PEM" {
+			if err := os.WriteFile(f.ClientKey+"x", []byte("not a certificate\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err := openFails(t, tc.url, tc.url)
+		if !strings.Contains(err.Error(), tc.why) {
+			t.Errorf("%s: %v, want it to say %q", tc.name, err, tc.why)
+		}
+	}
+}
+
+// TestEtcdAuth runs a store against a real etcd member with
+// authentication enabled (a root user, and user ps whose role may read and
+// write /auth/ only): USER:PASSWORD@ and password-file= work; a wrong
+// password, no credentials and a prefix outside the role fail, naming the
+// URL with the password redacted.
+func TestEtcdAuth(t *testing.T) {
+	c := startEtcd(t, 1)
+	c.EnableAuth("ps", "s3cr%t", "/auth/", "r00t")
+	ep := c.Clients[0]
+	url := "etcd://ps:s3cr%25t@" + ep + "/auth"
+	s, err := Open(context.Background(), url)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	exercise(t, s)
+
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("s3cr%t\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(context.Background(), "etcd://ps@"+ep+"/auth?password-file="+pw)
+	if err != nil {
+		t.Fatalf("Open with password-file: %v", err)
+	}
+	defer s2.Close()
+	if got := list(t, s2); len(got) != 4 {
+		t.Fatalf("List with password-file: %d slices, want 4", len(got))
+	}
+
+	for _, tc := range []struct{ name, url, shown, why string }{
+		{"wrong password", "etcd://ps:wrong@" + ep + "/auth", "etcd://ps:xxxxx@" + ep + "/auth", "authentication failed"},
+		{"no credentials", "etcd://" + ep + "/auth", "etcd://" + ep + "/auth", "user name is empty"},
+		{"outside the role", "etcd://ps:s3cr%25t@" + ep + "/other", "etcd://ps:xxxxx@" + ep + "/other", "permission denied"},
+		{"missing password file", "etcd://ps@" + ep + "/auth?password-file=" + pw + ".missing", "etcd://ps@" + ep + "/auth?password-file=" + pw + ".missing", "password-file=" + pw + ".missing: open"},
+	} {
+		err := openFails(t, tc.url, tc.shown)
+		if !strings.Contains(err.Error(), tc.why) {
+			t.Errorf("%s: %v, want it to say %q", tc.name, err, tc.why)
+		}
+		if strings.Contains(err.Error(), "wrong") || strings.Contains(err.Error(), "s3cr") {
+			t.Errorf("%s: error %q shows the password", tc.name, err)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package lease
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -160,6 +161,78 @@ func TestParseURL(t *testing.T) {
 	}
 }
 
+// TestParseURLSecurity checks the etcd URL's TLS and authentication parts,
+// and that malformed ones are refused with the URL named, its password
+// redacted.
+func TestParseURLSecurity(t *testing.T) {
+	for _, tc := range []struct {
+		in, str string
+		want    Location
+	}{
+		{"etcds://127.0.0.1:2379,127.0.0.1:22379?cacert=/etc/ca.pem&cert=/etc/c.pem&key=/etc/c.key",
+			"etcds://127.0.0.1:2379,127.0.0.1:22379?cacert=/etc/ca.pem&cert=/etc/c.pem&key=/etc/c.key",
+			Location{Kind: "etcd", TLS: true, Endpoints: []string{"127.0.0.1:2379", "127.0.0.1:22379"}, Prefix: DefaultEtcdPrefix,
+				CACert: "/etc/ca.pem", Cert: "/etc/c.pem", Key: "/etc/c.key"}},
+		{"etcds://h:1", "etcds://h:1", Location{Kind: "etcd", TLS: true, Endpoints: []string{"h:1"}, Prefix: DefaultEtcdPrefix}},
+		{"etcd://ps:s%40cr%2Ft@127.0.0.1:2379/fleet", "etcd://ps:xxxxx@127.0.0.1:2379/fleet",
+			Location{Kind: "etcd", Endpoints: []string{"127.0.0.1:2379"}, Prefix: "/fleet/", User: "ps", Password: "s@cr/t"}},
+		{"etcds://ps@[::1]:2379/p?password-file=/run/pw&cacert=ca%20file.pem", "etcds://ps@[::1]:2379/p?cacert=ca+file.pem&password-file=/run/pw",
+			Location{Kind: "etcd", TLS: true, Endpoints: []string{"[::1]:2379"}, Prefix: "/p/", User: "ps", PasswordFile: "/run/pw", CACert: "ca file.pem"}},
+		{"etcd://a%3Ab:pw@h:1", "etcd://a%3Ab:xxxxx@h:1", Location{Kind: "etcd", Endpoints: []string{"h:1"}, Prefix: DefaultEtcdPrefix, User: "a:b", Password: "pw"}},
+	} {
+		got, err := ParseURL(tc.in)
+		if err != nil {
+			t.Errorf("ParseURL(%q): %v", tc.in, err)
+			continue
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("ParseURL(%q) = %+v, want %+v", tc.in, got, tc.want)
+		}
+		if got.String() != tc.str {
+			t.Errorf("ParseURL(%q).String() = %q, want %q", tc.in, got.String(), tc.str)
+		}
+	}
+	for _, tc := range []struct{ in, shown, why string }{
+		{"etcd://h:1?cacert=/ca.pem", "", "option cacert needs TLS: use etcds://"},
+		{"etcds://h:1?cert=/c.pem", "", "options cert and key go together"},
+		{"etcds://h:1?key=/c.key", "", "options cert and key go together"},
+		{"etcds://h:1?cacert=", "", `option "cacert=": want cacert=VALUE`},
+		{"etcds://h:1?cacert", "", `option "cacert": want cacert=VALUE`},
+		{"etcds://h:1?", "", "empty options after ?"},
+		{"etcds://h:1?cacert=a&cacert=b", "", "option cacert given twice"},
+		{"etcds://h:1?ca=x", "", `unknown option "ca" (want cacert, cert, key, password-file)`},
+		{"etcds://h:1?cacert=%zz", "", "option cacert: invalid URL escape"},
+		{"etcd://h:1#frag", "", "fragments (#) are not supported"},
+		{"etcd://:pw@h:1", "etcd://:xxxxx@h:1", "empty user before @"},
+		{"etcd://u:@h:1", "etcd://u:xxxxx@h:1", "empty password after USER:"},
+		{"etcd://u@h:1", "", `user "u" has no password`},
+		{"etcd://h:1?password-file=/pw", "", "option password-file needs a user"},
+		{"etcd://u:pw@h:1?password-file=/pw", "etcd://u:xxxxx@h:1?password-file=/pw", "a password and option password-file: give one"},
+		{"etcd://u:sec%zz@h:1", "etcd://u:xxxxx@h:1", "password: bad percent-encoding"},
+		{"etcd://u:se/cret@h:1", "etcd://u:xxxxx@h:1", "endpoint"},
+		{"etcds://", "", "no endpoints (want etcds://"},
+		{"etcd://u:pw@", "etcd://u:xxxxx@", "no endpoints"},
+	} {
+		_, err := ParseURL(tc.in)
+		shown := tc.shown
+		if shown == "" {
+			shown = tc.in
+		}
+		if !errors.Is(err, ErrURL) {
+			t.Errorf("ParseURL(%q) = %v, want ErrURL", tc.in, err)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, fmt.Sprintf("%q", shown)) || !strings.Contains(msg, tc.why) {
+			t.Errorf("ParseURL(%q): error %q, want it to name %q and say %q", tc.in, msg, shown, tc.why)
+		}
+		for _, secret := range []string{"pw", "cret", "sec"} {
+			if strings.Contains(tc.in, ":"+secret) && strings.Contains(err.Error(), ":"+secret) {
+				t.Errorf("ParseURL(%q): error %q shows the password", tc.in, err)
+			}
+		}
+	}
+}
+
 func TestStateDir(t *testing.T) {
 	t.Setenv("PORTSPACE_STATE", "/srv/ps")
 	if d, _ := StateDir(); d != "/srv/ps" {
@@ -208,7 +281,8 @@ func FuzzParsePools(f *testing.F) {
 }
 
 func FuzzParseURL(f *testing.F) {
-	for _, s := range []string{"", "bolt:", "bolt:/x.db", "bolt:///x", "etcd://127.0.0.1:2379", "etcd://[::1]:1,h:2/p", "etcd://", "x://y"} {
+	for _, s := range []string{"", "bolt:", "bolt:/x.db", "bolt:///x", "etcd://127.0.0.1:2379", "etcd://[::1]:1,h:2/p", "etcd://", "x://y",
+		"etcds://u:p%40w@h:1/p?cacert=/ca&cert=c&key=k", "etcd://u@h:1?password-file=/f"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -43,7 +43,7 @@ type leaseFlags struct {
 }
 
 func (f *leaseFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.store, "store", "", "store URL: bolt:PATH or etcd://HOST:PORT[,HOST:PORT...] (default: bolt: in the state directory)")
+	cmd.Flags().StringVar(&f.store, "store", "", "store URL: bolt:PATH, etcd://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...][/PREFIX] or etcds://...?cacert=FILE&cert=FILE&key=FILE (default: bolt: in the state directory)")
 	cmd.Flags().BoolVar(&f.asJSON, "json", false, "print JSON on standard output")
 }
 
@@ -66,7 +66,10 @@ claim a slice for a holder by traits, renew or release it, list every slice.
 The store is --store URL: bolt:PATH (one machine, any number of processes;
 the default is bolt: = leases.db in $PORTSPACE_STATE, else /var/lib/portspace
 as root, else $XDG_STATE_HOME/portspace) or etcd://HOST:PORT[,HOST:PORT...]
-(a fleet; etcd 3.4 or later). See docs/lease.md.`,
+(a fleet; etcd 3.4 or later). etcds:// speaks TLS, with the options
+?cacert=FILE&cert=FILE&key=FILE; USER:PASSWORD@ before the hosts (or USER@
+with ?password-file=FILE) authenticates with etcd's users and roles. See
+docs/lease.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}

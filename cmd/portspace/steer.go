@@ -21,7 +21,7 @@ type steerFlags struct {
 
 func (f *steerFlags) register(cmd *cobra.Command) {
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&f.store, "store", "", `lease store URL: "bolt:PATH" or "etcd://HOST:PORT,..." (default: the embedded store in the state directory)`)
+	pf.StringVar(&f.store, "store", "", `lease store URL: "bolt:PATH", "etcd://[USER:PASSWORD@]HOST:PORT,..." or "etcds://HOST:PORT,...?cacert=FILE&cert=FILE&key=FILE" (default: the embedded store in the state directory; see docs/lease.md)`)
 	pf.Uint32Var(&f.priority, "priority", steer.DefaultPriority, "first of the 100 rule priorities steer owns")
 	pf.Uint32Var(&f.tableBase, "table-base", steer.DefaultTableBase, "first of the tables steer owns (the catch-all; hosts get the next 999)")
 	pf.StringVar(&f.nftTable, "nft-table", steer.DefaultNFTable, "name of the inet nftables table steer owns")

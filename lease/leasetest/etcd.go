@@ -25,9 +25,12 @@ type Etcd struct {
 	t testing.TB
 	// Clients are the members' client endpoints, host:port.
 	Clients []string
-	cmds    []*exec.Cmd
-	names   []string
-	dead    []bool
+	// TLS, when the members serve clients over TLS (StartEtcdTLS), is what
+	// a client needs: the CA and a client certificate.
+	TLS   *TLSFiles
+	cmds  []*exec.Cmd
+	names []string
+	dead  []bool
 }
 
 // FreePorts returns n loopback TCP ports that were free a moment ago.
@@ -57,7 +60,7 @@ func StartEtcd(t testing.TB, n int) *Etcd {
 	t.Helper()
 	netnstest.RequireCommand(t, "etcd")
 	for try := 1; ; try++ {
-		c, log := tryStartEtcd(t, n)
+		c, log := tryStartEtcd(t, n, nil)
 		if c != nil {
 			return c
 		}
@@ -67,10 +70,35 @@ func StartEtcd(t testing.TB, n int) *Etcd {
 	}
 }
 
-func tryStartEtcd(t testing.TB, n int) (*Etcd, []byte) {
+// StartEtcdTLS starts a one-member cluster that serves clients only over
+// TLS with a certificate of a throwaway CA (for 127.0.0.1) and requires
+// client certificates of that CA; c.TLS names the files a client needs.
+func StartEtcdTLS(t testing.TB) *Etcd {
+	t.Helper()
+	netnstest.RequireCommand(t, "etcd")
+	f := NewTLSFiles(t, "127.0.0.1")
+	for try := 1; ; try++ {
+		c, log := tryStartEtcd(t, 1, f)
+		if c != nil {
+			return c
+		}
+		if try == 3 {
+			t.Fatalf("etcd (TLS) has no leader after 3 starts; log:\n%s", log)
+		}
+	}
+}
+
+func tryStartEtcd(t testing.TB, n int, tf *TLSFiles) (*Etcd, []byte) {
 	dir := t.TempDir()
 	ports := FreePorts(t, 2*n)
-	c := &Etcd{t: t, dead: make([]bool, n)}
+	c := &Etcd{t: t, dead: make([]bool, n), TLS: tf}
+	scheme := "http://"
+	var extra []string
+	if tf != nil {
+		scheme = "https://"
+		extra = []string{"--cert-file", tf.ServerCert, "--key-file", tf.ServerKey,
+			"--client-cert-auth", "--trusted-ca-file", tf.CA}
+	}
 	var initial []string
 	for i := range n {
 		c.names = append(c.names, fmt.Sprintf("m%d", i))
@@ -79,7 +107,7 @@ func tryStartEtcd(t testing.TB, n int) (*Etcd, []byte) {
 	}
 	for i := range n {
 		peer := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
-		client := "http://" + c.Clients[i]
+		client := scheme + c.Clients[i]
 		log, err := os.Create(filepath.Join(dir, c.names[i]+".log"))
 		if err != nil {
 			t.Fatal(err)
@@ -93,6 +121,7 @@ func tryStartEtcd(t testing.TB, n int) (*Etcd, []byte) {
 			"--initial-cluster-state", "new", "--initial-cluster-token", filepath.Base(dir),
 			"--heartbeat-interval", "100", "--election-timeout", "1000",
 			"--logger", "zap", "--log-level", "error")
+		cmd.Args = append(cmd.Args, extra...)
 		cmd.Stdout, cmd.Stderr = log, log
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -121,9 +150,60 @@ func tryStartEtcd(t testing.TB, n int) (*Etcd, []byte) {
 	return c, nil
 }
 
-// URL returns the store URL for the cluster under prefix.
+// URL returns the store URL for the cluster under prefix (etcds:// with
+// the CA and client certificate options for a TLS cluster).
 func (c *Etcd) URL(prefix string) string {
+	if c.TLS != nil {
+		return "etcds://" + strings.Join(c.Clients, ",") + "/" + prefix +
+			"?cacert=" + c.TLS.CA + "&cert=" + c.TLS.ClientCert + "&key=" + c.TLS.ClientKey
+	}
 	return "etcd://" + strings.Join(c.Clients, ",") + "/" + prefix
+}
+
+// client returns a client of member ep (with the root user's credentials
+// when user is set).
+func (c *Etcd) client(ep, user, password string) (*clientv3.Client, error) {
+	cfg := clientv3.Config{Endpoints: []string{ep}, DialTimeout: time.Second, Logger: zap.NewNop(), Username: user, Password: password}
+	if c.TLS != nil {
+		tc, err := c.TLS.ClientConfig()
+		if err != nil {
+			return nil, err
+		}
+		cfg.TLS = tc
+		cfg.Endpoints = []string{"https://" + ep}
+	}
+	return clientv3.New(cfg)
+}
+
+// EnableAuth turns on etcd's authentication: a root user (password
+// rootPassword), and user with password whose role may read and write the
+// keys under prefix only.
+func (c *Etcd) EnableAuth(user, password, prefix, rootPassword string) {
+	c.t.Helper()
+	cli, err := c.client(c.Clients[0], "", "")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	steps := []func() error{
+		func() error { _, err := cli.UserAdd(ctx, "root", rootPassword); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.RoleAdd(ctx, user); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, user, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserAdd(ctx, user, password); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, user, user); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			c.t.Fatalf("etcd auth setup step %d: %v", i, err)
+		}
+	}
 }
 
 // Leader returns the index of the current leader among live members, or -1.
@@ -132,7 +212,7 @@ func (c *Etcd) Leader() int {
 		if c.dead[i] {
 			continue
 		}
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: time.Second, Logger: zap.NewNop()})
+		cli, err := c.client(ep, "", "")
 		if err != nil {
 			continue
 		}
