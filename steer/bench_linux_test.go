@@ -1,11 +1,13 @@
 package steer
 
 import (
-	"encoding/json"
+	"bufio"
 	"flag"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +15,7 @@ import (
 	"github.com/portspace/portspace/lease"
 )
 
-var fwdTime = flag.Duration("steer.fwdtime", time.Second, "iperf3 run time per BenchmarkForward measurement")
+var fwdTime = flag.Duration("steer.fwdtime", time.Second, "BenchmarkForward: measured time per segment (one plan) of each pair")
 
 // BenchmarkApply1000 applies the plan of 1,000 slices held by 100 hosts to
 // a fresh gateway namespace in each form (from nothing, as at start-up),
@@ -64,48 +66,133 @@ func BenchmarkApply1000(b *testing.B) {
 	}
 }
 
-// iperf runs iperf3 from host h (source 192.0.2.10, ephemeral ports inside
-// its slice) to the server in reverse mode, so that the data flows
-// internet -> gateway -> host through the steering, and returns the
-// received rate in bit/s.
-func iperf(b *testing.B, f *fleet, udp bool) float64 {
+// forwardSlack is how long after an apply's end an interval report may
+// start and still be counted: under load iperf3's reports come a little late.
+const forwardSlack = 20 * time.Millisecond
+
+// forwardInterval is how often iperf3 reports the received rate in
+// BenchmarkForward; a segment counts the reports that began after its
+// plan was applied.
+const forwardInterval = 250 * time.Millisecond
+
+// stream is one iperf3 session from the measured host (source 192.0.2.10,
+// ephemeral ports inside its slice) to the server in reverse mode, so that
+// the data flows internet -> gateway -> host through the steering. It runs
+// until stop and delivers the client's (the receiver's) interval reports,
+// each stamped with its arrival, on reports.
+type stream struct {
+	cmd     *exec.Cmd
+	reports chan iperfReport
+	done    chan error
+}
+
+// iperfReport is one interval report and when it arrived.
+type iperfReport struct {
+	iperfInterval
+	at time.Time
+}
+
+func startStream(b *testing.B, f *fleet, udp bool) *stream {
 	b.Helper()
-	args := []string{"iperf3", "-c", "203.0.113.2", "-p", "5201", "-B", shared.String(), "-R", "-J",
-		"-t", fmt.Sprintf("%.1f", fwdTime.Seconds())}
+	args := []string{"netns", "exec", f.hosts[0].Name, "iperf3", "-c", "203.0.113.2", "-p", "5201", "-B", shared.String(), "-R",
+		"-t", "86400", "-i", fmt.Sprint(forwardInterval.Seconds()), "--forceflush"}
 	if udp {
 		args = append(args, "-u", "-b", "0", "-l", "256")
 	}
-	out, err := f.hosts[0].Run(args[0], args[1:]...)
-	if err != nil {
-		b.Fatal(err)
+	for try := 1; ; try++ {
+		st := &stream{cmd: exec.Command("ip", args...), reports: make(chan iperfReport, 4096), done: make(chan error, 1)}
+		out, err := st.cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var stderr strings.Builder
+		st.cmd.Stderr = &stderr
+		if err := st.cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		var text strings.Builder
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if iv, ok := parseIperfInterval(sc.Text()); ok {
+					st.reports <- iperfReport{iv, time.Now()}
+				} else if text.Len() < 4096 {
+					text.WriteString(sc.Text() + "\n")
+				}
+			}
+			close(st.reports)
+			st.done <- st.cmd.Wait()
+		}()
+		// The server serves one test at a time: the previous subtest's may
+		// still be winding down.
+		select {
+		case _, ok := <-st.reports:
+			if ok {
+				return st
+			}
+		case <-time.After(10 * time.Second):
+			st.stop()
+			b.Fatalf("iperf3: no interval report within 10 s:\n%s%s", text.String(), stderr.String())
+		}
+		err = <-st.done
+		if try == 5 || !strings.Contains(text.String()+stderr.String(), "busy") {
+			b.Fatalf("iperf3: %v\n%s%s", err, text.String(), stderr.String())
+		}
+		time.Sleep(time.Second)
 	}
-	var r struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-			Sum struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-				LostPercent   float64 `json:"lost_percent"`
-			} `json:"sum"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		b.Fatalf("iperf3 output: %v\n%s", err, out)
-	}
-	if udp {
-		return r.End.Sum.BitsPerSecond * (1 - r.End.Sum.LostPercent/100)
-	}
-	return r.End.SumReceived.BitsPerSecond
 }
 
-// BenchmarkForward measures iperf3's rate through the gateway to a host
-// whose slice is steered among 1 slice and among 1,000 (101 hosts; the
-// measured host's slice and table are the last, the worst case of both
-// forms' rule walks), for each form,
-// back to back in one run, TCP and 256-byte UDP datagrams. It reports each
-// rate and the ratio 1000/1 (the nft target: at least 0.9). Use
-// -steer.fwdtime for longer runs (docs/steer.md).
+// stop ends the session (SIGINT: iperf3 tells the server it is done).
+func (st *stream) stop() {
+	st.cmd.Process.Signal(os.Interrupt)
+	for range st.reports {
+	}
+	<-st.done
+}
+
+// measure applies p in form and returns the mean received rate (bit/s)
+// over the next d of interval reports that began after the apply ended.
+func (st *stream) measure(b *testing.B, g *Gateway, p Plan, form Form, d time.Duration) float64 {
+	b.Helper()
+	if _, err := g.Apply(p, form); err != nil {
+		b.Fatal(err)
+	}
+	applied := time.Now()
+	var bits, secs float64
+	for secs < d.Seconds() {
+		var r iperfReport
+		var ok bool
+		select {
+		case r, ok = <-st.reports:
+		case <-time.After(10 * time.Second):
+			b.Fatal("iperf3: no interval report for 10 s")
+		}
+		if !ok {
+			b.Fatal("iperf3 ended")
+		}
+		if r.at.Add(-r.Duration).Before(applied.Add(forwardSlack)) {
+			continue // began before (or while) the plan was applied
+		}
+		bits += r.BitsPerSecond * r.Duration.Seconds()
+		secs += r.Duration.Seconds()
+	}
+	return bits / secs
+}
+
+// BenchmarkForward measures the received rate through the gateway at a
+// host whose slice is steered among 1 slice and among 1,000 (101 hosts;
+// the measured host's slice and table are the last, the worst case of both
+// forms' rule walks), for each form, TCP and 256-byte UDP datagrams.
+//
+// One iperf3 session runs through each subtest while the gateway's plan
+// switches between the two: every iteration is a pair of segments, one
+// with each plan (1 then 1,000, then 1,000 then 1, and so on, so that a
+// steady drift in the machine's load cancels), each counting
+// -steer.fwdtime of iperf3's quarter-second reports that began after its
+// plan was applied. It reports the mean rates and the median of the pairs'
+// ratios 1000/1 with its quartiles (the nft target: at least 0.9): adjacent
+// segments see nearly the same load from the rest of the machine, and the
+// median drops the pairs that a burst of it hit (docs/steer.md).
 func BenchmarkForward(b *testing.B) {
 	netnstest.RequireRoot(b)
 	netnstest.RequireCommand(b, "iperf3")
@@ -121,35 +208,50 @@ func BenchmarkForward(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
+	time.Sleep(200 * time.Millisecond) // the server's listen
 	g, err := OpenGateway(nsPath(f.gw))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer g.Close()
 	all := manySlices(1000, 100)
-	one := all[len(all)-1:]
+	plan := func(ls []lease.Lease) Plan {
+		p, err := NewPlan(ls, t0, Options{}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return p
+	}
+	one, many := plan(all[len(all)-1:]), plan(all)
 	for _, proto := range []string{"tcp", "udp"} {
 		for _, form := range []Form{FormNFT, FormIP} {
 			b.Run(proto+"/"+form.String(), func(b *testing.B) {
-				var r1, rN float64
-				for b.Loop() {
-					for _, c := range []struct {
-						ls   []lease.Lease
-						rate *float64
-					}{{one, &r1}, {all, &rN}} {
-						p, err := NewPlan(c.ls, t0, Options{}, nil)
-						if err != nil {
-							b.Fatal(err)
-						}
-						if _, err := g.Apply(p, form); err != nil {
-							b.Fatal(err)
-						}
-						*c.rate += iperf(b, f, proto == "udp")
-					}
+				if _, err := g.Apply(one, form); err != nil {
+					b.Fatal(err)
 				}
-				b.ReportMetric(r1/float64(b.N)/1e6, "Mbit/s-1slice")
-				b.ReportMetric(rN/float64(b.N)/1e6, "Mbit/s-1000slices")
-				b.ReportMetric(rN/r1, "ratio")
+				st := startStream(b, f, proto == "udp")
+				defer st.stop()
+				st.measure(b, g, one, form, time.Second) // warm-up: slow start, ARP
+				var r1, rN float64
+				var ratios []float64
+				for i := 0; b.Loop(); i++ {
+					var a, n float64
+					if i%2 == 0 {
+						a = st.measure(b, g, one, form, *fwdTime)
+						n = st.measure(b, g, many, form, *fwdTime)
+					} else {
+						n = st.measure(b, g, many, form, *fwdTime)
+						a = st.measure(b, g, one, form, *fwdTime)
+					}
+					r1, rN = r1+a, rN+n
+					ratios = append(ratios, n/a)
+				}
+				q1, med, q3 := quartiles(ratios)
+				b.ReportMetric(r1/float64(len(ratios))/1e6, "Mbit/s-1slice")
+				b.ReportMetric(rN/float64(len(ratios))/1e6, "Mbit/s-1000slices")
+				b.ReportMetric(med, "ratio")
+				b.ReportMetric(q1, "ratio-q1")
+				b.ReportMetric(q3, "ratio-q3")
 			})
 		}
 	}
