@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"flag"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -86,13 +88,42 @@ type stream struct {
 	done    chan error
 }
 
-// iperfReport is one interval report and when it arrived.
+// iperfReport is one interval report, when it arrived, and the CPU time
+// (ns) the two iperf3 processes had used by then.
 type iperfReport struct {
 	iperfInterval
-	at time.Time
+	at  time.Time
+	cpu int64
 }
 
-func startStream(b *testing.B, f *fleet, udp bool) *stream {
+// cpuTime returns the on-CPU time in ns of processes pids (single-threaded
+// iperf3 3.12) from /proc/PID/schedstat. With no IRQ time accounting in the
+// kernel (CONFIG_IRQ_TIME_ACCOUNTING unset, as here), it includes the
+// softirq work done in their context: the sender's packets cross the
+// gateway's prerouting and routing in the sender's own softirq, unless the
+// kernel defers them to ksoftirqd.
+func cpuTime(pids ...int) int64 {
+	var sum int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
+		if err != nil {
+			return -1
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return -1
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return -1
+		}
+		sum += n
+	}
+	return sum
+}
+
+// startStream starts the session; server is the iperf3 server's PID.
+func startStream(b *testing.B, f *fleet, udp bool, server int) *stream {
 	b.Helper()
 	args := []string{"netns", "exec", f.hosts[0].Name, "iperf3", "-c", "203.0.113.2", "-p", "5201", "-B", shared.String(), "-R",
 		"-t", "86400", "-i", fmt.Sprint(forwardInterval.Seconds()), "--forceflush"}
@@ -115,7 +146,7 @@ func startStream(b *testing.B, f *fleet, udp bool) *stream {
 			sc := bufio.NewScanner(out)
 			for sc.Scan() {
 				if iv, ok := parseIperfInterval(sc.Text()); ok {
-					st.reports <- iperfReport{iv, time.Now()}
+					st.reports <- iperfReport{iv, time.Now(), cpuTime(server, st.cmd.Process.Pid)}
 				} else if text.Len() < 4096 {
 					text.WriteString(sc.Text() + "\n")
 				}
@@ -151,14 +182,17 @@ func (st *stream) stop() {
 }
 
 // measure applies p in form and returns the mean received rate (bit/s)
-// over the next d of interval reports that began after the apply ended.
-func (st *stream) measure(b *testing.B, g *Gateway, p Plan, form Form, d time.Duration) float64 {
+// over the next d of interval reports that began after the apply ended,
+// and the iperf3 processes' CPU time per received bit over those reports
+// (ns/bit; NaN when /proc cannot tell).
+func (st *stream) measure(b *testing.B, g *Gateway, p Plan, form Form, d time.Duration) (rate, cost float64) {
 	b.Helper()
 	if _, err := g.Apply(p, form); err != nil {
 		b.Fatal(err)
 	}
 	applied := time.Now()
 	var bits, secs float64
+	var cpu0, cpu1 int64 = -1, -1
 	for secs < d.Seconds() {
 		var r iperfReport
 		var ok bool
@@ -171,12 +205,18 @@ func (st *stream) measure(b *testing.B, g *Gateway, p Plan, form Form, d time.Du
 			b.Fatal("iperf3 ended")
 		}
 		if r.at.Add(-r.Duration).Before(applied.Add(forwardSlack)) {
-			continue // began before (or while) the plan was applied
+			cpu0 = r.cpu // began before (or while) the plan was applied
+			continue
 		}
 		bits += r.BitsPerSecond * r.Duration.Seconds()
 		secs += r.Duration.Seconds()
+		cpu1 = r.cpu
 	}
-	return bits / secs
+	cost = math.NaN()
+	if cpu0 >= 0 && cpu1 >= cpu0 && bits > 0 {
+		cost = float64(cpu1-cpu0) / bits
+	}
+	return bits / secs, cost
 }
 
 // BenchmarkForward measures the received rate through the gateway at a
@@ -192,10 +232,17 @@ func (st *stream) measure(b *testing.B, g *Gateway, p Plan, form Form, d time.Du
 // plan was applied. It reports the mean rates and the median of the pairs'
 // ratios 1000/1 with its quartiles (the nft target: at least 0.9): adjacent
 // segments see nearly the same load from the rest of the machine, and the
-// median drops the pairs that a burst of it hit (docs/steer.md).
+// median drops the pairs that a burst of it hit. It also reports
+// cpuratio, the median of the pairs' ratios of the iperf3 processes' CPU
+// time per received bit (1 slice over 1,000), which does not depend on the
+// share of the CPU that the rest of the machine leaves them
+// (docs/steer.md).
 func BenchmarkForward(b *testing.B) {
 	netnstest.RequireRoot(b)
 	netnstest.RequireCommand(b, "iperf3")
+	if *fwdTime <= 0 {
+		b.Fatalf("-steer.fwdtime %v: want a positive duration", *fwdTime)
+	}
 	f := newFleet(b, 1)
 	f.hosts[0].MustRun(b, "sysctl", "-qw", "net.ipv4.ip_local_port_range=64960 65023")
 	// The other 100 hosts (10.0.0.3-102) exist only as next hops on-link.
@@ -229,22 +276,25 @@ func BenchmarkForward(b *testing.B) {
 				if _, err := g.Apply(one, form); err != nil {
 					b.Fatal(err)
 				}
-				st := startStream(b, f, proto == "udp")
+				st := startStream(b, f, proto == "udp", srv.Process.Pid)
 				defer st.stop()
-				st.measure(b, g, one, form, time.Second) // warm-up: slow start, ARP
+				st.measure(b, g, one, form, 500*time.Millisecond) // warm-up: slow start, ARP
 				var r1, rN float64
-				var ratios []float64
+				var ratios, cpuRatios []float64
 				for i := 0; b.Loop(); i++ {
-					var a, n float64
+					var a, n, ca, cn float64
 					if i%2 == 0 {
-						a = st.measure(b, g, one, form, *fwdTime)
-						n = st.measure(b, g, many, form, *fwdTime)
+						a, ca = st.measure(b, g, one, form, *fwdTime)
+						n, cn = st.measure(b, g, many, form, *fwdTime)
 					} else {
-						n = st.measure(b, g, many, form, *fwdTime)
-						a = st.measure(b, g, one, form, *fwdTime)
+						n, cn = st.measure(b, g, many, form, *fwdTime)
+						a, ca = st.measure(b, g, one, form, *fwdTime)
 					}
 					r1, rN = r1+a, rN+n
 					ratios = append(ratios, n/a)
+					if c := ca / cn; !math.IsNaN(c) && !math.IsInf(c, 0) {
+						cpuRatios = append(cpuRatios, c)
+					}
 				}
 				q1, med, q3 := quartiles(ratios)
 				b.ReportMetric(r1/float64(len(ratios))/1e6, "Mbit/s-1slice")
@@ -252,6 +302,10 @@ func BenchmarkForward(b *testing.B) {
 				b.ReportMetric(med, "ratio")
 				b.ReportMetric(q1, "ratio-q1")
 				b.ReportMetric(q3, "ratio-q3")
+				q1, med, q3 = quartiles(cpuRatios)
+				b.ReportMetric(med, "cpuratio")
+				b.ReportMetric(q1, "cpuratio-q1")
+				b.ReportMetric(q3, "cpuratio-q3")
 			})
 		}
 	}
