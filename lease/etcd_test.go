@@ -412,15 +412,15 @@ func exercise(t *testing.T, s Store) {
 	}
 }
 
-// openFails opens url with a 1 s dial timeout and returns the error,
-// failing the test if the open works or does not name the URL as shown.
-func openFails(t *testing.T, url, shown string) error {
+// openFails opens url with dial timeout d and returns the error, failing
+// the test if the open works or does not name the URL as shown.
+func openFails(t *testing.T, url, shown string, d time.Duration) error {
 	t.Helper()
 	loc, err := ParseURL(url)
 	if err != nil {
 		t.Fatalf("ParseURL(%q): %v", url, err)
 	}
-	s, err := OpenEtcd(context.Background(), loc, EtcdOptions{DialTimeout: time.Second})
+	s, err := OpenEtcd(context.Background(), loc, EtcdOptions{DialTimeout: d})
 	if err == nil {
 		s.Close()
 		t.Fatalf("Open(%q) worked", shown)
@@ -463,7 +463,7 @@ func TestEtcdTLS(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		err := openFails(t, tc.url, tc.url)
+		err := openFails(t, tc.url, tc.url, time.Second)
 		if !strings.Contains(err.Error(), tc.why) {
 			t.Errorf("%s: %v, want it to say %q", tc.name, err, tc.why)
 		}
@@ -480,7 +480,8 @@ func TestEtcdAuth(t *testing.T) {
 	c.EnableAuth("ps", "s3cr%t", "/auth/", "r00t")
 	ep := c.Clients[0]
 	url := "etcd://ps:s3cr%25t@" + ep + "/auth"
-	s, err := Open(context.Background(), url)
+	slow := Options{Etcd: EtcdOptions{DialTimeout: 10 * time.Second}} // bcrypt on a loaded machine
+	s, err := OpenWith(context.Background(), url, slow)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -491,7 +492,7 @@ func TestEtcdAuth(t *testing.T) {
 	if err := os.WriteFile(pw, []byte("s3cr%t\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s2, err := Open(context.Background(), "etcd://ps@"+ep+"/auth?password-file="+pw)
+	s2, err := OpenWith(context.Background(), "etcd://ps@"+ep+"/auth?password-file="+pw, slow)
 	if err != nil {
 		t.Fatalf("Open with password-file: %v", err)
 	}
@@ -506,7 +507,9 @@ func TestEtcdAuth(t *testing.T) {
 		{"outside the role", "etcd://ps:s3cr%25t@" + ep + "/other", "etcd://ps:xxxxx@" + ep + "/other", "permission denied"},
 		{"missing password file", "etcd://ps@" + ep + "/auth?password-file=" + pw + ".missing", "etcd://ps@" + ep + "/auth?password-file=" + pw + ".missing", "password-file=" + pw + ".missing: open"},
 	} {
-		err := openFails(t, tc.url, tc.shown)
+		// Generous: the server checks passwords with bcrypt, slow on a
+		// loaded machine.
+		err := openFails(t, tc.url, tc.shown, 10*time.Second)
 		if !strings.Contains(err.Error(), tc.why) {
 			t.Errorf("%s: %v, want it to say %q", tc.name, err, tc.why)
 		}
