@@ -130,6 +130,9 @@ func TestLeaseCLIBadInput(t *testing.T) {
 		{[]string{"lease", "list", "--store", "etcd:/x"}, `--store: lease: bad store URL "etcd:/x"`},
 		{[]string{"lease", "list", "--store", fmt.Sprintf("etcd://127.0.0.1:%d", port)}, fmt.Sprintf("etcd://127.0.0.1:%d", port)},
 		{[]string{"lease", "renew", "--store", store, "--token", "1"}, "--id: required"},
+		{[]string{"lease", "list", "--store", "etcd://127.0.0.1:2379?cacert=/ca.pem"}, `--store: lease: bad store URL "etcd://127.0.0.1:2379?cacert=/ca.pem": option cacert needs TLS: use etcds://`},
+		{[]string{"lease", "list", "--store", "etcd://ps:s3cret@127.0.0.1:2379?ca=x"}, `bad store URL "etcd://ps:xxxxx@127.0.0.1:2379?ca=x": unknown option "ca"`},
+		{[]string{"lease", "list", "--store", "etcds://127.0.0.1:2379?cacert=" + bad + ".missing"}, "cacert=" + bad + ".missing: open"},
 	} {
 		start := time.Now()
 		_, _, err := runCLI(t, tc.args...)
