@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	mrand "math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -235,6 +236,9 @@ func OpenEtcd(ctx context.Context, loc Location, o EtcdOptions) (*EtcdStore, err
 	if err != nil {
 		cli.Close()
 		if octx.Err() != nil && ctx.Err() == nil {
+			if why := probeTLS(ctx, loc, cfg.TLS); why != "" {
+				return nil, fmt.Errorf("lease: %s: no member answered within %v (%s): %w", loc, o.DialTimeout, why, err)
+			}
 			return nil, fmt.Errorf("lease: %s: no member answered within %v: %w", loc, o.DialTimeout, err)
 		}
 		return nil, fmt.Errorf("lease: %s: %w", loc, err)
@@ -292,6 +296,50 @@ func (loc Location) etcdSecurity(cfg *clientv3.Config) error {
 		}
 	}
 	return nil
+}
+
+// probeTLS tells, after an open that no member answered, whether TLS is
+// why: with tc (etcds://) it runs one handshake with the first member and
+// returns its error or the alert the member sends right after it (a client
+// certificate refused); without tc (etcd://) it returns a hint when the
+// member speaks TLS. It returns "" when it cannot tell. The probe sends no
+// request.
+func probeTLS(ctx context.Context, loc Location, tc *tls.Config) string {
+	ep := loc.Endpoints[0]
+	d := net.Dialer{Timeout: time.Second}
+	conn, err := d.DialContext(ctx, "tcp", ep)
+	if err != nil {
+		return ""
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Second))
+	host, _, _ := net.SplitHostPort(ep)
+	if tc == nil {
+		// Only to recognize a TLS server: nothing is sent after the
+		// handshake, so the unverified certificate is never trusted.
+		c := tls.Client(conn, &tls.Config{InsecureSkipVerify: true, ServerName: host})
+		if c.HandshakeContext(ctx) == nil {
+			return ep + " speaks TLS: use etcds://"
+		}
+		return ""
+	}
+	tc = tc.Clone()
+	tc.ServerName = host
+	c := tls.Client(conn, tc)
+	if err := c.HandshakeContext(ctx); err != nil {
+		return "TLS with " + ep + ": " + err.Error()
+	}
+	// TLS 1.3 servers check the client certificate after the handshake:
+	// a refusal arrives as an alert on the first read.
+	conn.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	var b [1]byte
+	if _, err := c.Read(b[:]); err != nil {
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return "TLS with " + ep + ": " + err.Error()
+		}
+	}
+	return ""
 }
 
 // Location returns the store's parsed URL.

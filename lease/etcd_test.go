@@ -450,10 +450,10 @@ func TestEtcdTLS(t *testing.T) {
 	f := c.TLS
 	other := leasetest.NewTLSFiles(t, "127.0.0.1")
 	for _, tc := range []struct{ name, url, why string }{
-		{"no client certificate", "etcds://" + ep + "/tls?cacert=" + f.CA, "no member answered"},
-		{"another CA", "etcds://" + ep + "/tls?cacert=" + other.CA + "&cert=" + f.ClientCert + "&key=" + f.ClientKey, "no member answered"},
-		{"another CA's client certificate", "etcds://" + ep + "/tls?cacert=" + f.CA + "&cert=" + other.ClientCert + "&key=" + other.ClientKey, "no member answered"},
-		{"plain etcd://", "etcd://" + ep + "/tls", "no member answered"},
+		{"no client certificate", "etcds://" + ep + "/tls?cacert=" + f.CA, "no member answered within 1s (TLS with " + ep + ": remote error: tls: "},
+		{"another CA", "etcds://" + ep + "/tls?cacert=" + other.CA + "&cert=" + f.ClientCert + "&key=" + f.ClientKey, "certificate signed by unknown authority"},
+		{"another CA's client certificate", "etcds://" + ep + "/tls?cacert=" + f.CA + "&cert=" + other.ClientCert + "&key=" + other.ClientKey, "no member answered within 1s (TLS with " + ep + ": remote error: tls: "},
+		{"plain etcd://", "etcd://" + ep + "/tls", ep + " speaks TLS: use etcds://"},
 		{"missing CA file", "etcds://" + ep + "/tls?cacert=" + f.CA + ".missing", "cacert=" + f.CA + ".missing: open"},
 		{"CA file not PEM", "etcds://" + ep + "/tls?cacert=" + f.ClientKey + "x", "cacert=" + f.ClientKey + "x"},
 		{"key of another certificate", "etcds://" + ep + "/tls?cacert=" + f.CA + "&cert=" + f.ClientCert + "&key=" + f.ServerKey, "cert=" + f.ClientCert + ", key=" + f.ServerKey},
