@@ -20,16 +20,6 @@ import (
 	"github.com/portspace/portspace/lease"
 )
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func writeFile(t *testing.T, dir, name, s string) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
