@@ -117,12 +117,16 @@ func hostTarget(hostport string, def uint16) (target, error) {
 }
 
 // serveHTTP serves HTTP proxy requests on c, whose first byte was already
-// read.
+// read. Absolute-form requests may follow one another on c (persistent
+// connections, RFC 9112 section 9.3); the origin connection of the last
+// one is kept for the next request to the same origin (httpConn).
 func (s *Server) serveHTTP(c net.Conn, br *bufio.Reader, lr *io.LimitedReader, rt *runtimeConfig, cl *cleanup) {
+	hc := &httpConn{}
+	defer hc.closeIdle()
 	for n := 0; ; n++ {
 		l := &connLog{proto: "http", client: remoteAddr(c), start: s.now()}
 		rc := &cleanup{}
-		keep := s.httpRequest(c, rt, br, lr, l, n, rc)
+		keep := s.httpRequest(c, rt, br, lr, l, n, rc, hc)
 		if rc.detached {
 			// A CONNECT tunnel: its relay finishes the request and then
 			// the connection.
@@ -145,9 +149,68 @@ func (s *Server) serveHTTP(c net.Conn, br *bufio.Reader, lr *io.LimitedReader, r
 	}
 }
 
+// httpConn is the state of one client connection across its requests: at
+// most one idle origin connection, so that the connection keeps to the
+// budget of two descriptors.
+type httpConn struct {
+	idle *originConn
+}
+
+// originConn is an origin connection that may carry another request.
+type originConn struct {
+	c   net.Conn
+	br  *bufio.Reader
+	key originKey
+}
+
+// originKey says which requests may reuse an origin connection: the same
+// configuration (guard, users), destination as the client named it, and
+// the same user and egress request.
+type originKey struct {
+	rt      *runtimeConfig
+	dst     string
+	user    string
+	egress  string
+	session string
+}
+
+// take returns the idle origin connection if it matches key and the origin
+// has not closed it (nor sent anything unasked) meanwhile; it closes an
+// idle connection that does not.
+func (h *httpConn) take(key originKey, now time.Time) *originConn {
+	oc := h.idle
+	h.idle = nil
+	if oc == nil {
+		return nil
+	}
+	if oc.key != key || !oc.quiet(now) {
+		oc.c.Close()
+		return nil
+	}
+	return oc
+}
+
+func (h *httpConn) closeIdle() {
+	if h.idle != nil {
+		h.idle.c.Close()
+		h.idle = nil
+	}
+}
+
+// quiet polls the connection: true when a read would block (nothing
+// received, no FIN), false after EOF, an error or unexpected bytes.
+func (oc *originConn) quiet(now time.Time) bool {
+	if oc.br.Buffered() > 0 {
+		return false
+	}
+	_ = oc.c.SetReadDeadline(now) // already passed: the read only polls
+	_, err := oc.br.Peek(1)
+	return isTimeout(err)
+}
+
 // httpRequest serves one request; it reports whether the connection may
 // carry another.
-func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr *io.LimitedReader, l *connLog, n int, rc *cleanup) bool {
+func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr *io.LimitedReader, l *connLog, n int, rc *cleanup, hc *httpConn) bool {
 	fail := func(code int, extra http.Header, result, reason string) bool {
 		_ = c.SetWriteDeadline(s.now().Add(time.Second))
 		httpError(c, code, extra, reason)
@@ -201,6 +264,10 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 	rc.add(release)
 	s.metrics.activeHTTP.Inc()
 	rc.add(s.metrics.activeHTTP.Dec)
+	if req.Method != http.MethodConnect {
+		return s.forwardRequest(c, rt, req, id, t, hc, l, fail)
+	}
+	hc.closeIdle() // the tunnel is all the connection carries from now on
 	ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.dialTimeout())
 	dst, f, why := s.connect(ctx, rt, id, t)
 	cancel()
@@ -209,73 +276,179 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 	}
 	rc.add(func() { dst.Close() })
 	l.egress = localAddr(dst)
-	if req.Method == http.MethodConnect {
-		if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-			l.result, l.reason = resultBad, err.Error()
+	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		l.result, l.reason = resultBad, err.Error()
+		return false
+	}
+	_ = c.SetDeadline(time.Time{})
+	if k := br.Buffered(); k > 0 {
+		b, _ := br.Peek(k)
+		if _, err := dst.Write(b); err != nil {
+			l.result, l.reason = resultDialFailed, err.Error()
 			return false
 		}
-		_ = c.SetDeadline(time.Time{})
-		if k := br.Buffered(); k > 0 {
-			b, _ := br.Peek(k)
-			if _, err := dst.Write(b); err != nil {
-				l.result, l.reason = resultDialFailed, err.Error()
-				return false
-			}
-			l.up += int64(k)
-			s.metrics.countUp(k)
-		}
-		rc.detached = true
-		rc.wait = make(chan struct{})
-		relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.countUp, s.metrics.countDown, func(up, down int64, _ error) {
-			<-rc.wait // serveHTTP has added the connection's cleanups
-			l.up, l.down, l.result = l.up+up, down, resultOK
-			rc.run()
-		})
-		return false
+		l.up += int64(k)
+		s.metrics.countUp(k)
 	}
-	return s.forward(c, rt, req, dst, l)
+	rc.detached = true
+	rc.wait = make(chan struct{})
+	relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.countUp, s.metrics.countDown, func(up, down int64, _ error) {
+		<-rc.wait // serveHTTP has added the connection's cleanups
+		l.up, l.down, l.result = l.up+up, down, resultOK
+		rc.run()
+	})
+	return false
 }
 
-// forward sends an absolute-form request to the origin in origin form with
-// hop-by-hop fields removed, and relays the response back.
-func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, dst net.Conn, l *connLog) bool {
+// forwardRequest forwards an absolute-form request in origin form with the
+// hop-by-hop fields removed (RFC 9110 section 7.6.1), over the client
+// connection's idle origin connection when it leads to the same origin for
+// the same user and egress, else over a new one. A request that can be
+// replayed (an idempotent method, RFC 9110 section 9.2.2, without a body)
+// and fails on a reused connection before any response byte is sent again
+// on a new connection: the origin may close an idle connection at any
+// time (RFC 9112 section 9.3.1).
+func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request, id identity, t target, hc *httpConn, l *connLog, fail func(int, http.Header, string, string) bool) bool {
 	clientClose := req.Close
+	expect := prepareForward(req)
+	key := originKey{rt: rt, dst: t.String(), egress: TraitsString(id.traits), session: id.session}
+	if id.user != nil {
+		key.user = id.user.Name
+	}
+	oc := hc.take(key, s.now())
+	for {
+		reused := oc != nil
+		if oc == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.dialTimeout())
+			dst, f, why := s.connect(ctx, rt, id, t)
+			cancel()
+			if f != failNone {
+				return fail(statusFor(f), nil, f.result(), why)
+			}
+			oc = &originConn{c: dst, br: bufio.NewReader(dst), key: key}
+		}
+		l.egress = localAddr(oc.c)
+		r := s.forward(c, rt, req, oc, reused, clientClose, expect, l)
+		expect = false // said once
+		if r.retry {
+			oc.c.Close()
+			oc = nil
+			continue
+		}
+		if r.origin {
+			hc.idle = oc
+		} else {
+			oc.c.Close()
+		}
+		return r.client
+	}
+}
+
+// prepareForward turns a proxy request into the request to the origin:
+// origin form, no hop-by-hop fields, persistent, and no User-Agent of
+// Go's own when the client sent none. It reports whether the client waits
+// for 100 Continue before it sends the body.
+func prepareForward(req *http.Request) (expect bool) {
 	removeHopByHop(req.Header)
 	req.RequestURI = ""
-	req.Close = true // one origin connection per request
+	req.Close = false
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header["User-Agent"] = []string{""} // Request.Write then writes none
+	}
+	if req.Body != http.NoBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		// The body follows the header section at once (Request.Write does
+		// not wait), so the client hears 100 Continue from the proxy
+		// (RFC 9110 section 10.1.1) and the origin no expectation.
+		req.Header.Del("Expect")
+		return true
+	}
+	return false
+}
+
+// replayable reports whether req may be sent again after a failure on a
+// reused connection: an idempotent method (RFC 9110 section 9.2.2) and no
+// body.
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return req.Body == nil || req.Body == http.NoBody
+	}
+	return false
+}
+
+// forwarded is what one exchange with the origin leaves: whether the
+// client and the origin connection may carry another request, and whether
+// the request should be sent again on a new origin connection.
+type forwarded struct{ client, origin, retry bool }
+
+// forward sends req over oc and relays the response (and any 1xx interim
+// responses before it) back to the client.
+func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *originConn, reused, clientClose, expect bool, l *connLog) forwarded {
+	dst := oc.c
 	_ = dst.SetDeadline(s.now().Add(rt.cfg.idleTimeout()))
+	canRetry := reused && replayable(req)
+	if expect {
+		if _, err := io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+			l.result, l.reason = resultBad, err.Error()
+			return forwarded{}
+		}
+	}
 	cw := &countWriter{w: dst, count: s.metrics.countUp}
 	if err := req.Write(cw); err != nil {
+		l.up += cw.n
+		if canRetry {
+			return forwarded{retry: true}
+		}
 		httpError(c, http.StatusBadGateway, nil, "writing to the origin: "+err.Error())
 		l.result, l.reason = resultDialFailed, err.Error()
-		return false
+		return forwarded{}
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(dst), req)
-	if err != nil {
-		code := http.StatusBadGateway
-		if isTimeout(err) {
-			code = http.StatusGatewayTimeout
+	l.up += cw.n
+	ccw := &countWriter{w: c, count: s.metrics.countDown}
+	var resp *http.Response
+	for {
+		var err error
+		resp, err = http.ReadResponse(oc.br, req)
+		if err != nil {
+			if canRetry && !isTimeout(err) {
+				return forwarded{retry: true}
+			}
+			code := http.StatusBadGateway
+			if isTimeout(err) {
+				code = http.StatusGatewayTimeout
+			}
+			httpError(c, code, nil, "reading the origin's response: "+err.Error())
+			l.result, l.reason = resultDialFailed, err.Error()
+			return forwarded{}
 		}
-		httpError(c, code, nil, "reading the origin's response: "+err.Error())
-		l.result, l.reason = resultDialFailed, err.Error()
-		return false
+		canRetry = false
+		if resp.StatusCode/100 != 1 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		// An interim response (RFC 9110 section 15.2): forward it and read
+		// on for the final one.
+		removeHopByHop(resp.Header)
+		if err := resp.Write(ccw); err != nil {
+			l.down, l.result, l.reason = ccw.n, resultDialFailed, err.Error()
+			return forwarded{}
+		}
 	}
 	defer resp.Body.Close()
+	originKeep := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols
 	removeHopByHop(resp.Header)
 	resp.Close = clientClose || resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && resp.ProtoAtLeast(1, 0) && !bodyless(req, resp)
 	if resp.ContentLength < 0 && !resp.Close {
 		resp.TransferEncoding = []string{"chunked"}
 	}
 	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
-	ccw := &countWriter{w: c, count: s.metrics.countDown}
-	err = resp.Write(ccw)
-	l.up, l.down = cw.n, ccw.n
+	err := resp.Write(ccw)
+	l.down = ccw.n
 	if err != nil {
 		l.result, l.reason = resultDialFailed, err.Error()
-		return false
+		return forwarded{}
 	}
 	l.result = resultOK
-	return !resp.Close
+	return forwarded{client: !resp.Close, origin: originKeep && oc.br.Buffered() == 0}
 }
 
 func bodyless(req *http.Request, resp *http.Response) bool {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -41,7 +42,9 @@ embedded lease store, and, when the store has no pools yet, a default pool
 cut from this machine's primary address. Flags override the file.
 
 Signals: SIGHUP reloads users, traits, limits and the guard from --config
-without dropping connections (a bad file keeps the running configuration);
+without dropping connections (a bad file keeps the running configuration;
+changes to listen, metrics, store, holder, pools, max-slices and
+session-idle are logged as needing a restart and keep their running values);
 SIGTERM and SIGINT stop accepting, drain for timeouts.drain, and release the
 slices. See docs/proxy.md.`,
 		Args: cobra.NoArgs,
@@ -210,7 +213,8 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	if err := cfg.CheckOpen(); err != nil {
 		return err
 	}
-	if cfg.Holder == "" {
+	defaultHolder := cfg.Holder == ""
+	if defaultHolder {
 		if cfg.Holder, err = os.Hostname(); err != nil {
 			return fmt.Errorf("proxy: no --holder and no host name: %w", err)
 		}
@@ -312,20 +316,30 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 				continue
 			}
 			ncfg, err := loadProxyConfig(f)
+			var restart []string
 			if err == nil {
-				ncfg.Holder = cfg.Holder
+				if defaultHolder && ncfg.Holder == "" {
+					ncfg.Holder = cfg.Holder // the same default as at start
+				}
+				// Listeners, store, holder, pools and slice limits stay
+				// as they were opened and claimed at start.
+				restart = proxy.RestartOnly(srv.Config(), ncfg)
 				err = srv.Reload(ncfg) // counts its own result
 			} else {
 				metrics.Reloads.WithLabelValues("error").Inc()
 			}
 			if err != nil {
-				log.Error("proxy: reload refused; the running configuration stays", "err", err)
+				log.Error("proxy: reload refused; the running configuration stays", "config", f.config, "err", err)
 				continue
 			}
 			log.Info("proxy: reloaded", "config", f.config)
+			if len(restart) > 0 {
+				log.Warn("proxy: reload changed settings that take effect only at a restart; they keep their running values", "config", f.config, "settings", strings.Join(restart, ","))
+			}
 		case <-ctx.Done():
-			log.Info("proxy: draining", "timeout", cfg.DrainTimeout().String())
-			dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout())
+			drain := srv.Config().DrainTimeout() // a reload may have changed it
+			log.Info("proxy: draining", "timeout", drain.String())
+			dctx, cancel := context.WithTimeout(context.Background(), drain)
 			err := srv.Shutdown(dctx)
 			cancel()
 			if errors.Is(err, context.DeadlineExceeded) {

@@ -20,16 +20,6 @@ import (
 	"github.com/portspace/portspace/lease"
 )
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func writeFile(t *testing.T, dir, name, s string) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
@@ -102,7 +92,8 @@ func TestProxyCommand(t *testing.T) {
 	}
 	go origin.Serve(oln)
 	defer origin.Close()
-	listen, metrics := freePort(t), freePort(t)
+	ports := quietPorts(t, 2)
+	listen, metrics := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
 	cfgText := "listen: [%s]\nmetrics: %s\ndestinations: {allow: [127.0.0.10/32]}\nusers: [{name: %s, password: pw}]\n"
 	cfg := writeFile(t, dir, "proxy.yaml", fmt.Sprintf(cfgText, listen, metrics, "alice"))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -114,9 +105,16 @@ func TestProxyCommand(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- root.ExecuteContext(ctx) }()
 	defer func() {
+		defer cancel()
+		select {
+		case err := <-done:
+			// It stopped early, and with it its SIGTERM handler: a
+			// SIGTERM now would kill the test binary.
+			t.Fatalf("proxy exited early with %v; log:\n%s", err, errb.String())
+		default:
+		}
 		// SIGTERM drains and stops the proxy (the cancel is the fallback).
 		syscall.Kill(os.Getpid(), syscall.SIGTERM)
-		defer cancel()
 		select {
 		case err := <-done:
 			if err != nil {
