@@ -190,24 +190,24 @@ func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
 	return &st.locks[h>>(32-6)]
 }
 
-// udpTry dials (source, port) -> dst for UDPLockFile and UDPLockDump,
-// inside a net.Dialer's ControlContext, so that the socket is created,
-// connected and wrapped by the net package itself.
+// udpTry dials (source, port) -> dst for UDPLockFile and UDPLockDump; the
+// net package creates, connects and wraps the socket itself.
 //
 // The exclusive bind (the fast path), when use says this Dialer holds no
-// socket on (source, port) and there is no user Control: bind(source, port)
-// with SO_REUSEADDR still 0, as the socket was created. The kernel checks
-// and inserts a bind under one lock of its port hash, and a socket without
-// SO_REUSEADDR conflicts with every other socket on the port, so success
-// proves that no socket at all holds (source, port), connected or not, and
-// none can bind it until SO_REUSEADDR is set: the socket is in the
-// protocol's lock (step 2 below) from its bind on, no 4-tuple of the port
-// is connected, and the lookup and the lock file have nothing to find. Then
-// connect and step 5. EADDRINUSE means some socket holds the port: the
-// cooperative lock follows on the same socket (a failed bind leaves it
-// unbound).
+// socket on (source, port) and there is no user Control:
+// net.Dialer.DialUDP binds (source, port) with SO_REUSEADDR still 0, as
+// the socket was created, and connects; then SO_REUSEADDR=1 (step 5). The
+// kernel checks and inserts a bind under one lock of its port hash, and a
+// socket without SO_REUSEADDR conflicts with every other socket on the
+// port, so success proves that no socket at all held (source, port),
+// connected or not, and none can bind it until SO_REUSEADDR is set: the
+// socket is in the protocol's lock (step 2 below) from its bind on, no
+// 4-tuple of the port is connected, and the lock file and the lookup have
+// nothing to find. EADDRINUSE means some socket holds the port: the
+// cooperative lock follows, on a new socket.
 //
-// The cooperative lock (Cloudflare's connectx for UDP):
+// The cooperative lock (Cloudflare's connectx for UDP), inside a
+// net.Dialer's ControlContext:
 //
 //  0. UDPLockFile: take the advisory lock of (source, port) in the lock
 //     directory (an OFD lock, netsys.PortLockFile), held until step 5. No
@@ -235,9 +235,30 @@ func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uin
 	mu := st.portLock(src, port)
 	mu.Lock()
 	defer mu.Unlock()
+	local := netip.AddrPortFrom(src, port)
 	user := d.ControlContext != nil || d.Control != nil
-	tr := udpTrial{d: d, st: st, local: netip.AddrPortFrom(src, port), dst: dst,
-		fast: !user && !testHookSkipLock && !testHookNoExclusive && use.Load() == 0}
+	if !user && !testHookSkipLock && !testHookNoExclusive && use.Load() == 0 {
+		// The exclusive bind: net binds local itself, with SO_REUSEADDR
+		// as the socket was created (0), and connects.
+		var nd net.Dialer
+		uc, err := nd.DialUDP(ctx, udpNetwork(dst), local, dst)
+		switch sc := syscallOf(err); {
+		case err == nil:
+			if err := releaseLock(uc, local, true); err != nil {
+				return nil, err
+			}
+			st.exclusive.Add(1)
+			use.Add(1) // under mu: the next dial of (source, port) sees it
+			return uc, nil
+		case sc == "bind" && netsys.IsAddrInUse(err):
+			// Some socket holds the port: the cooperative lock.
+		case sc == "bind":
+			return nil, sourceError(src, err)
+		default:
+			return nil, err
+		}
+	}
+	tr := &udpTrial{d: d, st: st, local: local, dst: dst}
 	defer tr.unlock()
 	nd := net.Dialer{ControlContext: func(ctx context.Context, network, address string, c syscall.RawConn) error {
 		if !user {
@@ -272,8 +293,18 @@ func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uin
 	if testHookSkipLock {
 		return uc, nil
 	}
+	if err := releaseLock(uc, local, false); err != nil {
+		return nil, err
+	}
+	use.Add(1)
+	return uc, nil
+}
+
+// releaseLock sets SO_REUSEADDR on a connected socket of udpTry, releasing
+// the protocol's lock (after testHookConnected); on failure it closes uc.
+func releaseLock(uc *net.UDPConn, local netip.AddrPort, exclusive bool) error {
 	if testHookConnected != nil {
-		testHookConnected(tr.local, tr.exclusive)
+		testHookConnected(local, exclusive)
 	}
 	rc, err := uc.SyscallConn()
 	if err == nil {
@@ -281,13 +312,9 @@ func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uin
 	}
 	if err != nil {
 		uc.Close()
-		return nil, fmt.Errorf("dial: udp lock: releasing: %w", err)
+		return fmt.Errorf("dial: udp lock: releasing: %w", err)
 	}
-	if tr.exclusive {
-		st.exclusive.Add(1)
-	}
-	use.Add(1) // under mu: the next dial of (source, port) sees it
-	return uc, nil
+	return nil
 }
 
 // udpTrial is one udpTry: what its steps learn and hold.
@@ -295,8 +322,6 @@ type udpTrial struct {
 	d          *Dialer
 	st         *state
 	local, dst netip.AddrPort
-	fast       bool   // try the exclusive bind first
-	exclusive  bool   // the exclusive bind succeeded
 	own        uint64 // our SO_COOKIE (the cooperative lock only)
 	lf         *netsys.PortLockFile
 }
@@ -309,19 +334,8 @@ func (tr *udpTrial) unlock() {
 	}
 }
 
-// steps runs the exclusive bind or, failing that, the cooperative lock's
-// steps 0 to 4 on fd (no user Control).
+// steps runs the cooperative lock's steps 0 to 4 on fd (no user Control).
 func (tr *udpTrial) steps(fd int) error {
-	if tr.fast {
-		err := netsys.Bind(fd, tr.local)
-		if err == nil {
-			tr.exclusive = true
-			return nil
-		}
-		if !netsys.IsAddrInUse(err) {
-			return wrapStep(sourceError(tr.local.Addr(), err))
-		}
-	}
 	var err error
 	if tr.own, err = netsys.Cookie(fd); err != nil {
 		return err
