@@ -24,13 +24,6 @@ func tcpNetwork(dst netip.AddrPort) string {
 	return "tcp6"
 }
 
-func tcpAddr(a netip.Addr, port uint16) *net.TCPAddr {
-	if !a.IsValid() {
-		return &net.TCPAddr{Port: int(port)}
-	}
-	return &net.TCPAddr{IP: a.AsSlice(), Port: int(port), Zone: a.Zone()}
-}
-
 // syscallOf returns the name of the failed system call inside err ("bind",
 // "connect", ...), if any.
 func syscallOf(err error) string {
