@@ -245,10 +245,11 @@ type state struct {
 	tries   atomic.Uint64 // Search: ports tried with syscalls (for tests)
 	full    fullMemo
 	locks   [lockStripes]sync.Mutex
-	// uses counts the UDP Search sockets of each (source, port index)
-	// (netip.Addr -> []atomic.Int32), exclusive the dials that bound
+	// uses counts the UDP Search sockets of each (source, port index),
+	// copied on write under usesMu; exclusive counts the dials that bound
 	// exclusively (for tests).
-	uses      sync.Map
+	uses      atomic.Pointer[[]srcUses]
+	usesMu    sync.Mutex
 	exclusive atomic.Uint64
 
 	udpLock   UDPLock // UDPLockFile or UDPLockDump, for UDP Search

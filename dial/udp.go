@@ -157,11 +157,34 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 // can work: a count that is wrong for a moment costs one failed bind or one
 // skipped fast path, never a guarantee.
 func (st *state) portUses(src netip.Addr, size uint32) []atomic.Int32 {
-	if u, ok := st.uses.Load(src); ok {
-		return u.([]atomic.Int32)
+	if p := st.uses.Load(); p != nil {
+		for _, u := range *p {
+			if u.src == src {
+				return u.n
+			}
+		}
 	}
-	u, _ := st.uses.LoadOrStore(src, make([]atomic.Int32, size))
-	return u.([]atomic.Int32)
+	st.usesMu.Lock()
+	defer st.usesMu.Unlock()
+	var tab []srcUses
+	if p := st.uses.Load(); p != nil {
+		for _, u := range *p {
+			if u.src == src {
+				return u.n
+			}
+		}
+		tab = append(tab, *p...)
+	}
+	u := srcUses{src: src, n: make([]atomic.Int32, size)}
+	tab = append(tab, u)
+	st.uses.Store(&tab)
+	return u.n
+}
+
+// srcUses are the counts of portUses for one source.
+type srcUses struct {
+	src netip.Addr
+	n   []atomic.Int32
 }
 
 // busyRounds and busyFirstWait bound the retries of ports whose bind met
@@ -240,11 +263,14 @@ func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uin
 	if !user && !testHookSkipLock && !testHookNoExclusive && use.Load() == 0 {
 		// The exclusive bind: net binds local itself, with SO_REUSEADDR
 		// as the socket was created (0), and connects.
-		var nd net.Dialer
+		fd := -1
+		nd := net.Dialer{ControlContext: func(_ context.Context, _, _ string, c syscall.RawConn) error {
+			return c.Control(func(s uintptr) { fd = int(s) })
+		}}
 		uc, err := nd.DialUDP(ctx, udpNetwork(dst), local, dst)
 		switch sc := syscallOf(err); {
 		case err == nil:
-			if err := releaseLock(uc, local, true); err != nil {
+			if err := releaseLock(uc, fd, local, true); err != nil {
 				return nil, err
 			}
 			st.exclusive.Add(1)
@@ -293,24 +319,22 @@ func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uin
 	if testHookSkipLock {
 		return uc, nil
 	}
-	if err := releaseLock(uc, local, false); err != nil {
+	if err := releaseLock(uc, tr.fd, local, false); err != nil {
 		return nil, err
 	}
 	use.Add(1)
 	return uc, nil
 }
 
-// releaseLock sets SO_REUSEADDR on a connected socket of udpTry, releasing
-// the protocol's lock (after testHookConnected); on failure it closes uc.
-func releaseLock(uc *net.UDPConn, local netip.AddrPort, exclusive bool) error {
+// releaseLock sets SO_REUSEADDR on fd, the connected socket of udpTry
+// (after testHookConnected), releasing the protocol's lock; on failure it
+// closes uc. fd was read in the dial's Control and stays valid: nothing but
+// udpTry holds uc yet.
+func releaseLock(uc *net.UDPConn, fd int, local netip.AddrPort, exclusive bool) error {
 	if testHookConnected != nil {
 		testHookConnected(local, exclusive)
 	}
-	rc, err := uc.SyscallConn()
-	if err == nil {
-		err = netsys.Control(rc, func(fd int) error { return netsys.SetReuseAddr(fd, true) })
-	}
-	if err != nil {
+	if err := netsys.SetReuseAddr(fd, true); err != nil {
 		uc.Close()
 		return fmt.Errorf("dial: udp lock: releasing: %w", err)
 	}
@@ -322,7 +346,8 @@ type udpTrial struct {
 	d          *Dialer
 	st         *state
 	local, dst netip.AddrPort
-	own        uint64 // our SO_COOKIE (the cooperative lock only)
+	own        uint64 // our SO_COOKIE
+	fd         int    // the socket, for the release after connect
 	lf         *netsys.PortLockFile
 }
 
@@ -349,6 +374,7 @@ func (tr *udpTrial) steps(fd int) error {
 // lockSteps runs the cooperative lock's step 0 and steps 1 (bind) to 4 on
 // fd, whose cookie is tr.own and whose SO_REUSEADDR is set.
 func (tr *udpTrial) lockSteps(fd int) error {
+	tr.fd = fd
 	st, local, port := tr.st, tr.local, tr.local.Port()
 	if st.udpLock == UDPLockFile && !testHookSkipLock {
 		lf, err := st.lockFile(local.Addr())
