@@ -3,6 +3,7 @@ package dial
 import (
 	"errors"
 	"net/netip"
+	"syscall"
 	"testing"
 
 	"github.com/portspace/portspace/internal/netnstest"
@@ -201,6 +202,18 @@ func TestUDPExclusiveBind(t *testing.T) {
 			c4.Close()
 			if exclusives != 1 {
 				t.Fatalf("%d exclusive binds beside another program's socket, want none", exclusives-1)
+			}
+			// With a user Control (which could set SO_REUSEADDR or
+			// SO_REUSEPORT) a free port takes the cooperative lock.
+			uc := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.MustParsePortSet("20001"), Strategy: Search, UDPLock: lock, LockDir: t.TempDir(),
+				Control: func(string, string, syscall.RawConn) error { return nil }}
+			c5, err := uc.Dial("udp", dst(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c5.Close()
+			if exclusives != 1 || uc.st.exclusive.Load() != 0 {
+				t.Fatal("a dial with a user Control bound exclusively")
 			}
 		})
 	}
