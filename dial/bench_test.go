@@ -111,7 +111,11 @@ func sum(ds []time.Duration) (t time.Duration) {
 // net.Dialer bound to the same source with port 0, for each UDPLock: the
 // cooperative lock (bind, sock_diag lookup, connect) with lock files or
 // with the in-flight dump, and the registry (a byte lock per 4-tuple, no
-// sock_diag).
+// sock_diag). Each conn is closed before the next dial, so file and dump
+// find their port free and bind exclusively (exclusive/dial near 1); in
+// file-shared and dump-shared every port already carries a conn toward
+// another destination, so every dial runs the cooperative lock
+// (exclusive/dial 0).
 func BenchmarkDialUDP(b *testing.B) {
 	_, outside := benchRanges(b)
 	if !netsys.Probe().UDPDiag {
@@ -123,13 +127,51 @@ func BenchmarkDialUDP(b *testing.B) {
 	}
 	defer sink.Close()
 	dst := sink.LocalAddr().String()
-	for _, lock := range []UDPLock{UDPLockFile, UDPLockDump, UDPLockRegistry} {
-		b.Run(lock.String(), func(b *testing.B) {
+	other, err := net.ListenPacket("udp4", "127.0.0.2:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer other.Close()
+	for _, bc := range []struct {
+		lock   UDPLock
+		shared bool
+	}{
+		{UDPLockFile, false}, {UDPLockFile, true}, {UDPLockDump, false}, {UDPLockDump, true}, {UDPLockRegistry, false},
+	} {
+		name := bc.lock.String()
+		if bc.shared {
+			name += "-shared"
+		}
+		b.Run(name, func(b *testing.B) {
 			plain := &net.Dialer{LocalAddr: &net.UDPAddr{IP: loopback.AsSlice()}}
-			d := &Dialer{Sources: []netip.Addr{loopback}, Ports: outside, UDPLock: lock, LockDir: b.TempDir()}
+			d := &Dialer{Sources: []netip.Addr{loopback}, Ports: outside, UDPLock: bc.lock, LockDir: b.TempDir()}
+			if bc.shared {
+				// Every port already carries a conn toward another
+				// destination, so each measured dial shares its port
+				// (the cooperative lock, not the exclusive bind).
+				// Until exhausted: on a shared host a few ports of the set
+				// may be held by other programs (the search skips them).
+				var held []net.Conn
+				for range outside.Len() + 1 {
+					c, err := d.Dial("udp4", other.LocalAddr().String())
+					if errors.Is(err, ErrExhausted) {
+						break
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					held = append(held, c)
+				}
+				if len(held) < outside.Len()/2 {
+					b.Fatalf("only %d of %d ports usable", len(held), outside.Len())
+				}
+				defer closeAll(held)
+			}
 			warmUp(b, plain, d, "udp4", dst)
+			excl := d.st.exclusive.Load()
 			tPlain, tOurs := interleave(b, plain.Dial, d.Dial, "udp4", dst)
 			reportRate(b, tPlain, tOurs)
+			b.ReportMetric(float64(d.st.exclusive.Load()-excl)/float64(len(tOurs)), "exclusive/dial")
 		})
 	}
 }

@@ -18,6 +18,9 @@ type releaser struct {
 	reg  *registry
 	off  int64
 	sock *net.UDPConn
+	// UDP Search with the cooperative lock: the Dialer's count of its
+	// sockets on the port.
+	use *atomic.Int32
 }
 
 // release runs once; callers close the socket before it, so that the
@@ -27,6 +30,9 @@ func (r *releaser) release() error {
 		return nil
 	}
 	r.sel.release(r.key, r.idx)
+	if r.use != nil {
+		r.use.Add(-1)
+	}
 	if r.reg != nil {
 		return r.reg.release(r.off)
 	}

@@ -52,8 +52,9 @@ const (
 	// taken by other sockets toward it (retried, oldest first, before
 	// ErrExhausted), and tries each candidate. TCP:
 	// SO_REUSEADDR, bind, connect; EADDRNOTAVAIL means the 4-tuple is taken.
-	// UDP: the cooperative SO_REUSEADDR lock with an exact sock_diag lookup
-	// (see the package documentation).
+	// UDP: an exclusive bind on a port no socket holds, else the
+	// cooperative SO_REUSEADDR lock with an exact sock_diag lookup (see the
+	// package documentation).
 	Search
 )
 
@@ -88,8 +89,9 @@ const (
 	// port) in LockDir around the protocol's steps, so no two processes
 	// that share the directory are inside them for one port at once. The
 	// kernel walks no table: the dial costs two fcntl calls over a plain
-	// locked dial. Every portspace process of the namespace that dials
-	// from the same ports must use it with the same directory.
+	// locked dial, and none on a port that no socket holds (the exclusive
+	// bind, which needs no lock). Every portspace process of the namespace
+	// that dials from the same ports must use it with the same directory.
 	UDPLockFile
 	// UDPLockDump adds, instead, an in-flight check: a sock_diag dump of
 	// the unconnected UDP sockets, which finds another socket bound to the
@@ -245,6 +247,12 @@ type state struct {
 	tries   atomic.Uint64 // Search: ports tried with syscalls (for tests)
 	full    fullMemo
 	locks   [lockStripes]sync.Mutex
+	// uses counts the UDP Search sockets of each (source, port index),
+	// copied on write under usesMu; exclusive counts the dials that bound
+	// exclusively (for tests).
+	uses      atomic.Pointer[[]srcUses]
+	usesMu    sync.Mutex
+	exclusive atomic.Uint64
 
 	udpLock   UDPLock // UDPLockFile or UDPLockDump, for UDP Search
 	lockDir   string

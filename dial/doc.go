@@ -40,6 +40,15 @@
 // whose lock or bind meets another process's is retried a few times (under
 // 1 ms in all) before the dial reports ErrExhausted.
 //
+// On a port where the Dialer holds no socket (and with no user Control),
+// UDPLockFile and UDPLockDump first try an exclusive bind: bind with
+// SO_REUSEADDR still 0, connect, then SO_REUSEADDR=1. A socket without
+// SO_REUSEADDR conflicts with every socket on the port, and the kernel
+// checks and inserts a bind under one lock, so success proves that no
+// socket held the port and none can bind it until the socket is connected:
+// no lock file, cookie or lookup is needed, and no program can race it.
+// EADDRINUSE sends the dial to the cooperative lock.
+//
 // UDPLockRegistry (forced only; UDPLockAuto never picks it) needs no
 // sock_diag: every connected 4-tuple is registered, for the life of its
 // conn, as an open file description lock (F_OFD_SETLK) on one byte of a

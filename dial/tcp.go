@@ -24,13 +24,6 @@ func tcpNetwork(dst netip.AddrPort) string {
 	return "tcp6"
 }
 
-func tcpAddr(a netip.Addr, port uint16) *net.TCPAddr {
-	if !a.IsValid() {
-		return &net.TCPAddr{Port: int(port)}
-	}
-	return &net.TCPAddr{IP: a.AsSlice(), Port: int(port), Zone: a.Zone()}
-}
-
 // syscallOf returns the name of the failed system call inside err ("bind",
 // "connect", ...), if any.
 func syscallOf(err error) string {
@@ -68,8 +61,16 @@ func setReuseAddr(fd int) error { return netsys.SetReuseAddr(fd, true) }
 // net.Dialer of each source is built once (kernelDialer).
 func (d *Dialer) tcpKernel(ctx context.Context, st *state, pl *plan, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	nd := st.kernelDialer(d, pl, src)
-	c, err := nd.DialContext(ctx, tcpNetwork(dst), dst.String())
-	if err == nil {
+	var c net.Conn
+	var err error
+	if src.IsValid() {
+		// The addresses are known: no string to format and parse again,
+		// no resolver (net.Dialer.DialTCP binds laddr, port 0).
+		var tc *net.TCPConn
+		if tc, err = nd.DialTCP(ctx, tcpNetwork(dst), netip.AddrPortFrom(src, 0), dst); err == nil {
+			return tc, nil
+		}
+	} else if c, err = nd.DialContext(ctx, tcpNetwork(dst), dst.String()); err == nil {
 		return c, nil
 	}
 	switch sc := syscallOf(err); {
@@ -133,9 +134,6 @@ func (d *Dialer) newKernelDialer(pl *plan, src netip.Addr) *net.Dialer {
 			nd.ControlContext = d.userControl
 		}
 	}
-	if src.IsValid() {
-		nd.LocalAddr = tcpAddr(src, 0)
-	}
 	return &nd
 }
 
@@ -166,7 +164,7 @@ func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		if err != nil {
 			return nil, err
 		}
-		return newTCPConn(c.(*net.TCPConn), st.sel, sr.key, idx), nil
+		return newTCPConn(c, st.sel, sr.key, idx), nil
 	}
 	if last == nil {
 		last = fmt.Errorf("this Dialer holds all %d ports toward %v", sr.size, dst)
@@ -174,10 +172,11 @@ func (d *Dialer) tcpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	return nil, fmt.Errorf("%w: %w", errSourceFull, last)
 }
 
-func (d *Dialer) tcpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort) (net.Conn, error) {
-	nd := st.searchTCP // a copy of the template, whose ControlContext is built once
-	nd.LocalAddr = tcpAddr(src, port)
-	c, err := nd.DialContext(ctx, tcpNetwork(dst), dst.String())
+func (d *Dialer) tcpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort) (*net.TCPConn, error) {
+	// The template's ControlContext is built once; DialTCP binds (src,
+	// port), or (unspecified, port) without a source, and skips the
+	// resolver.
+	c, err := st.searchTCP.DialTCP(ctx, tcpNetwork(dst), netip.AddrPortFrom(src, port), dst)
 	if err == nil {
 		return c, nil
 	}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,6 +64,10 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		}
 	}
 	sr := search{key: holdKey{proto: tuple.UDP, src: src, dst: dst}, size: uint32(pl.ports.Len())}
+	var uses []atomic.Int32
+	if st.udpLock != UDPLockRegistry {
+		uses = st.portUses(src, sr.size)
+	}
 	// try dials port index idx and settles it in the selector. taken
 	// reports that another socket holds the 4-tuple, or that another
 	// process's lock or socket holds the port (the port is memoised and the
@@ -76,7 +81,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		if st.udpLock == UDPLockRegistry {
 			uc, reg, off, err = d.udpTryRegistry(ctx, st, src, port, dst)
 		} else {
-			uc, err = d.udpTry(ctx, st, src, port, dst)
+			uc, err = d.udpTry(ctx, st, src, port, dst, &uses[idx])
 		}
 		if errors.Is(err, errPortTaken) {
 			st.sel.settleTaken(&sr, idx)
@@ -86,7 +91,11 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		if err != nil {
 			return nil, false, err
 		}
-		return newUDPConn(uc, st.sel, sr.key, idx, reg, off), false, nil
+		c = newUDPConn(uc, st.sel, sr.key, idx, reg, off)
+		if uses != nil {
+			c.(*UDPConn).rel.use = &uses[idx]
+		}
+		return c, false, nil
 	}
 	var last error
 	var busy []uint32 // indices whose bind met another process's lock
@@ -143,6 +152,41 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	return nil, fmt.Errorf("%w: %w", errSourceFull, last)
 }
 
+// portUses returns the Dialer's counts of its connected sockets on each
+// port index of src (size ports), which tell udpTry when the exclusive bind
+// can work: a count that is wrong for a moment costs one failed bind or one
+// skipped fast path, never a guarantee.
+func (st *state) portUses(src netip.Addr, size uint32) []atomic.Int32 {
+	if p := st.uses.Load(); p != nil {
+		for _, u := range *p {
+			if u.src == src {
+				return u.n
+			}
+		}
+	}
+	st.usesMu.Lock()
+	defer st.usesMu.Unlock()
+	var tab []srcUses
+	if p := st.uses.Load(); p != nil {
+		for _, u := range *p {
+			if u.src == src {
+				return u.n
+			}
+		}
+		tab = append(tab, *p...)
+	}
+	u := srcUses{src: src, n: make([]atomic.Int32, size)}
+	tab = append(tab, u)
+	st.uses.Store(&tab)
+	return u.n
+}
+
+// srcUses are the counts of portUses for one source.
+type srcUses struct {
+	src netip.Addr
+	n   []atomic.Int32
+}
+
 // busyRounds and busyFirstWait bound the retries of ports whose bind met
 // another process's lock: 4 rounds after 50, 100, 200 and 400 µs.
 const (
@@ -169,9 +213,24 @@ func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
 	return &st.locks[h>>(32-6)]
 }
 
-// udpTry runs the cooperative lock (Cloudflare's connectx for UDP) for one
-// (source, port), inside a net.Dialer's ControlContext, so that the socket
-// is created, connected and wrapped by the net package itself:
+// udpTry dials (source, port) -> dst for UDPLockFile and UDPLockDump; the
+// net package creates, connects and wraps the socket itself.
+//
+// The exclusive bind (the fast path), when use says this Dialer holds no
+// socket on (source, port) and there is no user Control:
+// net.Dialer.DialUDP binds (source, port) with SO_REUSEADDR still 0, as
+// the socket was created, and connects; then SO_REUSEADDR=1 (step 5). The
+// kernel checks and inserts a bind under one lock of its port hash, and a
+// socket without SO_REUSEADDR conflicts with every other socket on the
+// port, so success proves that no socket at all held (source, port),
+// connected or not, and none can bind it until SO_REUSEADDR is set: the
+// socket is in the protocol's lock (step 2 below) from its bind on, no
+// 4-tuple of the port is connected, and the lock file and the lookup have
+// nothing to find. EADDRINUSE means some socket holds the port: the
+// cooperative lock follows, on a new socket.
+//
+// The cooperative lock (Cloudflare's connectx for UDP), inside a
+// net.Dialer's ControlContext:
 //
 //  0. UDPLockFile: take the advisory lock of (source, port) in the lock
 //     directory (an OFD lock, netsys.PortLockFile), held until step 5. No
@@ -195,45 +254,56 @@ func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
 //     best match is a socket that is being closed: taken, too.
 //  5. connect(destination) (by the net package); SO_REUSEADDR=1 again to
 //     release the protocol's lock; release the file lock.
-func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort) (*net.UDPConn, error) {
+func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort, use *atomic.Int32) (*net.UDPConn, error) {
 	mu := st.portLock(src, port)
 	mu.Lock()
 	defer mu.Unlock()
-	if st.udpLock == UDPLockFile && !testHookSkipLock {
-		lf, err := st.lockFile(src)
-		if err != nil {
+	local := netip.AddrPortFrom(src, port)
+	user := d.ControlContext != nil || d.Control != nil
+	if !user && !testHookSkipLock && !testHookNoExclusive && use.Load() == 0 {
+		// The exclusive bind: net binds local itself, with SO_REUSEADDR
+		// as the socket was created (0), and connects.
+		fd := -1
+		nd := net.Dialer{ControlContext: func(_ context.Context, _, _ string, c syscall.RawConn) error {
+			return c.Control(func(s uintptr) { fd = int(s) })
+		}}
+		uc, err := nd.DialUDP(ctx, udpNetwork(dst), local, dst)
+		switch sc := syscallOf(err); {
+		case err == nil:
+			if err := releaseLock(uc, fd, local, true); err != nil {
+				return nil, err
+			}
+			st.exclusive.Add(1)
+			use.Add(1) // under mu: the next dial of (source, port) sees it
+			return uc, nil
+		case sc == "bind" && netsys.IsAddrInUse(err):
+			// Some socket holds the port: the cooperative lock.
+		case sc == "bind":
+			return nil, sourceError(src, err)
+		default:
 			return nil, err
 		}
-		ok, err := lf.TryLock(port)
-		if err != nil {
-			return nil, fmt.Errorf("dial: udp lock: %w", err)
-		}
-		if !ok {
-			return nil, fmt.Errorf("%w: another process holds the lock of %v", errPortBusy, netip.AddrPortFrom(src, port))
-		}
-		defer lf.Unlock(port)
 	}
-	local := netip.AddrPortFrom(src, port)
+	tr := &udpTrial{d: d, st: st, local: local, dst: dst}
+	defer tr.unlock()
 	nd := net.Dialer{ControlContext: func(ctx context.Context, network, address string, c syscall.RawConn) error {
-		// Without a user Control, every step runs in one Control call.
-		var own uint64
-		user := d.ControlContext != nil || d.Control != nil
+		if !user {
+			// Every step in one Control call.
+			return netsys.Control(c, tr.steps)
+		}
 		err := netsys.Control(c, func(fd int) (err error) {
-			if own, err = netsys.Cookie(fd); err != nil {
+			if tr.own, err = netsys.Cookie(fd); err != nil {
 				return err
 			}
-			if err := netsys.SetReuseAddr(fd, true); err != nil || user {
-				return err
-			}
-			return wrapStep(d.udpLockSteps(st, fd, own, local, dst))
+			return netsys.SetReuseAddr(fd, true)
 		})
-		if err != nil || !user {
+		if err != nil {
 			return err
 		}
 		if err := d.userControl(ctx, network, address, c); err != nil {
 			return err
 		}
-		return wrapStep(netsys.Control(c, func(fd int) error { return d.udpLockSteps(st, fd, own, local, dst) }))
+		return netsys.Control(c, tr.lockSteps)
 	}}
 	c, err := nd.DialContext(ctx, udpNetwork(dst), dst.String())
 	if err != nil {
@@ -249,15 +319,78 @@ func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uin
 	if testHookSkipLock {
 		return uc, nil
 	}
-	rc, err := uc.SyscallConn()
-	if err == nil {
-		err = netsys.Control(rc, func(fd int) error { return netsys.SetReuseAddr(fd, true) })
+	if err := releaseLock(uc, tr.fd, local, false); err != nil {
+		return nil, err
 	}
-	if err != nil {
-		uc.Close()
-		return nil, fmt.Errorf("dial: udp lock: releasing: %w", err)
-	}
+	use.Add(1)
 	return uc, nil
+}
+
+// releaseLock sets SO_REUSEADDR on fd, the connected socket of udpTry
+// (after testHookConnected), releasing the protocol's lock; on failure it
+// closes uc. fd was read in the dial's Control and stays valid: nothing but
+// udpTry holds uc yet.
+func releaseLock(uc *net.UDPConn, fd int, local netip.AddrPort, exclusive bool) error {
+	if testHookConnected != nil {
+		testHookConnected(local, exclusive)
+	}
+	if err := netsys.SetReuseAddr(fd, true); err != nil {
+		uc.Close()
+		return fmt.Errorf("dial: udp lock: releasing: %w", err)
+	}
+	return nil
+}
+
+// udpTrial is one udpTry: what its steps learn and hold.
+type udpTrial struct {
+	d          *Dialer
+	st         *state
+	local, dst netip.AddrPort
+	own        uint64 // our SO_COOKIE
+	fd         int    // the socket, for the release after connect
+	lf         *netsys.PortLockFile
+}
+
+// unlock releases the file lock, if step 0 took it.
+func (tr *udpTrial) unlock() {
+	if tr.lf != nil {
+		tr.lf.Unlock(tr.local.Port())
+		tr.lf = nil
+	}
+}
+
+// steps runs the cooperative lock's steps 0 to 4 on fd (no user Control).
+func (tr *udpTrial) steps(fd int) error {
+	var err error
+	if tr.own, err = netsys.Cookie(fd); err != nil {
+		return err
+	}
+	if err := netsys.SetReuseAddr(fd, true); err != nil {
+		return err
+	}
+	return tr.lockSteps(fd)
+}
+
+// lockSteps runs the cooperative lock's step 0 and steps 1 (bind) to 4 on
+// fd, whose cookie is tr.own and whose SO_REUSEADDR is set.
+func (tr *udpTrial) lockSteps(fd int) error {
+	tr.fd = fd
+	st, local, port := tr.st, tr.local, tr.local.Port()
+	if st.udpLock == UDPLockFile && !testHookSkipLock {
+		lf, err := st.lockFile(local.Addr())
+		if err != nil {
+			return wrapStep(err)
+		}
+		ok, err := lf.TryLock(port)
+		if err != nil {
+			return wrapStep(fmt.Errorf("dial: udp lock: %w", err))
+		}
+		if !ok {
+			return wrapStep(fmt.Errorf("%w: another process holds the lock of %v", errPortBusy, local))
+		}
+		tr.lf = lf
+	}
+	return wrapStep(tr.d.udpLockSteps(st, fd, tr.own, local, tr.dst))
 }
 
 // stepError carries an error of udpLockSteps through net.Dialer.
@@ -317,6 +450,14 @@ func (d *Dialer) udpLockSteps(st *state, fd int, own uint64, local, dst netip.Ad
 	}
 	return nil
 }
+
+// testHookConnected, when set, runs in udpTry after connect and before
+// the protocol's lock is released (tests look at the port in the window).
+var testHookConnected func(local netip.AddrPort, exclusive bool)
+
+// testHookNoExclusive turns the exclusive bind off, so that tests (and the
+// benchmark's comparison) can run the cooperative lock on a free port.
+var testHookNoExclusive bool
 
 // testHookSkipLock makes udpTry skip every lock and the lookup
 // (SO_REUSEADDR, bind, connect, as programs that do not cooperate do). Only
