@@ -7,35 +7,46 @@ const PrefetchSlots = 64
 
 // Prefetch prepares the table look-ups of a batch of packets, so that the
 // Outbound and Inbound calls that follow (in any order, with no other
-// call in between) find their index slots and records in the cache: it
-// loads every packet's index slot first and then every record, so the
-// memory accesses of different packets overlap instead of each packet
-// waiting for two dependent cache misses in turn. inbound[i] says which
-// look-up packet i gets. At most PrefetchSlots packets are prepared;
-// malformed ones are skipped (the real call judges them). It does not
-// change the engine's state and does not allocate.
+// call in between) find their records in the cache: it first loads every
+// packet's first cache line (outbound: the record's home line in the slab;
+// inbound: the index slot), then, for the packets whose record is not in
+// that line, the index slot and the record, so that the memory accesses of
+// different packets overlap instead of each packet waiting for its own
+// misses in turn. inbound[i] says which look-up packet i gets. At most
+// PrefetchSlots packets are prepared; malformed ones are skipped (the real
+// call judges them). It does not change the engine's state and does not
+// allocate.
 func (e *Engine) Prefetch(pkts [][]byte, inbound []bool) {
-	var pos, tag [PrefetchSlots]uint32
+	var hs [PrefetchSlots]uint64
+	var ks [PrefetchSlots]key
+	var ok [PrefetchSlots]bool
 	t := e.t
 	if t.old != nil {
 		return // the index is moving: look-ups check two arrays
 	}
 	n := min(len(pkts), len(inbound), PrefetchSlots)
+	cur := t.s[t.cs]
+	mask := uint32(len(t.slots) - 1)
 	var sink uint32
 	for i := 0; i < n; i++ {
-		k, ok := e.prefetchKey(pkts[i], inbound[i])
-		if !ok {
-			tag[i] = 1 // no tag has its low bits set: skipped below
+		k, good := e.prefetchKey(pkts[i], inbound[i])
+		if !good {
 			continue
 		}
-		pos[i], tag[i] = t.slotOf(k)
-		sink += t.slots[pos[i]]
+		h := t.hash(k)
+		hs[i], ks[i], ok[i] = h, k, true
+		if inbound[i] {
+			sink += t.slots[uint32(h>>t.shift)&mask]
+		} else {
+			sink += cur[homeOf(h, len(cur))].expire
+		}
 	}
 	var sink8 uint8
 	for i := 0; i < n; i++ {
-		if tag[i] != 1 {
-			sink8 += t.touchRecord(pos[i], tag[i])
+		if !ok[i] || !inbound[i] && t.atHome(hs[i], ks[i], kMapOut) != 0 {
+			continue
 		}
+		sink8 += t.touchRecord(uint32(hs[i]>>t.shift)&mask, uint32(hs[i]&15)<<28)
 	}
 	t.sink += sink + uint32(sink8)
 }
