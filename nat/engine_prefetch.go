@@ -1,21 +1,26 @@
 package nat
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"unsafe"
+)
 
 // PrefetchSlots bounds the packets one Prefetch call prepares.
 const PrefetchSlots = 64
 
 // Prefetch prepares the table look-ups of a batch of packets, so that the
 // Outbound and Inbound calls that follow (in any order, with no other
-// call in between) find their records in the cache: it first loads every
-// packet's first cache line (outbound: the record's home line in the slab;
-// inbound: the index slot), then, for the packets whose record is not in
-// that line, the index slot and the record, so that the memory accesses of
-// different packets overlap instead of each packet waiting for its own
-// misses in turn. inbound[i] says which look-up packet i gets. At most
-// PrefetchSlots packets are prepared; malformed ones are skipped (the real
-// call judges them). It does not change the engine's state and does not
-// allocate.
+// call in between) find their records in the cache. It asks the CPU for
+// every packet's first cache line without waiting for it (a prefetch
+// instruction: outbound, the record's home line in the slab; inbound, the
+// index slot), then, once all are on their way, for the second line where
+// one is needed (inbound: the record the slot names; outbound, for the
+// few records away from home: the index slot and the record), so that the
+// memory accesses of different packets overlap instead of each packet
+// waiting for its own misses in turn. inbound[i] says which look-up
+// packet i gets. At most PrefetchSlots packets are prepared; malformed
+// ones are skipped (the real call judges them). It does not change the
+// engine's state and does not allocate.
 func (e *Engine) Prefetch(pkts [][]byte, inbound []bool) {
 	var hs [PrefetchSlots]uint64
 	var ks [PrefetchSlots]key
@@ -27,7 +32,7 @@ func (e *Engine) Prefetch(pkts [][]byte, inbound []bool) {
 	n := min(len(pkts), len(inbound), PrefetchSlots)
 	cur := t.s[t.cs]
 	mask := uint32(len(t.slots) - 1)
-	var sink uint32
+	var sink uint8
 	for i := 0; i < n; i++ {
 		k, good := e.prefetchKey(pkts[i], inbound[i])
 		if !good {
@@ -36,19 +41,20 @@ func (e *Engine) Prefetch(pkts [][]byte, inbound []bool) {
 		h := t.hash(k)
 		hs[i], ks[i], ok[i] = h, k, true
 		if inbound[i] {
-			sink += t.slots[uint32(h>>t.shift)&mask]
+			sink += prefetch(unsafe.Pointer(&t.slots[uint32(h>>t.shift)&mask]))
 		} else {
-			sink += cur[homeOf(h, len(cur))].expire
+			sink += prefetch(unsafe.Pointer(&cur[homeOf(h, len(cur))]))
 		}
 	}
-	var sink8 uint8
 	for i := 0; i < n; i++ {
 		if !ok[i] || !inbound[i] && t.atHome(hs[i], ks[i], kMapOut) != 0 {
 			continue
 		}
-		sink8 += t.touchRecord(uint32(hs[i]>>t.shift)&mask, uint32(hs[i]&15)<<28)
+		if r := t.slotRecord(uint32(hs[i]>>t.shift)&mask, uint32(hs[i]&15)<<28); r != nil {
+			sink += prefetch(unsafe.Pointer(r))
+		}
 	}
-	t.sink += sink + uint32(sink8)
+	t.sink += uint32(sink)
 }
 
 // prefetchKey returns the mapping key the look-up of pkt starts with, read

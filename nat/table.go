@@ -737,20 +737,20 @@ func (t *table) check() error {
 	return nil
 }
 
-// touchRecord loads the record the slot at pos points to when its tag
-// matches (the second half of a prefetch); it returns a byte of it so the
-// load is not optimised away.
-func (t *table) touchRecord(pos, tag uint32) uint8 {
+// slotRecord returns the record the first slot with tag tag at or after
+// pos (within 4 slots) points to, nil if none: the second half of a
+// prefetch.
+func (t *table) slotRecord(pos, tag uint32) *rec {
 	mask := uint32(len(t.slots) - 1)
 	for n := 0; n < 4; n++ {
 		s := t.slots[pos]
 		if s == 0 {
-			return 0
+			return nil
 		}
 		if s&0xf0000000 == tag {
-			return t.at(s&idxMask - 1).flags
+			return t.at(s&idxMask - 1)
 		}
 		pos = (pos + 1) & mask
 	}
-	return 0
+	return nil
 }
