@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/portspace/portspace/packet"
 )
@@ -429,5 +430,33 @@ func BenchmarkLookupBatch(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkMissLatency measures the price of one cache miss on this
+// machine, for reading the look-up figures: each op is one load that
+// depends on the previous one (a pointer chase over a random cycle through
+// the 64-byte lines of a 64 MiB array, the size of a 1 M-session slab,
+// advised to huge pages as the slab is). BenchmarkLookupBatch's
+// random/single minus hot/single should come to about one such miss.
+//
+//	go test -run '^$' -bench 'MissLatency|LookupBatch' -count 5 ./nat
+func BenchmarkMissLatency(b *testing.B) {
+	const lines = 1 << 20 // 64 MiB
+	sl := makeSlab(2 * lines)
+	next := unsafe.Slice((*uint32)(unsafe.Pointer(&sl[0])), len(sl)*8)
+	perm := rand.New(rand.NewPCG(5, 6)).Perm(lines)
+	for i := range lines {
+		next[perm[i]*16] = uint32(perm[(i+1)%lines] * 16)
+	}
+	p := uint32(perm[0] * 16)
+	b.ResetTimer()
+	c0 := cpuNanos()
+	defer func() { reportCPU(b, c0) }()
+	for i := 0; i < b.N; i++ {
+		p = next[p]
+	}
+	if p == 1 {
+		b.Log(p) // keeps the chase
 	}
 }
