@@ -215,7 +215,7 @@ func long() bool {
 // BenchmarkLookupBatch's "random/single"). "hot" cycles over 1024 random
 // flows of the table, so it shows the cost of the hash probe alone, which
 // should stay flat. The 10 M case needs about
-// 1 GB and a minute of set-up; it is skipped under -short and at
+// 1.2 GB (1.7 GB while the slab doubles) and a minute of set-up; it is skipped under -short and at
 // -benchtime 1x.
 //
 //	go test -run '^$' -bench 'Lookup' -count 5 ./nat
