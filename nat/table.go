@@ -62,7 +62,8 @@ import (
 // (the other of two slab numbers, so the records of both have indices) and
 // makes it the current one: new records go there, and the old slab's
 // records move into their home lines in the new one a few at a time
-// (unindex, copy, index), 8 per Outbound or Inbound call, done before the
+// (copy, and the record's index slots rewritten in place), 8 per Outbound
+// or Inbound call, done before the
 // call looks anything up, and more per ExpireSome call. Record indices are
 // thus stable within a call, as the engine needs, and a move between calls
 // is invisible to it. The old slab is released when empty. A shrink that
@@ -452,15 +453,40 @@ func (t *table) settle(n int) {
 			return // the current slab is full; insert turns the move round
 		}
 		j := o<<slabBit | t.smig
-		t.unindex(j)
+		*t.at(i) = v
 		*r = rec{}
 		t.cnt[o]--
-		*t.at(i) = v
 		t.cnt[t.cs]++
-		t.index(i)
+		// The keys stay the same: their slots are rewritten in place.
+		k0, k1, two := kindsOf(&v)
+		t.reslot(t.keyOf(&v, k0), j+1, i+1)
+		if two {
+			t.reslot(t.keyOf(&v, k1), (j+1)|whichBit, (i+1)|whichBit)
+		}
 		t.smig++
 		budget -= 63 // a move costs as much as 64 looks
 		if n--; n == 0 {
+			return
+		}
+	}
+}
+
+// reslot rewrites the slot of key k with value from (index+1 and which
+// bit) to value to, in both index arrays while the index moves (the old
+// one is complete until it is dropped).
+func (t *table) reslot(k key, from, to uint32) {
+	h := t.hash(k)
+	reslotIn(t.slots, t.shift, h, from, to)
+	if t.old != nil {
+		reslotIn(t.old, t.oldShift, h, from, to)
+	}
+}
+
+func reslotIn(slots []uint32, shift uint8, h uint64, from, to uint32) {
+	mask := uint32(len(slots) - 1)
+	for pos := uint32(h>>shift) & mask; slots[pos] != 0; pos = (pos + 1) & mask {
+		if slots[pos]&0x0fffffff == from {
+			slots[pos] = slots[pos]&0xf0000000 | to
 			return
 		}
 	}
@@ -631,8 +657,8 @@ func (t *table) maintain(n int) {
 	t.settle(min(n, maxMoveStep))
 }
 
-// maxMoveStep bounds the records maintain moves per call (a move is an
-// unindex and an index, about 0.2 µs).
+// maxMoveStep bounds the records maintain moves per call (a move is a
+// copy and two slot rewrites, about 0.1 µs on a large table).
 const maxMoveStep = 1 << 15
 
 // migrate moves up to n slots of the old array.
