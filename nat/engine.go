@@ -1138,7 +1138,7 @@ func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 		e.cursor = 0
 		wrapped = true
 	}
-	t.maintain(max) // shrink the index and the arena after mass expiry
+	t.maintain(max) // resize the index and the slab, moving records
 	for _, a := range e.alloc {
 		a.Expire(now)
 	}

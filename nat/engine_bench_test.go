@@ -302,7 +302,7 @@ func BenchmarkSetupPause(b *testing.B) {
 
 // BenchmarkExpireShrink measures the table's shrink after mass expiry:
 // 1 M UDP sessions of which 1 % stay alive, then ExpireSome(now, 4096)
-// calls until the index and arena are small again. It reports the table
+// calls until the index and slab are small again. It reports the table
 // bytes before and after, the slowest call and the total time of the
 // calls. Skipped under -short and at -benchtime 1x.
 //
