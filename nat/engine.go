@@ -344,6 +344,9 @@ func (e *Engine) alive(r *rec, now uint32) bool { return now < r.expire }
 // packet.Reason name. It does not allocate for packets of existing flows.
 func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	e.st.Outbound++
+	if e.t.moving {
+		e.t.settle(settleStep) // the slab resizes: before any look-up
+	}
 	if e.fragDirty {
 		e.compactFragments()
 	}
@@ -657,16 +660,13 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 			// An overloaded session already uses this 5-tuple.
 			return 0, e.refuse(p, ReasonPortsExhausted)
 		}
-		i, ok := t.alloc()
+		i, ok := t.insert(rec{flags: fUsed, intAddr: ia, intPort: ip, extAddr: r.extAddr, extPort: r.extPort,
+			remAddr: ra, remPort: rp, proto: proto, state: st, expire: ns + e.timeout(proto, st) + 1})
 		if !ok {
 			return 0, e.refuse(p, ReasonSessionLimit)
 		}
-		r = t.at(o - 1)
+		t.at(o-1).refs++
 		m := t.at(i)
-		*m = rec{flags: fUsed, intAddr: ia, intPort: ip, extAddr: r.extAddr, extPort: r.extPort,
-			remAddr: ra, remPort: rp, proto: proto, state: st, expire: ns + e.timeout(proto, st) + 1}
-		r.refs++
-		t.index(i)
 		e.sessionUp(ia)
 		e.filterUp(m)
 		e.afterCreate(i, now)
@@ -714,7 +714,12 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 			return 0, e.refuse(p, ReasonPortsExhausted)
 		}
 	}
-	i, ok := t.alloc()
+	flags := uint8(fUsed | fOwner)
+	if loose {
+		flags = fUsed | fLoose
+	}
+	i, ok := t.insert(rec{flags: flags, intAddr: ia, intPort: ip, extAddr: u4(lease.Ext.Addr()), extPort: lease.Ext.Port(),
+		remAddr: ra, remPort: rp, proto: proto, state: st, expire: ns + e.timeout(proto, st) + 1})
 	if !ok {
 		if !e.overlap && !loose {
 			e.putPort(proto, ia, lease.Ext, now)
@@ -722,14 +727,9 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 		return 0, e.refuse(p, ReasonSessionLimit)
 	}
 	r := t.at(i)
-	flags := uint8(fUsed | fOwner)
 	if loose {
-		flags = fUsed | fLoose
 		e.loose++
 	}
-	*r = rec{flags: flags, intAddr: ia, intPort: ip, extAddr: u4(lease.Ext.Addr()), extPort: lease.Ext.Port(),
-		remAddr: ra, remPort: rp, proto: proto, state: st, expire: ns + e.timeout(proto, st) + 1}
-	t.index(i)
 	if !loose {
 		e.mappings++
 	}
@@ -802,13 +802,10 @@ func (e *Engine) filterUp(r *rec) {
 		t.at(f-1).refs++
 		return
 	}
-	proto, ea, ep, ra := r.proto, r.extAddr, r.extPort, r.remAddr
-	i, ok := t.alloc()
-	if !ok {
+	if _, ok := t.insert(rec{flags: fUsed | fFilter, proto: r.proto, extAddr: r.extAddr, extPort: r.extPort,
+		remAddr: r.remAddr, refs: 1, expire: ^uint32(0)}); !ok {
 		return // the filter then refuses; fail closed
 	}
-	*t.at(i) = rec{flags: fUsed | fFilter, proto: proto, extAddr: ea, extPort: ep, remAddr: ra, refs: 1, expire: ^uint32(0)}
-	t.index(i)
 }
 
 func (e *Engine) filterDown(r *rec) {
@@ -914,6 +911,9 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 // It never panics on malformed input. It does not allocate.
 func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	e.st.Inbound++
+	if e.t.moving {
+		e.t.settle(settleStep) // the slab resizes: before any look-up
+	}
 	if e.fragDirty {
 		e.compactFragments()
 	}
@@ -1031,16 +1031,13 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 		e.sessionUp(ia)
 		e.filterUp(r)
 	} else {
-		i, ok := e.t.alloc()
+		i, ok := e.t.insert(rec{flags: fUsed, intAddr: ia, intPort: ip, extAddr: ea, extPort: ep, remAddr: ra, remPort: rp,
+			proto: proto, state: tcpInSYN, aux: auxInbound, expire: ns + e.tmTrans + 1})
 		if !ok {
 			return e.drop(ReasonSessionLimit)
 		}
-		r = e.t.at(o - 1)
+		e.t.at(o-1).refs++
 		m := e.t.at(i)
-		*m = rec{flags: fUsed, intAddr: ia, intPort: ip, extAddr: ea, extPort: ep, remAddr: ra, remPort: rp,
-			proto: proto, state: tcpInSYN, aux: auxInbound, expire: ns + e.tmTrans + 1}
-		r.refs++
-		e.t.index(i)
 		e.inMembers++
 		e.sessionUp(ia)
 		e.filterUp(m)
@@ -1087,14 +1084,15 @@ func (e *Engine) Expire(now time.Time) {
 	e.ExpireSome(now, 0)
 }
 
-// ExpireSome is Expire visiting at most max records (0 = all), continuing
-// from where the previous call stopped, so a datapath can spread the sweep
+// ExpireSome is Expire visiting at most max records (0 = all; free slab
+// positions it passes count 1/8 each), continuing from where the previous
+// call stopped, so a datapath can spread the sweep
 // over many short calls. Held SYNs, held fragments and quarantined ports
 // are handled on every call. It reports whether the sweep completed a pass
 // over the table. Each call also does up to max steps of table
 // maintenance: moving index slots of a growth or shrink (the index shrinks
-// when less than 1/8 full) and emptying arena chunks (at most 32 768
-// record moves per call) when less than 1/8 of the records are in use.
+// when less than 1/8 full) and moving records of a slab resize (at most
+// 32 768 per call; the slab shrinks when less than 1/8 full).
 func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 	ns := e.now(now)
 	e.replies = e.replies[:0]
@@ -1103,19 +1101,28 @@ func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 		e.expireFragments(ns)
 	}
 	t := e.t
-	total := int(t.next)
+	total := int(t.span())
+	// A used record counts 1 towards max, a free slab position 1/8 (the
+	// slab is at least 1/8 full except at its smallest, so a call looks
+	// at no more than about 8 max positions).
+	budget := 8 * max
 	if max <= 0 || max > total {
-		max = total
+		max, budget = total, 8*total
 	}
-	for n := 0; n < max; n++ {
-		if e.cursor >= t.next {
+	for n := 0; n < total && budget > 0; n++ {
+		if e.cursor >= t.span() {
 			e.cursor = 0
 			wrapped = true
 		}
-		i := e.cursor
+		i := t.nth(e.cursor)
 		e.cursor++
 		r := t.at(i)
-		if r.flags&fUsed == 0 || r.flags&(fZombie|fFilter) != 0 || ns < r.expire {
+		if r.flags&fUsed == 0 {
+			budget--
+			continue
+		}
+		budget -= 8
+		if r.flags&(fZombie|fFilter) != 0 || ns < r.expire {
 			continue
 		}
 		reason := ReasonIdle
@@ -1127,11 +1134,11 @@ func (e *Engine) ExpireSome(now time.Time, max int) (wrapped bool) {
 		}
 		e.expireRec(i, now, reason)
 	}
-	if e.cursor >= t.next {
+	if e.cursor >= t.span() {
 		e.cursor = 0
 		wrapped = true
 	}
-	t.maintain(max) // shrink the index and the arena after mass expiry
+	t.maintain(max) // resize the index and the slab, moving records
 	for _, a := range e.alloc {
 		a.Expire(now)
 	}
@@ -1185,12 +1192,10 @@ func (e *Engine) Stats() Stats {
 // with ReasonFlush) and forgets held SYNs and held fragments.
 func (e *Engine) Flush(now time.Time) {
 	t := e.t
-	for c := range t.chunks {
-		for j := range t.chunks[c] {
-			r := &t.chunks[c][j]
-			if r.flags&fUsed != 0 && r.flags&(fZombie|fFilter) == 0 {
-				e.expireRec(uint32(c<<chunkBits+j), now, ReasonFlush)
-			}
+	for c := range t.span() {
+		i := t.nth(c)
+		if r := t.at(i); r.flags&fUsed != 0 && r.flags&(fZombie|fFilter) == 0 {
+			e.expireRec(i, now, ReasonFlush)
 		}
 	}
 	e.nheld = 0

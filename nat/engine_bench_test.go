@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/portspace/portspace/packet"
 )
@@ -210,11 +211,11 @@ func long() bool {
 // tables of 1 k to 10 M sessions. "random" cycles over 16,384 flows drawn
 // at random from the whole table: a working set of about 2 MB spread over
 // it, so TLB misses grow with the table but most cache lines stay in L3 (a
-// flow chosen from the whole table for every packet costs more: about
-// 365-393 cpu-ns at 1 M in one review run). "hot" cycles over 1024 random
+// flow chosen from the whole table for every packet is
+// BenchmarkLookupBatch's "random/single"). "hot" cycles over 1024 random
 // flows of the table, so it shows the cost of the hash probe alone, which
 // should stay flat. The 10 M case needs about
-// 1 GB and a minute of set-up; it is skipped under -short and at
+// 1.2 GB (1.7 GB while the slab doubles) and a minute of set-up; it is skipped under -short and at
 // -benchtime 1x.
 //
 //	go test -run '^$' -bench 'Lookup' -count 5 ./nat
@@ -301,7 +302,7 @@ func BenchmarkSetupPause(b *testing.B) {
 
 // BenchmarkExpireShrink measures the table's shrink after mass expiry:
 // 1 M UDP sessions of which 1 % stay alive, then ExpireSome(now, 4096)
-// calls until the index and arena are small again. It reports the table
+// calls until the index and slab are small again. It reports the table
 // bytes before and after, the slowest call and the total time of the
 // calls. Skipped under -short and at -benchtime 1x.
 //
@@ -341,22 +342,40 @@ func BenchmarkExpireShrink(b *testing.B) {
 	b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "total-ms")
 }
 
+// replyTo returns the reply to established outbound packet pkt: pkt
+// translated by e, its endpoints swapped (the checksums stay valid).
+func replyTo(b *testing.B, e *Engine, pkt []byte) []byte {
+	q := append([]byte(nil), pkt...)
+	if v := e.Outbound(q, t0); v.Action != Forward {
+		b.Fatalf("outbound %v %s", v.Action, v.Reason)
+	}
+	r := append([]byte(nil), q...)
+	copy(r[12:16], q[16:20])
+	copy(r[16:20], q[12:16])
+	copy(r[20:22], q[22:24])
+	copy(r[22:24], q[20:22])
+	return r
+}
+
 // BenchmarkLookupBatch is BenchmarkLookup's 1 M-session case with a fresh
 // random flow for every packet (no working set: 16 M packets drawn from
 // the whole table, more than the cache holds), "single" calling Outbound
 // per packet as BenchmarkLookup does, "batch32" handing the packets over
 // in batches of 32 with Engine.Prefetch first (as the gateway does with
-// each TUN batch), so that the two dependent cache misses of different
-// packets overlap. "hot" cycles over 1,024 flows (cache-resident), to
-// show what Prefetch costs when there is no miss to hide. ns/op is per
-// packet in all.
+// each TUN batch), so that the cache misses of different packets overlap
+// (one per packet for a record in its home line, the common case; index
+// slot and record otherwise). "hot" cycles over 1,024 flows
+// (cache-resident), to show what Prefetch costs when there is no miss to
+// hide. "random-in" is "random" for the replies (Inbound: index slot,
+// then record). ns/op is per packet in all. The table-bytes/session metric is the
+// slab and index bytes per session (BenchmarkMemory has the heap growth).
 //
 //	go test -run '^$' -bench 'LookupBatch' -count 5 ./nat
 func BenchmarkLookupBatch(b *testing.B) {
 	tmpl := udpPkt(b, hostA, srv1)
 	const n = 1_000_000
 	var e *Engine
-	for _, mode := range []string{"random/single", "random/batch32", "hot/single", "hot/batch32"} {
+	for _, mode := range []string{"random/single", "random/batch32", "hot/single", "hot/batch32", "random-in/single", "random-in/batch32"} {
 		b.Run(fmt.Sprintf("sessions=%d/%s", n, mode), func(b *testing.B) {
 			if e == nil {
 				e = newEngine(b, benchConfig())
@@ -369,8 +388,13 @@ func BenchmarkLookupBatch(b *testing.B) {
 			pl := len(tmpl)
 			all := make([]byte, np*pl)
 			r := rand.New(rand.NewPCG(3, 4))
+			in := strings.HasPrefix(mode, "random-in")
 			for i := 0; i < np; i++ {
-				copy(all[i*pl:], flowPacket(nil, tmpl, r.IntN(n)))
+				pk := flowPacket(nil, tmpl, r.IntN(n))
+				if in {
+					pk = replyTo(b, e, pk)
+				}
+				copy(all[i*pl:], pk)
 			}
 			const bs = 32
 			bufs := make([][]byte, bs)
@@ -378,6 +402,10 @@ func BenchmarkLookupBatch(b *testing.B) {
 				bufs[i] = make([]byte, pl)
 			}
 			inbound := make([]bool, bs)
+			for i := range inbound {
+				inbound[i] = in
+			}
+			b.ReportMetric(float64(e.Stats().TableBytes)/n, "table-bytes/session")
 			b.ReportAllocs()
 			b.ResetTimer()
 			c0 := cpuNanos()
@@ -392,11 +420,43 @@ func BenchmarkLookupBatch(b *testing.B) {
 					e.Prefetch(bufs[:m], inbound[:m])
 				}
 				for j := 0; j < m; j++ {
-					if e.Outbound(bufs[j], t0).Action != Forward {
+					if in {
+						if e.Inbound(bufs[j], t0).Action != Forward {
+							b.Fatal("dropped")
+						}
+					} else if e.Outbound(bufs[j], t0).Action != Forward {
 						b.Fatal("dropped")
 					}
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkMissLatency measures the price of one cache miss on this
+// machine, for reading the look-up figures: each op is one load that
+// depends on the previous one (a pointer chase over a random cycle through
+// the 64-byte lines of a 64 MiB array, the size of a 1 M-session slab,
+// advised to huge pages as the slab is). BenchmarkLookupBatch's
+// random/single minus hot/single should come to about one such miss.
+//
+//	go test -run '^$' -bench 'MissLatency|LookupBatch' -count 5 ./nat
+func BenchmarkMissLatency(b *testing.B) {
+	const lines = 1 << 20 // 64 MiB
+	sl := makeSlab(2 * lines)
+	next := unsafe.Slice((*uint32)(unsafe.Pointer(&sl[0])), len(sl)*8)
+	perm := rand.New(rand.NewPCG(5, 6)).Perm(lines)
+	for i := range lines {
+		next[perm[i]*16] = uint32(perm[(i+1)%lines] * 16)
+	}
+	p := uint32(perm[0] * 16)
+	b.ResetTimer()
+	c0 := cpuNanos()
+	defer func() { reportCPU(b, c0) }()
+	for i := 0; i < b.N; i++ {
+		p = next[p]
+	}
+	if p == 1 {
+		b.Log(p) // keeps the chase
 	}
 }

@@ -1,43 +1,60 @@
 package nat
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"unsafe"
+)
 
 // PrefetchSlots bounds the packets one Prefetch call prepares.
 const PrefetchSlots = 64
 
 // Prefetch prepares the table look-ups of a batch of packets, so that the
 // Outbound and Inbound calls that follow (in any order, with no other
-// call in between) find their index slots and records in the cache: it
-// loads every packet's index slot first and then every record, so the
+// call in between) find their records in the cache. It asks the CPU for
+// every packet's first cache line without waiting for it (a prefetch
+// instruction: outbound, the record's home line in the slab; inbound, the
+// index slot), then, once all are on their way, for the second line where
+// one is needed (inbound: the record the slot names; outbound, for the
+// few records away from home: the index slot and the record), so that the
 // memory accesses of different packets overlap instead of each packet
-// waiting for two dependent cache misses in turn. inbound[i] says which
-// look-up packet i gets. At most PrefetchSlots packets are prepared;
-// malformed ones are skipped (the real call judges them). It does not
-// change the engine's state and does not allocate.
+// waiting for its own misses in turn. inbound[i] says which look-up
+// packet i gets. At most PrefetchSlots packets are prepared; malformed
+// ones are skipped (the real call judges them). It does not change the
+// engine's state and does not allocate.
 func (e *Engine) Prefetch(pkts [][]byte, inbound []bool) {
-	var pos, tag [PrefetchSlots]uint32
+	var hs [PrefetchSlots]uint64
+	var ks [PrefetchSlots]key
+	var ok [PrefetchSlots]bool
 	t := e.t
 	if t.old != nil {
 		return // the index is moving: look-ups check two arrays
 	}
 	n := min(len(pkts), len(inbound), PrefetchSlots)
-	var sink uint32
+	cur := t.s[t.cs]
+	mask := uint32(len(t.slots) - 1)
+	var sink uint8
 	for i := 0; i < n; i++ {
-		k, ok := e.prefetchKey(pkts[i], inbound[i])
-		if !ok {
-			tag[i] = 1 // no tag has its low bits set: skipped below
+		k, good := e.prefetchKey(pkts[i], inbound[i])
+		if !good {
 			continue
 		}
-		pos[i], tag[i] = t.slotOf(k)
-		sink += t.slots[pos[i]]
-	}
-	var sink8 uint8
-	for i := 0; i < n; i++ {
-		if tag[i] != 1 {
-			sink8 += t.touchRecord(pos[i], tag[i])
+		h := t.hash(k)
+		hs[i], ks[i], ok[i] = h, k, true
+		if inbound[i] {
+			sink += prefetch(unsafe.Pointer(&t.slots[uint32(h>>t.shift)&mask]))
+		} else {
+			sink += prefetch(unsafe.Pointer(&cur[homeOf(h, len(cur))]))
 		}
 	}
-	t.sink += sink + uint32(sink8)
+	for i := 0; i < n; i++ {
+		if !ok[i] || !inbound[i] && t.atHome(hs[i], ks[i], kMapOut) != 0 {
+			continue
+		}
+		if r := t.slotRecord(uint32(hs[i]>>t.shift)&mask, uint32(hs[i]&15)<<28); r != nil {
+			sink += prefetch(unsafe.Pointer(r))
+		}
+	}
+	t.sink += uint32(sink)
 }
 
 // prefetchKey returns the mapping key the look-up of pkt starts with, read

@@ -32,27 +32,25 @@ type Session struct {
 func (e *Engine) Sessions() iter.Seq[Session] {
 	return func(yield func(Session) bool) {
 		t := e.t
-		for c := range t.chunks {
-			for j := range t.chunks[c] {
-				r := &t.chunks[c][j]
-				if r.flags&fUsed == 0 || r.flags&(fZombie|fFilter) != 0 {
-					continue
-				}
-				s := Session{
-					Proto:    tuple.Proto(r.proto),
-					Internal: ap4(r.intAddr, r.intPort),
-					External: ap4(r.extAddr, r.extPort),
-					Remote:   ap4(r.remAddr, r.remPort),
-					Expires:  time.Unix(e.base+int64(r.expire), 0),
-					Mapping:  r.flags&fOwner != 0,
-					Inbound:  r.aux&auxInbound != 0,
-				}
-				if r.proto == uint8(tuple.TCP) {
-					s.State = tcpStateNames[r.state]
-				}
-				if !yield(s) {
-					return
-				}
+		for c := range t.span() {
+			r := t.at(t.nth(c))
+			if r.flags&fUsed == 0 || r.flags&(fZombie|fFilter) != 0 {
+				continue
+			}
+			s := Session{
+				Proto:    tuple.Proto(r.proto),
+				Internal: ap4(r.intAddr, r.intPort),
+				External: ap4(r.extAddr, r.extPort),
+				Remote:   ap4(r.remAddr, r.remPort),
+				Expires:  time.Unix(e.base+int64(r.expire), 0),
+				Mapping:  r.flags&fOwner != 0,
+				Inbound:  r.aux&auxInbound != 0,
+			}
+			if r.proto == uint8(tuple.TCP) {
+				s.State = tcpStateNames[r.state]
+			}
+			if !yield(s) {
+				return
 			}
 		}
 	}
