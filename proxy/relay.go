@@ -152,7 +152,15 @@ func rawConn(c net.Conn) syscall.RawConn {
 }
 
 func newDirection(t *tunnel, src, dst net.Conn, count func(int)) *direction {
-	d := &direction{t: t, src: src, dst: dst, count: count, srcRC: rawConn(src), dstRC: rawConn(dst), mode: modeBlock}
+	d := &direction{}
+	d.init(t, src, dst, count)
+	return d
+}
+
+// init sets d up in place (relayAsync's directions live inside its
+// relayState: one allocation per tunnel, not three).
+func (d *direction) init(t *tunnel, src, dst net.Conn, count func(int)) {
+	*d = direction{t: t, src: src, dst: dst, count: count, srcRC: rawConn(src), dstRC: rawConn(dst), mode: modeBlock}
 	switch {
 	case !canSplice || d.srcRC == nil:
 	case d.dstRC != nil:
@@ -162,7 +170,6 @@ func newDirection(t *tunnel, src, dst net.Conn, count func(int)) *direction {
 		d.mode = modeRead
 		d.readFn = d.readIn
 	}
-	return d
 }
 
 // spliceIn is src's raw read callback in modeSplice; false (wait for the
@@ -369,20 +376,21 @@ func closeWrite(c net.Conn) {
 // with the bytes relayed each way and the first error. The caller's
 // goroutine (and its stack) is free at once.
 func relayAsync(a, b net.Conn, idle time.Duration, now func() time.Time, up, down func(int), done func(aToB, bToA int64, err error)) {
-	t := &tunnel{idle: idle, now: now}
-	t.touch()
 	r := &relayState{a: a, b: b, done: done}
-	r.ab = newDirection(t, a, b, up)
-	r.ba = newDirection(t, b, a, down)
-	r.ab.other, r.ba.other = r.ba, r.ab
+	r.t.idle, r.t.now = idle, now
+	r.t.touch()
+	r.ab.init(&r.t, a, b, up)
+	r.ba.init(&r.t, b, a, down)
+	r.ab.other, r.ba.other = &r.ba, &r.ab
 	r.left.Store(2)
-	go r.run(r.ab)
-	go r.run(r.ba)
+	go r.run(&r.ab)
+	go r.run(&r.ba)
 }
 
 type relayState struct {
 	a, b   net.Conn
-	ab, ba *direction
+	t      tunnel
+	ab, ba direction
 	left   atomic.Int32
 	once   sync.Once
 	first  error

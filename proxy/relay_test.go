@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"io"
 	"net"
 	"os"
@@ -190,4 +191,37 @@ func relay(a, b net.Conn, idle time.Duration, now func() time.Time, up, down fun
 	})
 	<-done
 	return
+}
+
+// TestHandlerWorkers: connections one after another are served by a
+// handler goroutine that waits for the next one instead of a new goroutine
+// each, and Shutdown ends the waiting ones.
+func TestHandlerWorkers(t *testing.T) {
+	echo := echoServer(t, "127.0.0.10")
+	p := startProxy(t, "", nil)
+	const n = 20
+	for i := range n {
+		c, rep, _, err := socksDial(t, p.addr, "", "", cmdConnect, addrBytes(echo))
+		if err != nil || rep != 0 {
+			t.Fatal(rep, err)
+		}
+		c.Close()
+		p.waitCount("socks5", resultOK, float64(i+1))
+	}
+	if started := p.srv.workersRun.Load(); started > n/2 {
+		t.Errorf("%d sequential connections started %d handler goroutines, want them reused", n, started)
+	}
+	if p.srv.idleWorkers.Load() == 0 {
+		t.Fatal("no handler goroutine waits for the next connection")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p.srv.Shutdown(ctx)
+	deadline := time.Now().Add(5 * time.Second)
+	for p.srv.idleWorkers.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d handler goroutines still wait after Shutdown", p.srv.idleWorkers.Load())
+		}
+		runtime.Gosched()
+	}
 }
