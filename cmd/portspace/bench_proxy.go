@@ -81,7 +81,7 @@ bulk. A peer that is not installed is skipped and the table says so.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.DurationVar(&f.duration, "duration", 3*time.Second, "setup phase length per proxy (split over --rounds)")
+	fl.DurationVar(&f.duration, "duration", 6*time.Second, "setup phase length per proxy (split over --rounds)")
 	fl.IntVar(&f.rounds, "rounds", 3, "rounds of the setup and bulk phases, rows interleaved")
 	fl.IntVar(&f.concurrency, "concurrency", 16, "concurrent clients in the setup phase")
 	fl.IntVar(&f.bulkMiB, "bulk-mib", 1024, "MiB carried by the bulk tunnel")
