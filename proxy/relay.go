@@ -58,6 +58,9 @@ var relayPipes = make(chan *netsys.Pipe, 64)
 // pipesOut counts the pipes taken and not yet given back.
 var pipesOut atomic.Int64
 
+// newPipe opens a splice pipe (a variable so that a test can make it fail).
+var newPipe = netsys.NewPipe
+
 func getPipe() (*netsys.Pipe, error) {
 	select {
 	case p := <-relayPipes:
@@ -65,7 +68,7 @@ func getPipe() (*netsys.Pipe, error) {
 		return p, nil
 	default:
 	}
-	p, err := netsys.NewPipe(relayPipeSize)
+	p, err := newPipe(relayPipeSize)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: relay: %w", err)
 	}
@@ -132,7 +135,7 @@ type direction struct {
 	buf      *[relayBufSize]byte   // held from a read to its write
 	got      int                   // bytes the last read callback moved in
 	errno    syscall.Errno         // the last callback's error
-	perr     error                 // no pipe could be opened
+	perr     error                 // no pipe could be opened (EMFILE...)
 	n        int64
 	ended    atomic.Bool // run returned
 	other    *direction  // the opposite direction, if known
@@ -277,7 +280,10 @@ func (d *direction) step() (int, error) {
 		return 0, err
 	}
 	if d.perr != nil {
-		return 0, d.perr
+		// No pipe (out of descriptors, say): this direction copies
+		// through a buffer from now on; nothing was read yet.
+		d.mode, d.readFn = modeRead, d.readIn
+		return 0, nil
 	}
 	if d.mode == modeRead {
 		return d.writeBuf()

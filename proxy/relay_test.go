@@ -7,8 +7,11 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/portspace/portspace/internal/netsys"
 )
 
 // tcpPair returns the two ends of a loopback TCP connection.
@@ -223,5 +226,36 @@ func TestHandlerWorkers(t *testing.T) {
 			t.Fatalf("%d handler goroutines still wait after Shutdown", p.srv.idleWorkers.Load())
 		}
 		runtime.Gosched()
+	}
+}
+
+// TestRelayWithoutPipes: when no splice pipe can be opened (the descriptor
+// limit, say), a direction copies through a buffer instead of failing the
+// tunnel.
+func TestRelayWithoutPipes(t *testing.T) {
+	if !canSplice {
+		t.Skip("the splice path is Linux-only")
+	}
+	for len(relayPipes) > 0 { // no pooled pipe to fall back on
+		(<-relayPipes).Close()
+	}
+	newPipe = func(int) (*netsys.Pipe, error) { return nil, syscall.EMFILE }
+	defer func() { newPipe = netsys.NewPipe }()
+	a, a2 := tcpPair(t)
+	b, b2 := tcpPair(t)
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := relay(a2, b, time.Minute, time.Now, nil, nil)
+		done <- err
+	}()
+	a.Write([]byte("through a buffer"))
+	a.CloseWrite()
+	got, err := io.ReadAll(b2)
+	if err != nil || string(got) != "through a buffer" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	b2.Close()
+	if err := <-done; err != nil {
+		t.Errorf("relay ended with %v", err)
 	}
 }
