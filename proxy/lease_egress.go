@@ -154,8 +154,23 @@ func (e *LeaseEgress) Held() []lease.Lease {
 	return out
 }
 
-// candidates returns the held slices that may serve req, in claim order.
-func (e *LeaseEgress) candidates(req EgressRequest) []*heldSlice {
+// anyPoolOffers reports whether one of Pools offers want (true when Pools
+// is nil).
+func (e *LeaseEgress) anyPoolOffers(want map[string]string) bool {
+	if e.Pools == nil {
+		return true
+	}
+	for _, p := range e.Pools {
+		if hasTraits(p.Traits, want) {
+			return true
+		}
+	}
+	return false
+}
+
+// candidates appends the held slices that may serve req to out, in claim
+// order (a caller's array keeps the common case off the heap).
+func (e *LeaseEgress) candidates(req EgressRequest, out []*heldSlice) []*heldSlice {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var pin netip.Addr
@@ -166,7 +181,6 @@ func (e *LeaseEgress) candidates(req EgressRequest) []*heldSlice {
 			delete(e.sessions, req.Session)
 		}
 	}
-	var out []*heldSlice
 	for _, h := range e.slices {
 		if h.lost.Load() || !hasTraits(h.traits, req.Traits) {
 			continue
@@ -181,7 +195,7 @@ func (e *LeaseEgress) candidates(req EgressRequest) []*heldSlice {
 
 // Dial implements Egress.
 func (e *LeaseEgress) Dial(ctx context.Context, network string, dst netip.AddrPort, req EgressRequest) (net.Conn, error) {
-	if e.Pools != nil && len(e.matchingPools(req.Traits)) == 0 {
+	if !e.anyPoolOffers(req.Traits) {
 		return nil, fmt.Errorf("%w: %s (pools offer %s)", ErrNoEgress, TraitsString(req.Traits), offeredString(e.Offered()))
 	}
 	c, err := e.dialHeld(ctx, network, dst, req)
@@ -222,7 +236,8 @@ func (e *LeaseEgress) Claim(ctx context.Context, traits map[string]string) (leas
 var errNoHeldPort = errors.New("proxy: no held slice has a free port toward the destination")
 
 func (e *LeaseEgress) dialHeld(ctx context.Context, network string, dst netip.AddrPort, req EgressRequest) (net.Conn, error) {
-	for _, h := range e.candidates(req) {
+	var buf [8]*heldSlice
+	for _, h := range e.candidates(req, buf[:0]) {
 		c, err := e.dialFrom(ctx, h, network, dst, req)
 		if err == nil {
 			return c, nil

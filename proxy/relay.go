@@ -2,14 +2,17 @@ package proxy
 
 import (
 	"errors"
-	"github.com/portspace/portspace/internal/netsys"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/portspace/portspace/internal/netsys"
 )
 
 // relayBufSize is the size of the pooled buffers a relay copies through.
@@ -42,6 +45,56 @@ func putBuf(b *[relayBufSize]byte) {
 	}
 }
 
+// relayPipeSize is the capacity asked for each splice pipe
+// (F_SETPIPE_SZ), and the most one splice moves: 1 MiB, the default
+// /proc/sys/fs/pipe-max-size (a refused size leaves the kernel's 64 KiB).
+const relayPipeSize = 1 << 20
+
+// relayPipes is the free list of splice pipes, bounded like relayBufs; a
+// pipe is taken only when its socket has bytes to move, so an idle tunnel
+// holds none (TestIdleTunnelDescriptors).
+var relayPipes = make(chan *netsys.Pipe, 64)
+
+// pipesOut counts the pipes taken and not yet given back.
+var pipesOut atomic.Int64
+
+// newPipe opens a splice pipe (a variable so that a test can make it fail).
+var newPipe = netsys.NewPipe
+
+func getPipe() (*netsys.Pipe, error) {
+	select {
+	case p := <-relayPipes:
+		pipesOut.Add(1)
+		return p, nil
+	default:
+	}
+	p, err := newPipe(relayPipeSize)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: relay: %w", err)
+	}
+	pipesOut.Add(1)
+	return p, nil
+}
+
+// putPipe gives p back; a pipe that still holds bytes (its write failed)
+// is closed instead.
+func putPipe(p *netsys.Pipe) {
+	pipesOut.Add(-1)
+	if p.Buffered() != 0 {
+		p.Close()
+		return
+	}
+	select {
+	case relayPipes <- p:
+	default:
+		p.Close()
+	}
+}
+
+// canSplice: the splice and non-blocking read paths (internal/netsys) exist
+// on Linux only; elsewhere the relay reads in a blocking Read.
+const canSplice = runtime.GOOS == "linux"
+
 // tunnel is one relayed connection pair: two directions that share an idle
 // clock.
 type tunnel struct {
@@ -52,17 +105,37 @@ type tunnel struct {
 
 func (t *tunnel) touch() { t.lastNano.Store(t.now().UnixNano()) }
 
-// direction copies src to dst, one chunk per readable event.
+// How a direction moves its bytes.
+const (
+	// modeSplice: src and dst are sockets: each readiness event of src
+	// splices what is queued (up to relayPipeSize) into a pooled pipe and
+	// from it into dst; two system calls per chunk, no copy.
+	modeSplice = iota
+	// modeRead: src is a socket, dst is not: a non-blocking read into a
+	// pooled buffer taken for the call, then dst.Write.
+	modeRead
+	// modeBlock: src offers no raw socket (or not on Linux): Read blocks
+	// holding a pooled buffer.
+	modeBlock
+)
+
+// direction copies src to dst, one chunk per readiness event. Its raw
+// callbacks take a pipe or buffer only when src has bytes (or EOF) and give
+// it back before src's next wait, so an idle direction holds nothing but
+// its sockets.
 type direction struct {
 	t        *tunnel
 	src, dst net.Conn
-	rc       syscall.RawConn // nil: src offers no RawConn; Read blocks holding a buffer
-	wait     func(fd uintptr) bool
-	peek     [1]byte
-	avail    int32 // bytes queued on src, as the readability check found
-	srcTCP   *net.TCPConn
-	dstTCP   *net.TCPConn
-	lr       io.LimitedReader // reused: splices exactly avail bytes
+	srcRC    syscall.RawConn
+	dstRC    syscall.RawConn
+	mode     int
+	readFn   func(fd uintptr) bool // d.spliceIn or d.readIn, bound once
+	writeFn  func(fd uintptr) bool // d.spliceOut
+	pipe     *netsys.Pipe          // held from a splice in to its splice out
+	buf      *[relayBufSize]byte   // held from a read to its write
+	got      int                   // bytes the last read callback moved in
+	errno    syscall.Errno         // the last callback's error
+	perr     error                 // no pipe could be opened (EMFILE...)
 	n        int64
 	ended    atomic.Bool // run returned
 	other    *direction  // the opposite direction, if known
@@ -70,118 +143,209 @@ type direction struct {
 	deadline time.Time
 }
 
-func newDirection(t *tunnel, src, dst net.Conn, count func(int)) *direction {
-	d := &direction{t: t, src: src, dst: dst, count: count, srcTCP: tcpOf(src), dstTCP: tcpOf(dst)}
-	if d.srcTCP != nil {
-		src = d.srcTCP
-	}
-	if sc, ok := src.(syscall.Conn); ok {
+// rawConn returns c's raw socket (a *net.TCPConn's, or a wrapper's that
+// offers SyscallConn, as leaseConn does), or nil.
+func rawConn(c net.Conn) syscall.RawConn {
+	if sc, ok := c.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			d.rc = rc
-			d.wait = d.readable
+			return rc
 		}
 	}
+	return nil
+}
+
+func newDirection(t *tunnel, src, dst net.Conn, count func(int)) *direction {
+	d := &direction{}
+	d.init(t, src, dst, count)
 	return d
 }
 
-// tcpOf returns the *net.TCPConn under c's NetConn wrappers, or nil.
-func tcpOf(c net.Conn) *net.TCPConn {
-	for range 4 {
-		if tc, ok := c.(*net.TCPConn); ok {
-			return tc
-		}
-		w, ok := c.(interface{ NetConn() net.Conn })
-		if !ok {
-			return nil
-		}
-		c = w.NetConn()
+// init sets d up in place (relayAsync's directions live inside its
+// relayState: one allocation per tunnel, not three).
+func (d *direction) init(t *tunnel, src, dst net.Conn, count func(int)) {
+	*d = direction{t: t, src: src, dst: dst, count: count, srcRC: rawConn(src), dstRC: rawConn(dst), mode: modeBlock}
+	switch {
+	case !canSplice || d.srcRC == nil:
+	case d.dstRC != nil:
+		d.mode = modeSplice
+		d.readFn, d.writeFn = d.spliceIn, d.spliceOut
+	default:
+		d.mode = modeRead
+		d.readFn = d.readIn
 	}
-	return nil
+}
+
+// spliceIn is src's raw read callback in modeSplice; false (wait for the
+// next readiness event, holding no pipe) when nothing is queued.
+func (d *direction) spliceIn(fd uintptr) bool {
+	if d.pipe == nil {
+		p, err := getPipe()
+		if err != nil {
+			d.perr = err
+			return true
+		}
+		d.pipe = p
+	}
+	n, e := d.pipe.SpliceFrom(fd, relayPipeSize)
+	if e == syscall.EAGAIN {
+		putPipe(d.pipe)
+		d.pipe = nil
+		return false
+	}
+	d.got, d.errno = n, e
+	return true
+}
+
+// spliceOut is dst's raw write callback in modeSplice; false (wait until
+// dst is writable) while the pipe is not empty.
+func (d *direction) spliceOut(fd uintptr) bool {
+	_, e := d.pipe.SpliceTo(fd)
+	if e == syscall.EAGAIN {
+		return false
+	}
+	d.errno = e
+	return true
+}
+
+// readIn is src's raw read callback in modeRead.
+func (d *direction) readIn(fd uintptr) bool {
+	if d.buf == nil {
+		d.buf = getBuf()
+	}
+	n, e := netsys.ReadFD(fd, d.buf[:])
+	if e == syscall.EAGAIN {
+		putBuf(d.buf)
+		d.buf = nil
+		return false
+	}
+	d.got, d.errno = n, e
+	return true
 }
 
 // errIdle ends a tunnel that saw no byte in either direction for its idle
 // timeout.
 var errIdle = errors.New("proxy: tunnel idle")
 
-// waitReadable blocks until src has data, EOF or an error, without holding a
-// buffer; it extends the read deadline while the other direction is active.
-func (d *direction) waitReadable() error {
-	for {
-		if d.t.idle > 0 {
-			dl := time.Unix(0, d.t.lastNano.Load()).Add(d.t.idle)
-			if !dl.Equal(d.deadline) {
-				if !d.t.now().Before(dl) {
-					return errIdle
-				}
-				d.deadline = dl
-				if err := d.src.SetReadDeadline(dl); err != nil {
-					return err
-				}
-			}
-		}
-		if d.rc == nil {
-			return nil
-		}
-		err := d.rc.Read(d.wait)
-		if err == nil {
-			return nil
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// The other direction may have moved in the meantime: loop
-			// to recompute the deadline from the shared clock.
-			dl := time.Unix(0, d.t.lastNano.Load()).Add(d.t.idle)
-			if !d.t.now().Before(dl) {
-				return errIdle
-			}
-			continue
-		}
-		return err
+// armDeadline sets src's read deadline from the shared idle clock (the
+// other direction's traffic moves it), or reports errIdle.
+func (d *direction) armDeadline() error {
+	if d.t.idle <= 0 {
+		return nil
+	}
+	dl := time.Unix(0, d.t.lastNano.Load()).Add(d.t.idle)
+	if dl.Equal(d.deadline) {
+		return nil
+	}
+	if !d.t.now().Before(dl) {
+		return errIdle
+	}
+	d.deadline = dl
+	return d.src.SetReadDeadline(dl)
+}
+
+// timedOut is called when the read deadline fired: errIdle when the tunnel
+// really was idle, nil when the other direction moved meanwhile (the caller
+// waits again, with a later deadline).
+func (d *direction) timedOut() error {
+	dl := time.Unix(0, d.t.lastNano.Load()).Add(d.t.idle)
+	if !d.t.now().Before(dl) {
+		return errIdle
+	}
+	return nil
+}
+
+func (d *direction) moved(n int) {
+	d.t.touch()
+	d.n += int64(n)
+	if d.count != nil {
+		d.count(n)
 	}
 }
 
-// step relays one chunk: it waits for readability, then reads into a
-// pooled buffer and writes it out. It allocates nothing.
+// step relays one chunk: it waits for src to have bytes, EOF or an error,
+// and moves what is queued to dst; it returns io.EOF at src's end of
+// stream. It allocates nothing.
 func (d *direction) step() (int, error) {
-	d.avail = 0
-	if err := d.waitReadable(); err != nil {
+	if err := d.armDeadline(); err != nil {
 		return 0, err
 	}
-	if d.avail > 0 && d.srcTCP != nil && d.dstTCP != nil {
-		// Splice exactly the queued bytes through a pooled pipe: the
-		// kernel moves them, and the pipe goes back to the pool before the
-		// next wait.
-		d.lr.R, d.lr.N = d.srcTCP, int64(d.avail)
-		n64, err := d.dstTCP.ReadFrom(&d.lr)
-		n := int(n64)
-		if n > 0 {
-			d.t.touch()
-			d.n += n64
-			if d.count != nil {
-				d.count(n)
-			}
-		}
-		return n, err
+	if d.mode == modeBlock {
+		return d.blockingStep()
 	}
+	d.got, d.errno, d.perr = 0, 0, nil
+	if err := d.srcRC.Read(d.readFn); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return 0, d.timedOut()
+		}
+		return 0, err
+	}
+	if d.perr != nil {
+		// No pipe (out of descriptors, say): this direction copies
+		// through a buffer from now on; nothing was read yet.
+		d.mode, d.readFn = modeRead, d.readIn
+		return 0, nil
+	}
+	if d.mode == modeRead {
+		return d.writeBuf()
+	}
+	n := d.got
+	if d.errno != 0 || n == 0 {
+		putPipe(d.pipe)
+		d.pipe = nil
+		if d.errno != 0 {
+			return 0, os.NewSyscallError("splice", d.errno)
+		}
+		return 0, io.EOF
+	}
+	d.errno = 0
+	err := d.dstRC.Write(d.writeFn)
+	if err == nil && d.errno != 0 {
+		err = os.NewSyscallError("splice", d.errno)
+	}
+	moved := n - d.pipe.Buffered()
+	putPipe(d.pipe) // closed, not pooled, if bytes are left in it
+	d.pipe = nil
+	if moved > 0 {
+		d.moved(moved)
+	}
+	return moved, err
+}
+
+// writeBuf writes what readIn read (modeRead).
+func (d *direction) writeBuf() (int, error) {
+	n, e := d.got, d.errno
+	var err error
+	if n > 0 {
+		_, err = d.dst.Write(d.buf[:n])
+		d.moved(n)
+	}
+	putBuf(d.buf)
+	d.buf = nil
+	switch {
+	case err != nil:
+		return n, err
+	case e != 0:
+		return n, os.NewSyscallError("read", e)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// blockingStep is step in modeBlock: Read blocks holding a pooled buffer.
+func (d *direction) blockingStep() (int, error) {
 	bp := getBuf()
 	n, err := d.src.Read(bp[:])
 	if n > 0 {
-		d.t.touch()
 		if _, werr := d.dst.Write(bp[:n]); werr != nil && err == nil {
 			err = werr
 		}
-		d.n += int64(n)
-		if d.count != nil {
-			d.count(n)
-		}
+		d.moved(n)
 	}
 	putBuf(bp)
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && n == 0 {
-		// With no RawConn the deadline fires inside Read.
-		dl := time.Unix(0, d.t.lastNano.Load()).Add(d.t.idle)
-		if !d.t.now().Before(dl) {
-			return 0, errIdle
-		}
-		return 0, nil
+		// The deadline fires inside Read.
+		return 0, d.timedOut()
 	}
 	return n, err
 }
@@ -218,20 +382,21 @@ func closeWrite(c net.Conn) {
 // with the bytes relayed each way and the first error. The caller's
 // goroutine (and its stack) is free at once.
 func relayAsync(a, b net.Conn, idle time.Duration, now func() time.Time, up, down func(int), done func(aToB, bToA int64, err error)) {
-	t := &tunnel{idle: idle, now: now}
-	t.touch()
 	r := &relayState{a: a, b: b, done: done}
-	r.ab = newDirection(t, a, b, up)
-	r.ba = newDirection(t, b, a, down)
-	r.ab.other, r.ba.other = r.ba, r.ab
+	r.t.idle, r.t.now = idle, now
+	r.t.touch()
+	r.ab.init(&r.t, a, b, up)
+	r.ba.init(&r.t, b, a, down)
+	r.ab.other, r.ba.other = &r.ba, &r.ab
 	r.left.Store(2)
-	go r.run(r.ab)
-	go r.run(r.ba)
+	go r.run(&r.ab)
+	go r.run(&r.ba)
 }
 
 type relayState struct {
 	a, b   net.Conn
-	ab, ba *direction
+	t      tunnel
+	ab, ba direction
 	left   atomic.Int32
 	once   sync.Once
 	first  error
@@ -253,10 +418,3 @@ func (r *relayState) run(d *direction) {
 		r.done(r.ab.n, r.ba.n, r.first)
 	}
 }
-
-// readable reports whether the socket fd has data, EOF or a pending error
-// (netsys.Readable: the queued byte count into d.avail, else a one-byte
-// peek; outside Linux always true, and the relay then blocks in Read
-// holding a pooled buffer); false makes the runtime poller wait for the
-// next readiness event.
-func (d *direction) readable(fd uintptr) bool { return netsys.Readable(fd, &d.avail, &d.peek[0]) }

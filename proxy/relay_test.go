@@ -1,13 +1,17 @@
 package proxy
 
 import (
+	"context"
 	"io"
 	"net"
 	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/portspace/portspace/internal/netsys"
 )
 
 // tcpPair returns the two ends of a loopback TCP connection.
@@ -32,46 +36,49 @@ func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	return a.(*net.TCPConn), b.(*net.TCPConn)
 }
 
-// TestRelayStepAllocs pins the relay's hot path: one chunk waited for,
-// read through a pooled buffer and written costs no allocation.
+// TestRelayStepAllocs pins the relay's hot path: one chunk waited for and
+// moved (spliced through a pooled pipe between two sockets, or read into a
+// pooled buffer and written) costs no allocation.
 func TestRelayStepAllocs(t *testing.T) {
-	in, src := tcpPair(t)
-	dst, out := tcpPair(t)
-	tun := &tunnel{idle: time.Minute, now: time.Now}
-	tun.touch()
-	d := newDirection(tun, src, dst, func(int) {})
-	if d.rc == nil {
-		t.Fatal("no RawConn for a *net.TCPConn")
+	if !canSplice {
+		t.Skip("the raw-socket paths are Linux-only")
 	}
-	if raceEnabled {
-		// The splice path takes its pipe from the runtime's sync.Pool,
-		// which the race detector drops at random: pin the copy path.
-		d.dstTCP = nil
-	}
-	msg := make([]byte, 1000)
-	got := make([]byte, 1000)
-	step := func() {
-		in.Write(msg)
-		n := 0
-		for n < len(msg) {
-			k, err := d.step()
-			if err != nil {
-				t.Fatal(err)
-			}
-			n += k
+	for _, mode := range []int{modeSplice, modeRead} {
+		in, src := tcpPair(t)
+		dst, out := tcpPair(t)
+		tun := &tunnel{idle: time.Minute, now: time.Now}
+		tun.touch()
+		d := newDirection(tun, src, dst, func(int) {})
+		if d.mode != modeSplice {
+			t.Fatalf("mode %d between two *net.TCPConn, want splice", d.mode)
 		}
-		io.ReadFull(out, got)
-	}
-	step()
-	if a := testing.AllocsPerRun(200, step); a != 0 {
-		t.Errorf("relay step allocates %v times per chunk, want 0", a)
+		if mode == modeRead {
+			d.mode, d.readFn = modeRead, d.readIn
+		}
+		msg := make([]byte, 1000)
+		got := make([]byte, 1000)
+		step := func() {
+			in.Write(msg)
+			n := 0
+			for n < len(msg) {
+				k, err := d.step()
+				if err != nil {
+					t.Fatal(err)
+				}
+				n += k
+			}
+			io.ReadFull(out, got)
+		}
+		step()
+		if a := testing.AllocsPerRun(200, step); a != 0 {
+			t.Errorf("mode %d: relay step allocates %v times per chunk, want 0", mode, a)
+		}
 	}
 }
 
 // fdKinds counts this process's open descriptors: sockets and pipes. It
-// collects garbage first, so that splice pipes the pool dropped (the race
-// detector makes sync.Pool drop items at random) are closed by their
-// finalizers and not counted.
+// collects garbage first, so that descriptors the runtime's own pools
+// dropped are closed by their finalizers and not counted.
 func fdKinds(t *testing.T) (sockets, pipes int) {
 	t.Helper()
 	for range 3 {
@@ -117,7 +124,7 @@ func TestIdleTunnelDescriptors(t *testing.T) {
 	c0.Write([]byte("x"))
 	io.ReadFull(c0, make([]byte, 1))
 	s0, p0 := fdKinds(t)
-	b0 := bufsOut.Load()
+	b0, q0 := bufsOut.Load(), pipesOut.Load()
 	const n = 50
 	var conns []net.Conn
 	for range n {
@@ -132,12 +139,12 @@ func TestIdleTunnelDescriptors(t *testing.T) {
 	s1, p1 := fdKinds(t)
 	// The relay waits for readability before it takes a buffer: idle
 	// directions hold none.
-	if held := bufsOut.Load() - b0; held >= n/5 {
-		t.Errorf("%d idle tunnels hold %d copy buffers, want none per tunnel", n, held)
+	if held, pipes := bufsOut.Load()-b0, pipesOut.Load()-q0; held != 0 || pipes != 0 {
+		t.Errorf("%d idle tunnels hold %d copy buffers and %d splice pipes, want none", n, held, pipes)
 	}
-	// Splice pipes live in a pool shared by all tunnels (and the garbage
-	// collector may close pooled ones meanwhile): a few may come and go,
-	// but none may be held per idle tunnel.
+	// Splice pipes live in a free list shared by all tunnels: it may grow
+	// by the few that were in use at once, but no pipe is held per idle
+	// tunnel.
 	if s1-s0 != 4*n || p1-p0 >= n/5 {
 		t.Errorf("%d idle tunnels added %d sockets and %d pipes, want %d sockets and no pipe per tunnel", n, s1-s0, p1-p0, 4*n)
 	}
@@ -187,4 +194,68 @@ func relay(a, b net.Conn, idle time.Duration, now func() time.Time, up, down fun
 	})
 	<-done
 	return
+}
+
+// TestHandlerWorkers: connections one after another are served by a
+// handler goroutine that waits for the next one instead of a new goroutine
+// each, and Shutdown ends the waiting ones.
+func TestHandlerWorkers(t *testing.T) {
+	echo := echoServer(t, "127.0.0.10")
+	p := startProxy(t, "", nil)
+	const n = 20
+	for i := range n {
+		c, rep, _, err := socksDial(t, p.addr, "", "", cmdConnect, addrBytes(echo))
+		if err != nil || rep != 0 {
+			t.Fatal(rep, err)
+		}
+		c.Close()
+		p.waitCount("socks5", resultOK, float64(i+1))
+	}
+	if started := p.srv.workersRun.Load(); started > n/2 {
+		t.Errorf("%d sequential connections started %d handler goroutines, want them reused", n, started)
+	}
+	if p.srv.idleWorkers.Load() == 0 {
+		t.Fatal("no handler goroutine waits for the next connection")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p.srv.Shutdown(ctx)
+	deadline := time.Now().Add(5 * time.Second)
+	for p.srv.idleWorkers.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d handler goroutines still wait after Shutdown", p.srv.idleWorkers.Load())
+		}
+		runtime.Gosched()
+	}
+}
+
+// TestRelayWithoutPipes: when no splice pipe can be opened (the descriptor
+// limit, say), a direction copies through a buffer instead of failing the
+// tunnel.
+func TestRelayWithoutPipes(t *testing.T) {
+	if !canSplice {
+		t.Skip("the splice path is Linux-only")
+	}
+	for len(relayPipes) > 0 { // no pooled pipe to fall back on
+		(<-relayPipes).Close()
+	}
+	newPipe = func(int) (*netsys.Pipe, error) { return nil, syscall.EMFILE }
+	defer func() { newPipe = netsys.NewPipe }()
+	a, a2 := tcpPair(t)
+	b, b2 := tcpPair(t)
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := relay(a2, b, time.Minute, time.Now, nil, nil)
+		done <- err
+	}()
+	a.Write([]byte("through a buffer"))
+	a.CloseWrite()
+	got, err := io.ReadAll(b2)
+	if err != nil || string(got) != "through a buffer" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	b2.Close()
+	if err := <-done; err != nil {
+		t.Errorf("relay ended with %v", err)
+	}
 }

@@ -51,7 +51,19 @@ type Server struct {
 
 	authMu    sync.Mutex
 	authCache map[[32]byte]bool
+
+	// work hands accepted connections to idle handler goroutines (see
+	// worker); quit, closed by Shutdown, ends the idle ones.
+	work        chan net.Conn
+	idleWorkers atomic.Int32
+	workersRun  atomic.Int64 // worker goroutines started
+	quit        chan struct{}
+	quitOnce    sync.Once
 }
+
+// maxIdleWorkers bounds the handler goroutines that wait for the next
+// connection; each keeps the stack the handshake and dial grew.
+const maxIdleWorkers = 64
 
 // Options are NewServer's optional parts; the zero value is usable.
 type Options struct {
@@ -83,7 +95,8 @@ func NewServer(cfg *Config, egress Egress, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("%w: no egress", ErrConfig)
 	}
 	s := &Server{egress: egress, resolver: opts.Resolver, log: opts.Logger, metrics: opts.Metrics, now: opts.Now,
-		conns: map[net.Conn]struct{}{}, userActive: map[string]*atomic.Int64{}, authCache: map[[32]byte]bool{}}
+		conns: map[net.Conn]struct{}{}, userActive: map[string]*atomic.Int64{}, authCache: map[[32]byte]bool{},
+		work: make(chan net.Conn), quit: make(chan struct{})}
 	if s.resolver == nil {
 		s.resolver = net.DefaultResolver
 	}
@@ -285,7 +298,35 @@ func (s *Server) serve(ln net.Listener) error {
 			c.Close()
 			continue
 		}
-		go s.handle(c)
+		select {
+		case s.work <- c: // an idle worker takes it
+		default:
+			s.workersRun.Add(1)
+			go s.worker(c)
+		}
+	}
+}
+
+// worker serves c, then, instead of exiting, waits for the next connection
+// the accept loop hands over (up to maxIdleWorkers wait at a time): a new
+// goroutine per connection would grow its stack again through the
+// handshake and the dial, which costs more than the hand-over. A tunnel's
+// relay runs in goroutines of its own, so the worker is free once the
+// tunnel is set up.
+func (s *Server) worker(c net.Conn) {
+	for {
+		s.handle(c)
+		if s.idleWorkers.Add(1) > maxIdleWorkers {
+			s.idleWorkers.Add(-1)
+			return
+		}
+		select {
+		case c = <-s.work:
+			s.idleWorkers.Add(-1)
+		case <-s.quit:
+			s.idleWorkers.Add(-1)
+			return
+		}
 	}
 }
 
@@ -317,6 +358,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	s.mu.Unlock()
+	s.quitOnce.Do(func() {
+		if s.quit != nil {
+			close(s.quit)
+		}
+	})
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	var err error
@@ -340,7 +386,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // handle tells SOCKS5 from HTTP by the first byte and serves the
 // connection.
 func (s *Server) handle(c net.Conn) {
-	cl := &cleanup{}
+	cl := &cleanup{fns: make([]func(), 0, 8)} // a tunnel adds about six
 	cl.add(func() { s.untrack(c) })
 	cl.add(func() {
 		if cl.relayed {
@@ -494,12 +540,19 @@ var (
 // identify authenticates (when users are configured) and collects the
 // connection's traits: client rules, GeoIP, the user's, the username's.
 func (s *Server) identify(rt *runtimeConfig, client netip.Addr, username, password string, haveCreds bool) (identity, error) {
-	id := identity{traits: map[string]string{}}
+	// traits stays nil (no allocation) for a connection that has none.
+	var id identity
+	set := func(k, v string) {
+		if id.traits == nil {
+			id.traits = map[string]string{}
+		}
+		id.traits[k] = v
+	}
 	for _, r := range rt.cfg.Clients {
 		if r.CIDR.Contains(client) {
 			for k, v := range r.Traits {
 				if _, ok := id.traits[k]; !ok {
-					id.traits[k] = v
+					set(k, v)
 				}
 			}
 		}
@@ -507,7 +560,7 @@ func (s *Server) identify(rt *runtimeConfig, client netip.Addr, username, passwo
 	if rt.geo != nil {
 		if _, ok := id.traits["geo"]; !ok {
 			if cc := rt.geo.Country(client); cc != "" {
-				id.traits["geo"] = cc
+				set("geo", cc)
 			}
 		}
 	}
@@ -527,7 +580,7 @@ func (s *Server) identify(rt *runtimeConfig, client netip.Addr, username, passwo
 	}
 	id.user = u
 	for k, v := range u.Traits {
-		id.traits[k] = v
+		set(k, v)
 	}
 	for k, v := range req {
 		if have, ok := id.traits[k]; ok && have != v {
@@ -535,7 +588,7 @@ func (s *Server) identify(rt *runtimeConfig, client netip.Addr, username, passwo
 				return id, fmt.Errorf("%w: %s=%s asked, %s=%s configured", errTraitConflict, k, v, k, have)
 			}
 		}
-		id.traits[k] = v
+		set(k, v)
 	}
 	if session != "" {
 		id.session = name + "/" + session
@@ -647,10 +700,11 @@ func (f failure) result() string {
 }
 
 func classify(err error) failure {
+	if err == nil {
+		return failNone
+	}
 	var ne net.Error
 	switch {
-	case err == nil:
-		return failNone
 	case errors.Is(err, ErrExhausted):
 		return failExhausted
 	case errors.Is(err, ErrNoEgress):

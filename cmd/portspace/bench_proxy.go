@@ -28,6 +28,7 @@ import (
 
 type benchProxyFlags struct {
 	duration    time.Duration
+	rounds      int
 	concurrency int
 	bulkMiB     int
 	idle        int
@@ -57,6 +58,15 @@ with the same SOCKS5 client:
   idle    memory per open idle tunnel: the proxy's PSS (all its processes)
           before and after opening --idle tunnels, divided by --idle
 
+Setup and bulk run in --rounds rounds; each round measures every row back to
+back, starting one row later than the round before, so that a change in the
+machine's load during the run does not favour the row measured first. The
+setup rate is all rounds' connections over all rounds' time (latency
+percentiles over all samples); bulk is the median of the rounds. The CPU
+columns are the proxy's own processes' user+system time (/proc/PID/stat)
+per connection set up and per GiB carried: a machine shared with other work
+moves the rates, much less these.
+
 A direct connection (no proxy) is measured as the baseline for setup and
 bulk. A peer that is not installed is skipped and the table says so.`,
 		Args: cobra.NoArgs,
@@ -71,7 +81,8 @@ bulk. A peer that is not installed is skipped and the table says so.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.DurationVar(&f.duration, "duration", 3*time.Second, "setup phase length per proxy")
+	fl.DurationVar(&f.duration, "duration", 6*time.Second, "setup phase length per proxy (split over --rounds)")
+	fl.IntVar(&f.rounds, "rounds", 3, "rounds of the setup and bulk phases, rows interleaved")
 	fl.IntVar(&f.concurrency, "concurrency", 16, "concurrent clients in the setup phase")
 	fl.IntVar(&f.bulkMiB, "bulk-mib", 1024, "MiB carried by the bulk tunnel")
 	fl.IntVar(&f.idle, "idle", 5000, "idle tunnels opened per proxy for the memory figure (0: skip)")
@@ -97,13 +108,22 @@ type proxyFigures struct {
 	SetupP50us  float64 `json:"setup_p50_us"`
 	SetupP99us  float64 `json:"setup_p99_us"`
 	SetupErrors int     `json:"setup_errors"`
+	SetupCPUus  float64 `json:"setup_cpu_us_per_conn,omitempty"`
 	BulkMiBps   float64 `json:"bulk_mib_per_sec"`
+	BulkCPUms   float64 `json:"bulk_cpu_ms_per_gib,omitempty"`
 	IdleConns   int     `json:"idle_conns,omitempty"`
 	KiBPerIdle  float64 `json:"kib_per_idle_conn,omitempty"`
 	IdleErrors  int     `json:"idle_errors,omitempty"`
 	socks       string
 	pid         int
 	stop        func()
+
+	samples  []time.Duration // setup latencies of all rounds
+	setupDur time.Duration   // setup time of all rounds
+	setupCPU time.Duration   // the proxy's CPU time in the setup phases
+	bulks    []float64       // MiB/s of each round
+	bulkCPU  time.Duration   // the proxy's CPU time in the bulk phases
+	bulkN    int64           // bytes carried in the bulk phases
 }
 
 // proxyReport is the whole run.
@@ -115,8 +135,8 @@ type proxyReport struct {
 }
 
 func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
-	if f.duration <= 0 || f.concurrency < 1 || f.bulkMiB < 1 || f.idle < 0 {
-		return errors.New("bench proxy: --duration, --concurrency and --bulk-mib must be positive, --idle not negative")
+	if f.duration <= 0 || f.concurrency < 1 || f.bulkMiB < 1 || f.idle < 0 || f.rounds < 1 {
+		return errors.New("bench proxy: --duration, --rounds, --concurrency and --bulk-mib must be positive, --idle not negative")
 	}
 	origin, err := netip.ParseAddr(f.origin)
 	if err != nil || !origin.IsLoopback() || !origin.Is4() {
@@ -162,25 +182,44 @@ func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 			fmt.Fprintf(cmd.ErrOrStderr(), "bench proxy: %s %s: %v\n", phase, p.Name, time.Since(start).Round(time.Millisecond))
 		}
 	}
+	var live []*proxyFigures
 	for _, p := range all {
 		if p.Skipped == "" {
-			start := time.Now()
-			measureSetup(ctx, p, o.setup, f.concurrency, f.duration)
-			progress("setup", p, start)
+			live = append(live, p)
 		}
 	}
-	for _, p := range all {
-		if p.Skipped == "" {
+	// Each round starts one row later, so that no row is always measured
+	// first (or right after the same neighbour).
+	roundOrder := func(r int) []*proxyFigures {
+		out := make([]*proxyFigures, 0, len(live))
+		for i := range live {
+			out = append(out, live[(r+i)%len(live)])
+		}
+		return out
+	}
+	per := max(f.duration/time.Duration(f.rounds), 10*time.Millisecond)
+	for r := range f.rounds {
+		for _, p := range roundOrder(r) {
+			start := time.Now()
+			measureSetup(ctx, p, o.setup, f.concurrency, per)
+			progress(fmt.Sprintf("setup round %d", r+1), p, start)
+		}
+	}
+	for r := range f.rounds {
+		for _, p := range roundOrder(r) {
 			start := time.Now()
 			measureBulk(p, o.bulk, int64(f.bulkMiB)<<20)
-			progress("bulk", p, start)
+			progress(fmt.Sprintf("bulk round %d", r+1), p, start)
 		}
+	}
+	for _, p := range live {
+		p.finishRounds()
 	}
 	if f.idle > 0 {
 		for _, p := range all {
 			if p.Skipped == "" && p.pid != 0 {
 				start := time.Now()
-				measureIdle(p, o.idle, f.idle)
+				measureIdle(p, o, f.idle)
 				progress("idle", p, start)
 			}
 		}
@@ -231,17 +270,21 @@ func ratios(all []*proxyFigures) map[string]float64 {
 
 func printProxyTable(w io.Writer, rep *proxyReport) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "proxy\tsetup/s\tp50 µs\tp99 µs\terrors\tbulk MiB/s\tidle conns\tKiB/idle conn\t")
+	fmt.Fprintln(tw, "proxy\tsetup/s\tp50 µs\tp99 µs\tCPU µs/conn\terrors\tbulk MiB/s\tCPU ms/GiB\tidle conns\tKiB/idle conn\t")
 	for _, p := range rep.Proxies {
 		if p.Skipped != "" {
-			fmt.Fprintf(tw, "%s\tskipped: %s\t\t\t\t\t\t\t\n", p.Name, p.Skipped)
+			fmt.Fprintf(tw, "%s\tskipped: %s\t\t\t\t\t\t\t\t\t\n", p.Name, p.Skipped)
 			continue
 		}
 		idle, kib := "-", "-"
 		if p.IdleConns > 0 {
 			idle, kib = strconv.Itoa(p.IdleConns), fmt.Sprintf("%.1f", p.KiBPerIdle)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%d\t%.0f\t%s\t%s\t\n", p.Name, p.SetupPerSec, p.SetupP50us, p.SetupP99us, p.SetupErrors+p.IdleErrors, p.BulkMiBps, idle, kib)
+		cpuConn, cpuGiB := "-", "-"
+		if p.pid != 0 {
+			cpuConn, cpuGiB = fmt.Sprintf("%.0f", p.SetupCPUus), fmt.Sprintf("%.0f", p.BulkCPUms)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%s\t%d\t%.0f\t%s\t%s\t%s\t\n", p.Name, p.SetupPerSec, p.SetupP50us, p.SetupP99us, cpuConn, p.SetupErrors+p.IdleErrors, p.BulkMiBps, cpuGiB, idle, kib)
 	}
 	tw.Flush()
 	keys := make([]string, 0, len(rep.Ratios))
@@ -372,6 +415,7 @@ func measureSetup(ctx context.Context, p *proxyFigures, dst netip.AddrPort, conc
 	var mu sync.Mutex
 	var samples []time.Duration
 	var errs atomic.Int64
+	cpu0 := treeCPU(p.pid)
 	end := time.Now().Add(d)
 	var wg sync.WaitGroup
 	for range conc {
@@ -409,10 +453,28 @@ func measureSetup(ctx context.Context, p *proxyFigures, dst netip.AddrPort, conc
 		}()
 	}
 	wg.Wait()
-	p.SetupPerSec = bench.Rate(len(samples), d)
-	p.SetupP50us = float64(bench.Percentile(samples, 0.50).Microseconds())
-	p.SetupP99us = float64(bench.Percentile(samples, 0.99).Microseconds())
-	p.SetupErrors = int(errs.Load())
+	p.setupCPU += treeCPU(p.pid) - cpu0
+	p.samples = append(p.samples, samples...)
+	p.setupDur += d
+	p.SetupErrors += int(errs.Load())
+}
+
+// finishRounds turns the rounds' measurements into the figures.
+func (p *proxyFigures) finishRounds() {
+	p.SetupPerSec = bench.Rate(len(p.samples), p.setupDur)
+	p.SetupP50us = float64(bench.Percentile(p.samples, 0.50).Microseconds())
+	p.SetupP99us = float64(bench.Percentile(p.samples, 0.99).Microseconds())
+	if p.pid != 0 && len(p.samples) > 0 {
+		p.SetupCPUus = float64(p.setupCPU.Microseconds()) / float64(len(p.samples))
+	}
+	if len(p.bulks) > 0 {
+		b := append([]float64(nil), p.bulks...)
+		sort.Float64s(b)
+		p.BulkMiBps = b[len(b)/2]
+	}
+	if p.pid != 0 && p.bulkN > 0 {
+		p.BulkCPUms = float64(p.bulkCPU.Milliseconds()) / (float64(p.bulkN) / (1 << 30))
+	}
 }
 
 func measureBulk(p *proxyFigures, dst netip.AddrPort, n int64) {
@@ -423,6 +485,7 @@ func measureBulk(p *proxyFigures, dst netip.AddrPort, n int64) {
 	}
 	defer c.Close()
 	buf := make([]byte, 256<<10)
+	cpu0 := treeCPU(p.pid)
 	start := time.Now()
 	var got int64
 	for {
@@ -437,19 +500,18 @@ func measureBulk(p *proxyFigures, dst netip.AddrPort, n int64) {
 		p.SetupErrors++
 		return
 	}
-	p.BulkMiBps = float64(n) / (1 << 20) / el.Seconds()
+	p.bulkCPU += treeCPU(p.pid) - cpu0
+	p.bulkN += n
+	p.bulks = append(p.bulks, float64(n)/(1<<20)/el.Seconds())
 }
 
-func measureIdle(p *proxyFigures, dst netip.AddrPort, n int) {
+func measureIdle(p *proxyFigures, o *benchOrigins, n int) {
+	dst := o.idle
 	runtimeSettle()
 	before := treePSS(p.pid)
 	var mu sync.Mutex
 	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
+	defer func() { closeOriginFirst(o, conns) }()
 	// Open them from 16 clients at once: a peer that is slow per connection
 	// (microsocks starts a thread for each) still finishes in time.
 	var next atomic.Int64
@@ -488,10 +550,81 @@ func measureIdle(p *proxyFigures, dst netip.AddrPort, n int) {
 
 func runtimeSettle() { time.Sleep(time.Second) }
 
+// closeOriginFirst ends idle tunnels from the origin's side and closes the
+// clients once the proxy has passed the FIN on, so that the TIME_WAIT
+// sockets stay on the origin's and the proxy's listening ports. Closing the
+// clients first would leave thousands on ephemeral ports of 127.0.0.1 for a
+// minute, where they slow the bind(127.0.0.1:0) of microsocks (-b) and
+// Dante (external:) in a run started meanwhile (measured: about 1.8 ms of
+// CPU per connection instead of 0.23) but not the proxy's connect-time
+// port choice: an unfair next run.
+func closeOriginFirst(o *benchOrigins, conns []net.Conn) {
+	o.mu.Lock()
+	for _, c := range o.held {
+		c.Close()
+	}
+	o.held = nil
+	o.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			io.Copy(io.Discard, c) // until the FIN the proxy passes on
+			c.Close()
+		}()
+	}
+	wg.Wait()
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times (100 on every
+// Linux architecture Go supports).
+const clockTicks = 100
+
+// treeCPU sums the user and system time of pid and its descendants
+// (/proc/PID/stat utime and stime, plus cutime and cstime for children
+// already reaped); 0 for pid 0.
+func treeCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	var ticks int64
+	forTree(pid, func(id int) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", id))
+		if err != nil {
+			return
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			return
+		}
+		// After the command: state(3) ... utime(14) stime(15) cutime(16)
+		// cstime(17); f[0] is field 3.
+		f := strings.Fields(s[i+1:])
+		if len(f) < 15 {
+			return
+		}
+		for _, k := range f[11:15] {
+			v, _ := strconv.ParseInt(k, 10, 64)
+			ticks += v
+		}
+	})
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
 // treePSS sums the proportional set size (KiB, /proc/PID/smaps_rollup) of
 // pid and its descendants, so shared pages count once across a forking
 // server's processes.
 func treePSS(pid int) int64 {
+	var total int64
+	forTree(pid, func(id int) { total += pss(id) })
+	return total
+}
+
+// forTree calls fn for pid and each of its descendants.
+func forTree(pid int, fn func(int)) {
 	children := map[int][]int{}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -512,16 +645,14 @@ func treePSS(pid int) int64 {
 			}
 		}
 	}
-	var total int64
 	var walk func(int)
 	walk = func(id int) {
-		total += pss(id)
+		fn(id)
 		for _, c := range children[id] {
 			walk(c)
 		}
 	}
 	walk(pid)
-	return total
 }
 
 func pss(pid int) int64 {
