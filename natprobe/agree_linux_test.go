@@ -194,6 +194,7 @@ type verdict struct {
 	preserve     *bool
 	hairpin      *bool
 	overlap      *bool
+	origin       *bool
 	alloc        Allocation
 	tcp          *TCPResult
 	raw          string
@@ -221,6 +222,7 @@ func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict 
 		Preservation *bool
 		Hairpinning  *bool
 		Overlapping  *bool
+		Origin       *bool `json:"origin_rewritten"`
 		Allocation   Allocation
 		TCP          *struct {
 			Mapping      Behavior
@@ -235,7 +237,7 @@ func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict 
 		return v
 	}
 	v.mapping, v.filter, v.class, v.preserve = r.Mapping, r.Filtering, r.RFC3489, r.Preservation
-	v.hairpin, v.alloc, v.overlap = r.Hairpinning, r.Allocation, r.Overlapping
+	v.hairpin, v.alloc, v.overlap, v.origin = r.Hairpinning, r.Allocation, r.Overlapping, r.Origin
 	v.elapsed = time.Duration(r.ElapsedMS) * time.Millisecond // the UDP run, without process start-up or TCP
 	if r.TCP != nil {
 		v.tcp = &TCPResult{Mapping: r.TCP.Mapping, Preservation: r.TCP.Preservation}
@@ -407,6 +409,18 @@ func (tp *topo) runMatrix(t *testing.T, c agreeCase) {
 		if v.hairpin != nil {
 			hairpin[v.tool+" -> "+v.server] = *v.hairpin
 		}
+		// coturn and ours name their own sockets in RESPONSE-ORIGIN and
+		// nothing on the path rewrites them (RFC 5780 section 7.3);
+		// stund (RFC 3489) sends none.
+		if v.tool == "natprobe" {
+			want := "false"
+			if v.server == "192.0.2.10:3480" {
+				want = "-"
+			}
+			if fmtPtr(v.origin) != want {
+				t.Errorf("natprobe -> %s: origin rewritten %s, want %s\n%s", v.server, fmtPtr(v.origin), want, v.raw)
+			}
+		}
 		if v.tool == "natprobe" && v.server == "192.0.2.10:3490" {
 			t.Logf("| %s | natprobe --alt-local -> %s | overlapping %s |", c.name, v.server, fmtPtr(v.overlap))
 			if c.overlap != nil && (v.overlap == nil || *v.overlap != *c.overlap) {
@@ -439,13 +453,6 @@ func (tp *topo) runMatrix(t *testing.T, c agreeCase) {
 			break
 		}
 	}
-}
-
-func fmtPtr(p *bool) string {
-	if p == nil {
-		return "-"
-	}
-	return fmt.Sprint(*p)
 }
 
 // TestAgreementGateway runs the matrix through every preset of the
@@ -544,13 +551,65 @@ func TestLifetimeBehindNAT(t *testing.T) {
 	var r struct {
 		LifetimeSeconds *float64 `json:"lifetime_seconds"`
 		AtLeast         bool     `json:"lifetime_at_least"`
+		InboundRefresh  *bool    `json:"inbound_refresh"`
 		Skipped         []string
 	}
 	_ = json.Unmarshal([]byte(v.raw), &r)
 	if r.LifetimeSeconds == nil || r.AtLeast || *r.LifetimeSeconds < 1.2 || *r.LifetimeSeconds > 2.6 {
 		t.Fatalf("lifetime %v (at least %v), want about 2 s; skipped %v", r.LifetimeSeconds, r.AtLeast, r.Skipped)
 	}
-	t.Logf("lifetime %.2f s with conntrack UDP timeouts of 2 s, search took %v", *r.LifetimeSeconds, v.elapsed)
+	// Conntrack refreshes an entry on packets of either direction.
+	if r.InboundRefresh == nil || !*r.InboundRefresh {
+		t.Errorf("inbound refresh %v behind conntrack, want true; skipped %v", fmtPtr(r.InboundRefresh), r.Skipped)
+	}
+	t.Logf("lifetime %.2f s with conntrack UDP timeouts of 2 s, inbound refresh %v, search and refresh test took %v", *r.LifetimeSeconds, fmtPtr(r.InboundRefresh), v.elapsed)
+}
+
+// TestOriginBehindServerNAT puts our server behind a NAT of its own: in
+// the server's namespace nftables DNAT sends 192.0.2.10:3492 to the
+// server's 192.0.2.10:3490, so its answers leave the namespace from :3492
+// while RESPONSE-ORIGIN names :3490. The probe (itself behind masquerade:
+// a double NAT on the path) must say the origin was rewritten (RFC 5780
+// section 7.3).
+func TestOriginBehindServerNAT(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, prog := range []string{"ip", "nft", "ss"} {
+		netnstest.RequireCommand(t, prog)
+	}
+	t.Parallel()
+	tp := newTopo(t, "")
+	rules := filepath.Join(tp.dir, "dnat.nft")
+	if err := os.WriteFile(rules, []byte("table ip dn {\n chain pre {\n  type nat hook prerouting priority -100;\n  udp dport 3492 dnat to :3490\n }\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tp.s.MustRun(t, "nft", "-f", rules)
+	start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491"}), os.Args[0])
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := tp.s.Run("ss", "-Hlun")
+		if strings.Contains(out, "192.0.2.11:3491") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("server not listening")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v := tp.probe(ctx, "192.0.2.10:3492", helperArgs{})
+	if v.err != nil {
+		t.Fatal(v.err)
+	}
+	var r struct {
+		Origin *bool    `json:"origin_rewritten"`
+		Notes  []string `json:"origin_notes"`
+	}
+	_ = json.Unmarshal([]byte(v.raw), &r)
+	if r.Origin == nil || !*r.Origin || len(r.Notes) == 0 || !strings.Contains(strings.Join(r.Notes, " "), "192.0.2.10:3490") {
+		t.Fatalf("origin rewritten %s, notes %q, want true naming 192.0.2.10:3490\n%s", fmtPtr(r.Origin), r.Notes, v.raw)
+	}
+	t.Logf("origin notes: %q", r.Notes)
 }
 
 // BenchmarkClassify times a full UDP classification behind default
