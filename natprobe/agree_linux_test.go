@@ -565,6 +565,57 @@ func TestLifetimeBehindNAT(t *testing.T) {
 	t.Logf("lifetime %.2f s with conntrack UDP timeouts of 2 s, inbound refresh %v, search and refresh test took %v", *r.LifetimeSeconds, fmtPtr(r.InboundRefresh), v.elapsed)
 }
 
+// TestRefreshThroughGateway runs the lifetime search and the refresh test
+// (RFC 5780 section 4.6) through the portspace NAT gateway with a UDP
+// timeout of 2 s, once with inbound_refresh off (RFC 4787 REQ-6: only
+// outbound packets refresh) and once on: the probe must tell them apart.
+func TestRefreshThroughGateway(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, prog := range []string{"ip", "ss"} {
+		netnstest.RequireCommand(t, prog)
+	}
+	t.Parallel()
+	for _, inbound := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inbound_refresh=%v", inbound), func(t *testing.T) {
+			t.Parallel()
+			g := gwtest.New(t, gwtest.Options{})
+			g.Start(t, gwtest.Spec{Preset: "port-restricted-cone", Config: fmt.Sprintf("udp_timeout: 2s\ninbound_refresh: %v\n", inbound)})
+			tp := &topo{s: g.ServerNS, n: g.RouterNS, c: g.ClientNS, dir: g.Dir()}
+			start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491"}), os.Args[0])
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				out, _ := tp.s.Run("ss", "-Hlun")
+				if strings.Contains(out, "192.0.2.11:3491") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("server not listening")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			v := tp.probe(ctx, "192.0.2.10:3490", helperArgs{Lifetime: true, LifetimeMax: 5 * time.Second, LifetimeRes: 500 * time.Millisecond})
+			if v.err != nil {
+				t.Fatal(v.err)
+			}
+			var r struct {
+				LifetimeSeconds *float64 `json:"lifetime_seconds"`
+				InboundRefresh  *bool    `json:"inbound_refresh"`
+				Skipped         []string
+			}
+			_ = json.Unmarshal([]byte(v.raw), &r)
+			if r.LifetimeSeconds == nil || *r.LifetimeSeconds < 1.2 || *r.LifetimeSeconds > 3.1 {
+				t.Fatalf("lifetime %v, want about 2 s; skipped %v", r.LifetimeSeconds, r.Skipped)
+			}
+			if r.InboundRefresh == nil || *r.InboundRefresh != inbound {
+				t.Fatalf("inbound refresh %s, the gateway's is %v; skipped %v", fmtPtr(r.InboundRefresh), inbound, r.Skipped)
+			}
+			t.Logf("lifetime %.2f s, inbound refresh %v, in %v", *r.LifetimeSeconds, *r.InboundRefresh, v.elapsed)
+		})
+	}
+}
+
 // TestOriginBehindServerNAT puts our server behind a NAT of its own: in
 // the server's namespace nftables DNAT sends 192.0.2.10:3492 to the
 // server's 192.0.2.10:3490, so its answers leave the namespace from :3492
