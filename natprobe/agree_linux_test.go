@@ -616,6 +616,96 @@ func TestRefreshThroughGateway(t *testing.T) {
 	}
 }
 
+// TestIPv6 runs the probe and our server over IPv6: a client namespace
+// (fd00:5::2) and a server namespace (fd00:5::10 and fd00:5::11, our
+// server on ports 3490/3491 with TCP, coturn's turnserver on 3478/3479) on
+// one veth link with unique local addresses and no NAT. Our probe against
+// both servers and coturn's natdiscovery against ours must find no NAT:
+// endpoint-independent mapping and filtering, "open", ports preserved, over
+// UDP and (our probe) TCP.
+func TestIPv6(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, prog := range []string{"ip", "ss", "turnserver", "turnutils_natdiscovery"} {
+		netnstest.RequireCommand(t, prog)
+	}
+	t.Parallel()
+	tp := &topo{s: netnstest.New(t), c: netnstest.New(t), dir: t.TempDir()}
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	sv, cv := "s6"+hex.EncodeToString(b[:]), "c6"+hex.EncodeToString(b[:])
+	if out, err := exec.Command("ip", "link", "add", sv, "netns", tp.s.Name, "type", "veth", "peer", "name", cv, "netns", tp.c.Name).CombinedOutput(); err != nil {
+		t.Fatalf("ip link add: %v: %s", err, out)
+	}
+	for _, a := range []string{"fd00:5::10/64", "fd00:5::11/64"} {
+		tp.s.MustRun(t, "ip", "addr", "add", a, "dev", sv, "nodad")
+	}
+	tp.s.MustRun(t, "ip", "link", "set", sv, "up")
+	tp.c.MustRun(t, "ip", "addr", "add", "fd00:5::2/64", "dev", cv, "nodad")
+	tp.c.MustRun(t, "ip", "link", "set", cv, "up")
+	conf := filepath.Join(tp.dir, "turnserver.conf")
+	err := os.WriteFile(conf, []byte("listening-ip=fd00:5::10\nlistening-ip=fd00:5::11\nlistening-port=3478\n"+
+		"no-tls\nno-dtls\nno-cli\nno-auth\nsimple-log\nlog-file=stdout\npidfile="+filepath.Join(tp.dir, "turn.pid")+"\n"), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, tp.s, nil, "turnserver", "-c", conf)
+	start(t, tp.s, helperCmd("serve", helperArgs{Server: "[fd00:5::10]:3490", Alternate: "[fd00:5::11]:3491", TCP: true}), os.Args[0])
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := tp.s.Run("ss", "-Hlun")
+		if strings.Contains(out, "[fd00:5::11]:3491") && strings.Contains(out, "[fd00:5::11]:3479") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("servers not listening:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var vs []verdict
+	var wg sync.WaitGroup
+	for _, f := range []func() verdict{
+		func() verdict { return tp.probe(ctx, "[fd00:5::10]:3490", helperArgs{TCP: true}) },
+		func() verdict { return tp.probe(ctx, "[fd00:5::10]:3478", helperArgs{TCP: true}) },
+		func() verdict { return tp.natdiscovery(ctx, "fd00:5::10", "3490") },
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v := f()
+			mu.Lock()
+			vs = append(vs, v)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, v := range vs {
+		t.Logf("| IPv6, no NAT | %s -> %s | %s | %s | %s | preserving %s | origin rewritten %s | %v |", v.tool, v.server,
+			orDash(string(v.mapping)), orDash(string(v.filter)), orDash(string(v.class)), fmtPtr(v.preserve), fmtPtr(v.origin), v.elapsed.Round(time.Millisecond))
+		if v.err != nil {
+			t.Errorf("%s -> %s: %v", v.tool, v.server, v.err)
+			continue
+		}
+		if v.mapping != EndpointIndependent || v.filter != EndpointIndependent {
+			t.Errorf("%s -> %s: mapping %q filtering %q, want endpoint-independent without a NAT\n%s", v.tool, v.server, v.mapping, v.filter, v.raw)
+		}
+		if v.tool != "natprobe" {
+			continue
+		}
+		if v.class != Open || v.preserve == nil || !*v.preserve || fmtPtr(v.origin) != "false" {
+			t.Errorf("natprobe -> %s: class %q preservation %s origin rewritten %s, want open, true, false\n%s", v.server, v.class, fmtPtr(v.preserve), fmtPtr(v.origin), v.raw)
+		}
+		if !strings.Contains(v.raw, `"mapped":"[fd00:5::2]:`) || !strings.Contains(v.raw, `"other":"[fd00:5::11]:`) {
+			t.Errorf("natprobe -> %s: not an IPv6 run\n%s", v.server, v.raw)
+		}
+		if v.tcp == nil || v.tcp.Mapping != EndpointIndependent || v.tcp.Preservation == nil || !*v.tcp.Preservation {
+			t.Errorf("natprobe --tcp -> %s: %+v, want endpoint-independent, preserving\n%s", v.server, v.tcp, v.raw)
+		}
+	}
+}
+
 // TestOriginBehindServerNAT puts our server behind a NAT of its own: in
 // the server's namespace nftables DNAT sends 192.0.2.10:3492 to the
 // server's 192.0.2.10:3490, so its answers leave the namespace from :3492
