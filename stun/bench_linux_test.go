@@ -190,7 +190,7 @@ func benchServerProcess(b *testing.B, client string, to, workers int) {
 	cpu0 := procCPU(cmd.Process.Pid)
 	ccpu0 := cpuTime()
 	var wg sync.WaitGroup
-	var total atomic.Int64
+	var total, lost atomic.Int64
 	per := (b.N + clients - 1) / clients
 	for _, round := range rounds {
 		wg.Add(1)
@@ -198,7 +198,12 @@ func benchServerProcess(b *testing.B, client string, to, workers int) {
 			defer wg.Done()
 			got := 0
 			for got < per {
-				got += round(min(batch, per-got))
+				n := min(batch, per-got)
+				k := round(n)
+				got += k
+				if k < n {
+					lost.Add(int64(n - k))
+				}
 			}
 			total.Add(int64(got))
 		}(round)
@@ -214,4 +219,6 @@ func benchServerProcess(b *testing.B, client string, to, workers int) {
 		b.ReportMetric(n/cpu.Seconds(), "server-resp/cpu-s")
 	}
 	b.ReportMetric(float64(ccpu.Nanoseconds())/n, "client-cpu-ns/resp")
+	// Each lost response cost its client a 200 ms read timeout.
+	b.ReportMetric(float64(lost.Load()), "lost")
 }

@@ -35,6 +35,8 @@ const (
 	// MaxWorkers bounds Options.Workers' default (each worker holds a
 	// descriptor of every UDP socket).
 	MaxWorkers = 8
+	// readBuffer is the receive buffer asked for on each UDP socket.
+	readBuffer = 4 << 20
 	// maxDatagram is the largest request the server reads; a longer one
 	// is dropped.
 	maxDatagram = 2048
@@ -173,6 +175,9 @@ func Listen(o Options) (*Server, error) {
 			s.closeSockets()
 			return nil, fmt.Errorf("stun: listen udp %v: %w", ap, err)
 		}
+		// Room for bursts from many clients at once (the kernel caps it
+		// at net.core.rmem_max); a full queue drops requests.
+		_ = c.SetReadBuffer(readBuffer)
 		s.udp = append(s.udp, c)
 		if o.TCP {
 			l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
