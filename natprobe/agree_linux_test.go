@@ -51,6 +51,7 @@ type helperArgs struct {
 	TCP, Lifetime     bool
 	LifetimeMax       time.Duration
 	LifetimeRes       time.Duration
+	Padding           int
 }
 
 func runHelper(which string) int {
@@ -64,6 +65,8 @@ func runHelper(which string) int {
 		return helperServe(a)
 	case "probe":
 		return helperProbe(a)
+	case "padding":
+		return helperPadding(a)
 	}
 	return 2
 }
@@ -703,6 +706,51 @@ func TestIPv6(t *testing.T) {
 		if v.tcp == nil || v.tcp.Mapping != EndpointIndependent || v.tcp.Preservation == nil || !*v.tcp.Preservation {
 			t.Errorf("natprobe --tcp -> %s: %+v, want endpoint-independent, preserving\n%s", v.server, v.tcp, v.raw)
 		}
+	}
+}
+
+// TestPaddingFragments sends Binding requests with 1,600 and 2,000 bytes
+// of PADDING (RFC 5780 sections 3.5 and 7.6) through masquerade on links
+// of MTU 1,500, so that request and answer travel as IP fragments both
+// ways: our server must answer each with PADDING of the request's length
+// and the right mapping.
+func TestPaddingFragments(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, prog := range []string{"ip", "nft", "ss"} {
+		netnstest.RequireCommand(t, prog)
+	}
+	t.Parallel()
+	tp := newTopo(t, "")
+	start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491"}), os.Args[0])
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := tp.s.Run("ss", "-Hlun")
+		if strings.Contains(out, "192.0.2.11:3491") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("server not listening")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, pad := range []int{1600, 2000} {
+		cmd := exec.Command("ip", "netns", "exec", tp.c.Name, os.Args[0])
+		cmd.Env = append(os.Environ(), helperCmd("padding", helperArgs{Server: "192.0.2.10:3490", Padding: pad})...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("padding %d: %v: %s", pad, err, out)
+		}
+		var r struct {
+			Request, Size, Padding int
+			Mapped                 string
+		}
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("padding %d: %v: %s", pad, err, out)
+		}
+		if r.Padding != pad || r.Size <= 1500 || !strings.HasPrefix(r.Mapped, "192.0.2.1:") {
+			t.Errorf("padding %d: answer %+v, want PADDING %d in a datagram over the MTU, mapped to 192.0.2.1", pad, r, pad)
+		}
+		t.Logf("request %d bytes, answer %d bytes with %d bytes of PADDING, mapped %s", r.Request, r.Size, r.Padding, r.Mapped)
 	}
 }
 
