@@ -102,7 +102,7 @@ func startServerProcess(b *testing.B, workers int) (*exec.Cmd, []netip.AddrPort)
 // to its server socket that sends each round of requests as one UDP GSO
 // datagram (UDP_SEGMENT) which the kernel splits into one datagram per
 // request before the server's socket sees them, so the server still reads
-// and answers every request on its own; it reads the answers with
+// and answers every request on its own; pipeClient reads the answers with
 // recvmmsg.
 type gsoClient struct {
 	c   *net.UDPConn
@@ -130,22 +130,6 @@ func newGSOClient(tb testing.TB, dst netip.AddrPort, batch int) *gsoClient {
 		tb.Skip(err)
 	}
 	return &gsoClient{c: c, r: r, req: len(req), buf: bytes.Repeat(req, batch)}
-}
-
-func (l *gsoClient) round(n int) int {
-	if _, err := l.c.Write(l.buf[:n*l.req]); err != nil {
-		return 0
-	}
-	got := 0
-	_ = l.c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-	for got < n {
-		k, err := l.r.Read()
-		if err != nil {
-			break
-		}
-		got += k
-	}
-	return got
 }
 
 // BenchmarkServerProcess runs the server in a process of its own and load
