@@ -598,7 +598,7 @@ func TestRefreshThroughGateway(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			v := tp.probe(ctx, "192.0.2.10:3490", helperArgs{Lifetime: true, LifetimeMax: 5 * time.Second, LifetimeRes: 500 * time.Millisecond})
+			v := tp.probe(ctx, "192.0.2.10:3490", helperArgs{Lifetime: true, LifetimeMax: 3500 * time.Millisecond, LifetimeRes: 500 * time.Millisecond})
 			if v.err != nil {
 				t.Fatal(v.err)
 			}
