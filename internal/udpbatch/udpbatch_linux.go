@@ -48,13 +48,11 @@ func NewReader(c *net.UDPConn, batch, size int) (*Reader, error) {
 	return r, nil
 }
 
-// The batches go through RawSyscall6, without the runtime's
-// entersyscall/exitsyscall: the sockets are non-blocking (a full or empty
-// socket returns EAGAIN and the goroutine waits in the poller), so the
-// call never blocks, and a sendmmsg of 64 loopback datagrams takes long
-// enough (about 200 µs) that with Syscall6 sysmon would hand the P to
-// another thread mid-call, costing the STUN server about a tenth of its
-// CPU time in thread wake-ups.
+// The batches go through Syscall6, not RawSyscall6. RawSyscall6 (no
+// entersyscall, so sysmon cannot hand the P away mid-sendmmsg) cost the STUN
+// server about a tenth less CPU per answer in one run, but under load some
+// sockets' answers stopped for seconds (BenchmarkServerProcess clients gave
+// up after 5 s without an answer; not in the runs with Syscall6), so it is not used.
 
 func (r *Reader) read(fd uintptr) bool {
 	for i := range r.hdrs {
@@ -63,7 +61,7 @@ func (r *Reader) read(fd uintptr) bool {
 		r.hdrs[i].Len = 0
 	}
 	for {
-		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), 0, 0, 0)
+		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), 0, 0, 0)
 		switch e {
 		case 0:
 			r.n, r.err = int(n), nil
@@ -193,7 +191,7 @@ func (w *Writer) Commit(b []byte, to netip.AddrPort) {
 
 func (w *Writer) write(fd uintptr) bool {
 	for w.off < w.n {
-		n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.hdrs[w.off])), uintptr(w.n-w.off), 0, 0, 0)
+		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.hdrs[w.off])), uintptr(w.n-w.off), 0, 0, 0)
 		switch e {
 		case 0:
 			w.off += int(n)
