@@ -51,6 +51,7 @@ type helperArgs struct {
 	TCP, Lifetime     bool
 	LifetimeMax       time.Duration
 	LifetimeRes       time.Duration
+	Padding           int
 }
 
 func runHelper(which string) int {
@@ -64,6 +65,8 @@ func runHelper(which string) int {
 		return helperServe(a)
 	case "probe":
 		return helperProbe(a)
+	case "padding":
+		return helperPadding(a)
 	}
 	return 2
 }
@@ -194,6 +197,7 @@ type verdict struct {
 	preserve     *bool
 	hairpin      *bool
 	overlap      *bool
+	origin       *bool
 	alloc        Allocation
 	tcp          *TCPResult
 	raw          string
@@ -221,6 +225,7 @@ func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict 
 		Preservation *bool
 		Hairpinning  *bool
 		Overlapping  *bool
+		Origin       *bool `json:"origin_rewritten"`
 		Allocation   Allocation
 		TCP          *struct {
 			Mapping      Behavior
@@ -235,7 +240,7 @@ func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict 
 		return v
 	}
 	v.mapping, v.filter, v.class, v.preserve = r.Mapping, r.Filtering, r.RFC3489, r.Preservation
-	v.hairpin, v.alloc, v.overlap = r.Hairpinning, r.Allocation, r.Overlapping
+	v.hairpin, v.alloc, v.overlap, v.origin = r.Hairpinning, r.Allocation, r.Overlapping, r.Origin
 	v.elapsed = time.Duration(r.ElapsedMS) * time.Millisecond // the UDP run, without process start-up or TCP
 	if r.TCP != nil {
 		v.tcp = &TCPResult{Mapping: r.TCP.Mapping, Preservation: r.TCP.Preservation}
@@ -407,6 +412,18 @@ func (tp *topo) runMatrix(t *testing.T, c agreeCase) {
 		if v.hairpin != nil {
 			hairpin[v.tool+" -> "+v.server] = *v.hairpin
 		}
+		// coturn and ours name their own sockets in RESPONSE-ORIGIN and
+		// nothing on the path rewrites them (RFC 5780 section 7.3);
+		// stund (RFC 3489) sends none.
+		if v.tool == "natprobe" {
+			want := "false"
+			if v.server == "192.0.2.10:3480" {
+				want = "-"
+			}
+			if fmtPtr(v.origin) != want {
+				t.Errorf("natprobe -> %s: origin rewritten %s, want %s\n%s", v.server, fmtPtr(v.origin), want, v.raw)
+			}
+		}
 		if v.tool == "natprobe" && v.server == "192.0.2.10:3490" {
 			t.Logf("| %s | natprobe --alt-local -> %s | overlapping %s |", c.name, v.server, fmtPtr(v.overlap))
 			if c.overlap != nil && (v.overlap == nil || *v.overlap != *c.overlap) {
@@ -439,13 +456,6 @@ func (tp *topo) runMatrix(t *testing.T, c agreeCase) {
 			break
 		}
 	}
-}
-
-func fmtPtr(p *bool) string {
-	if p == nil {
-		return "-"
-	}
-	return fmt.Sprint(*p)
 }
 
 // TestAgreementGateway runs the matrix through every preset of the
@@ -544,13 +554,251 @@ func TestLifetimeBehindNAT(t *testing.T) {
 	var r struct {
 		LifetimeSeconds *float64 `json:"lifetime_seconds"`
 		AtLeast         bool     `json:"lifetime_at_least"`
+		InboundRefresh  *bool    `json:"inbound_refresh"`
 		Skipped         []string
 	}
 	_ = json.Unmarshal([]byte(v.raw), &r)
 	if r.LifetimeSeconds == nil || r.AtLeast || *r.LifetimeSeconds < 1.2 || *r.LifetimeSeconds > 2.6 {
 		t.Fatalf("lifetime %v (at least %v), want about 2 s; skipped %v", r.LifetimeSeconds, r.AtLeast, r.Skipped)
 	}
-	t.Logf("lifetime %.2f s with conntrack UDP timeouts of 2 s, search took %v", *r.LifetimeSeconds, v.elapsed)
+	// Conntrack refreshes an entry on packets of either direction.
+	if r.InboundRefresh == nil || !*r.InboundRefresh {
+		t.Errorf("inbound refresh %v behind conntrack, want true; skipped %v", fmtPtr(r.InboundRefresh), r.Skipped)
+	}
+	t.Logf("lifetime %.2f s with conntrack UDP timeouts of 2 s, inbound refresh %v, search and refresh test took %v", *r.LifetimeSeconds, fmtPtr(r.InboundRefresh), v.elapsed)
+}
+
+// TestRefreshThroughGateway runs the lifetime search and the refresh test
+// (RFC 5780 section 4.6) through the portspace NAT gateway with a UDP
+// timeout of 2 s, once with inbound_refresh off (RFC 4787 REQ-6: only
+// outbound packets refresh) and once on: the probe must tell them apart.
+func TestRefreshThroughGateway(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, prog := range []string{"ip", "ss"} {
+		netnstest.RequireCommand(t, prog)
+	}
+	t.Parallel()
+	for _, inbound := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inbound_refresh=%v", inbound), func(t *testing.T) {
+			t.Parallel()
+			g := gwtest.New(t, gwtest.Options{})
+			g.Start(t, gwtest.Spec{Preset: "port-restricted-cone", Config: fmt.Sprintf("udp_timeout: 2s\ninbound_refresh: %v\n", inbound)})
+			tp := &topo{s: g.ServerNS, n: g.RouterNS, c: g.ClientNS, dir: g.Dir()}
+			start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491"}), os.Args[0])
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				out, _ := tp.s.Run("ss", "-Hlun")
+				if strings.Contains(out, "192.0.2.11:3491") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("server not listening")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			v := tp.probe(ctx, "192.0.2.10:3490", helperArgs{Lifetime: true, LifetimeMax: 3500 * time.Millisecond, LifetimeRes: 500 * time.Millisecond})
+			if v.err != nil {
+				t.Fatal(v.err)
+			}
+			var r struct {
+				LifetimeSeconds *float64 `json:"lifetime_seconds"`
+				InboundRefresh  *bool    `json:"inbound_refresh"`
+				Skipped         []string
+			}
+			_ = json.Unmarshal([]byte(v.raw), &r)
+			if r.LifetimeSeconds == nil || *r.LifetimeSeconds < 1.2 || *r.LifetimeSeconds > 3.1 {
+				t.Fatalf("lifetime %v, want about 2 s; skipped %v", r.LifetimeSeconds, r.Skipped)
+			}
+			if r.InboundRefresh == nil || *r.InboundRefresh != inbound {
+				t.Fatalf("inbound refresh %s, the gateway's is %v; skipped %v", fmtPtr(r.InboundRefresh), inbound, r.Skipped)
+			}
+			t.Logf("lifetime %.2f s, inbound refresh %v, in %v", *r.LifetimeSeconds, *r.InboundRefresh, v.elapsed)
+		})
+	}
+}
+
+// TestIPv6 runs the probe and our server over IPv6: a client namespace
+// (fd00:5::2) and a server namespace (fd00:5::10 and fd00:5::11, our
+// server on ports 3490/3491 with TCP, coturn's turnserver on 3478/3479) on
+// one veth link with unique local addresses and no NAT. Our probe against
+// both servers and coturn's natdiscovery against ours must find no NAT:
+// endpoint-independent mapping and filtering, "open", ports preserved, over
+// UDP and (our probe) TCP.
+func TestIPv6(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, prog := range []string{"ip", "ss", "turnserver", "turnutils_natdiscovery"} {
+		netnstest.RequireCommand(t, prog)
+	}
+	t.Parallel()
+	tp := &topo{s: netnstest.New(t), c: netnstest.New(t), dir: t.TempDir()}
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	sv, cv := "s6"+hex.EncodeToString(b[:]), "c6"+hex.EncodeToString(b[:])
+	if out, err := exec.Command("ip", "link", "add", sv, "netns", tp.s.Name, "type", "veth", "peer", "name", cv, "netns", tp.c.Name).CombinedOutput(); err != nil {
+		t.Fatalf("ip link add: %v: %s", err, out)
+	}
+	for _, a := range []string{"fd00:5::10/64", "fd00:5::11/64"} {
+		tp.s.MustRun(t, "ip", "addr", "add", a, "dev", sv, "nodad")
+	}
+	tp.s.MustRun(t, "ip", "link", "set", sv, "up")
+	tp.c.MustRun(t, "ip", "addr", "add", "fd00:5::2/64", "dev", cv, "nodad")
+	tp.c.MustRun(t, "ip", "link", "set", cv, "up")
+	conf := filepath.Join(tp.dir, "turnserver.conf")
+	err := os.WriteFile(conf, []byte("listening-ip=fd00:5::10\nlistening-ip=fd00:5::11\nlistening-port=3478\n"+
+		"no-tls\nno-dtls\nno-cli\nno-auth\nsimple-log\nlog-file=stdout\npidfile="+filepath.Join(tp.dir, "turn.pid")+"\n"), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, tp.s, nil, "turnserver", "-c", conf)
+	start(t, tp.s, helperCmd("serve", helperArgs{Server: "[fd00:5::10]:3490", Alternate: "[fd00:5::11]:3491", TCP: true}), os.Args[0])
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := tp.s.Run("ss", "-Hlun")
+		if strings.Contains(out, "[fd00:5::11]:3491") && strings.Contains(out, "[fd00:5::11]:3479") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("servers not listening:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var vs []verdict
+	var wg sync.WaitGroup
+	for _, f := range []func() verdict{
+		func() verdict { return tp.probe(ctx, "[fd00:5::10]:3490", helperArgs{TCP: true}) },
+		func() verdict { return tp.probe(ctx, "[fd00:5::10]:3478", helperArgs{TCP: true}) },
+		func() verdict { return tp.natdiscovery(ctx, "fd00:5::10", "3490") },
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v := f()
+			mu.Lock()
+			vs = append(vs, v)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, v := range vs {
+		t.Logf("| IPv6, no NAT | %s -> %s | %s | %s | %s | preserving %s | origin rewritten %s | %v |", v.tool, v.server,
+			orDash(string(v.mapping)), orDash(string(v.filter)), orDash(string(v.class)), fmtPtr(v.preserve), fmtPtr(v.origin), v.elapsed.Round(time.Millisecond))
+		if v.err != nil {
+			t.Errorf("%s -> %s: %v", v.tool, v.server, v.err)
+			continue
+		}
+		if v.mapping != EndpointIndependent || v.filter != EndpointIndependent {
+			t.Errorf("%s -> %s: mapping %q filtering %q, want endpoint-independent without a NAT\n%s", v.tool, v.server, v.mapping, v.filter, v.raw)
+		}
+		if v.tool != "natprobe" {
+			continue
+		}
+		if v.class != Open || v.preserve == nil || !*v.preserve || fmtPtr(v.origin) != "false" {
+			t.Errorf("natprobe -> %s: class %q preservation %s origin rewritten %s, want open, true, false\n%s", v.server, v.class, fmtPtr(v.preserve), fmtPtr(v.origin), v.raw)
+		}
+		if !strings.Contains(v.raw, `"mapped":"[fd00:5::2]:`) || !strings.Contains(v.raw, `"other":"[fd00:5::11]:`) {
+			t.Errorf("natprobe -> %s: not an IPv6 run\n%s", v.server, v.raw)
+		}
+		if v.tcp == nil || v.tcp.Mapping != EndpointIndependent || v.tcp.Preservation == nil || !*v.tcp.Preservation {
+			t.Errorf("natprobe --tcp -> %s: %+v, want endpoint-independent, preserving\n%s", v.server, v.tcp, v.raw)
+		}
+	}
+}
+
+// TestPaddingFragments sends Binding requests with 1,600 and 2,000 bytes
+// of PADDING (RFC 5780 sections 3.5 and 7.6) through masquerade on links
+// of MTU 1,500, so that request and answer travel as IP fragments both
+// ways: our server must answer each with PADDING of the request's length
+// and the right mapping.
+func TestPaddingFragments(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, prog := range []string{"ip", "nft", "ss"} {
+		netnstest.RequireCommand(t, prog)
+	}
+	t.Parallel()
+	tp := newTopo(t, "")
+	start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491"}), os.Args[0])
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := tp.s.Run("ss", "-Hlun")
+		if strings.Contains(out, "192.0.2.11:3491") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("server not listening")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, pad := range []int{1600, 2000} {
+		cmd := exec.Command("ip", "netns", "exec", tp.c.Name, os.Args[0])
+		cmd.Env = append(os.Environ(), helperCmd("padding", helperArgs{Server: "192.0.2.10:3490", Padding: pad})...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("padding %d: %v: %s", pad, err, out)
+		}
+		var r struct {
+			Request, Size, Padding int
+			Mapped                 string
+		}
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("padding %d: %v: %s", pad, err, out)
+		}
+		if r.Padding != pad || r.Size <= 1500 || !strings.HasPrefix(r.Mapped, "192.0.2.1:") {
+			t.Errorf("padding %d: answer %+v, want PADDING %d in a datagram over the MTU, mapped to 192.0.2.1", pad, r, pad)
+		}
+		t.Logf("request %d bytes, answer %d bytes with %d bytes of PADDING, mapped %s", r.Request, r.Size, r.Padding, r.Mapped)
+	}
+}
+
+// TestOriginBehindServerNAT puts our server behind a NAT of its own: in
+// the server's namespace nftables DNAT sends 192.0.2.10:3492 to the
+// server's 192.0.2.10:3490, so its answers leave the namespace from :3492
+// while RESPONSE-ORIGIN names :3490. The probe (itself behind masquerade:
+// a double NAT on the path) must say the origin was rewritten (RFC 5780
+// section 7.3).
+func TestOriginBehindServerNAT(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, prog := range []string{"ip", "nft", "ss"} {
+		netnstest.RequireCommand(t, prog)
+	}
+	t.Parallel()
+	tp := newTopo(t, "")
+	rules := filepath.Join(tp.dir, "dnat.nft")
+	if err := os.WriteFile(rules, []byte("table ip dn {\n chain pre {\n  type nat hook prerouting priority -100;\n  udp dport 3492 dnat to :3490\n }\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tp.s.MustRun(t, "nft", "-f", rules)
+	start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491"}), os.Args[0])
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := tp.s.Run("ss", "-Hlun")
+		if strings.Contains(out, "192.0.2.11:3491") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("server not listening")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v := tp.probe(ctx, "192.0.2.10:3492", helperArgs{})
+	if v.err != nil {
+		t.Fatal(v.err)
+	}
+	var r struct {
+		Origin *bool    `json:"origin_rewritten"`
+		Notes  []string `json:"origin_notes"`
+	}
+	_ = json.Unmarshal([]byte(v.raw), &r)
+	if r.Origin == nil || !*r.Origin || len(r.Notes) == 0 || !strings.Contains(strings.Join(r.Notes, " "), "192.0.2.10:3490") {
+		t.Fatalf("origin rewritten %s, notes %q, want true naming 192.0.2.10:3490\n%s", fmtPtr(r.Origin), r.Notes, v.raw)
+	}
+	t.Logf("origin notes: %q", r.Notes)
 }
 
 // BenchmarkClassify times a full UDP classification behind default

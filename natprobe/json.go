@@ -26,9 +26,12 @@ type jsonResult struct {
 	Allocation      *string  `json:"allocation"`
 	Delta           *int     `json:"delta"`
 	ALG             *bool    `json:"alg"`
+	OriginRewritten *bool    `json:"origin_rewritten"`
+	OriginNotes     []string `json:"origin_notes,omitempty"`
 	RFC3489         *string  `json:"rfc3489"`
 	LifetimeSeconds *float64 `json:"lifetime_seconds"`
 	LifetimeAtLeast bool     `json:"lifetime_at_least,omitempty"`
+	InboundRefresh  *bool    `json:"inbound_refresh"`
 	Samples         []Sample `json:"samples"`
 	Skipped         []string `json:"skipped"`
 	ElapsedMS       int64    `json:"elapsed_ms"`
@@ -80,6 +83,7 @@ func (r Result) MarshalJSON() ([]byte, error) {
 		Mapping: str(r.Mapping), Filtering: str(r.Filtering), Hairpinning: r.Hairpinning,
 		Preservation: r.Preservation, Parity: r.Parity, Overlapping: r.Overlapping,
 		Allocation: str(r.Allocation), Delta: delta(r.Allocation, r.Delta), ALG: r.ALG,
+		OriginRewritten: r.OriginRewritten, OriginNotes: r.OriginNotes, InboundRefresh: r.InboundRefresh,
 		RFC3489: str(r.RFC3489), LifetimeAtLeast: r.LifetimeAtLeast,
 		Samples: r.Samples, Skipped: r.Skipped, ElapsedMS: r.Elapsed.Milliseconds()}
 	if j.Samples == nil {
@@ -155,12 +159,23 @@ func (r Result) WriteText(w io.Writer) error {
 	}
 	line("allocation", alloc)
 	line("alg", yn(r.ALG))
+	origin := "not determined"
+	if r.OriginRewritten != nil {
+		origin = "as sent"
+		if *r.OriginRewritten {
+			origin = "rewritten: " + strings.Join(r.OriginNotes, "; ")
+		}
+	}
+	line("origin", origin)
 	if r.Lifetime > 0 || r.LifetimeAtLeast {
 		lt := r.Lifetime.String()
 		if r.LifetimeAtLeast {
 			lt = "at least " + lt
 		}
 		line("lifetime", lt)
+	}
+	if r.InboundRefresh != nil {
+		line("refresh", map[bool]string{true: "outbound and inbound", false: "outbound only"}[*r.InboundRefresh])
 	}
 	if t := r.TCP; t != nil {
 		line("tcp mapped", orNone(ap2(t.Mapped, t.Local)))

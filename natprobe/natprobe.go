@@ -134,18 +134,32 @@ type Result struct {
 	Mapped  netip.AddrPort // the first test's reflexive address
 	NAT     *bool          // Mapped differs from Local (RFC 5780 section 4.3 test I)
 
-	Mapping      Behavior // RFC 5780 section 4.3
-	Filtering    Behavior // RFC 5780 section 4.4
-	Hairpinning  *bool    // RFC 5780 section 3.4
-	ALG          *bool    // RFC 5780 section 3.6: MAPPED-ADDRESS differs from XOR-MAPPED-ADDRESS
-	Preservation *bool    // every first mapping kept its local port
-	Parity       *bool    // every mapping kept its local port's parity
-	Overlapping  *bool    // true when two local endpoints shared an external port; nil when not seen
-	Allocation   Allocation
-	Delta        int // for Sequential: the step between new mappings
+	Mapping     Behavior // RFC 5780 section 4.3
+	Filtering   Behavior // RFC 5780 section 4.4
+	Hairpinning *bool    // RFC 5780 section 3.4
+	ALG         *bool    // RFC 5780 section 3.6: MAPPED-ADDRESS differs from XOR-MAPPED-ADDRESS
+	// OriginRewritten: some answer's RESPONSE-ORIGIN (RFC 5780 section
+	// 7.3) differed from the
+	// address the answer came from or the address it should have come
+	// from (the one the request went to, or the socket its CHANGE-REQUEST
+	// named): the server sits behind a NAT of its own, a double NAT on
+	// the path, or an ALG rewrote it. OriginNotes says which answers.
+	// nil when no answer carried it (RFC 3489 servers).
+	OriginRewritten *bool
+	OriginNotes     []string
+	Preservation    *bool // every first mapping kept its local port
+	Parity          *bool // every mapping kept its local port's parity
+	Overlapping     *bool // true when two local endpoints shared an external port; nil when not seen
+	Allocation      Allocation
+	Delta           int // for Sequential: the step between new mappings
 
 	Lifetime        time.Duration // RFC 5780 section 4.6 (0: not measured)
 	LifetimeAtLeast bool          // the binding outlived LifetimeMax
+	// InboundRefresh is the binding refresh behaviour of RFC 5780 section
+	// 4.6 (RFC 4787 section 4.3, REQ-6): true when answers sent to the
+	// binding alone, at half its lifetime apart, kept it alive for twice
+	// its lifetime; false when it still expired; nil when not measured.
+	InboundRefresh *bool
 
 	RFC3489 Class
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -62,6 +63,9 @@ func TestProbeNoNAT(t *testing.T) {
 	}
 	if r.ALG == nil || *r.ALG {
 		t.Errorf("ALG %v", r.ALG)
+	}
+	if r.OriginRewritten == nil || *r.OriginRewritten {
+		t.Errorf("origin rewritten %v: %q", r.OriginRewritten, r.OriginNotes)
 	}
 	if r.TCP == nil || r.TCP.Mapping != EndpointIndependent || r.TCP.Preservation == nil || !*r.TCP.Preservation {
 		t.Errorf("tcp %+v", r.TCP)
@@ -326,4 +330,156 @@ func TestJSONFields(t *testing.T) {
 	if err := r.WriteText(&text); err != nil || !strings.Contains(text.String(), "rfc3489        open") {
 		t.Errorf("text:\n%s", text.String())
 	}
+}
+
+// fakeServer answers Binding requests on one loopback socket with a
+// stun.Handler whose addresses are primary and alternate (zero: single
+// homed), which need not be the socket's own: a handler that names another
+// primary is a server behind a NAT of its own. Every answer leaves from the
+// one socket; with ignorePort it goes to the request's source even when
+// RESPONSE-PORT names another port (a server that does not honour it).
+func fakeServer(t *testing.T, primary func(netip.AddrPort) netip.AddrPort, alternate netip.AddrPort, ignorePort bool) netip.AddrPort {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	self := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	h, err := stun.NewHandler(primary(self), alternate, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		in := make([]byte, 2048)
+		out := make([]byte, 0, 2048)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(in)
+			if err != nil {
+				return
+			}
+			r, ok := h.Handle(out, in[:n], from, stun.SocketPrimary, false)
+			if !ok {
+				continue
+			}
+			to := r.To
+			if ignorePort {
+				to = from
+			}
+			_, _ = c.WriteToUDPAddrPort(r.Data, to)
+		}
+	}()
+	return self
+}
+
+// TestProbeOriginRewritten: a server whose RESPONSE-ORIGIN names another
+// address than the one its answers come from (RFC 5780 section 7.3: it sits
+// behind a NAT of its own) is reported, with the answers that showed it; one
+// that names its own address is not.
+func TestProbeOriginRewritten(t *testing.T) {
+	for _, behind := range []bool{true, false} {
+		t.Run(fmt.Sprintf("behind=%v", behind), func(t *testing.T) {
+			srv := fakeServer(t, func(self netip.AddrPort) netip.AddrPort {
+				if behind {
+					return netip.AddrPortFrom(netip.MustParseAddr("10.9.9.9"), 3478)
+				}
+				return self
+			}, netip.AddrPort{}, false)
+			o := fast
+			o.Server = srv
+			r, err := Probe(context.Background(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.OriginRewritten == nil || *r.OriginRewritten != behind {
+				t.Fatalf("origin rewritten %v, want %v; notes %q", fmtPtr(r.OriginRewritten), behind, r.OriginNotes)
+			}
+			if behind && (len(r.OriginNotes) == 0 || !strings.Contains(r.OriginNotes[0], "10.9.9.9:3478")) {
+				t.Errorf("notes %q do not name the origin", r.OriginNotes)
+			}
+			j, _ := json.Marshal(r)
+			var m map[string]any
+			_ = json.Unmarshal(j, &m)
+			if m["origin_rewritten"] != behind {
+				t.Errorf("JSON origin_rewritten %v: %s", m["origin_rewritten"], j)
+			}
+		})
+	}
+}
+
+// TestLifetimeAnswerOnY: RFC 5780 section 4.6 counts an answer that
+// arrives on the checking port Y, not X, as an expired binding. A server
+// that ignores RESPONSE-PORT answers every check on Y, so no idle time
+// survives, where counting any answer would report the binding alive.
+func TestLifetimeAnswerOnY(t *testing.T) {
+	srv := fakeServer(t, func(self netip.AddrPort) netip.AddrPort { return self },
+		netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), 9), true)
+	o := fast
+	o.Server, o.Lifetime, o.LifetimeMax, o.LifetimeResolution = srv, true, 40*time.Millisecond, 10*time.Millisecond
+	r, err := Probe(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.LifetimeAtLeast || r.Lifetime != 0 || r.InboundRefresh != nil {
+		t.Fatalf("lifetime %v atLeast %v refresh %v; skipped %q", r.Lifetime, r.LifetimeAtLeast, fmtPtr(r.InboundRefresh), r.Skipped)
+	}
+}
+
+// TestRefreshBehavior drives the refresh test (RFC 5780 section 4.6, last
+// paragraph) with a fake binding on a fake clock: it lives lt after the
+// last outbound packet and, when inbound traffic refreshes it, after the
+// last answer delivered to it too.
+func TestRefreshBehavior(t *testing.T) {
+	const lt = 10 * time.Second
+	mx := netip.MustParseAddrPort("192.0.2.1:4000")
+	for _, c := range []struct {
+		name    string
+		inbound bool
+		life    time.Duration // the binding's true lifetime
+		want    *bool
+		err     bool
+	}{
+		{"inbound", true, lt + time.Second, ptr(true), false},
+		{"outbound-only", false, lt + time.Second, ptr(false), false},
+		{"outbound-only-exact", false, lt, ptr(false), false},
+		{"dies-early", true, lt / 3, nil, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var now, last time.Duration
+			checks := 0
+			got, err := refreshBehavior(lt,
+				func(d time.Duration) error { now += d; return nil },
+				func() (netip.AddrPort, error) { last = now; return mx, nil },
+				func(m netip.AddrPort) (bool, error) {
+					checks++
+					if m != mx {
+						t.Errorf("check toward %v, want %v", m, mx)
+					}
+					alive := now-last <= c.life
+					if alive && c.inbound {
+						last = now
+					}
+					return alive, nil
+				})
+			if (err != nil) != c.err || fmtPtr(got) != fmtPtr(c.want) {
+				t.Fatalf("got %v, %v; want %v (error %v)", fmtPtr(got), err, fmtPtr(c.want), c.err)
+			}
+			if c.want != nil && *c.want && (checks != refreshChecks || now < 2*lt) {
+				t.Errorf("%d checks over %v: not twice the lifetime", checks, now)
+			}
+		})
+	}
+	boom := errors.New("boom")
+	if _, err := refreshBehavior(lt, func(time.Duration) error { return nil },
+		func() (netip.AddrPort, error) { return mx, nil },
+		func(netip.AddrPort) (bool, error) { return false, boom }); !errors.Is(err, boom) {
+		t.Errorf("error lost: %v", err)
+	}
+}
+
+func fmtPtr(p *bool) string {
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprint(*p)
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -21,6 +22,7 @@ import (
 type reply struct {
 	m    *stun.Message
 	from netip.AddrPort
+	at   *sock // the socket it arrived on
 }
 
 // sock is one probe socket with a reader goroutine that hands responses to
@@ -73,7 +75,7 @@ func (s *sock) read() {
 		s.mu.Unlock()
 		if ch != nil {
 			select {
-			case ch <- reply{m: m, from: from}:
+			case ch <- reply{m: m, from: from, at: s}:
 			default:
 			}
 		}
@@ -356,7 +358,11 @@ type state struct {
 	skipped []string
 	algSeen bool
 	alg     bool
-	overlap *bool // from the two-address test
+	// RESPONSE-ORIGIN (or SOURCE-ADDRESS) against where the answer came
+	// from and where the request went (RFC 5780 section 7.3).
+	originSeen bool
+	originBad  []string
+	overlap    *bool // from the two-address test
 }
 
 func (st *state) sample(a answer, from *sock, to netip.AddrPort, first bool) netip.AddrPort {
@@ -374,6 +380,7 @@ func (st *state) sample(a answer, from *sock, to netip.AddrPort, first bool) net
 			}
 		}
 	}
+	st.origin(a, to, to)
 	s := Sample{Local: from.local, Server: to, Mapped: m, Sent: a.sent}
 	dup := false
 	for _, o := range st.samples {
@@ -388,6 +395,44 @@ func (st *state) sample(a answer, from *sock, to netip.AddrPort, first bool) net
 		st.firsts = append(st.firsts, s)
 	}
 	return m
+}
+
+// origin checks an answer's RESPONSE-ORIGIN (RFC 5780 section 7.3): the
+// server names the address it sent from, which must be the address the answer
+// came from and, as the request asked, want (the address the request was
+// sent to, or the socket its CHANGE-REQUEST names). A difference means
+// something between rewrote addresses: the server is behind a NAT of its
+// own (a double NAT on the path) or an ALG rewrote the attribute. RFC
+// 3489's SOURCE-ADDRESS is not used: Debian's stund names the wrong port in
+// it for requests to its (alternate address, primary port) socket. The
+// caller holds st.mu.
+func (st *state) origin(a answer, to, want netip.AddrPort) {
+	o, err := a.m.Addr(stun.AttrResponseOrigin)
+	if err != nil {
+		return
+	}
+	o = netip.AddrPortFrom(o.Addr().Unmap(), o.Port())
+	if o.Addr().IsUnspecified() {
+		return // a server on a wildcard address cannot name its origin
+	}
+	st.originSeen = true
+	note := ""
+	switch {
+	case o != a.from:
+		note = fmt.Sprintf("the answer to %v came from %v but names %v as its origin", to, a.from, o)
+	case want.IsValid() && o != want:
+		note = fmt.Sprintf("the answer to %v came from %v, not %v", to, o, want)
+	}
+	if note != "" && !slices.Contains(st.originBad, note) {
+		st.originBad = append(st.originBad, note)
+	}
+}
+
+// checkOrigin is origin for an answer that gives no sample.
+func (st *state) checkOrigin(a answer, to, want netip.AddrPort) {
+	st.mu.Lock()
+	st.origin(a, to, want)
+	st.mu.Unlock()
 }
 
 func (st *state) skip(format string, args ...any) {
@@ -457,11 +502,17 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 				st.skip("filtering: %v", errors.Join(errBoth, errPort))
 				return
 			}
+			if gotBoth {
+				st.checkOrigin(both, P, oth)
+			}
+			wantPort := netip.AddrPortFrom(P.Addr(), oth.Port())
+			if gotPort {
+				st.checkOrigin(port, P, wantPort)
+			}
 			if gotBoth && both.from != oth {
 				st.skip("filtering: the change-IP-and-port answer came from %v, not the other address %v", both.from, oth)
 				return
 			}
-			wantPort := netip.AddrPortFrom(P.Addr(), oth.Port())
 			if gotPort && port.from != wantPort {
 				st.skip("filtering: the change-port answer came from %v, not %v", port.from, wantPort)
 				return
@@ -600,6 +651,10 @@ func (p *prober) udp(ctx context.Context, local netip.Addr, res *Result) error {
 	}
 	if st.algSeen {
 		res.ALG = ptr(st.alg)
+	}
+	if st.originSeen {
+		res.OriginRewritten = ptr(len(st.originBad) > 0)
+		res.OriginNotes = st.originBad
 	}
 	res.Skipped = append(res.Skipped, st.skipped...)
 	st.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,11 @@ const (
 	// DefaultTCPIdle closes a TCP connection after this long without a
 	// request (RFC 8489 section 6.2.2 leaves it to the server).
 	DefaultTCPIdle = 30 * time.Second
+	// MaxWorkers bounds Options.Workers' default (each worker holds a
+	// descriptor of every UDP socket).
+	MaxWorkers = 8
+	// readBuffer is the receive buffer asked for on each UDP socket.
+	readBuffer = 4 << 20
 	// maxDatagram is the largest request the server reads; a longer one
 	// is dropped.
 	maxDatagram = 2048
@@ -70,6 +76,13 @@ type Options struct {
 	// DefaultTCPIdle.
 	MaxTCPConns int
 	TCPIdle     time.Duration
+	// Workers is the goroutines that read each UDP socket, each with
+	// descriptors of its own (dup(2) of the same sockets, so the kernel
+	// queue is shared and no other process can join it as with
+	// SO_REUSEPORT), so that one busy transport address, the primary in
+	// practice, is served by more than one core; 0 means GOMAXPROCS, at
+	// most MaxWorkers.
+	Workers int
 	// Logger receives start-up and error messages; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock the rate limit reads; nil means time.Now.
@@ -100,6 +113,7 @@ type Server struct {
 	now    func() time.Time
 	lim    *limiter
 	udp    []*net.UDPConn
+	wudp   [][]*net.UDPConn // per worker: descriptors of udp's sockets; wudp[0] is udp
 	tcp    []*net.TCPListener
 	st     counters
 	tcpSem chan struct{}
@@ -119,8 +133,8 @@ func Listen(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.Rate < 0 || o.Burst < 0 || o.Batch < 0 || o.MaxTCPConns < 0 || o.TCPIdle < 0 {
-		return nil, fmt.Errorf("%w: Rate, Burst, Batch, MaxTCPConns and TCPIdle must not be negative", ErrBadConfig)
+	if o.Rate < 0 || o.Burst < 0 || o.Batch < 0 || o.MaxTCPConns < 0 || o.TCPIdle < 0 || o.Workers < 0 {
+		return nil, fmt.Errorf("%w: Rate, Burst, Batch, MaxTCPConns, TCPIdle and Workers must not be negative", ErrBadConfig)
 	}
 	s := &Server{h: h, opts: o, log: o.Logger, now: o.Now, done: make(chan struct{}),
 		tcpPer: map[netip.Addr]int{}, conns: map[net.Conn]struct{}{}}
@@ -138,6 +152,9 @@ func Listen(o Options) (*Server, error) {
 	}
 	if s.opts.TCPIdle == 0 {
 		s.opts.TCPIdle = DefaultTCPIdle
+	}
+	if s.opts.Workers == 0 {
+		s.opts.Workers = min(runtime.GOMAXPROCS(0), MaxWorkers)
 	}
 	if !o.Unlimited {
 		rate, burst := o.Rate, o.Burst
@@ -158,6 +175,9 @@ func Listen(o Options) (*Server, error) {
 			s.closeSockets()
 			return nil, fmt.Errorf("stun: listen udp %v: %w", ap, err)
 		}
+		// Room for bursts from many clients at once (the kernel caps it
+		// at net.core.rmem_max); a full queue drops requests.
+		_ = c.SetReadBuffer(readBuffer)
 		s.udp = append(s.udp, c)
 		if o.TCP {
 			l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
@@ -168,7 +188,39 @@ func Listen(o Options) (*Server, error) {
 			s.tcp = append(s.tcp, l)
 		}
 	}
+	s.wudp = append(s.wudp, s.udp)
+	for w := 1; w < s.opts.Workers; w++ {
+		cs := make([]*net.UDPConn, len(s.udp))
+		s.wudp = append(s.wudp, cs)
+		for i, c := range s.udp {
+			if cs[i], err = dupUDP(c); err != nil {
+				s.closeSockets()
+				return nil, fmt.Errorf("stun: worker %d: %w", w, err)
+			}
+		}
+	}
 	return s, nil
+}
+
+// dupUDP returns a second *net.UDPConn on c's socket (its own descriptor,
+// registered with the runtime's poller on its own), so that two goroutines
+// can read and write the socket without sharing a descriptor's locks.
+func dupUDP(c *net.UDPConn) (*net.UDPConn, error) {
+	f, err := c.File()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	pc, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil, err
+	}
+	u, ok := pc.(*net.UDPConn)
+	if !ok {
+		pc.Close()
+		return nil, fmt.Errorf("dup of %v is a %T", c.LocalAddr(), pc)
+	}
+	return u, nil
 }
 
 // Addrs returns the server's transport addresses, indexed by Socket.
@@ -184,13 +236,15 @@ func (s *Server) Stats() Stats {
 // the sockets and returns nil (or the first socket error that stopped a
 // reader).
 func (s *Server) Serve(ctx context.Context) error {
-	errc := make(chan error, len(s.udp)+len(s.tcp))
-	for i := range s.udp {
-		s.wg.Add(1)
-		go func(i int) {
-			defer s.wg.Done()
-			errc <- s.serveUDP(Socket(i))
-		}(i)
+	errc := make(chan error, len(s.wudp)*len(s.udp)+len(s.tcp))
+	for _, conns := range s.wudp {
+		for i := range conns {
+			s.wg.Add(1)
+			go func(i int) {
+				defer s.wg.Done()
+				errc <- s.serveUDP(conns, Socket(i))
+			}(i)
+		}
 	}
 	for i := range s.tcp {
 		s.wg.Add(1)
@@ -199,7 +253,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			errc <- s.serveTCP(Socket(i))
 		}(i)
 	}
-	s.log.Info("stun: serving", "sockets", s.h.Sockets(), "tcp", s.opts.TCP, "batch", s.opts.Batch)
+	s.log.Info("stun: serving", "sockets", s.h.Sockets(), "tcp", s.opts.TCP, "batch", s.opts.Batch, "workers", len(s.wudp))
 	var first error
 	select {
 	case <-ctx.Done():
@@ -221,6 +275,13 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) closeSockets() {
+	for _, conns := range s.wudp[min(1, len(s.wudp)):] {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
 	for _, c := range s.udp {
 		c.Close()
 	}
@@ -248,19 +309,21 @@ func (s *Server) allowed(a netip.Addr, now int64) bool {
 	return s.lim == nil || s.lim.allow(a, now)
 }
 
-func (s *Server) serveUDP(at Socket) error {
+// serveUDP answers the requests that arrive on conns[at], sending each
+// answer from the conns socket it names.
+func (s *Server) serveUDP(conns []*net.UDPConn, at Socket) error {
 	if s.opts.Batch > 1 {
-		err := s.serveUDPBatch(at)
+		err := s.serveUDPBatch(conns, at)
 		if !errors.Is(err, udpbatch.ErrUnsupported) {
 			return err
 		}
 	}
-	return s.serveUDPSingle(at)
+	return s.serveUDPSingle(conns, at)
 }
 
 // serveUDPSingle is the portable path: one datagram per system call.
-func (s *Server) serveUDPSingle(at Socket) error {
-	c := s.udp[at]
+func (s *Server) serveUDPSingle(conns []*net.UDPConn, at Socket) error {
+	c := conns[at]
 	in := make([]byte, maxDatagram)
 	out := make([]byte, 0, maxDatagram+256)
 	for {
@@ -287,7 +350,7 @@ func (s *Server) serveUDPSingle(at Socket) error {
 			continue
 		}
 		s.count(r)
-		if _, err := s.udp[r.Via].WriteToUDPAddrPort(r.Data, r.To); err != nil && s.closing() {
+		if _, err := conns[r.Via].WriteToUDPAddrPort(r.Data, r.To); err != nil && s.closing() {
 			return nil
 		}
 	}
@@ -303,14 +366,14 @@ func (s *Server) count(r Reply) {
 
 // serveUDPBatch reads a batch with recvmmsg, computes every response, and
 // sends them with one sendmmsg per outgoing socket.
-func (s *Server) serveUDPBatch(at Socket) error {
+func (s *Server) serveUDPBatch(conns []*net.UDPConn, at Socket) error {
 	batch := s.opts.Batch
-	r, err := udpbatch.NewReader(s.udp[at], batch, maxDatagram)
+	r, err := udpbatch.NewReader(conns[at], batch, maxDatagram)
 	if err != nil {
 		return err
 	}
-	ws := make([]*udpbatch.Writer, len(s.udp))
-	for i, c := range s.udp {
+	ws := make([]*udpbatch.Writer, len(conns))
+	for i, c := range conns {
 		if ws[i], err = udpbatch.NewWriter(c, batch, maxDatagram+256); err != nil {
 			return err
 		}

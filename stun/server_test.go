@@ -68,12 +68,14 @@ func exchange(t *testing.T, c *net.UDPConn, dst netip.AddrPort, req []byte) (*Me
 }
 
 // TestServerUDPSources sends every CHANGE-REQUEST to every socket, over the
-// batched path and the one-datagram path, and checks the response's real
+// batched path and the one-datagram path, with one worker per socket and
+// with several (each its own descriptors of the same sockets), and checks the response's real
 // source address (RFC 5780 section 6, table 1), not just RESPONSE-ORIGIN.
 func TestServerUDPSources(t *testing.T) {
-	for _, batch := range []int{0, 1} {
-		t.Run(fmt.Sprintf("batch=%d", batch), func(t *testing.T) {
-			s := startServer(t, Options{Batch: batch})
+	for _, c := range []struct{ batch, workers int }{{0, 1}, {1, 1}, {0, 3}, {1, 2}} {
+		batch := c.batch
+		t.Run(fmt.Sprintf("batch=%d/workers=%d", c.batch, c.workers), func(t *testing.T) {
+			s := startServer(t, Options{Batch: batch, Workers: c.workers})
 			socks := s.Addrs()
 			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 			if err != nil {
@@ -97,6 +99,52 @@ func TestServerUDPSources(t *testing.T) {
 				t.Errorf("stats %+v", st)
 			}
 		})
+	}
+}
+
+// TestServerWorkerDescriptors serves every socket with the second worker's
+// descriptors alone (Serve would let any worker win each read) and checks
+// that each answer still leaves from the socket table 1 names: a worker's
+// descriptors are the same sockets, in the same order.
+func TestServerWorkerDescriptors(t *testing.T) {
+	var s *Server
+	var err error
+	for try := 0; try < 20; try++ {
+		p := uint16(20000 + rand.IntN(20000))
+		s, err = Listen(Options{Primary: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p),
+			Alternate: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), p+1), Workers: 2})
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.wudp) != 2 {
+		t.Fatalf("%d workers, want 2", len(s.wudp))
+	}
+	var wg sync.WaitGroup
+	for at := range s.wudp[1] {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.serveUDP(s.wudp[1], Socket(at)) }()
+	}
+	defer func() { s.Close(); wg.Wait() }()
+	socks := s.Addrs()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for at := 0; at < 4; at++ {
+		for _, f := range []uint32{0, ChangePort, ChangeIP, ChangeIP | ChangePort} {
+			m, from := exchange(t, c, socks[at], request(false, func(b *Builder) { b.AddChangeRequest(f) }))
+			if want := socks[Socket(at)^Socket(f>>1)]; from != want {
+				t.Errorf("to %v flags %#x: answered from %v, want %v", socks[at], f, from, want)
+			}
+			if got := addr(t, m, AttrResponseOrigin); got != from {
+				t.Errorf("RESPONSE-ORIGIN %v, sent from %v", got, from)
+			}
+		}
 	}
 }
 

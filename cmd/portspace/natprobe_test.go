@@ -68,6 +68,7 @@ func TestStunServeBadInput(t *testing.T) {
 		{[]string{"stun", "serve", "--primary", "127.0.0.1:3478", "--alternate", "x"}, `--alternate "x"`},
 		{[]string{"stun", "serve", "--primary", "127.0.0.1:3478", "--alternate", "127.0.0.1:3479"}, "equals the primary"},
 		{[]string{"stun", "serve", "--primary", "127.0.0.1:3478", "--rate", "-1"}, "--rate"},
+		{[]string{"stun", "serve", "--primary", "127.0.0.1:3478", "--workers", "-2"}, "--workers -2"},
 	} {
 		_, _, err := runCLI(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

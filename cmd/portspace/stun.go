@@ -27,7 +27,7 @@ func newStunServeCmd() *cobra.Command {
 		primary, alternate string
 		tcp, unlimited     bool
 		rate               float64
-		burst              int
+		burst, workers     int
 		software           string
 		verbose            bool
 	)
@@ -42,12 +42,14 @@ MAPPED-ADDRESS, RESPONSE-ORIGIN and OTHER-ADDRESS; RESPONSE-PORT and PADDING;
 as Debian's stun) get MAPPED-ADDRESS, SOURCE-ADDRESS and CHANGED-ADDRESS.
 --tcp also listens on TCP at the same four addresses (mapping tests only).
 Without --alternate the server is single-homed and refuses CHANGE-REQUEST.
-Each client address may send --rate requests per second (burst --burst).`,
+Each client address may send --rate requests per second (burst --burst).
+--workers goroutines read each UDP socket (batches of 64 with recvmmsg and
+sendmmsg), so that the primary address is served by every CPU.`,
 		Example: `  portspace stun serve --primary 192.0.2.10:3478 --alternate 192.0.2.11:3479
   portspace stun serve --primary 192.0.2.10:3478 --alternate 192.0.2.11:3479 --tcp`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o := stun.Options{TCP: tcp, Rate: rate, Burst: burst, Unlimited: unlimited, Software: software}
+			o := stun.Options{TCP: tcp, Rate: rate, Burst: burst, Unlimited: unlimited, Software: software, Workers: workers}
 			var err error
 			if primary == "" {
 				return fmt.Errorf("--primary is required (ADDR:PORT)")
@@ -62,6 +64,9 @@ Each client address may send --rate requests per second (burst --burst).`,
 			}
 			if rate < 0 || burst < 0 {
 				return fmt.Errorf("--rate %v and --burst %d must not be negative", rate, burst)
+			}
+			if workers < 0 {
+				return fmt.Errorf("--workers %d must not be negative", workers)
 			}
 			level := slog.LevelInfo
 			if verbose {
@@ -88,6 +93,7 @@ Each client address may send --rate requests per second (burst --burst).`,
 	f.Float64Var(&rate, "rate", stun.DefaultRate, "requests per second per client address")
 	f.IntVar(&burst, "burst", stun.DefaultBurst, "burst of requests per client address")
 	f.BoolVar(&unlimited, "unlimited", false, "no per-client rate limit (benchmarks on loopback only)")
+	f.IntVar(&workers, "workers", 0, "goroutines reading each UDP socket, each with its own descriptors (0: one per CPU, at most 8)")
 	f.StringVar(&software, "software", "", "SOFTWARE attribute to send (none by default)")
 	f.BoolVar(&verbose, "verbose", false, "debug logging")
 	return cmd
