@@ -35,10 +35,16 @@ const (
 	ModeMasquerade  = "nft-masquerade"
 	ModeGateway     = "gateway"
 	ModePassthrough = "gateway-passthrough"
+	// ModeSharded is the gateway translating with Config.Shards engines
+	// (default 2) over as many external addresses (192.0.2.1, .2, ...).
+	ModeSharded = "gateway-sharded"
 )
 
-// AllModes lists every mode in report order.
+// AllModes lists the default modes in report order.
 var AllModes = []string{ModeRouting, ModeMasquerade, ModePassthrough, ModeGateway}
+
+// KnownModes lists every mode: AllModes and ModeSharded.
+var KnownModes = append(append([]string(nil), AllModes...), ModeSharded)
 
 // Config configures a run. Zero values are the documented defaults.
 type Config struct {
@@ -64,6 +70,13 @@ type Config struct {
 	Exe string
 	// Workers of the gateway (0: its default).
 	Workers int
+	// Shards of the gateway in ModeSharded (default 2).
+	Shards int
+	// Subscribers is the number of client addresses (10.0.0.2, .3, ...)
+	// the UDP sender spreads its flows over (default 1). Sharding by
+	// subscriber needs more than one to use more than one shard. TCP
+	// (iperf3) always runs from 10.0.0.2.
+	Subscribers int
 	// SplitGSO runs the gateway with --split-gso.
 	SplitGSO bool
 	// Rounds runs every mode this many times, round-robin, and reports
@@ -133,6 +146,12 @@ func (c Config) withDefaults() Config {
 	if c.Rounds <= 0 {
 		c.Rounds = 1
 	}
+	if c.Shards <= 0 {
+		c.Shards = 2
+	}
+	if c.Subscribers <= 0 {
+		c.Subscribers = 1
+	}
 	return c
 }
 
@@ -153,7 +172,7 @@ func (t *topo) in(ns string, args ...string) []string {
 	return append([]string{"ip", "netns", "exec", ns}, args...)
 }
 
-func newTopo(ctx context.Context) (*topo, error) {
+func newTopo(ctx context.Context, subscribers int) (*topo, error) {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
@@ -172,6 +191,9 @@ func newTopo(ctx context.Context) (*topo, error) {
 		{"ip", "-n", t.client, "addr", "add", "10.0.0.2/24", "dev", "c0"},
 		{"ip", "-n", t.server, "addr", "add", "192.0.2.10/24", "dev", "s0"},
 		{"ip", "-n", t.server, "addr", "add", "192.0.2.11/24", "dev", "s0"},
+	}
+	for i := 1; i < subscribers; i++ {
+		steps = append(steps, []string{"ip", "-n", t.client, "addr", "add", SubscriberAddr(i).String() + "/24", "dev", "c0"})
 	}
 	for _, ns := range []string{t.client, t.router, t.server} {
 		steps = append(steps, []string{"ip", "-n", ns, "link", "set", "lo", "up"})
@@ -244,10 +266,21 @@ func (t *topo) setup(ctx context.Context, c Config, mode string) (func() map[str
 			sh(context.Background(), t.in(t.router, "conntrack", "-F")...)
 			return nil
 		}, nil
-	case ModeGateway, ModePassthrough:
+	case ModeGateway, ModePassthrough, ModeSharded:
 		control := filepath.Join(t.dir, "control-"+mode+".sock")
-		args := []string{c.Exe, "nat", "gateway", "--preset", c.Preset, "--external", "192.0.2.1",
+		external := "192.0.2.1"
+		if mode == ModeSharded {
+			var ext []string
+			for i := 0; i < c.Shards; i++ {
+				ext = append(ext, fmt.Sprintf("192.0.2.%d", 1+i))
+			}
+			external = strings.Join(ext, ",")
+		}
+		args := []string{c.Exe, "nat", "gateway", "--preset", c.Preset, "--external", external,
 			"--inside", "10.0.0.0/24", "--control", control, "--state-dir", t.dir}
+		if mode == ModeSharded {
+			args = append(args, "--shards", strconv.Itoa(c.Shards))
+		}
 		if mode == ModePassthrough {
 			args = append(args, "--passthrough")
 		}
@@ -257,7 +290,7 @@ func (t *topo) setup(ctx context.Context, c Config, mode string) (func() map[str
 		if c.Workers > 0 {
 			args = append(args, "--workers", strconv.Itoa(c.Workers))
 		}
-		if mode == ModeGateway {
+		if mode != ModePassthrough {
 			// Enough room for the many-flow sessions without growing.
 			cfg := filepath.Join(t.dir, "gw.yaml")
 			if err := os.WriteFile(cfg, []byte(fmt.Sprintf("expected_sessions: %d\n", c.Flows+1000)), 0o644); err != nil {
@@ -335,6 +368,7 @@ func (t *topo) udp(ctx context.Context, c Config, flows int, rate float64) (sent
 		return 0, 0, 0, err
 	}
 	out, err := sh(ctx, t.in(t.client, c.Exe, "bench", "nat", "--role", "sender", "--flows", strconv.Itoa(flows),
+		"--subscribers", strconv.Itoa(c.Subscribers),
 		"--rate", strconv.FormatFloat(rate, 'f', 0, 64), "--trial", c.Trial.String())...)
 	if err != nil {
 		return 0, 0, 0, err
@@ -390,7 +424,7 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 		}
 		c.Exe = exe
 	}
-	t, err := newTopo(ctx)
+	t, err := newTopo(ctx, c.Subscribers)
 	if err != nil {
 		return nil, err
 	}
@@ -526,6 +560,9 @@ func ratios(rs []Result) map[string]map[string]float64 {
 	if g, ok := by[ModeGateway]; ok {
 		if p, ok := by[ModePassthrough]; ok {
 			div(ModeGateway+"/"+ModePassthrough, g, p)
+		}
+		if sh, ok := by[ModeSharded]; ok {
+			div(ModeSharded+"/"+ModeGateway, sh, g)
 		}
 	}
 	return out
