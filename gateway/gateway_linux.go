@@ -478,7 +478,22 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 		c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4:]), uint16(sp))
 		c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4+2:]), uint16(dp))
 		binary.BigEndian.PutUint16(pkt[cs:], ^c)
-		raw = append(raw, buf[offset-vnetHdrLen:offset+len(pkt)])
+		if pkt[9] == 17 && buf[offset-vnetHdrLen+1] == 0 && cs == l4+6 {
+			// A single UDP datagram with a partial checksum (veth and
+			// most NICs hand them over so): complete the checksum here, as
+			// the NIC would, and write it through the offload code, which
+			// coalesces the datagrams of one flow in the batch into one
+			// UDP GSO super-packet: one write and one pass through the
+			// kernel's forwarding path instead of one per datagram.
+			full := packet.Checksum(pkt[l4:], 0)
+			if full == 0 {
+				full = 0xffff
+			}
+			binary.BigEndian.PutUint16(pkt[cs:], full)
+			out = append(out, buf[:offset+len(pkt)])
+		} else {
+			raw = append(raw, buf[offset-vnetHdrLen:offset+len(pkt)])
+		}
 		if v.Action == nat.Hairpin {
 			t.nHp++
 			t.hpB += uint64(len(pkt))

@@ -229,7 +229,21 @@ func TestTranslatePartialChecksum(t *testing.T) {
 		h[0], h[1] = 1, 0 // VIRTIO_NET_HDR_F_NEEDS_CSUM, no GSO
 		binary.LittleEndian.PutUint16(h[6:], 20)
 		binary.LittleEndian.PutUint16(h[8:], 6)
-		out, raw := g.translate([][]byte{b}, []int{n}, []bool{true}, extra, nil, nil, &g.per[0], g.sc)
+		// A single datagram: its checksum is completed and it goes to the
+		// offload code's writes (coalesced with its flow's others).
+		single := append([]byte(nil), b...)
+		out, raw := g.translate([][]byte{single}, []int{n}, []bool{true}, extra, nil, nil, &g.per[0], g.sc)
+		if len(out) != 1 || len(raw) != 0 || len(out[0]) != offset+n {
+			t.Fatalf("payload %d, single datagram: %d out, %d raw", payload, len(out), len(raw))
+		}
+		if q := out[0][offset:]; binary.BigEndian.Uint32(q[12:]) != 0xc0000201 || !valid(q) {
+			t.Fatalf("payload %d, single datagram: not translated with a complete checksum", payload)
+		}
+		// A UDP GSO super-packet (here of one segment): translated once,
+		// written whole with its header, the checksum left partial.
+		h[1] = 5 // VIRTIO_NET_HDR_GSO_UDP_L4
+		binary.LittleEndian.PutUint16(h[4:], uint16(payload))
+		out, raw = g.translate([][]byte{b}, []int{n}, []bool{true}, extra, nil, nil, &g.per[0], g.sc)
 		if len(out) != 0 || len(raw) != 1 || len(raw[0]) != vnetHdrLen+n {
 			t.Fatalf("payload %d: %d out, %d raw", payload, len(out), len(raw))
 		}
@@ -244,7 +258,9 @@ func TestTranslatePartialChecksum(t *testing.T) {
 			t.Fatalf("payload %d: the completed checksum does not verify after translation", payload)
 		}
 		ext := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), binary.BigEndian.Uint16(q[20:]))
-		_, raw = g.translate([][]byte{mk(dst, ext, payload)}, []int{n}, []bool{true}, extra, nil, nil, &g.per[0], g.sc)
+		rb := mk(dst, ext, payload)
+		rb[offset-vnetHdrLen+1] = 5
+		_, raw = g.translate([][]byte{rb}, []int{n}, []bool{true}, extra, nil, nil, &g.per[0], g.sc)
 		if len(raw) != 1 {
 			t.Fatalf("payload %d: reply not forwarded", payload)
 		}

@@ -226,24 +226,51 @@ func (t *topo) close() {
 	os.RemoveAll(t.dir)
 }
 
-// received reads the server's nftables counter of UDP packets.
-func (t *topo) received(ctx context.Context) (uint64, error) {
+// received reads the server's nftables counter of UDP packets and returns
+// the datagrams it counted and the socket buffers (skbs) they came in.
+// The counter counts skbs: a datagram train the gateway wrote to the TUN
+// as one UDP GSO super-packet (wireguard/tun coalesces on write) crosses
+// the veth into the server whole, counted once. Every datagram carries
+// Payload bytes behind a 28-byte IPv4 and UDP header, and a super-packet
+// one header in all, so the datagrams are (bytes - 28*skbs) / Payload.
+func (t *topo) received(ctx context.Context) (datagrams, skbs uint64, err error) {
 	out, err := sh(ctx, t.in(t.server, "nft", "-j", "list", "table", "ip", "psbench")...)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	i := strings.Index(out, `"counter"`)
 	if i < 0 {
-		return 0, errors.New("natbench: no counter in the server's table")
+		return 0, 0, errors.New("natbench: no counter in the server's table")
 	}
-	j := strings.Index(out[i:], `"packets":`)
-	if j < 0 {
-		return 0, errors.New("natbench: no packets in the counter")
+	field := func(name string) (uint64, error) {
+		j := strings.Index(out[i:], `"`+name+`":`)
+		if j < 0 {
+			return 0, fmt.Errorf("natbench: no %s in the counter", name)
+		}
+		s := strings.TrimSpace(out[i+j+len(name)+3:])
+		k := strings.IndexAny(s, ",}")
+		if k < 0 {
+			return 0, fmt.Errorf("natbench: counter %s: %q", name, s)
+		}
+		return strconv.ParseUint(strings.TrimSpace(s[:k]), 10, 64)
 	}
-	s := out[i+j+len(`"packets":`):]
-	s = strings.TrimSpace(s)
-	k := strings.IndexAny(s, ",}")
-	return strconv.ParseUint(strings.TrimSpace(s[:k]), 10, 64)
+	if skbs, err = field("packets"); err != nil {
+		return 0, 0, err
+	}
+	bytes, err := field("bytes")
+	if err != nil {
+		return 0, 0, err
+	}
+	return datagramsOf(bytes, skbs), skbs, nil
+}
+
+// datagramsOf returns the Payload-byte datagrams in skbs socket buffers
+// of bytes bytes (IPv4 headers included).
+func datagramsOf(bytes, skbs uint64) uint64 {
+	if bytes < 28*skbs {
+		return 0
+	}
+	return (bytes - 28*skbs) / Payload
 }
 
 // setup puts the router in mode and returns a function that undoes it.
@@ -363,7 +390,7 @@ func (t *topo) iperf(ctx context.Context, d time.Duration, streams int) (float64
 // as it can) over flows flows for the trial's length; it returns the
 // packets sent and received and the seconds the sender sent for.
 func (t *topo) udp(ctx context.Context, c Config, flows int, rate float64) (sent, recv uint64, secs float64, err error) {
-	before, err := t.received(ctx)
+	before, skb0, err := t.received(ctx)
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -378,9 +405,12 @@ func (t *topo) udp(ctx context.Context, c Config, flows int, rate float64) (sent
 		return 0, 0, 0, fmt.Errorf("natbench: sender output %q: %w", out, err)
 	}
 	time.Sleep(300 * time.Millisecond) // the last packets drain
-	after, err := t.received(ctx)
+	after, skb1, err := t.received(ctx)
 	if err != nil {
 		return 0, 0, 0, err
+	}
+	if n := skb1 - skb0; n != after-before {
+		fmt.Fprintf(c.Progress, "    (%d datagrams arrived in %d skbs: coalesced by the gateway's writes)\n", after-before, n)
 	}
 	return s.Sent, after - before, s.Seconds, nil
 }
