@@ -39,7 +39,7 @@ with --passthrough and (d) the portspace gateway translating:
   offered rate forwarded without loss, by binary search).
 
 The table ends with the ratios to nftables masquerade and of the gateway to
-its passthrough. Needs root, iperf3 and nft. A full run takes a few minutes.`,
+its passthrough. Needs root, iperf3, nft and ethtool. A full run takes a few minutes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if role == "sender" {
