@@ -270,14 +270,22 @@ func (g *Gateway) rawWorker(d tun.Device, f *os.File, ctr *counters) error {
 		}
 		return n > 0
 	}
-	var wraw []byte
+	// writeRaw writes the packets left in wraw, all in one call of the
+	// descriptor's Write (one lock and poll preparation for the batch).
+	var wraw [][]byte
 	writeRaw := func(fd uintptr) bool {
-		_, err := syscall.Write(int(fd), wraw)
-		if err == syscall.EAGAIN {
-			return false
-		}
-		if err != nil {
-			ctr.c[cWriteErr].Add(1)
+		for len(wraw) > 0 {
+			_, err := syscall.Write(int(fd), wraw[0])
+			if err == syscall.EAGAIN {
+				return false
+			}
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				ctr.c[cWriteErr].Add(1)
+			}
+			wraw = wraw[1:]
 		}
 		return true
 	}
@@ -296,8 +304,8 @@ func (g *Gateway) rawWorker(d tun.Device, f *os.File, ctr *counters) error {
 			continue
 		}
 		out, raw = g.translate(bufs[:n], sizes[:n], partial[:n], extra, out[:0], raw[:0], ctr, sc)
-		for _, b := range raw {
-			wraw = b
+		if len(raw) > 0 {
+			wraw = raw
 			if err := rc.Write(writeRaw); err != nil {
 				return nil
 			}
@@ -340,7 +348,7 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, partial []bool, extra []
 	if g.opts.Passthrough {
 		for i := range bufs {
 			t.rxBytes += uint64(sizes[i])
-			if partial != nil && partial[i] {
+			if partial != nil && partial[i] && !completeUDP(bufs[i], sizes[i]) {
 				raw = append(raw, bufs[i][offset-vnetHdrLen:offset+sizes[i]])
 			} else {
 				out = append(out, bufs[i][:offset+sizes[i]])
@@ -478,18 +486,7 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 		c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4:]), uint16(sp))
 		c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4+2:]), uint16(dp))
 		binary.BigEndian.PutUint16(pkt[cs:], ^c)
-		if pkt[9] == 17 && buf[offset-vnetHdrLen+1] == 0 && cs == l4+6 {
-			// A single UDP datagram with a partial checksum (veth and
-			// most NICs hand them over so): complete the checksum here, as
-			// the NIC would, and write it through the offload code, which
-			// coalesces the datagrams of one flow in the batch into one
-			// UDP GSO super-packet: one write and one pass through the
-			// kernel's forwarding path instead of one per datagram.
-			full := packet.Checksum(pkt[l4:], 0)
-			if full == 0 {
-				full = 0xffff
-			}
-			binary.BigEndian.PutUint16(pkt[cs:], full)
+		if completeUDP(buf, size) {
 			out = append(out, buf[:offset+len(pkt)])
 		} else {
 			raw = append(raw, buf[offset-vnetHdrLen:offset+len(pkt)])
@@ -543,6 +540,29 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 		}
 	}
 	return out, raw
+}
+
+// completeUDP completes the checksum of buf[offset:offset+size] if it is a
+// single UDP datagram with a partial checksum (NEEDS_CSUM, no GSO, in the
+// virtio-net header before offset: veth and most NICs hand datagrams over
+// so), as the NIC would, and reports whether it did. Such a datagram is
+// then written through the offload code, which coalesces the datagrams of
+// one flow in the batch into one UDP GSO super-packet: one write and one
+// pass through the kernel's forwarding path instead of one per datagram.
+func completeUDP(buf []byte, size int) bool {
+	hdr := buf[offset-vnetHdrLen : offset]
+	pkt := buf[offset : offset+size]
+	l4 := int(binary.LittleEndian.Uint16(hdr[6:]))
+	if hdr[1] != 0 || hdr[0]&1 == 0 || len(pkt) < 28 || pkt[9] != 17 || l4 < 20 || l4+8 > len(pkt) ||
+		binary.LittleEndian.Uint16(hdr[8:]) != 6 {
+		return false
+	}
+	full := packet.Checksum(pkt[l4:], 0)
+	if full == 0 {
+		full = 0xffff // RFC 768: a computed zero is sent as all ones
+	}
+	binary.BigEndian.PutUint16(pkt[l4+6:], full)
+	return true
 }
 
 // outbound reports whether pkt goes to Engine.Outbound: everything but

@@ -87,7 +87,7 @@ func probes(p nat.PresetInfo, spec gwtest.Spec) []probe {
 		// TTL 2 expires at the router's second forwarding (TUN to the
 		// outside): the kernel's time-exceeded goes to the external address,
 		// through the engine's ICMP error translation, back to the client.
-		{"ttl-expiry", client, []string{"ping", "-c", "1", "-t", "2", "-W", "2", gwtest.Server.String()}, []string{"Time to live exceeded"}, true},
+		{"ttl-expiry", client, []string{"ping", "-c", "3", "-i", "0.3", "-t", "2", "-W", "2", gwtest.Server.String()}, []string{"Time to live exceeded"}, true},
 		{"udp", client, []string{python, tool, "udp-client", gwtest.Server.String(), "7000", "20"}, []string{"replies 20 mapped " + mapped + ":"}, false},
 		{"tcp-download", client, []string{python, tool, "tcp-get", gwtest.Server.String(), "8000", fmt.Sprint(downloadBytes)}, []string{fmt.Sprintf("ok %d", downloadBytes)}, false},
 		{"stun", client, []string{"stun", gwtest.Server.String()}, stunWant, true},
