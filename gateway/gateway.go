@@ -10,9 +10,10 @@
 // SIGKILL on the next start.
 //
 // The TUN device has one queue per worker (IFF_MULTI_QUEUE); each worker
-// reads, segments, coalesces and writes its own queue, and the workers share
-// one engine, locked once per batch: see docs/gateway.md for the design and
-// its figures.
+// reads, translates and writes its own queue. The engine is one by default,
+// locked once per batch, or Options.Shards engines that each own whole
+// external addresses and the subscribers ShardOf assigns them, each with
+// its own lock: see docs/gateway.md for the design and its figures.
 package gateway
 
 import (
@@ -21,7 +22,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
-	"sync"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,16 @@ type Options struct {
 	// Workers is the number of TUN queues and of goroutines serving them
 	// (default GOMAXPROCS, at most 8).
 	Workers int
+	// Shards is the number of NAT engines (default 1). Shard k owns the
+	// external addresses External[k], External[k+Shards], ... with all
+	// their ports, and the subscribers (inside addresses) ShardOf assigns
+	// it; every worker locks, per batch, only the shards its packets
+	// belong to. It needs at least Shards external addresses. A hairpinned
+	// packet to another shard's address is translated by its sender's
+	// shard (source) and, after the kernel routes it back into the TUN, by
+	// the owner's (destination), as RFC 4787 REQ-9 has it. Engine.MaxSessions
+	// and Engine.ExpectedSessions are divided among the shards.
+	Shards int
 	// StateDir holds the state file listing the kernel configuration the
 	// gateway added (default /run/portspace).
 	StateDir string
@@ -89,6 +100,10 @@ type Counters struct {
 	// ReadErrors and WriteErrors count failed TUN reads (including
 	// super-packets that could not be split) and writes.
 	ReadErrors, WriteErrors uint64
+	// NoHairpin counts packets to another shard's external address dropped
+	// because hairpinning is off (Engine.NoHairpinning; with one shard the
+	// engine counts them in its drops as no-hairpin).
+	NoHairpin uint64
 	// Batches is the number of TUN reads; RxPackets/Batches is the mean
 	// batch size.
 	Batches uint64
@@ -105,6 +120,7 @@ type Stats struct {
 	PortsInUse map[netip.Addr]int
 	Started    time.Time
 	Workers    int
+	Shards     int
 	TUN        string
 }
 
@@ -132,6 +148,7 @@ const (
 	cReadErr
 	cWriteErr
 	cBatches
+	cNoHairpin
 	numCounters
 )
 
@@ -139,15 +156,15 @@ const (
 // and stop it by cancelling Run's context.
 type Gateway struct {
 	opts    Options
-	mu      sync.Mutex // guards eng
-	eng     *nat.Engine
-	ext     map[uint32]bool
-	local   map[uint32]bool // the router's own addresses
+	shards  []*shard
+	ext     map[uint32]uint8 // external address -> owning shard + 1
+	local   map[uint32]bool  // the router's own addresses
 	inside  []netip.Prefix
 	log     *slog.Logger
 	started time.Time
 	per     []counters
-	sys     *system // the OS part (gateway_linux.go)
+	sc      *scratch // translate's scratch space in tests (the workers have their own)
+	sys     *system  // the OS part (gateway_linux.go)
 }
 
 func (o Options) withDefaults() Options {
@@ -159,6 +176,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Workers <= 0 {
 		o.Workers = min(runtime.GOMAXPROCS(0), 8)
+	}
+	if o.Shards <= 0 {
+		o.Shards = 1
 	}
 	if o.ExpireEvery <= 0 {
 		o.ExpireEvery = 100 * time.Millisecond
@@ -184,16 +204,13 @@ func (o Options) check() error {
 			}
 		}
 	}
-	return nil
-}
-
-// newEngine builds the engine of opts (also used by Reload checks).
-func newEngine(o Options) (*nat.Engine, error) {
-	e, err := nat.New(o.Engine)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+	if o.Shards > 255 {
+		return fmt.Errorf("gateway: --shards %d: at most 255", o.Shards)
 	}
-	return e, nil
+	if o.Shards > len(o.Engine.External) {
+		return fmt.Errorf("gateway: --shards %d needs at least %d external addresses (--external has %d): each shard owns whole addresses", o.Shards, o.Shards, len(o.Engine.External))
+	}
+	return nil
 }
 
 // Stats returns a snapshot of the counters and the engine's statistics.
@@ -204,7 +221,7 @@ func (g *Gateway) Stats() Stats {
 			c[j] += g.per[i].c[j].Load()
 		}
 	}
-	s := Stats{Started: g.started, Workers: len(g.per), TUN: g.opts.TUN, PortsInUse: map[netip.Addr]int{}}
+	s := Stats{Started: g.started, Workers: len(g.per), Shards: len(g.shards), TUN: g.opts.TUN, PortsInUse: map[netip.Addr]int{}}
 	s.Counters = Counters{
 		RxPackets: c[cRxPackets], RxBytes: c[cRxBytes],
 		OutForwarded: c[cOutFwd], OutForwardedBytes: c[cOutFwdBytes],
@@ -213,40 +230,57 @@ func (g *Gateway) Stats() Stats {
 		Replies: c[cReplies], Released: c[cReleased], Passed: c[cPassed],
 		OutDropped: c[cOutDropped], InDropped: c[cInDropped],
 		ReadErrors: c[cReadErr], WriteErrors: c[cWriteErr], Batches: c[cBatches],
+		NoHairpin: c[cNoHairpin],
 	}
-	g.mu.Lock()
-	s.Engine = g.eng.Stats()
+	for _, sh := range g.shards {
+		sh.mu.Lock()
+		addStats(&s.Engine, sh.eng.Stats())
+		for _, a := range sh.eng.Config().External {
+			tcp, udp, icmp := sh.eng.PortsUsed(a)
+			s.PortsInUse[a] = tcp + udp + icmp
+		}
+		sh.mu.Unlock()
+	}
 	s.Drops = map[string]uint64{}
 	for r, n := range s.Engine.Drops {
 		if n > 0 {
 			s.Drops[nat.Reason(r).String()] = n
 		}
 	}
-	for _, a := range g.opts.Engine.External {
-		tcp, udp, icmp := g.eng.PortsUsed(a)
-		s.PortsInUse[a] = tcp + udp + icmp
+	if s.NoHairpin > 0 {
+		s.Drops[nat.ReasonNoHairpin.String()] += s.NoHairpin
 	}
-	g.mu.Unlock()
 	return s
 }
 
-// Sessions returns the live sessions (like conntrack -L). It holds the
-// engine's lock while it copies them: the datapath waits meanwhile.
+// Sessions returns the live sessions (like conntrack -L), shard by shard.
+// It holds each shard's lock while it copies its sessions: the datapath
+// of that shard waits meanwhile.
 func (g *Gateway) Sessions() []nat.Session {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	var out []nat.Session
-	for s := range g.eng.Sessions() {
-		out = append(out, s)
+	for _, sh := range g.shards {
+		sh.mu.Lock()
+		for s := range sh.eng.Sessions() {
+			out = append(out, s)
+		}
+		sh.mu.Unlock()
 	}
 	return out
 }
 
-// Config returns the engine's configuration with defaults filled in.
+// Config returns the engine's configuration with defaults filled in (with
+// shards, the first shard's, with the external addresses, the session
+// limit, the expected sessions and the event sink as configured).
 func (g *Gateway) Config() nat.Config {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.eng.Config()
+	sh := g.shards[0]
+	sh.mu.Lock()
+	c := sh.eng.Config()
+	sh.mu.Unlock()
+	if len(g.shards) > 1 {
+		o := g.opts.Engine
+		c.External, c.MaxSessions, c.ExpectedSessions, c.Events = o.External, o.MaxSessions, o.ExpectedSessions, o.Events
+	}
+	return c
 }
 
 // Options returns the options the gateway runs with.
@@ -257,11 +291,27 @@ func (g *Gateway) Options() Options { return g.opts }
 // dropping sessions. External and Internal must stay as they are (the
 // kernel set-up follows them); any other difference is refused with the
 // engine's *nat.ConfigError naming the field, and nothing changes.
+//
+// With shards, the external addresses must be as the gateway started
+// (each shard owns some of them); the shards then differ only in their
+// share of the addresses and limits, so the first shard's engine refuses
+// what any would, before any changes.
 func (g *Gateway) Reload(cfg nat.Config) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if err := g.eng.Reload(cfg); err != nil {
+	if len(g.shards) > 1 && !slices.Equal(cfg.External, g.opts.Engine.External) {
+		return fmt.Errorf("gateway: reload: %w", &nat.ConfigError{Field: "External", YAML: "external",
+			Err: errors.New("cannot change on a running gateway")})
+	}
+	cfgs, err := shardConfigs(cfg, len(g.shards))
+	if err != nil {
 		return fmt.Errorf("gateway: reload: %w", err)
+	}
+	for k, sh := range g.shards {
+		sh.mu.Lock()
+		err := sh.eng.Reload(cfgs[k])
+		sh.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("gateway: reload: %w", err)
+		}
 	}
 	return nil
 }

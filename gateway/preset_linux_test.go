@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/gateway"
 	"github.com/portspace/portspace/internal/gwtest"
 	"github.com/portspace/portspace/internal/netnstest"
 	"github.com/portspace/portspace/nat"
@@ -77,7 +78,8 @@ type probe struct {
 	exit bool     // a non-zero exit status is expected (stun exits with its class)
 }
 
-func probes(p nat.PresetInfo) []probe {
+func probes(p nat.PresetInfo, spec gwtest.Spec) []probe {
+	mapped := spec.MappedAddr(gwtest.Client).String()
 	client := func(t *gwtest.Topology) *netnstest.NS { return t.ClientNS }
 	tool := filepath.Join("testdata", "nettool.py")
 	stunWant, discWant := expected(p)
@@ -86,14 +88,14 @@ func probes(p nat.PresetInfo) []probe {
 		// TTL 2 expires at the router's second forwarding (TUN to the
 		// outside): the kernel's time-exceeded goes to the external address,
 		// through the engine's ICMP error translation, back to the client.
-		{"ttl-expiry", client, []string{"ping", "-c", "1", "-t", "2", "-W", "2", gwtest.Server.String()}, []string{"Time to live exceeded"}, true},
-		{"udp", client, []string{python, tool, "udp-client", gwtest.Server.String(), "7000", "20"}, []string{"replies 20 mapped " + gwtest.External.String() + ":"}, false},
+		{"ttl-expiry", client, []string{"ping", "-c", "3", "-i", "0.3", "-t", "2", "-W", "2", gwtest.Server.String()}, []string{"Time to live exceeded"}, true},
+		{"udp", client, []string{python, tool, "udp-client", gwtest.Server.String(), "7000", "20"}, []string{"replies 20 mapped " + mapped + ":"}, false},
 		{"tcp-download", client, []string{python, tool, "tcp-get", gwtest.Server.String(), "8000", fmt.Sprint(downloadBytes)}, []string{fmt.Sprintf("ok %d", downloadBytes)}, false},
 		{"stun", client, []string{"stun", gwtest.Server.String()}, stunWant, true},
 		{"natdiscovery", client, []string{"turnutils_natdiscovery", "-m", "-f", "-p", "5478", gwtest.Server.String()}, discWant, false},
 	}
 	if p.Mapping == nat.MappingEIM {
-		ps = append(ps, probe{"hairpin", client, []string{python, tool, "hairpin", gwtest.Server.String(), "7000"}, []string{"hairpin ok from " + gwtest.External.String() + ":"}, false})
+		ps = append(ps, probe{"hairpin", client, []string{python, tool, "hairpin", gwtest.Server.String(), "7000"}, []string{"hairpin ok from " + mapped + ":"}, false})
 	}
 	return ps
 }
@@ -104,7 +106,20 @@ func probes(p nat.PresetInfo) []probe {
 // coturn's turnutils_natdiscovery -m -f (RFC 5780, against turnserver on
 // two addresses). One topology per preset; the probes of all presets run
 // at once, since most of their time is STUN timeouts.
-func TestPresets(t *testing.T) {
+func TestPresets(t *testing.T) { testPresets(t, 1) }
+
+// TestPresetsSharded runs the same with two shards (two external
+// addresses, the client's mappings on its shard's).
+func TestPresetsSharded(t *testing.T) { testPresets(t, 2) }
+
+func testPresets(t *testing.T, shards int) {
+	spec := gwtest.Spec{Shards: shards}
+	if shards > 1 && gateway.ShardOf(gwtest.Client, shards) == gateway.ShardOf(gwtest.Client2, shards) {
+		// The hairpin probe talks from Client to Client2's mapping: with
+		// shards it must cross them (source by one, destination by the
+		// other after the kernel loops the packet back into the TUN).
+		t.Fatalf("Client and Client2 share shard %d: the hairpin probe would not cross shards", gateway.ShardOf(gwtest.Client, shards))
+	}
 	presets := nat.Presets()
 	if s := os.Getenv("PORTSPACE_GATEWAY_PRESETS"); s != "" {
 		var keep []nat.PresetInfo
@@ -124,13 +139,15 @@ func TestPresets(t *testing.T) {
 	for i, p := range presets {
 		topos[i] = gwtest.New(t, gwtest.Options{})
 		servers(t, topos[i])
-		gws[i] = topos[i].Start(t, gwtest.Spec{Preset: p.Name})
+		sp := spec
+		sp.Preset = p.Name
+		gws[i] = topos[i].Start(t, sp)
 	}
 	time.Sleep(300 * time.Millisecond) // the servers bind
 	results := make([][]result, len(presets))
 	var wg sync.WaitGroup
 	for i, p := range presets {
-		ps := probes(p)
+		ps := probes(p, spec)
 		results[i] = make([]result, len(ps))
 		for j, pr := range ps {
 			wg.Add(1)
@@ -144,7 +161,7 @@ func TestPresets(t *testing.T) {
 	wg.Wait()
 	for i, p := range presets {
 		t.Run(p.Name, func(t *testing.T) {
-			for j, pr := range probes(p) {
+			for j, pr := range probes(p, spec) {
 				r := results[i][j]
 				if r.err != nil && !pr.exit {
 					t.Errorf("%s: %v", pr.name, r.err)
@@ -162,6 +179,9 @@ func TestPresets(t *testing.T) {
 			}
 			if st.OutForwarded == 0 || st.InForwarded == 0 {
 				t.Errorf("no traffic counted: %+v", st.Counters)
+			}
+			if st.Shards != shards {
+				t.Errorf("%d shards, want %d", st.Shards, shards)
 			}
 			if p.Mapping == nat.MappingEIM && st.Hairpinned == 0 {
 				t.Errorf("no hairpinned packets counted")

@@ -52,12 +52,23 @@ func testGateway(t testing.TB, preset string) *Gateway {
 	cfg.External = []netip.Addr{netip.MustParseAddr("192.0.2.1")}
 	cfg.Internal = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}
 	cfg.Seed = 1
-	eng, err := nat.New(cfg)
+	return newTestGateway(t, cfg, 1)
+}
+
+// newTestGateway builds a gateway of cfg with n shards and no TUN, for
+// calling translate directly.
+func newTestGateway(t testing.TB, cfg nat.Config, n int) *Gateway {
+	t.Helper()
+	opts := Options{Engine: cfg, Shards: n}.withDefaults()
+	if err := opts.check(); err != nil {
+		t.Fatal(err)
+	}
+	shards, owner, err := newShards(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Gateway{opts: Options{}.withDefaults(), eng: eng, ext: map[uint32]bool{0xc0000201: true},
-		local: map[uint32]bool{0x0a000001: true}, inside: cfg.Internal, per: make([]counters, 1)}
+	return &Gateway{opts: opts, shards: shards, ext: owner,
+		local: map[uint32]bool{0x0a000001: true}, inside: cfg.Internal, per: make([]counters, 1), sc: newScratch(256)}
 }
 
 // TestTranslateBatch sends a batch of outbound packets and their replies
@@ -77,7 +88,7 @@ func TestTranslateBatch(t *testing.T) {
 	for i := range extra {
 		extra[i] = make([]byte, offset+2048)
 	}
-	out, _ := g.translate(bufs, sizes, nil, extra, nil, nil, &g.per[0])
+	out, _ := g.translate(bufs, sizes, nil, extra, nil, nil, &g.per[0], g.sc)
 	if len(out) != n {
 		t.Fatalf("%d packets out of %d", len(out), n)
 	}
@@ -97,7 +108,7 @@ func TestTranslateBatch(t *testing.T) {
 	for i := range bufs {
 		bufs[i] = udp4(srv, ext[i], 18)
 	}
-	out, _ = g.translate(bufs, sizes, nil, extra, out[:0], nil, &g.per[0])
+	out, _ = g.translate(bufs, sizes, nil, extra, out[:0], nil, &g.per[0], g.sc)
 	if len(out) != n {
 		t.Fatalf("%d replies out of %d", len(out), n)
 	}
@@ -127,7 +138,7 @@ func TestTranslateBatch(t *testing.T) {
 			c := packet.Checksum(p[20:], packet.PseudoHeaderSum(netip.MustParseAddr("10.0.0.2"), srv.Addr(), tuple.UDP, 26))
 			binary.BigEndian.PutUint16(p[26:], c)
 		}
-		out, _ = g.translate(bufs, sizes, nil, extra, out[:0], nil, &g.per[0])
+		out, _ = g.translate(bufs, sizes, nil, extra, out[:0], nil, &g.per[0], g.sc)
 	}); a != 0 {
 		t.Fatalf("translate allocates %v times per batch", a)
 	}
@@ -167,7 +178,7 @@ func TestTranslateHostile(t *testing.T) {
 		in := b[offset : offset+n]
 		udp := len(in) >= 28 && in[9] == 17 && in[0] == 0x45 && int(binary.BigEndian.Uint16(in[2:])) == n
 		wasValid := udp && valid(in)
-		out, _ = g.translate([][]byte{b}, []int{n}, nil, extra, out[:0], nil, &g.per[0])
+		out, _ = g.translate([][]byte{b}, []int{n}, nil, extra, out[:0], nil, &g.per[0], g.sc)
 		for _, o := range out {
 			p := o[offset:]
 			if udp && &p[0] == &in[0] && wasValid && !valid(p) {
@@ -218,7 +229,21 @@ func TestTranslatePartialChecksum(t *testing.T) {
 		h[0], h[1] = 1, 0 // VIRTIO_NET_HDR_F_NEEDS_CSUM, no GSO
 		binary.LittleEndian.PutUint16(h[6:], 20)
 		binary.LittleEndian.PutUint16(h[8:], 6)
-		out, raw := g.translate([][]byte{b}, []int{n}, []bool{true}, extra, nil, nil, &g.per[0])
+		// A single datagram: its checksum is completed and it goes to the
+		// offload code's writes (coalesced with its flow's others).
+		single := append([]byte(nil), b...)
+		out, raw := g.translate([][]byte{single}, []int{n}, []bool{true}, extra, nil, nil, &g.per[0], g.sc)
+		if len(out) != 1 || len(raw) != 0 || len(out[0]) != offset+n {
+			t.Fatalf("payload %d, single datagram: %d out, %d raw", payload, len(out), len(raw))
+		}
+		if q := out[0][offset:]; binary.BigEndian.Uint32(q[12:]) != 0xc0000201 || !valid(q) {
+			t.Fatalf("payload %d, single datagram: not translated with a complete checksum", payload)
+		}
+		// A UDP GSO super-packet (here of one segment): translated once,
+		// written whole with its header, the checksum left partial.
+		h[1] = 5 // VIRTIO_NET_HDR_GSO_UDP_L4
+		binary.LittleEndian.PutUint16(h[4:], uint16(payload))
+		out, raw = g.translate([][]byte{b}, []int{n}, []bool{true}, extra, nil, nil, &g.per[0], g.sc)
 		if len(out) != 0 || len(raw) != 1 || len(raw[0]) != vnetHdrLen+n {
 			t.Fatalf("payload %d: %d out, %d raw", payload, len(out), len(raw))
 		}
@@ -233,7 +258,9 @@ func TestTranslatePartialChecksum(t *testing.T) {
 			t.Fatalf("payload %d: the completed checksum does not verify after translation", payload)
 		}
 		ext := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), binary.BigEndian.Uint16(q[20:]))
-		_, raw = g.translate([][]byte{mk(dst, ext, payload)}, []int{n}, []bool{true}, extra, nil, nil, &g.per[0])
+		rb := mk(dst, ext, payload)
+		rb[offset-vnetHdrLen+1] = 5
+		_, raw = g.translate([][]byte{rb}, []int{n}, []bool{true}, extra, nil, nil, &g.per[0], g.sc)
 		if len(raw) != 1 {
 			t.Fatalf("payload %d: reply not forwarded", payload)
 		}

@@ -22,6 +22,7 @@ func newBenchNatCmd() *cobra.Command {
 		role   string
 		rate   float64
 		flows  int
+		subs   int
 	)
 	cmd := &cobra.Command{
 		Use:   "nat",
@@ -38,11 +39,11 @@ with --passthrough and (d) the portspace gateway translating:
   offered rate forwarded without loss, by binary search).
 
 The table ends with the ratios to nftables masquerade and of the gateway to
-its passthrough. Needs root, iperf3 and nft. A full run takes a few minutes.`,
+its passthrough. Needs root, iperf3, nft and ethtool. A full run takes a few minutes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if role == "sender" {
-				r, err := natbench.Send(flows, rate, c.Trial)
+				r, err := natbench.Send(flows, subs, rate, c.Trial)
 				if err != nil {
 					return err
 				}
@@ -51,18 +52,24 @@ its passthrough. Needs root, iperf3 and nft. A full run takes a few minutes.`,
 			if role != "" {
 				return fmt.Errorf("bench nat: --role %q: only sender exists", role)
 			}
-			c.Flows = flows
+			c.Flows, c.Subscribers = flows, subs
+			if subs < 1 || subs > 200 {
+				return fmt.Errorf("bench nat: --subscribers %d: want 1 to 200", subs)
+			}
+			if c.Shards < 1 || c.Shards > 200 {
+				return fmt.Errorf("bench nat: --shards %d: want 1 to 200", c.Shards)
+			}
 			if c.Rounds < 1 {
 				return fmt.Errorf("bench nat: --rounds %d: want at least 1", c.Rounds)
 			}
 			if modes != "" {
 				known := map[string]bool{}
-				for _, m := range natbench.AllModes {
+				for _, m := range natbench.KnownModes {
 					known[m] = true
 				}
 				for _, m := range strings.Split(modes, ",") {
 					if !known[m] {
-						return fmt.Errorf("bench nat: --modes: unknown mode %q (known: %s)", m, strings.Join(natbench.AllModes, ","))
+						return fmt.Errorf("bench nat: --modes: unknown mode %q (known: %s)", m, strings.Join(natbench.KnownModes, ","))
 					}
 					c.Modes = append(c.Modes, m)
 				}
@@ -81,7 +88,7 @@ its passthrough. Needs root, iperf3 and nft. A full run takes a few minutes.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&modes, "modes", "", "comma-separated modes (default all: "+strings.Join(natbench.AllModes, ",")+")")
+	f.StringVar(&modes, "modes", "", "comma-separated modes (default: "+strings.Join(natbench.AllModes, ",")+"; also "+natbench.ModeSharded+")")
 	f.StringVar(&c.Preset, "preset", "rfc-recommended", "the gateway's preset")
 	f.DurationVar(&c.TCPDuration, "tcp-duration", 5*time.Second, "length of each iperf3 run")
 	f.DurationVar(&c.Trial, "trial", 2*time.Second, "length of each UDP trial")
@@ -89,6 +96,8 @@ its passthrough. Needs root, iperf3 and nft. A full run takes a few minutes.`,
 	f.Float64Var(&c.MaxRate, "max-rate", 0, "cap of the zero-loss search in packets/s (0: the full-load rate)")
 	f.Float64Var(&c.Resolution, "resolution", 0.03, "resolution of the zero-loss search (fraction)")
 	f.IntVar(&c.Workers, "workers", 0, "the gateway's --workers")
+	f.IntVar(&c.Shards, "shards", 2, "the gateway's --shards in mode "+natbench.ModeSharded+" (over as many external addresses)")
+	f.IntVar(&subs, "subscribers", 1, "client addresses the UDP sender spreads its flows over (10.0.0.2, .3, ...)")
 	f.IntVar(&c.Rounds, "rounds", 1, "run the modes this many times, round-robin, and report medians")
 	f.BoolVar(&c.SplitGSO, "split-gso", false, "run the gateway with --split-gso")
 	f.BoolVar(&asJSON, "json", false, "print JSON")

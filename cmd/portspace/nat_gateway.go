@@ -65,7 +65,7 @@ type gatewayFlags struct {
 	preset, config, logFile, metrics, control, tun, stateDir string
 	external, inside                                         []string
 	passthrough, splitGSO                                    bool
-	workers, mtu                                             int
+	workers, shards, mtu                                     int
 	verbose                                                  bool
 }
 
@@ -158,6 +158,7 @@ control socket (--control), and --metrics ADDR serves Prometheus metrics.`,
 	fl.BoolVar(&f.passthrough, "passthrough", false, "forward through the TUN without translating (benchmark baseline)")
 	fl.BoolVar(&f.splitGSO, "split-gso", false, "split super-packets into segments and coalesce them again (wireguard/tun's offload code) instead of translating each once")
 	fl.IntVar(&f.workers, "workers", 0, "TUN queues and worker goroutines (default: the number of CPUs)")
+	fl.IntVar(&f.shards, "shards", 1, "NAT engines, each owning whole external addresses and the subscribers hashed to it (needs at least as many --external addresses)")
 	fl.IntVar(&f.mtu, "mtu", 1500, "MTU of the TUN device")
 	fl.BoolVar(&f.verbose, "verbose", false, "log at debug level")
 	return cmd
@@ -190,7 +191,7 @@ func runGateway(cmd *cobra.Command, f gatewayFlags) error {
 		cfg.Events = lw
 	}
 	g, err := gateway.New(gateway.Options{Engine: cfg, Passthrough: f.passthrough, TUN: f.tun, MTU: f.mtu,
-		Workers: f.workers, StateDir: f.stateDir, Logger: logger, SplitGSO: f.splitGSO})
+		Workers: f.workers, Shards: f.shards, StateDir: f.stateDir, Logger: logger, SplitGSO: f.splitGSO})
 	if err != nil {
 		return fmt.Errorf("nat gateway: %w", err)
 	}

@@ -26,6 +26,8 @@ func TestNatGatewayBadInput(t *testing.T) {
 		{[]string{"--external", "192.0.2.1", "--inside", "10.0.0.0/24", "--config", bad}, bad + ":2: maping: unknown setting"},
 		{[]string{"--external", "192.0.2.1", "--inside", "10.0.0.0/24", "--config", filepath.Join(dir, "none.yaml")}, "--config: open"},
 		{[]string{"--external", "10.0.0.9", "--inside", "10.0.0.0/24"}, "10.0.0.0/24 contains 10.0.0.9"},
+		{[]string{"--external", "192.0.2.1", "--inside", "10.0.0.0/24", "--shards", "2"}, "--shards 2 needs at least 2 external addresses (--external has 1)"},
+		{[]string{"--external", "192.0.2.1", "--inside", "10.0.0.0/24", "--shards", "300"}, "--shards 300: at most 255"},
 	} {
 		_, _, err := runCLI(t, append([]string{"nat", "gateway", "--state-dir", dir}, c.args...)...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

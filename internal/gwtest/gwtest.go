@@ -45,8 +45,11 @@ var (
 	RouterIn = netip.MustParseAddr("10.0.0.1")
 	RouterEx = netip.MustParseAddr("192.0.2.254")
 	External = netip.MustParseAddr("192.0.2.1")
-	Server   = netip.MustParseAddr("192.0.2.10")
-	Server2  = netip.MustParseAddr("192.0.2.11")
+	// External2 is the second external address of a gateway with
+	// Spec.Shards > 1 (shard k owns Externals()[k]).
+	External2 = netip.MustParseAddr("192.0.2.2")
+	Server    = netip.MustParseAddr("192.0.2.10")
+	Server2   = netip.MustParseAddr("192.0.2.11")
 )
 
 // Options shape the topology.
@@ -108,11 +111,29 @@ type Spec struct {
 	Passthrough bool `json:"passthrough,omitempty"`
 	// Workers is the number of TUN queues (default: CPUs).
 	Workers int `json:"workers,omitempty"`
+	// Shards is the number of engines (default 1); more than one runs the
+	// gateway with External and External2 (at most two shards).
+	Shards int `json:"shards,omitempty"`
 	// Log is an event-log file the gateway appends to (optional).
 	Log string `json:"log,omitempty"`
 
 	Control  string `json:"control"`
 	StateDir string `json:"state_dir"`
+}
+
+// Externals returns the gateway's external addresses: External, and
+// External2 when Shards > 1.
+func (s Spec) Externals() []netip.Addr {
+	if s.Shards > 1 {
+		return []netip.Addr{External, External2}
+	}
+	return []netip.Addr{External}
+}
+
+// MappedAddr returns the external address the gateway maps the inside
+// address a to (its shard's, gateway.ShardOf).
+func (s Spec) MappedAddr(a netip.Addr) netip.Addr {
+	return s.Externals()[gateway.ShardOf(a, max(s.Shards, 1))]
 }
 
 // Gateway is a gateway process started by Start.
@@ -249,7 +270,7 @@ func runSpec(spec Spec) int {
 			return 2
 		}
 	}
-	cfg.External = []netip.Addr{External}
+	cfg.External = spec.Externals()
 	cfg.Internal = []netip.Prefix{Inside}
 	var logf *os.File
 	if spec.Log != "" {
@@ -263,7 +284,7 @@ func runSpec(spec Spec) int {
 		cfg.Events = lw
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	g, err := gateway.New(gateway.Options{Engine: cfg, Passthrough: spec.Passthrough, Workers: spec.Workers,
+	g, err := gateway.New(gateway.Options{Engine: cfg, Passthrough: spec.Passthrough, Workers: spec.Workers, Shards: spec.Shards,
 		StateDir: spec.StateDir, TUN: "psnat0", Logger: logger})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -35,10 +35,16 @@ const (
 	ModeMasquerade  = "nft-masquerade"
 	ModeGateway     = "gateway"
 	ModePassthrough = "gateway-passthrough"
+	// ModeSharded is the gateway translating with Config.Shards engines
+	// (default 2) over as many external addresses (192.0.2.1, .2, ...).
+	ModeSharded = "gateway-sharded"
 )
 
-// AllModes lists every mode in report order.
+// AllModes lists the default modes in report order.
 var AllModes = []string{ModeRouting, ModeMasquerade, ModePassthrough, ModeGateway}
+
+// KnownModes lists every mode: AllModes and ModeSharded.
+var KnownModes = append(append([]string(nil), AllModes...), ModeSharded)
 
 // Config configures a run. Zero values are the documented defaults.
 type Config struct {
@@ -64,6 +70,13 @@ type Config struct {
 	Exe string
 	// Workers of the gateway (0: its default).
 	Workers int
+	// Shards of the gateway in ModeSharded (default 2).
+	Shards int
+	// Subscribers is the number of client addresses (10.0.0.2, .3, ...)
+	// the UDP sender spreads its flows over (default 1). Sharding by
+	// subscriber needs more than one to use more than one shard. TCP
+	// (iperf3) always runs from 10.0.0.2.
+	Subscribers int
 	// SplitGSO runs the gateway with --split-gso.
 	SplitGSO bool
 	// Rounds runs every mode this many times, round-robin, and reports
@@ -133,6 +146,12 @@ func (c Config) withDefaults() Config {
 	if c.Rounds <= 0 {
 		c.Rounds = 1
 	}
+	if c.Shards <= 0 {
+		c.Shards = 2
+	}
+	if c.Subscribers <= 0 {
+		c.Subscribers = 1
+	}
 	return c
 }
 
@@ -153,7 +172,7 @@ func (t *topo) in(ns string, args ...string) []string {
 	return append([]string{"ip", "netns", "exec", ns}, args...)
 }
 
-func newTopo(ctx context.Context) (*topo, error) {
+func newTopo(ctx context.Context, subscribers int) (*topo, error) {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
@@ -173,6 +192,9 @@ func newTopo(ctx context.Context) (*topo, error) {
 		{"ip", "-n", t.server, "addr", "add", "192.0.2.10/24", "dev", "s0"},
 		{"ip", "-n", t.server, "addr", "add", "192.0.2.11/24", "dev", "s0"},
 	}
+	for i := 1; i < subscribers; i++ {
+		steps = append(steps, []string{"ip", "-n", t.client, "addr", "add", SubscriberAddr(i).String() + "/24", "dev", "c0"})
+	}
 	for _, ns := range []string{t.client, t.router, t.server} {
 		steps = append(steps, []string{"ip", "-n", ns, "link", "set", "lo", "up"})
 	}
@@ -183,6 +205,12 @@ func newTopo(ctx context.Context) (*topo, error) {
 		// Routed: plain routing and passthrough need the way back.
 		[]string{"ip", "-n", t.server, "route", "add", "10.0.0.0/24", "via", "192.0.2.254"},
 		t.in(t.router, "sysctl", "-qw", "net.ipv4.ip_forward=1"),
+		// The router's outside veth segments UDP GSO super-packets (the
+		// gateway coalesces a flow's datagrams on write) in software, as
+		// for a NIC without UDP segmentation offload: the router pays for
+		// the segmentation and the server receives datagrams, as from
+		// the other modes.
+		t.in(t.router, "ethtool", "-K", "g1", "tx-udp-segmentation", "off"),
 		// The receiver counts and drops in nftables (no ICMP back).
 		t.in(t.server, "nft", "add", "table", "ip", "psbench"),
 		t.in(t.server, "nft", "add", "chain", "ip", "psbench", "rx", "{ type filter hook input priority 0; }"),
@@ -204,24 +232,51 @@ func (t *topo) close() {
 	os.RemoveAll(t.dir)
 }
 
-// received reads the server's nftables counter of UDP packets.
-func (t *topo) received(ctx context.Context) (uint64, error) {
+// received reads the server's nftables counter of UDP packets and returns
+// the datagrams it counted and the socket buffers (skbs) they came in.
+// The counter counts skbs: a datagram train the gateway wrote to the TUN
+// as one UDP GSO super-packet (wireguard/tun coalesces on write) crosses
+// the veth into the server whole, counted once. Every datagram carries
+// Payload bytes behind a 28-byte IPv4 and UDP header, and a super-packet
+// one header in all, so the datagrams are (bytes - 28*skbs) / Payload.
+func (t *topo) received(ctx context.Context) (datagrams, skbs uint64, err error) {
 	out, err := sh(ctx, t.in(t.server, "nft", "-j", "list", "table", "ip", "psbench")...)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	i := strings.Index(out, `"counter"`)
 	if i < 0 {
-		return 0, errors.New("natbench: no counter in the server's table")
+		return 0, 0, errors.New("natbench: no counter in the server's table")
 	}
-	j := strings.Index(out[i:], `"packets":`)
-	if j < 0 {
-		return 0, errors.New("natbench: no packets in the counter")
+	field := func(name string) (uint64, error) {
+		j := strings.Index(out[i:], `"`+name+`":`)
+		if j < 0 {
+			return 0, fmt.Errorf("natbench: no %s in the counter", name)
+		}
+		s := strings.TrimSpace(out[i+j+len(name)+3:])
+		k := strings.IndexAny(s, ",}")
+		if k < 0 {
+			return 0, fmt.Errorf("natbench: counter %s: %q", name, s)
+		}
+		return strconv.ParseUint(strings.TrimSpace(s[:k]), 10, 64)
 	}
-	s := out[i+j+len(`"packets":`):]
-	s = strings.TrimSpace(s)
-	k := strings.IndexAny(s, ",}")
-	return strconv.ParseUint(strings.TrimSpace(s[:k]), 10, 64)
+	if skbs, err = field("packets"); err != nil {
+		return 0, 0, err
+	}
+	bytes, err := field("bytes")
+	if err != nil {
+		return 0, 0, err
+	}
+	return datagramsOf(bytes, skbs), skbs, nil
+}
+
+// datagramsOf returns the Payload-byte datagrams in skbs socket buffers
+// of bytes bytes (IPv4 headers included).
+func datagramsOf(bytes, skbs uint64) uint64 {
+	if bytes < 28*skbs {
+		return 0
+	}
+	return (bytes - 28*skbs) / Payload
 }
 
 // setup puts the router in mode and returns a function that undoes it.
@@ -244,10 +299,21 @@ func (t *topo) setup(ctx context.Context, c Config, mode string) (func() map[str
 			sh(context.Background(), t.in(t.router, "conntrack", "-F")...)
 			return nil
 		}, nil
-	case ModeGateway, ModePassthrough:
+	case ModeGateway, ModePassthrough, ModeSharded:
 		control := filepath.Join(t.dir, "control-"+mode+".sock")
-		args := []string{c.Exe, "nat", "gateway", "--preset", c.Preset, "--external", "192.0.2.1",
+		external := "192.0.2.1"
+		if mode == ModeSharded {
+			var ext []string
+			for i := 0; i < c.Shards; i++ {
+				ext = append(ext, fmt.Sprintf("192.0.2.%d", 1+i))
+			}
+			external = strings.Join(ext, ",")
+		}
+		args := []string{c.Exe, "nat", "gateway", "--preset", c.Preset, "--external", external,
 			"--inside", "10.0.0.0/24", "--control", control, "--state-dir", t.dir}
+		if mode == ModeSharded {
+			args = append(args, "--shards", strconv.Itoa(c.Shards))
+		}
 		if mode == ModePassthrough {
 			args = append(args, "--passthrough")
 		}
@@ -257,7 +323,7 @@ func (t *topo) setup(ctx context.Context, c Config, mode string) (func() map[str
 		if c.Workers > 0 {
 			args = append(args, "--workers", strconv.Itoa(c.Workers))
 		}
-		if mode == ModeGateway {
+		if mode != ModePassthrough {
 			// Enough room for the many-flow sessions without growing.
 			cfg := filepath.Join(t.dir, "gw.yaml")
 			if err := os.WriteFile(cfg, []byte(fmt.Sprintf("expected_sessions: %d\n", c.Flows+1000)), 0o644); err != nil {
@@ -330,11 +396,12 @@ func (t *topo) iperf(ctx context.Context, d time.Duration, streams int) (float64
 // as it can) over flows flows for the trial's length; it returns the
 // packets sent and received and the seconds the sender sent for.
 func (t *topo) udp(ctx context.Context, c Config, flows int, rate float64) (sent, recv uint64, secs float64, err error) {
-	before, err := t.received(ctx)
+	before, skb0, err := t.received(ctx)
 	if err != nil {
 		return 0, 0, 0, err
 	}
 	out, err := sh(ctx, t.in(t.client, c.Exe, "bench", "nat", "--role", "sender", "--flows", strconv.Itoa(flows),
+		"--subscribers", strconv.Itoa(c.Subscribers),
 		"--rate", strconv.FormatFloat(rate, 'f', 0, 64), "--trial", c.Trial.String())...)
 	if err != nil {
 		return 0, 0, 0, err
@@ -344,9 +411,12 @@ func (t *topo) udp(ctx context.Context, c Config, flows int, rate float64) (sent
 		return 0, 0, 0, fmt.Errorf("natbench: sender output %q: %w", out, err)
 	}
 	time.Sleep(300 * time.Millisecond) // the last packets drain
-	after, err := t.received(ctx)
+	after, skb1, err := t.received(ctx)
 	if err != nil {
 		return 0, 0, 0, err
+	}
+	if n := skb1 - skb0; n != after-before {
+		fmt.Fprintf(c.Progress, "    (%d datagrams arrived in %d skbs: coalesced)\n", after-before, n)
 	}
 	return s.Sent, after - before, s.Seconds, nil
 }
@@ -372,13 +442,13 @@ func (t *topo) zeroLoss(ctx context.Context, c Config, flows int, hi float64) (f
 }
 
 // Run builds the topology, measures every mode and removes it. It needs
-// root, iperf3 and nft.
+// root, iperf3, nft and ethtool.
 func Run(ctx context.Context, c Config) (*Report, error) {
 	c = c.withDefaults()
 	if os.Geteuid() != 0 {
 		return nil, errors.New("natbench: needs root (it creates network namespaces)")
 	}
-	for _, p := range []string{"ip", "nft", "iperf3"} {
+	for _, p := range []string{"ip", "nft", "iperf3", "ethtool"} {
 		if _, err := exec.LookPath(p); err != nil {
 			return nil, fmt.Errorf("natbench: %s is not installed", p)
 		}
@@ -390,7 +460,7 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 		}
 		c.Exe = exe
 	}
-	t, err := newTopo(ctx)
+	t, err := newTopo(ctx, c.Subscribers)
 	if err != nil {
 		return nil, err
 	}
@@ -526,6 +596,9 @@ func ratios(rs []Result) map[string]map[string]float64 {
 	if g, ok := by[ModeGateway]; ok {
 		if p, ok := by[ModePassthrough]; ok {
 			div(ModeGateway+"/"+ModePassthrough, g, p)
+		}
+		if sh, ok := by[ModeSharded]; ok {
+			div(ModeSharded+"/"+ModeGateway, sh, g)
 		}
 	}
 	return out

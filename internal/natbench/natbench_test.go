@@ -43,3 +43,20 @@ func TestMedian(t *testing.T) {
 		t.Fatalf("median %+v", m)
 	}
 }
+
+// TestDatagramsOf: the server's counter counts skbs; a coalesced train of
+// n datagrams is one skb of 28+18n bytes, and the count of datagrams
+// recovers n.
+func TestDatagramsOf(t *testing.T) {
+	single := uint64(28 + Payload)
+	if got := datagramsOf(5*single, 5); got != 5 {
+		t.Fatalf("5 single datagrams counted as %d", got)
+	}
+	// 3 singles and one super-packet of 64 datagrams.
+	if got := datagramsOf(3*single+28+64*Payload, 4); got != 67 {
+		t.Fatalf("3 + 64 coalesced datagrams counted as %d", got)
+	}
+	if got := datagramsOf(10, 1); got != 0 {
+		t.Fatalf("a short count gave %d", got)
+	}
+}

@@ -30,19 +30,36 @@ func FlowDest(k int) netip.AddrPort {
 	return netip.AddrPortFrom(a, uint16(10000+k%flowsPerAddr))
 }
 
+// SubscriberAddr returns the client's address i (10.0.0.2 + i).
+func SubscriberAddr(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, 0, 0, byte(2 + i)})
+}
+
 // Send sends 64-byte UDP packets round-robin over flows destinations for
-// d, at rate packets/s (0: as fast as sendmmsg goes), in batches of 64.
-func Send(flows int, rate float64, d time.Duration) (SenderResult, error) {
+// d, at rate packets/s (0: as fast as sendmmsg goes), in batches of 64,
+// from subscribers source addresses (SubscriberAddr), one batch each in
+// turn.
+func Send(flows, subscribers int, rate float64, d time.Duration) (SenderResult, error) {
 	if flows < 1 || flows > 4*flowsPerAddr {
 		return SenderResult{}, fmt.Errorf("natbench: --flows %d: want 1 to %d", flows, 4*flowsPerAddr)
 	}
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{})
-	if err != nil {
-		return SenderResult{}, err
+	if subscribers < 1 || subscribers > 200 {
+		return SenderResult{}, fmt.Errorf("natbench: --subscribers %d: want 1 to 200", subscribers)
 	}
-	defer c.Close()
-	c.SetWriteBuffer(4 << 20)
-	pc := ipv4.NewPacketConn(c)
+	var pcs []*ipv4.PacketConn
+	for i := 0; i < subscribers; i++ {
+		la := &net.UDPAddr{}
+		if subscribers > 1 {
+			la = net.UDPAddrFromAddrPort(netip.AddrPortFrom(SubscriberAddr(i), 0))
+		}
+		c, err := net.ListenUDP("udp4", la)
+		if err != nil {
+			return SenderResult{}, err
+		}
+		defer c.Close()
+		c.SetWriteBuffer(4 << 20)
+		pcs = append(pcs, ipv4.NewPacketConn(c))
+	}
 	dests := make([]*net.UDPAddr, flows)
 	for k := range dests {
 		dests[k] = net.UDPAddrFromAddrPort(FlowDest(k))
@@ -54,7 +71,7 @@ func Send(flows int, rate float64, d time.Duration) (SenderResult, error) {
 		msgs[i].Buffers = [][]byte{payload}
 	}
 	var sent uint64
-	next := 0
+	next, turn := 0, 0
 	start := time.Now()
 	end := start.Add(d)
 	for {
@@ -75,6 +92,8 @@ func Send(flows int, rate float64, d time.Duration) (SenderResult, error) {
 				next = 0
 			}
 		}
+		pc := pcs[turn]
+		turn = (turn + 1) % len(pcs)
 		n, err := pc.WriteBatch(msgs, 0)
 		if err != nil && n <= 0 {
 			continue // ENOBUFS and the like: the packets were not sent
