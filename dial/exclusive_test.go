@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -195,7 +196,8 @@ func TestUDPExclusiveBindHolders(t *testing.T) {
 
 // TestUDPUseCountsConcurrentClose dials and closes from many goroutines at
 // once on a few ports, so that conns of one port close while others of it
-// are dialled; afterwards every per-port count of the Dialer's sockets is
+// are dialled; the ports are shared meanwhile (more conns open at once
+// than ports); afterwards every per-port count of the Dialer's sockets is
 // back to zero and a dial on each port binds exclusively again (a count
 // left above zero, or below it, would keep the fast path off for good).
 func TestUDPUseCountsConcurrentClose(t *testing.T) {
@@ -207,6 +209,7 @@ func TestUDPUseCountsConcurrentClose(t *testing.T) {
 		UDPLock: UDPLockFile, LockDir: t.TempDir()}
 	conns := make(chan net.Conn, 64)
 	var dialers, closers sync.WaitGroup
+	var open, maxOpen atomic.Int32 // conns open at once, and the most
 	for g := range 6 {
 		dialers.Go(func() {
 			r := rand.New(rand.NewPCG(uint64(g), 1))
@@ -220,6 +223,9 @@ func TestUDPUseCountsConcurrentClose(t *testing.T) {
 					}
 					continue
 				}
+				if n := open.Add(1); n > maxOpen.Load() {
+					maxOpen.Store(n) // racy maximum: a lower bound is enough
+				}
 				conns <- c
 			}
 		})
@@ -227,6 +233,7 @@ func TestUDPUseCountsConcurrentClose(t *testing.T) {
 	for range 3 {
 		closers.Go(func() {
 			for c := range conns {
+				open.Add(-1)
 				c.Close()
 			}
 		})
@@ -239,6 +246,11 @@ func TestUDPUseCountsConcurrentClose(t *testing.T) {
 	}
 	if d.st.exclusive.Load() == 0 {
 		t.Fatal("no dial bound exclusively")
+	}
+	// With 4 ports and 8 destinations, up to 32 conns: ports were shared
+	// through the cooperative lock.
+	if m := maxOpen.Load(); m <= 2*ports {
+		t.Fatalf("at most %d conns open at once on %d ports; want more than %d (ports shared)", m, ports, 2*ports)
 	}
 	for _, u := range *d.st.uses.Load() {
 		for i := range u.n {
