@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -271,5 +272,41 @@ func TestUDPUseCountsConcurrentClose(t *testing.T) {
 	}
 	if got := d.st.exclusive.Load() - before; got != ports {
 		t.Fatalf("%d of %d dials on free ports bound exclusively, want all", got, ports)
+	}
+}
+
+// TestUDPDeviceBoundHolder is a known hole of the cooperative lock, kept
+// as a reproduction and run only with PORTSPACE_DIAL_KNOWN_HOLES=1 (it
+// fails today): another program's socket bound to a device (SO_BINDTODEVICE
+// lo), with SO_REUSEADDR, connected to dst. The exclusive bind is refused,
+// as it must be, but the exact sock_diag lookup asks with no interface
+// (idiag_if 0), and the kernel's lookup skips device-bound sockets then: the
+// Dialer connects a second socket on the 4-tuple, which then takes the
+// holder's datagrams. The fix belongs in netsys.Diag.LookupUDP (a lookup
+// per device that holds sockets on the port, or a dump filtered by the
+// 4-tuple), not in this package.
+func TestUDPDeviceBoundHolder(t *testing.T) {
+	if os.Getenv("PORTSPACE_DIAL_KNOWN_HOLES") == "" {
+		return
+	}
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	port := uint16(23000)
+	dst := netip.AddrPortFrom(v4dst(1), racePort)
+	holderSock{reuseAddr: true, device: "lo", bind: netip.AddrPortFrom(v4src(1), port), peer: dst}.open(t)
+	for _, lock := range []UDPLock{UDPLockFile, UDPLockDump} {
+		d := &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.PortSetOf(tuple.SinglePort(port)), Strategy: Search,
+			UDPLock: lock, LockDir: t.TempDir()}
+		c, err := d.Dial("udp", dst.String())
+		if err == nil {
+			c.Close()
+			t.Errorf("UDPLock %v: dial onto a device-bound socket's 4-tuple gave %v, want ErrExhausted", lock, fourTuple(c))
+		} else if !errors.Is(err, ErrExhausted) {
+			t.Errorf("UDPLock %v: %v", lock, err)
+		}
+		if n := d.st.exclusive.Load(); n != 0 {
+			t.Errorf("UDPLock %v: %d exclusive binds beside a device-bound socket", lock, n)
+		}
 	}
 }
