@@ -310,3 +310,67 @@ func TestUDPDeviceBoundHolder(t *testing.T) {
 		}
 	}
 }
+
+// TestUDPExclusiveWindowOtherDialer runs a second Dialer (its own counts,
+// locks and lock file, as another portspace process has) inside the first
+// one's window, between the exclusive bind's connect and SO_REUSEADDR=1:
+// its exclusive bind fails, its cooperative bind fails too, so toward the
+// same destination and toward another one it finds the port busy rather
+// than sharing it; after the window it shares the port toward another
+// destination and its lookup refuses the first one's 4-tuple.
+func TestUDPExclusiveWindowOtherDialer(t *testing.T) {
+	if !netnstest.InNetNS(t) {
+		return
+	}
+	for i, lock := range []UDPLock{UDPLockFile, UDPLockDump} {
+		port := uint16(23100 + i)
+		dst1 := netip.AddrPortFrom(v4dst(1), racePort)
+		dst2 := netip.AddrPortFrom(v4dst(2), racePort)
+		dir := t.TempDir()
+		mk := func() *Dialer {
+			return &Dialer{Sources: []netip.Addr{v4src(1)}, Ports: tuple.PortSetOf(tuple.SinglePort(port)), Strategy: Search,
+				UDPLock: lock, LockDir: dir}
+		}
+		a, b := mk(), mk()
+		inWindow := 0
+		testHookConnected = func(_ netip.AddrPort, exclusive bool) {
+			if !exclusive || inWindow > 0 {
+				return
+			}
+			inWindow++
+			for _, dst := range []netip.AddrPort{dst1, dst2} {
+				c, err := b.Dial("udp", dst.String())
+				if err == nil {
+					c.Close()
+					t.Errorf("UDPLock %v: in the window, the other Dialer shared the port toward %v", lock, dst)
+				} else if !errors.Is(err, ErrExhausted) || !errors.Is(err, errPortBusy) {
+					t.Errorf("UDPLock %v: in the window, toward %v: %v, want ErrExhausted (port busy)", lock, dst, err)
+				}
+			}
+		}
+		ca, err := a.Dial("udp", dst1.String())
+		testHookConnected = nil
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inWindow != 1 || a.st.exclusive.Load() != 1 {
+			t.Fatalf("UDPLock %v: the first dial bound exclusively %d times (window %d), want once", lock, a.st.exclusive.Load(), inWindow)
+		}
+		if c, err := b.Dial("udp", dst1.String()); !errors.Is(err, ErrExhausted) {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("UDPLock %v: after the window, the other Dialer toward the taken 4-tuple: %v, want ErrExhausted", lock, err)
+		}
+		cb, err := b.Dial("udp", dst2.String())
+		if err != nil {
+			t.Errorf("UDPLock %v: after the window, the other Dialer toward another destination: %v", lock, err)
+		} else {
+			cb.Close()
+		}
+		ca.Close()
+		if n := b.st.exclusive.Load(); n != 0 {
+			t.Errorf("UDPLock %v: the other Dialer bound exclusively %d times beside the first one's socket", lock, n)
+		}
+	}
+}
