@@ -374,3 +374,58 @@ func TestUDPExclusiveWindowOtherDialer(t *testing.T) {
 		}
 	}
 }
+
+// TestUDPExclusiveBindHolders6 is TestUDPExclusiveBindHolders for an IPv6
+// source: a dual-stack or v6-only socket on [::] holds the port, an IPv4
+// wildcard socket does not (the exclusive bind is used beside it), and a
+// connected IPv6 socket that shares the port keeps its 4-tuple.
+func TestUDPExclusiveBindHolders6(t *testing.T) {
+	if !netnstest.InNetNS(t, v6Setup(2, 1)...) {
+		return
+	}
+	src := v6src(1)
+	dst1 := netip.AddrPortFrom(v6dst(1), racePort)
+	dst2 := netip.AddrPortFrom(v6dst(2), racePort)
+	cases := []struct {
+		name      string
+		h         func(port uint16) holderSock
+		ok1, ok2  bool
+		exclusive uint64
+	}{
+		{"dualstack", func(p uint16) holderSock {
+			return holderSock{v6: true, dualStack: true, bind: netip.AddrPortFrom(netip.IPv6Unspecified(), p)}
+		}, false, false, 0},
+		{"v6only", func(p uint16) holderSock {
+			return holderSock{v6: true, bind: netip.AddrPortFrom(netip.IPv6Unspecified(), p)}
+		}, false, false, 0},
+		{"wildcard4", func(p uint16) holderSock {
+			return holderSock{bind: netip.AddrPortFrom(netip.IPv4Unspecified(), p)}
+		}, true, true, 2},
+		{"reuseaddr-connected", func(p uint16) holderSock {
+			return holderSock{v6: true, reuseAddr: true, bind: netip.AddrPortFrom(src, p), peer: dst1}
+		}, false, true, 0},
+	}
+	for i, tc := range cases {
+		for j, lock := range []UDPLock{UDPLockFile, UDPLockDump} {
+			port := uint16(23200 + 2*i + j)
+			t.Run(fmt.Sprintf("%s/%v", tc.name, lock), func(t *testing.T) {
+				tc.h(port).open(t)
+				d := &Dialer{Sources: []netip.Addr{src}, Ports: tuple.PortSetOf(tuple.SinglePort(port)), Strategy: Search,
+					UDPLock: lock, LockDir: t.TempDir()}
+				var ok [2]bool
+				for k, dst := range []netip.AddrPort{dst1, dst2} {
+					c, err := d.Dial("udp", dst.String())
+					if err == nil {
+						ok[k] = true
+						c.Close()
+					} else if !errors.Is(err, ErrExhausted) {
+						t.Fatalf("dial %v: %v", dst, err)
+					}
+				}
+				if ex := d.st.exclusive.Load(); ok != [2]bool{tc.ok1, tc.ok2} || ex != tc.exclusive {
+					t.Fatalf("dials to %v, %v succeeded: %v; %d exclusive binds; want %v, %v and %d", dst1, dst2, ok, ex, tc.ok1, tc.ok2, tc.exclusive)
+				}
+			})
+		}
+	}
+}
