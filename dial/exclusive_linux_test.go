@@ -287,7 +287,7 @@ func TestUDPUseCountsConcurrentClose(t *testing.T) {
 // 4-tuple), not in this package.
 func TestUDPDeviceBoundHolder(t *testing.T) {
 	if os.Getenv("PORTSPACE_DIAL_KNOWN_HOLES") == "" {
-		return
+		t.Skip("a known hole (see the comment); PORTSPACE_DIAL_KNOWN_HOLES=1 runs it")
 	}
 	if !netnstest.InNetNS(t) {
 		return
