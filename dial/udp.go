@@ -251,7 +251,10 @@ func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
 //     the kernel would deliver that 4-tuple's datagrams to. A socket
 //     already connected to the destination wins over ours; if the answer
 //     is not our cookie, the 4-tuple is taken. No answer (ENOENT) means the
-//     best match is a socket that is being closed: taken, too.
+//     best match is a socket that is being closed: taken, too. The lookup
+//     names no interface, so it misses a socket bound to a device
+//     (SO_BINDTODEVICE) on the 4-tuple: a known hole,
+//     TestUDPDeviceBoundHolder.
 //  5. connect(destination) (by the net package); SO_REUSEADDR=1 again to
 //     release the protocol's lock; release the file lock.
 func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort, use *atomic.Int32) (*net.UDPConn, error) {
