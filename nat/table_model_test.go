@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -320,51 +321,89 @@ func runTableModel(t *testing.T, mode keyMode, seed uint64) {
 // TestEngineModelMoves drives an engine with random new flows, refreshes,
 // replies, clock advances and partial sweeps (ExpireSome with small
 // budgets), so that the slab and the index grow and shrink under traffic,
-// and checks it against a model of each flow's external endpoint and last
-// packet: a flow seen within its timer keeps its external endpoint both
-// ways, a reply reaches its internal endpoint, a flow idle past its timer
-// is gone, and Sessions (during moves too) lists every live flow once.
+// and checks it against a model of each session's last packet. Each
+// internal endpoint talks to two remote ports, so a mapping has an owner
+// and a second session (found inbound by its own key 1), and under ADF a
+// filter record. A mapping with a session seen within its timer keeps its
+// external endpoint, a reply reaches the internal endpoint, a session idle
+// past its timer is gone after a sweep, and Sessions (during moves too)
+// lists every live session once.
 func TestEngineModelMoves(t *testing.T) {
+	for _, f := range []Filtering{FilterEIF, FilterADF} {
+		t.Run(f.String(), func(t *testing.T) { runEngineModel(t, f) })
+	}
+}
+
+func runEngineModel(t *testing.T, filt Filtering) {
 	const timeout = 60 * time.Second
 	cfg := benchConfig()
 	cfg.UDPTimeout = timeout
+	cfg.Filtering = filt
 	e := newEngine(t, cfg)
-	r := rand.New(rand.NewPCG(5, 6))
+	r := rand.New(rand.NewPCG(5, uint64(filt)))
 	tmpl := udpPkt(t, hostA, srv1)
 	type flow struct {
 		ext  netip.AddrPort
-		last time.Time
+		last [2]time.Time // per remote port; zero: never
 	}
-	model := map[int]flow{}
-	var ids []int // flows ever opened
+	model := map[int]*flow{}
+	var ids []int // mappings ever opened
 	now := t0
 	var buf []byte
-	out := func(i int) netip.AddrPort {
+	remote := func(i, k int) netip.AddrPort {
+		_, dst := flowEndpoints(i)
+		return netip.AddrPortFrom(dst.Addr(), dst.Port()+uint16(k))
+	}
+	out := func(i, k int) netip.AddrPort {
 		t.Helper()
 		buf = flowPacket(buf, tmpl, i)
-		if v := e.Outbound(buf, now); v.Action != Forward {
-			t.Fatalf("%v: flow %d: %v %s", now.Sub(t0), i, v.Action, v.Reason)
-		}
 		var p packet.Packet
+		if p.Parse(buf) != nil || p.SetDst(remote(i, k)) != nil {
+			t.Fatal("bad template")
+		}
+		if v := e.Outbound(buf, now); v.Action != Forward {
+			t.Fatalf("%v: flow %d/%d: %v %s", now.Sub(t0), i, k, v.Action, v.Reason)
+		}
 		if err := p.Parse(buf); err != nil {
 			t.Fatal(err)
 		}
 		return netip.AddrPortFrom(p.Src(), p.SrcPort())
 	}
 	// alive: certainly alive (true, true), certainly dead (false, true).
-	alive := func(f flow) (bool, bool) {
-		d := now.Sub(f.last)
+	alive := func(last time.Time) (bool, bool) {
+		d := now.Sub(last)
 		switch {
+		case last.IsZero() || d > timeout+2*time.Second:
+			return false, true
 		case d < timeout-2*time.Second:
 			return true, true
-		case d > timeout+2*time.Second:
-			return false, true
 		}
 		return false, false
 	}
+	// mapping: whether some session of f is certainly alive, or all are
+	// certainly dead.
+	mapping := func(f *flow) (bool, bool) {
+		l0, s0 := alive(f.last[0])
+		l1, s1 := alive(f.last[1])
+		return l0 || l1, l0 || l1 || s0 && s1
+	}
+	// swept: every session of f was certainly dead at the last full sweep
+	// (Expire). A reply may pass before that: a look-up expires the
+	// session it finds, but a mapping whose owner has gone (a zombie)
+	// lets replies through while its other sessions, dead too, await the
+	// sweep.
+	var sweptAt time.Time
+	swept := func(f *flow) bool {
+		for _, l := range f.last {
+			if !l.IsZero() && sweptAt.Sub(l) <= timeout+2*time.Second {
+				return false
+			}
+		}
+		return true
+	}
 	sawGrow, sawShrink, sawIdx, sawListMoving := false, false, false, false
-	next := 0
-	for step := 0; step < 120_000; step++ {
+	next, movingChecks := 0, 0
+	for step := 0; step < 100_000; step++ {
 		if e.t.moving {
 			g := len(e.t.s[e.t.cs]) > len(e.t.s[e.t.cs^1])
 			sawGrow, sawShrink = sawGrow || g, sawShrink || !g
@@ -373,52 +412,49 @@ func TestEngineModelMoves(t *testing.T) {
 		// Waves: bursts of new flows, then quiet times in which they expire.
 		wave := step / 20_000 % 2
 		switch x := r.IntN(100); {
-		case x < 30 && wave == 0 || x < 3:
+		case x < 25 && wave == 0 || x < 3:
 			i := next
 			next++
 			ids = append(ids, i)
-			model[i] = flow{out(i), now}
+			f := &flow{}
+			f.ext = out(i, 0)
+			f.last[0] = now
+			model[i] = f
 		case x < 50:
 			if len(ids) == 0 {
 				continue
 			}
-			i := ids[r.IntN(len(ids))]
-			f, ok := model[i]
-			live, _ := alive(f)
-			ext := out(i)
-			if ok && live && ext != f.ext {
-				t.Fatalf("%v: flow %d left from %v, was %v", now.Sub(t0), i, ext, f.ext)
+			i, k := ids[r.IntN(len(ids))], r.IntN(2)
+			f := model[i]
+			live, _ := mapping(f)
+			ext := out(i, k)
+			if live && ext != f.ext {
+				t.Fatalf("%v: flow %d/%d left from %v, was %v", now.Sub(t0), i, k, ext, f.ext)
 			}
-			model[i] = flow{ext, now}
+			f.ext, f.last[k] = ext, now
 		case x < 75:
 			if len(ids) == 0 {
 				continue
 			}
-			i := ids[r.IntN(len(ids))]
-			f, ok := model[i]
-			if !ok {
-				continue
-			}
-			live, sure := alive(f)
+			i, k := ids[r.IntN(len(ids))], r.IntN(2)
+			f := model[i]
+			live, sure := mapping(f)
 			if !sure {
 				continue
 			}
-			src, dst := flowEndpoints(i)
+			src, _ := flowEndpoints(i)
 			buf = append(buf[:0], tmpl...)
 			var p packet.Packet
-			if p.Parse(buf) != nil || p.SetSrc(dst) != nil || p.SetDst(f.ext) != nil {
+			if p.Parse(buf) != nil || p.SetSrc(remote(i, k)) != nil || p.SetDst(f.ext) != nil {
 				t.Fatal("bad template")
 			}
 			v := e.Inbound(buf, now)
-			if live {
-				if v.Action != Forward || p.Parse(buf) != nil || netip.AddrPortFrom(p.Dst(), p.DstPort()) != src {
-					t.Fatalf("%v: reply to flow %d via %v: %v %s, to %v", now.Sub(t0), i, f.ext, v.Action, v.Reason, p.Dst())
-				}
-			} else if v.Action == Forward {
-				// The port may serve a newer flow now; it must not reach the old one's host.
-				if p.Parse(buf) == nil && netip.AddrPortFrom(p.Dst(), p.DstPort()) == src {
-					t.Fatalf("%v: reply to expired flow %d via %v delivered", now.Sub(t0), i, f.ext)
-				}
+			delivered := v.Action == Forward && p.Parse(buf) == nil && netip.AddrPortFrom(p.Dst(), p.DstPort()) == src
+			if live && !delivered {
+				t.Fatalf("%v: reply to flow %d/%d via %v: %v %s, to %v", now.Sub(t0), i, k, f.ext, v.Action, v.Reason, p.Dst())
+			}
+			if !live && swept(f) && delivered {
+				t.Fatalf("%v: reply to expired flow %d/%d via %v delivered", now.Sub(t0), i, k, f.ext)
 			}
 		case x < 90:
 			if wave == 0 {
@@ -426,52 +462,110 @@ func TestEngineModelMoves(t *testing.T) {
 			} else {
 				now = now.Add(time.Duration(r.IntN(1500)) * time.Millisecond)
 			}
-		default:
+		case x < 99 || r.IntN(10) != 0:
 			e.ExpireSome(now, []int{1, 8, 64, 512, 4096}[r.IntN(5)])
+		default:
+			e.Expire(now)
+			sweptAt = now
 		}
-		if step%4000 == 0 {
+		full := step%4000 == 0
+		if full || e.t.moving && step%50 == 0 && movingChecks < 40 {
 			if err := e.t.check(); err != nil {
 				t.Fatalf("step %d: %v", step, err)
 			}
 			if err := checkSlots(e.t); err != nil {
 				t.Fatalf("step %d: %v", step, err)
 			}
-			// Sessions lists every live flow once and no dead one.
-			sawListMoving = sawListMoving || e.t.moving
-			listed := map[netip.AddrPort]netip.AddrPort{}
-			for s := range e.Sessions() {
-				if _, dup := listed[s.Internal]; dup {
-					t.Fatalf("step %d: session %v listed twice", step, s.Internal)
+			if e.t.moving {
+				sawListMoving = true
+				movingChecks++
+			}
+			type sk struct{ in, rem netip.AddrPort }
+			list := func() map[sk]netip.AddrPort {
+				l := map[sk]netip.AddrPort{}
+				for s := range e.Sessions() {
+					k := sk{s.Internal, s.Remote}
+					if _, dup := l[k]; dup {
+						t.Fatalf("step %d: session %v listed twice", step, k)
+					}
+					l[k] = s.External
 				}
-				listed[s.Internal] = s.External
+				return l
 			}
-			for i, f := range model {
-				src, _ := flowEndpoints(i)
-				if live, _ := alive(f); live && listed[src] != f.ext {
-					t.Fatalf("step %d: live flow %d listed as %v, want %v", step, i, listed[src], f.ext)
+			for _, sweep := range []bool{false, true} {
+				if sweep && !full {
+					break
 				}
-			}
-			// After a full sweep no flow idle past its timer is listed.
-			e.Expire(now)
-			listed = map[netip.AddrPort]netip.AddrPort{}
-			for s := range e.Sessions() {
-				listed[s.Internal] = s.External
-			}
-			for i, f := range model {
-				src, _ := flowEndpoints(i)
-				switch live, sure := alive(f); {
-				case live && listed[src] != f.ext:
-					t.Fatalf("step %d: after a sweep live flow %d listed as %v, want %v", step, i, listed[src], f.ext)
-				case !live && sure && listed[src].IsValid():
-					t.Fatalf("step %d: after a sweep flow %d idle for %v listed", step, i, now.Sub(f.last))
+				if sweep {
+					e.Expire(now) // after a full sweep no idle session is listed
+					sweptAt = now
 				}
-			}
-			if st := e.Stats(); st.Sessions != len(listed) {
-				t.Fatalf("step %d: %d sessions counted, %d listed", step, st.Sessions, len(listed))
+				l := list()
+				for i, f := range model {
+					src, _ := flowEndpoints(i)
+					for k := range 2 {
+						ext, ok := l[sk{src, remote(i, k)}]
+						switch live, sure := alive(f.last[k]); {
+						case live && ext != f.ext:
+							t.Fatalf("step %d (sweep %v): live session %d/%d listed as %v, want %v", step, sweep, i, k, ext, f.ext)
+						case sweep && !live && sure && ok:
+							t.Fatalf("step %d: after a sweep session %d/%d idle for %v listed", step, i, k, now.Sub(f.last[k]))
+						}
+					}
+				}
+				if st := e.Stats(); sweep && st.Sessions != len(l) {
+					t.Fatalf("step %d: %d sessions counted, %d listed", step, st.Sessions, len(l))
+				}
 			}
 		}
 	}
 	if !sawGrow || !sawShrink || !sawIdx || !sawListMoving {
 		t.Fatalf("slab growth %v, slab shrink %v, index move %v, Sessions during a move %v", sawGrow, sawShrink, sawIdx, sawListMoving)
+	}
+}
+
+// TestTableLimits: the largest record index (the last position of slab 1
+// at its largest) plus one fits a slot's index bits without touching the
+// which bit, a home line pair of the largest slab lies inside it for any
+// hash, and New refuses MaxSessions and ExpectedSessions above half the
+// records the table holds (as Reload refuses MaxSessions), naming the
+// field.
+func TestTableLimits(t *testing.T) {
+	if last := uint32(1<<slabBit|(maxSlab-1)) + 1; last > idxMask || last&whichBit != 0 {
+		t.Fatalf("record index+1 %#x does not fit %#x", last, idxMask)
+	}
+	if maxRecords/2 != 33_554_430 {
+		t.Fatalf("session cap %d", maxRecords/2)
+	}
+	for _, h := range []uint64{0, 1 << 32, ^uint64(0) >> 1, ^uint64(0) - 1<<32, ^uint64(0)} {
+		p := homeOf(h, maxSlab)
+		for _, q := range [4]uint32{p, p + 1, p ^ 2, p ^ 2 + 1} {
+			if q >= maxSlab {
+				t.Fatalf("hash %#x: home pair position %d beyond a slab of %d", h, q, maxSlab)
+			}
+		}
+	}
+	ok := testConfig(func(c *Config) { c.MaxSessions = maxRecords / 2 })
+	e := newEngine(t, ok)
+	for _, c := range []struct {
+		field string
+		mut   func(*Config)
+	}{
+		{"MaxSessions", func(c *Config) { c.MaxSessions = maxRecords/2 + 1 }},
+		{"ExpectedSessions", func(c *Config) { c.ExpectedSessions = maxRecords/2 + 1 }},
+	} {
+		var ce *ConfigError
+		if _, err := New(testConfig(c.mut)); !errors.As(err, &ce) || ce.Field != c.field {
+			t.Fatalf("%s over the cap: %v", c.field, err)
+		}
+	}
+	cfg := ok
+	cfg.MaxSessions = maxRecords/2 + 1
+	var ce *ConfigError
+	if err := e.Reload(cfg); !errors.As(err, &ce) || ce.Field != "MaxSessions" {
+		t.Fatalf("Reload with MaxSessions over the cap: %v", err)
+	}
+	if e.cfg.MaxSessions != maxRecords/2 {
+		t.Fatalf("MaxSessions %d after a refused Reload", e.cfg.MaxSessions)
 	}
 }
