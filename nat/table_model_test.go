@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/portspace/portspace/packet"
+	"github.com/portspace/portspace/portalloc"
 )
 
 // checkSlots verifies every slot of both index arrays (for tests): it names
@@ -162,7 +163,7 @@ func runTableModel(t *testing.T, mode keyMode, seed uint64) {
 			fail("deleted record %+v still found by key 0 at %d", v, g)
 		}
 	}
-	var sawGrow, sawShrink, sawTurn, sawIdxGrow, sawIdxShrink, sawOldHit, sawDelMoving bool
+	var sawGrow, sawShrink, sawTurn, sawIdxGrow, sawIdxShrink, sawOldHit, sawDelMoving, sawAway bool
 	wasShrink := false
 	// A quiet phase does no maintenance (so the slab is large when the
 	// next phase starts); a burst phase starts a shrink and then inserts
@@ -294,6 +295,15 @@ func runTableModel(t *testing.T, mode keyMode, seed uint64) {
 				if tb.n != len(live) {
 					fail("%d records counted, %d live", tb.n, len(live))
 				}
+				if tb.moving && !sawAway {
+					for j := range tb.s[tb.cs] {
+						v := &tb.s[tb.cs][j]
+						if k := tb.keyOf(v, kind0(v)); v.flags != 0 && tb.atHome(tb.hash(k), k, kind0(v)) == 0 {
+							sawAway = true // found through the index only
+							break
+						}
+					}
+				}
 				if step%512 == 0 {
 					for _, k0 := range keys {
 						lookup(k0)
@@ -311,9 +321,10 @@ func runTableModel(t *testing.T, mode keyMode, seed uint64) {
 	if tb.n != 0 || tb.moving || tb.old != nil || len(tb.s[tb.cs]) != minSlab || len(tb.slots) != 1<<tb.minBits {
 		fail("emptied table: %d records, moving %v, index old %v, slab %d, index %d", tb.n, tb.moving, tb.old != nil, len(tb.s[tb.cs]), len(tb.slots))
 	}
-	if !sawGrow || !sawShrink || !sawTurn || !sawIdxGrow || !sawIdxShrink || !sawOldHit || !sawDelMoving {
+	if !sawGrow || !sawShrink || !sawTurn || !sawIdxGrow || !sawIdxShrink || !sawOldHit || !sawDelMoving || !sawAway {
 		t.Fatalf("slab growth %v, slab shrink %v, shrink turned round %v, index growth %v, index shrink %v, "+
-			"look-up in the slab being emptied %v, deletion there %v", sawGrow, sawShrink, sawTurn, sawIdxGrow, sawIdxShrink, sawOldHit, sawDelMoving)
+			"look-up in the slab being emptied %v, deletion there %v, record away from home during a move %v",
+			sawGrow, sawShrink, sawTurn, sawIdxGrow, sawIdxShrink, sawOldHit, sawDelMoving, sawAway)
 	}
 	t.Logf("%d steps", step)
 }
@@ -339,6 +350,7 @@ func runEngineModel(t *testing.T, filt Filtering) {
 	cfg := benchConfig()
 	cfg.UDPTimeout = timeout
 	cfg.Filtering = filt
+	cfg.Secret = portalloc.Secret{byte(filt), 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} // the same hashes every run
 	e := newEngine(t, cfg)
 	r := rand.New(rand.NewPCG(5, uint64(filt)))
 	tmpl := udpPkt(t, hostA, srv1)
@@ -401,7 +413,7 @@ func runEngineModel(t *testing.T, filt Filtering) {
 		}
 		return true
 	}
-	sawGrow, sawShrink, sawIdx, sawListMoving := false, false, false, false
+	sawGrow, sawShrink, sawIdx, sawListMoving, sawExpireMoving := false, false, false, false, false
 	next, movingChecks := 0, 0
 	for step := 0; step < 100_000; step++ {
 		if e.t.moving {
@@ -463,7 +475,12 @@ func runEngineModel(t *testing.T, filt Filtering) {
 				now = now.Add(time.Duration(r.IntN(1500)) * time.Millisecond)
 			}
 		case x < 99 || r.IntN(10) != 0:
+			moving, before := e.t.moving, e.Stats().Expired
 			e.ExpireSome(now, []int{1, 8, 64, 512, 4096}[r.IntN(5)])
+			sawExpireMoving = sawExpireMoving || moving && e.Stats().Expired > before
+			if e.t.moving && len(e.t.s[e.t.cs]) < len(e.t.s[e.t.cs^1]) {
+				sawShrink = true // a shrink this call started
+			}
 		default:
 			e.Expire(now)
 			sweptAt = now
@@ -519,8 +536,9 @@ func runEngineModel(t *testing.T, filt Filtering) {
 			}
 		}
 	}
-	if !sawGrow || !sawShrink || !sawIdx || !sawListMoving {
-		t.Fatalf("slab growth %v, slab shrink %v, index move %v, Sessions during a move %v", sawGrow, sawShrink, sawIdx, sawListMoving)
+	if !sawGrow || !sawShrink || !sawIdx || !sawListMoving || !sawExpireMoving {
+		t.Fatalf("slab growth %v, slab shrink %v, index move %v, Sessions during a move %v, expiry during a move %v",
+			sawGrow, sawShrink, sawIdx, sawListMoving, sawExpireMoving)
 	}
 }
 
