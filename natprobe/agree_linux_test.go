@@ -175,14 +175,29 @@ func (tp *topo) startServersTB(t testing.TB) {
 	start(t, tp.s, nil, "turnserver", "-c", conf)
 	start(t, tp.s, nil, "stund", "-h", "192.0.2.10", "-a", "192.0.2.11", "-p", "3480", "-o", "3481")
 	start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491", TCP: true}), os.Args[0])
+	waitUDPListening(t, tp.s, "192.0.2.11:3479", "192.0.2.11:3481", "192.0.2.11:3491")
+}
+
+// waitUDPListening waits up to 10 s until the namespace has UDP sockets
+// listening on every one of addrs (as ss prints them), and fails the test
+// otherwise.
+func waitUDPListening(t testing.TB, ns *netnstest.NS, addrs ...string) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		out, _ := tp.s.Run("ss", "-Hlun")
-		if strings.Contains(out, "192.0.2.11:3479") && strings.Contains(out, "192.0.2.11:3481") && strings.Contains(out, "192.0.2.11:3491") {
+		out, _ := ns.Run("ss", "-Hlun")
+		missing := ""
+		for _, a := range addrs {
+			if !strings.Contains(out, a) {
+				missing = a
+				break
+			}
+		}
+		if missing == "" {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("servers not listening after 10 s:\n%s", out)
+			t.Fatalf("nothing listening on %s after 10 s:\n%s", missing, out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -534,17 +549,7 @@ func TestLifetimeBehindNAT(t *testing.T) {
 	tp := newTopo(t, "", []string{"sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=2"},
 		[]string{"sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout_stream=2"})
 	start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491"}), os.Args[0])
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, _ := tp.s.Run("ss", "-Hlun")
-		if strings.Contains(out, "192.0.2.11:3491") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("server not listening")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUDPListening(t, tp.s, "192.0.2.11:3491")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	v := tp.probe(ctx, "192.0.2.10:3490", helperArgs{Lifetime: true, LifetimeMax: 5 * time.Second, LifetimeRes: 500 * time.Millisecond})
@@ -585,17 +590,7 @@ func TestRefreshThroughGateway(t *testing.T) {
 			g.Start(t, gwtest.Spec{Preset: "port-restricted-cone", Config: fmt.Sprintf("udp_timeout: 2s\ninbound_refresh: %v\n", inbound)})
 			tp := &topo{s: g.ServerNS, n: g.RouterNS, c: g.ClientNS, dir: g.Dir()}
 			start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491"}), os.Args[0])
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				out, _ := tp.s.Run("ss", "-Hlun")
-				if strings.Contains(out, "192.0.2.11:3491") {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("server not listening")
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			waitUDPListening(t, tp.s, "192.0.2.11:3491")
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			v := tp.probe(ctx, "192.0.2.10:3490", helperArgs{Lifetime: true, LifetimeMax: 3500 * time.Millisecond, LifetimeRes: 500 * time.Millisecond})
@@ -653,17 +648,7 @@ func TestIPv6(t *testing.T) {
 	}
 	start(t, tp.s, nil, "turnserver", "-c", conf)
 	start(t, tp.s, helperCmd("serve", helperArgs{Server: "[fd00:5::10]:3490", Alternate: "[fd00:5::11]:3491", TCP: true}), os.Args[0])
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, _ := tp.s.Run("ss", "-Hlun")
-		if strings.Contains(out, "[fd00:5::11]:3491") && strings.Contains(out, "[fd00:5::11]:3479") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("servers not listening:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUDPListening(t, tp.s, "[fd00:5::11]:3491", "[fd00:5::11]:3479")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var mu sync.Mutex
@@ -722,17 +707,7 @@ func TestPaddingFragments(t *testing.T) {
 	t.Parallel()
 	tp := newTopo(t, "")
 	start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491"}), os.Args[0])
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, _ := tp.s.Run("ss", "-Hlun")
-		if strings.Contains(out, "192.0.2.11:3491") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("server not listening")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUDPListening(t, tp.s, "192.0.2.11:3491")
 	for _, pad := range []int{1600, 2000} {
 		cmd := exec.Command("ip", "netns", "exec", tp.c.Name, os.Args[0])
 		cmd.Env = append(os.Environ(), helperCmd("padding", helperArgs{Server: "192.0.2.10:3490", Padding: pad})...)
@@ -773,17 +748,7 @@ func TestOriginBehindServerNAT(t *testing.T) {
 	}
 	tp.s.MustRun(t, "nft", "-f", rules)
 	start(t, tp.s, helperCmd("serve", helperArgs{Server: "192.0.2.10:3490", Alternate: "192.0.2.11:3491"}), os.Args[0])
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, _ := tp.s.Run("ss", "-Hlun")
-		if strings.Contains(out, "192.0.2.11:3491") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("server not listening")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUDPListening(t, tp.s, "192.0.2.11:3491")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	v := tp.probe(ctx, "192.0.2.10:3492", helperArgs{})
