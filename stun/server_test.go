@@ -228,31 +228,36 @@ func TestServerTCP(t *testing.T) {
 	}
 }
 
-// TestServerRateLimit: a client over its budget is no longer answered;
-// the clock is fixed, so no token comes back during the test.
+// TestServerRateLimit: a client over its budget is no longer answered, on
+// the batched path and on the one-datagram-per-call path (Batch 1); the
+// clock is fixed, so no token comes back during the test.
 func TestServerRateLimit(t *testing.T) {
-	now := time.Unix(1e6, 0)
-	s := startServer(t, Options{Rate: 1, Burst: 5, Now: func() time.Time { return now }})
-	c, _ := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	defer c.Close()
-	req := request(false, nil)
-	for i := 0; i < 20; i++ {
-		_, _ = c.WriteToUDPAddrPort(req, s.Addrs()[0])
-	}
-	got := 0
-	buf := make([]byte, 2048)
-	for {
-		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		if _, _, err := c.ReadFromUDPAddrPort(buf); err != nil {
-			break
-		}
-		got++
-	}
-	if got != 5 {
-		t.Fatalf("answered %d of 20 requests with a burst of 5", got)
-	}
-	if st := s.Stats(); st.Limited != 15 {
-		t.Fatalf("limited %d, want 15", st.Limited)
+	for _, batch := range []int{0, 1} {
+		t.Run(fmt.Sprintf("batch=%d", batch), func(t *testing.T) {
+			now := time.Unix(1e6, 0)
+			s := startServer(t, Options{Rate: 1, Burst: 5, Batch: batch, Now: func() time.Time { return now }})
+			c, _ := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			defer c.Close()
+			req := request(false, nil)
+			for i := 0; i < 20; i++ {
+				_, _ = c.WriteToUDPAddrPort(req, s.Addrs()[0])
+			}
+			got := 0
+			buf := make([]byte, 2048)
+			for {
+				_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+				if _, _, err := c.ReadFromUDPAddrPort(buf); err != nil {
+					break
+				}
+				got++
+			}
+			if got != 5 {
+				t.Fatalf("answered %d of 20 requests with a burst of 5", got)
+			}
+			if st := s.Stats(); st.Limited != 15 {
+				t.Fatalf("limited %d, want 15", st.Limited)
+			}
+		})
 	}
 }
 
