@@ -340,20 +340,31 @@ func (s *Server) serveUDPSingle(conns []*net.UDPConn, at Socket) error {
 		}
 		s.st.requests.Add(1)
 		s.st.reads.Add(1)
-		if !s.allowed(src.Addr(), s.now().UnixNano()) {
-			s.st.limited.Add(1)
-			continue
-		}
-		r, ok := s.h.Handle(out, in[:n], src, at, false)
+		r, ok := s.answer(out, in[:n], src, at, false)
 		if !ok {
-			s.st.dropped.Add(1)
 			continue
 		}
-		s.count(r)
 		if _, err := conns[r.Via].WriteToUDPAddrPort(r.Data, r.To); err != nil && s.closing() {
 			return nil
 		}
 	}
+}
+
+// answer applies the per-client rate limit to one request from src and
+// computes its reply, counting it as limited, dropped, a response or an
+// error; false means nothing is to be sent.
+func (s *Server) answer(out, req []byte, src netip.AddrPort, at Socket, tcp bool) (Reply, bool) {
+	if !s.allowed(src.Addr(), s.now().UnixNano()) {
+		s.st.limited.Add(1)
+		return Reply{}, false
+	}
+	r, ok := s.h.Handle(out, req, src, at, tcp)
+	if !ok {
+		s.st.dropped.Add(1)
+		return Reply{}, false
+	}
+	s.count(r)
+	return r, true
 }
 
 func (s *Server) count(r Reply) {
@@ -503,16 +514,10 @@ func (s *Server) serveConn(c *net.TCPConn, src netip.AddrPort, at Socket) {
 			return
 		}
 		s.st.requests.Add(1)
-		if !s.allowed(src.Addr(), s.now().UnixNano()) {
-			s.st.limited.Add(1)
-			continue
-		}
-		r, ok := s.h.Handle(out, in[:l], src, at, true)
+		r, ok := s.answer(out, in[:l], src, at, true)
 		if !ok {
-			s.st.dropped.Add(1)
 			continue
 		}
-		s.count(r)
 		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c.Write(r.Data); err != nil {
 			return
