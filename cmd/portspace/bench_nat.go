@@ -80,9 +80,7 @@ its passthrough. Needs root, iperf3, nft and ethtool. A full run takes a few min
 				return fmt.Errorf("bench nat: %w", err)
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
+				return printJSONObject(cmd, rep)
 			}
 			return printNatBench(cmd.OutOrStdout(), rep)
 		},

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -226,9 +225,7 @@ func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 	}
 	rep := &proxyReport{Load: loadavg(), Command: "portspace bench proxy " + strings.Join(os.Args[min(len(os.Args), 3):], " "), Proxies: all, Ratios: ratios(all)}
 	if f.json {
-		enc := json.NewEncoder(cmd.OutOrStdout())
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSONObject(cmd, rep)
 	}
 	printProxyTable(cmd.OutOrStdout(), rep)
 	return nil

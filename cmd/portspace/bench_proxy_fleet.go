@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -185,9 +184,7 @@ func runBenchProxyFleet(cmd *cobra.Command, f benchProxyFlags) error {
 	}
 	fig.Census = bench.TakeCensus(bench.CensusFilter{Proto: tuple.TCP, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Dests: dests, Ports: ports})
 	if f.json {
-		enc := json.NewEncoder(cmd.OutOrStdout())
-		enc.SetIndent("", "  ")
-		return enc.Encode(fig)
+		return printJSONObject(cmd, fig)
 	}
 	w := cmd.OutOrStdout()
 	fmt.Fprintf(w, "fleet: %d proxy processes x %d tunnels to %d destinations\n", fig.Procs, fig.ConnsEach, fig.Dests)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -86,9 +85,7 @@ ports × sources / (hold + TIME-WAIT) per destination.
 			}
 			out := capacityOutput{PortsSpec: ports, Result: res}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(out)
+				return printJSONObject(cmd, out)
 			}
 			return writeCapacityTable(cmd.OutOrStdout(), out, timeWait, hold)
 		},

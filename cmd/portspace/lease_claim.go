@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"time"
@@ -61,10 +60,4 @@ address as the steering gateway reaches it.`,
 	cmd.Flags().DurationVar(&ttl, "ttl", 30*time.Second, "how long the grant lasts without a renew")
 	cmd.Flags().StringVar(&host, "host", "", "the holder's address as the steering gateway reaches it")
 	return cmd
-}
-
-func printJSONObject(cmd *cobra.Command, v any) error {
-	enc := json.NewEncoder(cmd.OutOrStdout())
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -71,4 +72,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "portspace:", err)
 		os.Exit(exitCode(err))
 	}
+}
+
+// printJSONObject writes v to the command's standard output as indented
+// JSON, the form every --json flag prints.
+func printJSONObject(cmd *cobra.Command, v any) error {
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -31,9 +30,7 @@ mapping, I: opened by an inbound packet).`,
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(ss)
+				return printJSONObject(cmd, ss)
 			}
 			tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
 			fmt.Fprintln(tw, "proto\tinside\texternal\tremote\tstate\texpires\tflags")

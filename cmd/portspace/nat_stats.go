@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"slices"
 	"text/tabwriter"
@@ -28,9 +27,7 @@ func newNatStatsCmd() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(s)
+				return printJSONObject(cmd, s)
 			}
 			tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
 			row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%v\n", k, v) }
