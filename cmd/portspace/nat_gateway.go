@@ -193,7 +193,7 @@ func runGateway(cmd *cobra.Command, f gatewayFlags) error {
 	g, err := gateway.New(gateway.Options{Engine: cfg, Passthrough: f.passthrough, TUN: f.tun, MTU: f.mtu,
 		Workers: f.workers, Shards: f.shards, StateDir: f.stateDir, Logger: logger, SplitGSO: f.splitGSO})
 	if err != nil {
-		return fmt.Errorf("nat gateway: %w", err)
+		return natGatewayError(err)
 	}
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()
@@ -276,4 +276,14 @@ func reload(f gatewayFlags, g *gateway.Gateway, lw *reopenLog, logger *slog.Logg
 		return
 	}
 	logger.Info("SIGHUP: reloaded, sessions kept", "settings", diff)
+}
+
+// natGatewayError names the subcommand in an error from package gateway,
+// whose errors already start with "gateway: ": "nat gateway: --shards ..."
+// rather than "nat gateway: gateway: --shards ...".
+func natGatewayError(err error) error {
+	if strings.HasPrefix(err.Error(), "gateway: ") {
+		return fmt.Errorf("nat %w", err)
+	}
+	return fmt.Errorf("nat gateway: %w", err)
 }

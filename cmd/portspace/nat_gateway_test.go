@@ -32,6 +32,10 @@ func TestNatGatewayBadInput(t *testing.T) {
 		_, _, err := runCLI(t, append([]string{"nat", "gateway", "--state-dir", dir}, c.args...)...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: err = %v, want %q", c.args, err, c.want)
+			continue
+		}
+		if msg := err.Error(); !strings.HasPrefix(msg, "nat gateway: ") || strings.Contains(msg, "gateway: gateway:") {
+			t.Errorf("%v: err = %q, want one \"nat gateway: \" prefix", c.args, msg)
 		}
 	}
 }
