@@ -11,10 +11,7 @@ import (
 )
 
 func newNatSessionsCmd() *cobra.Command {
-	var (
-		control, tun, stateDir string
-		asJSON                 bool
-	)
+	var c controlFlags
 	cmd := &cobra.Command{
 		Use:   "sessions",
 		Short: "List a running gateway's live sessions (like conntrack -L)",
@@ -25,11 +22,11 @@ mapping, I: opened by an inbound packet).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var ss []gateway.SessionRecord
-			if err := gateway.Query(controlPath(gatewayFlags{control: control, tun: tun, stateDir: stateDir}), "sessions", &ss); err != nil {
-				return fmt.Errorf("nat sessions: %w", err)
+			if err := c.query("sessions", "sessions", &ss); err != nil {
+				return err
 			}
 			out := cmd.OutOrStdout()
-			if asJSON {
+			if c.asJSON {
 				return printJSONObject(cmd, ss)
 			}
 			tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
@@ -54,10 +51,6 @@ mapping, I: opened by an inbound packet).`,
 			return tw.Flush()
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&control, "control", "", "the gateway's control socket `PATH` (default /run/portspace/nat-TUN.sock)")
-	f.StringVar(&tun, "tun", "psnat0", "the gateway's TUN name (names the default socket)")
-	f.StringVar(&stateDir, "state-dir", "/run/portspace", "the gateway's --state-dir")
-	f.BoolVar(&asJSON, "json", false, "print JSON")
+	c.register(cmd)
 	return cmd
 }

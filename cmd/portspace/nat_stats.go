@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -12,21 +13,18 @@ import (
 )
 
 func newNatStatsCmd() *cobra.Command {
-	var (
-		control, tun, stateDir string
-		asJSON                 bool
-	)
+	var c controlFlags
 	cmd := &cobra.Command{
 		Use:   "stats",
 		Short: "Show a running gateway's counters: packets by verdict, drops by reason, sessions, port use",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var s gateway.Stats
-			if err := gateway.Query(controlPath(gatewayFlags{control: control, tun: tun, stateDir: stateDir}), "stats", &s); err != nil {
-				return fmt.Errorf("nat stats: %w", err)
+			if err := c.query("stats", "stats", &s); err != nil {
+				return err
 			}
 			out := cmd.OutOrStdout()
-			if asJSON {
+			if c.asJSON {
 				return printJSONObject(cmd, s)
 			}
 			tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
@@ -52,16 +50,17 @@ func newNatStatsCmd() *cobra.Command {
 			row("tun errors", fmt.Sprintf("%d read, %d write", s.ReadErrors, s.WriteErrors))
 			row("sessions", s.Engine.Sessions)
 			row("mappings", s.Engine.Mappings)
-			for a, n := range s.PortsInUse {
-				row("  ports in use "+a.String(), n)
+			addrs := make([]netip.Addr, 0, len(s.PortsInUse))
+			for a := range s.PortsInUse {
+				addrs = append(addrs, a)
+			}
+			slices.SortFunc(addrs, netip.Addr.Compare)
+			for _, a := range addrs {
+				row("  ports in use "+a.String(), s.PortsInUse[a])
 			}
 			return tw.Flush()
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&control, "control", "", "the gateway's control socket `PATH` (default /run/portspace/nat-TUN.sock)")
-	f.StringVar(&tun, "tun", "psnat0", "the gateway's TUN name (names the default socket)")
-	f.StringVar(&stateDir, "state-dir", "/run/portspace", "the gateway's --state-dir")
-	f.BoolVar(&asJSON, "json", false, "print JSON")
+	c.register(cmd)
 	return cmd
 }
