@@ -57,10 +57,16 @@ func localAddr(c *net.UDPConn) netip.AddrPort {
 // messages (a shorter datagram ends a run, a longer one or another
 // destination starts a new message, a datagram over maxSegSize is alone),
 // and that every datagram arrives whole, in order, at its destination,
-// whether the receiver coalesces (UDP_GRO) or not.
+// whether the receiver coalesces (UDP_GRO) or not, over IPv4 and IPv6.
 func TestGSOMixedRuns(t *testing.T) {
-	a, b := pair(t, "udp4", "127.0.0.1")
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	for _, c := range []struct{ network, ip string }{{"udp4", "127.0.0.1"}, {"udp6", "::1"}} {
+		t.Run(c.network, func(t *testing.T) { testGSOMixedRuns(t, c.network, c.ip) })
+	}
+}
+
+func testGSOMixedRuns(t *testing.T, network, ip string) {
+	a, b := pair(t, network, ip)
+	c, err := net.ListenUDP(network, &net.UDPAddr{IP: net.ParseIP(ip)})
 	if err != nil {
 		t.Fatal(err)
 	}
