@@ -199,19 +199,20 @@ func (p *pipeClient) check(a []byte) int {
 	return answerOK
 }
 
-// run sends n requests and returns the answers counted, the stalls, and
-// the answers that did not count: late (to requests taken as lost, or
-// answered twice) and bad.
+// run sends n more requests and returns the answers counted, the stalls,
+// and the answers that did not count: late (to requests taken as lost, or
+// answered twice; also the warm-up's) and bad.
 func (p *pipeClient) run(n, window int) (got, stalls, late, bad int) {
 	out := 0
 	progress := time.Now()
-	for int(p.seq) < n || out > 0 {
+	end := int(p.seq) + n
+	for int(p.seq) < end || out > 0 {
 		if time.Since(progress) > 5*time.Second { // a dead server ends it
 			break
 		}
 		// Whole batches of 64 (fewer only for the last): small sends
 		// would cost the client a system call for a few requests.
-		for k := min(64, n-int(p.seq)); k > 0 && out+k <= window; k = min(64, n-int(p.seq)) {
+		for k := min(64, end-int(p.seq)); k > 0 && out+k <= window; k = min(64, end-int(p.seq)) {
 			p.fill(k)
 			if p.send(p.reqs, k) != nil {
 				break
@@ -298,7 +299,6 @@ func benchServerProcess(b *testing.B, client string, to, workers int, offload st
 		ps[i] = newPipeClient(b, client, socks[i%to], uint32(i+1))
 	}
 	ps[0].run(64, 64) // warm-up
-	ps[0].seq = 0
 	b.ResetTimer()
 	start := time.Now()
 	cpu0 := procCPU(cmd.Process.Pid)
