@@ -128,6 +128,7 @@ type Server struct {
 	udp    []*net.UDPConn
 	wudp   [][]*net.UDPConn // per worker: descriptors of udp's sockets; wudp[0] is udp
 	gro    []bool           // per socket: UDP_GRO is on
+	bio    [][]*udpIO       // per worker and socket: the batched path's buffers; nil: one datagram per call
 	tcp    []*net.TCPListener
 	st     counters
 	tcpSem chan struct{}
@@ -218,7 +219,54 @@ func Listen(o Options) (*Server, error) {
 			}
 		}
 	}
+	// The batched path's buffers, made here rather than in the serving
+	// goroutines, so that none is made while the server answers.
+	s.bio = make([][]*udpIO, len(s.wudp))
+	for w, conns := range s.wudp {
+		s.bio[w] = make([]*udpIO, len(conns))
+		if s.opts.Batch == 1 {
+			continue
+		}
+		for i := range conns {
+			b, err := s.newUDPIO(conns, Socket(i))
+			if errors.Is(err, udpbatch.ErrUnsupported) {
+				continue // one datagram per call
+			}
+			if err != nil {
+				s.closeSockets()
+				return nil, fmt.Errorf("stun: worker %d: %w", w, err)
+			}
+			s.bio[w][i] = b
+		}
+	}
 	return s, nil
+}
+
+// udpIO is one serving goroutine's batched reader of its socket and
+// writers on every socket.
+type udpIO struct {
+	r       *udpbatch.Reader
+	ws      []*udpbatch.Writer
+	scratch []byte // where Handle builds an answer
+}
+
+func (s *Server) newUDPIO(conns []*net.UDPConn, at Socket) (*udpIO, error) {
+	size := maxDatagram
+	if s.gro[at] {
+		size = udpbatch.MaxCoalesced
+	}
+	r, err := udpbatch.NewReader(conns[at], s.opts.Batch, size)
+	if err != nil {
+		return nil, err
+	}
+	b := &udpIO{r: r, ws: make([]*udpbatch.Writer, len(conns)), scratch: make([]byte, 0, maxDatagram+256)}
+	for i, c := range conns {
+		if b.ws[i], err = udpbatch.NewWriter(c, s.opts.Batch, maxDatagram+256); err != nil {
+			return nil, err
+		}
+		b.ws[i].SetGSO(!s.opts.NoOffload)
+	}
+	return b, nil
 }
 
 // dupUDP returns a second *net.UDPConn on c's socket (its own descriptor,
@@ -257,12 +305,12 @@ func (s *Server) Stats() Stats {
 // reader).
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, len(s.wudp)*len(s.udp)+len(s.tcp))
-	for _, conns := range s.wudp {
+	for w, conns := range s.wudp {
 		for i := range conns {
 			s.wg.Add(1)
 			go func(i int) {
 				defer s.wg.Done()
-				errc <- s.serveUDP(conns, Socket(i))
+				errc <- s.serveUDP(w, Socket(i))
 			}(i)
 		}
 	}
@@ -329,16 +377,14 @@ func (s *Server) allowed(a netip.Addr, now int64) bool {
 	return s.lim == nil || s.lim.allow(a, now)
 }
 
-// serveUDP answers the requests that arrive on conns[at], sending each
-// answer from the conns socket it names.
-func (s *Server) serveUDP(conns []*net.UDPConn, at Socket) error {
-	if s.opts.Batch > 1 {
-		err := s.serveUDPBatch(conns, at)
-		if !errors.Is(err, udpbatch.ErrUnsupported) {
-			return err
-		}
+// serveUDP answers the requests that arrive on worker w's descriptor of
+// socket at, sending each answer from w's descriptor of the socket it
+// names.
+func (s *Server) serveUDP(w int, at Socket) error {
+	if b := s.bio[w][at]; b != nil {
+		return s.serveUDPBatch(b, at)
 	}
-	return s.serveUDPSingle(conns, at)
+	return s.serveUDPSingle(s.wudp[w], at)
 }
 
 // serveUDPSingle is the portable path: one datagram per system call.
@@ -399,24 +445,8 @@ func (s *Server) count(r Reply) {
 // sends them with one sendmmsg per outgoing socket. With UDP_GRO an entry
 // of the batch may be a run of requests from one client, split here; with
 // UDP GSO the Writers send runs of answers to one client as one message.
-func (s *Server) serveUDPBatch(conns []*net.UDPConn, at Socket) error {
-	batch := s.opts.Batch
-	size := maxDatagram
-	if s.gro[at] {
-		size = udpbatch.MaxCoalesced
-	}
-	r, err := udpbatch.NewReader(conns[at], batch, size)
-	if err != nil {
-		return err
-	}
-	ws := make([]*udpbatch.Writer, len(conns))
-	for i, c := range conns {
-		if ws[i], err = udpbatch.NewWriter(c, batch, maxDatagram+256); err != nil {
-			return err
-		}
-		ws[i].SetGSO(!s.opts.NoOffload)
-	}
-	scratch := make([]byte, 0, maxDatagram+256)
+func (s *Server) serveUDPBatch(b *udpIO, at Socket) error {
+	r, ws, scratch := b.r, b.ws, b.scratch
 	for {
 		n, err := r.Read()
 		if err != nil {
