@@ -83,6 +83,15 @@ type Options struct {
 	// practice, is served by more than one core; 0 means GOMAXPROCS, at
 	// most MaxWorkers.
 	Workers int
+	// NoOffload turns off the UDP offloads the batched path uses where
+	// the kernel has them (Linux): UDP_GRO on the sockets, so that a run
+	// of requests a client sent as one GSO message (or a NIC merged) is
+	// read as one, and UDP GSO (UDP_SEGMENT) on the answers, so that
+	// consecutive answers of one size from one socket to one client go
+	// out as one message that the kernel splits into the datagrams. The
+	// datagrams on the wire are the same either way; the offloads only
+	// save work when clients send bursts.
+	NoOffload bool
 	// Logger receives start-up and error messages; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock the rate limit reads; nil means time.Now.
@@ -97,10 +106,14 @@ type Stats struct {
 	Dropped   uint64 // messages dropped: not STUN, malformed, not a request
 	Limited   uint64 // requests dropped by the per-client rate limit
 	Reads     uint64 // UDP read system calls (Requests/Reads is the mean batch)
+	// Sends counts the UDP messages handed to the kernel for the
+	// batched path's answers: with UDP GSO one message carries a run of
+	// answers, so (Responses+Errors)/Sends is the mean run.
+	Sends uint64
 }
 
 type counters struct {
-	requests, responses, errors, dropped, limited, reads atomic.Uint64
+	requests, responses, errors, dropped, limited, reads, sends atomic.Uint64
 }
 
 // Server is a behaviour-discovery STUN server (RFC 5780 section 6) on up to
@@ -114,6 +127,8 @@ type Server struct {
 	lim    *limiter
 	udp    []*net.UDPConn
 	wudp   [][]*net.UDPConn // per worker: descriptors of udp's sockets; wudp[0] is udp
+	gro    []bool           // per socket: UDP_GRO is on
+	bio    [][]*udpIO       // per worker and socket: the batched path's buffers; nil: one datagram per call
 	tcp    []*net.TCPListener
 	st     counters
 	tcpSem chan struct{}
@@ -188,6 +203,11 @@ func Listen(o Options) (*Server, error) {
 			s.tcp = append(s.tcp, l)
 		}
 	}
+	s.gro = make([]bool, len(s.udp))
+	for i, c := range s.udp {
+		// Only the batched path can read coalesced runs.
+		s.gro[i] = s.opts.Batch > 1 && !o.NoOffload && udpbatch.EnableGRO(c) == nil
+	}
 	s.wudp = append(s.wudp, s.udp)
 	for w := 1; w < s.opts.Workers; w++ {
 		cs := make([]*net.UDPConn, len(s.udp))
@@ -199,7 +219,54 @@ func Listen(o Options) (*Server, error) {
 			}
 		}
 	}
+	// The batched path's buffers, made here rather than in the serving
+	// goroutines, so that none is made while the server answers.
+	s.bio = make([][]*udpIO, len(s.wudp))
+	for w, conns := range s.wudp {
+		s.bio[w] = make([]*udpIO, len(conns))
+		if s.opts.Batch == 1 {
+			continue
+		}
+		for i := range conns {
+			b, err := s.newUDPIO(conns, Socket(i))
+			if errors.Is(err, udpbatch.ErrUnsupported) {
+				continue // one datagram per call
+			}
+			if err != nil {
+				s.closeSockets()
+				return nil, fmt.Errorf("stun: worker %d: %w", w, err)
+			}
+			s.bio[w][i] = b
+		}
+	}
 	return s, nil
+}
+
+// udpIO is one serving goroutine's batched reader of its socket and
+// writers on every socket.
+type udpIO struct {
+	r       *udpbatch.Reader
+	ws      []*udpbatch.Writer
+	scratch []byte // where Handle builds an answer
+}
+
+func (s *Server) newUDPIO(conns []*net.UDPConn, at Socket) (*udpIO, error) {
+	size := maxDatagram
+	if s.gro[at] {
+		size = udpbatch.MaxCoalesced
+	}
+	r, err := udpbatch.NewReader(conns[at], s.opts.Batch, size)
+	if err != nil {
+		return nil, err
+	}
+	b := &udpIO{r: r, ws: make([]*udpbatch.Writer, len(conns)), scratch: make([]byte, 0, maxDatagram+256)}
+	for i, c := range conns {
+		if b.ws[i], err = udpbatch.NewWriter(c, s.opts.Batch, maxDatagram+256); err != nil {
+			return nil, err
+		}
+		b.ws[i].SetGSO(!s.opts.NoOffload)
+	}
+	return b, nil
 }
 
 // dupUDP returns a second *net.UDPConn on c's socket (its own descriptor,
@@ -229,7 +296,8 @@ func (s *Server) Addrs() []netip.AddrPort { return s.h.Sockets() }
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	return Stats{Requests: s.st.requests.Load(), Responses: s.st.responses.Load(),
-		Errors: s.st.errors.Load(), Dropped: s.st.dropped.Load(), Limited: s.st.limited.Load(), Reads: s.st.reads.Load()}
+		Errors: s.st.errors.Load(), Dropped: s.st.dropped.Load(), Limited: s.st.limited.Load(), Reads: s.st.reads.Load(),
+		Sends: s.st.sends.Load()}
 }
 
 // Serve answers requests until ctx is done or Close is called, then closes
@@ -237,12 +305,12 @@ func (s *Server) Stats() Stats {
 // reader).
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, len(s.wudp)*len(s.udp)+len(s.tcp))
-	for _, conns := range s.wudp {
+	for w, conns := range s.wudp {
 		for i := range conns {
 			s.wg.Add(1)
 			go func(i int) {
 				defer s.wg.Done()
-				errc <- s.serveUDP(conns, Socket(i))
+				errc <- s.serveUDP(w, Socket(i))
 			}(i)
 		}
 	}
@@ -309,16 +377,14 @@ func (s *Server) allowed(a netip.Addr, now int64) bool {
 	return s.lim == nil || s.lim.allow(a, now)
 }
 
-// serveUDP answers the requests that arrive on conns[at], sending each
-// answer from the conns socket it names.
-func (s *Server) serveUDP(conns []*net.UDPConn, at Socket) error {
-	if s.opts.Batch > 1 {
-		err := s.serveUDPBatch(conns, at)
-		if !errors.Is(err, udpbatch.ErrUnsupported) {
-			return err
-		}
+// serveUDP answers the requests that arrive on worker w's descriptor of
+// socket at, sending each answer from w's descriptor of the socket it
+// names.
+func (s *Server) serveUDP(w int, at Socket) error {
+	if b := s.bio[w][at]; b != nil {
+		return s.serveUDPBatch(b, at)
 	}
-	return s.serveUDPSingle(conns, at)
+	return s.serveUDPSingle(s.wudp[w], at)
 }
 
 // serveUDPSingle is the portable path: one datagram per system call.
@@ -376,20 +442,11 @@ func (s *Server) count(r Reply) {
 }
 
 // serveUDPBatch reads a batch with recvmmsg, computes every response, and
-// sends them with one sendmmsg per outgoing socket.
-func (s *Server) serveUDPBatch(conns []*net.UDPConn, at Socket) error {
-	batch := s.opts.Batch
-	r, err := udpbatch.NewReader(conns[at], batch, maxDatagram)
-	if err != nil {
-		return err
-	}
-	ws := make([]*udpbatch.Writer, len(conns))
-	for i, c := range conns {
-		if ws[i], err = udpbatch.NewWriter(c, batch, maxDatagram+256); err != nil {
-			return err
-		}
-	}
-	scratch := make([]byte, 0, maxDatagram+256)
+// sends them with one sendmmsg per outgoing socket. With UDP_GRO an entry
+// of the batch may be a run of requests from one client, split here; with
+// UDP GSO the Writers send runs of answers to one client as one message.
+func (s *Server) serveUDPBatch(b *udpIO, at Socket) error {
+	r, ws, scratch := b.r, b.ws, b.scratch
 	for {
 		n, err := r.Read()
 		if err != nil {
@@ -400,32 +457,52 @@ func (s *Server) serveUDPBatch(conns []*net.UDPConn, at Socket) error {
 		}
 		s.st.reads.Add(1)
 		now := s.now().UnixNano()
-		var limited, dropped, ok, bad uint64
+		var requests, limited, dropped, ok, bad uint64
 		for k := 0; k < n; k++ {
 			data, src := r.Msg(k)
 			if !src.IsValid() {
+				requests++
 				dropped++
 				continue
 			}
-			if !s.allowed(src.Addr(), now) {
-				limited++
-				continue
+			seg := r.Seg(k)
+			if seg == 0 {
+				seg = len(data)
 			}
-			rep, good := s.h.Handle(scratch, data, src, at, false)
-			if !good {
-				dropped++
-				continue
+			for len(data) > 0 {
+				req := data[:min(seg, len(data))]
+				data = data[len(req):]
+				requests++
+				if len(req) > maxDatagram {
+					dropped++ // as the one-datagram reads drop it
+					continue
+				}
+				if !s.allowed(src.Addr(), now) {
+					limited++
+					continue
+				}
+				rep, good := s.h.Handle(scratch, req, src, at, false)
+				if !good {
+					dropped++
+					continue
+				}
+				if Type(binary.BigEndian.Uint16(rep.Data)) == BindingSuccess {
+					ok++
+				} else {
+					bad++
+				}
+				w := ws[rep.Via]
+				next := w.Next()
+				if next == nil {
+					if err := s.flush(w); err != nil {
+						return nil
+					}
+					next = w.Next()
+				}
+				w.Commit(append(next, rep.Data...), rep.To)
 			}
-			if Type(binary.BigEndian.Uint16(rep.Data)) == BindingSuccess {
-				ok++
-			} else {
-				bad++
-			}
-			w := ws[rep.Via]
-			buf := append(w.Next(), rep.Data...)
-			w.Commit(buf, rep.To)
 		}
-		s.st.requests.Add(uint64(n))
+		s.st.requests.Add(requests)
 		if limited > 0 {
 			s.st.limited.Add(limited)
 		}
@@ -440,11 +517,20 @@ func (s *Server) serveUDPBatch(conns []*net.UDPConn, at Socket) error {
 			if w.Len() == 0 {
 				continue
 			}
-			if _, err := w.Flush(); err != nil && s.closing() {
+			if err := s.flush(w); err != nil {
 				return nil
 			}
 		}
 	}
+}
+
+// flush sends w's answers; an error means the server is closing.
+func (s *Server) flush(w *udpbatch.Writer) error {
+	s.st.sends.Add(uint64(w.Messages()))
+	if _, err := w.Flush(); err != nil && s.closing() {
+		return err
+	}
+	return nil
 }
 
 func (s *Server) serveTCP(at Socket) error {

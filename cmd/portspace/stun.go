@@ -26,6 +26,7 @@ func newStunServeCmd() *cobra.Command {
 	var (
 		primary, alternate string
 		tcp, unlimited     bool
+		noOffload          bool
 		rate               float64
 		burst, workers     int
 		software           string
@@ -44,12 +45,16 @@ as Debian's stun) get MAPPED-ADDRESS, SOURCE-ADDRESS and CHANGED-ADDRESS.
 Without --alternate the server is single-homed and refuses CHANGE-REQUEST.
 Each client address may send --rate requests per second (burst --burst).
 --workers goroutines read each UDP socket (batches of 64 with recvmmsg and
-sendmmsg), so that the primary address is served by every CPU.`,
+sendmmsg), so that the primary address is served by every CPU. Where Linux
+has them, a run of requests a client sent as one UDP GSO message is read as
+one (UDP_GRO) and consecutive answers of one size to one client leave as one
+UDP GSO message (UDP_SEGMENT) that the kernel splits into the datagrams;
+--no-offload turns both off.`,
 		Example: `  portspace stun serve --primary 192.0.2.10:3478 --alternate 192.0.2.11:3479
   portspace stun serve --primary 192.0.2.10:3478 --alternate 192.0.2.11:3479 --tcp`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o := stun.Options{TCP: tcp, Rate: rate, Burst: burst, Unlimited: unlimited, Software: software, Workers: workers}
+			o := stun.Options{TCP: tcp, Rate: rate, Burst: burst, Unlimited: unlimited, Software: software, Workers: workers, NoOffload: noOffload}
 			var err error
 			if primary == "" {
 				return fmt.Errorf("--primary is required (ADDR:PORT)")
@@ -82,7 +87,7 @@ sendmmsg), so that the primary address is served by every CPU.`,
 			err = s.Serve(ctx)
 			st := s.Stats()
 			o.Logger.Info("stun: stopped", "requests", st.Requests, "responses", st.Responses,
-				"errors", st.Errors, "dropped", st.Dropped, "limited", st.Limited)
+				"errors", st.Errors, "dropped", st.Dropped, "limited", st.Limited, "reads", st.Reads, "sends", st.Sends)
 			return err
 		},
 	}
@@ -94,6 +99,7 @@ sendmmsg), so that the primary address is served by every CPU.`,
 	f.IntVar(&burst, "burst", stun.DefaultBurst, "burst of requests per client address")
 	f.BoolVar(&unlimited, "unlimited", false, "no per-client rate limit (benchmarks on loopback only)")
 	f.IntVar(&workers, "workers", 0, "goroutines reading each UDP socket, each with its own descriptors (0: one per CPU, at most 8)")
+	f.BoolVar(&noOffload, "no-offload", false, "no UDP GRO on the sockets nor UDP GSO on the answers")
 	f.StringVar(&software, "software", "", "SOFTWARE attribute to send (none by default)")
 	f.BoolVar(&verbose, "verbose", false, "debug logging")
 	return cmd
