@@ -255,7 +255,7 @@ func TestUDPUseCountsConcurrentClose(t *testing.T) {
 	}
 	for _, u := range *d.st.uses.Load() {
 		for i := range u.n {
-			if n := u.n[i].Load(); n != 0 {
+			if n := u.n[i].n.Load(); n != 0 {
 				t.Errorf("source %v port index %d: count %d with every conn closed, want 0", u.src, i, n)
 			}
 		}

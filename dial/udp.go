@@ -64,7 +64,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		}
 	}
 	sr := search{key: holdKey{proto: tuple.UDP, src: src, dst: dst}, size: uint32(pl.ports.Len())}
-	var uses []atomic.Int32
+	var uses []portSlot
 	if st.udpLock != UDPLockRegistry {
 		uses = st.portUses(src, sr.size)
 	}
@@ -72,7 +72,11 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	// reports that another socket holds the 4-tuple, or that another
 	// process's lock or socket holds the port (the port is memoised and the
 	// search goes on); otherwise the search ends with c or err.
-	try := func(idx uint32) (c net.Conn, taken bool, err error) {
+	//
+	// wait says whether to wait for another dial of this Dialer that is
+	// inside (source, port)'s lock window; without it such a port is
+	// errOwnBusy, retried before exhaustion like a busy port.
+	try := func(idx uint32, wait bool) (c net.Conn, taken bool, err error) {
 		port, _ := pl.ports.Nth(int(idx))
 		st.tries.Add(1)
 		var uc *net.UDPConn
@@ -81,7 +85,11 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		if st.udpLock == UDPLockRegistry {
 			uc, reg, off, err = d.udpTryRegistry(ctx, st, src, port, dst)
 		} else {
-			uc, err = d.udpTry(ctx, st, src, port, dst, &uses[idx])
+			uc, err = d.udpTry(ctx, st, src, port, dst, &uses[idx], wait)
+		}
+		if err == errOwnBusy {
+			st.sel.settle(&sr, idx, false)
+			return nil, true, err
 		}
 		if errors.Is(err, errPortTaken) {
 			st.sel.settleTaken(&sr, idx)
@@ -93,7 +101,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		}
 		c = newUDPConn(uc, st.sel, sr.key, idx, reg, off)
 		if uses != nil {
-			c.(*UDPConn).rel.use = &uses[idx]
+			c.(*UDPConn).rel.use = &uses[idx].n
 		}
 		return c, false, nil
 	}
@@ -107,14 +115,16 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		if !ok {
 			break
 		}
-		c, taken, err := try(idx)
+		c, taken, err := try(idx, false)
 		if !taken {
 			return c, err
 		}
-		if errors.Is(err, errPortBusy) {
+		if errors.Is(err, errPortBusy) || err == errOwnBusy {
 			busy = append(busy, idx)
 		}
-		last = err
+		if err != errOwnBusy {
+			last = err
+		}
 	}
 	// A bind that failed with EADDRINUSE may have met a cooperating socket
 	// holding its lock for a few microseconds (another Dialer or process),
@@ -135,7 +145,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 			if !st.sel.reserve(&sr, idx) {
 				continue // this Dialer holds it now
 			}
-			c, taken, err := try(idx)
+			c, taken, err := try(idx, true)
 			if !taken {
 				return c, err
 			}
@@ -152,11 +162,12 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	return nil, fmt.Errorf("%w: %w", errSourceFull, last)
 }
 
-// portUses returns the Dialer's counts of its connected sockets on each
-// port index of src (size ports), which tell udpTry when the exclusive bind
-// can work: a count that is wrong for a moment costs one failed bind or one
-// skipped fast path, never a guarantee.
-func (st *state) portUses(src netip.Addr, size uint32) []atomic.Int32 {
+// portUses returns the Dialer's slots of each port index of src (size
+// ports): the count of its connected sockets on the port, which tells
+// udpTry when the exclusive bind can work (a count that is wrong for a
+// moment costs one failed bind or one skipped fast path, never a
+// guarantee), and the port's mutex.
+func (st *state) portUses(src netip.Addr, size uint32) []portSlot {
 	if p := st.uses.Load(); p != nil {
 		for _, u := range *p {
 			if u.src == src {
@@ -175,16 +186,25 @@ func (st *state) portUses(src netip.Addr, size uint32) []atomic.Int32 {
 		}
 		tab = append(tab, *p...)
 	}
-	u := srcUses{src: src, n: make([]atomic.Int32, size)}
+	u := srcUses{src: src, n: make([]portSlot, size)}
 	tab = append(tab, u)
 	st.uses.Store(&tab)
 	return u.n
 }
 
-// srcUses are the counts of portUses for one source.
+// srcUses are the slots of portUses for one source.
 type srcUses struct {
 	src netip.Addr
-	n   []atomic.Int32
+	n   []portSlot
+}
+
+// portSlot is what a Dialer keeps per (source, port) for the cooperative
+// lock: n counts its connected sockets on the port; mu keeps its own dials
+// out of each other's lock window (while one holds SO_REUSEADDR=0, another
+// would fail to bind the port and wrongly count it as taken).
+type portSlot struct {
+	n  atomic.Int32
+	mu sync.Mutex
 }
 
 // busyRounds and busyFirstWait bound the retries of ports whose bind met
@@ -199,19 +219,12 @@ const (
 // lock).
 var errPortBusy = fmt.Errorf("%w: bound without sharing, or locked by another process", errPortTaken)
 
-// lockStripes serialises the cooperative lock per (source, port) within a
-// Dialer: while one goroutine holds a port's lock (SO_REUSEADDR=0), another
-// would fail to bind that port and wrongly count it as taken.
-const lockStripes = 64
-
-func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
-	a := src.As16()
-	h := uint32(port) * 0x9e3779b1
-	for i := 0; i < 16; i += 4 {
-		h = (h ^ (uint32(a[i])<<24 | uint32(a[i+1])<<16 | uint32(a[i+2])<<8 | uint32(a[i+3]))) * 0x85ebca6b
-	}
-	return &st.locks[h>>(32-6)]
-}
+// errOwnBusy: another dial of this Dialer is inside the port's lock
+// window. The search does not wait for it (a goroutine parked on the port
+// mutex waits for a scheduler slot once woken, up to a time slice, while
+// dials that never park hold both Ps: a 10-15 ms tail in bench dial) but
+// tries the next port, and comes back to this one before exhaustion.
+var errOwnBusy = errors.New("dial: another dial of this Dialer holds the port's lock")
 
 // udpTry dials (source, port) -> dst for UDPLockFile and UDPLockDump; the
 // net package creates, connects and wraps the socket itself.
@@ -257,10 +270,15 @@ func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
 //     TestUDPDeviceBoundHolder.
 //  5. connect(destination) (by the net package); SO_REUSEADDR=1 again to
 //     release the protocol's lock; release the file lock.
-func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort, use *atomic.Int32) (*net.UDPConn, error) {
-	mu := st.portLock(src, port)
-	mu.Lock()
+func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort, slot *portSlot, wait bool) (*net.UDPConn, error) {
+	mu := &slot.mu
+	if wait {
+		mu.Lock()
+	} else if !mu.TryLock() {
+		return nil, errOwnBusy
+	}
 	defer mu.Unlock()
+	use := &slot.n
 	local := netip.AddrPortFrom(src, port)
 	user := d.ControlContext != nil || d.Control != nil
 	if !user && !testHookSkipLock && !testHookNoExclusive && use.Load() == 0 {
