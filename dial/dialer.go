@@ -253,6 +253,10 @@ type state struct {
 	usesMu    sync.Mutex
 	exclusive atomic.Uint64
 
+	// ifs is the namespace's interface indices for the UDP lookups,
+	// refreshed after ifaceTTL.
+	ifs atomic.Pointer[ifaceList]
+
 	udpLock   UDPLock // UDPLockFile or UDPLockDump, for UDP Search
 	lockDir   string
 	netns     string

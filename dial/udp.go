@@ -249,7 +249,8 @@ var errOwnBusy = errors.New("dial: another dial of this Dialer holds the port's 
 //     directory (an OFD lock, netsys.PortLockFile), held until step 5. No
 //     other portspace process of the namespace is between its steps 1 and
 //     4 for this (source, port) meanwhile. Held elsewhere: busy.
-//  1. Read the socket's SO_COOKIE; SO_REUSEADDR=1; the user's Control;
+//  1. UDPLockDump: read the socket's SO_COOKIE. SO_REUSEADDR=1; the
+//     user's Control;
 //     bind(source, port). EADDRINUSE: another socket holds the port
 //     without sharing it, or another program's SO_REUSEADDR lock holds it
 //     right now: busy (udpSearch retries it before reporting exhaustion).
@@ -260,14 +261,16 @@ var errOwnBusy = errors.New("dial: another dial of this Dialer holds the port's 
 //  3. UDPLockDump only: the in-flight check, a dump of the unconnected UDP
 //     sockets; another one bound to (source, port) may be between its own
 //     steps 1 and 4: busy.
-//  4. Exact sock_diag lookup of (destination -> source:port): the socket
-//     the kernel would deliver that 4-tuple's datagrams to. A socket
-//     already connected to the destination wins over ours; if the answer
-//     is not our cookie, the 4-tuple is taken. No answer (ENOENT) means the
-//     best match is a socket that is being closed: taken, too. The lookup
-//     names no interface, so it misses a socket bound to a device
-//     (SO_BINDTODEVICE) on the 4-tuple: a known hole,
-//     TestUDPDeviceBoundHolder.
+//  4. Exact sock_diag lookups of (destination -> source:port), one per
+//     interface of the namespace (state.interfaces): the socket the kernel
+//     would deliver that 4-tuple's datagrams to when they arrive on that
+//     interface, among the sockets bound to no device or to that one. A
+//     socket connected to the destination wins over ours (which is not
+//     connected yet), so if the answer is connected to the destination,
+//     the 4-tuple is taken. No answer (ENOENT) means the best match is a
+//     socket that is being closed: taken, too. A lookup without an
+//     interface would skip every socket bound to a device
+//     (SO_BINDTODEVICE): TestUDPDeviceBoundHolder.
 //  5. connect(destination) (by the net package); SO_REUSEADDR=1 again to
 //     release the protocol's lock; release the file lock.
 func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort, slot *portSlot, wait bool) (*net.UDPConn, error) {
@@ -313,8 +316,10 @@ func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uin
 			return netsys.Control(c, tr.steps)
 		}
 		err := netsys.Control(c, func(fd int) (err error) {
-			if tr.own, err = netsys.Cookie(fd); err != nil {
-				return err
+			if st.udpLock == UDPLockDump {
+				if tr.own, err = netsys.Cookie(fd); err != nil {
+					return err
+				}
 			}
 			return netsys.SetReuseAddr(fd, true)
 		})
@@ -367,7 +372,7 @@ type udpTrial struct {
 	d          *Dialer
 	st         *state
 	local, dst netip.AddrPort
-	own        uint64 // our SO_COOKIE
+	own        uint64 // our SO_COOKIE (UDPLockDump)
 	fd         int    // the socket, for the release after connect
 	lf         *netsys.PortLockFile
 }
@@ -382,9 +387,11 @@ func (tr *udpTrial) unlock() {
 
 // steps runs the cooperative lock's steps 0 to 4 on fd (no user Control).
 func (tr *udpTrial) steps(fd int) error {
-	var err error
-	if tr.own, err = netsys.Cookie(fd); err != nil {
-		return err
+	if tr.st.udpLock == UDPLockDump {
+		var err error
+		if tr.own, err = netsys.Cookie(fd); err != nil {
+			return err
+		}
 	}
 	if err := netsys.SetReuseAddr(fd, true); err != nil {
 		return err
@@ -393,7 +400,7 @@ func (tr *udpTrial) steps(fd int) error {
 }
 
 // lockSteps runs the cooperative lock's step 0 and steps 1 (bind) to 4 on
-// fd, whose cookie is tr.own and whose SO_REUSEADDR is set.
+// fd, whose cookie is tr.own (UDPLockDump) and whose SO_REUSEADDR is set.
 func (tr *udpTrial) lockSteps(fd int) error {
 	tr.fd = fd
 	st, local, port := tr.st, tr.local, tr.local.Port()
@@ -456,20 +463,77 @@ func (d *Dialer) udpLockSteps(st *state, fd int, own uint64, local, dst netip.Ad
 			return fmt.Errorf("%w: another socket is binding %v", errPortBusy, local)
 		}
 	}
-	got, found, err := st.diags.lookup(local, dst)
+	ifs, err := st.interfaces()
 	if err != nil {
 		return fmt.Errorf("dial: udp lock: %w", err)
 	}
-	if !found {
-		// The best match is a socket being closed (its refcount already
-		// dropped; the kernel skips it): the 4-tuple frees soon, but not
-		// now.
-		return fmt.Errorf("%w: %v -> %v belongs to a closing socket", errPortTaken, local, dst)
+	return st.diags.checkTuple(local, dst, ifs)
+}
+
+// checkTuple runs the exact lookup of (dst -> local) once per interface
+// index of ifs, on one pooled socket, and returns errPortTaken when a
+// socket is connected to dst on local (bound to no device or to one of
+// ifs), or when the best match is a socket being closed.
+func (p *diagPool) checkTuple(local, dst netip.AddrPort, ifs []int) error {
+	var taken error
+	err := p.do(func(d *netsys.Diag) error {
+		for _, ix := range ifs {
+			o, found, err := d.LookupUDPOn(local, dst, ix)
+			if err != nil {
+				return err
+			}
+			if !found {
+				// The best match is a socket being closed (its refcount
+				// already dropped; the kernel skips it): the 4-tuple
+				// frees soon, but not now.
+				taken = fmt.Errorf("%w: %v -> %v belongs to a closing socket", errPortTaken, local, dst)
+				return nil
+			}
+			if o.Peer == dst {
+				taken = fmt.Errorf("%w: %v -> %v is connected by another socket (cookie %#x, interface %d)", errPortTaken, local, dst, o.Cookie, ix)
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("dial: udp lock: %w", err)
 	}
-	if got != own {
-		return fmt.Errorf("%w: %v -> %v is connected by another socket (cookie %#x)", errPortTaken, local, dst, got)
+	return taken
+}
+
+// ifaceTTL is how long a Dialer uses its list of the namespace's
+// interfaces for the per-interface lookups before it reads the list again
+// (net.Interfaces, one netlink dump): a socket bound to a device created
+// less than this before a dial, and connected on the 4-tuple, can be missed.
+const ifaceTTL = time.Second
+
+// ifaceList is the interface indices read at a time of the Dialer's clock.
+type ifaceList struct {
+	idx []int
+	at  time.Time
+}
+
+// interfaces returns the indices of the network namespace's interfaces
+// (at least one: with none, index 0, the lookup without an interface).
+func (st *state) interfaces() ([]int, error) {
+	now := st.sel.now()
+	if l := st.ifs.Load(); l != nil && !now.Before(l.at) && now.Sub(l.at) < ifaceTTL {
+		return l.idx, nil
 	}
-	return nil
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, fmt.Errorf("listing the interfaces for the per-interface lookup: %w", err)
+	}
+	l := &ifaceList{at: now}
+	for _, ifc := range ifs {
+		l.idx = append(l.idx, ifc.Index)
+	}
+	if len(l.idx) == 0 {
+		l.idx = []int{0}
+	}
+	st.ifs.Store(l)
+	return l.idx, nil
 }
 
 // testHookConnected, when set, runs in udpTry after connect and before
@@ -521,15 +585,6 @@ func (p *diagPool) do(f func(d *netsys.Diag) error) error {
 		d.Close()
 	}
 	return nil
-}
-
-// lookup is netsys.Diag.LookupUDP on a pooled socket.
-func (p *diagPool) lookup(local, remote netip.AddrPort) (cookie uint64, found bool, err error) {
-	err = p.do(func(d *netsys.Diag) (err error) {
-		cookie, found, err = d.LookupUDP(local, remote)
-		return err
-	})
-	return cookie, found, err
 }
 
 // otherUnbound is netsys.Diag.OtherUnboundUDP on a pooled socket.
