@@ -249,8 +249,7 @@ var errOwnBusy = errors.New("dial: another dial of this Dialer holds the port's 
 //     directory (an OFD lock, netsys.PortLockFile), held until step 5. No
 //     other portspace process of the namespace is between its steps 1 and
 //     4 for this (source, port) meanwhile. Held elsewhere: busy.
-//  1. UDPLockDump: read the socket's SO_COOKIE. SO_REUSEADDR=1; the
-//     user's Control;
+//  1. Read the socket's SO_COOKIE; SO_REUSEADDR=1; the user's Control;
 //     bind(source, port). EADDRINUSE: another socket holds the port
 //     without sharing it, or another program's SO_REUSEADDR lock holds it
 //     right now: busy (udpSearch retries it before reporting exhaustion).
@@ -265,12 +264,12 @@ var errOwnBusy = errors.New("dial: another dial of this Dialer holds the port's 
 //     interface of the namespace (state.interfaces): the socket the kernel
 //     would deliver that 4-tuple's datagrams to when they arrive on that
 //     interface, among the sockets bound to no device or to that one. A
-//     socket connected to the destination wins over ours (which is not
-//     connected yet), so if the answer is connected to the destination,
-//     the 4-tuple is taken. No answer (ENOENT) means the best match is a
-//     socket that is being closed: taken, too. A lookup without an
-//     interface would skip every socket bound to a device
-//     (SO_BINDTODEVICE): TestUDPDeviceBoundHolder.
+//     socket connected to the destination wins over ours; if an answer is
+//     not our cookie, the 4-tuple is taken (a socket connected to it, or
+//     another unconnected one that may be in its own lock window). No
+//     answer (ENOENT) means the best match is a socket that is being
+//     closed: taken, too. A lookup without an interface would skip every
+//     socket bound to a device (SO_BINDTODEVICE): TestUDPDeviceBoundHolder.
 //  5. connect(destination) (by the net package); SO_REUSEADDR=1 again to
 //     release the protocol's lock; release the file lock.
 func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort, slot *portSlot, wait bool) (*net.UDPConn, error) {
@@ -316,10 +315,8 @@ func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uin
 			return netsys.Control(c, tr.steps)
 		}
 		err := netsys.Control(c, func(fd int) (err error) {
-			if st.udpLock == UDPLockDump {
-				if tr.own, err = netsys.Cookie(fd); err != nil {
-					return err
-				}
+			if tr.own, err = netsys.Cookie(fd); err != nil {
+				return err
 			}
 			return netsys.SetReuseAddr(fd, true)
 		})
@@ -372,7 +369,7 @@ type udpTrial struct {
 	d          *Dialer
 	st         *state
 	local, dst netip.AddrPort
-	own        uint64 // our SO_COOKIE (UDPLockDump)
+	own        uint64 // our SO_COOKIE
 	fd         int    // the socket, for the release after connect
 	lf         *netsys.PortLockFile
 }
@@ -387,11 +384,9 @@ func (tr *udpTrial) unlock() {
 
 // steps runs the cooperative lock's steps 0 to 4 on fd (no user Control).
 func (tr *udpTrial) steps(fd int) error {
-	if tr.st.udpLock == UDPLockDump {
-		var err error
-		if tr.own, err = netsys.Cookie(fd); err != nil {
-			return err
-		}
+	var err error
+	if tr.own, err = netsys.Cookie(fd); err != nil {
+		return err
 	}
 	if err := netsys.SetReuseAddr(fd, true); err != nil {
 		return err
@@ -400,7 +395,7 @@ func (tr *udpTrial) steps(fd int) error {
 }
 
 // lockSteps runs the cooperative lock's step 0 and steps 1 (bind) to 4 on
-// fd, whose cookie is tr.own (UDPLockDump) and whose SO_REUSEADDR is set.
+// fd, whose cookie is tr.own and whose SO_REUSEADDR is set.
 func (tr *udpTrial) lockSteps(fd int) error {
 	tr.fd = fd
 	st, local, port := tr.st, tr.local, tr.local.Port()
@@ -467,14 +462,15 @@ func (d *Dialer) udpLockSteps(st *state, fd int, own uint64, local, dst netip.Ad
 	if err != nil {
 		return fmt.Errorf("dial: udp lock: %w", err)
 	}
-	return st.diags.checkTuple(local, dst, ifs)
+	return st.diags.checkTuple(local, dst, own, ifs)
 }
 
 // checkTuple runs the exact lookup of (dst -> local) once per interface
-// index of ifs, on one pooled socket, and returns errPortTaken when a
-// socket is connected to dst on local (bound to no device or to one of
-// ifs), or when the best match is a socket being closed.
-func (p *diagPool) checkTuple(local, dst netip.AddrPort, ifs []int) error {
+// index of ifs, on one pooled socket, and returns errPortTaken when an
+// answer is not our socket (cookie own): a socket connected to dst on local
+// (bound to no device or to one of ifs), another unconnected one that
+// outscores ours, or none (the best match is a socket being closed).
+func (p *diagPool) checkTuple(local, dst netip.AddrPort, own uint64, ifs []int) error {
 	var taken error
 	err := p.do(func(d *netsys.Diag) error {
 		for _, ix := range ifs {
@@ -489,8 +485,8 @@ func (p *diagPool) checkTuple(local, dst netip.AddrPort, ifs []int) error {
 				taken = fmt.Errorf("%w: %v -> %v belongs to a closing socket", errPortTaken, local, dst)
 				return nil
 			}
-			if o.Peer == dst {
-				taken = fmt.Errorf("%w: %v -> %v is connected by another socket (cookie %#x, interface %d)", errPortTaken, local, dst, o.Cookie, ix)
+			if o.Cookie != own {
+				taken = fmt.Errorf("%w: %v -> %v: the lookup on interface %d names another socket (cookie %#x, peer %v)", errPortTaken, local, dst, ix, o.Cookie, o.Peer)
 				return nil
 			}
 		}
