@@ -310,3 +310,17 @@ func BenchmarkSelect(b *testing.B) {
 		s.settle(&sr, idx, false)
 	}
 }
+
+// BenchmarkConnCleanup is a Search conn's wrapper made and released as a
+// Close releases it (no socket): with the dropped-conn cleanup stopped at
+// release, 0.7-1.1 µs per conn; left armed (before releaser.release
+// stopped it), 2.0-2.8 µs.
+func BenchmarkConnCleanup(b *testing.B) {
+	sel := newSelector()
+	tc := &net.TCPConn{}
+	b.ReportAllocs()
+	for b.Loop() {
+		c := newTCPConn(tc, sel, holdKey{}, 0)
+		c.rel.release()
+	}
+}

@@ -21,6 +21,8 @@ type releaser struct {
 	// UDP Search with the cooperative lock: the Dialer's count of its
 	// sockets on the port.
 	use *atomic.Int32
+	// cleanup is the conn's dropped-without-Close cleanup, stopped by Close.
+	cleanup runtime.Cleanup
 }
 
 // release runs once; callers close the socket before it, so that the
@@ -29,6 +31,10 @@ func (r *releaser) release() error {
 	if !r.done.CompareAndSwap(false, true) {
 		return nil
 	}
+	// A cleanup left armed costs the runtime more work at the conn's
+	// collection (BenchmarkConnCleanup: 0.7-1.1 µs per conn stopped,
+	// 2.0-2.8 µs armed); from the cleanup itself Stop does nothing.
+	r.cleanup.Stop()
 	r.sel.release(r.key, r.idx)
 	if r.use != nil {
 		r.use.Add(-1)
@@ -55,7 +61,7 @@ func newReleaser[T any](owner *T, sel *selector, k holdKey, idx uint32) *release
 	// selector anyway: its bookkeeping only steers the search; the kernel
 	// (TCP) and the sock_diag lookup (UDP) still refuse a taken 4-tuple.
 	// A registered UDP socket is closed first (releaser.dropped).
-	runtime.AddCleanup(owner, (*releaser).dropped, r)
+	r.cleanup = runtime.AddCleanup(owner, (*releaser).dropped, r)
 	return r
 }
 

@@ -246,13 +246,16 @@ type state struct {
 	dials   atomic.Uint64
 	tries   atomic.Uint64 // Search: ports tried with syscalls (for tests)
 	full    fullMemo
-	locks   [lockStripes]sync.Mutex
-	// uses counts the UDP Search sockets of each (source, port index),
-	// copied on write under usesMu; exclusive counts the dials that bound
+	// uses holds the slots (socket count, mutex) of each UDP Search
+	// (source, port index), copied on write under usesMu; exclusive counts the dials that bound
 	// exclusively (for tests).
 	uses      atomic.Pointer[[]srcUses]
 	usesMu    sync.Mutex
 	exclusive atomic.Uint64
+
+	// ifs is the namespace's interface indices for the UDP lookups,
+	// refreshed after ifaceTTL.
+	ifs atomic.Pointer[ifaceList]
 
 	udpLock   UDPLock // UDPLockFile or UDPLockDump, for UDP Search
 	lockDir   string
@@ -347,20 +350,22 @@ func (d *Dialer) applyLocalAddr(st *state) error {
 	return nil
 }
 
-// lockFiles are a Dialer's open lock files, one per source address.
+// lockFiles are a Dialer's open lock files, one per source address: a map
+// copied on write under mu, read without a lock by every dial.
 type lockFiles struct {
 	mu sync.Mutex
-	m  map[netip.Addr]*netsys.PortLockFile
+	m  atomic.Pointer[map[netip.Addr]*netsys.PortLockFile]
 }
 
 // closeAll closes the lock files of a Dialer that was garbage collected.
 func (l *lockFiles) closeAll() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, lf := range l.m {
-		lf.Close()
+	if p := l.m.Swap(nil); p != nil {
+		for _, lf := range *p {
+			lf.Close()
+		}
 	}
-	l.m = nil
 }
 
 // ephemeral returns the namespace's ephemeral range as a port set, minus the
@@ -511,19 +516,28 @@ func (st *state) probeNetNS() error {
 // first use. The files are closed when the Dialer is garbage collected.
 func (st *state) lockFile(src netip.Addr) (*netsys.PortLockFile, error) {
 	l := st.lockFiles
+	if p := l.m.Load(); p != nil {
+		if lf := (*p)[src]; lf != nil {
+			return lf, nil
+		}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if lf := l.m[src]; lf != nil {
-		return lf, nil
+	m := map[netip.Addr]*netsys.PortLockFile{}
+	if p := l.m.Load(); p != nil {
+		if lf := (*p)[src]; lf != nil {
+			return lf, nil
+		}
+		for k, v := range *p {
+			m[k] = v
+		}
 	}
 	lf, err := netsys.OpenPortLockFile(st.lockDir, st.netns, "udp", src)
 	if err != nil {
 		return nil, fmt.Errorf("dial: udp lock: %w", err)
 	}
-	if l.m == nil {
-		l.m = map[netip.Addr]*netsys.PortLockFile{}
-	}
-	l.m[src] = lf
+	m[src] = lf
+	l.m.Store(&m)
 	return lf, nil
 }
 

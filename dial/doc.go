@@ -25,8 +25,9 @@
 // bind, SO_REUSEADDR=0 (the lock: no cooperating socket can bind the port
 // now), an exact sock_diag lookup of the 4-tuple (not a dump: the kernel
 // runs its packet-delivery lookup and returns the socket that would receive
-// the destination's datagrams), compare that socket's cookie with our
-// SO_COOKIE, connect if it is ours, SO_REUSEADDR=1. The published protocol
+// the destination's datagrams; asked once per interface of the namespace,
+// so that sockets bound to a device are seen), connect unless that socket
+// is connected to the destination, SO_REUSEADDR=1. The published protocol
 // leaves a window between a concurrent bind's conflict check and its entry
 // into the lookup tables; UDPLock closes it between portspace processes,
 // either with an advisory lock per (network namespace, source, port) held

@@ -64,7 +64,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		}
 	}
 	sr := search{key: holdKey{proto: tuple.UDP, src: src, dst: dst}, size: uint32(pl.ports.Len())}
-	var uses []atomic.Int32
+	var uses []portSlot
 	if st.udpLock != UDPLockRegistry {
 		uses = st.portUses(src, sr.size)
 	}
@@ -72,7 +72,11 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	// reports that another socket holds the 4-tuple, or that another
 	// process's lock or socket holds the port (the port is memoised and the
 	// search goes on); otherwise the search ends with c or err.
-	try := func(idx uint32) (c net.Conn, taken bool, err error) {
+	//
+	// wait says whether to wait for another dial of this Dialer that is
+	// inside (source, port)'s lock window; without it such a port is
+	// errOwnBusy, retried before exhaustion like a busy port.
+	try := func(idx uint32, wait bool) (c net.Conn, taken bool, err error) {
 		port, _ := pl.ports.Nth(int(idx))
 		st.tries.Add(1)
 		var uc *net.UDPConn
@@ -81,7 +85,11 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		if st.udpLock == UDPLockRegistry {
 			uc, reg, off, err = d.udpTryRegistry(ctx, st, src, port, dst)
 		} else {
-			uc, err = d.udpTry(ctx, st, src, port, dst, &uses[idx])
+			uc, err = d.udpTry(ctx, st, src, port, dst, &uses[idx], wait)
+		}
+		if err == errOwnBusy {
+			st.sel.settle(&sr, idx, false)
+			return nil, true, err
 		}
 		if errors.Is(err, errPortTaken) {
 			st.sel.settleTaken(&sr, idx)
@@ -93,7 +101,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		}
 		c = newUDPConn(uc, st.sel, sr.key, idx, reg, off)
 		if uses != nil {
-			c.(*UDPConn).rel.use = &uses[idx]
+			c.(*UDPConn).rel.use = &uses[idx].n
 		}
 		return c, false, nil
 	}
@@ -107,14 +115,16 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		if !ok {
 			break
 		}
-		c, taken, err := try(idx)
+		c, taken, err := try(idx, false)
 		if !taken {
 			return c, err
 		}
-		if errors.Is(err, errPortBusy) {
+		if errors.Is(err, errPortBusy) || err == errOwnBusy {
 			busy = append(busy, idx)
 		}
-		last = err
+		if err != errOwnBusy {
+			last = err
+		}
 	}
 	// A bind that failed with EADDRINUSE may have met a cooperating socket
 	// holding its lock for a few microseconds (another Dialer or process),
@@ -135,7 +145,7 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 			if !st.sel.reserve(&sr, idx) {
 				continue // this Dialer holds it now
 			}
-			c, taken, err := try(idx)
+			c, taken, err := try(idx, true)
 			if !taken {
 				return c, err
 			}
@@ -152,11 +162,12 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 	return nil, fmt.Errorf("%w: %w", errSourceFull, last)
 }
 
-// portUses returns the Dialer's counts of its connected sockets on each
-// port index of src (size ports), which tell udpTry when the exclusive bind
-// can work: a count that is wrong for a moment costs one failed bind or one
-// skipped fast path, never a guarantee.
-func (st *state) portUses(src netip.Addr, size uint32) []atomic.Int32 {
+// portUses returns the Dialer's slots of each port index of src (size
+// ports): the count of its connected sockets on the port, which tells
+// udpTry when the exclusive bind can work (a count that is wrong for a
+// moment costs one failed bind or one skipped fast path, never a
+// guarantee), and the port's mutex.
+func (st *state) portUses(src netip.Addr, size uint32) []portSlot {
 	if p := st.uses.Load(); p != nil {
 		for _, u := range *p {
 			if u.src == src {
@@ -175,16 +186,25 @@ func (st *state) portUses(src netip.Addr, size uint32) []atomic.Int32 {
 		}
 		tab = append(tab, *p...)
 	}
-	u := srcUses{src: src, n: make([]atomic.Int32, size)}
+	u := srcUses{src: src, n: make([]portSlot, size)}
 	tab = append(tab, u)
 	st.uses.Store(&tab)
 	return u.n
 }
 
-// srcUses are the counts of portUses for one source.
+// srcUses are the slots of portUses for one source.
 type srcUses struct {
 	src netip.Addr
-	n   []atomic.Int32
+	n   []portSlot
+}
+
+// portSlot is what a Dialer keeps per (source, port) for the cooperative
+// lock: n counts its connected sockets on the port; mu keeps its own dials
+// out of each other's lock window (while one holds SO_REUSEADDR=0, another
+// would fail to bind the port and wrongly count it as taken).
+type portSlot struct {
+	n  atomic.Int32
+	mu sync.Mutex
 }
 
 // busyRounds and busyFirstWait bound the retries of ports whose bind met
@@ -199,19 +219,12 @@ const (
 // lock).
 var errPortBusy = fmt.Errorf("%w: bound without sharing, or locked by another process", errPortTaken)
 
-// lockStripes serialises the cooperative lock per (source, port) within a
-// Dialer: while one goroutine holds a port's lock (SO_REUSEADDR=0), another
-// would fail to bind that port and wrongly count it as taken.
-const lockStripes = 64
-
-func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
-	a := src.As16()
-	h := uint32(port) * 0x9e3779b1
-	for i := 0; i < 16; i += 4 {
-		h = (h ^ (uint32(a[i])<<24 | uint32(a[i+1])<<16 | uint32(a[i+2])<<8 | uint32(a[i+3]))) * 0x85ebca6b
-	}
-	return &st.locks[h>>(32-6)]
-}
+// errOwnBusy: another dial of this Dialer is inside the port's lock
+// window. The search does not wait for it (a goroutine parked on the port
+// mutex waits for a scheduler slot once woken, up to a time slice, while
+// dials that never park hold both Ps: a 10-15 ms tail in bench dial) but
+// tries the next port, and comes back to this one before exhaustion.
+var errOwnBusy = errors.New("dial: another dial of this Dialer holds the port's lock")
 
 // udpTry dials (source, port) -> dst for UDPLockFile and UDPLockDump; the
 // net package creates, connects and wraps the socket itself.
@@ -247,20 +260,27 @@ func (st *state) portLock(src netip.Addr, port uint16) *sync.Mutex {
 //  3. UDPLockDump only: the in-flight check, a dump of the unconnected UDP
 //     sockets; another one bound to (source, port) may be between its own
 //     steps 1 and 4: busy.
-//  4. Exact sock_diag lookup of (destination -> source:port): the socket
-//     the kernel would deliver that 4-tuple's datagrams to. A socket
-//     already connected to the destination wins over ours; if the answer
-//     is not our cookie, the 4-tuple is taken. No answer (ENOENT) means the
-//     best match is a socket that is being closed: taken, too. The lookup
-//     names no interface, so it misses a socket bound to a device
-//     (SO_BINDTODEVICE) on the 4-tuple: a known hole,
-//     TestUDPDeviceBoundHolder.
+//  4. Exact sock_diag lookups of (destination -> source:port), one per
+//     interface of the namespace (state.interfaces): the socket the kernel
+//     would deliver that 4-tuple's datagrams to when they arrive on that
+//     interface, among the sockets bound to no device or to that one. A
+//     socket connected to the destination wins over ours; if an answer is
+//     not our cookie, the 4-tuple is taken (a socket connected to it, or
+//     another unconnected one that may be in its own lock window). No
+//     answer (ENOENT) means the best match is a socket that is being
+//     closed: taken, too. A lookup without an interface would skip every
+//     socket bound to a device (SO_BINDTODEVICE): TestUDPDeviceBoundHolder.
 //  5. connect(destination) (by the net package); SO_REUSEADDR=1 again to
 //     release the protocol's lock; release the file lock.
-func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort, use *atomic.Int32) (*net.UDPConn, error) {
-	mu := st.portLock(src, port)
-	mu.Lock()
+func (d *Dialer) udpTry(ctx context.Context, st *state, src netip.Addr, port uint16, dst netip.AddrPort, slot *portSlot, wait bool) (*net.UDPConn, error) {
+	mu := &slot.mu
+	if wait {
+		mu.Lock()
+	} else if !mu.TryLock() {
+		return nil, errOwnBusy
+	}
 	defer mu.Unlock()
+	use := &slot.n
 	local := netip.AddrPortFrom(src, port)
 	user := d.ControlContext != nil || d.Control != nil
 	if !user && !testHookSkipLock && !testHookNoExclusive && use.Load() == 0 {
@@ -438,20 +458,78 @@ func (d *Dialer) udpLockSteps(st *state, fd int, own uint64, local, dst netip.Ad
 			return fmt.Errorf("%w: another socket is binding %v", errPortBusy, local)
 		}
 	}
-	got, found, err := st.diags.lookup(local, dst)
+	ifs, err := st.interfaces()
 	if err != nil {
 		return fmt.Errorf("dial: udp lock: %w", err)
 	}
-	if !found {
-		// The best match is a socket being closed (its refcount already
-		// dropped; the kernel skips it): the 4-tuple frees soon, but not
-		// now.
-		return fmt.Errorf("%w: %v -> %v belongs to a closing socket", errPortTaken, local, dst)
+	return st.diags.checkTuple(local, dst, own, ifs)
+}
+
+// checkTuple runs the exact lookup of (dst -> local) once per interface
+// index of ifs, on one pooled socket, and returns errPortTaken when an
+// answer is not our socket (cookie own): a socket connected to dst on local
+// (bound to no device or to one of ifs), another unconnected one that
+// outscores ours, or none (the best match is a socket being closed).
+func (p *diagPool) checkTuple(local, dst netip.AddrPort, own uint64, ifs []int) error {
+	var taken error
+	err := p.do(func(d *netsys.Diag) error {
+		for _, ix := range ifs {
+			o, found, err := d.LookupUDPOn(local, dst, ix)
+			if err != nil {
+				return err
+			}
+			if !found {
+				// The best match is a socket being closed (its refcount
+				// already dropped; the kernel skips it): the 4-tuple
+				// frees soon, but not now.
+				taken = fmt.Errorf("%w: %v -> %v belongs to a closing socket", errPortTaken, local, dst)
+				return nil
+			}
+			if o.Cookie != own {
+				taken = fmt.Errorf("%w: %v -> %v: the lookup on interface %d names another socket (cookie %#x, peer %v)", errPortTaken, local, dst, ix, o.Cookie, o.Peer)
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("dial: udp lock: %w", err)
 	}
-	if got != own {
-		return fmt.Errorf("%w: %v -> %v is connected by another socket (cookie %#x)", errPortTaken, local, dst, got)
+	return taken
+}
+
+// ifaceTTL is how long a Dialer uses its list of the namespace's
+// interfaces for the per-interface lookups before it reads the list again
+// (net.Interfaces, one netlink dump): a socket bound to a device created
+// less than this before a dial, and connected on the 4-tuple, can be missed.
+const ifaceTTL = time.Second
+
+// ifaceList is the interface indices read at a time of the Dialer's clock.
+type ifaceList struct {
+	idx []int
+	at  time.Time
+}
+
+// interfaces returns the indices of the network namespace's interfaces
+// (at least one: with none, index 0, the lookup without an interface).
+func (st *state) interfaces() ([]int, error) {
+	now := st.sel.now()
+	if l := st.ifs.Load(); l != nil && !now.Before(l.at) && now.Sub(l.at) < ifaceTTL {
+		return l.idx, nil
 	}
-	return nil
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, fmt.Errorf("listing the interfaces for the per-interface lookup: %w", err)
+	}
+	l := &ifaceList{at: now}
+	for _, ifc := range ifs {
+		l.idx = append(l.idx, ifc.Index)
+	}
+	if len(l.idx) == 0 {
+		l.idx = []int{0}
+	}
+	st.ifs.Store(l)
+	return l.idx, nil
 }
 
 // testHookConnected, when set, runs in udpTry after connect and before
@@ -503,15 +581,6 @@ func (p *diagPool) do(f func(d *netsys.Diag) error) error {
 		d.Close()
 	}
 	return nil
-}
-
-// lookup is netsys.Diag.LookupUDP on a pooled socket.
-func (p *diagPool) lookup(local, remote netip.AddrPort) (cookie uint64, found bool, err error) {
-	err = p.do(func(d *netsys.Diag) (err error) {
-		cookie, found, err = d.LookupUDP(local, remote)
-		return err
-	})
-	return cookie, found, err
 }
 
 // otherUnbound is netsys.Diag.OtherUnboundUDP on a pooled socket.

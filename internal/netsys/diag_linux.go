@@ -16,6 +16,7 @@ const (
 	nlmsgHdrLen     = 16
 	inetDiagReqLen  = 56 // struct inet_diag_req_v2
 	inetDiagMsgLen  = 72 // struct inet_diag_msg
+	sockidIfOff     = 36 // idiag_if within struct inet_diag_sockid
 	sockidCookieOff = 40 // idiag_cookie within struct inet_diag_sockid
 	msgSockidOff    = 4  // id within struct inet_diag_msg
 	allStates       = 0xffffffff
@@ -63,8 +64,20 @@ func (d *Diag) Close() error { return os.NewSyscallError("close", unix.Close(d.f
 
 // LookupUDP is the package-level LookupUDP on an open socket.
 func (d *Diag) LookupUDP(local, remote netip.AddrPort) (cookie uint64, found bool, err error) {
+	o, found, err := d.LookupUDPOn(local, remote, 0)
+	return o.Cookie, found, err
+}
+
+// LookupUDPOn is LookupUDP for a datagram that arrives on the interface
+// with index ifindex (idiag_if; 0: none). The kernel's lookup then
+// considers the sockets bound to no device and those bound to that device
+// (SO_BINDTODEVICE), and prefers the latter; with ifindex 0 it skips every
+// device-bound socket. So asking once per interface of the namespace finds
+// a device-bound socket connected to remote that LookupUDP misses. It
+// returns the socket's cookie and peer, or found == false (ENOENT).
+func (d *Diag) LookupUDPOn(local, remote netip.AddrPort, ifindex int) (owner UDPOwner, found bool, err error) {
 	if local.Addr().Is4() != remote.Addr().Is4() {
-		return 0, false, fmt.Errorf("netsys: sock_diag lookup %v -> %v: mixed address families", local, remote)
+		return owner, false, fmt.Errorf("netsys: sock_diag lookup %v -> %v: mixed address families", local, remote)
 	}
 	fd := d.fd
 	ne := binary.NativeEndian
@@ -75,11 +88,12 @@ func (d *Diag) LookupUDP(local, remote netip.AddrPort) (cookie uint64, found boo
 	binary.BigEndian.PutUint16(id[2:], local.Port())  // idiag_dport: local
 	putAddr(id[4:20], remote.Addr())                  // idiag_src: remote
 	putAddr(id[20:36], local.Addr())                  // idiag_dst: local
+	ne.PutUint32(id[sockidIfOff:], uint32(ifindex))   // idiag_if
 
 	// write and read: an unconnected netlink socket sends to the kernel,
 	// and neither needs a socket address (no allocation).
 	if _, err := unix.Write(fd, req[:]); err != nil {
-		return 0, false, os.NewSyscallError("write sock_diag", err)
+		return owner, false, os.NewSyscallError("write sock_diag", err)
 	}
 	buf := &d.buf
 	for {
@@ -88,14 +102,14 @@ func (d *Diag) LookupUDP(local, remote netip.AddrPort) (cookie uint64, found boo
 			if err == unix.EINTR {
 				continue
 			}
-			return 0, false, os.NewSyscallError("read sock_diag", err)
+			return owner, false, os.NewSyscallError("read sock_diag", err)
 		}
 		b := buf[:n]
 		for len(b) >= nlmsgHdrLen {
 			l := int(ne.Uint32(b[0:]))
 			typ := ne.Uint16(b[4:])
 			if l < nlmsgHdrLen || l > len(b) {
-				return 0, false, fmt.Errorf("netsys: sock_diag: malformed reply (length %d of %d)", l, len(b))
+				return owner, false, fmt.Errorf("netsys: sock_diag: malformed reply (length %d of %d)", l, len(b))
 			}
 			msg := b[nlmsgHdrLen:l]
 			if ne.Uint32(b[8:]) != seq { // a stale reply to an earlier request
@@ -108,22 +122,25 @@ func (d *Diag) LookupUDP(local, remote netip.AddrPort) (cookie uint64, found boo
 			switch typ {
 			case unix.NLMSG_ERROR:
 				if len(msg) < 4 {
-					return 0, false, fmt.Errorf("netsys: sock_diag: short error reply")
+					return owner, false, fmt.Errorf("netsys: sock_diag: short error reply")
 				}
 				errno := -int32(ne.Uint32(msg))
 				if errno == 0 {
-					return 0, false, fmt.Errorf("netsys: sock_diag: acknowledgement without an answer")
+					return owner, false, fmt.Errorf("netsys: sock_diag: acknowledgement without an answer")
 				}
 				if unix.Errno(errno) == unix.ENOENT {
-					return 0, false, nil
+					return owner, false, nil
 				}
-				return 0, false, os.NewSyscallError("sock_diag", unix.Errno(errno))
+				return owner, false, os.NewSyscallError("sock_diag", unix.Errno(errno))
 			case unix.SOCK_DIAG_BY_FAMILY:
 				if len(msg) < inetDiagMsgLen {
-					return 0, false, fmt.Errorf("netsys: sock_diag: short reply (%d bytes)", len(msg))
+					return owner, false, fmt.Errorf("netsys: sock_diag: short reply (%d bytes)", len(msg))
 				}
-				c := msg[msgSockidOff+sockidCookieOff:]
-				return uint64(ne.Uint32(c[0:])) | uint64(ne.Uint32(c[4:]))<<32, true, nil
+				sid := msg[msgSockidOff:]
+				c := sid[sockidCookieOff:]
+				owner.Cookie = uint64(ne.Uint32(c[0:])) | uint64(ne.Uint32(c[4:]))<<32
+				owner.Peer = sockidPeer(msg[0], sid)
+				return owner, true, nil
 			}
 			if align4(l) >= len(b) {
 				break
@@ -239,4 +256,21 @@ func putAddr(dst []byte, a netip.Addr) {
 	}
 	v := a.As16()
 	copy(dst, v[:])
+}
+
+// sockidPeer returns the remote end of an inet_diag_sockid of the given
+// family (idiag_dst, idiag_dport), or the zero AddrPort for a socket that
+// is not connected (both zero).
+func sockidPeer(family byte, sid []byte) netip.AddrPort {
+	port := binary.BigEndian.Uint16(sid[2:])
+	var a netip.Addr
+	if family == unix.AF_INET {
+		a = netip.AddrFrom4([4]byte(sid[20:24]))
+	} else {
+		a = netip.AddrFrom16([16]byte(sid[20:36])).Unmap()
+	}
+	if port == 0 && a.IsUnspecified() {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(a, port)
 }

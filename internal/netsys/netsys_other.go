@@ -93,6 +93,11 @@ func (d *Diag) LookupUDP(local, remote netip.AddrPort) (uint64, bool, error) {
 	return 0, false, unsupported("sock_diag")
 }
 
+// LookupUDPOn is only supported on Linux.
+func (d *Diag) LookupUDPOn(local, remote netip.AddrPort, ifindex int) (UDPOwner, bool, error) {
+	return UDPOwner{}, false, unsupported("sock_diag")
+}
+
 // PortLockFile is a port lock file; only supported on Linux.
 type PortLockFile struct{}
 
