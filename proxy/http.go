@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -268,9 +267,7 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 		return s.forwardRequest(c, rt, req, id, t, hc, l, fail)
 	}
 	hc.closeIdle() // the tunnel is all the connection carries from now on
-	ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.dialTimeout())
-	dst, f, why := s.connect(ctx, rt, id, t)
-	cancel()
+	dst, f, why := s.connect(s.dialContext(rt.cfg.dialTimeout()), rt, id, t)
 	if f != failNone {
 		return fail(statusFor(f), nil, f.result(), why)
 	}
@@ -319,9 +316,7 @@ func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request
 	for {
 		reused := oc != nil
 		if oc == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.dialTimeout())
-			dst, f, why := s.connect(ctx, rt, id, t)
-			cancel()
+			dst, f, why := s.connect(s.dialContext(rt.cfg.dialTimeout()), rt, id, t)
 			if f != failNone {
 				return fail(statusFor(f), nil, f.result(), why)
 			}

@@ -39,6 +39,8 @@ type Server struct {
 
 	rt atomic.Pointer[runtimeConfig]
 
+	dialCtx atomic.Pointer[sharedDeadline] // see dialContext
+
 	mu        sync.Mutex
 	listeners []net.Listener
 	conns     map[net.Conn]struct{}
@@ -483,7 +485,7 @@ type connLog struct {
 }
 
 func (s *Server) finish(rt *runtimeConfig, l *connLog) {
-	s.metrics.Connections.WithLabelValues(l.proto, l.result).Inc()
+	s.metrics.conn(l.proto, l.result).Inc()
 	if l.result != resultOK {
 		s.log.Debug("proxy: connection failed", "proto", l.proto, "client", l.client.String(), "user", l.user, "dst", l.dst, "result", l.result, "reason", l.reason)
 	}
@@ -770,6 +772,34 @@ func (s *Server) resolveGuarded(ctx context.Context, rt *runtimeConfig, t target
 	return ok, failNone, ""
 }
 
+// dialCtxSlack is how much later than its timeout a dial may time out:
+// dials that start within dialCtxSlack of one another share one context.
+const dialCtxSlack = 10 * time.Millisecond
+
+// sharedDeadline is a context that dials share (dialContext).
+type sharedDeadline struct {
+	ctx      context.Context
+	cancel   context.CancelFunc // never called: the context ends at its deadline
+	deadline time.Time
+	timeout  time.Duration
+}
+
+// dialContext returns a context for a dial that may take timeout: it ends
+// no earlier than timeout from now and at most dialCtxSlack later. The
+// dials of a busy proxy share these contexts, one made every dialCtxSlack,
+// instead of making a context and a timer each (context.WithTimeout).
+// Nothing cancels it early, so a dial that returns leaves it to the others.
+func (s *Server) dialContext(timeout time.Duration) context.Context {
+	now := time.Now() // contexts run on the real clock, whatever s.now is
+	if d := s.dialCtx.Load(); d != nil && d.timeout == timeout && !d.deadline.Before(now.Add(timeout)) {
+		return d.ctx
+	}
+	dl := now.Add(timeout + dialCtxSlack)
+	ctx, cancel := context.WithDeadline(context.Background(), dl)
+	s.dialCtx.Store(&sharedDeadline{ctx: ctx, cancel: cancel, deadline: dl, timeout: timeout})
+	return ctx
+}
+
 // connect resolves, guards and dials t for id over TCP.
 func (s *Server) connect(ctx context.Context, rt *runtimeConfig, id identity, t target) (net.Conn, failure, string) {
 	addrs, f, why := s.resolveGuarded(ctx, rt, t)
@@ -783,7 +813,7 @@ func (s *Server) connect(ctx context.Context, rt *runtimeConfig, id identity, t 
 		start := s.now()
 		c, err := s.egress.Dial(ctx, "tcp", dst, EgressRequest{Traits: id.traits, Session: id.session})
 		f := classify(err)
-		s.metrics.DialSeconds.WithLabelValues("tcp", f.result()).Observe(s.now().Sub(start).Seconds())
+		s.metrics.dial("tcp", f.result()).Observe(s.now().Sub(start).Seconds())
 		if err == nil {
 			return c, failNone, ""
 		}

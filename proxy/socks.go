@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -291,9 +290,7 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, rt *runtimeConfig, cl 
 		s.udpAssociate(c, rt, id, req, l)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.dialTimeout())
-	dst, f, why := s.connect(ctx, rt, id, req.dst)
-	cancel()
+	dst, f, why := s.connect(s.dialContext(rt.cfg.dialTimeout()), rt, id, req.dst)
 	if f != failNone {
 		_ = c.SetWriteDeadline(s.now().Add(time.Second))
 		writeReply(c, repFor(f), netip.AddrPort{})
