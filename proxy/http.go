@@ -35,6 +35,21 @@ func removeHopByHop(h http.Header) {
 	}
 }
 
+// viaName is the pseudonym this proxy gives itself in Via fields.
+const viaName = "portspace"
+
+// addVia appends this proxy to h's Via field (RFC 9110 section 7.6.3): the
+// protocol version the message was received with ("1.1": the name HTTP is
+// left out) and viaName, after the intermediaries already listed, in one
+// field line.
+func addVia(h http.Header, major, minor int) {
+	v := strconv.Itoa(major) + "." + strconv.Itoa(minor) + " " + viaName
+	if old := h.Values("Via"); len(old) > 0 {
+		v = strings.Join(old, ", ") + ", " + v
+	}
+	h["Via"] = []string{v}
+}
+
 // httpError writes a minimal HTTP/1.1 error response.
 func httpError(w io.Writer, code int, extra http.Header, msg string) {
 	var b bytes.Buffer
@@ -340,11 +355,12 @@ func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request
 }
 
 // prepareForward turns a proxy request into the request to the origin:
-// origin form, no hop-by-hop fields, persistent, and no User-Agent of
-// Go's own when the client sent none. It reports whether the client waits
+// origin form, no hop-by-hop fields, this proxy in Via, persistent, and no
+// User-Agent of Go's own when the client sent none. It reports whether the client waits
 // for 100 Continue before it sends the body.
 func prepareForward(req *http.Request) (expect bool) {
 	removeHopByHop(req.Header)
+	addVia(req.Header, req.ProtoMajor, req.ProtoMinor)
 	req.RequestURI = ""
 	req.Close = false
 	if _, ok := req.Header["User-Agent"]; !ok {
@@ -423,6 +439,7 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 		// An interim response (RFC 9110 section 15.2): forward it and read
 		// on for the final one.
 		removeHopByHop(resp.Header)
+		addVia(resp.Header, resp.ProtoMajor, resp.ProtoMinor)
 		if err := resp.Write(ccw); err != nil {
 			l.down, l.result, l.reason = ccw.n, resultDialFailed, err.Error()
 			return forwarded{}
@@ -431,6 +448,7 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 	defer resp.Body.Close()
 	originKeep := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols
 	removeHopByHop(resp.Header)
+	addVia(resp.Header, resp.ProtoMajor, resp.ProtoMinor)
 	resp.Close = clientClose || resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && resp.ProtoAtLeast(1, 0) && !bodyless(req, resp)
 	if resp.ContentLength < 0 && !resp.Close {
 		resp.TransferEncoding = []string{"chunked"}
