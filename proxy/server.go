@@ -316,8 +316,11 @@ func (s *Server) serve(ln net.Listener) error {
 // relay runs in goroutines of its own, so the worker is free once the
 // tunnel is set up.
 func (s *Server) worker(c net.Conn) {
+	hs := &handshake{br: bufio.NewReaderSize(nil, handshakeBufSize)}
 	for {
-		s.handle(c)
+		s.handle(c, hs)
+		hs.br.Reset(nil) // keep the buffer, not the connection
+		hs.lr = io.LimitedReader{}
 		if s.idleWorkers.Add(1) > maxIdleWorkers {
 			s.idleWorkers.Add(-1)
 			return
@@ -385,17 +388,31 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// handshakeBufSize is the size of the handshake's buffered reader.
+const handshakeBufSize = 2048
+
+// handshake is a worker's reader for the handshakes of the connections it
+// serves, one after the other: a tunnel reads nothing through it once it
+// is handed to its relay, and an HTTP connection holds its worker until
+// it ends, so each connection resets it instead of allocating its own.
+type handshake struct {
+	lr   io.LimitedReader
+	br   *bufio.Reader
+	mbuf [255]byte // a SOCKS5 greeting's methods
+}
+
 // handle tells SOCKS5 from HTTP by the first byte and serves the
 // connection.
-func (s *Server) handle(c net.Conn) {
-	cl := &cleanup{fns: make([]func(), 0, 8)} // a tunnel adds about six
-	cl.add(func() { s.untrack(c) })
+func (s *Server) handle(c net.Conn, hs *handshake) {
+	cl := &cleanup{}
+	cl.fns = cl.arr[:0]
 	cl.add(func() {
 		if cl.relayed {
 			c.Close() // both directions ended: nothing left to read
 		} else {
 			lingerClose(c, s.now)
 		}
+		s.untrack(c)
 	})
 	defer func() {
 		if !cl.detached {
@@ -407,8 +424,9 @@ func (s *Server) handle(c net.Conn) {
 	// One buffered reader for the handshake: a client's greeting, request
 	// (or HTTP header section) each arrive in one read. lr bounds what an
 	// HTTP header section may take.
-	lr := &io.LimitedReader{R: c, N: int64(rt.cfg.maxHeaderBytes())}
-	br := bufio.NewReaderSize(lr, 2048)
+	hs.lr = io.LimitedReader{R: c, N: int64(rt.cfg.maxHeaderBytes())}
+	lr, br := &hs.lr, hs.br
+	br.Reset(lr)
 	first, err := br.Peek(1)
 	if err != nil {
 		s.finish(rt, &connLog{proto: "unknown", client: remoteAddr(c), result: resultBad, reason: "no first byte: " + errString(err)})
@@ -417,7 +435,7 @@ func (s *Server) handle(c net.Conn) {
 	if first[0] == socksVersion {
 		lr.N = math.MaxInt64
 		br.Discard(1)
-		s.serveSOCKS(c, br, rt, cl)
+		s.serveSOCKS(c, br, &hs.mbuf, rt, cl)
 		return
 	}
 	s.serveHTTP(c, br, lr, rt, cl)
@@ -429,6 +447,7 @@ func (s *Server) handle(c net.Conn) {
 // handler's stack is gone while the tunnel idles.
 type cleanup struct {
 	fns      []func()
+	arr      [6]func() // fns's first array: a tunnel adds about five
 	detached bool
 	wait     chan struct{} // closed when fns is complete (HTTP CONNECT)
 	relayed  bool          // the connection was a tunnel that ended

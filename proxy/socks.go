@@ -129,21 +129,25 @@ func readSOCKSRequest(r io.Reader) (socksRequest, error) {
 // readAddr reads ATYP's DST.ADDR and DST.PORT (RFC 1928 section 5).
 func readAddr(r io.Reader, atyp byte) (target, error) {
 	var t target
-	var b [256 + 2]byte
+	// One array per case: each escapes to the heap (io.ReadFull), so an
+	// address allocates only the bytes its type needs.
 	switch atyp {
 	case atypIPv4:
+		var b [6]byte
 		if _, err := io.ReadFull(r, b[:6]); err != nil {
 			return t, fmt.Errorf("proxy: socks5 address: %w", err)
 		}
 		t.addr = netip.AddrFrom4([4]byte(b[:4]))
 		t.port = binary.BigEndian.Uint16(b[4:6])
 	case atypIPv6:
+		var b [18]byte
 		if _, err := io.ReadFull(r, b[:18]); err != nil {
 			return t, fmt.Errorf("proxy: socks5 address: %w", err)
 		}
 		t.addr = netip.AddrFrom16([16]byte(b[:16])).Unmap()
 		t.port = binary.BigEndian.Uint16(b[16:18])
 	case atypDomain:
+		var b [256 + 2]byte
 		if _, err := io.ReadFull(r, b[:1]); err != nil {
 			return t, fmt.Errorf("proxy: socks5 address: %w", err)
 		}
@@ -208,12 +212,11 @@ func repFor(f failure) byte {
 }
 
 // serveSOCKS serves one SOCKS5 connection after its version byte.
-func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, rt *runtimeConfig, cl *cleanup) {
+func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, mbuf *[255]byte, rt *runtimeConfig, cl *cleanup) {
 	l := &connLog{proto: "socks5", client: remoteAddr(c), start: s.now()}
 	cl.add(func() { s.finish(rt, l) })
 	fail := func(result, reason string) { l.result, l.reason = result, reason }
-	var mbuf [255]byte
-	methods, err := readGreeting(br, &mbuf)
+	methods, err := readGreeting(br, mbuf)
 	if err != nil {
 		fail(resultBad, err.Error())
 		return
