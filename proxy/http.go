@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -150,6 +151,9 @@ func (s *Server) serveHTTP(c net.Conn, br *bufio.Reader, lr *io.LimitedReader, r
 			close(rc.wait)
 			return
 		}
+		if h := s.testHookResponded.Load(); h != nil {
+			(*h)()
+		}
 		rc.run()
 		if l.result != "" {
 			s.finish(rt, l)
@@ -225,7 +229,9 @@ func (oc *originConn) quiet(now time.Time) bool {
 // httpRequest serves one request; it reports whether the connection may
 // carry another.
 func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr *io.LimitedReader, l *connLog, n int, rc *cleanup, hc *httpConn) bool {
+	release := func() {} // the user's connection slot, once taken
 	fail := func(code int, extra http.Header, result, reason string) bool {
+		release() // before the client can see the answer end
 		_ = c.SetWriteDeadline(s.now().Add(time.Second))
 		httpError(c, code, extra, reason)
 		l.result, l.reason = result, reason
@@ -271,15 +277,18 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 		}
 	}
 	l.dst = t.String()
-	release, ok := s.acquire(id)
+	rel, ok := s.acquire(id)
 	if !ok {
 		return fail(http.StatusTooManyRequests, nil, resultLimit, fmt.Sprintf("user %s is at max-connections %d", id.user.Name, id.user.MaxConnections))
+	}
+	if id.user != nil && id.user.MaxConnections > 0 {
+		release = sync.OnceFunc(rel)
 	}
 	rc.add(release)
 	s.metrics.activeHTTP.Inc()
 	rc.add(s.metrics.activeHTTP.Dec)
 	if req.Method != http.MethodConnect {
-		return s.forwardRequest(c, rt, req, id, t, hc, l, fail)
+		return s.forwardRequest(c, rt, req, id, t, hc, l, fail, release)
 	}
 	hc.closeIdle() // the tunnel is all the connection carries from now on
 	dst, f, why := s.connect(s.dialContext(rt.cfg.dialTimeout()), rt, id, t)
@@ -320,7 +329,7 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 // and fails on a reused connection before any response byte is sent again
 // on a new connection: the origin may close an idle connection at any
 // time (RFC 9112 section 9.3.1).
-func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request, id identity, t target, hc *httpConn, l *connLog, fail func(int, http.Header, string, string) bool) bool {
+func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request, id identity, t target, hc *httpConn, l *connLog, fail func(int, http.Header, string, string) bool, release func()) bool {
 	clientClose := req.Close
 	expect := prepareForward(req)
 	key := originKey{rt: rt, dst: t.String(), egress: TraitsString(id.traits), session: id.session}
@@ -338,7 +347,7 @@ func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request
 			oc = &originConn{c: dst, br: bufio.NewReader(dst), key: key}
 		}
 		l.egress = localAddr(oc.c)
-		r := s.forward(c, rt, req, oc, reused, clientClose, expect, l)
+		r := s.forward(c, rt, req, oc, reused, clientClose, expect, l, release)
 		expect = false // said once
 		if r.retry {
 			oc.c.Close()
@@ -394,7 +403,14 @@ type forwarded struct{ client, origin, retry bool }
 
 // forward sends req over oc and relays the response (and any 1xx interim
 // responses before it) back to the client.
-func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *originConn, reused, clientClose, expect bool, l *connLog) forwarded {
+//
+// The user's connection slot (release, idempotent) is given back before the
+// client can see the response end: before an error response, before a
+// response without a body, and for one with a body once its last bytes are
+// read from the origin, before they are written (releaseAtEOF). A client
+// that sends its next request on a new connection as soon as it has the
+// answer so never finds its own slot still taken.
+func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *originConn, reused, clientClose, expect bool, l *connLog, release func()) forwarded {
 	dst := oc.c
 	_ = dst.SetDeadline(s.now().Add(rt.cfg.idleTimeout()))
 	canRetry := reused && replayable(req)
@@ -410,6 +426,7 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 		if canRetry {
 			return forwarded{retry: true}
 		}
+		release()
 		httpError(c, http.StatusBadGateway, nil, "writing to the origin: "+err.Error())
 		l.result, l.reason = resultDialFailed, err.Error()
 		return forwarded{}
@@ -428,6 +445,7 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 			if isTimeout(err) {
 				code = http.StatusGatewayTimeout
 			}
+			release()
 			httpError(c, code, nil, "reading the origin's response: "+err.Error())
 			l.result, l.reason = resultDialFailed, err.Error()
 			return forwarded{}
@@ -454,6 +472,11 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 		resp.TransferEncoding = []string{"chunked"}
 	}
 	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
+	if resp.Body == nil || resp.Body == http.NoBody {
+		release()
+	} else {
+		resp.Body = &releaseAtEOF{ReadCloser: resp.Body, release: release}
+	}
 	err := resp.Write(ccw)
 	l.down = ccw.n
 	if err != nil {
@@ -462,6 +485,22 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 	}
 	l.result = resultOK
 	return forwarded{client: !resp.Close, origin: originKeep && oc.br.Buffered() == 0}
+}
+
+// releaseAtEOF calls release when a read of the body returns its end (or
+// an error): Response.Write writes the bytes of that read after it, and
+// the end of a chunked body after the last read.
+type releaseAtEOF struct {
+	io.ReadCloser
+	release func()
+}
+
+func (r *releaseAtEOF) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err != nil {
+		r.release()
+	}
+	return n, err
 }
 
 func bodyless(req *http.Request, resp *http.Response) bool {

@@ -41,6 +41,10 @@ type Server struct {
 
 	dialCtx atomic.Pointer[sharedDeadline] // see dialContext
 
+	// testHookResponded, if set, is called after an HTTP request was
+	// answered and before its cleanup runs (tests stop there).
+	testHookResponded atomic.Pointer[func()]
+
 	mu        sync.Mutex
 	listeners []net.Listener
 	conns     map[net.Conn]struct{}
