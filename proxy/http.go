@@ -276,7 +276,7 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 			return fail(http.StatusBadRequest, nil, resultBad, err.Error())
 		}
 	}
-	l.dst = t.String()
+	l.dst = t
 	rel, ok := s.acquire(id)
 	if !ok {
 		return fail(http.StatusTooManyRequests, nil, resultLimit, fmt.Sprintf("user %s is at max-connections %d", id.user.Name, id.user.MaxConnections))

@@ -424,7 +424,11 @@ func (s *Server) handle(c net.Conn, hs *handshake) {
 		}
 	}()
 	rt := s.rt.Load()
-	_ = c.SetDeadline(s.now().Add(rt.cfg.handshakeTimeout()))
+	// The handshake's deadline: a read deadline (a SOCKS5 handshake's
+	// writes are a few bytes into an empty socket buffer, which never
+	// wait); serveHTTP adds the write deadline its answers need.
+	handshakeEnd := s.now().Add(rt.cfg.handshakeTimeout())
+	_ = c.SetReadDeadline(handshakeEnd)
 	// One buffered reader for the handshake: a client's greeting, request
 	// (or HTTP header section) each arrive in one read. lr bounds what an
 	// HTTP header section may take.
@@ -442,6 +446,7 @@ func (s *Server) handle(c net.Conn, hs *handshake) {
 		s.serveSOCKS(c, br, &hs.mbuf, rt, cl)
 		return
 	}
+	_ = c.SetWriteDeadline(handshakeEnd)
 	s.serveHTTP(c, br, lr, rt, cl)
 }
 
@@ -499,7 +504,7 @@ type connLog struct {
 	proto    string
 	client   netip.AddrPort
 	user     string
-	dst      string
+	dst      target // formatted only when logged
 	egress   netip.AddrPort
 	result   string
 	reason   string
@@ -510,14 +515,14 @@ type connLog struct {
 func (s *Server) finish(rt *runtimeConfig, l *connLog) {
 	s.metrics.conn(l.proto, l.result).Inc()
 	if l.result != resultOK {
-		s.log.Debug("proxy: connection failed", "proto", l.proto, "client", l.client.String(), "user", l.user, "dst", l.dst, "result", l.result, "reason", l.reason)
+		s.log.Debug("proxy: connection failed", "proto", l.proto, "client", l.client.String(), "user", l.user, "dst", l.dst.String(), "result", l.result, "reason", l.reason)
 	}
 	if rt.access != nil {
 		var dur time.Duration
 		if !l.start.IsZero() {
 			dur = s.now().Sub(l.start)
 		}
-		rt.access.Info("conn", "proto", l.proto, "client", l.client.String(), "user", l.user, "dst", l.dst,
+		rt.access.Info("conn", "proto", l.proto, "client", l.client.String(), "user", l.user, "dst", l.dst.String(),
 			"egress", l.egress.String(), "result", l.result, "reason", l.reason, "up", l.up, "down", l.down, "duration", dur.String())
 	}
 }
@@ -754,6 +759,9 @@ type target struct {
 }
 
 func (t target) String() string {
+	if t == (target{}) {
+		return "" // none yet (a handshake that ended before its request)
+	}
 	if t.addr.IsValid() {
 		return netip.AddrPortFrom(t.addr, t.port).String()
 	}

@@ -260,7 +260,7 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, mbuf *[255]byte, rt *r
 		}
 	}
 	req, rerr := readSOCKSRequest(br)
-	l.dst = req.dst.String()
+	l.dst = req.dst
 	if rerr != nil {
 		var se *socksError
 		if errors.As(rerr, &se) {
@@ -306,7 +306,9 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, mbuf *[255]byte, rt *r
 		fail(resultBad, err.Error())
 		return
 	}
-	_ = c.SetDeadline(time.Time{})
+	if rt.cfg.idleTimeout() <= 0 {
+		_ = c.SetReadDeadline(time.Time{})
+	} // else the relay sets the idle deadline before its first read
 	if k := br.Buffered(); k > 0 { // data the client sent before the reply
 		b, _ := br.Peek(k)
 		if _, err := dst.Write(b); err != nil {
