@@ -40,6 +40,7 @@ type Metrics struct {
 
 	up, down                prometheus.Counter
 	activeSOCKS, activeHTTP prometheus.Gauge
+	upFn, downFn            func(int) // countUp and countDown, bound once (a method value allocates)
 
 	// The children of Connections and DialSeconds that connections use,
 	// each looked up once (WithLabelValues hashes its labels on every
@@ -119,6 +120,7 @@ func NewMetrics() *Metrics {
 	m.down = m.Bytes.WithLabelValues("down")
 	m.activeSOCKS = m.Active.WithLabelValues("socks5")
 	m.activeHTTP = m.Active.WithLabelValues("http")
+	m.upFn, m.downFn = m.countUp, m.countDown
 	return m
 }
 
