@@ -169,7 +169,7 @@ func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 		}
 		p, err := startProxyBinary(ctx, sub, origin, fmt.Sprintf("portspace-%d", i+2), exe, nil)
 		if err != nil {
-			return fmt.Errorf("bench proxy: --also %s: %w", exe, err)
+			return fmt.Errorf("--also %s: %w", exe, err)
 		}
 		all = append(all, p)
 	}
