@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -34,6 +34,21 @@ func removeHopByHop(h http.Header) {
 	for _, f := range hopByHop {
 		h.Del(f)
 	}
+}
+
+// viaName is the pseudonym this proxy gives itself in Via fields.
+const viaName = "portspace"
+
+// addVia appends this proxy to h's Via field (RFC 9110 section 7.6.3): the
+// protocol version the message was received with ("1.1": the name HTTP is
+// left out) and viaName, after the intermediaries already listed, in one
+// field line.
+func addVia(h http.Header, major, minor int) {
+	v := strconv.Itoa(major) + "." + strconv.Itoa(minor) + " " + viaName
+	if old := h.Values("Via"); len(old) > 0 {
+		v = strings.Join(old, ", ") + ", " + v
+	}
+	h["Via"] = []string{v}
 }
 
 // httpError writes a minimal HTTP/1.1 error response.
@@ -136,6 +151,9 @@ func (s *Server) serveHTTP(c net.Conn, br *bufio.Reader, lr *io.LimitedReader, r
 			close(rc.wait)
 			return
 		}
+		if h := s.testHookResponded.Load(); h != nil {
+			(*h)()
+		}
 		rc.run()
 		if l.result != "" {
 			s.finish(rt, l)
@@ -211,7 +229,9 @@ func (oc *originConn) quiet(now time.Time) bool {
 // httpRequest serves one request; it reports whether the connection may
 // carry another.
 func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr *io.LimitedReader, l *connLog, n int, rc *cleanup, hc *httpConn) bool {
+	release := func() {} // the user's connection slot, once taken
 	fail := func(code int, extra http.Header, result, reason string) bool {
+		release() // before the client can see the answer end
 		_ = c.SetWriteDeadline(s.now().Add(time.Second))
 		httpError(c, code, extra, reason)
 		l.result, l.reason = result, reason
@@ -256,21 +276,22 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 			return fail(http.StatusBadRequest, nil, resultBad, err.Error())
 		}
 	}
-	l.dst = t.String()
-	release, ok := s.acquire(id)
+	l.dst = t
+	rel, ok := s.acquire(id)
 	if !ok {
 		return fail(http.StatusTooManyRequests, nil, resultLimit, fmt.Sprintf("user %s is at max-connections %d", id.user.Name, id.user.MaxConnections))
+	}
+	if id.user != nil && id.user.MaxConnections > 0 {
+		release = sync.OnceFunc(rel)
 	}
 	rc.add(release)
 	s.metrics.activeHTTP.Inc()
 	rc.add(s.metrics.activeHTTP.Dec)
 	if req.Method != http.MethodConnect {
-		return s.forwardRequest(c, rt, req, id, t, hc, l, fail)
+		return s.forwardRequest(c, rt, req, id, t, hc, l, fail, release)
 	}
 	hc.closeIdle() // the tunnel is all the connection carries from now on
-	ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.dialTimeout())
-	dst, f, why := s.connect(ctx, rt, id, t)
-	cancel()
+	dst, f, why := s.connect(s.dialContext(rt.cfg.dialTimeout()), rt, id, t)
 	if f != failNone {
 		return fail(statusFor(f), nil, f.result(), why)
 	}
@@ -292,7 +313,7 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 	}
 	rc.detached = true
 	rc.wait = make(chan struct{})
-	relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.countUp, s.metrics.countDown, func(up, down int64, _ error) {
+	relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.upFn, s.metrics.downFn, func(up, down int64, _ error) {
 		<-rc.wait // serveHTTP has added the connection's cleanups
 		l.up, l.down, l.result = l.up+up, down, resultOK
 		rc.run()
@@ -308,7 +329,7 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 // and fails on a reused connection before any response byte is sent again
 // on a new connection: the origin may close an idle connection at any
 // time (RFC 9112 section 9.3.1).
-func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request, id identity, t target, hc *httpConn, l *connLog, fail func(int, http.Header, string, string) bool) bool {
+func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request, id identity, t target, hc *httpConn, l *connLog, fail func(int, http.Header, string, string) bool, release func()) bool {
 	clientClose := req.Close
 	expect := prepareForward(req)
 	key := originKey{rt: rt, dst: t.String(), egress: TraitsString(id.traits), session: id.session}
@@ -319,16 +340,14 @@ func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request
 	for {
 		reused := oc != nil
 		if oc == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.dialTimeout())
-			dst, f, why := s.connect(ctx, rt, id, t)
-			cancel()
+			dst, f, why := s.connect(s.dialContext(rt.cfg.dialTimeout()), rt, id, t)
 			if f != failNone {
 				return fail(statusFor(f), nil, f.result(), why)
 			}
 			oc = &originConn{c: dst, br: bufio.NewReader(dst), key: key}
 		}
 		l.egress = localAddr(oc.c)
-		r := s.forward(c, rt, req, oc, reused, clientClose, expect, l)
+		r := s.forward(c, rt, req, oc, reused, clientClose, expect, l, release)
 		expect = false // said once
 		if r.retry {
 			oc.c.Close()
@@ -345,11 +364,12 @@ func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request
 }
 
 // prepareForward turns a proxy request into the request to the origin:
-// origin form, no hop-by-hop fields, persistent, and no User-Agent of
-// Go's own when the client sent none. It reports whether the client waits
+// origin form, no hop-by-hop fields, this proxy in Via, persistent, and no
+// User-Agent of Go's own when the client sent none. It reports whether the client waits
 // for 100 Continue before it sends the body.
 func prepareForward(req *http.Request) (expect bool) {
 	removeHopByHop(req.Header)
+	addVia(req.Header, req.ProtoMajor, req.ProtoMinor)
 	req.RequestURI = ""
 	req.Close = false
 	if _, ok := req.Header["User-Agent"]; !ok {
@@ -383,7 +403,14 @@ type forwarded struct{ client, origin, retry bool }
 
 // forward sends req over oc and relays the response (and any 1xx interim
 // responses before it) back to the client.
-func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *originConn, reused, clientClose, expect bool, l *connLog) forwarded {
+//
+// The user's connection slot (release, idempotent) is given back before the
+// client can see the response end: before an error response, before a
+// response without a body, and for one with a body once its last bytes are
+// read from the origin, before they are written (releaseAtEOF). A client
+// that sends its next request on a new connection as soon as it has the
+// answer so never finds its own slot still taken.
+func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *originConn, reused, clientClose, expect bool, l *connLog, release func()) forwarded {
 	dst := oc.c
 	_ = dst.SetDeadline(s.now().Add(rt.cfg.idleTimeout()))
 	canRetry := reused && replayable(req)
@@ -399,6 +426,7 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 		if canRetry {
 			return forwarded{retry: true}
 		}
+		release()
 		httpError(c, http.StatusBadGateway, nil, "writing to the origin: "+err.Error())
 		l.result, l.reason = resultDialFailed, err.Error()
 		return forwarded{}
@@ -417,6 +445,7 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 			if isTimeout(err) {
 				code = http.StatusGatewayTimeout
 			}
+			release()
 			httpError(c, code, nil, "reading the origin's response: "+err.Error())
 			l.result, l.reason = resultDialFailed, err.Error()
 			return forwarded{}
@@ -428,6 +457,7 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 		// An interim response (RFC 9110 section 15.2): forward it and read
 		// on for the final one.
 		removeHopByHop(resp.Header)
+		addVia(resp.Header, resp.ProtoMajor, resp.ProtoMinor)
 		if err := resp.Write(ccw); err != nil {
 			l.down, l.result, l.reason = ccw.n, resultDialFailed, err.Error()
 			return forwarded{}
@@ -436,11 +466,17 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 	defer resp.Body.Close()
 	originKeep := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols
 	removeHopByHop(resp.Header)
+	addVia(resp.Header, resp.ProtoMajor, resp.ProtoMinor)
 	resp.Close = clientClose || resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && resp.ProtoAtLeast(1, 0) && !bodyless(req, resp)
 	if resp.ContentLength < 0 && !resp.Close {
 		resp.TransferEncoding = []string{"chunked"}
 	}
 	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
+	if resp.Body == nil || resp.Body == http.NoBody {
+		release()
+	} else {
+		resp.Body = &releaseAtEOF{ReadCloser: resp.Body, release: release}
+	}
 	err := resp.Write(ccw)
 	l.down = ccw.n
 	if err != nil {
@@ -449,6 +485,22 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 	}
 	l.result = resultOK
 	return forwarded{client: !resp.Close, origin: originKeep && oc.br.Buffered() == 0}
+}
+
+// releaseAtEOF calls release when a read of the body returns its end (or
+// an error): Response.Write writes the bytes of that read after it, and
+// the end of a chunked body after the last read.
+type releaseAtEOF struct {
+	io.ReadCloser
+	release func()
+}
+
+func (r *releaseAtEOF) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err != nil {
+		r.release()
+	}
+	return n, err
 }
 
 func bodyless(req *http.Request, resp *http.Response) bool {

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -38,6 +40,65 @@ type Metrics struct {
 
 	up, down                prometheus.Counter
 	activeSOCKS, activeHTTP prometheus.Gauge
+	upFn, downFn            func(int) // countUp and countDown, bound once (a method value allocates)
+
+	// The children of Connections and DialSeconds that connections use,
+	// each looked up once (WithLabelValues hashes its labels on every
+	// call, and its stack grew the relay goroutine that counts a
+	// finished tunnel).
+	conns [len(protoNames)][len(resultNames)]atomic.Pointer[prometheus.Counter]
+	dials [2][len(resultNames)]atomic.Pointer[prometheus.Observer]
+}
+
+// protoNames and resultNames are the values of the protocol and result
+// labels that conn and dial cache.
+var (
+	protoNames  = [...]string{"socks5", "http", "unknown"}
+	resultNames = [...]string{resultOK, resultAuth, resultRefused, resultBad, resultExhausted, resultDialFailed, resultTimeout, resultUnsupported, resultNoEgress, resultLimit}
+)
+
+func nameIndex(names []string, s string) int {
+	for i, n := range names {
+		if n == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// conn returns Connections' counter of proto and result.
+func (m *Metrics) conn(proto, result string) prometheus.Counter {
+	i, j := nameIndex(protoNames[:], proto), nameIndex(resultNames[:], result)
+	if i < 0 || j < 0 {
+		return m.Connections.WithLabelValues(proto, result)
+	}
+	if c := m.conns[i][j].Load(); c != nil {
+		return *c
+	}
+	c := m.Connections.WithLabelValues(proto, result)
+	m.conns[i][j].Store(&c)
+	return c
+}
+
+// dial returns DialSeconds' observer of network and result.
+func (m *Metrics) dial(network, result string) prometheus.Observer {
+	i, j := 0, nameIndex(resultNames[:], result)
+	switch network {
+	case "tcp":
+	case "udp":
+		i = 1
+	default:
+		j = -1
+	}
+	if j < 0 {
+		return m.DialSeconds.WithLabelValues(network, result)
+	}
+	if o := m.dials[i][j].Load(); o != nil {
+		return *o
+	}
+	o := m.DialSeconds.WithLabelValues(network, result)
+	m.dials[i][j].Store(&o)
+	return o
 }
 
 // NewMetrics creates the metrics on a new registry, with the Go and process
@@ -59,6 +120,7 @@ func NewMetrics() *Metrics {
 	m.down = m.Bytes.WithLabelValues("down")
 	m.activeSOCKS = m.Active.WithLabelValues("socks5")
 	m.activeHTTP = m.Active.WithLabelValues("http")
+	m.upFn, m.downFn = m.countUp, m.countDown
 	return m
 }
 

@@ -156,14 +156,16 @@ func rawConn(c net.Conn) syscall.RawConn {
 
 func newDirection(t *tunnel, src, dst net.Conn, count func(int)) *direction {
 	d := &direction{}
-	d.init(t, src, dst, count)
+	d.init(t, src, dst, rawConn(src), rawConn(dst), count)
 	return d
 }
 
 // init sets d up in place (relayAsync's directions live inside its
-// relayState: one allocation per tunnel, not three).
-func (d *direction) init(t *tunnel, src, dst net.Conn, count func(int)) {
-	*d = direction{t: t, src: src, dst: dst, count: count, srcRC: rawConn(src), dstRC: rawConn(dst), mode: modeBlock}
+// relayState: one allocation per tunnel, not three); srcRC and dstRC are
+// rawConn(src) and rawConn(dst), which relayAsync gets once for both
+// directions.
+func (d *direction) init(t *tunnel, src, dst net.Conn, srcRC, dstRC syscall.RawConn, count func(int)) {
+	*d = direction{t: t, src: src, dst: dst, count: count, srcRC: srcRC, dstRC: dstRC, mode: modeBlock}
 	switch {
 	case !canSplice || d.srcRC == nil:
 	case d.dstRC != nil:
@@ -385,8 +387,9 @@ func relayAsync(a, b net.Conn, idle time.Duration, now func() time.Time, up, dow
 	r := &relayState{a: a, b: b, done: done}
 	r.t.idle, r.t.now = idle, now
 	r.t.touch()
-	r.ab.init(&r.t, a, b, up)
-	r.ba.init(&r.t, b, a, down)
+	ra, rb := rawConn(a), rawConn(b)
+	r.ab.init(&r.t, a, b, ra, rb, up)
+	r.ba.init(&r.t, b, a, rb, ra, down)
 	r.ab.other, r.ba.other = &r.ba, &r.ab
 	r.left.Store(2)
 	go r.run(&r.ab)

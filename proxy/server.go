@@ -39,6 +39,12 @@ type Server struct {
 
 	rt atomic.Pointer[runtimeConfig]
 
+	dialCtx atomic.Pointer[sharedDeadline] // see dialContext
+
+	// testHookResponded, if set, is called after an HTTP request was
+	// answered and before its cleanup runs (tests stop there).
+	testHookResponded atomic.Pointer[func()]
+
 	mu        sync.Mutex
 	listeners []net.Listener
 	conns     map[net.Conn]struct{}
@@ -314,8 +320,11 @@ func (s *Server) serve(ln net.Listener) error {
 // relay runs in goroutines of its own, so the worker is free once the
 // tunnel is set up.
 func (s *Server) worker(c net.Conn) {
+	hs := &handshake{br: bufio.NewReaderSize(nil, handshakeBufSize)}
 	for {
-		s.handle(c)
+		s.handle(c, hs)
+		hs.br.Reset(nil) // keep the buffer, not the connection
+		hs.lr = io.LimitedReader{}
 		if s.idleWorkers.Add(1) > maxIdleWorkers {
 			s.idleWorkers.Add(-1)
 			return
@@ -383,17 +392,31 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// handshakeBufSize is the size of the handshake's buffered reader.
+const handshakeBufSize = 2048
+
+// handshake is a worker's reader for the handshakes of the connections it
+// serves, one after the other: a tunnel reads nothing through it once it
+// is handed to its relay, and an HTTP connection holds its worker until
+// it ends, so each connection resets it instead of allocating its own.
+type handshake struct {
+	lr   io.LimitedReader
+	br   *bufio.Reader
+	mbuf [255]byte // a SOCKS5 greeting's methods
+}
+
 // handle tells SOCKS5 from HTTP by the first byte and serves the
 // connection.
-func (s *Server) handle(c net.Conn) {
-	cl := &cleanup{fns: make([]func(), 0, 8)} // a tunnel adds about six
-	cl.add(func() { s.untrack(c) })
+func (s *Server) handle(c net.Conn, hs *handshake) {
+	cl := &cleanup{}
+	cl.fns = cl.arr[:0]
 	cl.add(func() {
 		if cl.relayed {
 			c.Close() // both directions ended: nothing left to read
 		} else {
 			lingerClose(c, s.now)
 		}
+		s.untrack(c)
 	})
 	defer func() {
 		if !cl.detached {
@@ -401,12 +424,17 @@ func (s *Server) handle(c net.Conn) {
 		}
 	}()
 	rt := s.rt.Load()
-	_ = c.SetDeadline(s.now().Add(rt.cfg.handshakeTimeout()))
+	// The handshake's deadline: a read deadline (a SOCKS5 handshake's
+	// writes are a few bytes into an empty socket buffer, which never
+	// wait); serveHTTP adds the write deadline its answers need.
+	handshakeEnd := s.now().Add(rt.cfg.handshakeTimeout())
+	_ = c.SetReadDeadline(handshakeEnd)
 	// One buffered reader for the handshake: a client's greeting, request
 	// (or HTTP header section) each arrive in one read. lr bounds what an
 	// HTTP header section may take.
-	lr := &io.LimitedReader{R: c, N: int64(rt.cfg.maxHeaderBytes())}
-	br := bufio.NewReaderSize(lr, 2048)
+	hs.lr = io.LimitedReader{R: c, N: int64(rt.cfg.maxHeaderBytes())}
+	lr, br := &hs.lr, hs.br
+	br.Reset(lr)
 	first, err := br.Peek(1)
 	if err != nil {
 		s.finish(rt, &connLog{proto: "unknown", client: remoteAddr(c), result: resultBad, reason: "no first byte: " + errString(err)})
@@ -415,9 +443,10 @@ func (s *Server) handle(c net.Conn) {
 	if first[0] == socksVersion {
 		lr.N = math.MaxInt64
 		br.Discard(1)
-		s.serveSOCKS(c, br, rt, cl)
+		s.serveSOCKS(c, br, &hs.mbuf, rt, cl)
 		return
 	}
+	_ = c.SetWriteDeadline(handshakeEnd)
 	s.serveHTTP(c, br, lr, rt, cl)
 }
 
@@ -427,6 +456,7 @@ func (s *Server) handle(c net.Conn) {
 // handler's stack is gone while the tunnel idles.
 type cleanup struct {
 	fns      []func()
+	arr      [6]func() // fns's first array: a tunnel adds about five
 	detached bool
 	wait     chan struct{} // closed when fns is complete (HTTP CONNECT)
 	relayed  bool          // the connection was a tunnel that ended
@@ -474,7 +504,7 @@ type connLog struct {
 	proto    string
 	client   netip.AddrPort
 	user     string
-	dst      string
+	dst      target // formatted only when logged
 	egress   netip.AddrPort
 	result   string
 	reason   string
@@ -483,16 +513,16 @@ type connLog struct {
 }
 
 func (s *Server) finish(rt *runtimeConfig, l *connLog) {
-	s.metrics.Connections.WithLabelValues(l.proto, l.result).Inc()
+	s.metrics.conn(l.proto, l.result).Inc()
 	if l.result != resultOK {
-		s.log.Debug("proxy: connection failed", "proto", l.proto, "client", l.client.String(), "user", l.user, "dst", l.dst, "result", l.result, "reason", l.reason)
+		s.log.Debug("proxy: connection failed", "proto", l.proto, "client", l.client.String(), "user", l.user, "dst", l.dst.String(), "result", l.result, "reason", l.reason)
 	}
 	if rt.access != nil {
 		var dur time.Duration
 		if !l.start.IsZero() {
 			dur = s.now().Sub(l.start)
 		}
-		rt.access.Info("conn", "proto", l.proto, "client", l.client.String(), "user", l.user, "dst", l.dst,
+		rt.access.Info("conn", "proto", l.proto, "client", l.client.String(), "user", l.user, "dst", l.dst.String(),
 			"egress", l.egress.String(), "result", l.result, "reason", l.reason, "up", l.up, "down", l.down, "duration", dur.String())
 	}
 }
@@ -729,6 +759,9 @@ type target struct {
 }
 
 func (t target) String() string {
+	if t == (target{}) {
+		return "" // none yet (a handshake that ended before its request)
+	}
 	if t.addr.IsValid() {
 		return netip.AddrPortFrom(t.addr, t.port).String()
 	}
@@ -770,6 +803,34 @@ func (s *Server) resolveGuarded(ctx context.Context, rt *runtimeConfig, t target
 	return ok, failNone, ""
 }
 
+// dialCtxSlack is how much later than its timeout a dial may time out:
+// dials that start within dialCtxSlack of one another share one context.
+const dialCtxSlack = 10 * time.Millisecond
+
+// sharedDeadline is a context that dials share (dialContext).
+type sharedDeadline struct {
+	ctx      context.Context
+	cancel   context.CancelFunc // never called: the context ends at its deadline
+	deadline time.Time
+	timeout  time.Duration
+}
+
+// dialContext returns a context for a dial that may take timeout: it ends
+// no earlier than timeout from now and at most dialCtxSlack later. The
+// dials of a busy proxy share these contexts, one made every dialCtxSlack,
+// instead of making a context and a timer each (context.WithTimeout).
+// Nothing cancels it early, so a dial that returns leaves it to the others.
+func (s *Server) dialContext(timeout time.Duration) context.Context {
+	now := time.Now() // contexts run on the real clock, whatever s.now is
+	if d := s.dialCtx.Load(); d != nil && d.timeout == timeout && !d.deadline.Before(now.Add(timeout)) {
+		return d.ctx
+	}
+	dl := now.Add(timeout + dialCtxSlack)
+	ctx, cancel := context.WithDeadline(context.Background(), dl)
+	s.dialCtx.Store(&sharedDeadline{ctx: ctx, cancel: cancel, deadline: dl, timeout: timeout})
+	return ctx
+}
+
 // connect resolves, guards and dials t for id over TCP.
 func (s *Server) connect(ctx context.Context, rt *runtimeConfig, id identity, t target) (net.Conn, failure, string) {
 	addrs, f, why := s.resolveGuarded(ctx, rt, t)
@@ -783,7 +844,7 @@ func (s *Server) connect(ctx context.Context, rt *runtimeConfig, id identity, t 
 		start := s.now()
 		c, err := s.egress.Dial(ctx, "tcp", dst, EgressRequest{Traits: id.traits, Session: id.session})
 		f := classify(err)
-		s.metrics.DialSeconds.WithLabelValues("tcp", f.result()).Observe(s.now().Sub(start).Seconds())
+		s.metrics.dial("tcp", f.result()).Observe(s.now().Sub(start).Seconds())
 		if err == nil {
 			return c, failNone, ""
 		}

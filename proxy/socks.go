@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -130,21 +129,25 @@ func readSOCKSRequest(r io.Reader) (socksRequest, error) {
 // readAddr reads ATYP's DST.ADDR and DST.PORT (RFC 1928 section 5).
 func readAddr(r io.Reader, atyp byte) (target, error) {
 	var t target
-	var b [256 + 2]byte
+	// One array per case: each escapes to the heap (io.ReadFull), so an
+	// address allocates only the bytes its type needs.
 	switch atyp {
 	case atypIPv4:
+		var b [6]byte
 		if _, err := io.ReadFull(r, b[:6]); err != nil {
 			return t, fmt.Errorf("proxy: socks5 address: %w", err)
 		}
 		t.addr = netip.AddrFrom4([4]byte(b[:4]))
 		t.port = binary.BigEndian.Uint16(b[4:6])
 	case atypIPv6:
+		var b [18]byte
 		if _, err := io.ReadFull(r, b[:18]); err != nil {
 			return t, fmt.Errorf("proxy: socks5 address: %w", err)
 		}
 		t.addr = netip.AddrFrom16([16]byte(b[:16])).Unmap()
 		t.port = binary.BigEndian.Uint16(b[16:18])
 	case atypDomain:
+		var b [256 + 2]byte
 		if _, err := io.ReadFull(r, b[:1]); err != nil {
 			return t, fmt.Errorf("proxy: socks5 address: %w", err)
 		}
@@ -209,12 +212,11 @@ func repFor(f failure) byte {
 }
 
 // serveSOCKS serves one SOCKS5 connection after its version byte.
-func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, rt *runtimeConfig, cl *cleanup) {
+func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, mbuf *[255]byte, rt *runtimeConfig, cl *cleanup) {
 	l := &connLog{proto: "socks5", client: remoteAddr(c), start: s.now()}
 	cl.add(func() { s.finish(rt, l) })
 	fail := func(result, reason string) { l.result, l.reason = result, reason }
-	var mbuf [255]byte
-	methods, err := readGreeting(br, &mbuf)
+	methods, err := readGreeting(br, mbuf)
 	if err != nil {
 		fail(resultBad, err.Error())
 		return
@@ -258,7 +260,7 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, rt *runtimeConfig, cl 
 		}
 	}
 	req, rerr := readSOCKSRequest(br)
-	l.dst = req.dst.String()
+	l.dst = req.dst
 	if rerr != nil {
 		var se *socksError
 		if errors.As(rerr, &se) {
@@ -291,9 +293,7 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, rt *runtimeConfig, cl 
 		s.udpAssociate(c, rt, id, req, l)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.dialTimeout())
-	dst, f, why := s.connect(ctx, rt, id, req.dst)
-	cancel()
+	dst, f, why := s.connect(s.dialContext(rt.cfg.dialTimeout()), rt, id, req.dst)
 	if f != failNone {
 		_ = c.SetWriteDeadline(s.now().Add(time.Second))
 		writeReply(c, repFor(f), netip.AddrPort{})
@@ -306,7 +306,9 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, rt *runtimeConfig, cl 
 		fail(resultBad, err.Error())
 		return
 	}
-	_ = c.SetDeadline(time.Time{})
+	if rt.cfg.idleTimeout() <= 0 {
+		_ = c.SetReadDeadline(time.Time{})
+	} // else the relay sets the idle deadline before its first read
 	if k := br.Buffered(); k > 0 { // data the client sent before the reply
 		b, _ := br.Peek(k)
 		if _, err := dst.Write(b); err != nil {
@@ -316,7 +318,7 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, rt *runtimeConfig, cl 
 		l.up += int64(k)
 	}
 	cl.detached = true
-	relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.countUp, s.metrics.countDown, func(up, down int64, _ error) {
+	relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.upFn, s.metrics.downFn, func(up, down int64, _ error) {
 		l.up, l.down, l.result = l.up+up, down, resultOK
 		cl.relayed = true
 		cl.run()

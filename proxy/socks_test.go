@@ -140,7 +140,8 @@ func TestSOCKSBadInput(t *testing.T) {
 		{"no acceptable method", []byte{5, 1, 0}, []byte{5, 0xff}},
 		{"truncated greeting", []byte{5, 3, 0}, nil},
 		{"bad auth version", []byte{5, 1, 2, 9, 1, 'a', 1, 'b'}, []byte{5, 2, 1, 1}},
-		{"truncated auth", []byte{5, 1, 2, 1, 5, 'a'}, []byte{5, 2}},
+		// The sub-negotiation times out: RFC 1929's failure status.
+		{"truncated auth", []byte{5, 1, 2, 1, 5, 'a'}, []byte{5, 2, 1, 1}},
 		{"wrong password", []byte{5, 1, 2, 1, 5, 'a', 'l', 'i', 'c', 'e', 1, 'x'}, []byte{5, 2, 1, 1}},
 		{"bad request version", append([]byte{5, 1, 2, 1, 5, 'a', 'l', 'i', 'c', 'e', 6, 's', 'e', 'c', 'r', 'e', 't'}, 4, 1, 0, 1, 1, 2, 3, 4, 0, 80), []byte{5, 2, 1, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0}},
 		{"truncated request", append([]byte{5, 1, 2, 1, 5, 'a', 'l', 'i', 'c', 'e', 6, 's', 'e', 'c', 'r', 'e', 't'}, 5, 1, 0, 3, 200, 'a'), []byte{5, 2, 1, 0}},

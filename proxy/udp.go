@@ -297,7 +297,7 @@ func (a *association) dialPeer(t target, name string) (net.Conn, prometheus.Coun
 	a.mu.Unlock()
 	start := a.s.now()
 	p, err := a.s.egress.Dial(ctx, "udp", dst, EgressRequest{Traits: a.id.traits, Session: a.id.session})
-	a.s.metrics.DialSeconds.WithLabelValues("udp", classify(err).result()).Observe(a.s.now().Sub(start).Seconds())
+	a.s.metrics.dial("udp", classify(err).result()).Observe(a.s.now().Sub(start).Seconds())
 	if err != nil {
 		if errors.Is(err, ErrExhausted) {
 			a.s.metrics.Exhausted.WithLabelValues(TraitsString(a.id.traits)).Inc()

@@ -34,6 +34,7 @@ type benchProxyFlags struct {
 	peers       string
 	json        bool
 	origin      string
+	also        []string
 
 	fleet                              bool
 	fleetProcs, fleetConns, fleetDests int
@@ -88,6 +89,7 @@ bulk. A peer that is not installed is skipped and the table says so.`,
 	fl.StringVar(&f.peers, "peers", "microsocks,dante", "peers to compare (comma-separated: microsocks, dante; empty: none)")
 	fl.StringVar(&f.origin, "origin", "127.0.0.10", "loopback address of the origin servers")
 	fl.BoolVar(&f.json, "json", false, "print JSON instead of a table")
+	fl.StringArrayVar(&f.also, "also", nil, "also measure the proxy of this portspace `binary` (another build, for an A/B comparison of a change in the same run; repeatable; rows portspace-2, ...)")
 	fl.BoolVar(&f.fleet, "fleet", false, "instead: --fleet-procs proxy processes, each with its own 1,000-port slice of 127.0.0.1, carry --fleet-conns tunnels each to --fleet-dests destinations; report time, memory and a sock_diag census of duplicate 4-tuples")
 	fl.IntVar(&f.fleetProcs, "fleet-procs", 8, "--fleet: proxy processes")
 	fl.IntVar(&f.fleetConns, "fleet-conns", 9000, "--fleet: tunnels per proxy process")
@@ -160,6 +162,17 @@ func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 		return err
 	}
 	all := []*proxyFigures{direct, ours}
+	for i, exe := range f.also {
+		sub := filepath.Join(dir, fmt.Sprintf("also-%d", i+2))
+		if err := os.Mkdir(sub, 0o700); err != nil {
+			return err
+		}
+		p, err := startProxyBinary(ctx, sub, origin, fmt.Sprintf("portspace-%d", i+2), exe, nil)
+		if err != nil {
+			return fmt.Errorf("--also %s: %w", exe, err)
+		}
+		all = append(all, p)
+	}
 	for _, p := range strings.Split(f.peers, ",") {
 		switch strings.TrimSpace(p) {
 		case "":
@@ -724,11 +737,20 @@ var ourExecutable = func() (string, []string, error) {
 }
 
 func startOurProxy(ctx context.Context, dir string, origin netip.Addr) (*proxyFigures, error) {
+	exe, pre, err := ourExecutable()
+	if err != nil {
+		return nil, err
+	}
+	return startProxyBinary(ctx, dir, origin, "portspace", exe, pre)
+}
+
+// startProxyBinary starts "exe pre... proxy" with its files in dir.
+func startProxyBinary(ctx context.Context, dir string, origin netip.Addr, name, exe string, pre []string) (*proxyFigures, error) {
 	addr, err := freeLoopbackPort()
 	if err != nil {
 		return nil, err
 	}
-	p := &proxyFigures{Name: "portspace", socks: addr}
+	p := &proxyFigures{Name: name, socks: addr}
 	// Four 5,000-port slices of 127.0.0.1 inside the default ephemeral
 	// range, so the kernel strategy (IP_LOCAL_PORT_RANGE) serves them.
 	pools := filepath.Join(dir, "pools.yaml")
@@ -737,10 +759,6 @@ func startOurProxy(ctx context.Context, dir string, origin netip.Addr) (*proxyFi
 		return nil, err
 	}
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("listen: [%s]\npools: %s\ndestinations: {allow: [%s/32]}\ntimeouts: {idle: 10m}\n", addr, pools, origin)), 0o600); err != nil {
-		return nil, err
-	}
-	exe, pre, err := ourExecutable()
-	if err != nil {
 		return nil, err
 	}
 	startChild(ctx, p, exe, append(pre, "proxy", "--config", cfg, "--store", "bolt:"+filepath.Join(dir, "leases.db"), "--holder", "bench", "--log-level", "error")...)

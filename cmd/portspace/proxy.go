@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -43,8 +45,9 @@ cut from this machine's primary address. Flags override the file.
 
 Signals: SIGHUP reloads users, traits, limits and the guard from --config
 without dropping connections (a bad file keeps the running configuration;
-changes to listen, metrics, store, holder, pools, max-slices and
-session-idle are logged as needing a restart and keep their running values);
+changes to listen, metrics, store, holder, pools (the file's path or its
+content), max-slices and session-idle are logged as needing a restart and
+keep their running values);
 SIGTERM and SIGINT stop accepting, drain for timeouts.drain, and release the
 slices. See docs/proxy.md.`,
 		Args: cobra.NoArgs,
@@ -119,11 +122,28 @@ func poolsPath(cfg *proxy.Config, fromFlag bool) string {
 }
 
 func readPools(path string) ([]lease.Pool, error) {
+	pools, _, err := readPoolsSum(path)
+	return pools, err
+}
+
+// readPoolsSum reads the pools file and returns the SHA-256 of its bytes
+// too, so that a reload can tell that the file changed (poolsChanged).
+func readPoolsSum(path string) ([]lease.Pool, [sha256.Size]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("pools: %w", err)
+		return nil, [sha256.Size]byte{}, fmt.Errorf("pools: %w", err)
 	}
-	return lease.ParsePools(path, b)
+	pools, err := lease.ParsePools(path, b)
+	return pools, sha256.Sum256(b), err
+}
+
+// poolsChanged reports whether the pools file at path no longer holds the
+// bytes whose SHA-256 is sum (or cannot be read): a reload keeps the pools
+// applied at start, and says so when the file's content changed even
+// though its path did not.
+func poolsChanged(path string, sum [sha256.Size]byte) bool {
+	b, err := os.ReadFile(path)
+	return err != nil || sha256.Sum256(b) != sum
 }
 
 func offered(pools []lease.Pool) map[string]map[string]bool {
@@ -233,9 +253,12 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	}
 	defer store.Close()
 	var pools []lease.Pool
+	var poolsFile string // the pools file applied at start, and its SHA-256
+	var poolsSum [sha256.Size]byte
 	switch {
 	case cfg.Pools != "":
-		if pools, err = readPools(poolsPath(cfg, f.pools != "")); err != nil {
+		poolsFile = poolsPath(cfg, f.pools != "")
+		if pools, poolsSum, err = readPoolsSum(poolsFile); err != nil {
 			return err
 		}
 		if err := store.Apply(ctx, pools); err != nil {
@@ -324,6 +347,9 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 				// Listeners, store, holder, pools and slice limits stay
 				// as they were opened and claimed at start.
 				restart = proxy.RestartOnly(srv.Config(), ncfg)
+				if poolsFile != "" && !slices.Contains(restart, "pools") && poolsChanged(poolsFile, poolsSum) {
+					restart = append(restart, "pools") // the same path, new content
+				}
 				err = srv.Reload(ncfg) // counts its own result
 			} else {
 				metrics.Reloads.WithLabelValues("error").Inc()

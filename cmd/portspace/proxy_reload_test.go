@@ -25,7 +25,8 @@ import (
 // changes the listener and the store applies the rest and logs that those
 // two need a restart (the old listener keeps serving, the new one is not
 // opened); a bad file is refused with file:line and the running
-// configuration stays; SIGTERM then drains and exits 0.
+// configuration stays; a new pools file under the same path is logged as
+// needing a restart; SIGTERM then drains and exits 0.
 func TestProxyReloadBinary(t *testing.T) {
 	netnstest.RequireCommand(t, "curl")
 	exe, err := os.Executable()
@@ -201,6 +202,23 @@ func TestProxyReloadBinary(t *testing.T) {
 		t.Errorf("after refused reloads alice left from port %d, want the fr pool still", p)
 	}
 
+	// Reload 4: the pools file changes under the same path (and nothing
+	// else does): the reload says that pools need a restart, and the fr
+	// pool applied at start still serves alice.
+	writeFile(t, dir, "pools.yaml", "pools:\n"+
+		"  - {name: de, addresses: [127.0.0.1], traits: {geo: de}, ports: 24100-24109, slice: 10, quarantine: 1s}\n"+
+		"  - {name: fr, addresses: [127.0.0.1], traits: {geo: fr}, ports: 24140-24149, slice: 10, quarantine: 1s}\n")
+	writeFile(t, dir, "proxy.yaml", conf(listen, "leases.db", "fr", 2))
+	sighup(4)
+	waitLog("proxy: reloaded", 2)
+	waitLog("take effect only at a restart", 2)
+	if !strings.Contains(errb.String(), "settings=pools") {
+		t.Errorf("the restart warning after a new pools file does not name pools:\n%s", errb.String())
+	}
+	if p := egressPort(listen); p < 24120 || p > 24129 {
+		t.Errorf("after the pools file changed alice left from port %d, want the fr pool applied at start", p)
+	}
+
 	// The tunnel opened before the reloads still carries a request.
 	fmt.Fprintf(tun, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 	if b, _ := io.ReadAll(tun); !strings.Contains(string(b), "200 OK") || !strings.Contains(string(b), "127.0.0.1:2410") {
@@ -208,7 +226,7 @@ func TestProxyReloadBinary(t *testing.T) {
 	}
 	tun.Close() // else the drain waits for its client-to-origin half
 	m := metricsText()
-	for _, want := range []string{`portspace_proxy_reloads_total{result="ok"} 1`, `portspace_proxy_reloads_total{result="error"} 2`} {
+	for _, want := range []string{`portspace_proxy_reloads_total{result="ok"} 2`, `portspace_proxy_reloads_total{result="error"} 2`} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
