@@ -111,7 +111,11 @@ type Engine struct {
 	inside []struct{ a, m uint32 }
 	noXlat []struct{ a, m uint32 }
 	ext    []uint32
-	extMap map[uint32]bool
+	// extSet holds the external addresses (open addressing, 0 empty;
+	// see isExternal), extLo and extHi the lowest and highest.
+	extSet       []uint32
+	extShift     uint8
+	extLo, extHi uint32
 
 	base    int64
 	hasBase bool
@@ -140,6 +144,7 @@ type Engine struct {
 	nfrag     int        // entries of fragHeld not gone
 	fragDirty bool       // fragHeld has gone entries or released is not empty
 	released  [][]byte   // Released
+	pf        pfState    // the batch Prefetch prepared
 	nextID    uint16     // last IPv4 ID given to an outbound fragmented datagram
 	st        Stats
 }
@@ -200,11 +205,10 @@ func New(cfg Config) (*Engine, error) {
 	for _, p := range cfg.NoTranslate {
 		e.noXlat = append(e.noXlat, prefix32(p))
 	}
-	e.extMap = map[uint32]bool{}
 	for _, a := range cfg.External {
 		e.ext = append(e.ext, u4(a))
-		e.extMap[u4(a)] = true
 	}
+	e.makeExtSet()
 	ports := cfg.Ports
 	if cfg.Deterministic {
 		r := tuple.PortRangeFrom(1024, 65535)
@@ -298,16 +302,47 @@ func (e *Engine) isInside(a uint32) bool {
 	return false
 }
 
-func (e *Engine) isExternal(a uint32) bool {
-	if len(e.ext) <= 8 {
-		for _, x := range e.ext {
-			if x == a {
-				return true
+// makeExtSet builds isExternal's set of the external addresses: a table
+// at most half full, probed linearly from a multiplicative hash.
+func (e *Engine) makeExtSet() {
+	b := 1
+	for 1<<b < 2*len(e.ext) {
+		b++
+	}
+	e.extSet = make([]uint32, 1<<b)
+	e.extShift = uint8(32 - b)
+	e.extLo, e.extHi = ^uint32(0), 0
+	mask := uint32(len(e.extSet) - 1)
+	for _, a := range e.ext {
+		e.extLo, e.extHi = min(e.extLo, a), max(e.extHi, a)
+		for i := a * 0x9e3779b1 >> e.extShift; ; i = (i + 1) & mask {
+			if e.extSet[i] == a {
+				break
+			}
+			if e.extSet[i] == 0 {
+				e.extSet[i] = a
+				break
 			}
 		}
+	}
+}
+
+// isExternal reports whether a is one of the external addresses: most
+// packets' destinations lie outside the pool's range and cost two
+// comparisons, the rest one or two probes (no Go map on the packet path).
+func (e *Engine) isExternal(a uint32) bool {
+	if a < e.extLo || a > e.extHi || a == 0 {
 		return false
 	}
-	return e.extMap[a]
+	mask := uint32(len(e.extSet) - 1)
+	for i := a * 0x9e3779b1 >> e.extShift; ; i = (i + 1) & mask {
+		switch e.extSet[i] {
+		case a:
+			return true
+		case 0:
+			return false
+		}
+	}
 }
 
 func (e *Engine) drop(r Reason) Verdict {
@@ -424,6 +459,9 @@ func (e *Engine) ownerOf(r *rec, o uint32) *rec {
 // packet.Reason name. It does not allocate for packets of existing flows.
 func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	e.st.Outbound++
+	if e.pf.next < e.pf.n {
+		e.prefetchStep()
+	}
 	if e.t.moving {
 		e.t.settle(settleStep) // the slab resizes: before any look-up
 	}
@@ -1013,6 +1051,9 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 // It never panics on malformed input. It does not allocate.
 func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	e.st.Inbound++
+	if e.pf.next < e.pf.n {
+		e.prefetchStep()
+	}
 	if e.t.moving {
 		e.t.settle(settleStep) // the slab resizes: before any look-up
 	}

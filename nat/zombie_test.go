@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // TestZombieMappingExpiresWithItsSessions: a mapping whose first session
@@ -110,4 +111,13 @@ func TestZombieMappingExpiresWithItsSessions(t *testing.T) {
 			t.Fatalf("reply after both queries expired: %v %s, want drop no-mapping", v.Action, v.Reason)
 		}
 	})
+}
+
+// TestRecordSize: a record stays 32 bytes (two to a cache line; the
+// memory target and the slab's layout depend on it), with the mapping
+// timer's mx in what was padding.
+func TestRecordSize(t *testing.T) {
+	if s := unsafe.Sizeof(rec{}); s != 32 {
+		t.Fatalf("rec is %d bytes, want 32", s)
+	}
 }
