@@ -144,7 +144,6 @@ type Engine struct {
 	nfrag     int        // entries of fragHeld not gone
 	fragDirty bool       // fragHeld has gone entries or released is not empty
 	released  [][]byte   // Released
-	pf        pfState    // the batch Prefetch prepared
 	nextID    uint16     // last IPv4 ID given to an outbound fragmented datagram
 	st        Stats
 }
@@ -459,9 +458,6 @@ func (e *Engine) ownerOf(r *rec, o uint32) *rec {
 // packet.Reason name. It does not allocate for packets of existing flows.
 func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	e.st.Outbound++
-	if e.pf.next < e.pf.n {
-		e.prefetchStep()
-	}
 	if e.t.moving {
 		e.t.settle(settleStep) // the slab resizes: before any look-up
 	}
@@ -1051,9 +1047,6 @@ func (e *Engine) deleteMapping(i uint32, now time.Time, reason string) {
 // It never panics on malformed input. It does not allocate.
 func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	e.st.Inbound++
-	if e.pf.next < e.pf.n {
-		e.prefetchStep()
-	}
 	if e.t.moving {
 		e.t.settle(settleStep) // the slab resizes: before any look-up
 	}

@@ -13,11 +13,9 @@ import (
 // packets (new flows, established flows, replies, UDP and TCP, in batches
 // of 1 to 100 packets, more than PrefetchSlots), one of them calling
 // Prefetch before each batch, with expiry sweeps between batches and,
-// now and then, inside one (a call the pipeline does not expect), while
-// the table grows past several resizes: every verdict and every
-// translated packet is the same. The pipeline's later stages run inside
-// Outbound and Inbound, so this is what shows they change nothing but the
-// cache.
+// now and then, inside one, while the table grows past several resizes:
+// every verdict and every translated packet is the same, so Prefetch
+// changes nothing but the cache.
 func TestPrefetchPipelineSameResults(t *testing.T) {
 	cfg := benchConfig()
 	cfg.UDPTimeout = 30 * time.Second

@@ -307,50 +307,18 @@ func (t *table) find(k key) uint32 {
 }
 
 // atHome returns the index+1 of the record with key 0 k (of the given
-// kind, hash h) when it is in its home pair of the current slab, else 0:
-// the home line first, then its neighbour (a second cache line, read only
-// when the record is not in the first). Key 0 starts with the record's
-// internal endpoint (a filter's: its external one): both records of a
-// line are compared on it first, without branches, and only one that
-// agrees is compared in full.
+// kind, hash h) when it is in its home pair of the current slab, else 0.
 func (t *table) atHome(h uint64, k key, kind uint8) uint32 {
 	c := t.cs
 	sl := t.s[c]
 	p := homeOf(h, len(sl))
-	if int(p|3) >= len(sl) {
-		return 0
-	}
-	a, port, ext := uint32(k.w0>>32), uint16(k.w1>>48), kind == kFilt
-	for _, q := range [2]uint32{p, p ^ 2} {
-		g := sl[q : q+2 : q+2]
-		for m := lineMask(g, a, port, ext); m != 0; m &= m - 1 {
-			i := uint32(bits.TrailingZeros(m)) & 1
-			if r := &g[i]; r.flags&fUsed != 0 && kind0(r) == kind && t.keyOf(r, kind) == k {
-				return c<<slabBit | (q + i) + 1
-			}
+	for _, q := range [4]uint32{p, p + 1, p ^ 2, p ^ 2 + 1} {
+		r := &sl[q]
+		if r.flags&fUsed != 0 && kind0(r) == kind && t.keyOf(r, kind) == k {
+			return c<<slabBit | q + 1
 		}
 	}
 	return 0
-}
-
-// lineMask returns a bit for each of the two records of line g whose
-// internal endpoint (external when ext) is a:port.
-func lineMask(g []rec, a uint32, port uint16, ext bool) uint {
-	r0, r1 := &g[0], &g[1]
-	a0, p0, a1, p1 := r0.intAddr, r0.intPort, r1.intAddr, r1.intPort
-	if ext {
-		a0, p0, a1, p1 = r0.extAddr, r0.extPort, r1.extAddr, r1.extPort
-	}
-	return b2u(a0 == a && p0 == port) | b2u(a1 == a && p1 == port)<<1
-}
-
-// b2u is 1 for true (the compiler emits a SETcc, no branch).
-func b2u(b bool) uint {
-	var x uint
-	if b {
-		x = 1
-	}
-	return x
 }
 
 // findIndexed is find through the index alone. While the index grows,
