@@ -326,10 +326,19 @@ func (e *Engine) makeExtSet() {
 	}
 }
 
-// isExternal reports whether a is one of the external addresses: most
-// packets' destinations lie outside the pool's range and cost two
-// comparisons, the rest one or two probes (no Go map on the packet path).
+// isExternal reports whether a is one of the external addresses: up to
+// four are compared in turn; with more, most packets' destinations lie
+// outside the pool's range and cost two comparisons, the rest one or two
+// probes of extSet (no Go map on the packet path).
 func (e *Engine) isExternal(a uint32) bool {
+	if len(e.ext) <= 4 {
+		for _, x := range e.ext {
+			if x == a {
+				return true
+			}
+		}
+		return false
+	}
 	if a < e.extLo || a > e.extHi || a == 0 {
 		return false
 	}
