@@ -111,7 +111,11 @@ type Engine struct {
 	inside []struct{ a, m uint32 }
 	noXlat []struct{ a, m uint32 }
 	ext    []uint32
-	extMap map[uint32]bool
+	// extSet holds the external addresses (open addressing, 0 empty;
+	// see isExternal), extLo and extHi the lowest and highest.
+	extSet       []uint32
+	extShift     uint8
+	extLo, extHi uint32
 
 	base    int64
 	hasBase bool
@@ -200,11 +204,10 @@ func New(cfg Config) (*Engine, error) {
 	for _, p := range cfg.NoTranslate {
 		e.noXlat = append(e.noXlat, prefix32(p))
 	}
-	e.extMap = map[uint32]bool{}
 	for _, a := range cfg.External {
 		e.ext = append(e.ext, u4(a))
-		e.extMap[u4(a)] = true
 	}
+	e.makeExtSet()
 	ports := cfg.Ports
 	if cfg.Deterministic {
 		r := tuple.PortRangeFrom(1024, 65535)
@@ -298,8 +301,37 @@ func (e *Engine) isInside(a uint32) bool {
 	return false
 }
 
+// makeExtSet builds isExternal's set of the external addresses: a table
+// at most half full, probed linearly from a multiplicative hash.
+func (e *Engine) makeExtSet() {
+	b := 1
+	for 1<<b < 2*len(e.ext) {
+		b++
+	}
+	e.extSet = make([]uint32, 1<<b)
+	e.extShift = uint8(32 - b)
+	e.extLo, e.extHi = ^uint32(0), 0
+	mask := uint32(len(e.extSet) - 1)
+	for _, a := range e.ext {
+		e.extLo, e.extHi = min(e.extLo, a), max(e.extHi, a)
+		for i := a * 0x9e3779b1 >> e.extShift; ; i = (i + 1) & mask {
+			if e.extSet[i] == a {
+				break
+			}
+			if e.extSet[i] == 0 {
+				e.extSet[i] = a
+				break
+			}
+		}
+	}
+}
+
+// isExternal reports whether a is one of the external addresses: up to
+// four are compared in turn; with more, most packets' destinations lie
+// outside the pool's range and cost two comparisons, the rest one or two
+// probes of extSet (no Go map on the packet path).
 func (e *Engine) isExternal(a uint32) bool {
-	if len(e.ext) <= 8 {
+	if len(e.ext) <= 4 {
 		for _, x := range e.ext {
 			if x == a {
 				return true
@@ -307,7 +339,18 @@ func (e *Engine) isExternal(a uint32) bool {
 		}
 		return false
 	}
-	return e.extMap[a]
+	if a < e.extLo || a > e.extHi || a == 0 {
+		return false
+	}
+	mask := uint32(len(e.extSet) - 1)
+	for i := a * 0x9e3779b1 >> e.extShift; ; i = (i + 1) & mask {
+		switch e.extSet[i] {
+		case a:
+			return true
+		case 0:
+			return false
+		}
+	}
 }
 
 func (e *Engine) drop(r Reason) Verdict {
@@ -338,6 +381,86 @@ func (e *Engine) timeout(proto uint8, s uint8) uint32 {
 }
 
 func (e *Engine) alive(r *rec, now uint32) bool { return now < r.expire }
+
+// The mapping timer (RFC 4787 §4.3, RFC 5382 REQ-5, RFC 5508 REQ-2): a
+// mapping lives while one of its sessions does. The owner's own timer
+// covers the mapping while its flow lives; rec.mx bounds how long its
+// other sessions outlive it, and when the owner's flow ends (a zombie) its
+// expire becomes that bound: a look-up that lands on a zombie past it
+// treats the mapping as expired although its dead sessions still await
+// the sweep. The bound is exact while the mapping has one other session
+// and an upper bound with more (a timer that shortens, TCP closing, is
+// not reflected: the sweep then ends the mapping).
+
+// mxSpan returns rec.mx for other sessions ending at end and an owner's
+// own timer at own.
+func mxSpan(end, own uint32) uint16 {
+	switch {
+	case end == ^uint32(0):
+		return mxUnknown
+	case end <= own:
+		return 0
+	}
+	return uint16(min(end-own, mxUnknown))
+}
+
+// setExpire sets r's own timer to x, keeping an owner's mx bound.
+func setExpire(r *rec, x uint32) {
+	if r.mx != 0 && r.mx != mxUnknown {
+		r.mx = mxSpan(r.expire+uint32(r.mx), x)
+	}
+	r.expire = x
+}
+
+// revive makes zombie r a live owner again with its own timer at x.
+func revive(r *rec, x uint32) {
+	end := r.expire
+	r.flags &^= fZombie
+	r.expire, r.mx = x, mxSpan(end, x)
+}
+
+// memberTimer notes that another session of the mapping that owner o
+// holds now ends at x.
+func memberTimer(o *rec, x uint32) {
+	if o.flags&fZombie != 0 {
+		if o.refs <= 1 {
+			o.expire = x
+		} else {
+			o.expire = max(o.expire, x)
+		}
+		return
+	}
+	if d := mxSpan(x, o.expire); o.refs <= 1 {
+		o.mx = d
+	} else {
+		o.mx = max(o.mx, d)
+	}
+}
+
+// ownerOf returns the owner of session r (not an owner itself), given
+// the owner o (index+1, or 0) that the look-up found; nil for a session
+// without one.
+func (e *Engine) ownerOf(r *rec, o uint32) *rec {
+	if r.flags&(fOwner|fLoose) != 0 {
+		return nil
+	}
+	if o != 0 {
+		if or := e.t.at(o - 1); or.extAddr == r.extAddr && or.extPort == r.extPort && or.proto == r.proto {
+			return or
+		}
+	}
+	// Under ADM/APDM a session opened inbound on another flow's mapping
+	// has another mapping key outbound.
+	var ira uint32
+	var irp uint16
+	if e.t.mode.inRem {
+		ira, irp = r.remAddr, r.remPort
+	}
+	if f := e.t.find(mkKey(kMapIn, r.proto, r.extAddr, r.extPort, ira, irp)); f != 0 {
+		return e.t.at(f - 1)
+	}
+	return nil
+}
 
 // Outbound translates pkt, an IPv4 packet from the internal side, in place.
 // It never panics on malformed input; such packets are dropped with a
@@ -499,6 +622,14 @@ func (e *Engine) lookupIn(proto uint8, ea uint32, ep uint16, ra uint32, rp uint1
 			o = t.find(mkKey(kMapIn, proto, ea, ep, ira, irp))
 		}
 	}
+	if o != 0 {
+		if r := t.at(o - 1); r.flags&fZombie != 0 && !e.alive(r, ns) {
+			// Every session of the mapping has expired: so has the
+			// mapping (RFC 4787 §4.3), though its dead sessions, and so
+			// the holder, await the sweep.
+			return 0, 0
+		}
+	}
 	return 0, o
 }
 
@@ -509,7 +640,7 @@ func (e *Engine) touch(r *rec, p *packet.Packet, outbound bool, ns uint32) {
 		s := tcpNext(r.state, flags, outbound)
 		if s != r.state {
 			r.state = s
-			r.expire = ns + e.timeout(r.proto, s) + 1
+			setExpire(r, ns+e.timeout(r.proto, s)+1)
 			return
 		}
 		if !tcpRefreshes(s) || flags&packet.TCPRst != 0 {
@@ -517,7 +648,7 @@ func (e *Engine) touch(r *rec, p *packet.Packet, outbound bool, ns uint32) {
 		}
 	}
 	if outbound && !e.cfg.NoOutboundRefresh || !outbound && e.cfg.InboundRefresh {
-		r.expire = ns + e.timeout(r.proto, r.state) + 1
+		setExpire(r, ns+e.timeout(r.proto, r.state)+1)
 	}
 }
 
@@ -538,6 +669,11 @@ func (e *Engine) outboundFlow(p *packet.Packet, now time.Time, ns uint32) Verdic
 	}
 	r := e.t.at(s - 1)
 	e.touch(r, p, true, ns)
+	if s != o {
+		if or := e.ownerOf(r, o); or != nil {
+			memberTimer(or, r.expire)
+		}
+	}
 	_ = p.SetSrc(ap4(r.extAddr, r.extPort))
 	return Verdict{Action: Forward}
 }
@@ -648,9 +784,8 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 		r := t.at(o - 1)
 		if r.flags&fZombie != 0 {
 			// Revive the mapping's holder as the session for this remote.
-			r.flags &^= fZombie
+			revive(r, ns+e.timeout(proto, st)+1)
 			r.remAddr, r.remPort, r.state, r.aux = ra, rp, st, 0
-			r.expire = ns + e.timeout(proto, st) + 1
 			e.sessionUp(ia)
 			e.filterUp(r)
 			e.afterCreate(o-1, now)
@@ -667,6 +802,7 @@ func (e *Engine) newOutbound(p *packet.Packet, proto uint8, ia uint32, ip uint16
 		}
 		t.at(o-1).refs++
 		m := t.at(i)
+		memberTimer(t.at(o-1), m.expire)
 		e.sessionUp(ia)
 		e.filterUp(m)
 		e.afterCreate(i, now)
@@ -846,8 +982,15 @@ func (e *Engine) expireRec(i uint32, now time.Time, reason string) {
 	switch {
 	case r.flags&fOwner != 0:
 		if r.refs > 0 {
+			// The mapping outlives its first flow (a zombie): its timer
+			// is now that of its other sessions.
+			end := r.expire + uint32(r.mx)
+			if r.mx == mxUnknown {
+				end = ^uint32(0)
+			}
 			r.flags |= fZombie
 			r.state = tcpNone
+			r.expire, r.mx = end, 0
 			return
 		}
 		e.deleteMapping(i, now, reason)
@@ -872,6 +1015,8 @@ func (e *Engine) expireRec(i uint32, now time.Time, reason string) {
 			or.refs--
 			if or.refs == 0 && or.flags&fZombie != 0 {
 				e.deleteMapping(o-1, now, ReasonLastFlow)
+			} else if or.refs == 0 {
+				or.mx = 0
 			}
 		}
 	}
@@ -974,6 +1119,11 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 	if s != 0 {
 		r := e.t.at(s - 1)
 		e.touch(r, p, false, ns)
+		if s != o {
+			if or := e.ownerOf(r, o); or != nil {
+				memberTimer(or, r.expire)
+			}
+		}
 		_ = p.SetDst(ap4(r.intAddr, r.intPort))
 		return Verdict{Action: Forward}
 	}
@@ -1000,8 +1150,8 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 	if proto != uint8(tuple.TCP) {
 		// EIF/ADF let the packet through on the mapping alone; no state is
 		// created by inbound UDP or ICMP packets.
-		if e.cfg.InboundRefresh && r.flags&fZombie == 0 {
-			r.expire = max(r.expire, ns+e.timeout(proto, r.state)+1)
+		if x := ns + e.timeout(proto, r.state) + 1; e.cfg.InboundRefresh && r.flags&fZombie == 0 && x > r.expire {
+			setExpire(r, x)
 		}
 		_ = p.SetDst(ap4(r.intAddr, r.intPort))
 		return Verdict{Action: Forward}
@@ -1025,9 +1175,8 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 	}
 	if r.flags&fZombie != 0 && e.cfg.Mapping == MappingEIM {
 		// The holder's keys do not include the remote: revive it.
-		r.flags &^= fZombie
+		revive(r, ns+e.tmTrans+1)
 		r.remAddr, r.remPort, r.state, r.aux = ra, rp, tcpInSYN, auxInbound
-		r.expire = ns + e.tmTrans + 1
 		e.sessionUp(ia)
 		e.filterUp(r)
 	} else {
@@ -1038,6 +1187,7 @@ func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin
 		}
 		e.t.at(o-1).refs++
 		m := e.t.at(i)
+		memberTimer(e.t.at(o-1), m.expire)
 		e.inMembers++
 		e.sessionUp(ia)
 		e.filterUp(m)

@@ -363,8 +363,13 @@ func replyTo(b *testing.B, e *Engine, pkt []byte) []byte {
 // per packet as BenchmarkLookup does, "batch32" handing the packets over
 // in batches of 32 with Engine.Prefetch first (as the gateway does with
 // each TUN batch), so that the cache misses of different packets overlap
+// with each other and with the translation of the packets before them
 // (one per packet for a record in its home line, the common case; index
-// slot and record otherwise). "hot" cycles over 1,024 flows
+// slot and record otherwise: Prefetch asks for the first lines, each
+// Outbound or Inbound call for the later lines of the packets a few
+// places ahead). Each packet is copied into its buffer and translated
+// whole (Outbound or Inbound: parse, look-up, refresh, rewrite with
+// checksums). "hot" cycles over 1,024 flows
 // (cache-resident), to show what Prefetch costs when there is no miss to
 // hide. "random-in" is "random" for the replies (Inbound: index slot,
 // then record). ns/op is per packet in all. The table-bytes/session metric is the
@@ -458,5 +463,42 @@ func BenchmarkMissLatency(b *testing.B) {
 	}
 	if p == 1 {
 		b.Log(p) // keeps the chase
+	}
+}
+
+// BenchmarkMissParallel is BenchmarkMissLatency with several independent
+// pointer chases interleaved (chains=k: k loads in flight at once, as a
+// batch's look-ups are): ns/op is per load, so chains=1 is one miss and
+// chains=k shows how many misses this machine overlaps (memory-level
+// parallelism; a virtual machine's nested page walks can bound it). A
+// batched look-up can be no cheaper than its misses cost here.
+//
+//	go test -run '^$' -bench 'MissParallel|MissLatency' ./nat
+func BenchmarkMissParallel(b *testing.B) {
+	const lines = 1 << 20 // 64 MiB
+	sl := makeSlab(2 * lines)
+	next := unsafe.Slice((*uint32)(unsafe.Pointer(&sl[0])), len(sl)*8)
+	perm := rand.New(rand.NewPCG(5, 6)).Perm(lines)
+	for i := range lines {
+		next[perm[i]*16] = uint32(perm[(i+1)%lines] * 16)
+	}
+	for _, k := range []int{1, 2, 4, 8, 16} {
+		b.Run(fmt.Sprintf("chains=%d", k), func(b *testing.B) {
+			var p [16]uint32
+			for j := range k {
+				p[j] = uint32(perm[j*lines/k] * 16) // k far-apart points of the one cycle
+			}
+			b.ResetTimer()
+			c0 := cpuNanos()
+			defer func() { reportCPU(b, c0) }()
+			for i := 0; i < b.N; i += k {
+				for j := range k {
+					p[j] = next[p[j]]
+				}
+			}
+			if p[0] == 1 {
+				b.Log(p) // keeps the chases
+			}
+		})
 	}
 }

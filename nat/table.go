@@ -79,7 +79,16 @@ type rec struct {
 	flags                     uint8
 	state                     uint8 // TCP state (tcpState)
 	aux                       uint8 // sticky per-session bits (auxInbound, ...)
+	// mx (an owner with other sessions) bounds how long after expire the
+	// mapping's last other session ends, in seconds (mxUnknown: beyond
+	// what 16 bits hold); a zombie's expire is that end (the mapping's
+	// timer, RFC 4787 §4.3) and its mx is 0.
+	mx uint16
 }
+
+// mxUnknown is rec.mx when the end of an owner's other sessions lies more
+// than 18 h after its own: the mapping then waits for the sweep.
+const mxUnknown = 0xffff
 
 const (
 	fUsed   = 1 << iota
