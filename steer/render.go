@@ -90,8 +90,8 @@ func (p Plan) renderIP(b *bytes.Buffer, f Form) {
 		if r.Dst.IsValid() {
 			fmt.Fprintf(&s, " to %s", r.Dst)
 		}
-		if r.Mark != 0 {
-			fmt.Fprintf(&s, " fwmark %s/0xffffffff", hexMark(r.Mark))
+		if r.Mask != 0 {
+			fmt.Fprintf(&s, " fwmark %s/%s", hexMark(r.Mark), hexMark(r.Mask))
 		}
 		if r.Proto != 0 {
 			fmt.Fprintf(&s, " ipproto %s", r.Proto)
@@ -103,7 +103,11 @@ func (p Plan) renderIP(b *bytes.Buffer, f Form) {
 				fmt.Fprintf(&s, " dport %d-%d", r.Dport.First(), r.Dport.Last())
 			}
 		}
-		fmt.Fprintf(&s, " lookup %d\n", r.Table)
+		if r.Goto != 0 {
+			fmt.Fprintf(&s, " goto %d\n", r.Goto)
+		} else {
+			fmt.Fprintf(&s, " lookup %d\n", r.Table)
+		}
 		b.WriteString(s.String())
 	}
 }

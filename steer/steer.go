@@ -14,6 +14,10 @@
 //     destination-port intervals to a per-host chain that sets the packet
 //     mark, and one "fwmark" rule per host to the same tables. The map is an
 //     interval tree, so the per-packet cost does not grow with the slices.
+//     The fwmark rules form a two-level tree (FR_ACT_GOTO): one rule per
+//     group of 2^k consecutive marks jumps to that group's priority, where
+//     its hosts' rules sit, so a packet walks at most groups + 2^k rules
+//     (79 for 999 hosts, instead of 999); see Options.MarkShift.
 //
 // Both forms end with a rule that sends every other packet to the shared
 // address to an unreachable route, so a reply for a port nobody holds is
@@ -54,8 +58,12 @@ const (
 
 // Offsets inside the owned priority range.
 const (
-	sliceOffset = 10 // slice rules (FormIP) and fwmark rules (FormNFT)
+	sliceOffset = 10 // slice rules (FormIP); fwmark rules or group gotos (FormNFT)
+	groupOffset = 11 // FormNFT: the first mark group's priority
 	missOffset  = 90 // the catch-all rule per shared address
+	// markGroups is the number of priorities between groupOffset and
+	// missOffset, the most mark groups FormNFT can have.
+	markGroups = missOffset - groupOffset
 	// PriorityRange is the number of priorities steer owns from Priority.
 	PriorityRange = 100
 )
@@ -174,6 +182,28 @@ func (o Options) Validate() error {
 		return fmt.Errorf("steer: link name %q: want letters, digits, _ and -, at most 15", o.HostLink)
 	}
 	return nil
+}
+
+// MarkShift returns k, the size (2^k marks) of FormNFT's mark groups: the
+// least k for which the owned marks MarkBase+1..MarkBase+MaxHosts fall in
+// at most 79 groups of marks that agree in all but their low k bits (4, 16
+// marks a group, for the default 999 hosts). Zero means no groups: every
+// host's fwmark rule sits at Priority+10, as with at most 79 hosts a flat
+// walk is no longer than the tree's.
+func (o Options) MarkShift() uint {
+	o = o.withDefaults()
+	lo, hi := o.MarkBase+1, o.MarkBase+uint32(o.MaxHosts)
+	for k := uint(0); k < 32; k++ {
+		if (hi>>k)-(lo>>k) < markGroups {
+			return k
+		}
+	}
+	return 32
+}
+
+// markGroup returns the index (0..78) of mark m's group under shift k.
+func (o Options) markGroup(m uint32, k uint) uint32 {
+	return m>>k - (o.MarkBase+1)>>k
 }
 
 func plainName(s string, max int) bool {
@@ -348,9 +378,12 @@ type Rule struct {
 	Proto tuple.Proto
 	// Dport is the destination-port range; invalid for no port match.
 	Dport tuple.PortRange
-	// Mark, when not zero, is matched exactly (fwmark MARK/0xffffffff).
-	Mark  uint32
-	Table uint32
+	// Mark is matched under Mask (fwmark MARK/MASK) when Mask is not zero.
+	Mark, Mask uint32
+	// Table is the table looked up, unless Goto is not zero: then the rule
+	// jumps to the first rule of priority Goto instead (FR_ACT_GOTO) and
+	// Table is zero.
+	Table, Goto uint32
 	// V6 reports whether the rule is an IPv6 rule.
 	V6 bool
 }
@@ -379,12 +412,47 @@ func (p Plan) Rules(f Form) []Rule {
 			}
 		}
 	case FormNFT:
-		for _, h := range p.Hosts {
-			rs = append(rs, Rule{Priority: o.Priority + sliceOffset, Mark: h.Mark, Table: h.Table, V6: h.Addr.Is6()})
-		}
+		rs = append(rs, p.markRules()...)
 	}
 	for _, a := range p.Shared {
 		rs = append(rs, Rule{Priority: o.Priority + missOffset, Dst: netip.PrefixFrom(a, a.BitLen()), Table: o.TableBase, V6: a.Is6()})
+	}
+	return rs
+}
+
+// markRules returns FormNFT's fwmark rules. With mark groups (MarkShift
+// k > 0), per family: at Priority+10 one rule per group that has hosts,
+// "fwmark GROUP/MASK goto Priority+11+g", in group order, then at
+// Priority+11+g the group's hosts' exact fwmark rules to their tables. A
+// packet whose mark is in no group, or whose rule's table has no route,
+// walks on through the later groups to the catch-all rules, as with flat
+// rules; every goto jumps forward past only rules of other groups, so a
+// host's rule is reached whatever the order of the rules of one priority
+// (Apply adds rules in any order).
+func (p Plan) markRules() []Rule {
+	o := p.opts
+	k := o.MarkShift()
+	var rs []Rule
+	for _, v6 := range []bool{false, true} {
+		var leaves []Rule
+		last := ^uint32(0)
+		for _, h := range p.Hosts { // sorted by table, so by mark and group
+			if h.Addr.Is6() != v6 {
+				continue
+			}
+			prio := o.Priority + sliceOffset
+			if k > 0 {
+				g := o.markGroup(h.Mark, k)
+				prio = o.Priority + groupOffset + g
+				if g != last {
+					rs = append(rs, Rule{Priority: o.Priority + sliceOffset, Mark: h.Mark >> k << k, Mask: ^uint32(0) << k,
+						Goto: prio, V6: v6})
+					last = g
+				}
+			}
+			leaves = append(leaves, Rule{Priority: prio, Mark: h.Mark, Mask: 0xffffffff, Table: h.Table, V6: v6})
+		}
+		rs = append(rs, leaves...)
 	}
 	return rs
 }

@@ -34,9 +34,13 @@ type Rule struct {
 	// HasDport false for any.
 	HasDport         bool
 	DportLo, DportHi uint16
-	// Mark, when not zero, is matched exactly (FRA_FWMARK, FRA_FWMASK
-	// 0xffffffff).
-	Mark uint32
+	// Mark is matched under Mask (FRA_FWMARK, FRA_FWMASK) when either is
+	// not zero; a zero Mask with a Mark means 0xffffffff (exact).
+	Mark, Mask uint32
+	// Goto, when not zero, makes the rule jump to the first rule of that
+	// priority (FR_ACT_GOTO, which must be higher than Priority) instead of
+	// looking Table up; Table is then zero.
+	Goto uint32
 }
 
 // Route is one route: a default route via Via in Table, or, when Via is

@@ -100,21 +100,28 @@ type ruleKey struct {
 	dlo, dhi      uint16
 	mark, mask    uint32
 	hasMark       bool
-	invert, goto_ bool
+	invert        bool
+	goto_         uint32
 }
 
 func keyOf(r Rule) ruleKey {
 	k := ruleKey{v6: r.V6, prio: r.Priority, table: r.Table, dst: r.Dst, proto: r.Proto,
-		hasDport: r.HasDport, dlo: r.DportLo, dhi: r.DportHi}
-	if r.Mark != 0 {
-		k.mark, k.mask, k.hasMark = r.Mark, 0xffffffff, true
+		hasDport: r.HasDport, dlo: r.DportLo, dhi: r.DportHi, goto_: r.Goto}
+	if r.Mark != 0 || r.Mask != 0 {
+		k.mark, k.mask, k.hasMark = r.Mark, r.Mask, true
+		if r.Mask == 0 {
+			k.mask = 0xffffffff
+		}
 	}
 	return k
 }
 
 func listedKey(r netlink.Rule, v6 bool) ruleKey {
 	k := ruleKey{v6: v6, prio: uint32(r.Priority), table: uint32(r.Table), proto: uint8(r.IPProto),
-		invert: r.Invert, goto_: r.Goto > 0}
+		invert: r.Invert}
+	if r.Goto > 0 {
+		k.goto_ = uint32(r.Goto)
+	}
 	if r.Dst != nil {
 		if a, ok := netip.AddrFromSlice(r.Dst.IP); ok {
 			ones, _ := r.Dst.Mask.Size()
@@ -147,9 +154,15 @@ func toNetlinkRule(r Rule) *netlink.Rule {
 	if r.HasDport {
 		nr.Dport = netlink.NewRulePortRange(r.DportLo, r.DportHi)
 	}
-	if r.Mark != 0 {
-		m := uint32(0xffffffff)
+	if r.Mark != 0 || r.Mask != 0 {
+		m := r.Mask
+		if m == 0 {
+			m = 0xffffffff
+		}
 		nr.Mark, nr.Mask = r.Mark, &m
+	}
+	if r.Goto != 0 {
+		nr.Goto, nr.Table = int(r.Goto), 0
 	}
 	return nr
 }
@@ -259,6 +272,12 @@ func (h *Handle) HostTables(o Owned) (map[netip.Addr]uint32, error) {
 func (h *Handle) Apply(o Owned, want State) (Stats, error) {
 	var st Stats
 	for _, r := range want.Rules {
+		if r.Goto != 0 {
+			if r.Priority < o.PrioLo || r.Goto <= r.Priority || r.Goto > o.PrioHi || r.Table != 0 {
+				return st, fmt.Errorf("steerlink: rule priority %d goto %d table %d: want a goto forward inside the owned priorities and no table", r.Priority, r.Goto, r.Table)
+			}
+			continue
+		}
 		if r.Priority < o.PrioLo || r.Priority > o.PrioHi || r.Table < o.TableLo || r.Table > o.TableHi {
 			return st, fmt.Errorf("steerlink: rule priority %d table %d lies outside the owned ranges", r.Priority, r.Table)
 		}
@@ -304,7 +323,7 @@ func (h *Handle) Apply(o Owned, want State) (Stats, error) {
 			continue
 		}
 		if err := h.nl.RuleAdd(toNetlinkRule(r)); err != nil && !errors.Is(err, unix.EEXIST) {
-			return st, fmt.Errorf("steerlink: add rule priority %d to %v dport %d-%d table %d: %w", r.Priority, r.Dst, r.DportLo, r.DportHi, r.Table, err)
+			return st, fmt.Errorf("steerlink: add rule priority %d to %v dport %d-%d fwmark %#x/%#x table %d goto %d: %w", r.Priority, r.Dst, r.DportLo, r.DportHi, r.Mark, r.Mask, r.Table, r.Goto, err)
 		}
 		st.RulesAdded++
 	}
