@@ -70,7 +70,7 @@ func (p Plan) state(f Form) steerlink.State {
 		maps, chains := p.NFT()
 		n := &steerlink.NFT{}
 		for _, m := range maps {
-			lm := steerlink.NFTMap{Name: m.Name, Addr: m.Addr}
+			lm := steerlink.NFTMap{Name: m.Name, Addr: m.Addr, Hash: m.Hash, Mask: m.Mask()}
 			for _, e := range m.Elems {
 				lm.Elems = append(lm.Elems, steerlink.NFTElem{Lo: e.Ports.First(), Hi: e.Ports.Last(), Chain: e.Chain, Comment: e.Comment})
 			}

@@ -3,8 +3,8 @@ package steer
 import (
 	"fmt"
 	"net"
-	"os"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"

@@ -120,14 +120,17 @@ func (p Plan) renderNFT(b *bytes.Buffer) {
 	fmt.Fprintf(b, "table inet %s\ndelete table inet %s\n\ntable inet %s {\n", t, t, t)
 	maps, chains := p.NFT()
 	for _, m := range maps {
-		fmt.Fprintf(b, "\tmap %s {\n\t\t# %s\n\t\ttype inet_service : verdict\n\t\tflags interval\n", m.Name, m.Addr)
+		fmt.Fprintf(b, "\tmap %s {\n\t\t# %s\n\t\ttype inet_service : verdict\n", m.Name, m.Addr)
+		if !m.Hash {
+			b.WriteString("\t\tflags interval\n")
+		}
 		if len(m.Elems) > 0 {
 			b.WriteString("\t\telements = {")
 			for i, e := range m.Elems {
 				if i > 0 {
 					b.WriteString(",")
 				}
-				if e.Ports.First() == e.Ports.Last() {
+				if m.Hash || e.Ports.First() == e.Ports.Last() {
 					fmt.Fprintf(b, "\n\t\t\t%d comment %q : goto %s", e.Ports.First(), e.Comment, e.Chain)
 				} else {
 					fmt.Fprintf(b, "\n\t\t\t%d-%d comment %q : goto %s", e.Ports.First(), e.Ports.Last(), e.Comment, e.Chain)
@@ -147,7 +150,11 @@ func (p Plan) renderNFT(b *bytes.Buffer) {
 			fam = "ip6"
 		}
 		for _, proto := range []string{"tcp", "udp"} {
-			fmt.Fprintf(b, "\t\t%s daddr %s %s dport vmap @%s\n", fam, m.Addr, proto, m.Name)
+			if m.Hash && m.Shift > 0 {
+				fmt.Fprintf(b, "\t\t%s daddr %s %s dport & %#04x vmap @%s\n", fam, m.Addr, proto, m.Mask(), m.Name)
+			} else {
+				fmt.Fprintf(b, "\t\t%s daddr %s %s dport vmap @%s\n", fam, m.Addr, proto, m.Name)
+			}
 		}
 	}
 	b.WriteString("\t}\n}\n")

@@ -13,8 +13,9 @@
 //   - FormNFT: one nftables table whose verdict map per shared address maps
 //     destination-port intervals to a per-host chain that sets the packet
 //     mark, and one "fwmark" rule per host to the same tables. The map is an
-//     interval tree, so the per-packet cost does not grow with the slices.
-//     The fwmark rules form a two-level tree (FR_ACT_GOTO): one rule per
+//     interval tree, or where the slices align on blocks of 2^k ports a
+//     hash map keyed by the port's block, so the per-packet cost does not
+//     grow with the slices. The fwmark rules form a two-level tree (FR_ACT_GOTO): one rule per
 //     group of 2^k consecutive marks jumps to that group's priority, where
 //     its hosts' rules sit, so a packet walks at most groups + 2^k rules
 //     (79 for 999 hosts, instead of 999); see Options.MarkShift.
@@ -36,6 +37,7 @@ package steer
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"sort"
@@ -478,13 +480,29 @@ func (p Plan) Routes() []Route {
 	return rs
 }
 
-// NFTMap is one shared address's verdict map in FormNFT: port intervals to
-// the chain of the host that holds them.
+// NFTMap is one shared address's verdict map in FormNFT: ports to the
+// chain of the host that holds them.
+//
+// When every interval of the map starts and ends on a multiple of 2^k
+// ports and the map then needs at most MaxHashBlocks blocks of 2^k ports,
+// the map is a hash map (Hash): the rule looks "dport & (0xffff << Shift)"
+// up (Shift = k, at most 15), an O(1) lookup, and each element is one such
+// block. Otherwise it is an interval map ("flags interval", an O(log n)
+// tree), one element per interval.
 type NFTMap struct {
 	Name  string
 	Addr  netip.Addr
+	Hash  bool
+	Shift uint
 	Elems []NFTElem
 }
+
+// MaxHashBlocks bounds the elements of a hash-keyed FormNFT map; a map that
+// would need more is an interval map.
+const MaxHashBlocks = 4096
+
+// Mask returns the port mask a hash map's rule applies before the lookup.
+func (m NFTMap) Mask() uint16 { return uint16(0xffff << m.Shift) }
 
 // NFTElem maps the ports First..Last to a host chain; Comment ("host_1
 // 10.0.1.2") names the chain and the host.
@@ -503,7 +521,8 @@ type NFTChain struct {
 
 // NFT returns the FormNFT table's contents: one verdict map per shared
 // address that has held slices (sorted by address; adjacent intervals of
-// one host merged), and one chain per host.
+// one host merged; hash-keyed by aligned blocks where NFTMap says), and one
+// chain per host.
 func (p Plan) NFT() (maps []NFTMap, chains []NFTChain) {
 	hostOf := map[uint32]netip.Addr{}
 	for _, h := range p.Hosts {
@@ -512,9 +531,29 @@ func (p Plan) NFT() (maps []NFTMap, chains []NFTChain) {
 	}
 	for i, iv := range p.intervals() {
 		m := NFTMap{Name: fmt.Sprintf("ports_%d", i), Addr: iv.addr}
+		k := uint(15)
+		for _, e := range iv.elems {
+			k = min(k, uint(bits.TrailingZeros32(uint32(e.ports.First()))), uint(bits.TrailingZeros32(uint32(e.ports.Last())+1)))
+		}
+		blocks := 0
+		for _, e := range iv.elems {
+			blocks += (int(e.ports.Last()) + 1 - int(e.ports.First())) >> k
+		}
+		m.Hash = blocks <= MaxHashBlocks
+		if m.Hash {
+			m.Shift = k
+		}
 		for _, e := range iv.elems {
 			chain := fmt.Sprintf("host_%d", e.table-p.opts.TableBase)
-			m.Elems = append(m.Elems, NFTElem{Ports: e.ports, Chain: chain, Comment: chain + " " + hostOf[e.table].String()})
+			el := NFTElem{Ports: e.ports, Chain: chain, Comment: chain + " " + hostOf[e.table].String()}
+			if !m.Hash {
+				m.Elems = append(m.Elems, el)
+				continue
+			}
+			for lo := int(e.ports.First()); lo <= int(e.ports.Last()); lo += 1 << k {
+				el.Ports = tuple.PortRangeFrom(uint16(lo), uint16(lo+1<<k-1))
+				m.Elems = append(m.Elems, el)
+			}
 		}
 		maps = append(maps, m)
 	}

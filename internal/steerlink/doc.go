@@ -60,10 +60,15 @@ type NFT struct {
 	Chains []NFTChain
 }
 
-// NFTMap is one verdict map: inet_service intervals to a goto chain.
+// NFTMap is one verdict map: inet_service intervals to a goto chain, or,
+// when Hash, ports to a goto chain in a hash map that the rule looks the
+// destination port ANDed with Mask up in (each element's Lo is the key; Hi
+// is not used).
 type NFTMap struct {
 	Name  string
 	Addr  netip.Addr
+	Hash  bool
+	Mask  uint16
 	Elems []NFTElem
 }
 
