@@ -92,16 +92,16 @@ func family(v6 bool) int {
 // ruleKey is a comparable form of a rule, used to diff the namespace's
 // rules against the wanted ones.
 type ruleKey struct {
-	v6            bool
-	prio, table   uint32
-	dst           netip.Prefix
-	proto         uint8
-	hasDport      bool
-	dlo, dhi      uint16
-	mark, mask    uint32
-	hasMark       bool
-	invert        bool
-	goto_         uint32
+	v6          bool
+	prio, table uint32
+	dst         netip.Prefix
+	proto       uint8
+	hasDport    bool
+	dlo, dhi    uint16
+	mark, mask  uint32
+	hasMark     bool
+	invert      bool
+	goto_       uint32
 }
 
 func keyOf(r Rule) ruleKey {
