@@ -56,7 +56,8 @@ func owned(o Options) steerlink.Owned {
 func (p Plan) state(f Form) steerlink.State {
 	var st steerlink.State
 	for _, r := range p.Rules(f) {
-		lr := steerlink.Rule{V6: r.V6, Priority: r.Priority, Table: r.Table, Dst: r.Dst, Proto: uint8(r.Proto), Mark: r.Mark}
+		lr := steerlink.Rule{V6: r.V6, Priority: r.Priority, Table: r.Table, Goto: r.Goto, Dst: r.Dst, Proto: uint8(r.Proto),
+			Mark: r.Mark, Mask: r.Mask}
 		if r.Dport.IsValid() {
 			lr.HasDport, lr.DportLo, lr.DportHi = true, r.Dport.First(), r.Dport.Last()
 		}
@@ -69,7 +70,7 @@ func (p Plan) state(f Form) steerlink.State {
 		maps, chains := p.NFT()
 		n := &steerlink.NFT{}
 		for _, m := range maps {
-			lm := steerlink.NFTMap{Name: m.Name, Addr: m.Addr}
+			lm := steerlink.NFTMap{Name: m.Name, Addr: m.Addr, Hash: m.Hash, Mask: m.Mask()}
 			for _, e := range m.Elems {
 				lm.Elems = append(lm.Elems, steerlink.NFTElem{Lo: e.Ports.First(), Hi: e.Ports.Last(), Chain: e.Chain, Comment: e.Comment})
 			}

@@ -49,7 +49,7 @@ func routing(t *testing.T, ns *netnstest.NS) string {
 		for _, line := range strings.Split(out, "\n") {
 			// Kernel-made routes (local, link-local, multicast) are the same
 			// in both namespaces; keep the owned tables and rules.
-			if strings.Contains(line, "table 23") || strings.Contains(line, "lookup 23") {
+			if strings.Contains(line, "table 23") || strings.Contains(line, "lookup 23") || strings.Contains(line, "goto 23") {
 				b.WriteString(line + "\n")
 			}
 		}
@@ -139,7 +139,7 @@ func TestApplyMatchesRenderNFT(t *testing.T) {
 	if la != lb {
 		t.Errorf("nf_tables apply and nft -f differ:\napply:\n%s\nnft -f:\n%s", la, lb)
 	}
-	if !strings.Contains(la, "3072-4095 comment \"host_2 10.0.2.2\" : goto host_2") {
+	if !strings.Contains(la, "3072 comment \"host_2 10.0.2.2\" : goto host_2") || !strings.Contains(la, "udp dport & 64512 vmap @ports_0") {
 		t.Errorf("listing lacks a slice:\n%s", la)
 	}
 	if ga, gb := routing(t, a), routing(t, b); ga != gb {
@@ -151,7 +151,7 @@ func TestApplyMatchesRenderNFT(t *testing.T) {
 	}
 	// Switching to FormIP removes the fwmark rules and the table.
 	st, err = g.Apply(p, FormIP)
-	if err != nil || !st.NFT || st.RulesDeleted != len(p.Hosts) {
+	if err != nil || !st.NFT || st.RulesDeleted != len(p.Rules(FormNFT))-len(p.Shared) {
 		t.Errorf("switch to ip: %+v (%v)", st, err)
 	}
 	if out, err := a.Run("nft", "list", "table", "inet", DefaultNFTable); err == nil {
@@ -216,7 +216,8 @@ func TestApplyReconciles(t *testing.T) {
 			}
 		case FormNFT:
 			l := ns.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable)
-			if !strings.Contains(l, "1024-3071 comment \"host_2 10.0.2.2\" : goto host_2") || strings.Contains(l, "3072") || strings.Contains(l, "host_1") {
+			if !strings.Contains(l, "1024 comment \"host_2 10.0.2.2\" : goto host_2") || !strings.Contains(l, "2048 comment \"host_2 10.0.2.2\" : goto host_2") ||
+				strings.Contains(l, "3072") || strings.Contains(l, "host_1") {
 				t.Errorf("nft: after the move:\n%s", l)
 			}
 			if !st.NFT || st.RulesDeleted != 1 {
@@ -276,39 +277,53 @@ func TestApplyNFT1000(t *testing.T) {
 }
 
 // TestApplyNFTEdges applies slices at both ends of the port space (the
-// interval ending at 65535 has no end element): the table lists as nft -f
-// makes it, and a second Apply changes nothing.
+// interval ending at 65535 has no end element), once aligned on 1,024-port
+// blocks (a hash map keyed by dport & 0xfc00, listed as 64512) and once not aligned and too
+// many ports for blocks (an interval map): the table lists as nft -f makes
+// it, and a second Apply changes nothing.
 func TestApplyNFTEdges(t *testing.T) {
 	netnstest.RequireRoot(t)
 	netnstest.RequireCommand(t, "nft")
-	ls := []lease.Lease{
-		held("e/0", "192.0.2.10", "0-1023", "10.0.1.2"),
-		held("e/1", "192.0.2.10", "64512-65535", "10.0.2.2"),
-		held("e/2", "192.0.2.10", "65000", "10.0.1.2"), // inside e/1: refused below
-	}
-	if _, err := NewPlan(ls, t0, Options{}, nil); err == nil {
-		t.Fatal("a port inside another slice was accepted")
-	}
-	p, err := NewPlan(ls[:2], t0, Options{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := gatewayNS(t), gatewayNS(t)
-	g := openGW(t, a)
-	if _, err := g.Apply(p, FormNFT); err != nil {
-		t.Fatal(err)
-	}
-	file, _ := Render(p, FormatNFT)
-	runScript(t, b, file, "nft", "-f")
-	la := a.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable)
-	if lb := b.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable); la != lb {
-		t.Errorf("apply and nft -f differ:\napply:\n%s\nnft -f:\n%s", la, lb)
-	}
-	if !strings.Contains(la, "64512-65535 comment") || !strings.Contains(la, "0-1023 comment") {
-		t.Errorf("edges missing:\n%s", la)
-	}
-	if st, err := g.Apply(p, FormNFT); err != nil || st.Changed() {
-		t.Errorf("second apply changed %+v (%v)", st, err)
+	for _, c := range []struct {
+		name, lo, hi string
+		want         []string
+	}{
+		{"hash", "0-1023", "64512-65535", []string{"{ 0 comment \"host_1 10.0.1.2\" : goto host_1,", "64512 comment \"host_2 10.0.2.2\" : goto host_2 }", "dport & 64512 vmap"}},
+		{"interval", "0-4999", "60001-65535", []string{"0-4999 comment", "60001-65535 comment", "flags interval", "dport vmap"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ls := []lease.Lease{
+				held("e/0", "192.0.2.10", c.lo, "10.0.1.2"),
+				held("e/1", "192.0.2.10", c.hi, "10.0.2.2"),
+				held("e/2", "192.0.2.10", "65000", "10.0.1.2"), // inside e/1: refused below
+			}
+			if _, err := NewPlan(ls, t0, Options{}, nil); err == nil {
+				t.Fatal("a port inside another slice was accepted")
+			}
+			p, err := NewPlan(ls[:2], t0, Options{}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b := gatewayNS(t), gatewayNS(t)
+			g := openGW(t, a)
+			if _, err := g.Apply(p, FormNFT); err != nil {
+				t.Fatal(err)
+			}
+			file, _ := Render(p, FormatNFT)
+			runScript(t, b, file, "nft", "-f")
+			la := a.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable)
+			if lb := b.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable); la != lb {
+				t.Errorf("apply and nft -f differ:\napply:\n%s\nnft -f:\n%s", la, lb)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(la, w) {
+					t.Errorf("listing lacks %q:\n%s", w, la)
+				}
+			}
+			if st, err := g.Apply(p, FormNFT); err != nil || st.Changed() {
+				t.Errorf("second apply changed %+v (%v)", st, err)
+			}
+		})
 	}
 }
 
@@ -353,12 +368,27 @@ func TestApplyNFTElementsOnly(t *testing.T) {
 		t.Errorf("Apply after a move within the same hosts changed nothing: %+v", st)
 	}
 	l := ns.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable)
-	if !strings.Contains(l, "1024-3071 comment \"host_2 10.0.2.2\" : goto host_2") ||
-		!strings.Contains(l, "4096-5119 comment \"host_1 10.0.1.2\" : goto host_1") ||
-		strings.Contains(l, "3072") || strings.Contains(l, "1024-2047") {
+	if !strings.Contains(l, "1024 comment \"host_2 10.0.2.2\" : goto host_2") ||
+		!strings.Contains(l, "2048 comment \"host_2 10.0.2.2\" : goto host_2") ||
+		!strings.Contains(l, "4096 comment \"host_1 10.0.1.2\" : goto host_1") ||
+		strings.Contains(l, "3072") {
 		t.Errorf("after the move:\n%s", l)
 	}
 	if st, err := g.Apply(p2, FormNFT); err != nil || st.NFT {
 		t.Errorf("second Apply: %+v, %v; want no change", st, err)
+	}
+	// Only the hash map's mask changes: a slice of 1,024 ports at 1024
+	// (key 1024, mask 0xfc00) shrinks to 64 ports (key 1024, mask 0xffc0).
+	for _, ports := range []string{"1024-2047", "1024-1087"} {
+		p, err := NewPlan([]lease.Lease{held("m/0", "192.0.2.10", ports, "10.0.1.2")}, t0, Options{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := g.Apply(p, FormNFT); err != nil || !st.NFT {
+			t.Errorf("Apply of %s: %+v, %v; want the table replaced", ports, st, err)
+		}
+	}
+	if l := ns.MustRun(t, "nft", "list", "table", "inet", DefaultNFTable); !strings.Contains(l, "dport & 65472 vmap") {
+		t.Errorf("the mask did not change:\n%s", l)
 	}
 }

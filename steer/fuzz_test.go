@@ -25,6 +25,8 @@ func FuzzPlan(f *testing.F) {
 		{"a=6,k=6,psid=1", "1040", false},           // a port inside a PSID set
 		{"65535", "0-10,65000-65534", true},         // the edges of the port space
 		{"1,3,5,7", "2,4,6", false},                 // many one-port ranges
+		{"0-4999", "60001-65535", false},            // unaligned, too many ports for a hash map
+		{"1024-1087", "1088-1151", false},           // 64-port blocks: a hash map, mask 0xffc0
 	} {
 		f.Add(seed.a, seed.b, seed.same)
 	}
@@ -80,13 +82,25 @@ func FuzzPlan(f *testing.F) {
 				want = table[h2]
 			}
 			var got uint32
-			for _, e := range maps[0].Elems {
-				if e.Ports.Contains(uint16(port)) {
-					if got != 0 {
-						t.Fatalf("port %d is in two map elements", port)
+			m := maps[0]
+			for _, e := range m.Elems {
+				if m.Hash {
+					// The kernel looks the masked port up: the element
+					// whose key (its first port) it equals, and each
+					// element is one block of 2^Shift ports.
+					if e.Ports.First()&m.Mask() != e.Ports.First() || int(e.Ports.Last()-e.Ports.First()) != 1<<m.Shift-1 {
+						t.Fatalf("hash element %v is not a block of 2^%d ports", e.Ports, m.Shift)
 					}
-					got = chain[e.Chain]
+					if e.Ports.First() != uint16(port)&m.Mask() {
+						continue
+					}
+				} else if !e.Ports.Contains(uint16(port)) {
+					continue
 				}
+				if got != 0 {
+					t.Fatalf("port %d is in two map elements", port)
+				}
+				got = chain[e.Chain]
 			}
 			if got != want {
 				t.Fatalf("%q, %q: nft steers port %d to table %d, want %d", a, b, port, got, want)

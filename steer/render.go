@@ -90,8 +90,8 @@ func (p Plan) renderIP(b *bytes.Buffer, f Form) {
 		if r.Dst.IsValid() {
 			fmt.Fprintf(&s, " to %s", r.Dst)
 		}
-		if r.Mark != 0 {
-			fmt.Fprintf(&s, " fwmark %s/0xffffffff", hexMark(r.Mark))
+		if r.Mask != 0 {
+			fmt.Fprintf(&s, " fwmark %s/%s", hexMark(r.Mark), hexMark(r.Mask))
 		}
 		if r.Proto != 0 {
 			fmt.Fprintf(&s, " ipproto %s", r.Proto)
@@ -103,7 +103,11 @@ func (p Plan) renderIP(b *bytes.Buffer, f Form) {
 				fmt.Fprintf(&s, " dport %d-%d", r.Dport.First(), r.Dport.Last())
 			}
 		}
-		fmt.Fprintf(&s, " lookup %d\n", r.Table)
+		if r.Goto != 0 {
+			fmt.Fprintf(&s, " goto %d\n", r.Goto)
+		} else {
+			fmt.Fprintf(&s, " lookup %d\n", r.Table)
+		}
 		b.WriteString(s.String())
 	}
 }
@@ -116,14 +120,17 @@ func (p Plan) renderNFT(b *bytes.Buffer) {
 	fmt.Fprintf(b, "table inet %s\ndelete table inet %s\n\ntable inet %s {\n", t, t, t)
 	maps, chains := p.NFT()
 	for _, m := range maps {
-		fmt.Fprintf(b, "\tmap %s {\n\t\t# %s\n\t\ttype inet_service : verdict\n\t\tflags interval\n", m.Name, m.Addr)
+		fmt.Fprintf(b, "\tmap %s {\n\t\t# %s\n\t\ttype inet_service : verdict\n", m.Name, m.Addr)
+		if !m.Hash {
+			b.WriteString("\t\tflags interval\n")
+		}
 		if len(m.Elems) > 0 {
 			b.WriteString("\t\telements = {")
 			for i, e := range m.Elems {
 				if i > 0 {
 					b.WriteString(",")
 				}
-				if e.Ports.First() == e.Ports.Last() {
+				if m.Hash || e.Ports.First() == e.Ports.Last() {
 					fmt.Fprintf(b, "\n\t\t\t%d comment %q : goto %s", e.Ports.First(), e.Comment, e.Chain)
 				} else {
 					fmt.Fprintf(b, "\n\t\t\t%d-%d comment %q : goto %s", e.Ports.First(), e.Ports.Last(), e.Comment, e.Chain)
@@ -143,7 +150,11 @@ func (p Plan) renderNFT(b *bytes.Buffer) {
 			fam = "ip6"
 		}
 		for _, proto := range []string{"tcp", "udp"} {
-			fmt.Fprintf(b, "\t\t%s daddr %s %s dport vmap @%s\n", fam, m.Addr, proto, m.Name)
+			if m.Hash && m.Shift > 0 {
+				fmt.Fprintf(b, "\t\t%s daddr %s %s dport & %#04x vmap @%s\n", fam, m.Addr, proto, m.Mask(), m.Name)
+			} else {
+				fmt.Fprintf(b, "\t\t%s daddr %s %s dport vmap @%s\n", fam, m.Addr, proto, m.Name)
+			}
 		}
 	}
 	b.WriteString("\t}\n}\n")

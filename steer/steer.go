@@ -13,7 +13,12 @@
 //   - FormNFT: one nftables table whose verdict map per shared address maps
 //     destination-port intervals to a per-host chain that sets the packet
 //     mark, and one "fwmark" rule per host to the same tables. The map is an
-//     interval tree, so the per-packet cost does not grow with the slices.
+//     interval tree, or where the slices align on blocks of 2^k ports a
+//     hash map keyed by the port's block, so the per-packet cost does not
+//     grow with the slices. The fwmark rules form a two-level tree (FR_ACT_GOTO): one rule per
+//     group of 2^k consecutive marks jumps to that group's priority, where
+//     its hosts' rules sit, so a packet walks at most groups + 2^k rules
+//     (79 for 999 hosts, instead of 999); see Options.MarkShift.
 //
 // Both forms end with a rule that sends every other packet to the shared
 // address to an unreachable route, so a reply for a port nobody holds is
@@ -32,6 +37,7 @@ package steer
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"sort"
@@ -54,8 +60,12 @@ const (
 
 // Offsets inside the owned priority range.
 const (
-	sliceOffset = 10 // slice rules (FormIP) and fwmark rules (FormNFT)
+	sliceOffset = 10 // slice rules (FormIP); fwmark rules or group gotos (FormNFT)
+	groupOffset = 11 // FormNFT: the first mark group's priority
 	missOffset  = 90 // the catch-all rule per shared address
+	// markGroups is the number of priorities between groupOffset and
+	// missOffset, the most mark groups FormNFT can have.
+	markGroups = missOffset - groupOffset
 	// PriorityRange is the number of priorities steer owns from Priority.
 	PriorityRange = 100
 )
@@ -174,6 +184,28 @@ func (o Options) Validate() error {
 		return fmt.Errorf("steer: link name %q: want letters, digits, _ and -, at most 15", o.HostLink)
 	}
 	return nil
+}
+
+// MarkShift returns k, the size (2^k marks) of FormNFT's mark groups: the
+// least k for which the owned marks MarkBase+1..MarkBase+MaxHosts fall in
+// at most 79 groups of marks that agree in all but their low k bits (4, 16
+// marks a group, for the default 999 hosts). Zero means no groups: every
+// host's fwmark rule sits at Priority+10, as with at most 79 hosts a flat
+// walk is no longer than the tree's.
+func (o Options) MarkShift() uint {
+	o = o.withDefaults()
+	lo, hi := o.MarkBase+1, o.MarkBase+uint32(o.MaxHosts)
+	for k := uint(0); k < 32; k++ {
+		if (hi>>k)-(lo>>k) < markGroups {
+			return k
+		}
+	}
+	return 32
+}
+
+// markGroup returns the index (0..78) of mark m's group under shift k.
+func (o Options) markGroup(m uint32, k uint) uint32 {
+	return m>>k - (o.MarkBase+1)>>k
 }
 
 func plainName(s string, max int) bool {
@@ -348,9 +380,12 @@ type Rule struct {
 	Proto tuple.Proto
 	// Dport is the destination-port range; invalid for no port match.
 	Dport tuple.PortRange
-	// Mark, when not zero, is matched exactly (fwmark MARK/0xffffffff).
-	Mark  uint32
-	Table uint32
+	// Mark is matched under Mask (fwmark MARK/MASK) when Mask is not zero.
+	Mark, Mask uint32
+	// Table is the table looked up, unless Goto is not zero: then the rule
+	// jumps to the first rule of priority Goto instead (FR_ACT_GOTO) and
+	// Table is zero.
+	Table, Goto uint32
 	// V6 reports whether the rule is an IPv6 rule.
 	V6 bool
 }
@@ -379,12 +414,47 @@ func (p Plan) Rules(f Form) []Rule {
 			}
 		}
 	case FormNFT:
-		for _, h := range p.Hosts {
-			rs = append(rs, Rule{Priority: o.Priority + sliceOffset, Mark: h.Mark, Table: h.Table, V6: h.Addr.Is6()})
-		}
+		rs = append(rs, p.markRules()...)
 	}
 	for _, a := range p.Shared {
 		rs = append(rs, Rule{Priority: o.Priority + missOffset, Dst: netip.PrefixFrom(a, a.BitLen()), Table: o.TableBase, V6: a.Is6()})
+	}
+	return rs
+}
+
+// markRules returns FormNFT's fwmark rules. With mark groups (MarkShift
+// k > 0), per family: at Priority+10 one rule per group that has hosts,
+// "fwmark GROUP/MASK goto Priority+11+g", in group order, then at
+// Priority+11+g the group's hosts' exact fwmark rules to their tables. A
+// packet whose mark is in no group, or whose rule's table has no route,
+// walks on through the later groups to the catch-all rules, as with flat
+// rules; every goto jumps forward past only rules of other groups, so a
+// host's rule is reached whatever the order of the rules of one priority
+// (Apply adds rules in any order).
+func (p Plan) markRules() []Rule {
+	o := p.opts
+	k := o.MarkShift()
+	var rs []Rule
+	for _, v6 := range []bool{false, true} {
+		var leaves []Rule
+		last := ^uint32(0)
+		for _, h := range p.Hosts { // sorted by table, so by mark and group
+			if h.Addr.Is6() != v6 {
+				continue
+			}
+			prio := o.Priority + sliceOffset
+			if k > 0 {
+				g := o.markGroup(h.Mark, k)
+				prio = o.Priority + groupOffset + g
+				if g != last {
+					rs = append(rs, Rule{Priority: o.Priority + sliceOffset, Mark: h.Mark >> k << k, Mask: ^uint32(0) << k,
+						Goto: prio, V6: v6})
+					last = g
+				}
+			}
+			leaves = append(leaves, Rule{Priority: prio, Mark: h.Mark, Mask: 0xffffffff, Table: h.Table, V6: v6})
+		}
+		rs = append(rs, leaves...)
 	}
 	return rs
 }
@@ -410,13 +480,29 @@ func (p Plan) Routes() []Route {
 	return rs
 }
 
-// NFTMap is one shared address's verdict map in FormNFT: port intervals to
-// the chain of the host that holds them.
+// NFTMap is one shared address's verdict map in FormNFT: ports to the
+// chain of the host that holds them.
+//
+// When every interval of the map starts and ends on a multiple of 2^k
+// ports and the map then needs at most MaxHashBlocks blocks of 2^k ports,
+// the map is a hash map (Hash): the rule looks "dport & (0xffff << Shift)"
+// up (Shift = k, at most 15), an O(1) lookup, and each element is one such
+// block. Otherwise it is an interval map ("flags interval", an O(log n)
+// tree), one element per interval.
 type NFTMap struct {
 	Name  string
 	Addr  netip.Addr
+	Hash  bool
+	Shift uint
 	Elems []NFTElem
 }
+
+// MaxHashBlocks bounds the elements of a hash-keyed FormNFT map; a map that
+// would need more is an interval map.
+const MaxHashBlocks = 4096
+
+// Mask returns the port mask a hash map's rule applies before the lookup.
+func (m NFTMap) Mask() uint16 { return uint16(0xffff << m.Shift) }
 
 // NFTElem maps the ports First..Last to a host chain; Comment ("host_1
 // 10.0.1.2") names the chain and the host.
@@ -435,7 +521,8 @@ type NFTChain struct {
 
 // NFT returns the FormNFT table's contents: one verdict map per shared
 // address that has held slices (sorted by address; adjacent intervals of
-// one host merged), and one chain per host.
+// one host merged; hash-keyed by aligned blocks where NFTMap says), and one
+// chain per host.
 func (p Plan) NFT() (maps []NFTMap, chains []NFTChain) {
 	hostOf := map[uint32]netip.Addr{}
 	for _, h := range p.Hosts {
@@ -444,9 +531,29 @@ func (p Plan) NFT() (maps []NFTMap, chains []NFTChain) {
 	}
 	for i, iv := range p.intervals() {
 		m := NFTMap{Name: fmt.Sprintf("ports_%d", i), Addr: iv.addr}
+		k := uint(15)
+		for _, e := range iv.elems {
+			k = min(k, uint(bits.TrailingZeros32(uint32(e.ports.First()))), uint(bits.TrailingZeros32(uint32(e.ports.Last())+1)))
+		}
+		blocks := 0
+		for _, e := range iv.elems {
+			blocks += (int(e.ports.Last()) + 1 - int(e.ports.First())) >> k
+		}
+		m.Hash = blocks <= MaxHashBlocks
+		if m.Hash {
+			m.Shift = k
+		}
 		for _, e := range iv.elems {
 			chain := fmt.Sprintf("host_%d", e.table-p.opts.TableBase)
-			m.Elems = append(m.Elems, NFTElem{Ports: e.ports, Chain: chain, Comment: chain + " " + hostOf[e.table].String()})
+			el := NFTElem{Ports: e.ports, Chain: chain, Comment: chain + " " + hostOf[e.table].String()}
+			if !m.Hash {
+				m.Elems = append(m.Elems, el)
+				continue
+			}
+			for lo := int(e.ports.First()); lo <= int(e.ports.Last()); lo += 1 << k {
+				el.Ports = tuple.PortRangeFrom(uint16(lo), uint16(lo+1<<k-1))
+				m.Elems = append(m.Elems, el)
+			}
 		}
 		maps = append(maps, m)
 	}

@@ -73,8 +73,9 @@ routed by destination port to the host whose lease holds that port.
 
 Two forms: "ip", one routing rule per slice range and protocol ("ip rule ...
 to ADDR ipproto tcp dport LO-HI lookup TABLE", Linux 4.17+), and "nft", one
-nftables verdict map per shared address over port intervals plus one fwmark
-rule per host, whose per-packet cost does not grow with the number of
+nftables verdict map per shared address (a hash map over aligned port blocks,
+or over port intervals) plus fwmark rules per host (a two-level goto tree of
+groups of 16 marks), whose per-packet cost does not grow with the number of
 slices. Everything steer installs lies in ranges it owns: rule priorities
 --priority..+99, tables --table-base..+999, marks 0x70730001.. and the
 nftables table inet --nft-table. See docs/steer.md.`,

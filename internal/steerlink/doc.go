@@ -34,9 +34,13 @@ type Rule struct {
 	// HasDport false for any.
 	HasDport         bool
 	DportLo, DportHi uint16
-	// Mark, when not zero, is matched exactly (FRA_FWMARK, FRA_FWMASK
-	// 0xffffffff).
-	Mark uint32
+	// Mark is matched under Mask (FRA_FWMARK, FRA_FWMASK) when either is
+	// not zero; a zero Mask with a Mark means 0xffffffff (exact).
+	Mark, Mask uint32
+	// Goto, when not zero, makes the rule jump to the first rule of that
+	// priority (FR_ACT_GOTO, which must be higher than Priority) instead of
+	// looking Table up; Table is then zero.
+	Goto uint32
 }
 
 // Route is one route: a default route via Via in Table, or, when Via is
@@ -56,10 +60,15 @@ type NFT struct {
 	Chains []NFTChain
 }
 
-// NFTMap is one verdict map: inet_service intervals to a goto chain.
+// NFTMap is one verdict map: inet_service intervals to a goto chain, or,
+// when Hash, ports to a goto chain in a hash map that the rule looks the
+// destination port ANDed with Mask up in (each element's Lo is the key; Hi
+// is not used).
 type NFTMap struct {
 	Name  string
 	Addr  netip.Addr
+	Hash  bool
+	Mask  uint16
 	Elems []NFTElem
 }
 

@@ -92,29 +92,36 @@ func family(v6 bool) int {
 // ruleKey is a comparable form of a rule, used to diff the namespace's
 // rules against the wanted ones.
 type ruleKey struct {
-	v6            bool
-	prio, table   uint32
-	dst           netip.Prefix
-	proto         uint8
-	hasDport      bool
-	dlo, dhi      uint16
-	mark, mask    uint32
-	hasMark       bool
-	invert, goto_ bool
+	v6          bool
+	prio, table uint32
+	dst         netip.Prefix
+	proto       uint8
+	hasDport    bool
+	dlo, dhi    uint16
+	mark, mask  uint32
+	hasMark     bool
+	invert      bool
+	goto_       uint32
 }
 
 func keyOf(r Rule) ruleKey {
 	k := ruleKey{v6: r.V6, prio: r.Priority, table: r.Table, dst: r.Dst, proto: r.Proto,
-		hasDport: r.HasDport, dlo: r.DportLo, dhi: r.DportHi}
-	if r.Mark != 0 {
-		k.mark, k.mask, k.hasMark = r.Mark, 0xffffffff, true
+		hasDport: r.HasDport, dlo: r.DportLo, dhi: r.DportHi, goto_: r.Goto}
+	if r.Mark != 0 || r.Mask != 0 {
+		k.mark, k.mask, k.hasMark = r.Mark, r.Mask, true
+		if r.Mask == 0 {
+			k.mask = 0xffffffff
+		}
 	}
 	return k
 }
 
 func listedKey(r netlink.Rule, v6 bool) ruleKey {
 	k := ruleKey{v6: v6, prio: uint32(r.Priority), table: uint32(r.Table), proto: uint8(r.IPProto),
-		invert: r.Invert, goto_: r.Goto > 0}
+		invert: r.Invert}
+	if r.Goto > 0 {
+		k.goto_ = uint32(r.Goto)
+	}
 	if r.Dst != nil {
 		if a, ok := netip.AddrFromSlice(r.Dst.IP); ok {
 			ones, _ := r.Dst.Mask.Size()
@@ -147,9 +154,15 @@ func toNetlinkRule(r Rule) *netlink.Rule {
 	if r.HasDport {
 		nr.Dport = netlink.NewRulePortRange(r.DportLo, r.DportHi)
 	}
-	if r.Mark != 0 {
-		m := uint32(0xffffffff)
+	if r.Mark != 0 || r.Mask != 0 {
+		m := r.Mask
+		if m == 0 {
+			m = 0xffffffff
+		}
 		nr.Mark, nr.Mask = r.Mark, &m
+	}
+	if r.Goto != 0 {
+		nr.Goto, nr.Table = int(r.Goto), 0
 	}
 	return nr
 }
@@ -259,6 +272,12 @@ func (h *Handle) HostTables(o Owned) (map[netip.Addr]uint32, error) {
 func (h *Handle) Apply(o Owned, want State) (Stats, error) {
 	var st Stats
 	for _, r := range want.Rules {
+		if r.Goto != 0 {
+			if r.Priority < o.PrioLo || r.Goto <= r.Priority || r.Goto > o.PrioHi || r.Table != 0 {
+				return st, fmt.Errorf("steerlink: rule priority %d goto %d table %d: want a goto forward inside the owned priorities and no table", r.Priority, r.Goto, r.Table)
+			}
+			continue
+		}
 		if r.Priority < o.PrioLo || r.Priority > o.PrioHi || r.Table < o.TableLo || r.Table > o.TableHi {
 			return st, fmt.Errorf("steerlink: rule priority %d table %d lies outside the owned ranges", r.Priority, r.Table)
 		}
@@ -304,7 +323,7 @@ func (h *Handle) Apply(o Owned, want State) (Stats, error) {
 			continue
 		}
 		if err := h.nl.RuleAdd(toNetlinkRule(r)); err != nil && !errors.Is(err, unix.EEXIST) {
-			return st, fmt.Errorf("steerlink: add rule priority %d to %v dport %d-%d table %d: %w", r.Priority, r.Dst, r.DportLo, r.DportHi, r.Table, err)
+			return st, fmt.Errorf("steerlink: add rule priority %d to %v dport %d-%d fwmark %#x/%#x table %d goto %d: %w", r.Priority, r.Dst, r.DportLo, r.DportHi, r.Mark, r.Mask, r.Table, r.Goto, err)
 		}
 		st.RulesAdded++
 	}
@@ -375,14 +394,14 @@ func (h *Handle) applyNFT(o Owned, want *NFT) (bool, error) {
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &policy})
 	for _, m := range want.Maps {
 		set := &nftables.Set{Table: t, Name: m.Name, KeyType: nftables.TypeInetService, DataType: nftables.TypeVerdict,
-			IsMap: true, Interval: true}
+			IsMap: true, Interval: !m.Hash}
 		if err := c.AddSet(set, nil); err != nil {
 			return false, fmt.Errorf("steerlink: nftables map %s: %w", m.Name, err)
 		}
 		// Elements go in messages of at most elemChunk, in the same
 		// transaction: one message for thousands of elements exceeds what
 		// the kernel takes in one netlink message, and the excess was lost.
-		els := elements(m.Elems)
+		els := elements(m)
 		for len(els) > 0 {
 			n := min(len(els), elemChunk)
 			if err := c.SetAddElements(set, els[:n]); err != nil {
@@ -395,7 +414,7 @@ func (h *Handle) applyNFT(o Owned, want *NFT) (bool, error) {
 			nfproto, off, alen = unix.NFPROTO_IPV6, 24, 16
 		}
 		for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
-			c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: []expr.Any{
+			exprs := []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: alen},
@@ -403,8 +422,12 @@ func (h *Handle) applyNFT(o Owned, want *NFT) (bool, error) {
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-				&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
-			}})
+			}
+			if m.Hash && m.Mask != 0xffff {
+				exprs = append(exprs, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 2, Mask: be16(m.Mask), Xor: []byte{0, 0}})
+			}
+			exprs = append(exprs, &expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID})
+			c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: exprs})
 		}
 	}
 	if err := c.Flush(); err != nil {
@@ -413,15 +436,15 @@ func (h *Handle) applyNFT(o Owned, want *NFT) (bool, error) {
 	return true, nil
 }
 
-// elements encodes intervals as nf_tables interval-set elements: a start
-// element carrying the verdict and the comment, unless the interval ends at 65535, an
-// end element at Hi+1.
-func elements(es []NFTElem) []nftables.SetElement {
-	out := make([]nftables.SetElement, 0, 2*len(es))
-	for _, e := range es {
+// elements encodes a map's elements: for a hash map one element per key;
+// for an interval map a start element carrying the verdict and the
+// comment, and, unless the interval ends at 65535, an end element at Hi+1.
+func elements(m NFTMap) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, 2*len(m.Elems))
+	for _, e := range m.Elems {
 		out = append(out, nftables.SetElement{Key: be16(e.Lo), Comment: e.Comment,
 			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.Chain}})
-		if e.Hi != 65535 {
+		if !m.Hash && e.Hi != 65535 {
 			out = append(out, nftables.SetElement{Key: be16(e.Hi + 1), IntervalEnd: true})
 		}
 	}
@@ -456,14 +479,14 @@ func (h *Handle) nftSame(c *nftables.Conn, t *nftables.Table, want *NFT) (same, 
 	}
 	for _, m := range want.Maps {
 		s := byName[m.Name]
-		if s == nil || !s.IsMap || !s.Interval {
+		if s == nil || !s.IsMap || s.Interval == m.Hash {
 			return false, true, nil
 		}
 		got, err := c.GetSetElements(s)
 		if err != nil {
 			return false, true, fmt.Errorf("steerlink: list nftables map %s: %w", m.Name, err)
 		}
-		if !sameElements(got, elements(m.Elems)) {
+		if !sameElements(got, elements(m)) {
 			return false, true, nil
 		}
 	}
@@ -502,6 +525,29 @@ func (h *Handle) nftSame(c *nftables.Conn, t *nftables.Table, want *NFT) (same, 
 	rs, err := c.GetRules(t, &nftables.Chain{Name: "prerouting", Table: t})
 	if err != nil || len(rs) != 2*len(want.Maps) {
 		return false, true, nil
+	}
+	// The maps' port masks: a hash map's keys can stay while its mask
+	// changes (one block of 1,024 ports or of 64 at the same key).
+	masks := map[string]string{}
+	for _, r := range rs {
+		var mask []byte
+		for _, e := range r.Exprs {
+			switch e := e.(type) {
+			case *expr.Bitwise:
+				mask = e.Mask
+			case *expr.Lookup:
+				masks[e.SetName] = string(mask)
+			}
+		}
+	}
+	for _, m := range want.Maps {
+		var mask []byte
+		if m.Hash && m.Mask != 0xffff {
+			mask = be16(m.Mask)
+		}
+		if got, ok := masks[m.Name]; !ok || got != string(mask) {
+			return false, true, nil
+		}
 	}
 	return true, true, nil
 }
