@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -14,8 +15,17 @@ import (
 // curl runs curl with args and returns its output and exit code.
 func curl(t *testing.T, args ...string) (string, int) {
 	t.Helper()
+	return curlIn(t, nil, args...)
+}
+
+// curlIn runs curl with args and stdin as its standard input.
+func curlIn(t *testing.T, stdin []byte, args ...string) (string, int) {
+	t.Helper()
 	netnstest.RequireCommand(t, "curl")
 	cmd := exec.Command("curl", append([]string{"-sS", "--max-time", "10", "--noproxy", ""}, args...)...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
 	cmd.Env = []string{"PATH=/usr/bin:/bin"} // no *_proxy variables from the environment
 	out, err := cmd.CombinedOutput()
 	code := 0

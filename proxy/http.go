@@ -136,12 +136,14 @@ func hostTarget(hostport string, def uint16) (target, error) {
 // connections, RFC 9112 section 9.3); the origin connection of the last
 // one is kept for the next request to the same origin (httpConn).
 func (s *Server) serveHTTP(c net.Conn, br *bufio.Reader, lr *io.LimitedReader, rt *runtimeConfig, cl *cleanup) {
-	hc := &httpConn{}
+	hc := &httpConn{client: idleConn{Conn: c, now: s.now}}
+	lr.R = &hc.client // the header section reads through it unarmed
 	defer hc.closeIdle()
 	for n := 0; ; n++ {
 		l := &connLog{proto: "http", client: remoteAddr(c), start: s.now()}
 		rc := &cleanup{}
 		keep := s.httpRequest(c, rt, br, lr, l, n, rc, hc)
+		hc.client.disarm()
 		if rc.detached {
 			// A CONNECT tunnel: its relay finishes the request and then
 			// the connection.
@@ -171,13 +173,52 @@ func (s *Server) serveHTTP(c net.Conn, br *bufio.Reader, lr *io.LimitedReader, r
 // most one idle origin connection, so that the connection keeps to the
 // budget of two descriptors.
 type httpConn struct {
-	idle *originConn
+	idle   *originConn
+	client idleConn // the client connection, armed while a request is forwarded
+}
+
+// idleConn bounds a silence, not a transfer: while armed, each Read and
+// Write first moves the connection's deadline to idle from now. It does so
+// at most every idle/16, so a connection is cut after a silence of between
+// 15/16 of idle and idle. Unarmed, it leaves the deadline to its user (the
+// handshake timeout of a request's header section, the idle wait between
+// requests, the poll of an idle origin connection).
+type idleConn struct {
+	net.Conn
+	now  func() time.Time
+	idle time.Duration
+	on   bool
+	next time.Time
+}
+
+func (c *idleConn) arm(idle time.Duration) { c.idle, c.on, c.next = idle, true, time.Time{} }
+func (c *idleConn) disarm()                { c.on = false }
+
+func (c *idleConn) touch() {
+	if !c.on {
+		return
+	}
+	if t := c.now(); !t.Before(c.next) {
+		_ = c.Conn.SetDeadline(t.Add(c.idle))
+		c.next = t.Add(c.idle / 16)
+	}
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	c.touch()
+	return c.Conn.Read(p)
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	c.touch()
+	return c.Conn.Write(p)
 }
 
 // originConn is an origin connection that may carry another request.
 type originConn struct {
 	c   net.Conn
-	br  *bufio.Reader
+	ic  idleConn      // c, armed while a request is forwarded
+	br  *bufio.Reader // reads ic
 	key originKey
 }
 
@@ -344,10 +385,18 @@ func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request
 			if f != failNone {
 				return fail(statusFor(f), nil, f.result(), why)
 			}
-			oc = &originConn{c: dst, br: bufio.NewReader(dst), key: key}
+			oc = &originConn{c: dst, ic: idleConn{Conn: dst, now: s.now}, key: key}
+			oc.br = bufio.NewReader(&oc.ic)
 		}
 		l.egress = localAddr(oc.c)
-		r := s.forward(c, rt, req, oc, reused, clientClose, expect, l, release)
+		// The request's body and its answer may take as long as they
+		// flow: both connections are cut only after an idle timeout's
+		// silence (the handshake timeout bounded the header section).
+		idle := rt.cfg.idleTimeout()
+		hc.client.arm(idle)
+		oc.ic.arm(idle)
+		r := s.forward(&hc.client, rt, req, oc, reused, clientClose, expect, l, release)
+		oc.ic.disarm()
 		expect = false // said once
 		if r.retry {
 			oc.c.Close()
@@ -411,8 +460,7 @@ type forwarded struct{ client, origin, retry bool }
 // that sends its next request on a new connection as soon as it has the
 // answer so never finds its own slot still taken.
 func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *originConn, reused, clientClose, expect bool, l *connLog, release func()) forwarded {
-	dst := oc.c
-	_ = dst.SetDeadline(s.now().Add(rt.cfg.idleTimeout()))
+	dst := &oc.ic
 	canRetry := reused && replayable(req)
 	if expect {
 		if _, err := io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
@@ -475,7 +523,7 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 	if resp.Body == nil || resp.Body == http.NoBody {
 		release()
 	} else {
-		resp.Body = &releaseAtEOF{ReadCloser: resp.Body, release: release}
+		resp.Body = &releaseAtEOF{ReadCloser: resp.Body, release: release, origin: oc.c}
 	}
 	err := resp.Write(ccw)
 	l.down = ccw.n
@@ -490,17 +538,31 @@ func (s *Server) forward(c net.Conn, rt *runtimeConfig, req *http.Request, oc *o
 // releaseAtEOF calls release when a read of the body returns its end (or
 // an error): Response.Write writes the bytes of that read after it, and
 // the end of a chunked body after the last read.
+//
+// Closed before its end (the client went away, or the origin failed), it
+// closes the origin connection first: the body's own Close would read the
+// rest of the answer, which an origin that keeps sending never ends.
 type releaseAtEOF struct {
 	io.ReadCloser
 	release func()
+	origin  io.Closer
+	eof     bool
 }
 
 func (r *releaseAtEOF) Read(p []byte) (int, error) {
 	n, err := r.ReadCloser.Read(p)
 	if err != nil {
+		r.eof = err == io.EOF
 		r.release()
 	}
 	return n, err
+}
+
+func (r *releaseAtEOF) Close() error {
+	if !r.eof {
+		r.origin.Close()
+	}
+	return r.ReadCloser.Close()
 }
 
 func bodyless(req *http.Request, resp *http.Response) bool {
