@@ -385,6 +385,7 @@ func (s *Server) forwardRequest(c net.Conn, rt *runtimeConfig, req *http.Request
 			if f != failNone {
 				return fail(statusFor(f), nil, f.result(), why)
 			}
+			dst = s.trackOrigin(dst)
 			oc = &originConn{c: dst, ic: idleConn{Conn: dst, now: s.now}, key: key}
 			oc.br = bufio.NewReader(&oc.ic)
 		}

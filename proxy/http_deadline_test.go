@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -118,5 +120,59 @@ func TestHTTPClientGoneMidBody(t *testing.T) {
 	case <-gone:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the origin is still sending 10 s after the client closed: the proxy drains the body")
+	}
+}
+
+// TestShutdownSilentOrigin: Shutdown whose context ends closes the origin
+// connections of forwarded HTTP requests too, so a handler waiting for an
+// origin that never answers does not hold it until the idle timeout.
+func TestShutdownSilentOrigin(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.10:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	got := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			got <- c // read nothing, answer nothing
+		}
+	}()
+	cfg, err := ParseConfig("test.yaml", []byte(baseConfig+"timeouts: {idle: 10m}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(cfg, &DialerEgress{Dialer: testDialer()}, Options{Resolver: testResolver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(pl)
+	c, err := net.Dial("tcp", pl.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET http://"+ln.Addr().String()+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+	select {
+	case oc := <-got:
+		defer oc.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request did not reach the origin")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(ctx) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Shutdown = %v, want the context's deadline", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown still waits 10 s after its context ended: the handler waits for the silent origin")
 	}
 }

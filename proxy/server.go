@@ -48,6 +48,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners []net.Listener
 	conns     map[net.Conn]struct{}
+	origins   map[*originLink]struct{} // forwarded HTTP requests' origin connections
 	wg        sync.WaitGroup
 	closing   atomic.Bool
 	ready     atomic.Int32
@@ -101,7 +102,7 @@ func NewServer(cfg *Config, egress Egress, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("%w: no egress", ErrConfig)
 	}
 	s := &Server{egress: egress, resolver: opts.Resolver, log: opts.Logger, metrics: opts.Metrics, now: opts.Now,
-		conns: map[net.Conn]struct{}{}, userActive: map[string]*atomic.Int64{}, authCache: map[[32]byte]bool{},
+		conns: map[net.Conn]struct{}{}, origins: map[*originLink]struct{}{}, userActive: map[string]*atomic.Int64{}, authCache: map[[32]byte]bool{},
 		work: make(chan net.Conn), quit: make(chan struct{})}
 	if s.resolver == nil {
 		s.resolver = net.DefaultResolver
@@ -350,6 +351,31 @@ func (s *Server) track(c net.Conn) bool {
 	return true
 }
 
+// originLink is the origin connection of forwarded HTTP requests, known
+// to Shutdown: a handler waiting for an origin's answer does not notice its
+// client's close, so Shutdown, once its context ends, closes the origins
+// with the clients.
+type originLink struct {
+	net.Conn
+	s *Server
+}
+
+func (s *Server) trackOrigin(c net.Conn) net.Conn {
+	o := &originLink{Conn: c, s: s}
+	s.mu.Lock()
+	s.origins[o] = struct{}{}
+	s.mu.Unlock()
+	return o
+}
+
+// Close closes the connection and forgets it.
+func (o *originLink) Close() error {
+	o.s.mu.Lock()
+	delete(o.s.origins, o)
+	o.s.mu.Unlock()
+	return o.Conn.Close()
+}
+
 func (s *Server) untrack(c net.Conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
@@ -382,6 +408,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Lock()
 		for c := range s.conns {
 			c.Close()
+		}
+		for o := range s.origins {
+			o.Conn.Close() // its handler's Close untracks it
 		}
 		s.mu.Unlock()
 		<-done
