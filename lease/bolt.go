@@ -22,6 +22,10 @@ import (
 // within BoltOptions.LockTimeout.
 var ErrLockTimeout = errors.New("lease: store lock not free in time")
 
+// ErrNoStore is returned by OpenBolt with BoltOptions.MustExist when the
+// database file does not exist.
+var ErrNoStore = errors.New("lease: no store there (portspace lease apply makes one)")
+
 // BoltOptions configures a bolt store. The zero value is the defaults.
 type BoltOptions struct {
 	// Now is the store's clock (grants, expiries, quarantines); nil is
@@ -38,6 +42,12 @@ type BoltOptions struct {
 	NoSync bool
 	// Logger receives debug records; nil discards them.
 	Logger *slog.Logger
+	// MustExist refuses a database file that does not exist yet
+	// (ErrNoStore) instead of making an empty store, for readers that
+	// would take a mistyped path for a store without leases (steer, whose
+	// empty plan removes a gateway's steering). Zero makes the file and
+	// its directory, as a writer wants.
+	MustExist bool
 }
 
 // BoltStore is the embedded store: one bbolt database file on one machine,
@@ -102,6 +112,11 @@ func OpenBolt(ctx context.Context, path string, o BoltOptions) (*BoltStore, erro
 	s := &BoltStore{path: abs, o: o, log: o.Logger, sem: make(chan struct{}, 1), stop: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if o.MustExist {
+		if _, err := os.Stat(abs); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: bolt:%s", ErrNoStore, path)
+		}
 	}
 	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
 		return nil, fmt.Errorf("lease: bolt:%s: %w", path, err)

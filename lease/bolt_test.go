@@ -265,3 +265,26 @@ func TestBoltProcesses(t *testing.T) {
 		t.Fatalf("List shows %d held, want 50", held)
 	}
 }
+
+// TestBoltMustExist: with MustExist a missing database file is ErrNoStore,
+// and neither the file nor its directory is made; an existing store opens.
+func TestBoltMustExist(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "dir", "leases.db")
+	if _, err := OpenBolt(ctx, path, BoltOptions{MustExist: true}); !errors.Is(err, ErrNoStore) {
+		t.Fatalf("OpenBolt(missing, MustExist) = %v, want ErrNoStore", err)
+	}
+	if _, err := os.Stat(filepath.Dir(path)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the directory was made: %v", err)
+	}
+	s, err := OpenBolt(ctx, path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = OpenBolt(ctx, path, BoltOptions{MustExist: true})
+	if err != nil {
+		t.Fatalf("OpenBolt(existing, MustExist) = %v", err)
+	}
+	s.Close()
+}

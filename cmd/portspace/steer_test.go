@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -94,6 +96,18 @@ func TestSteerBadInput(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("steer %v: err = %v, want it to name %s", c.args, err, c.want)
 		}
+	}
+	// A bolt store that does not exist is refused, not made: its empty
+	// plan would remove a gateway's steering.
+	missing := filepath.Join(t.TempDir(), "typo", "leases.db")
+	for _, sub := range []string{"render", "apply"} { // watch opens the same way (steerFlags.open)
+		_, _, err := runCLI(t, "steer", sub, "--store", "bolt:"+missing)
+		if !errors.Is(err, lease.ErrNoStore) || !strings.Contains(err.Error(), `--store "bolt:`+missing+`"`) {
+			t.Errorf("steer %s on a missing store: err = %v, want ErrNoStore naming --store", sub, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Dir(missing)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the missing store's directory was made (%v)", err)
 	}
 }
 
