@@ -188,7 +188,7 @@ func Listen(o Options) (*Server, error) {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
 		if err != nil {
 			s.closeSockets()
-			return nil, fmt.Errorf("stun: listen udp %v: %w", ap, err)
+			return nil, fmt.Errorf("stun: %w", err) // "listen udp ADDR: bind: ..."
 		}
 		// Room for bursts from many clients at once (the kernel caps it
 		// at net.core.rmem_max); a full queue drops requests.
@@ -198,7 +198,7 @@ func Listen(o Options) (*Server, error) {
 			l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
 			if err != nil {
 				s.closeSockets()
-				return nil, fmt.Errorf("stun: listen tcp %v: %w", ap, err)
+				return nil, fmt.Errorf("stun: %w", err)
 			}
 			s.tcp = append(s.tcp, l)
 		}

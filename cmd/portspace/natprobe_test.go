@@ -66,7 +66,9 @@ func TestStunServeBadInput(t *testing.T) {
 		{[]string{"stun", "serve"}, "--primary is required"},
 		{[]string{"stun", "serve", "--primary", "nope"}, `--primary "nope"`},
 		{[]string{"stun", "serve", "--primary", "127.0.0.1:3478", "--alternate", "x"}, `--alternate "x"`},
-		{[]string{"stun", "serve", "--primary", "127.0.0.1:3478", "--alternate", "127.0.0.1:3479"}, "equals the primary"},
+		{[]string{"stun", "serve", "--primary", "127.0.0.1:3478", "--alternate", "127.0.0.1:3479"}, `--primary "127.0.0.1:3478" --alternate "127.0.0.1:3479": stun: bad configuration: alternate address 127.0.0.1 equals the primary's`},
+		// 192.0.2.99 is on no interface: the bind fails, named once.
+		{[]string{"stun", "serve", "--primary", "192.0.2.99:3478"}, "stun: listen udp 192.0.2.99:3478: bind: cannot assign requested address"},
 		{[]string{"stun", "serve", "--primary", "127.0.0.1:3478", "--rate", "-1"}, "--rate"},
 		{[]string{"stun", "serve", "--primary", "127.0.0.1:3478", "--workers", "-2"}, "--workers -2"},
 	} {

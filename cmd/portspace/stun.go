@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -79,6 +80,9 @@ UDP GSO message (UDP_SEGMENT) that the kernel splits into the datagrams;
 			}
 			o.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			s, err := stun.Listen(o)
+			if errors.Is(err, stun.ErrBadConfig) {
+				return fmt.Errorf("--primary %q --alternate %q: %w", primary, alternate, err)
+			}
 			if err != nil {
 				return err
 			}
