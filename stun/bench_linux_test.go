@@ -232,12 +232,9 @@ func (p *pipeClient) run(n, window int) (got, stalls, late, bad int) {
 		for i := 0; i < m; i++ {
 			d, _ := p.r.Msg(i)
 			seg := p.r.Seg(i)
-			if seg == 0 {
-				seg = len(d)
-			}
 			for len(d) > 0 {
-				a := d[:min(seg, len(d))]
-				d = d[len(a):]
+				var a []byte
+				a, d = udpbatch.Next(d, seg)
 				switch p.check(a) {
 				case answerOK:
 					got++

@@ -59,12 +59,9 @@ func (g *gsoSender) read(want int, wait time.Duration, f func([]byte, netip.Addr
 		for i := 0; i < n; i++ {
 			d, src := g.r.Msg(i)
 			seg := g.r.Seg(i)
-			if seg == 0 {
-				seg = len(d)
-			}
 			for len(d) > 0 {
-				a := d[:min(seg, len(d))]
-				d = d[len(a):]
+				var a []byte
+				a, d = udpbatch.Next(d, seg)
 				if f != nil {
 					f(a, src)
 				}

@@ -466,12 +466,9 @@ func (s *Server) serveUDPBatch(b *udpIO, at Socket) error {
 				continue
 			}
 			seg := r.Seg(k)
-			if seg == 0 {
-				seg = len(data)
-			}
 			for len(data) > 0 {
-				req := data[:min(seg, len(data))]
-				data = data[len(req):]
+				var req []byte
+				req, data = udpbatch.Next(data, seg)
 				requests++
 				if len(req) > maxDatagram {
 					dropped++ // as the one-datagram reads drop it
