@@ -215,9 +215,15 @@ type verdict struct {
 	origin       *bool
 	alloc        Allocation
 	tcp          *TCPResult
-	raw          string
-	elapsed      time.Duration
-	err          error
+	// The lifetime search's fields (helperArgs.Lifetime), and what the
+	// probe skipped.
+	lifetime       *float64
+	atLeast        bool
+	inboundRefresh *bool
+	skipped        []string
+	raw            string
+	elapsed        time.Duration
+	err            error
 }
 
 func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict {
@@ -247,6 +253,8 @@ func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict 
 			Preservation *bool
 		}
 		LifetimeSeconds *float64 `json:"lifetime_seconds"`
+		AtLeast         bool     `json:"lifetime_at_least"`
+		InboundRefresh  *bool    `json:"inbound_refresh"`
 		Skipped         []string
 		ElapsedMS       int64 `json:"elapsed_ms"`
 	}
@@ -256,6 +264,7 @@ func (tp *topo) probe(ctx context.Context, server string, a helperArgs) verdict 
 	}
 	v.mapping, v.filter, v.class, v.preserve = r.Mapping, r.Filtering, r.RFC3489, r.Preservation
 	v.hairpin, v.alloc, v.overlap, v.origin = r.Hairpinning, r.Allocation, r.Overlapping, r.Origin
+	v.lifetime, v.atLeast, v.inboundRefresh, v.skipped = r.LifetimeSeconds, r.AtLeast, r.InboundRefresh, r.Skipped
 	v.elapsed = time.Duration(r.ElapsedMS) * time.Millisecond // the UDP run, without process start-up or TCP
 	if r.TCP != nil {
 		v.tcp = &TCPResult{Mapping: r.TCP.Mapping, Preservation: r.TCP.Preservation}
@@ -556,21 +565,14 @@ func TestLifetimeBehindNAT(t *testing.T) {
 	if v.err != nil {
 		t.Fatal(v.err)
 	}
-	var r struct {
-		LifetimeSeconds *float64 `json:"lifetime_seconds"`
-		AtLeast         bool     `json:"lifetime_at_least"`
-		InboundRefresh  *bool    `json:"inbound_refresh"`
-		Skipped         []string
-	}
-	_ = json.Unmarshal([]byte(v.raw), &r)
-	if r.LifetimeSeconds == nil || r.AtLeast || *r.LifetimeSeconds < 1.2 || *r.LifetimeSeconds > 2.6 {
-		t.Fatalf("lifetime %v (at least %v), want about 2 s; skipped %v", r.LifetimeSeconds, r.AtLeast, r.Skipped)
+	if v.lifetime == nil || v.atLeast || *v.lifetime < 1.2 || *v.lifetime > 2.6 {
+		t.Fatalf("lifetime %v (at least %v), want about 2 s; skipped %v", v.lifetime, v.atLeast, v.skipped)
 	}
 	// Conntrack refreshes an entry on packets of either direction.
-	if r.InboundRefresh == nil || !*r.InboundRefresh {
-		t.Errorf("inbound refresh %v behind conntrack, want true; skipped %v", fmtPtr(r.InboundRefresh), r.Skipped)
+	if v.inboundRefresh == nil || !*v.inboundRefresh {
+		t.Errorf("inbound refresh %v behind conntrack, want true; skipped %v", fmtPtr(v.inboundRefresh), v.skipped)
 	}
-	t.Logf("lifetime %.2f s with conntrack UDP timeouts of 2 s, inbound refresh %v, search and refresh test took %v", *r.LifetimeSeconds, fmtPtr(r.InboundRefresh), v.elapsed)
+	t.Logf("lifetime %.2f s with conntrack UDP timeouts of 2 s, inbound refresh %v, search and refresh test took %v", *v.lifetime, fmtPtr(v.inboundRefresh), v.elapsed)
 }
 
 // TestRefreshThroughGateway runs the lifetime search and the refresh test
@@ -597,19 +599,13 @@ func TestRefreshThroughGateway(t *testing.T) {
 			if v.err != nil {
 				t.Fatal(v.err)
 			}
-			var r struct {
-				LifetimeSeconds *float64 `json:"lifetime_seconds"`
-				InboundRefresh  *bool    `json:"inbound_refresh"`
-				Skipped         []string
+			if v.lifetime == nil || *v.lifetime < 1.2 || *v.lifetime > 3.1 {
+				t.Fatalf("lifetime %v, want about 2 s; skipped %v", v.lifetime, v.skipped)
 			}
-			_ = json.Unmarshal([]byte(v.raw), &r)
-			if r.LifetimeSeconds == nil || *r.LifetimeSeconds < 1.2 || *r.LifetimeSeconds > 3.1 {
-				t.Fatalf("lifetime %v, want about 2 s; skipped %v", r.LifetimeSeconds, r.Skipped)
+			if v.inboundRefresh == nil || *v.inboundRefresh != inbound {
+				t.Fatalf("inbound refresh %s, the gateway's is %v; skipped %v", fmtPtr(v.inboundRefresh), inbound, v.skipped)
 			}
-			if r.InboundRefresh == nil || *r.InboundRefresh != inbound {
-				t.Fatalf("inbound refresh %s, the gateway's is %v; skipped %v", fmtPtr(r.InboundRefresh), inbound, r.Skipped)
-			}
-			t.Logf("lifetime %.2f s, inbound refresh %v, in %v", *r.LifetimeSeconds, *r.InboundRefresh, v.elapsed)
+			t.Logf("lifetime %.2f s, inbound refresh %v, in %v", *v.lifetime, *v.inboundRefresh, v.elapsed)
 		})
 	}
 }
