@@ -23,7 +23,8 @@ import (
 var ErrLockTimeout = errors.New("lease: store lock not free in time")
 
 // ErrNoStore is returned by OpenBolt with BoltOptions.MustExist when the
-// database file does not exist.
+// database file does not exist, and by OpenEtcd with EtcdOptions.MustExist
+// when the URL's prefix holds no pools.
 var ErrNoStore = errors.New("lease: no store there (portspace lease apply makes one)")
 
 // BoltOptions configures a bolt store. The zero value is the defaults.

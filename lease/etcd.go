@@ -35,6 +35,12 @@ type EtcdOptions struct {
 	RequestTimeout time.Duration
 	// Logger receives debug records; nil discards them.
 	Logger *slog.Logger
+	// MustExist refuses a prefix that holds no pools key (ErrNoStore)
+	// instead of opening it as an empty store, for readers that must not
+	// take a mistyped URL for a store without leases (portspace steer,
+	// whose empty plan would remove the gateway's steering). The pools key
+	// is written by Store.Apply (portspace lease apply).
+	MustExist bool
 }
 
 // EtcdStore is the fleet store: etcd v3 (servers 3.4 and later) through
@@ -74,6 +80,7 @@ type EtcdStore struct {
 	view      etcdView
 	leases    map[leaseKey]*heldLease
 	abandoned map[string]bool // nonces of claims given up as not committed
+	poolsKey  bool            // the last resync found the pools key
 }
 
 var _ Store = (*EtcdStore)(nil)
@@ -233,6 +240,10 @@ func OpenEtcd(ctx context.Context, loc Location, o EtcdOptions) (*EtcdStore, err
 	octx, cancel := context.WithTimeout(ctx, o.DialTimeout)
 	defer cancel()
 	rev, err := s.resync(octx)
+	if err == nil && o.MustExist && !s.poolsKey {
+		cli.Close()
+		return nil, fmt.Errorf("%w: %s (no pools under prefix %q)", ErrNoStore, loc, loc.Prefix)
+	}
 	if err != nil {
 		cli.Close()
 		if octx.Err() != nil && ctx.Err() == nil {
@@ -385,6 +396,7 @@ func (s *EtcdStore) resync(ctx context.Context) (int64, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.poolsKey = len(resp.Responses[0].GetResponseRange().Kvs) > 0
 	s.setPoolsLocked(doc, prev)
 	for id, sl := range s.view.slot {
 		sl.h, sl.b, sl.rev = false, false, rev

@@ -518,3 +518,32 @@ func TestEtcdAuth(t *testing.T) {
 		}
 	}
 }
+
+// TestEtcdMustExist: with EtcdOptions.MustExist a prefix that holds no
+// pools (a mistyped URL) is ErrNoStore naming the URL, and the same prefix
+// opens once pools were applied there.
+func TestEtcdMustExist(t *testing.T) {
+	c := startEtcd(t, 1)
+	ctx := context.Background()
+	loc, err := ParseURL(c.URL(fmt.Sprintf("t%d", etcdPrefixSeq.Add(1))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := OpenEtcd(ctx, loc, EtcdOptions{MustExist: true}); !errors.Is(err, ErrNoStore) || !strings.Contains(err.Error(), loc.String()) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("OpenEtcd(empty prefix, MustExist) = %v, want ErrNoStore naming %s", err, loc)
+	}
+	s, err := OpenEtcd(ctx, loc, EtcdOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, s, testPool("p", time.Second, nil, "192.0.2.10"))
+	s.Close()
+	s, err = OpenEtcd(ctx, loc, EtcdOptions{MustExist: true})
+	if err != nil {
+		t.Fatalf("OpenEtcd(applied prefix, MustExist) = %v", err)
+	}
+	s.Close()
+}

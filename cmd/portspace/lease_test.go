@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portspace/portspace/lease"
 	"github.com/portspace/portspace/lease/leasetest"
 )
 
@@ -188,5 +190,14 @@ func TestLeaseCLIEtcd(t *testing.T) {
 		if x.State != want {
 			t.Fatalf("list: %s is %s, want %s", x.ID, x.State, want)
 		}
+	}
+	// steer reads the same store; a mistyped prefix is refused (its empty
+	// plan would remove the steering), naming --store as typed.
+	if _, _, err := runCLI(t, "steer", "render", "--store", store); err != nil {
+		t.Fatalf("steer render on the applied store: %v", err)
+	}
+	typo := c.URL("cl1")
+	if _, _, err := runCLI(t, "steer", "render", "--store", typo); !errors.Is(err, lease.ErrNoStore) || !strings.Contains(err.Error(), `--store "`+typo+`"`) {
+		t.Fatalf("steer render on an empty prefix: err = %v, want ErrNoStore naming --store", err)
 	}
 }

@@ -37,12 +37,13 @@ func (f *steerFlags) options() (steer.Options, error) {
 }
 
 // open opens the store named by --store, failing within a few seconds when
-// it cannot be reached. A bolt store must exist: a mistyped path would
-// otherwise be a new empty store, whose empty plan removes the steering.
+// it cannot be reached. The store must exist: a mistyped bolt path or etcd
+// prefix would otherwise be a new empty store, whose empty plan removes
+// the steering.
 func (f *steerFlags) open(ctx context.Context) (lease.Store, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	s, err := lease.OpenWith(ctx, f.store, lease.Options{Bolt: lease.BoltOptions{MustExist: true}})
+	s, err := lease.OpenWith(ctx, f.store, lease.Options{Bolt: lease.BoltOptions{MustExist: true}, Etcd: lease.EtcdOptions{MustExist: true}})
 	if err != nil {
 		return nil, fmt.Errorf("--store %q: %w", f.store, err)
 	}
