@@ -35,6 +35,7 @@ type benchProxyFlags struct {
 	json        bool
 	origin      string
 	also        []string
+	phases      string
 
 	fleet                              bool
 	fleetProcs, fleetConns, fleetDests int
@@ -65,7 +66,12 @@ setup rate is all rounds' connections over all rounds' time (latency
 percentiles over all samples); bulk is the median of the rounds. The CPU
 columns are the proxy's own processes' user+system time (/proc/PID/stat)
 per connection set up and per GiB carried: a machine shared with other work
-moves the rates, much less these.
+moves the rates, much less these. "load CPU ms/GiB" is this process's own
+user+system time per GiB in the bulk phase (the client and the origin, which
+live here), for every row including direct: the whole path's CPU per GiB is
+that plus the proxy's.
+
+--phases runs only the phases named (setup, bulk, idle).
 
 A direct connection (no proxy) is measured as the baseline for setup and
 bulk. A peer that is not installed is skipped and the table says so.`,
@@ -89,6 +95,7 @@ bulk. A peer that is not installed is skipped and the table says so.`,
 	fl.StringVar(&f.peers, "peers", "microsocks,dante", "peers to compare (comma-separated: microsocks, dante; empty: none)")
 	fl.StringVar(&f.origin, "origin", "127.0.0.10", "loopback address of the origin servers")
 	fl.BoolVar(&f.json, "json", false, "print JSON instead of a table")
+	fl.StringVar(&f.phases, "phases", "setup,bulk,idle", "phases to run (comma-separated: setup, bulk, idle); --idle 0 skips idle too")
 	fl.StringArrayVar(&f.also, "also", nil, "also measure the proxy of this portspace `binary` (another build, for an A/B comparison of a change in the same run; repeatable; rows portspace-2, ...)")
 	fl.BoolVar(&f.fleet, "fleet", false, "instead: --fleet-procs proxy processes, each with its own 1,000-port slice of 127.0.0.1, carry --fleet-conns tunnels each to --fleet-dests destinations; report time, memory and a sock_diag census of duplicate 4-tuples")
 	fl.IntVar(&f.fleetProcs, "fleet-procs", 8, "--fleet: proxy processes")
@@ -112,6 +119,7 @@ type proxyFigures struct {
 	SetupCPUus  float64 `json:"setup_cpu_us_per_conn,omitempty"`
 	BulkMiBps   float64 `json:"bulk_mib_per_sec"`
 	BulkCPUms   float64 `json:"bulk_cpu_ms_per_gib,omitempty"`
+	BulkLoadCPU float64 `json:"bulk_load_cpu_ms_per_gib,omitempty"`
 	IdleConns   int     `json:"idle_conns,omitempty"`
 	KiBPerIdle  float64 `json:"kib_per_idle_conn,omitempty"`
 	IdleErrors  int     `json:"idle_errors,omitempty"`
@@ -124,6 +132,7 @@ type proxyFigures struct {
 	setupCPU time.Duration   // the proxy's CPU time in the setup phases
 	bulks    []float64       // MiB/s of each round
 	bulkCPU  time.Duration   // the proxy's CPU time in the bulk phases
+	loadCPU  time.Duration   // this process's (client and origin) CPU time in the bulk phases
 	bulkN    int64           // bytes carried in the bulk phases
 }
 
@@ -138,6 +147,16 @@ type proxyReport struct {
 func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 	if f.duration <= 0 || f.concurrency < 1 || f.bulkMiB < 1 || f.idle < 0 || f.rounds < 1 {
 		return errors.New("bench proxy: --duration, --rounds, --concurrency and --bulk-mib must be positive, --idle not negative")
+	}
+	phases := map[string]bool{}
+	for _, ph := range strings.Split(f.phases, ",") {
+		switch ph = strings.TrimSpace(ph); ph {
+		case "setup", "bulk", "idle":
+			phases[ph] = true
+		case "":
+		default:
+			return fmt.Errorf("bench proxy: --phases: unknown phase %q (want setup, bulk, idle)", ph)
+		}
 	}
 	origin, err := netip.ParseAddr(f.origin)
 	if err != nil || !origin.IsLoopback() || !origin.Is4() {
@@ -211,6 +230,9 @@ func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 	}
 	per := max(f.duration/time.Duration(f.rounds), 10*time.Millisecond)
 	for r := range f.rounds {
+		if !phases["setup"] {
+			break
+		}
 		for _, p := range roundOrder(r) {
 			start := time.Now()
 			measureSetup(ctx, p, o.setup, f.concurrency, per)
@@ -218,6 +240,9 @@ func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 		}
 	}
 	for r := range f.rounds {
+		if !phases["bulk"] {
+			break
+		}
 		for _, p := range roundOrder(r) {
 			start := time.Now()
 			measureBulk(p, o.bulk, int64(f.bulkMiB)<<20)
@@ -227,7 +252,7 @@ func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 	for _, p := range live {
 		p.finishRounds()
 	}
-	if f.idle > 0 {
+	if f.idle > 0 && phases["idle"] {
 		for _, p := range all {
 			if p.Skipped == "" && p.pid != 0 {
 				start := time.Now()
@@ -280,10 +305,10 @@ func ratios(all []*proxyFigures) map[string]float64 {
 
 func printProxyTable(w io.Writer, rep *proxyReport) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "proxy\tsetup/s\tp50 µs\tp99 µs\tCPU µs/conn\terrors\tbulk MiB/s\tCPU ms/GiB\tidle conns\tKiB/idle conn\t")
+	fmt.Fprintln(tw, "proxy\tsetup/s\tp50 µs\tp99 µs\tCPU µs/conn\terrors\tbulk MiB/s\tCPU ms/GiB\tload CPU ms/GiB\tidle conns\tKiB/idle conn\t")
 	for _, p := range rep.Proxies {
 		if p.Skipped != "" {
-			fmt.Fprintf(tw, "%s\tskipped: %s\t\t\t\t\t\t\t\t\t\n", p.Name, p.Skipped)
+			fmt.Fprintf(tw, "%s\tskipped: %s\t\t\t\t\t\t\t\t\t\t\n", p.Name, p.Skipped)
 			continue
 		}
 		idle, kib := "-", "-"
@@ -294,7 +319,7 @@ func printProxyTable(w io.Writer, rep *proxyReport) {
 		if p.pid != 0 {
 			cpuConn, cpuGiB = fmt.Sprintf("%.0f", p.SetupCPUus), fmt.Sprintf("%.0f", p.BulkCPUms)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%s\t%d\t%.0f\t%s\t%s\t%s\t\n", p.Name, p.SetupPerSec, p.SetupP50us, p.SetupP99us, cpuConn, p.SetupErrors+p.IdleErrors, p.BulkMiBps, cpuGiB, idle, kib)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%s\t%d\t%.0f\t%s\t%.0f\t%s\t%s\t\n", p.Name, p.SetupPerSec, p.SetupP50us, p.SetupP99us, cpuConn, p.SetupErrors+p.IdleErrors, p.BulkMiBps, cpuGiB, p.BulkLoadCPU, idle, kib)
 	}
 	tw.Flush()
 	keys := make([]string, 0, len(rep.Ratios))
@@ -482,8 +507,12 @@ func (p *proxyFigures) finishRounds() {
 		sort.Float64s(b)
 		p.BulkMiBps = b[len(b)/2]
 	}
-	if p.pid != 0 && p.bulkN > 0 {
-		p.BulkCPUms = float64(p.bulkCPU.Milliseconds()) / (float64(p.bulkN) / (1 << 30))
+	if p.bulkN > 0 {
+		gib := float64(p.bulkN) / (1 << 30)
+		p.BulkLoadCPU = float64(p.loadCPU.Milliseconds()) / gib
+		if p.pid != 0 {
+			p.BulkCPUms = float64(p.bulkCPU.Milliseconds()) / gib
+		}
 	}
 }
 
@@ -495,7 +524,7 @@ func measureBulk(p *proxyFigures, dst netip.AddrPort, n int64) {
 	}
 	defer c.Close()
 	buf := make([]byte, 256<<10)
-	cpu0 := treeCPU(p.pid)
+	cpu0, self0 := treeCPU(p.pid), selfCPU()
 	start := time.Now()
 	var got int64
 	for {
@@ -511,6 +540,7 @@ func measureBulk(p *proxyFigures, dst netip.AddrPort, n int64) {
 		return
 	}
 	p.bulkCPU += treeCPU(p.pid) - cpu0
+	p.loadCPU += selfCPU() - self0
 	p.bulkN += n
 	p.bulks = append(p.bulks, float64(n)/(1<<20)/el.Seconds())
 }
@@ -622,6 +652,16 @@ func treeCPU(pid int) time.Duration {
 		}
 	})
 	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// selfCPU is this process's user and system time (all threads): the load
+// client's and the origins' CPU (getrusage RUSAGE_SELF).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // treePSS sums the proportional set size (KiB, /proc/PID/smaps_rollup) of
