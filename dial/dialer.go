@@ -114,6 +114,21 @@ const (
 	// from the port set is a portspace process with UDPLockRegistry and
 	// the same LockDir; it is never chosen by UDPLockAuto.
 	UDPLockRegistry
+	// UDPLockOwner makes the Dialer the kernel's owner of each (source,
+	// port) it dials from: its first socket on the port binds with
+	// SO_REUSEADDR=0 and SO_REUSEPORT=0, which only succeeds when no
+	// socket of any program holds the port, and while the Dialer holds a
+	// socket there every socket of its own on the port keeps both at 0,
+	// so no other socket (of any program, of any portspace process and
+	// lock, or of another Dialer) can bind the port. A further dial on
+	// an owned port sets SO_REUSEPORT=1 on the port's sockets, binds a
+	// new one with SO_REUSEPORT=1 and clears the flag on all of them
+	// again: no lock file, no sock_diag. A port that any other socket
+	// holds is busy, so ports are shared across destinations by one
+	// Dialer at a time. Not protected: a socket of the same uid with
+	// SO_REUSEPORT=1 that binds the port inside the microseconds of that
+	// window (see the package documentation). Probed once per Dialer.
+	UDPLockOwner
 )
 
 // String returns the lock's name.
@@ -127,6 +142,8 @@ func (l UDPLock) String() string {
 		return "dump"
 	case UDPLockRegistry:
 		return "registry"
+	case UDPLockOwner:
+		return "owner"
 	}
 	return "UDPLock(" + strconv.Itoa(int(l)) + ")"
 }
@@ -419,7 +436,7 @@ func (d *Dialer) planUDP(st *state) plan {
 		}
 		return plan{strategy: Kernel, ports: st.ports}
 	case Search:
-		if !st.caps.UDPDiag && d.UDPLock != UDPLockRegistry {
+		if !st.caps.UDPDiag && d.UDPLock != UDPLockRegistry && d.UDPLock != UDPLockOwner {
 			return plan{strategy: Search, err: fmt.Errorf("%w: search strategy for udp: the kernel lacks the exact sock_diag UDP lookup or SO_COOKIE", ErrStrategy)}
 		}
 		if err := d.planUDPLock(st); err != nil {
@@ -427,7 +444,7 @@ func (d *Dialer) planUDP(st *state) plan {
 		}
 		return d.searchPlan(st, "udp", "forced")
 	case Auto:
-		if st.caps.UDPDiag || d.UDPLock == UDPLockRegistry {
+		if st.caps.UDPDiag || d.UDPLock == UDPLockRegistry || d.UDPLock == UDPLockOwner {
 			if err := d.planUDPLock(st); err != nil {
 				return plan{strategy: Search, err: err}
 			}
@@ -463,7 +480,22 @@ func (d *Dialer) planUDPLock(st *state) error {
 		st.udpLock = UDPLockRegistry
 		st.log.Debug("dial: udp search registers its 4-tuples (no sock_diag)", "dir", st.lockDir)
 		return nil
-	case UDPLockAuto, UDPLockFile:
+	case UDPLockOwner:
+		if err := netsys.ProbePortOwner(); err != nil {
+			return fmt.Errorf("%w: udp port owner lock: %w", ErrStrategy, err)
+		}
+		st.udpLock = UDPLockOwner
+		st.log.Debug("dial: udp search owns its ports (SO_REUSEPORT toggled per dial)")
+		return nil
+	case UDPLockAuto:
+		err := netsys.ProbePortOwner()
+		if err == nil {
+			st.udpLock = UDPLockOwner
+			st.log.Debug("dial: udp search owns its ports (SO_REUSEPORT toggled per dial)")
+			return nil
+		}
+		st.log.Debug("dial: udp search cannot own ports: the kernel does not behave as the port owner lock needs", "err", err)
+	case UDPLockFile:
 	default:
 		return fmt.Errorf("%w: unknown UDPLock %v", ErrStrategy, d.UDPLock)
 	}
