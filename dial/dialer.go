@@ -487,15 +487,7 @@ func (d *Dialer) planUDPLock(st *state) error {
 		st.udpLock = UDPLockOwner
 		st.log.Debug("dial: udp search owns its ports (SO_REUSEPORT toggled per dial)")
 		return nil
-	case UDPLockAuto:
-		err := netsys.ProbePortOwner()
-		if err == nil {
-			st.udpLock = UDPLockOwner
-			st.log.Debug("dial: udp search owns its ports (SO_REUSEPORT toggled per dial)")
-			return nil
-		}
-		st.log.Debug("dial: udp search cannot own ports: the kernel does not behave as the port owner lock needs", "err", err)
-	case UDPLockFile:
+	case UDPLockAuto, UDPLockFile:
 	default:
 		return fmt.Errorf("%w: unknown UDPLock %v", ErrStrategy, d.UDPLock)
 	}

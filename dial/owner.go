@@ -51,7 +51,7 @@ func (d *Dialer) udpTryOwner(ctx context.Context, st *state, src netip.Addr, por
 	shared := len(slot.socks) > 0
 	window := false // whether the port's other sockets are at SO_REUSEPORT=1
 	defer func() {
-		if window {
+		if window && !testHookOwnerKeepWindow {
 			setReusePortAll(slot.socks, false)
 		}
 	}()

@@ -170,8 +170,8 @@ func TestUDPRegistryMakesTupleBusy(t *testing.T) {
 	if _, err := bad.Dial("udp", r1.String()); !errors.Is(err, ErrStrategy) {
 		t.Fatalf("registry in an unusable directory: %v, want ErrStrategy", err)
 	}
-	if l, err := (&Dialer{LockDir: dir}).UDPLockInUse(); l != UDPLockOwner || err != nil {
-		t.Fatalf("UDPLockAuto chose %v, %v; want owner", l, err)
+	if l, err := (&Dialer{LockDir: dir}).UDPLockInUse(); l != UDPLockFile || err != nil {
+		t.Fatalf("UDPLockAuto chose %v, %v; want file", l, err)
 	}
 }
 
