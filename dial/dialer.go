@@ -78,6 +78,8 @@ func (s Strategy) String() string {
 // protocol, and differ in how two portspace processes binding one (source,
 // port) at the same instant exclude each other. UDPLockRegistry needs no
 // sock_diag: portspace processes register every 4-tuple they hold.
+// UDPLockOwner needs neither sock_diag nor a directory: the kernel's bind
+// check keeps every other socket off the ports the Dialer holds.
 type UDPLock int
 
 const (
@@ -127,7 +129,12 @@ const (
 	// holds is busy, so ports are shared across destinations by one
 	// Dialer at a time. Not protected: a socket of the same uid with
 	// SO_REUSEPORT=1 that binds the port inside the microseconds of that
-	// window (see the package documentation). Probed once per Dialer.
+	// window (see the package documentation). Probed once per Dialer (a
+	// kernel that does not behave so makes the dials fail with
+	// ErrStrategy). It is never chosen by UDPLockAuto: a process that
+	// keeps a conn on each port it touched keeps those ports from every
+	// other process, so processes sharing a port set can starve (in the
+	// cross-process race test, 5 of 8 processes opened nothing).
 	UDPLockOwner
 )
 
@@ -223,7 +230,7 @@ type Dialer struct {
 
 	// UDPLock chooses how UDP Search dials of several processes exclude
 	// each other (UDPLockAuto: the lock files, or the dump when they do
-	// not work here; UDPLockRegistry only when set).
+	// not work here; UDPLockRegistry and UDPLockOwner only when set).
 	UDPLock UDPLock
 
 	// LockDir is the directory of the UDPLockFile lock files and the
@@ -1141,8 +1148,8 @@ func sourceError(src netip.Addr, err error) error {
 	return fmt.Errorf("dial: bind to source %v: %w", src, err)
 }
 
-// UDPLockInUse reports the UDPLock (UDPLockFile, UDPLockDump or
-// UDPLockRegistry) that UDP Search dials use after the Dialer's one-time
+// UDPLockInUse reports the UDPLock (UDPLockFile, UDPLockDump,
+// UDPLockRegistry or UDPLockOwner) that UDP Search dials use after the Dialer's one-time
 // probes, or the error such dials return. It is UDPLockAuto when UDP dials
 // use the Kernel strategy, which shares no port and needs no lock.
 func (d *Dialer) UDPLockInUse() (UDPLock, error) {
