@@ -82,7 +82,10 @@ func TestReleaseReuse(t *testing.T) {
 // and UDP; one Dialer, and two Dialers sharing the ports as two processes
 // would): exactly 10 ports × 20 destinations = 200 dials succeed, with
 // distinct 4-tuples, and the rest fail with ErrExhausted. Several rounds,
-// since a lost race shows up only sometimes.
+// since a lost race shows up only sometimes. Under UDPLockOwner two
+// Dialers do not share a port (each port belongs to one of them at a
+// time), so with two Dialers the test asks only for distinct 4-tuples,
+// every dial accounted for, and at least half of the 200.
 func TestConcurrentExhaustion(t *testing.T) {
 	if !netnstest.InNetNS(t) {
 		return
@@ -92,7 +95,7 @@ func TestConcurrentExhaustion(t *testing.T) {
 	for _, tc := range []struct {
 		network string
 		lock    UDPLock
-	}{{"tcp", UDPLockAuto}, {"udp", UDPLockAuto}, {"udp", UDPLockRegistry}} {
+	}{{"tcp", UDPLockAuto}, {"udp", UDPLockFile}, {"udp", UDPLockRegistry}, {"udp", UDPLockOwner}} {
 		network := tc.network
 		lockDir := t.TempDir() // shared by the Dialers, as by processes
 		var port uint16
@@ -140,7 +143,11 @@ func TestConcurrentExhaustion(t *testing.T) {
 				for _, c := range conns {
 					closeRST(c) // no TIME_WAIT to block the next round's 4-tuples
 				}
-				if want := ports.Len() * ndst; len(conns) != want || exhausted != workers*per-want {
+				if want := ports.Len() * ndst; tc.lock == UDPLockOwner && ndialers > 1 {
+					if len(conns)+exhausted != workers*per || len(conns) < want/2 {
+						t.Fatalf("%s %v, %d dialers, round %d: %d conns and %d exhausted, want %d dials in all and at least %d conns", network, tc.lock, ndialers, round, len(conns), exhausted, workers*per, want/2)
+					}
+				} else if len(conns) != want || exhausted != workers*per-want {
 					t.Fatalf("%s %v, %d dialer(s), round %d: %d conns and %d exhausted, want %d and %d", network, tc.lock, ndialers, round, len(conns), exhausted, want, workers*per-want)
 				}
 			}

@@ -115,7 +115,9 @@ func sum(ds []time.Duration) (t time.Duration) {
 // find their port free and bind exclusively (exclusive/dial near 1); in
 // file-shared and dump-shared every port already carries a conn toward
 // another destination, so every dial runs the cooperative lock
-// (exclusive/dial 0).
+// (exclusive/dial 0). owner is the port-ownership lock: its exclusive bind
+// on a free port, and in owner-shared its SO_REUSEPORT window beside the
+// port's other socket.
 func BenchmarkDialUDP(b *testing.B) {
 	_, outside := benchRanges(b)
 	if !netsys.Probe().UDPDiag {
@@ -137,6 +139,7 @@ func BenchmarkDialUDP(b *testing.B) {
 		shared bool
 	}{
 		{UDPLockFile, false}, {UDPLockFile, true}, {UDPLockDump, false}, {UDPLockDump, true}, {UDPLockRegistry, false},
+		{UDPLockOwner, false}, {UDPLockOwner, true},
 	} {
 		name := bc.lock.String()
 		if bc.shared {

@@ -4,6 +4,7 @@ import (
 	"net"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 )
 
 // releaser gives a held port back to the Dialer, once, and under
@@ -21,6 +22,11 @@ type releaser struct {
 	// UDP Search with the cooperative lock: the Dialer's count of its
 	// sockets on the port.
 	use *atomic.Int32
+	// UDPLockOwner only: the port's slot, whose socket set holds rc (the
+	// socket's RawConn); the socket is closed and removed under the slot's
+	// mutex.
+	slot *portSlot
+	rc   syscall.RawConn
 	// cleanup is the conn's dropped-without-Close cleanup, stopped by Close.
 	cleanup runtime.Cleanup
 }
@@ -49,7 +55,11 @@ func (r *releaser) release() error {
 // registered socket is closed first (it would otherwise live on until the
 // net package's finalizer, after the unlock), then the port is released.
 func (r *releaser) dropped() {
-	if r.sock != nil && !r.done.Load() {
+	switch {
+	case r.done.Load():
+	case r.slot != nil:
+		closeOwned(r.slot, r.rc, r.sock)
+	case r.sock != nil:
 		r.sock.Close()
 	}
 	r.release()
@@ -111,7 +121,12 @@ func newUDPConn(c *net.UDPConn, sel *selector, k holdKey, idx uint32, reg *regis
 // socket is closed, so the 4-tuple is never registered free while the
 // socket holds it).
 func (c *UDPConn) Close() error {
-	err := c.UDPConn.Close()
+	var err error
+	if c.rel.slot != nil {
+		err = closeOwned(c.rel.slot, c.rel.rc, c.UDPConn)
+	} else {
+		err = c.UDPConn.Close()
+	}
 	if rerr := c.rel.release(); err == nil {
 		err = rerr
 	}

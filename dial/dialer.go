@@ -78,6 +78,8 @@ func (s Strategy) String() string {
 // protocol, and differ in how two portspace processes binding one (source,
 // port) at the same instant exclude each other. UDPLockRegistry needs no
 // sock_diag: portspace processes register every 4-tuple they hold.
+// UDPLockOwner needs neither sock_diag nor a directory: the kernel's bind
+// check keeps every other socket off the ports the Dialer holds.
 type UDPLock int
 
 const (
@@ -114,6 +116,26 @@ const (
 	// from the port set is a portspace process with UDPLockRegistry and
 	// the same LockDir; it is never chosen by UDPLockAuto.
 	UDPLockRegistry
+	// UDPLockOwner makes the Dialer the kernel's owner of each (source,
+	// port) it dials from: its first socket on the port binds with
+	// SO_REUSEADDR=0 and SO_REUSEPORT=0, which only succeeds when no
+	// socket of any program holds the port, and while the Dialer holds a
+	// socket there every socket of its own on the port keeps both at 0,
+	// so no other socket (of any program, of any portspace process and
+	// lock, or of another Dialer) can bind the port. A further dial on
+	// an owned port sets SO_REUSEPORT=1 on the port's sockets, binds a
+	// new one with SO_REUSEPORT=1 and clears the flag on all of them
+	// again: no lock file, no sock_diag. A port that any other socket
+	// holds is busy, so ports are shared across destinations by one
+	// Dialer at a time. Not protected: a socket of the same uid with
+	// SO_REUSEPORT=1 that binds the port inside the microseconds of that
+	// window (see the package documentation). Probed once per Dialer (a
+	// kernel that does not behave so makes the dials fail with
+	// ErrStrategy). It is never chosen by UDPLockAuto: a process that
+	// keeps a conn on each port it touched keeps those ports from every
+	// other process, so processes sharing a port set can starve (in the
+	// cross-process race test, 5 of 8 processes opened nothing).
+	UDPLockOwner
 )
 
 // String returns the lock's name.
@@ -127,6 +149,8 @@ func (l UDPLock) String() string {
 		return "dump"
 	case UDPLockRegistry:
 		return "registry"
+	case UDPLockOwner:
+		return "owner"
 	}
 	return "UDPLock(" + strconv.Itoa(int(l)) + ")"
 }
@@ -206,7 +230,7 @@ type Dialer struct {
 
 	// UDPLock chooses how UDP Search dials of several processes exclude
 	// each other (UDPLockAuto: the lock files, or the dump when they do
-	// not work here; UDPLockRegistry only when set).
+	// not work here; UDPLockRegistry and UDPLockOwner only when set).
 	UDPLock UDPLock
 
 	// LockDir is the directory of the UDPLockFile lock files and the
@@ -419,7 +443,7 @@ func (d *Dialer) planUDP(st *state) plan {
 		}
 		return plan{strategy: Kernel, ports: st.ports}
 	case Search:
-		if !st.caps.UDPDiag && d.UDPLock != UDPLockRegistry {
+		if !st.caps.UDPDiag && d.UDPLock != UDPLockRegistry && d.UDPLock != UDPLockOwner {
 			return plan{strategy: Search, err: fmt.Errorf("%w: search strategy for udp: the kernel lacks the exact sock_diag UDP lookup or SO_COOKIE", ErrStrategy)}
 		}
 		if err := d.planUDPLock(st); err != nil {
@@ -427,7 +451,7 @@ func (d *Dialer) planUDP(st *state) plan {
 		}
 		return d.searchPlan(st, "udp", "forced")
 	case Auto:
-		if st.caps.UDPDiag || d.UDPLock == UDPLockRegistry {
+		if st.caps.UDPDiag || d.UDPLock == UDPLockRegistry || d.UDPLock == UDPLockOwner {
 			if err := d.planUDPLock(st); err != nil {
 				return plan{strategy: Search, err: err}
 			}
@@ -462,6 +486,13 @@ func (d *Dialer) planUDPLock(st *state) error {
 		}
 		st.udpLock = UDPLockRegistry
 		st.log.Debug("dial: udp search registers its 4-tuples (no sock_diag)", "dir", st.lockDir)
+		return nil
+	case UDPLockOwner:
+		if err := netsys.ProbePortOwner(); err != nil {
+			return fmt.Errorf("%w: udp port owner lock: %w", ErrStrategy, err)
+		}
+		st.udpLock = UDPLockOwner
+		st.log.Debug("dial: udp search owns its ports (SO_REUSEPORT toggled per dial)")
 		return nil
 	case UDPLockAuto, UDPLockFile:
 	default:
@@ -1117,8 +1148,8 @@ func sourceError(src netip.Addr, err error) error {
 	return fmt.Errorf("dial: bind to source %v: %w", src, err)
 }
 
-// UDPLockInUse reports the UDPLock (UDPLockFile, UDPLockDump or
-// UDPLockRegistry) that UDP Search dials use after the Dialer's one-time
+// UDPLockInUse reports the UDPLock (UDPLockFile, UDPLockDump,
+// UDPLockRegistry or UDPLockOwner) that UDP Search dials use after the Dialer's one-time
 // probes, or the error such dials return. It is UDPLockAuto when UDP dials
 // use the Kernel strategy, which shares no port and needs no lock.
 func (d *Dialer) UDPLockInUse() (UDPLock, error) {

@@ -60,6 +60,18 @@
 // register in the same directory: a socket connected earlier by any other
 // program, portspace processes of the other UDPLocks included, is not seen.
 //
+// UDPLockOwner (forced only) makes the Dialer the kernel's owner of each
+// (source, port) it holds a conn on: the first socket binds exclusively
+// and keeps SO_REUSEADDR=0 and SO_REUSEPORT=0, as does every later socket
+// of the port outside a window of one bind and connect, during which the
+// port's sockets of this Dialer set SO_REUSEPORT=1 so that the new socket
+// (SO_REUSEPORT=1 too) can bind beside them. No other socket can bind an
+// owned port (EADDRINUSE), whatever its options, except one of the same
+// uid with SO_REUSEPORT inside that window; a port another socket holds is
+// busy. No sock_diag, no lock directory: three or more setsockopt calls over
+// a plain dial. A port is shared across destinations by one Dialer at a
+// time.
+//
 // Errors are *net.OpError, as net.Dialer's; LocalAddr, FallbackDelay (RFC
 // 6555 Happy Eyeballs for "tcp" to names with addresses of both families),
 // Timeout, Deadline, Resolver, KeepAlive and Control work as net.Dialer's.

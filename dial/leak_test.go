@@ -91,6 +91,7 @@ func dialEveryPath(t *testing.T) {
 		{"tcp", Kernel, UDPLockAuto, tuple.MustParsePortSet("40000-40003"), tport},
 		{"udp", Search, UDPLockAuto, ports, uport},
 		{"udp", Search, UDPLockRegistry, ports, uport},
+		{"udp", Search, UDPLockOwner, ports, uport},
 		{"udp", Kernel, UDPLockAuto, tuple.MustParsePortSet("40000-40003"), uport},
 	} {
 		for _, src := range []netip.Addr{v4src(1), netip.MustParseAddr("192.0.2.9")} {

@@ -208,8 +208,10 @@ func TestSearchOtherHolder(t *testing.T) {
 			dst := netip.AddrPortFrom(v4dst(1), port).String()
 			src := v4src(1)
 			ports := tuple.MustParsePortSet("20000-20009")
-			holder := &Dialer{Sources: []netip.Addr{src}, Ports: ports, Strategy: Search}
-			d := &Dialer{Sources: []netip.Addr{src}, Ports: ports, Strategy: Search}
+			// The cooperative lock: under UDPLockOwner another Dialer's
+			// ports are busy (EADDRINUSE), not taken toward one destination.
+			holder := &Dialer{Sources: []netip.Addr{src}, Ports: ports, Strategy: Search, UDPLock: UDPLockFile}
+			d := &Dialer{Sources: []netip.Addr{src}, Ports: ports, Strategy: Search, UDPLock: UDPLockFile}
 			st := d.init()
 			if st.udp.err != nil && network == "udp" {
 				t.Fatalf("the forced Search strategy cannot dial UDP here: %v", st.udp.err)

@@ -82,9 +82,13 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		var uc *net.UDPConn
 		var reg *registry
 		var off int64
-		if st.udpLock == UDPLockRegistry {
+		var rc syscall.RawConn
+		switch st.udpLock {
+		case UDPLockRegistry:
 			uc, reg, off, err = d.udpTryRegistry(ctx, st, src, port, dst)
-		} else {
+		case UDPLockOwner:
+			uc, rc, err = d.udpTryOwner(ctx, st, src, port, dst, &uses[idx], wait)
+		default:
 			uc, err = d.udpTry(ctx, st, src, port, dst, &uses[idx], wait)
 		}
 		if err == errOwnBusy {
@@ -101,7 +105,11 @@ func (d *Dialer) udpSearch(ctx context.Context, st *state, pl *plan, src netip.A
 		}
 		c = newUDPConn(uc, st.sel, sr.key, idx, reg, off)
 		if uses != nil {
-			c.(*UDPConn).rel.use = &uses[idx].n
+			rel := c.(*UDPConn).rel
+			rel.use = &uses[idx].n
+			if rc != nil {
+				rel.slot, rel.rc, rel.sock = &uses[idx], rc, uc
+			}
 		}
 		return c, false, nil
 	}
@@ -201,10 +209,14 @@ type srcUses struct {
 // portSlot is what a Dialer keeps per (source, port) for the cooperative
 // lock: n counts its connected sockets on the port; mu keeps its own dials
 // out of each other's lock window (while one holds SO_REUSEADDR=0, another
-// would fail to bind the port and wrongly count it as taken).
+// would fail to bind the port and wrongly count it as taken), and under
+// UDPLockOwner guards the port's socket set.
 type portSlot struct {
 	n  atomic.Int32
 	mu sync.Mutex
+	// socks are the Dialer's sockets on the port under UDPLockOwner,
+	// guarded by mu.
+	socks []syscall.RawConn
 }
 
 // busyRounds and busyFirstWait bound the retries of ports whose bind met

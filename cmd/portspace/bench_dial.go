@@ -161,7 +161,7 @@ one-million-connection run).`,
 	fl.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "timeout of each dial")
 	fl.StringVar(&f.dialers, "dialers", bench.DialerPortspace+","+bench.DialerBaseline, "dialers to run, in order: portspace, net.Dialer")
 	fl.StringVar(&f.strategy, "strategy", "auto", "the portspace dialer's port-selection strategy: auto, kernel or search")
-	fl.StringVar(&f.udpLock, "udp-lock", "auto", "the portspace dialer's UDP lock (dial.Dialer.UDPLock): auto, file, dump or registry")
+	fl.StringVar(&f.udpLock, "udp-lock", "auto", "the portspace dialer's UDP lock (dial.Dialer.UDPLock): auto, file, dump, registry or owner")
 	fl.BoolVar(&f.census, "census", true, "take a sock_diag census of the held connections")
 	fl.BoolVar(&f.json, "json", false, "print the report as JSON")
 	fl.BoolVar(&f.ipv6, "ipv6", false, "run over IPv6 in a network namespace the command creates (root): source and destinations in "+bench.NamespacePrefix.String()+" on its loopback; --destinations takes a count")
@@ -172,7 +172,7 @@ one-million-connection run).`,
 	fl.StringVar(&f.shard, "shard", "", "internal: this process's destinations, FIRST-LAST (indices)")
 	completeFlag(cmd, "proto", "tcp", "udp")
 	completeFlag(cmd, "strategy", "auto", "kernel", "search")
-	completeFlag(cmd, "udp-lock", "auto", "file", "dump", "registry")
+	completeFlag(cmd, "udp-lock", "auto", "file", "dump", "registry", "owner")
 	_ = cmd.RegisterFlagCompletionFunc("dialers", completeList(bench.DialerPortspace, bench.DialerBaseline))
 	_ = fl.MarkHidden("role")
 	_ = fl.MarkHidden("shard")
@@ -354,12 +354,12 @@ func newPortspaceDialer(cfg bench.Config, strategy, udpLock string) (bench.Diale
 
 // dialUDPLock parses --udp-lock.
 func dialUDPLock(name string) (dial.UDPLock, error) {
-	for _, l := range []dial.UDPLock{dial.UDPLockAuto, dial.UDPLockFile, dial.UDPLockDump, dial.UDPLockRegistry} {
+	for _, l := range []dial.UDPLock{dial.UDPLockAuto, dial.UDPLockFile, dial.UDPLockDump, dial.UDPLockRegistry, dial.UDPLockOwner} {
 		if name == l.String() || (name == "" && l == dial.UDPLockAuto) {
 			return l, nil
 		}
 	}
-	return dial.UDPLockAuto, fmt.Errorf("bench dial: --udp-lock %q: want auto, file, dump or registry", name)
+	return dial.UDPLockAuto, fmt.Errorf("bench dial: --udp-lock %q: want auto, file, dump, registry or owner", name)
 }
 
 // dialStrategy parses --strategy.

@@ -55,7 +55,7 @@ func TestBenchDialBadFlags(t *testing.T) {
 		{[]string{"--dialers", "curl"}, `unknown dialer "curl"`},
 		{[]string{"--strategy", "magic"}, `--strategy "magic"`},
 		{[]string{"--strategy", "magic", "--dialers", "net.Dialer"}, `--strategy "magic"`},
-		{[]string{"--udp-lock", "flock"}, `--udp-lock "flock": want auto, file, dump or registry`},
+		{[]string{"--udp-lock", "flock"}, `--udp-lock "flock": want auto, file, dump, registry or owner`},
 		{[]string{"--rounds", "0"}, `--rounds 0`},
 		{[]string{"--hold", "-1s"}, `--hold -1s`},
 		{[]string{"--timeout", "-2s"}, `--timeout -2s`},
