@@ -52,8 +52,8 @@ type Options struct {
 	// it; every worker locks, per batch, only the shards its packets
 	// belong to. It needs at least Shards external addresses. A hairpinned
 	// packet to another shard's address is translated by its sender's
-	// shard (source) and, after the kernel routes it back into the TUN, by
-	// the owner's (destination), as RFC 4787 REQ-9 has it. Engine.MaxSessions
+	// shard (source) and then, in the same batch, by the owner's
+	// (destination), as RFC 4787 REQ-9 has it. Engine.MaxSessions
 	// and Engine.ExpectedSessions are divided among the shards.
 	Shards int
 	// StateDir holds the state file listing the kernel configuration the

@@ -360,6 +360,7 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, partial []bool, extra []
 	}
 	now := time.Now()
 	ns := len(g.shards)
+	crossed := 0 // packets marked in sc.again
 	for i := range bufs {
 		pkt := bufs[i][offset : offset+sizes[i]]
 		t.rxBytes += uint64(len(pkt))
@@ -396,9 +397,43 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, partial []bool, extra []
 			if ns > 1 && int(sc.shard[i]) != k {
 				continue
 			}
-			out, raw = g.one(sh.eng, k, bufs[i], sizes[i], partial != nil && partial[i], !sc.inb[i], now, extra, out, raw, &t)
+			var again bool
+			out, raw, again = g.one(sh.eng, k, bufs[i], sizes[i], partial != nil && partial[i], !sc.inb[i], now, extra, out, raw, &t)
+			if again {
+				sc.again[i] = true
+				crossed++
+			}
 		}
 		sh.mu.Unlock()
+	}
+	// The second pass: the owner of a hairpinned packet's destination
+	// translates it as an inbound packet from the sender's mapping, here
+	// rather than after the kernel routes it back into the TUN. (Routed
+	// from the TUN into the TUN, each such packet had the kernel send an
+	// ICMP redirect to the sender's external address, and those reset the
+	// kernel's ICMP rate limit for that address, so that time-exceeded
+	// and unreachable errors to its subscribers were suppressed.) Shards
+	// are locked one at a time, in order, as in the first pass.
+	for k, sh := range g.shards {
+		if crossed == 0 {
+			break
+		}
+		locked := false
+		for i := range bufs {
+			if !sc.again[i] || int(g.ext[binary.BigEndian.Uint32(bufs[i][offset+16:offset+20])]-1) != k {
+				continue
+			}
+			if !locked {
+				sh.mu.Lock()
+				locked = true
+			}
+			sc.again[i] = false
+			crossed--
+			out, raw, _ = g.one(sh.eng, k, bufs[i], sizes[i], partial != nil && partial[i], false, now, extra, out, raw, &t)
+		}
+		if locked {
+			sh.mu.Unlock()
+		}
 	}
 	ctr.c[cRxBytes].Add(t.rxBytes)
 	ctr.c[cOutFwd].Add(t.nOut)
@@ -431,20 +466,20 @@ func (g *Gateway) shardFor(pkt []byte, inbound bool) uint8 {
 }
 
 // one translates one packet (buf[offset:offset+size]) with eng, the engine
-// of shard k, and appends what is to be written to out or raw.
-func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, outbound bool, now time.Time, extra [][]byte, out, raw [][]byte, t *tally) ([][]byte, [][]byte) {
+// of shard k, and appends what is to be written to out or raw. It reports
+// again, appending nothing, for a packet from inside to another shard's
+// external address whose source it translated: the caller hands it to the
+// owner's shard, which translates its destination as an inbound packet
+// from this shard's external endpoint (RFC 4787 REQ-9).
+func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, outbound bool, now time.Time, extra [][]byte, out, raw [][]byte, t *tally) (_, _ [][]byte, again bool) {
 	pkt := buf[offset : offset+size]
-	// A packet from inside to another shard's external address: this
-	// shard translates its source, the kernel routes it back into the TUN
-	// (the address's /32 route), and the owner translates its destination
-	// as an inbound packet from this shard's external endpoint.
 	cross := false
 	if len(g.shards) > 1 && outbound && len(pkt) >= 20 {
 		if o := g.ext[binary.BigEndian.Uint32(pkt[16:20])]; o != 0 && int(o-1) != k {
 			if g.opts.Engine.NoHairpinning {
 				t.noHp++
 				t.dOut++
-				return out, raw
+				return out, raw, false
 			}
 			cross = true
 		}
@@ -486,6 +521,12 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 		c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4:]), uint16(sp))
 		c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4+2:]), uint16(dp))
 		binary.BigEndian.PutUint16(pkt[cs:], ^c)
+		if cross {
+			// Still partial: the owner's pass completes it.
+			t.nHp++
+			t.hpB += uint64(len(pkt))
+			return out, raw, true
+		}
 		if completeUDP(buf, size) {
 			out = append(out, buf[:offset+len(pkt)])
 		} else {
@@ -501,7 +542,7 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 			t.nIn++
 			t.inB += uint64(len(pkt))
 		}
-		return out, raw
+		return out, raw, false
 	}
 	switch v.Action {
 	case nat.Forward:
@@ -514,9 +555,13 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 			t.inB += uint64(len(pkt))
 		}
 	case nat.Hairpin:
-		out = append(out, buf[:offset+len(pkt)])
 		t.nHp++
 		t.hpB += uint64(len(pkt))
+		if cross {
+			again = true // fragments it released (below) are routed back by the kernel
+		} else {
+			out = append(out, buf[:offset+len(pkt)])
+		}
 	case nat.Reply:
 		if t.ne < len(extra) && len(v.Reply) <= len(extra[t.ne])-offset {
 			out = append(out, extra[t.ne][:offset+copy(extra[t.ne][offset:], v.Reply)])
@@ -539,7 +584,7 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 			}
 		}
 	}
-	return out, raw
+	return out, raw, again
 }
 
 // completeUDP completes the checksum of buf[offset:offset+size] if it is a

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -117,7 +118,7 @@ func testPresets(t *testing.T, shards int) {
 	if shards > 1 && gateway.ShardOf(gwtest.Client, shards) == gateway.ShardOf(gwtest.Client2, shards) {
 		// The hairpin probe talks from Client to Client2's mapping: with
 		// shards it must cross them (source by one, destination by the
-		// other after the kernel loops the packet back into the TUN).
+		// other).
 		t.Fatalf("Client and Client2 share shard %d: the hairpin probe would not cross shards", gateway.ShardOf(gwtest.Client, shards))
 	}
 	presets := nat.Presets()
@@ -169,7 +170,7 @@ func testPresets(t *testing.T, shards int) {
 				}
 				for _, w := range pr.want {
 					if !strings.Contains(r.out, w) {
-						t.Errorf("%s: output lacks %q:\n%s", pr.name, w, r.out)
+						t.Errorf("%s: output lacks %q:\n%s\nthe router's ICMP counters: %v", pr.name, w, r.out, icmpCounters(t, topos[i].RouterNS))
 					}
 				}
 			}
@@ -189,6 +190,34 @@ func testPresets(t *testing.T, shards int) {
 			if len(gws[i].Sessions(t)) == 0 {
 				t.Errorf("no sessions listed")
 			}
+			// No packet went from the TUN back into the TUN (a hairpin
+			// across shards is translated by both shards in user space):
+			// the kernel sends an ICMP redirect for each such packet, and
+			// the redirects suppress the ICMP errors (TTL expiry) to the
+			// same external address for a second.
+			if c := icmpCounters(t, topos[i].RouterNS); c["IcmpOutRedirects"] != 0 {
+				t.Errorf("the router sent ICMP redirects: %v", c)
+			}
 		})
 	}
+}
+
+// icmpCounters returns the non-zero IPv4 ICMP counters of ns (nstat).
+func icmpCounters(tb testing.TB, ns *netnstest.NS) map[string]uint64 {
+	tb.Helper()
+	out, err := ns.Run("nstat", "-asz")
+	if err != nil {
+		tb.Fatalf("nstat: %v\n%s", err, out)
+	}
+	m := map[string]uint64{}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || !strings.HasPrefix(f[0], "Icmp") || strings.HasPrefix(f[0], "Icmp6") {
+			continue
+		}
+		if n, err := strconv.ParseUint(f[1], 10, 64); err == nil && n > 0 {
+			m[f[0]] = n
+		}
+	}
+	return m
 }

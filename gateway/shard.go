@@ -141,6 +141,12 @@ func addValue(a, b reflect.Value) {
 type scratch struct {
 	shard []uint8 // the shard each packet of the batch goes to
 	inb   []bool  // whether it goes to Engine.Inbound
+	// again marks the hairpinned packets to another shard's external
+	// address whose source the sender's shard translated: the owner's
+	// shard translates their destination in a second pass.
+	again []bool
 }
 
-func newScratch(n int) *scratch { return &scratch{shard: make([]uint8, n), inb: make([]bool, n)} }
+func newScratch(n int) *scratch {
+	return &scratch{shard: make([]uint8, n), inb: make([]bool, n), again: make([]bool, n)}
+}
