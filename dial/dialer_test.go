@@ -324,3 +324,27 @@ func TestResolverAndDeadline(t *testing.T) {
 		t.Errorf("dial after the deadline: %v, want a timeout", err)
 	}
 }
+
+// TestTimeoutUnderCallerDeadline checks that the Dialer's Timeout and
+// Deadline still bound a dial whose context has a later deadline of its
+// own (the Dialer then makes a context of its own), and that a caller's
+// earlier deadline bounds it when the Dialer's is later (no context of its
+// own).
+func TestTimeoutUnderCallerDeadline(t *testing.T) {
+	late, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	for _, d := range []*Dialer{{Timeout: time.Nanosecond}, {Deadline: time.Now().Add(-time.Second)}, {Timeout: time.Hour, Deadline: time.Now().Add(-time.Second)}} {
+		if _, err := d.DialContext(late, "udp4", "127.0.0.1:9"); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Timeout %v, Deadline %v under a caller's deadline an hour away: %v, want a timeout", d.Timeout, d.Deadline, err)
+		}
+	}
+	early, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel2()
+	d := &Dialer{Timeout: time.Hour}
+	if _, err := d.DialContext(early, "udp4", "127.0.0.1:9"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Timeout an hour under a caller's past deadline: %v, want a timeout", err)
+	}
+	if dl, ok := (&Dialer{}).deadline(time.Now()); ok {
+		t.Errorf("deadline of a Dialer with neither Timeout nor Deadline: %v, want none", dl)
+	}
+}

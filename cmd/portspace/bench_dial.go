@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ type benchDialFlags struct {
 	conns, concurrency, workers, rounds, warmup int
 	hold, timeout                               time.Duration
 	census, json, ipv6, inNetns                 bool
+	cpuProfile                                  string
 	role, shard, strategy, udpLock              string
 	// destFlag is the spelling of the destinations flag the user typed
 	// (--destinations, or its alias --dests), for error messages.
@@ -74,6 +76,17 @@ one-million-connection run).`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
+			if f.cpuProfile != "" {
+				pf, err := os.Create(f.cpuProfile)
+				if err != nil {
+					return fmt.Errorf("bench dial: --cpuprofile: %w", err)
+				}
+				defer pf.Close()
+				if err := pprof.StartCPUProfile(pf); err != nil {
+					return fmt.Errorf("bench dial: --cpuprofile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
 			if f.ipv6 && !f.inNetns {
 				exe, err := os.Executable()
 				if err != nil {
@@ -167,6 +180,8 @@ one-million-connection run).`,
 	fl.BoolVar(&f.ipv6, "ipv6", false, "run over IPv6 in a network namespace the command creates (root): source and destinations in "+bench.NamespacePrefix.String()+" on its loopback; --destinations takes a count")
 	fl.BoolVar(&f.inNetns, "in-netns", false, "internal: this process runs inside the namespace --ipv6 created")
 	_ = fl.MarkHidden("in-netns")
+	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "internal: write a CPU profile of the run (runtime/pprof) to this file")
+	_ = fl.MarkHidden("cpuprofile")
 	fl.IntVar(&f.workers, "workers", 0, "spread the run over this many dialer processes and as many listener processes (0: in-process)")
 	fl.StringVar(&f.role, "role", "", "internal: run as a listener or dialer process of --workers")
 	fl.StringVar(&f.shard, "shard", "", "internal: this process's destinations, FIRST-LAST (indices)")

@@ -126,15 +126,6 @@ func Control(c syscall.RawConn, f func(fd int) error) error {
 	return ferr
 }
 
-// SetReuseAddr sets or clears SO_REUSEADDR.
-func SetReuseAddr(fd int, on bool) error {
-	v := 0
-	if on {
-		v = 1
-	}
-	return os.NewSyscallError("setsockopt SO_REUSEADDR", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, v))
-}
-
 // SetBindAddressNoPort sets IP_BIND_ADDRESS_NO_PORT, so that bind with port
 // 0 leaves the port to connect, which checks the whole 4-tuple. The option
 // is at the IP level but applies to IPv6 sockets too.
@@ -207,11 +198,6 @@ func addrPort(sa unix.Sockaddr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// Bind binds fd to ap.
-func Bind(fd int, ap netip.AddrPort) error {
-	return os.NewSyscallError("bind", unix.Bind(fd, sockaddr(ap)))
-}
-
 // Connect connects fd to ap. On a non-blocking stream socket it may return
 // EINPROGRESS; datagram sockets connect at once.
 func Connect(fd int, ap netip.AddrPort) error {
@@ -224,13 +210,6 @@ func localAddr(fd int) (netip.AddrPort, error) {
 		return netip.AddrPort{}, os.NewSyscallError("getsockname", err)
 	}
 	return addrPort(sa), nil
-}
-
-// Cookie returns the socket's SO_COOKIE, the 64-bit identity sock_diag
-// reports for it.
-func Cookie(fd int) (uint64, error) {
-	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
-	return c, os.NewSyscallError("getsockopt SO_COOKIE", err)
 }
 
 // RouteSource returns the source address the kernel would use toward dst,

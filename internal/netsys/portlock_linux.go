@@ -60,7 +60,7 @@ func OpenPortLockFile(dir, netns, proto string, a netip.Addr) (*PortLockFile, er
 // false when another file description holds it.
 func (l *PortLockFile) TryLock(port uint16) (bool, error) {
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: int64(port), Len: 1}
-	err := unix.FcntlFlock(uintptr(l.fd), unix.F_OFD_SETLK, &lk)
+	err := ofdSetLk(l.fd, &lk)
 	switch err {
 	case nil:
 		return true, nil
@@ -73,7 +73,7 @@ func (l *PortLockFile) TryLock(port uint16) (bool, error) {
 // Unlock releases the lock of port.
 func (l *PortLockFile) Unlock(port uint16) error {
 	lk := unix.Flock_t{Type: unix.F_UNLCK, Whence: 0, Start: int64(port), Len: 1}
-	if err := unix.FcntlFlock(uintptr(l.fd), unix.F_OFD_SETLK, &lk); err != nil {
+	if err := ofdSetLk(l.fd, &lk); err != nil {
 		return fmt.Errorf("netsys: unlock port %d in %s: %w", port, l.path, os.NewSyscallError("fcntl F_OFD_SETLK", err))
 	}
 	return nil
