@@ -91,6 +91,25 @@ func putPipe(p *netsys.Pipe) {
 	}
 }
 
+// A bulk direction on a short hop leaves BBR: once a direction splices a
+// chunk of at least unpaceChunk bytes (a bulk transfer: short tunnels pay
+// nothing), its sending socket switches from BBR to unpaceCC if its round
+// trip is under unpaceRTTus microseconds (loopback, a LAN). BBR paces
+// inside TCP when the qdisc does not (lo's noqueue, pfifo_fast), a timer
+// per burst; on this machine that made a proxied bulk tunnel cost 16-31%
+// more CPU per GiB than with reno, and carry 0.65-0.75x the rate
+// (docs/proxy.md, "Pacing on a short hop"). Internet hops (longer round
+// trips) keep the system's choice.
+const (
+	unpaceChunk = 256 << 10
+	unpaceRTTus = 1000
+)
+
+// unpaceCC is the congestion control a short bulk hop switches to: reno,
+// which net.ipv4.tcp_allowed_congestion_control lets every user set; ""
+// turns the switch off (tests force either).
+var unpaceCC = "reno"
+
 // canSplice: the splice and non-blocking read paths (internal/netsys) exist
 // on Linux only; elsewhere the relay reads in a blocking Read.
 const canSplice = runtime.GOOS == "linux"
@@ -141,6 +160,7 @@ type direction struct {
 	other    *direction  // the opposite direction, if known
 	count    func(int)   // adds bytes to a metric; may be nil
 	deadline time.Time
+	unpace   int8 // 0: not yet bulk; 1: switch dst in the next spliceOut; 2: done
 }
 
 // rawConn returns c's raw socket (a *net.TCPConn's, or a wrapper's that
@@ -201,6 +221,10 @@ func (d *direction) spliceIn(fd uintptr) bool {
 // spliceOut is dst's raw write callback in modeSplice; false (wait until
 // dst is writable) while the pipe is not empty.
 func (d *direction) spliceOut(fd uintptr) bool {
+	if d.unpace == 1 {
+		d.unpace = 2
+		_, _ = netsys.UnpaceShortPath(fd, unpaceRTTus, unpaceCC)
+	}
 	_, e := d.pipe.SpliceTo(fd)
 	if e == syscall.EAGAIN {
 		return false
@@ -300,6 +324,9 @@ func (d *direction) step() (int, error) {
 		return 0, io.EOF
 	}
 	d.errno = 0
+	if d.unpace == 0 && n >= unpaceChunk && unpaceCC != "" {
+		d.unpace = 1
+	}
 	err := d.dstRC.Write(d.writeFn)
 	if err == nil && d.errno != 0 {
 		err = os.NewSyscallError("splice", d.errno)
