@@ -12,25 +12,27 @@ import (
 
 // TestRelayUnpacesBulkShortHop: a tunnel whose origin sends a bulk stream
 // over loopback has its sending socket toward the client switched from BBR
-// to reno, and carries every byte; a tunnel that moves only a small reply,
-// and one with the switch turned off, keep BBR.
+// to reno and its receiving socket's buffer capped at shortRcvbuf, and
+// carries every byte; a tunnel that moves only a small reply, and one with
+// the switch turned off, keep BBR and autotuning.
 func TestRelayUnpacesBulkShortHop(t *testing.T) {
 	defer func(cc string) { unpaceCC = cc }(unpaceCC)
 	for _, c := range []struct {
-		name string
-		cc   string
-		size int
-		want string
+		name   string
+		cc     string
+		size   int
+		want   string
+		capped bool
 	}{
-		{"bulk", "reno", 4 << 20, "reno"},
-		{"small", "reno", 64 << 10, "bbr"},
-		{"off", "", 4 << 20, "bbr"},
+		{"bulk", "reno", 4 << 20, "reno", true},
+		{"small", "reno", 64 << 10, "bbr", false},
+		{"off", "", 4 << 20, "bbr", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			unpaceCC = c.cc
 			in, src := tcpPair(t)
 			dst, out := tcpPair(t)
-			fd := connFD(t, dst)
+			fd, fs := connFD(t, dst), connFD(t, src)
 			if err := unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, "bbr"); err != nil {
 				t.Skipf("no bbr here: %v", err)
 			}
@@ -54,6 +56,14 @@ func TestRelayUnpacesBulkShortHop(t *testing.T) {
 			}
 			if cc != c.want {
 				t.Errorf("congestion control %q, want %q", cc, c.want)
+			}
+			// The kernel reports twice the size set.
+			rb, err := unix.GetsockoptInt(int(fs), unix.SOL_SOCKET, unix.SO_RCVBUF)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if capped := rb == 2*shortRcvbuf; capped != c.capped {
+				t.Errorf("SO_RCVBUF of the relay's receiving socket %d, capped %v, want %v", rb, capped, c.capped)
 			}
 			out.Close()
 			in.Close()

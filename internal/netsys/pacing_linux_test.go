@@ -44,3 +44,27 @@ func TestUnpaceShortPath(t *testing.T) {
 		t.Fatalf("UnpaceShortPath allocates %v times, want 0", allocs-base)
 	}
 }
+
+// TestCapShortPathRcvbuf: a loopback socket's receive buffer is set (the
+// kernel reports twice the size asked); with a round trip not short enough
+// it is left to autotuning.
+func TestCapShortPathRcvbuf(t *testing.T) {
+	a, _ := smPair(t)
+	fd := smFD(t, a)
+	before, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+	if ok, e := CapShortPathRcvbuf(fd, 0, 1<<20); ok || e != 0 {
+		t.Fatalf("round trip under 0 µs: set %v, %v", ok, e)
+	}
+	if v, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); v != before {
+		t.Fatalf("SO_RCVBUF %d after a refused cap, want %d", v, before)
+	}
+	if ok, e := CapShortPathRcvbuf(fd, 1000, 1<<20); !ok || e != 0 {
+		t.Fatalf("loopback under 1 ms: set %v, %v", ok, e)
+	}
+	if v, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); v != 2<<20 {
+		t.Fatalf("SO_RCVBUF %d, want %d", v, 2<<20)
+	}
+	if a := testing.AllocsPerRun(100, func() { CapShortPathRcvbuf(fd, 1000, 1<<20) }); a != 0 {
+		t.Fatalf("CapShortPathRcvbuf allocates %v times, want 0", a)
+	}
+}

@@ -32,3 +32,8 @@ func UnpaceShortPath(fd uintptr, maxRTTus int, cc string) (bool, syscall.Errno) 
 
 // CongestionControl is only supported on Linux.
 func CongestionControl(fd uintptr) (string, error) { return "", unsupported("TCP_CONGESTION") }
+
+// CapShortPathRcvbuf is only supported on Linux.
+func CapShortPathRcvbuf(fd uintptr, maxRTTus, size int) (bool, syscall.Errno) {
+	return false, syscall.EOPNOTSUPP
+}
