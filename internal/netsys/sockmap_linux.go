@@ -81,7 +81,7 @@ func bpf(cmd int, attr unsafe.Pointer, size uintptr) (int, error) {
 // use.
 //
 // The proxy's relay does not use it: measured against the splice relay it
-// carried a bulk stream at 0.4-0.9x the rate for 1.6x the CPU per byte
+// carried a bulk stream at 0.4-0.9x the rate for 1.5-1.8x the CPU per byte
 // (the egress runs in a kworker, one work item per skb; docs/proxy.md, "A
 // kernel relay: BPF sockmap"). BenchmarkRelayBulkSockmap in package proxy
 // reproduces the figures. What a tunnel on it would have to handle, as
