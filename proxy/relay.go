@@ -96,16 +96,16 @@ func putPipe(p *netsys.Pipe) {
 // nothing), its sending socket switches from BBR to unpaceCC if its round
 // trip is under unpaceRTTus microseconds (loopback, a LAN). BBR paces
 // inside TCP when the qdisc does not (lo's noqueue, pfifo_fast), a timer
-// per burst; on this machine that made a proxied bulk tunnel cost 16-31%
-// more CPU per GiB than with reno, and carry 0.65-0.75x the rate
+// per burst; on this machine that made a proxied bulk tunnel cost 19-38%
+// more CPU per GiB than with reno, and carry 0.72-0.79x the rate
 // (docs/proxy.md, "Pacing on a short hop"). Internet hops (longer round
 // trips) keep the system's choice.
 //
 // The same direction caps its receiving socket's SO_RCVBUF at shortRcvbuf
 // on such a hop: autotuning had grown the queue in front of the relay to
 // 32 MB (net.ipv4.tcp_rmem's maximum here), whose pages went cold in the
-// cache before the client read them; bounded, the tunnel cost 6-24% less
-// CPU per GiB again. 2 MiB (the kernel doubles it) still fills a 1 ms hop
+// cache before the client read them; bounded, the tunnel cost 4-17% less
+// CPU per GiB again in five runs of six. 2 MiB (the kernel doubles it) still fills a 1 ms hop
 // at 2 GB/s.
 const (
 	unpaceChunk = 256 << 10
@@ -117,6 +117,9 @@ const (
 // which net.ipv4.tcp_allowed_congestion_control lets every user set; ""
 // turns the switch and the receive buffer cap off (tests force either).
 var unpaceCC = "reno"
+
+// unpaced counts the sockets switched from BBR (tests read it).
+var unpaced atomic.Int64
 
 // canSplice: the splice and non-blocking read paths (internal/netsys) exist
 // on Linux only; elsewhere the relay reads in a blocking Read.
@@ -235,7 +238,9 @@ func (d *direction) spliceIn(fd uintptr) bool {
 func (d *direction) spliceOut(fd uintptr) bool {
 	if d.unpace == 1 {
 		d.unpace = 2
-		_, _ = netsys.UnpaceShortPath(fd, unpaceRTTus, unpaceCC)
+		if ok, _ := netsys.UnpaceShortPath(fd, unpaceRTTus, unpaceCC); ok {
+			unpaced.Add(1)
+		}
 	}
 	_, e := d.pipe.SpliceTo(fd)
 	if e == syscall.EAGAIN {
