@@ -5,9 +5,14 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/portspace/portspace/internal/netnstest"
 )
@@ -162,4 +167,54 @@ func TestCurlIPv6Listener(t *testing.T) {
 			t.Errorf("curl %v: exit %d: %s", args, code, out)
 		}
 	}
+}
+
+// TestCurlBulkShortHop: curl downloads 8 MiB from a loopback origin
+// through a SOCKS5 tunnel and an HTTP CONNECT tunnel; every byte arrives,
+// the bytes metric counts them, and the tunnels took the bulk short-hop
+// path (the proxy's socket toward curl left BBR, where BBR is the
+// system's congestion control).
+func TestCurlBulkShortHop(t *testing.T) {
+	body := bytes.Repeat([]byte("portspace bulk."), 8<<20/15)
+	ln, err := net.Listen("tcp", "127.0.0.10:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	url := fmt.Sprintf("http://%s/bulk", ln.Addr())
+	p := startProxy(t, "", nil)
+	bbr := systemCongestionControl(t) == "bbr"
+	for i, args := range [][]string{
+		{"--socks5", p.addr.String(), url},
+		{"-p", "-x", "http://" + p.addr.String(), url},
+	} {
+		before := unpaced.Load()
+		down0 := testutil.ToFloat64(p.srv.metrics.Bytes.WithLabelValues("down"))
+		out, code := curl(t, args...)
+		if code != 0 || out != string(body) {
+			t.Fatalf("curl %v: exit %d, %d bytes, want the %d served", args, code, len(out), len(body))
+		}
+		if bbr && unpaced.Load() == before {
+			t.Errorf("curl %v: no socket of the tunnel left BBR", args)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for testutil.ToFloat64(p.srv.metrics.Bytes.WithLabelValues("down"))-down0 < float64(len(body)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("tunnel %d: bytes_total{down} grew by %v, want at least %d",
+					i, testutil.ToFloat64(p.srv.metrics.Bytes.WithLabelValues("down"))-down0, len(body))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// systemCongestionControl is net.ipv4.tcp_congestion_control.
+func systemCongestionControl(t *testing.T) string {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }

@@ -91,6 +91,36 @@ func putPipe(p *netsys.Pipe) {
 	}
 }
 
+// A bulk direction on a short hop leaves BBR: once a direction splices a
+// chunk of at least unpaceChunk bytes (a bulk transfer: short tunnels pay
+// nothing), its sending socket switches from BBR to unpaceCC if its round
+// trip is under unpaceRTTus microseconds (loopback, a LAN). BBR paces
+// inside TCP when the qdisc does not (lo's noqueue, pfifo_fast), a timer
+// per burst; on this machine that made a proxied bulk tunnel cost 19-38%
+// more CPU per GiB than with reno, and carry 0.72-0.79x the rate
+// (docs/proxy.md, "Pacing on a short hop"). Internet hops (longer round
+// trips) keep the system's choice.
+//
+// The same direction caps its receiving socket's SO_RCVBUF at shortRcvbuf
+// on such a hop: autotuning had grown the queue in front of the relay to
+// 32 MB (net.ipv4.tcp_rmem's maximum here), whose pages went cold in the
+// cache before the client read them; bounded, the tunnel cost 4-17% less
+// CPU per GiB again in five runs of six. 2 MiB (the kernel doubles it) still fills a 1 ms hop
+// at 2 GB/s.
+const (
+	unpaceChunk = 256 << 10
+	unpaceRTTus = 1000
+	shortRcvbuf = 2 << 20
+)
+
+// unpaceCC is the congestion control a short bulk hop switches to: reno,
+// which net.ipv4.tcp_allowed_congestion_control lets every user set; ""
+// turns the switch and the receive buffer cap off (tests force either).
+var unpaceCC = "reno"
+
+// unpaced counts the sockets switched from BBR (tests read it).
+var unpaced atomic.Int64
+
 // canSplice: the splice and non-blocking read paths (internal/netsys) exist
 // on Linux only; elsewhere the relay reads in a blocking Read.
 const canSplice = runtime.GOOS == "linux"
@@ -141,6 +171,7 @@ type direction struct {
 	other    *direction  // the opposite direction, if known
 	count    func(int)   // adds bytes to a metric; may be nil
 	deadline time.Time
+	unpace   int8 // 0: not yet bulk; 1: switch dst in the next spliceOut; 2: done
 }
 
 // rawConn returns c's raw socket (a *net.TCPConn's, or a wrapper's that
@@ -195,12 +226,22 @@ func (d *direction) spliceIn(fd uintptr) bool {
 		return false
 	}
 	d.got, d.errno = n, e
+	if d.unpace == 0 && n >= unpaceChunk && unpaceCC != "" {
+		d.unpace = 1 // spliceOut switches dst's congestion control
+		_, _ = netsys.CapShortPathRcvbuf(fd, unpaceRTTus, shortRcvbuf)
+	}
 	return true
 }
 
 // spliceOut is dst's raw write callback in modeSplice; false (wait until
 // dst is writable) while the pipe is not empty.
 func (d *direction) spliceOut(fd uintptr) bool {
+	if d.unpace == 1 {
+		d.unpace = 2
+		if ok, _ := netsys.UnpaceShortPath(fd, unpaceRTTus, unpaceCC); ok {
+			unpaced.Add(1)
+		}
+	}
 	_, e := d.pipe.SpliceTo(fd)
 	if e == syscall.EAGAIN {
 		return false

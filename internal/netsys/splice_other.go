@@ -24,3 +24,16 @@ func (p *Pipe) SpliceTo(fd uintptr) (int, syscall.Errno) { return 0, syscall.EOP
 
 // ReadFD is only supported on Linux.
 func ReadFD(fd uintptr, b []byte) (int, syscall.Errno) { return 0, syscall.EOPNOTSUPP }
+
+// UnpaceShortPath is only supported on Linux.
+func UnpaceShortPath(fd uintptr, maxRTTus int, cc string) (bool, syscall.Errno) {
+	return false, syscall.EOPNOTSUPP
+}
+
+// CongestionControl is only supported on Linux.
+func CongestionControl(fd uintptr) (string, error) { return "", unsupported("TCP_CONGESTION") }
+
+// CapShortPathRcvbuf is only supported on Linux.
+func CapShortPathRcvbuf(fd uintptr, maxRTTus, size int) (bool, syscall.Errno) {
+	return false, syscall.EOPNOTSUPP
+}

@@ -1,0 +1,83 @@
+package netsys
+
+import (
+	"bytes"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpCCNameMax is TCP_CA_NAME_MAX (linux/tcp.h).
+const tcpCCNameMax = 16
+
+// UnpaceShortPath switches the stream socket fd from a pacing congestion
+// control (BBR: its name starts with "bbr") to cc (say "reno", which every
+// user may set) when fd's smoothed round-trip time (tcp_info rtt) is below
+// maxRTTus microseconds: a loopback or LAN hop, where pacing has no queue
+// to spare and, on a qdisc without pacing (lo's noqueue), costs a
+// high-resolution timer per burst (docs/proxy.md, "Pacing on a short
+// hop"). It reports whether it switched; an errno when a system call
+// failed (EPERM: cc is not in net.ipv4.tcp_allowed_congestion_control and
+// the process lacks CAP_NET_ADMIN). It allocates nothing.
+func UnpaceShortPath(fd uintptr, maxRTTus int, cc string) (bool, syscall.Errno) {
+	r, e := rtt(fd)
+	if e != 0 || r >= maxRTTus {
+		return false, e
+	}
+	var name [tcpCCNameMax]byte
+	l := uint32(tcpCCNameMax)
+	if _, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION,
+		uintptr(unsafe.Pointer(&name[0])), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
+		return false, syscall.Errno(e)
+	}
+	if !bytes.HasPrefix(name[:l], []byte("bbr")) || len(cc) >= tcpCCNameMax {
+		return false, 0
+	}
+	var want [tcpCCNameMax]byte
+	copy(want[:], cc)
+	if _, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION,
+		uintptr(unsafe.Pointer(&want[0])), uintptr(len(cc)), 0); e != 0 {
+		return false, syscall.Errno(e)
+	}
+	return true, 0
+}
+
+// rtt returns fd's smoothed round-trip time in microseconds (tcp_info rtt:
+// on a socket that only receives, the handshake's; rcv_rtt, which grows
+// with the queue in front of a slow reader, is not used).
+func rtt(fd uintptr) (int, syscall.Errno) {
+	var ti unix.TCPInfo
+	l := uint32(unsafe.Sizeof(ti))
+	if _, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_INFO,
+		uintptr(unsafe.Pointer(&ti)), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
+		return 0, syscall.Errno(e)
+	}
+	return int(ti.Rtt), 0
+}
+
+// CapShortPathRcvbuf sets SO_RCVBUF of the stream socket fd to size when
+// its smoothed round-trip time is below maxRTTus microseconds, bounding the
+// queue in front of a reader slower than its sender (autotuning grows it
+// to net.ipv4.tcp_rmem's maximum, whose pages then go cold in the cache
+// before they are read) on a hop short enough that size bytes still fill
+// it (2 MiB at 1 ms: 2 GB/s); longer hops keep autotuning. It reports
+// whether it set the size. It allocates nothing.
+func CapShortPathRcvbuf(fd uintptr, maxRTTus, size int) (bool, syscall.Errno) {
+	r, e := rtt(fd)
+	if e != 0 || r >= maxRTTus {
+		return false, e
+	}
+	v := int32(size)
+	if _, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_RCVBUF,
+		uintptr(unsafe.Pointer(&v)), 4, 0); e != 0 {
+		return false, syscall.Errno(e)
+	}
+	return true, 0
+}
+
+// CongestionControl returns the name of fd's congestion control
+// (TCP_CONGESTION).
+func CongestionControl(fd uintptr) (string, error) {
+	return unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+}

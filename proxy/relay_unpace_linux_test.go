@@ -1,0 +1,75 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/portspace/portspace/internal/netsys"
+	"golang.org/x/sys/unix"
+)
+
+// TestRelayUnpacesBulkShortHop: a tunnel whose origin sends a bulk stream
+// over loopback has its sending socket toward the client switched from BBR
+// to reno and its receiving socket's buffer capped at shortRcvbuf, and
+// carries every byte; a tunnel that moves only a small reply, and one with
+// the switch turned off, keep BBR and autotuning.
+func TestRelayUnpacesBulkShortHop(t *testing.T) {
+	defer func(cc string) { unpaceCC = cc }(unpaceCC)
+	for _, c := range []struct {
+		name   string
+		cc     string
+		size   int
+		want   string
+		capped bool
+	}{
+		{"bulk", "reno", 4 << 20, "reno", true},
+		{"small", "reno", 64 << 10, "bbr", false},
+		{"off", "", 4 << 20, "bbr", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			unpaceCC = c.cc
+			in, src := tcpPair(t)
+			dst, out := tcpPair(t)
+			fd, fs := connFD(t, dst), connFD(t, src)
+			if err := unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, "bbr"); err != nil {
+				t.Skipf("no bbr here: %v", err)
+			}
+			done := make(chan int64, 1)
+			go func() {
+				n, _, _ := relay(src, dst, time.Minute, time.Now, nil, nil)
+				done <- n
+			}()
+			msg := bytes.Repeat([]byte("0123456789abcdef"), c.size/16)
+			go func() {
+				in.Write(msg)
+				in.CloseWrite()
+			}()
+			got, err := io.ReadAll(out)
+			if err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("read %d bytes (%v), want the %d sent", len(got), err, len(msg))
+			}
+			cc, err := netsys.CongestionControl(fd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cc != c.want {
+				t.Errorf("congestion control %q, want %q", cc, c.want)
+			}
+			// The kernel reports twice the size set.
+			rb, err := unix.GetsockoptInt(int(fs), unix.SOL_SOCKET, unix.SO_RCVBUF)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if capped := rb == 2*shortRcvbuf; capped != c.capped {
+				t.Errorf("SO_RCVBUF of the relay's receiving socket %d, capped %v, want %v", rb, capped, c.capped)
+			}
+			out.Close()
+			in.Close()
+			if n := <-done; n != int64(len(msg)) {
+				t.Errorf("relay counted %d bytes, want %d", n, len(msg))
+			}
+		})
+	}
+}
