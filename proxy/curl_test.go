@@ -190,13 +190,13 @@ func TestCurlBulkShortHop(t *testing.T) {
 		{"--socks5", p.addr.String(), url},
 		{"-p", "-x", "http://" + p.addr.String(), url},
 	} {
-		before := unpaced.Load()
+		before := testutil.ToFloat64(p.srv.metrics.ShortHopSwitched)
 		down0 := testutil.ToFloat64(p.srv.metrics.Bytes.WithLabelValues("down"))
 		out, code := curl(t, args...)
 		if code != 0 || out != string(body) {
 			t.Fatalf("curl %v: exit %d, %d bytes, want the %d served", args, code, len(out), len(body))
 		}
-		if bbr && unpaced.Load() == before {
+		if bbr && testutil.ToFloat64(p.srv.metrics.ShortHopSwitched) == before {
 			t.Errorf("curl %v: no socket of the tunnel left BBR", args)
 		}
 		deadline := time.Now().Add(5 * time.Second)

@@ -354,7 +354,7 @@ func (s *Server) httpRequest(c net.Conn, rt *runtimeConfig, br *bufio.Reader, lr
 	}
 	rc.detached = true
 	rc.wait = make(chan struct{})
-	relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.upFn, s.metrics.downFn, func(up, down int64, _ error) {
+	relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.upFn, s.metrics.downFn, s.hop, func(up, down int64, _ error) {
 		<-rc.wait // serveHTTP has added the connection's cleanups
 		l.up, l.down, l.result = l.up+up, down, resultOK
 		rc.run()

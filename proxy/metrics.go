@@ -37,6 +37,9 @@ type Metrics struct {
 	Exhausted *prometheus.CounterVec
 	// Reloads counts configuration reloads by result (ok, error).
 	Reloads *prometheus.CounterVec
+	// ShortHopSwitched counts the sockets of bulk tunnel directions on
+	// short hops switched from BBR (Options.ShortHopCC).
+	ShortHopSwitched prometheus.Counter
 
 	up, down                prometheus.Counter
 	activeSOCKS, activeHTTP prometheus.Gauge
@@ -114,7 +117,8 @@ func NewMetrics() *Metrics {
 	m.SlicePorts = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "portspace_proxy_slice_connections", Help: "Connections open from each held slice (occupancy)."}, []string{"pool", "slice"})
 	m.Exhausted = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portspace_proxy_exhausted_total", Help: "Dials refused because every matching pool was exhausted, by requested traits."}, []string{"traits"})
 	m.Reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portspace_proxy_reloads_total", Help: "Configuration reloads by result."}, []string{"result"})
-	m.Registry.MustRegister(m.Connections, m.Active, m.Bytes, m.DialSeconds, m.UDPDatagrams, m.LeasesHeld, m.SlicePorts, m.Exhausted, m.Reloads,
+	m.ShortHopSwitched = prometheus.NewCounter(prometheus.CounterOpts{Name: "portspace_proxy_short_hop_switched_total", Help: "Sockets of bulk tunnel directions on short hops switched from BBR."})
+	m.Registry.MustRegister(m.Connections, m.Active, m.Bytes, m.DialSeconds, m.UDPDatagrams, m.LeasesHeld, m.SlicePorts, m.Exhausted, m.Reloads, m.ShortHopSwitched,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.up = m.Bytes.WithLabelValues("up")
 	m.down = m.Bytes.WithLabelValues("down")

@@ -93,7 +93,7 @@ func putPipe(p *netsys.Pipe) {
 
 // A bulk direction on a short hop leaves BBR: once a direction splices a
 // chunk of at least unpaceChunk bytes (a bulk transfer: short tunnels pay
-// nothing), its sending socket switches from BBR to unpaceCC if its round
+// nothing), its sending socket switches from BBR to Options.ShortHopCC (reno) if its round
 // trip is under unpaceRTTus microseconds (loopback, a LAN). BBR paces
 // inside TCP when the qdisc does not (lo's noqueue, pfifo_fast), a timer
 // per burst; on this machine that made a proxied bulk tunnel cost 19-38%
@@ -113,13 +113,14 @@ const (
 	shortRcvbuf = 2 << 20
 )
 
-// unpaceCC is the congestion control a short bulk hop switches to: reno,
-// which net.ipv4.tcp_allowed_congestion_control lets every user set; ""
-// turns the switch and the receive buffer cap off (tests force either).
-var unpaceCC = "reno"
-
-// unpaced counts the sockets switched from BBR (tests read it).
-var unpaced atomic.Int64
+// shortHop is what a bulk direction on a short hop does
+// (Options.ShortHopCC): cc is the congestion control its sending socket
+// switches to from BBR ("" leaves the hop alone: no switch, no receive
+// buffer cap), and switched, if not nil, counts each socket switched.
+type shortHop struct {
+	cc       string
+	switched func()
+}
 
 // canSplice: the splice and non-blocking read paths (internal/netsys) exist
 // on Linux only; elsewhere the relay reads in a blocking Read.
@@ -130,6 +131,7 @@ const canSplice = runtime.GOOS == "linux"
 type tunnel struct {
 	idle     time.Duration
 	now      func() time.Time
+	hop      shortHop
 	lastNano atomic.Int64
 }
 
@@ -226,7 +228,7 @@ func (d *direction) spliceIn(fd uintptr) bool {
 		return false
 	}
 	d.got, d.errno = n, e
-	if d.unpace == 0 && n >= unpaceChunk && unpaceCC != "" {
+	if d.unpace == 0 && n >= unpaceChunk && d.t.hop.cc != "" {
 		d.unpace = 1 // spliceOut switches dst's congestion control
 		_, _ = netsys.CapShortPathRcvbuf(fd, unpaceRTTus, shortRcvbuf)
 	}
@@ -238,8 +240,8 @@ func (d *direction) spliceIn(fd uintptr) bool {
 func (d *direction) spliceOut(fd uintptr) bool {
 	if d.unpace == 1 {
 		d.unpace = 2
-		if ok, _ := netsys.UnpaceShortPath(fd, unpaceRTTus, unpaceCC); ok {
-			unpaced.Add(1)
+		if ok, _ := netsys.UnpaceShortPath(fd, unpaceRTTus, d.t.hop.cc); ok && d.t.hop.switched != nil {
+			d.t.hop.switched()
 		}
 	}
 	_, e := d.pipe.SpliceTo(fd)
@@ -423,10 +425,11 @@ func closeWrite(c net.Conn) {
 // until both end, propagating a half-close (FIN) from either side; an error
 // or the idle timeout in either direction closes both. It then calls done
 // with the bytes relayed each way and the first error. The caller's
-// goroutine (and its stack) is free at once.
-func relayAsync(a, b net.Conn, idle time.Duration, now func() time.Time, up, down func(int), done func(aToB, bToA int64, err error)) {
+// goroutine (and its stack) is free at once. hop is what a bulk direction
+// on a short hop does.
+func relayAsync(a, b net.Conn, idle time.Duration, now func() time.Time, up, down func(int), hop shortHop, done func(aToB, bToA int64, err error)) {
 	r := &relayState{a: a, b: b, done: done}
-	r.t.idle, r.t.now = idle, now
+	r.t.idle, r.t.now, r.t.hop = idle, now, hop
 	r.t.touch()
 	ra, rb := rawConn(a), rawConn(b)
 	r.ab.init(&r.t, a, b, ra, rb, up)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -185,10 +186,13 @@ func TestRelayIdleTimeout(t *testing.T) {
 	}
 }
 
+// testHop is the Server's default short-hop tuning, for the relay tests.
+var testHop = shortHop{cc: "reno"}
+
 // relay runs relayAsync and waits for it: the tests' synchronous form.
 func relay(a, b net.Conn, idle time.Duration, now func() time.Time, up, down func(int)) (aToB, bToA int64, err error) {
 	done := make(chan struct{})
-	relayAsync(a, b, idle, now, up, down, func(x, y int64, e error) {
+	relayAsync(a, b, idle, now, up, down, testHop, func(x, y int64, e error) {
 		aToB, bToA, err = x, y, e
 		close(done)
 	})
@@ -257,5 +261,29 @@ func TestRelayWithoutPipes(t *testing.T) {
 	b2.Close()
 	if err := <-done; err != nil {
 		t.Errorf("relay ended with %v", err)
+	}
+}
+
+// TestShortHopCCOption: Options.ShortHopCC's zero value is reno, "off"
+// turns the short-hop tuning off, another name is kept, and a string that
+// is no congestion control name is refused with ErrConfig.
+func TestShortHopCCOption(t *testing.T) {
+	cfg, err := ParseConfig("t.yaml", []byte("listen: [127.0.0.1:0]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ opt, want string }{{"", "reno"}, {"off", ""}, {"cubic", "cubic"}} {
+		s, err := NewServer(cfg, &DialerEgress{Dialer: testDialer()}, Options{ShortHopCC: c.opt})
+		if err != nil {
+			t.Fatalf("ShortHopCC %q: %v", c.opt, err)
+		}
+		if s.hop.cc != c.want || s.hop.switched == nil {
+			t.Errorf("ShortHopCC %q: switches to %q (counted %v), want %q", c.opt, s.hop.cc, s.hop.switched != nil, c.want)
+		}
+	}
+	for _, bad := range []string{"Reno", "bbr cubic", "a_very_long_name_x"} {
+		if _, err := NewServer(cfg, &DialerEgress{Dialer: testDialer()}, Options{ShortHopCC: bad}); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), bad) {
+			t.Errorf("ShortHopCC %q: %v, want ErrConfig naming it", bad, err)
+		}
 	}
 }

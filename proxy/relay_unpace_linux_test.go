@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,7 +17,6 @@ import (
 // carries every byte; a tunnel that moves only a small reply, and one with
 // the switch turned off, keep BBR and autotuning.
 func TestRelayUnpacesBulkShortHop(t *testing.T) {
-	defer func(cc string) { unpaceCC = cc }(unpaceCC)
 	for _, c := range []struct {
 		name   string
 		cc     string
@@ -29,7 +29,6 @@ func TestRelayUnpacesBulkShortHop(t *testing.T) {
 		{"off", "", 4 << 20, "bbr", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			unpaceCC = c.cc
 			in, src := tcpPair(t)
 			dst, out := tcpPair(t)
 			fd, fs := connFD(t, dst), connFD(t, src)
@@ -37,10 +36,10 @@ func TestRelayUnpacesBulkShortHop(t *testing.T) {
 				t.Skipf("no bbr here: %v", err)
 			}
 			done := make(chan int64, 1)
-			go func() {
-				n, _, _ := relay(src, dst, time.Minute, time.Now, nil, nil)
+			var switched atomic.Int64
+			relayAsync(src, dst, time.Minute, time.Now, nil, nil, shortHop{cc: c.cc, switched: func() { switched.Add(1) }}, func(n, _ int64, _ error) {
 				done <- n
-			}()
+			})
 			msg := bytes.Repeat([]byte("0123456789abcdef"), c.size/16)
 			go func() {
 				in.Write(msg)
@@ -56,6 +55,9 @@ func TestRelayUnpacesBulkShortHop(t *testing.T) {
 			}
 			if cc != c.want {
 				t.Errorf("congestion control %q, want %q", cc, c.want)
+			}
+			if n, want := switched.Load(), map[bool]int64{true: 1, false: 0}[c.want != "bbr"]; n != want {
+				t.Errorf("%d sockets counted as switched, want %d", n, want)
 			}
 			// The kernel reports twice the size set.
 			rb, err := unix.GetsockoptInt(int(fs), unix.SOL_SOCKET, unix.SO_RCVBUF)

@@ -36,6 +36,7 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *Metrics
 	now      func() time.Time
+	hop      shortHop // Options.ShortHopCC
 
 	rt atomic.Pointer[runtimeConfig]
 
@@ -83,6 +84,17 @@ type Options struct {
 	Metrics *Metrics
 	// Now is the clock for idle timers and sessions; nil: time.Now.
 	Now func() time.Time
+	// ShortHopCC is the TCP congestion control that a tunnel direction
+	// moving bulk data (a splice of 256 KiB or more) over a hop with a
+	// round trip under 1 ms (loopback, a LAN) switches its sending socket
+	// to, if that socket uses BBR; the direction's receiving socket then
+	// also caps its SO_RCVBUF at 2 MiB. BBR paces inside TCP, a timer per
+	// burst, when the qdisc does not, and on such hops that cost a relayed
+	// tunnel a fifth to a third more CPU per GiB (docs/proxy.md, "Pacing
+	// on a short hop"). "": reno (net.ipv4.tcp_allowed_congestion_control
+	// lets every user set it); "off": no switch and no cap. Hops with
+	// longer round trips keep the system's choice.
+	ShortHopCC string
 }
 
 // runtimeConfig is a Config compiled for serving.
@@ -116,6 +128,16 @@ func NewServer(cfg *Config, egress Egress, opts Options) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	switch cc := opts.ShortHopCC; {
+	case cc == "":
+		s.hop.cc = "reno"
+	case cc == "off":
+	case len(cc) >= 16 || strings.Trim(cc, "abcdefghijklmnopqrstuvwxyz0123456789_") != "":
+		return nil, fmt.Errorf("%w: Options.ShortHopCC %q is not a congestion control name", ErrConfig, cc)
+	default:
+		s.hop.cc = cc
+	}
+	s.hop.switched = s.metrics.ShortHopSwitched.Inc
 	rt, err := s.compile(cfg)
 	if err != nil {
 		return nil, err

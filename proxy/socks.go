@@ -318,7 +318,7 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, mbuf *[255]byte, rt *r
 		l.up += int64(k)
 	}
 	cl.detached = true
-	relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.upFn, s.metrics.downFn, func(up, down int64, _ error) {
+	relayAsync(c, dst, rt.cfg.idleTimeout(), s.now, s.metrics.upFn, s.metrics.downFn, s.hop, func(up, down int64, _ error) {
 		l.up, l.down, l.result = l.up+up, down, resultOK
 		cl.relayed = true
 		cl.run()
