@@ -159,6 +159,12 @@ func pidx(p tuple.Proto) int {
 }
 
 func u4(a netip.Addr) uint32 { b := a.As4(); return binary.BigEndian.Uint32(b[:]) }
+
+// src4 and dst4 return the source and destination address of parsed
+// packet p as u4 would (p.Src() and p.Dst()), read from its header
+// without building a netip.Addr: a parsed packet has 20 header bytes.
+func src4(p *packet.Packet) uint32 { return binary.BigEndian.Uint32(p.Bytes()[12:16]) }
+func dst4(p *packet.Packet) uint32 { return binary.BigEndian.Uint32(p.Bytes()[16:20]) }
 func a4(u uint32) netip.Addr {
 	var b [4]byte
 	binary.BigEndian.PutUint32(b[:], u)
@@ -477,15 +483,15 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	if err := p.Parse(pkt); err != nil {
 		return e.bad(err)
 	}
-	src := p.Src()
+	src := src4(&p)
 	ns := e.now(now)
-	if !e.isInside(u4(src)) {
+	if !e.isInside(src) {
 		return e.drop(ReasonNotInternal)
 	}
 	if p.IsFragment() && !p.HasTransport() {
 		return e.outboundFragment(&p, ns)
 	}
-	dst := u4(p.Dst())
+	dst := dst4(&p)
 	if len(e.noXlat) > 0 && e.noTranslate(dst, p.DstPort(), p.Proto()) {
 		if p.IsFragment() {
 			e.exemptFragment(&p, 1, ns)
@@ -511,7 +517,7 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 	v := e.outboundFlow(&p, now, ns)
 	var f *fragEntry
 	if v.Action == Forward && p.IsFragment() {
-		f = e.noteFragment(&p, true, u4(src), origID, ns)
+		f = e.noteFragment(&p, true, src, origID, ns)
 	}
 	if v.Action != Forward || !hairpin {
 		if v.Action == Forward {
@@ -539,14 +545,14 @@ func (e *Engine) Outbound(pkt []byte, now time.Time) Verdict {
 func remoteOf(p *packet.Packet, outbound bool) (uint32, uint16) {
 	if outbound {
 		if p.Proto() == tuple.ICMP {
-			return u4(p.Dst()), 0
+			return dst4(p), 0
 		}
-		return u4(p.Dst()), p.DstPort()
+		return dst4(p), p.DstPort()
 	}
 	if p.Proto() == tuple.ICMP {
-		return u4(p.Src()), 0
+		return src4(p), 0
 	}
-	return u4(p.Src()), p.SrcPort()
+	return src4(p), p.SrcPort()
 }
 
 // lookupOut finds the session (index+1) of an outbound flow and the owner
@@ -654,7 +660,7 @@ func (e *Engine) touch(r *rec, p *packet.Packet, outbound bool, ns uint32) {
 
 func (e *Engine) outboundFlow(p *packet.Packet, now time.Time, ns uint32) Verdict {
 	proto := uint8(p.Proto())
-	ia, ip := u4(p.Src()), p.SrcPort()
+	ia, ip := src4(p), p.SrcPort()
 	ra, rp := remoteOf(p, true)
 	s, o := e.lookupOut(proto, ia, ip, ra, rp, now, ns)
 	if s == 0 {
@@ -1067,13 +1073,13 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 		return e.bad(err)
 	}
 	ns := e.now(now)
-	if !e.isExternal(u4(p.Dst())) {
-		if len(e.noXlat) > 0 && e.isInside(u4(p.Dst())) {
+	if !e.isExternal(dst4(&p)) {
+		if len(e.noXlat) > 0 && e.isInside(dst4(&p)) {
 			// The reply of untranslated traffic (RFC 6888 REQ-6).
 			if p.IsFragment() && !p.HasTransport() {
 				return e.inboundExemptFragment(&p, ns)
 			}
-			if e.noTranslate(u4(p.Src()), p.SrcPort(), p.Proto()) {
+			if e.noTranslate(src4(&p), p.SrcPort(), p.Proto()) {
 				if p.IsFragment() {
 					e.exemptFragment(&p, 2, ns)
 				}
@@ -1095,7 +1101,7 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 	case p.Proto() == tuple.ICMP && p.IsICMPQueryRequest():
 		v = e.drop(ReasonICMPUnsolicited)
 	default:
-		dst := u4(p.Dst())
+		dst := dst4(&p)
 		v = e.inboundFlow(&p, now, ns, false)
 		if v.Action == Forward && p.IsFragment() {
 			f := e.noteFragment(&p, false, dst, 0, ns)
@@ -1113,7 +1119,7 @@ func (e *Engine) Inbound(pkt []byte, now time.Time) Verdict {
 // Outbound (their source is an external endpoint of this NAT).
 func (e *Engine) inboundFlow(p *packet.Packet, now time.Time, ns uint32, hairpin bool) Verdict {
 	proto := uint8(p.Proto())
-	ea, ep := u4(p.Dst()), p.DstPort()
+	ea, ep := dst4(p), p.DstPort()
 	ra, rp := remoteOf(p, false)
 	s, o := e.lookupIn(proto, ea, ep, ra, rp, now, ns)
 	if s != 0 {

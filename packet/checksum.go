@@ -132,9 +132,8 @@ func set16(b []byte, v uint16) uint32 {
 // setAddr writes the IPv4 address a at b[0:4] and returns the checksum
 // difference of its two 16-bit words.
 func setAddr(b []byte, a [4]byte) uint32 {
-	_ = b[3]
-	o1 := uint16(b[0])<<8 | uint16(b[1])
-	o2 := uint16(b[2])<<8 | uint16(b[3])
-	b[0], b[1], b[2], b[3] = a[0], a[1], a[2], a[3]
-	return uint32(^o1) + uint32(^o2) + (uint32(a[0])<<8 | uint32(a[1])) + (uint32(a[2])<<8 | uint32(a[3]))
+	o := binary.BigEndian.Uint32(b)
+	n := binary.BigEndian.Uint32(a[:])
+	binary.BigEndian.PutUint32(b, n)
+	return uint32(^uint16(o>>16)) + uint32(^uint16(o)) + n>>16 + n&0xffff
 }
