@@ -328,3 +328,14 @@ func TestShardsHairpinMarkPerBatch(t *testing.T) {
 		t.Fatalf("an unsolicited packet where a hairpin was, and a hairpin: %d written, counted %+v; want the packet dropped (or answered) once", n, c)
 	}
 }
+
+// TestShardsHairpinCountedOnce: a hairpin across the shards, read once and
+// written once, is counted once, as hairpinned (packets and bytes), not
+// also as inbound forwarded by the owner's pass.
+func TestShardsHairpinCountedOnce(t *testing.T) {
+	a, mb, batch := hairpinBatch(t)
+	n, c := batch(udp4(netip.AddrPortFrom(a, 40000), mb, 18))
+	if n != 1 || c.RxPackets != 1 || c.Hairpinned != 1 || c.InForwarded != 0 || c.OutForwarded != 0 {
+		t.Fatalf("a hairpin across the shards: %d written, counted %+v; want 1 written, 1 hairpinned, nothing else", n, c)
+	}
+}
