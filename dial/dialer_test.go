@@ -327,7 +327,7 @@ func TestResolverAndDeadline(t *testing.T) {
 
 // TestTimeoutUnderCallerDeadline checks that the Dialer's Timeout and
 // Deadline still bound a dial whose context has a later deadline of its
-// own (the Dialer then makes a context of its own), and that a caller's
+// own, or none (the Dialer then makes a context of its own), and that a caller's
 // earlier deadline bounds it when the Dialer's is later (no context of its
 // own).
 func TestTimeoutUnderCallerDeadline(t *testing.T) {
@@ -336,6 +336,12 @@ func TestTimeoutUnderCallerDeadline(t *testing.T) {
 	for _, d := range []*Dialer{{Timeout: time.Nanosecond}, {Deadline: time.Now().Add(-time.Second)}, {Timeout: time.Hour, Deadline: time.Now().Add(-time.Second)}} {
 		if _, err := d.DialContext(late, "udp4", "127.0.0.1:9"); !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Timeout %v, Deadline %v under a caller's deadline an hour away: %v, want a timeout", d.Timeout, d.Deadline, err)
+		}
+	}
+	// A caller's context without a deadline: the Dialer's bounds the dial.
+	for _, d := range []*Dialer{{Timeout: time.Nanosecond}, {Deadline: time.Now().Add(-time.Second)}} {
+		if _, err := d.DialContext(context.Background(), "udp4", "127.0.0.1:9"); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Timeout %v, Deadline %v under a caller's context without a deadline: %v, want a timeout", d.Timeout, d.Deadline, err)
 		}
 	}
 	early, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))

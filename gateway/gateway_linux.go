@@ -398,7 +398,7 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, partial []bool, extra []
 				continue
 			}
 			var again bool
-			out, raw, again = g.one(sh.eng, k, bufs[i], sizes[i], partial != nil && partial[i], !sc.inb[i], now, extra, out, raw, &t)
+			out, raw, again = g.one(sh.eng, k, bufs[i], sizes[i], partial != nil && partial[i], !sc.inb[i], false, now, extra, out, raw, &t)
 			if again {
 				sc.again[i] = true
 				crossed++
@@ -429,7 +429,7 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, partial []bool, extra []
 			}
 			sc.again[i] = false
 			crossed--
-			out, raw, _ = g.one(sh.eng, k, bufs[i], sizes[i], partial != nil && partial[i], false, now, extra, out, raw, &t)
+			out, raw, _ = g.one(sh.eng, k, bufs[i], sizes[i], partial != nil && partial[i], false, true, now, extra, out, raw, &t)
 		}
 		if locked {
 			sh.mu.Unlock()
@@ -470,8 +470,10 @@ func (g *Gateway) shardFor(pkt []byte, inbound bool) uint8 {
 // again, appending nothing, for a packet from inside to another shard's
 // external address whose source it translated: the caller hands it to the
 // owner's shard, which translates its destination as an inbound packet
-// from this shard's external endpoint (RFC 4787 REQ-9).
-func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, outbound bool, now time.Time, extra [][]byte, out, raw [][]byte, t *tally) (_, _ [][]byte, again bool) {
+// from this shard's external endpoint (RFC 4787 REQ-9). owner marks that
+// pass: the packet, read once, is counted once, as hairpinned, when the
+// owner forwards it.
+func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, outbound, owner bool, now time.Time, extra [][]byte, out, raw [][]byte, t *tally) (_, _ [][]byte, again bool) {
 	pkt := buf[offset : offset+size]
 	cross := false
 	if len(g.shards) > 1 && outbound && len(pkt) >= 20 {
@@ -522,9 +524,7 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 		c = packet.Update16(c, binary.BigEndian.Uint16(pkt[l4+2:]), uint16(dp))
 		binary.BigEndian.PutUint16(pkt[cs:], ^c)
 		if cross {
-			// Still partial: the owner's pass completes it.
-			t.nHp++
-			t.hpB += uint64(len(pkt))
+			// Still partial: the owner's pass completes it (and counts it).
 			return out, raw, true
 		}
 		if completeUDP(buf, size) {
@@ -532,7 +532,7 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 		} else {
 			raw = append(raw, buf[offset-vnetHdrLen:offset+len(pkt)])
 		}
-		if v.Action == nat.Hairpin {
+		if v.Action == nat.Hairpin || owner {
 			t.nHp++
 			t.hpB += uint64(len(pkt))
 		} else if outbound {
@@ -547,7 +547,10 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 	switch v.Action {
 	case nat.Forward:
 		out = append(out, buf[:offset+len(pkt)])
-		if outbound {
+		if owner {
+			t.nHp++
+			t.hpB += uint64(len(pkt))
+		} else if outbound {
 			t.nOut++
 			t.outB += uint64(len(pkt))
 		} else {
@@ -555,12 +558,12 @@ func (g *Gateway) one(eng *nat.Engine, k int, buf []byte, size int, partial, out
 			t.inB += uint64(len(pkt))
 		}
 	case nat.Hairpin:
-		t.nHp++
-		t.hpB += uint64(len(pkt))
 		if cross {
 			again = true // fragments it released (below) are routed back by the kernel
 		} else {
 			out = append(out, buf[:offset+len(pkt)])
+			t.nHp++
+			t.hpB += uint64(len(pkt))
 		}
 	case nat.Reply:
 		if t.ne < len(extra) && len(v.Reply) <= len(extra[t.ne])-offset {

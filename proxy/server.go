@@ -87,11 +87,12 @@ type Options struct {
 	// ShortHopCC is the TCP congestion control that a tunnel direction
 	// moving bulk data (a splice of 256 KiB or more) over a hop with a
 	// round trip under 1 ms (loopback, a LAN) switches its sending socket
-	// to, if that socket uses BBR; the direction's receiving socket then
-	// also caps its SO_RCVBUF at 2 MiB. BBR paces inside TCP, a timer per
-	// burst, when the qdisc does not, and on such hops that cost a relayed
-	// tunnel a fifth to a third more CPU per GiB (docs/proxy.md, "Pacing
-	// on a short hop"). "": reno (net.ipv4.tcp_allowed_congestion_control
+	// to, if that socket uses BBR; the direction's receiving socket, if
+	// its own round trip is that short, also caps its SO_RCVBUF at 2 MiB
+	// (whatever the sending socket runs). BBR paces inside TCP, a timer
+	// per burst, when the qdisc does not, and on such hops that cost a
+	// relayed tunnel a fifth to a third more CPU per GiB (docs/proxy.md,
+	// "Pacing on a short hop"). "": reno (net.ipv4.tcp_allowed_congestion_control
 	// lets every user set it); "off": no switch and no cap. Hops with
 	// longer round trips keep the system's choice.
 	ShortHopCC string
