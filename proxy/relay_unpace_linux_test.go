@@ -64,8 +64,10 @@ func TestRelayUnpacesBulkShortHop(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if capped := rb == 2*shortRcvbuf; capped != c.capped {
-				t.Errorf("SO_RCVBUF of the relay's receiving socket %d, capped %v, want %v", rb, capped, c.capped)
+			// The cap is left out where net.core.rmem_max would clamp it.
+			want := c.capped && netsys.RmemMax() >= shortRcvbuf
+			if capped := rb == 2*shortRcvbuf; capped != want {
+				t.Errorf("SO_RCVBUF of the relay's receiving socket %d, capped %v, want %v (rmem_max %d)", rb, capped, want, netsys.RmemMax())
 			}
 			out.Close()
 			in.Close()

@@ -2,6 +2,10 @@ package netsys
 
 import (
 	"bytes"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -61,9 +65,19 @@ func rtt(fd uintptr) (int, syscall.Errno) {
 // queue in front of a reader slower than its sender (autotuning grows it
 // to net.ipv4.tcp_rmem's maximum, whose pages then go cold in the cache
 // before they are read) on a hop short enough that size bytes still fill
-// it (2 MiB at 1 ms: 2 GB/s); longer hops keep autotuning. It reports
-// whether it set the size. It allocates nothing.
+// it (2 MiB at 1 ms: 2 GB/s); longer hops keep autotuning. When size is
+// above net.core.rmem_max (RmemMax), which would clamp it (Linux's
+// default, 208 KiB, fills a 1 ms hop at only 200 MB/s), it leaves
+// autotuning alone. It reports whether it set the size. It allocates
+// nothing.
 func CapShortPathRcvbuf(fd uintptr, maxRTTus, size int) (bool, syscall.Errno) {
+	return capShortPathRcvbuf(fd, maxRTTus, size, RmemMax())
+}
+
+func capShortPathRcvbuf(fd uintptr, maxRTTus, size, rmemMax int) (bool, syscall.Errno) {
+	if size > rmemMax {
+		return false, 0
+	}
 	r, e := rtt(fd)
 	if e != 0 || r >= maxRTTus {
 		return false, e
@@ -75,6 +89,23 @@ func CapShortPathRcvbuf(fd uintptr, maxRTTus, size int) (bool, syscall.Errno) {
 	}
 	return true, 0
 }
+
+// RmemMax returns net.core.rmem_max, the largest SO_RCVBUF a process
+// without CAP_NET_ADMIN may set, read once per process (0 when it cannot
+// be read).
+func RmemMax() int { return rmemMax() }
+
+var rmemMax = sync.OnceValue(func() int {
+	b, err := os.ReadFile("/proc/sys/net/core/rmem_max")
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0
+	}
+	return n
+})
 
 // CongestionControl returns the name of fd's congestion control
 // (TCP_CONGESTION).

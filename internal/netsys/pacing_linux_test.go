@@ -46,25 +46,33 @@ func TestUnpaceShortPath(t *testing.T) {
 }
 
 // TestCapShortPathRcvbuf: a loopback socket's receive buffer is set (the
-// kernel reports twice the size asked); with a round trip not short enough
-// it is left to autotuning.
+// kernel reports twice the size asked); with a round trip not short enough,
+// or a size above net.core.rmem_max (which would clamp it), it is left to
+// autotuning.
 func TestCapShortPathRcvbuf(t *testing.T) {
+	size := min(1<<20, RmemMax()) // a size the kernel does not clamp
 	a, _ := smPair(t)
 	fd := smFD(t, a)
 	before, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
-	if ok, e := CapShortPathRcvbuf(fd, 0, 1<<20); ok || e != 0 {
+	if ok, e := capShortPathRcvbuf(fd, 1000, size, size-1); ok || e != 0 {
+		t.Fatalf("size above rmem_max: set %v, %v", ok, e)
+	}
+	if v, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); v != before {
+		t.Fatalf("SO_RCVBUF %d after a size above rmem_max, want %d", v, before)
+	}
+	if ok, e := CapShortPathRcvbuf(fd, 0, size); ok || e != 0 {
 		t.Fatalf("round trip under 0 µs: set %v, %v", ok, e)
 	}
 	if v, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); v != before {
 		t.Fatalf("SO_RCVBUF %d after a refused cap, want %d", v, before)
 	}
-	if ok, e := CapShortPathRcvbuf(fd, 1000, 1<<20); !ok || e != 0 {
+	if ok, e := CapShortPathRcvbuf(fd, 1000, size); !ok || e != 0 {
 		t.Fatalf("loopback under 1 ms: set %v, %v", ok, e)
 	}
-	if v, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); v != 2<<20 {
-		t.Fatalf("SO_RCVBUF %d, want %d", v, 2<<20)
+	if v, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); v != 2*size {
+		t.Fatalf("SO_RCVBUF %d, want %d", v, 2*size)
 	}
-	if a := testing.AllocsPerRun(100, func() { CapShortPathRcvbuf(fd, 1000, 1<<20) }); a != 0 {
+	if a := testing.AllocsPerRun(100, func() { CapShortPathRcvbuf(fd, 1000, size) }); a != 0 {
 		t.Fatalf("CapShortPathRcvbuf allocates %v times, want 0", a)
 	}
 }

@@ -33,6 +33,9 @@ func UnpaceShortPath(fd uintptr, maxRTTus int, cc string) (bool, syscall.Errno) 
 // CongestionControl is only supported on Linux.
 func CongestionControl(fd uintptr) (string, error) { return "", unsupported("TCP_CONGESTION") }
 
+// RmemMax is only known on Linux: 0.
+func RmemMax() int { return 0 }
+
 // CapShortPathRcvbuf is only supported on Linux.
 func CapShortPathRcvbuf(fd uintptr, maxRTTus, size int) (bool, syscall.Errno) {
 	return false, syscall.EOPNOTSUPP
