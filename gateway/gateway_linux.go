@@ -420,7 +420,7 @@ func (g *Gateway) translate(bufs [][]byte, sizes []int, partial []bool, extra []
 		}
 		locked := false
 		for i := range bufs {
-			if !sc.again[i] || int(g.ext[binary.BigEndian.Uint32(bufs[i][offset+16:offset+20])]-1) != k {
+			if !sc.again[i] || int(g.shardFor(bufs[i][offset:offset+sizes[i]], true)) != k {
 				continue
 			}
 			if !locked {
