@@ -93,20 +93,20 @@ func putPipe(p *netsys.Pipe) {
 
 // A bulk direction on a short hop leaves BBR: once a direction splices a
 // chunk of at least unpaceChunk bytes (a bulk transfer: short tunnels pay
-// nothing), its sending socket switches from BBR to Options.ShortHopCC (reno) if its round
-// trip is under unpaceRTTus microseconds (loopback, a LAN). BBR paces
-// inside TCP when the qdisc does not (lo's noqueue, pfifo_fast), a timer
-// per burst; on this machine that made a proxied bulk tunnel cost 19-38%
-// more CPU per GiB than with reno, and carry 0.72-0.79x the rate
-// (docs/proxy.md, "Pacing on a short hop"). Internet hops (longer round
-// trips) keep the system's choice.
+// nothing), its sending socket switches from BBR to Options.ShortHopCC
+// (reno) if its round trip is under unpaceRTTus microseconds (loopback, a
+// LAN). BBR paces inside TCP when the qdisc does not (lo's noqueue,
+// pfifo_fast), a timer per burst; on this machine that made a proxied bulk
+// tunnel cost 19-38% more CPU per GiB than with reno, and carry 0.72-0.79x
+// the rate (docs/proxy.md, "Pacing on a short hop"). Internet hops (longer
+// round trips) keep the system's choice.
 //
 // The same direction caps its receiving socket's SO_RCVBUF at shortRcvbuf
-// on such a hop: autotuning had grown the queue in front of the relay to
-// 32 MB (net.ipv4.tcp_rmem's maximum here), whose pages went cold in the
-// cache before the client read them; bounded, the tunnel cost 4-17% less
-// CPU per GiB again in five runs of six. 2 MiB (the kernel doubles it) still fills a 1 ms hop
-// at 2 GB/s.
+// on such a hop, where net.core.rmem_max allows it: autotuning had grown
+// the queue in front of the relay to 32 MB (net.ipv4.tcp_rmem's maximum
+// here), whose pages went cold in the cache before the client read them;
+// bounded, the tunnel cost 4-17% less CPU per GiB again in five runs of
+// six. 2 MiB (the kernel doubles it) still fills a 1 ms hop at 2 GB/s.
 const (
 	unpaceChunk = 256 << 10
 	unpaceRTTus = 1000

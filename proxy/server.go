@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/portspace/portspace/internal/netsys"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -133,7 +134,7 @@ func NewServer(cfg *Config, egress Egress, opts Options) (*Server, error) {
 	case cc == "":
 		s.hop.cc = "reno"
 	case cc == "off":
-	case len(cc) >= 16 || strings.Trim(cc, "abcdefghijklmnopqrstuvwxyz0123456789_") != "":
+	case len(cc) >= netsys.CCNameMax || strings.Trim(cc, "abcdefghijklmnopqrstuvwxyz0123456789_") != "":
 		return nil, fmt.Errorf("%w: Options.ShortHopCC %q is not a congestion control name", ErrConfig, cc)
 	default:
 		s.hop.cc = cc

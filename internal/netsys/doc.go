@@ -11,6 +11,10 @@ package netsys
 
 import "errors"
 
+// CCNameMax is TCP_CA_NAME_MAX (linux/tcp.h): a TCP congestion control's
+// name is shorter.
+const CCNameMax = 16
+
 // ErrUnsupported is returned (wrapped) by every function on platforms other
 // than Linux, and by probes that find a feature missing.
 var ErrUnsupported = errors.New("netsys: not supported on this platform")

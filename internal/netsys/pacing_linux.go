@@ -12,9 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// tcpCCNameMax is TCP_CA_NAME_MAX (linux/tcp.h).
-const tcpCCNameMax = 16
-
 // UnpaceShortPath switches the stream socket fd from a pacing congestion
 // control (BBR: its name starts with "bbr") to cc (say "reno", which every
 // user may set) when fd's smoothed round-trip time (tcp_info rtt) is below
@@ -29,16 +26,16 @@ func UnpaceShortPath(fd uintptr, maxRTTus int, cc string) (bool, syscall.Errno) 
 	if e != 0 || r >= maxRTTus {
 		return false, e
 	}
-	var name [tcpCCNameMax]byte
-	l := uint32(tcpCCNameMax)
+	var name [CCNameMax]byte
+	l := uint32(CCNameMax)
 	if _, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION,
 		uintptr(unsafe.Pointer(&name[0])), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
 		return false, syscall.Errno(e)
 	}
-	if !bytes.HasPrefix(name[:l], []byte("bbr")) || len(cc) >= tcpCCNameMax {
+	if !bytes.HasPrefix(name[:l], []byte("bbr")) || len(cc) >= CCNameMax {
 		return false, 0
 	}
-	var want [tcpCCNameMax]byte
+	var want [CCNameMax]byte
 	copy(want[:], cc)
 	if _, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION,
 		uintptr(unsafe.Pointer(&want[0])), uintptr(len(cc)), 0); e != 0 {
