@@ -702,7 +702,10 @@ func (d *Dialer) dialSerial(ctx context.Context, st *state, pl *plan, proto tupl
 			break
 		}
 		dctx := ctx
-		if dl, ok := partialDeadline(ctx, time.Now(), len(dsts)-i); ok {
+		if left := len(dsts) - i; left <= 1 {
+			// The last (or only) address: the whole time left, and no
+			// clock read (partialDeadline would return false).
+		} else if dl, ok := partialDeadline(ctx, time.Now(), left); ok {
 			var cancel context.CancelFunc
 			dctx, cancel = context.WithDeadline(ctx, dl)
 			defer cancel()
