@@ -665,7 +665,8 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 			defer cancel()
 		}
 	}
-	dsts, err := d.resolve(ctx, st, network, fam, address)
+	var lit [1]netip.AddrPort // an IP literal's destination, without an allocation
+	dsts, err := d.resolve(ctx, st, network, fam, address, &lit)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
@@ -701,7 +702,10 @@ func (d *Dialer) dialSerial(ctx context.Context, st *state, pl *plan, proto tupl
 			break
 		}
 		dctx := ctx
-		if dl, ok := partialDeadline(ctx, time.Now(), len(dsts)-i); ok {
+		if left := len(dsts) - i; left <= 1 {
+			// The last (or only) address: the whole time left, and no
+			// clock read (partialDeadline would return false).
+		} else if dl, ok := partialDeadline(ctx, time.Now(), left); ok {
 			var cancel context.CancelFunc
 			dctx, cancel = context.WithDeadline(ctx, dl)
 			defer cancel()
@@ -920,10 +924,16 @@ func (f family) allows(a netip.Addr) bool {
 // resolve turns address into destinations, as net.Dialer would: literals
 // directly, names through the Resolver, an empty host as loopback.
 // With Sources set, only destinations of a family some source has are kept.
-func (d *Dialer) resolve(ctx context.Context, st *state, network string, fam family, address string) ([]netip.AddrPort, error) {
+// An IP literal with a numeric port that the Dialer can dial to is
+// returned in buf, without an allocation.
+func (d *Dialer) resolve(ctx context.Context, st *state, network string, fam family, address string, buf *[1]netip.AddrPort) ([]netip.AddrPort, error) {
 	host, lit, port, portName, err := splitAddress(address, fam)
 	if err != nil {
 		return nil, err
+	}
+	if lit.IsValid() && portName == "" && fam.allows(lit) && st.hasSourceFor(lit) {
+		buf[0] = netip.AddrPortFrom(lit, port)
+		return buf[:], nil
 	}
 	r := d.Resolver
 	if r == nil {
@@ -1140,6 +1150,9 @@ func (d *Dialer) maxAttempts() uint32 {
 	}
 	return DefaultMaxAttempts
 }
+
+// userControlSet reports whether the user set ControlContext or Control.
+func (d *Dialer) userControlSet() bool { return d.ControlContext != nil || d.Control != nil }
 
 // userControl runs the user's ControlContext, or else Control.
 func (d *Dialer) userControl(ctx context.Context, network, address string, c syscall.RawConn) error {

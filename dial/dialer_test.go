@@ -354,3 +354,21 @@ func TestTimeoutUnderCallerDeadline(t *testing.T) {
 		t.Errorf("deadline of a Dialer with neither Timeout nor Deadline: %v, want none", dl)
 	}
 }
+
+// TestResolveLiteralAllocs pins that an IP-literal destination with a
+// numeric port is resolved without an allocation (BenchmarkDialTCP).
+func TestResolveLiteralAllocs(t *testing.T) {
+	d := &Dialer{Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
+	st := d.init()
+	ctx := context.Background()
+	var buf [1]netip.AddrPort
+	n := testing.AllocsPerRun(1000, func() {
+		dsts, err := d.resolve(ctx, st, "tcp4", fam4, "127.0.0.2:443", &buf)
+		if err != nil || len(dsts) != 1 || dsts[0] != netip.MustParseAddrPort("127.0.0.2:443") {
+			t.Fatalf("resolve: %v, %v", dsts, err)
+		}
+	})
+	if n != 0 {
+		t.Errorf("%v allocations per literal resolve, want 0", n)
+	}
+}

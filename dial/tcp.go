@@ -115,26 +115,47 @@ func (d *Dialer) newKernelDialer(pl *plan, src netip.Addr) *net.Dialer {
 		r := pl.ports.Range(0)
 		lo, hi = r.First(), r.Last()
 	}
-	opts := func(fd int) error {
-		if src.IsValid() {
-			if err := netsys.SetBindAddressNoPort(fd); err != nil {
+	if !d.userControlSet() && (src.IsValid() || lo != 0) {
+		// The Kernel strategy's own options alone: one closure, raw
+		// setsockopts (BenchmarkDialTCP).
+		noPort := src.IsValid()
+		return &net.Dialer{
+			KeepAlive:       d.KeepAlive,
+			KeepAliveConfig: d.KeepAliveConfig,
+			ControlContext: func(_ context.Context, _, _ string, c syscall.RawConn) error {
+				var err error
+				if cerr := c.Control(func(fd uintptr) { err = kernelOptions(int(fd), noPort, lo, hi) }); cerr != nil {
+					return cerr
+				}
 				return err
-			}
+			},
 		}
-		if lo != 0 {
-			return netsys.SetLocalPortRange(fd, lo, hi)
-		}
-		return nil
 	}
+	opts := func(fd int) error { return kernelOptions(fd, src.IsValid(), lo, hi) }
 	nd := d.netDialer(false, opts)
 	if !src.IsValid() && lo == 0 {
 		// No option to set: the plain kernel dial.
 		nd.ControlContext = nil
-		if d.ControlContext != nil || d.Control != nil {
+		if d.userControlSet() {
 			nd.ControlContext = d.userControl
 		}
 	}
 	return &nd
+}
+
+// kernelOptions sets the TCP Kernel strategy's socket options on fd:
+// IP_BIND_ADDRESS_NO_PORT with a source (noPort), IP_LOCAL_PORT_RANGE with
+// a port set (lo != 0).
+func kernelOptions(fd int, noPort bool, lo, hi uint16) error {
+	if noPort {
+		if err := netsys.SetBindAddressNoPort(fd); err != nil {
+			return err
+		}
+	}
+	if lo != 0 {
+		return netsys.SetLocalPortRange(fd, lo, hi)
+	}
+	return nil
 }
 
 // tcpSearch tries ports of the set in the selector's order: SO_REUSEADDR,

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -92,12 +93,12 @@ func (d *Diag) LookupUDPOn(local, remote netip.AddrPort, ifindex int) (owner UDP
 
 	// write and read: an unconnected netlink socket sends to the kernel,
 	// and neither needs a socket address (no allocation).
-	if _, err := unix.Write(fd, req[:]); err != nil {
+	if err := rawSend(fd, req[:]); err != nil {
 		return owner, false, os.NewSyscallError("write sock_diag", err)
 	}
 	buf := &d.buf
 	for {
-		n, err := unix.Read(fd, buf[:])
+		n, err := rawRecv(fd, buf[:])
 		if err != nil {
 			if err == unix.EINTR {
 				continue
@@ -148,6 +149,36 @@ func (d *Diag) LookupUDPOn(local, remote netip.AddrPort, ifindex int) (owner UDP
 			b = b[align4(l):]
 		}
 	}
+}
+
+// rawSend sends b on the netlink socket fd without the scheduler's
+// bookkeeping (MSG_DONTWAIT: a request to the kernel never waits; if it
+// would, the ordinary write does).
+func rawSend(fd int, b []byte) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
+	switch e {
+	case 0:
+		return nil
+	case unix.EAGAIN:
+		_, err := unix.Write(fd, b)
+		return err
+	}
+	return e
+}
+
+// rawRecv receives into b from the netlink socket fd without the
+// scheduler's bookkeeping: the kernel queues the exact lookup's answer
+// before the request's send returns. With nothing queued (EAGAIN) it
+// falls back to the ordinary, blocking read.
+func rawRecv(fd int, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
+	switch e {
+	case 0:
+		return int(n), nil
+	case unix.EAGAIN:
+		return unix.Read(fd, b)
+	}
+	return 0, e
 }
 
 // tcpClose is the sk_state of an unconnected UDP socket (TCP_CLOSE).

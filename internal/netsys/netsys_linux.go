@@ -130,14 +130,15 @@ func Control(c syscall.RawConn, f func(fd int) error) error {
 // 0 leaves the port to connect, which checks the whole 4-tuple. The option
 // is at the IP level but applies to IPv6 sockets too.
 func SetBindAddressNoPort(fd int) error {
-	return os.NewSyscallError("setsockopt IP_BIND_ADDRESS_NO_PORT", unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1))
+	// Raw, as the lock steps' calls (raw_linux.go): it never blocks.
+	return os.NewSyscallError("setsockopt IP_BIND_ADDRESS_NO_PORT", setsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1))
 }
 
 // SetLocalPortRange sets IP_LOCAL_PORT_RANGE (value lo | hi<<16): automatic
 // port selection on this socket uses only lo..hi. The kernel ignores bounds
 // outside the namespace's ip_local_port_range (it only narrows it).
 func SetLocalPortRange(fd int, lo, hi uint16) error {
-	return os.NewSyscallError("setsockopt IP_LOCAL_PORT_RANGE", unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_LOCAL_PORT_RANGE, int(uint32(lo)|uint32(hi)<<16)))
+	return os.NewSyscallError("setsockopt IP_LOCAL_PORT_RANGE", setsockoptInt(fd, unix.IPPROTO_IP, unix.IP_LOCAL_PORT_RANGE, int(uint32(lo)|uint32(hi)<<16)))
 }
 
 // LocalPortRange reads IP_LOCAL_PORT_RANGE back.
