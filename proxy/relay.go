@@ -45,6 +45,35 @@ func putBuf(b *[relayBufSize]byte) {
 	}
 }
 
+// bulkBufSize is the size of the pooled buffers a bulk direction on a
+// short hop copies through (modeCopy): as much as one splice moves.
+const bulkBufSize = relayPipeSize
+
+// bulkBufs is the free list of bulk buffers; it keeps at most 16 (16 MiB)
+// for reuse: a direction takes one only from its socket's readiness event
+// to the end of its write, so more are out at once only while more than 16
+// bulk directions move bytes at the same moment (those beyond are left to
+// the collector).
+var bulkBufs = make(chan *[bulkBufSize]byte, 16)
+
+func getBulkBuf() *[bulkBufSize]byte {
+	bufsOut.Add(1)
+	select {
+	case b := <-bulkBufs:
+		return b
+	default:
+		return new([bulkBufSize]byte)
+	}
+}
+
+func putBulkBuf(b *[bulkBufSize]byte) {
+	bufsOut.Add(-1)
+	select {
+	case bulkBufs <- b:
+	default:
+	}
+}
+
 // relayPipeSize is the capacity asked for each splice pipe
 // (F_SETPIPE_SZ), and the most one splice moves: 1 MiB, the default
 // /proc/sys/fs/pipe-max-size (a refused size leaves the kernel's 64 KiB).
@@ -107,6 +136,17 @@ func putPipe(p *netsys.Pipe) {
 // here), whose pages went cold in the cache before the client read them;
 // bounded, the tunnel cost 4-17% less CPU per GiB again in five runs of
 // six. 2 MiB (the kernel doubles it) still fills a 1 ms hop at 2 GB/s.
+//
+// And when both of its sockets are on such hops, the direction stops
+// splicing and copies through a pooled 1 MiB buffer (modeCopy): a splice
+// keeps the sender's pages referenced from its write until the reader's
+// copy, through the relay's receive queue, the pipe and the send queue, so
+// (the likely cause) the sender writes into pages it has not reused and the
+// reader copies from pages long evicted from the cache; a copy frees them
+// at the relay's read and hands the reader pages the relay has just
+// written. It costs the relay two copies, and saved the endpoints more:
+// their CPU per GiB fell to what a direct connection costs them
+// (docs/proxy.md, "Stop 18: copying on a short hop").
 const (
 	unpaceChunk = 256 << 10
 	unpaceRTTus = 1000
@@ -116,7 +156,8 @@ const (
 // shortHop is what a bulk direction on a short hop does
 // (Options.ShortHopCC): cc is the congestion control its sending socket
 // switches to from BBR ("" leaves the hop alone: no switch, no receive
-// buffer cap), and switched, if not nil, counts each socket switched.
+// buffer cap, no copying), and switched, if not nil, counts each socket
+// switched.
 type shortHop struct {
 	cc       string
 	switched func()
@@ -149,6 +190,10 @@ const (
 	// modeBlock: src offers no raw socket (or not on Linux): Read blocks
 	// holding a pooled buffer.
 	modeBlock
+	// modeCopy: a bulk direction between two short hops (see unpaceChunk):
+	// a raw read of up to bulkBufSize into a pooled buffer taken for the
+	// step, then raw sends of it into dst.
+	modeCopy
 )
 
 // direction copies src to dst, one chunk per readiness event. Its raw
@@ -165,6 +210,8 @@ type direction struct {
 	writeFn  func(fd uintptr) bool // d.spliceOut
 	pipe     *netsys.Pipe          // held from a splice in to its splice out
 	buf      *[relayBufSize]byte   // held from a read to its write
+	bulk     *[bulkBufSize]byte    // modeCopy's buffer, held from a read to its write
+	sent     int                   // bytes of bulk sent to dst in this step
 	got      int                   // bytes the last read callback moved in
 	errno    syscall.Errno         // the last callback's error
 	perr     error                 // no pipe could be opened (EMFILE...)
@@ -174,6 +221,7 @@ type direction struct {
 	count    func(int)   // adds bytes to a metric; may be nil
 	deadline time.Time
 	unpace   int8 // 0: not yet bulk; 1: switch dst in the next spliceOut; 2: done
+	srcShort bool // src's round trip is short (set with unpace = 1)
 }
 
 // rawConn returns c's raw socket (a *net.TCPConn's, or a wrapper's that
@@ -231,6 +279,7 @@ func (d *direction) spliceIn(fd uintptr) bool {
 	if d.unpace == 0 && n >= unpaceChunk && d.t.hop.cc != "" {
 		d.unpace = 1 // spliceOut switches dst's congestion control
 		_, _ = netsys.CapShortPathRcvbuf(fd, unpaceRTTus, shortRcvbuf)
+		d.srcShort = netsys.ShortPath(fd, unpaceRTTus)
 	}
 	return true
 }
@@ -242,6 +291,10 @@ func (d *direction) spliceOut(fd uintptr) bool {
 		d.unpace = 2
 		if ok, _ := netsys.UnpaceShortPath(fd, unpaceRTTus, d.t.hop.cc); ok && d.t.hop.switched != nil {
 			d.t.hop.switched()
+		}
+		if d.srcShort && netsys.ShortPath(fd, unpaceRTTus) {
+			// From the next step on (this chunk is in the pipe).
+			d.mode, d.readFn, d.writeFn = modeCopy, d.copyIn, d.copyOut
 		}
 	}
 	_, e := d.pipe.SpliceTo(fd)
@@ -265,6 +318,64 @@ func (d *direction) readIn(fd uintptr) bool {
 	}
 	d.got, d.errno = n, e
 	return true
+}
+
+// copyIn is src's raw read callback in modeCopy; false (wait for the next
+// readiness event, holding no buffer) when nothing is queued.
+func (d *direction) copyIn(fd uintptr) bool {
+	if d.bulk == nil {
+		d.bulk = getBulkBuf()
+	}
+	n, e := netsys.ReadFD(fd, d.bulk[:])
+	if e == syscall.EAGAIN {
+		putBulkBuf(d.bulk)
+		d.bulk = nil
+		return false
+	}
+	d.got, d.errno = n, e
+	return true
+}
+
+// copyOut is dst's raw write callback in modeCopy; false (wait until dst
+// is writable) while bytes of the buffer are left to send.
+func (d *direction) copyOut(fd uintptr) bool {
+	for d.sent < d.got {
+		n, e := netsys.SendFD(fd, d.bulk[d.sent:d.got])
+		if e == syscall.EAGAIN {
+			return false
+		}
+		if e != 0 {
+			d.errno = e
+			return true
+		}
+		d.sent += n
+	}
+	return true
+}
+
+// writeBulk sends what copyIn read (modeCopy).
+func (d *direction) writeBulk() (int, error) {
+	n := d.got
+	if d.errno != 0 || n == 0 {
+		putBulkBuf(d.bulk)
+		d.bulk = nil
+		if d.errno != 0 {
+			return 0, os.NewSyscallError("read", d.errno)
+		}
+		return 0, io.EOF
+	}
+	d.sent, d.errno = 0, 0
+	err := d.dstRC.Write(d.writeFn)
+	if err == nil && d.errno != 0 {
+		err = os.NewSyscallError("sendto", d.errno)
+	}
+	moved := d.sent
+	putBulkBuf(d.bulk)
+	d.bulk = nil
+	if moved > 0 {
+		d.moved(moved)
+	}
+	return moved, err
 }
 
 // errIdle ends a tunnel that saw no byte in either direction for its idle
@@ -330,8 +441,11 @@ func (d *direction) step() (int, error) {
 		d.mode, d.readFn = modeRead, d.readIn
 		return 0, nil
 	}
-	if d.mode == modeRead {
+	switch d.mode {
+	case modeRead:
 		return d.writeBuf()
+	case modeCopy:
+		return d.writeBulk()
 	}
 	n := d.got
 	if d.errno != 0 || n == 0 {

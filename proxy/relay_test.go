@@ -38,13 +38,14 @@ func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 }
 
 // TestRelayStepAllocs pins the relay's hot path: one chunk waited for and
-// moved (spliced through a pooled pipe between two sockets, or read into a
-// pooled buffer and written) costs no allocation.
+// moved (spliced through a pooled pipe between two sockets, read into a
+// pooled buffer and written, or copied through a pooled bulk buffer)
+// costs no allocation.
 func TestRelayStepAllocs(t *testing.T) {
 	if !canSplice {
 		t.Skip("the raw-socket paths are Linux-only")
 	}
-	for _, mode := range []int{modeSplice, modeRead} {
+	for _, mode := range []int{modeSplice, modeRead, modeCopy} {
 		in, src := tcpPair(t)
 		dst, out := tcpPair(t)
 		tun := &tunnel{idle: time.Minute, now: time.Now}
@@ -53,8 +54,11 @@ func TestRelayStepAllocs(t *testing.T) {
 		if d.mode != modeSplice {
 			t.Fatalf("mode %d between two *net.TCPConn, want splice", d.mode)
 		}
-		if mode == modeRead {
+		switch mode {
+		case modeRead:
 			d.mode, d.readFn = modeRead, d.readIn
+		case modeCopy:
+			d.mode, d.readFn, d.writeFn = modeCopy, d.copyIn, d.copyOut
 		}
 		msg := make([]byte, 1000)
 		got := make([]byte, 1000)

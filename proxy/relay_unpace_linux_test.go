@@ -77,3 +77,54 @@ func TestRelayUnpacesBulkShortHop(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayCopiesBulkShortHop: a bulk direction between two loopback hops
+// leaves splicing for copying (modeCopy) after its first big chunk and
+// carries every byte in order, counts them, and passes the EOF on; a small
+// reply, and the short-hop tuning turned off, keep splicing.
+func TestRelayCopiesBulkShortHop(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cc   string
+		size int
+		want int
+	}{
+		{"bulk", "reno", 8 << 20, modeCopy},
+		{"small", "reno", 64 << 10, modeSplice},
+		{"off", "", 8 << 20, modeSplice},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in, src := tcpPair(t)
+			dst, out := tcpPair(t)
+			tun := &tunnel{idle: time.Minute, now: time.Now, hop: shortHop{cc: c.cc}}
+			tun.touch()
+			var counted atomic.Int64
+			d := newDirection(tun, src, dst, func(n int) { counted.Add(int64(n)) })
+			msg := make([]byte, c.size)
+			for i := range msg {
+				msg[i] = byte(i ^ i>>8 ^ i>>16)
+			}
+			go func() {
+				in.Write(msg)
+				in.CloseWrite()
+			}()
+			got := make(chan []byte, 1)
+			go func() {
+				b, _ := io.ReadAll(out) // until the FIN the direction passes on
+				got <- b
+			}()
+			if err := d.run(); err != nil {
+				t.Fatal(err)
+			}
+			if b := <-got; !bytes.Equal(b, msg) {
+				t.Fatalf("read %d bytes, want the %d sent, in order", len(b), len(msg))
+			}
+			if d.n != int64(len(msg)) || counted.Load() != d.n {
+				t.Errorf("direction counted %d bytes (metric %d), want %d", d.n, counted.Load(), len(msg))
+			}
+			if d.mode != c.want {
+				t.Errorf("mode %d at the end, want %d", d.mode, c.want)
+			}
+		})
+	}
+}

@@ -71,6 +71,12 @@ user+system time per GiB in the bulk phase (the client and the origin, which
 live here), for every row including direct: the whole path's CPU per GiB is
 that plus the proxy's.
 
+bulk_vs_direct is the ratio of the two rows' medians; bulk_vs_direct_paired
+the median of the per-round ratios (each round's tunnel against the direct
+connection measured next to it), which a change of load between rounds
+moves less. With --also, portspace-N_bulk_vs_direct and its paired twin
+give the other builds' ratios.
+
 --phases runs only the phases named (setup, bulk, idle).
 
 A direct connection (no proxy) is measured as the baseline for setup and
@@ -110,19 +116,20 @@ bulk. A peer that is not installed is skipped and the table says so.`,
 
 // proxyFigures are one proxy's measurements.
 type proxyFigures struct {
-	Name        string  `json:"name"`
-	Skipped     string  `json:"skipped,omitempty"`
-	SetupPerSec float64 `json:"setup_per_sec"`
-	SetupP50us  float64 `json:"setup_p50_us"`
-	SetupP99us  float64 `json:"setup_p99_us"`
-	SetupErrors int     `json:"setup_errors"`
-	SetupCPUus  float64 `json:"setup_cpu_us_per_conn,omitempty"`
-	BulkMiBps   float64 `json:"bulk_mib_per_sec"`
-	BulkCPUms   float64 `json:"bulk_cpu_ms_per_gib,omitempty"`
-	BulkLoadCPU float64 `json:"bulk_load_cpu_ms_per_gib,omitempty"`
-	IdleConns   int     `json:"idle_conns,omitempty"`
-	KiBPerIdle  float64 `json:"kib_per_idle_conn,omitempty"`
-	IdleErrors  int     `json:"idle_errors,omitempty"`
+	Name        string    `json:"name"`
+	Skipped     string    `json:"skipped,omitempty"`
+	SetupPerSec float64   `json:"setup_per_sec"`
+	SetupP50us  float64   `json:"setup_p50_us"`
+	SetupP99us  float64   `json:"setup_p99_us"`
+	SetupErrors int       `json:"setup_errors"`
+	SetupCPUus  float64   `json:"setup_cpu_us_per_conn,omitempty"`
+	BulkMiBps   float64   `json:"bulk_mib_per_sec"`
+	BulkCPUms   float64   `json:"bulk_cpu_ms_per_gib,omitempty"`
+	BulkLoadCPU float64   `json:"bulk_load_cpu_ms_per_gib,omitempty"`
+	BulkRounds  []float64 `json:"bulk_rounds_mib_per_sec,omitempty"` // MiB/s of each round carried, in round order
+	IdleConns   int       `json:"idle_conns,omitempty"`
+	KiBPerIdle  float64   `json:"kib_per_idle_conn,omitempty"`
+	IdleErrors  int       `json:"idle_errors,omitempty"`
 	socks       string
 	pid         int
 	stop        func()
@@ -131,6 +138,7 @@ type proxyFigures struct {
 	setupDur time.Duration   // setup time of all rounds
 	setupCPU time.Duration   // the proxy's CPU time in the setup phases
 	bulks    []float64       // MiB/s of each round
+	bulkRnd  []int           // the round of each bulks entry (a round with an error has none)
 	bulkCPU  time.Duration   // the proxy's CPU time in the bulk phases
 	loadCPU  time.Duration   // this process's (client and origin) CPU time in the bulk phases
 	bulkN    int64           // bytes carried in the bulk phases
@@ -245,7 +253,9 @@ func runBenchProxy(cmd *cobra.Command, f benchProxyFlags) error {
 		}
 		for _, p := range roundOrder(r) {
 			start := time.Now()
-			measureBulk(p, o.bulk, int64(f.bulkMiB)<<20)
+			if measureBulk(p, o.bulk, int64(f.bulkMiB)<<20) {
+				p.bulkRnd = append(p.bulkRnd, r)
+			}
 			progress(fmt.Sprintf("bulk round %d", r+1), p, start)
 		}
 	}
@@ -296,11 +306,51 @@ func ratios(all []*proxyFigures) map[string]float64 {
 	}
 	if d := by["direct"]; d != nil && d.BulkMiBps > 0 {
 		r["bulk_vs_direct"] = ours.BulkMiBps / d.BulkMiBps
+		if x, ok := pairedBulkRatio(ours, d); ok {
+			r["bulk_vs_direct_paired"] = x
+		}
+		// The other builds of --also, for an A/B comparison in one run.
+		for _, p := range all {
+			if p.Skipped == "" && strings.HasPrefix(p.Name, "portspace-") && p.BulkMiBps > 0 {
+				r[p.Name+"_bulk_vs_direct"] = p.BulkMiBps / d.BulkMiBps
+				if x, ok := pairedBulkRatio(p, d); ok {
+					r[p.Name+"_bulk_vs_direct_paired"] = x
+				}
+			}
+		}
 	}
 	if m := by["microsocks"]; m != nil && m.KiBPerIdle > 0 && ours.KiBPerIdle > 0 {
 		r["idle_kib_vs_microsocks"] = ours.KiBPerIdle / m.KiBPerIdle
 	}
 	return r
+}
+
+// pairedBulkRatio is the median over the rounds of p's bulk rate divided
+// by d's in the same round. The rows of a round run back to back (one row
+// later each round, so neither always goes first), so each ratio compares
+// two measurements a second or two apart: a change of the machine's load
+// between rounds moves both, where the ratio of the two medians can pair a
+// quiet round of one row with a busy round of the other. It needs two
+// rounds in common.
+func pairedBulkRatio(p, d *proxyFigures) (float64, bool) {
+	at := map[int]float64{}
+	for i, r := range d.bulkRnd {
+		at[r] = d.bulks[i]
+	}
+	var x []float64
+	for i, r := range p.bulkRnd {
+		if v, ok := at[r]; ok && v > 0 {
+			x = append(x, p.bulks[i]/v)
+		}
+	}
+	if len(x) < 2 {
+		return 0, false
+	}
+	sort.Float64s(x)
+	if len(x)%2 == 0 {
+		return (x[len(x)/2-1] + x[len(x)/2]) / 2, true
+	}
+	return x[len(x)/2], true
 }
 
 func printProxyTable(w io.Writer, rep *proxyReport) {
@@ -503,6 +553,7 @@ func (p *proxyFigures) finishRounds() {
 		p.SetupCPUus = float64(p.setupCPU.Microseconds()) / float64(len(p.samples))
 	}
 	if len(p.bulks) > 0 {
+		p.BulkRounds = p.bulks
 		b := append([]float64(nil), p.bulks...)
 		sort.Float64s(b)
 		p.BulkMiBps = b[len(b)/2]
@@ -516,11 +567,13 @@ func (p *proxyFigures) finishRounds() {
 	}
 }
 
-func measureBulk(p *proxyFigures, dst netip.AddrPort, n int64) {
+// measureBulk carries n bytes from the bulk origin through p and reports
+// whether it did (an error is counted in SetupErrors).
+func measureBulk(p *proxyFigures, dst netip.AddrPort, n int64) bool {
 	c, err := socksConnect(p.socks, dst)
 	if err != nil {
 		p.SetupErrors++
-		return
+		return false
 	}
 	defer c.Close()
 	buf := make([]byte, 256<<10)
@@ -537,12 +590,13 @@ func measureBulk(p *proxyFigures, dst netip.AddrPort, n int64) {
 	el := time.Since(start)
 	if got != n {
 		p.SetupErrors++
-		return
+		return false
 	}
 	p.bulkCPU += treeCPU(p.pid) - cpu0
 	p.loadCPU += selfCPU() - self0
 	p.bulkN += n
 	p.bulks = append(p.bulks, float64(n)/(1<<20)/el.Seconds())
+	return true
 }
 
 func measureIdle(p *proxyFigures, o *benchOrigins, n int) {

@@ -34,8 +34,32 @@ func TestBenchProxySmall(t *testing.T) {
 	if !seen["direct"] || !seen["portspace"] || !seen["microsocks"] || !seen["dante"] {
 		t.Errorf("rows %v, want direct, portspace, microsocks and dante (skipped or not)", seen)
 	}
-	if _, ok := rep.Ratios["bulk_vs_direct"]; !ok {
-		t.Errorf("ratios %v lack bulk_vs_direct", rep.Ratios)
+	for _, k := range []string{"bulk_vs_direct", "bulk_vs_direct_paired"} {
+		if _, ok := rep.Ratios[k]; !ok {
+			t.Errorf("ratios %v lack %s", rep.Ratios, k)
+		}
+	}
+	for _, p := range rep.Proxies {
+		if p.Skipped == "" && len(p.BulkRounds) != 3 {
+			t.Errorf("%s: bulk rounds %v, want the 3 rounds' rates", p.Name, p.BulkRounds)
+		}
+	}
+}
+
+// TestPairedBulkRatio: the paired ratio is the median of the per-round
+// ratios, over the rounds both rows carried.
+func TestPairedBulkRatio(t *testing.T) {
+	d := &proxyFigures{bulks: []float64{100, 200, 400, 1000}, bulkRnd: []int{0, 1, 2, 3}}
+	p := &proxyFigures{bulks: []float64{90, 100, 360}, bulkRnd: []int{0, 1, 2}} // round 3 failed
+	if x, ok := pairedBulkRatio(p, d); !ok || x != 0.9 {
+		t.Errorf("paired ratio %v %v, want 0.9 (the median of 0.9, 0.5, 0.9)", x, ok)
+	}
+	p = &proxyFigures{bulks: []float64{50, 150}, bulkRnd: []int{1, 3}}
+	if x, ok := pairedBulkRatio(p, d); !ok || x != 0.2 {
+		t.Errorf("paired ratio %v %v, want 0.2 (the mean of 0.25 and 0.15)", x, ok)
+	}
+	if _, ok := pairedBulkRatio(&proxyFigures{bulks: []float64{1}, bulkRnd: []int{0}}, d); ok {
+		t.Error("a paired ratio from one round")
 	}
 }
 

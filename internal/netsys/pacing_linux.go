@@ -44,6 +44,14 @@ func UnpaceShortPath(fd uintptr, maxRTTus int, cc string) (bool, syscall.Errno) 
 	return true, 0
 }
 
+// ShortPath reports whether the stream socket fd's smoothed round-trip
+// time (tcp_info rtt, as UnpaceShortPath reads it) is below maxRTTus
+// microseconds; false when it cannot be read. It allocates nothing.
+func ShortPath(fd uintptr, maxRTTus int) bool {
+	r, e := rtt(fd)
+	return e == 0 && r < maxRTTus
+}
+
 // rtt returns fd's smoothed round-trip time in microseconds (tcp_info rtt:
 // on a socket that only receives, the handshake's; rcv_rtt, which grows
 // with the queue in front of a slow reader, is not used).

@@ -122,3 +122,28 @@ func ReadFD(fd uintptr, b []byte) (int, syscall.Errno) {
 		return int(n), 0
 	}
 }
+
+// SendFD writes b to the stream socket fd without blocking (send(2) with
+// MSG_NOSIGNAL, the fd being non-blocking as Go's sockets are; a raw
+// system call like splice), retrying on EINTR: the bytes the socket took;
+// EAGAIN when its send buffer is full (wait for it to be writable and call
+// again with the rest); another errno for a socket error.
+func SendFD(fd uintptr, b []byte) (int, syscall.Errno) {
+	if len(b) == 0 {
+		return 0, 0
+	}
+	for {
+		n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+			unix.MSG_NOSIGNAL, 0, 0)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			return 0, syscall.Errno(e)
+		}
+		if n == 0 {
+			return 0, unix.EIO // a stream socket never takes nothing without an error
+		}
+		return int(n), 0
+	}
+}

@@ -25,6 +25,12 @@ func (p *Pipe) SpliceTo(fd uintptr) (int, syscall.Errno) { return 0, syscall.EOP
 // ReadFD is only supported on Linux.
 func ReadFD(fd uintptr, b []byte) (int, syscall.Errno) { return 0, syscall.EOPNOTSUPP }
 
+// SendFD is only supported on Linux.
+func SendFD(fd uintptr, b []byte) (int, syscall.Errno) { return 0, syscall.EOPNOTSUPP }
+
+// ShortPath is only supported on Linux.
+func ShortPath(fd uintptr, maxRTTus int) bool { return false }
+
 // UnpaceShortPath is only supported on Linux.
 func UnpaceShortPath(fd uintptr, maxRTTus int, cc string) (bool, syscall.Errno) {
 	return false, syscall.EOPNOTSUPP
