@@ -49,11 +49,10 @@ func putBuf(b *[relayBufSize]byte) {
 // short hop copies through (modeCopy): as much as one splice moves.
 const bulkBufSize = relayPipeSize
 
-// bulkBufs is the free list of bulk buffers; it keeps at most 16 (16 MiB)
-// for reuse: a direction takes one only from its socket's readiness event
-// to the end of its write, so more are out at once only while more than 16
-// bulk directions move bytes at the same moment (those beyond are left to
-// the collector).
+// bulkBufs is the free list of bulk buffers, at most 16 (16 MiB): a
+// direction takes one only from its socket's readiness event to the end of
+// its write, and at most 16 directions copy at once (copyDirs), so no more
+// than 16 are ever made and an idle tunnel holds none.
 var bulkBufs = make(chan *[bulkBufSize]byte, 16)
 
 func getBulkBuf() *[bulkBufSize]byte {
@@ -71,6 +70,25 @@ func putBulkBuf(b *[bulkBufSize]byte) {
 	select {
 	case bulkBufs <- b:
 	default:
+	}
+}
+
+// copyDirs counts the directions in modeCopy. At most cap(bulkBufs) copy at
+// once, each holding at most one bulk buffer, so every buffer taken comes
+// back to the free list and the relay allocates none after the first ones;
+// a bulk direction that finds no slot free keeps splicing.
+var copyDirs atomic.Int32
+
+// takeCopySlot reserves one of the copy slots; false when all are taken.
+func takeCopySlot() bool {
+	for {
+		n := copyDirs.Load()
+		if int(n) >= cap(bulkBufs) {
+			return false
+		}
+		if copyDirs.CompareAndSwap(n, n+1) {
+			return true
+		}
 	}
 }
 
@@ -222,6 +240,7 @@ type direction struct {
 	deadline time.Time
 	unpace   int8 // 0: not yet bulk; 1: switch dst in the next spliceOut; 2: done
 	srcShort bool // src's round trip is short (set with unpace = 1)
+	copySlot bool // holds one of the copyDirs slots (modeCopy)
 }
 
 // rawConn returns c's raw socket (a *net.TCPConn's, or a wrapper's that
@@ -292,9 +311,11 @@ func (d *direction) spliceOut(fd uintptr) bool {
 		if ok, _ := netsys.UnpaceShortPath(fd, unpaceRTTus, d.t.hop.cc); ok && d.t.hop.switched != nil {
 			d.t.hop.switched()
 		}
-		if d.srcShort && netsys.ShortPath(fd, unpaceRTTus) {
-			// From the next step on (this chunk is in the pipe).
+		if d.srcShort && netsys.ShortPath(fd, unpaceRTTus) && takeCopySlot() {
+			// From the next step on (this chunk is in the pipe); run
+			// gives the slot back when the direction ends.
 			d.mode, d.readFn, d.writeFn = modeCopy, d.copyIn, d.copyOut
+			d.copySlot = true
 		}
 	}
 	_, e := d.pipe.SpliceTo(fd)
@@ -511,6 +532,7 @@ func (d *direction) blockingStep() (int, error) {
 
 // run relays until EOF (then half-closes dst) or an error (then reports it).
 func (d *direction) run() error {
+	defer d.endCopy()
 	for {
 		_, err := d.step()
 		if err == io.EOF {
@@ -524,6 +546,14 @@ func (d *direction) run() error {
 		if err != nil {
 			return err
 		}
+	}
+}
+
+// endCopy gives back the direction's copy slot, if it took one.
+func (d *direction) endCopy() {
+	if d.copySlot {
+		d.copySlot = false
+		copyDirs.Add(-1)
 	}
 }
 

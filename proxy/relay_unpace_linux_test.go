@@ -88,12 +88,19 @@ func TestRelayCopiesBulkShortHop(t *testing.T) {
 		cc   string
 		size int
 		want int
+		full bool // every copy slot taken: the direction keeps splicing
 	}{
-		{"bulk", "reno", 8 << 20, modeCopy},
-		{"small", "reno", 64 << 10, modeSplice},
-		{"off", "", 8 << 20, modeSplice},
+		{"bulk", "reno", 8 << 20, modeCopy, false},
+		{"small", "reno", 64 << 10, modeSplice, false},
+		{"off", "", 8 << 20, modeSplice, false},
+		{"no-slot", "reno", 8 << 20, modeSplice, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			before := copyDirs.Load()
+			if c.full {
+				copyDirs.Store(int32(cap(bulkBufs)))
+				defer copyDirs.Store(before)
+			}
 			in, src := tcpPair(t)
 			dst, out := tcpPair(t)
 			tun := &tunnel{idle: time.Minute, now: time.Now, hop: shortHop{cc: c.cc}}
@@ -124,6 +131,9 @@ func TestRelayCopiesBulkShortHop(t *testing.T) {
 			}
 			if d.mode != c.want {
 				t.Errorf("mode %d at the end, want %d", d.mode, c.want)
+			}
+			if !c.full && copyDirs.Load() != before {
+				t.Errorf("%d directions copying after the run, want the %d before it: the slot is not given back", copyDirs.Load(), before)
 			}
 		})
 	}
