@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -350,6 +352,7 @@ func (s *Server) worker(c net.Conn) {
 		s.handle(c, hs)
 		hs.br.Reset(nil) // keep the buffer, not the connection
 		hs.lr = io.LimitedReader{}
+		hs.pr = prefixReader{}
 		if s.idleWorkers.Add(1) > maxIdleWorkers {
 			s.idleWorkers.Add(-1)
 			return
@@ -455,7 +458,140 @@ const handshakeBufSize = 2048
 type handshake struct {
 	lr   io.LimitedReader
 	br   *bufio.Reader
-	mbuf [255]byte // a SOCKS5 greeting's methods
+	pr   prefixReader
+	mbuf [255]byte              // a SOCKS5 greeting's methods
+	pre  [handshakeBufSize]byte // what sniff read
+}
+
+// prefixReader returns the bytes sniff read (and then the error it met, if
+// any), then reads the connection: the handshake's bufio.Reader reads
+// through it.
+type prefixReader struct {
+	b   []byte
+	err error
+	c   net.Conn
+}
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	if len(p.b) > 0 {
+		n := copy(b, p.b)
+		p.b = p.b[n:]
+		return n, nil
+	}
+	if p.err != nil {
+		return 0, p.err
+	}
+	return p.c.Read(b)
+}
+
+// canSniff: sniff's non-blocking read (internal/netsys.ReadFD) exists on
+// Linux only; elsewhere the handshake reads through net.Conn.Read alone.
+const canSniff = runtime.GOOS == "linux"
+
+// sniff reads c's first bytes inside one RawRead and, for a SOCKS5
+// greeting that offers X'00' when noAuth (no users configured), writes the
+// method selection X'05 00' there too and goes on reading until the
+// request's header and address are in (or the buffer is full); anything
+// else (HTTP, authentication, a malformed greeting, an error) ends it at
+// once, and the usual parsers take over from the bytes read, which the
+// caller feeds them first (prefixReader). It returns the bytes read into
+// hs.pre, the read error (io.EOF at end of stream), and whether X'05 00'
+// was written, with the write's error.
+//
+// What it saves: after writing the method selection it does not try a read
+// that would find nothing (the client sends its request only once it has
+// the selection), it waits for readability at once. That is safe only
+// inside the RawRead that made the last read: the runtime poller's ready
+// flag is cleared when a RawRead (or Read) starts, and the socket,
+// registered edge-triggered at accept, marks it again for every byte that
+// arrives after that; so when the last read of this RawRead came back
+// short (the queue was empty then), any byte since, a pipelined request
+// included, wakes the wait. A new RawRead or Read always reads first.
+func (hs *handshake) sniff(c net.Conn, noAuth bool) (n int, rerr error, replied bool, werr error) {
+	if !canSniff {
+		return 0, nil, false, nil
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return 0, nil, false, nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0, nil, false, nil
+	}
+	buf := hs.pre[:]
+	drained := false // the last read in this RawRead was short
+	greeting := 0    // the greeting's length, once the selection was written
+	_ = rc.Read(func(fd uintptr) bool {
+		for {
+			switch {
+			case n == 0:
+			case buf[0] != socksVersion:
+				return true // HTTP, or not a proxy protocol
+			case greeting > 0:
+				if socksRequestIn(buf[greeting:n]) {
+					return true
+				}
+			case n < 2:
+			case buf[1] == 0 || !noAuth:
+				return true // the usual path answers these
+			case n < 2+int(buf[1]):
+			default:
+				greeting = 2 + int(buf[1])
+				if !slices.Contains(buf[2:greeting], methodNone) {
+					return true
+				}
+				replied = true
+				if _, werr = c.Write([]byte{socksVersion, methodNone}); werr != nil {
+					return true
+				}
+				if socksRequestIn(buf[greeting:n]) {
+					return true
+				}
+				if drained {
+					return false // the client answers the selection: wait
+				}
+			}
+			if n == len(buf) {
+				return true
+			}
+			k, e := netsys.ReadFD(fd, buf[n:])
+			switch {
+			case e == syscall.EAGAIN:
+				drained = true
+				return false
+			case e != 0:
+				rerr = os.NewSyscallError("read", e)
+				return true
+			case k == 0:
+				rerr = io.EOF
+				return true
+			}
+			drained = k < len(buf)-n
+			n += k
+		}
+	})
+	// An error of the RawRead itself (the handshake deadline, a close) is
+	// met again by the usual path's next read.
+	return n, rerr, replied, werr
+}
+
+// socksRequestIn reports whether b starts with a whole RFC 1928 request
+// header and address (or with enough of one for readSOCKSRequest to refuse
+// it).
+func socksRequestIn(b []byte) bool {
+	if len(b) < 5 {
+		return false
+	}
+	switch b[3] {
+	case atypIPv4:
+		return len(b) >= 4+4+2
+	case atypIPv6:
+		return len(b) >= 4+16+2
+	case atypDomain:
+		return len(b) >= 4+1+int(b[4])+2
+	}
+	return true // an address type that is refused
 }
 
 // handle tells SOCKS5 from HTTP by the first byte and serves the
@@ -485,7 +621,11 @@ func (s *Server) handle(c net.Conn, hs *handshake) {
 	// One buffered reader for the handshake: a client's greeting, request
 	// (or HTTP header section) each arrive in one read. lr bounds what an
 	// HTTP header section may take.
-	hs.lr = io.LimitedReader{R: c, N: int64(rt.cfg.maxHeaderBytes())}
+	// sniff reads the first bytes (for a SOCKS5 client without
+	// authentication, through to its request), and they go through lr.
+	n, rerr, replied, werr := hs.sniff(c, len(rt.users) == 0)
+	hs.pr = prefixReader{b: hs.pre[:n], err: rerr, c: c}
+	hs.lr = io.LimitedReader{R: &hs.pr, N: int64(rt.cfg.maxHeaderBytes())}
 	lr, br := &hs.lr, hs.br
 	br.Reset(lr)
 	first, err := br.Peek(1)
@@ -496,7 +636,7 @@ func (s *Server) handle(c net.Conn, hs *handshake) {
 	if first[0] == socksVersion {
 		lr.N = math.MaxInt64
 		br.Discard(1)
-		s.serveSOCKS(c, br, &hs.mbuf, rt, cl)
+		s.serveSOCKS(c, br, hs, rt, cl, replied, werr)
 		return
 	}
 	_ = c.SetWriteDeadline(handshakeEnd)

@@ -212,11 +212,13 @@ func repFor(f failure) byte {
 }
 
 // serveSOCKS serves one SOCKS5 connection after its version byte.
-func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, mbuf *[255]byte, rt *runtimeConfig, cl *cleanup) {
+// replied says that sniff wrote the method selection X'00' already (werr:
+// the write's error).
+func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, hs *handshake, rt *runtimeConfig, cl *cleanup, replied bool, werr error) {
 	l := &connLog{proto: "socks5", client: remoteAddr(c), start: s.now()}
 	cl.add(func() { s.finish(rt, l) })
 	fail := func(result, reason string) { l.result, l.reason = result, reason }
-	methods, err := readGreeting(br, mbuf)
+	methods, err := readGreeting(br, &hs.mbuf)
 	if err != nil {
 		fail(resultBad, err.Error())
 		return
@@ -234,7 +236,12 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, mbuf *[255]byte, rt *r
 		fail(resultAuth, fmt.Sprintf("client offers methods %v, the proxy needs %d", methods, want))
 		return
 	}
-	if _, err := c.Write([]byte{socksVersion, want}); err != nil {
+	if replied {
+		err = werr
+	} else {
+		_, err = c.Write([]byte{socksVersion, want})
+	}
+	if err != nil {
 		fail(resultBad, err.Error())
 		return
 	}
