@@ -352,7 +352,7 @@ func (s *Server) worker(c net.Conn) {
 		s.handle(c, hs)
 		hs.br.Reset(nil) // keep the buffer, not the connection
 		hs.lr = io.LimitedReader{}
-		hs.pr = prefixReader{}
+		hs.pr, hs.sn = prefixReader{}, sniffState{}
 		if s.idleWorkers.Add(1) > maxIdleWorkers {
 			s.idleWorkers.Add(-1)
 			return
@@ -461,6 +461,10 @@ type handshake struct {
 	pr   prefixReader
 	mbuf [255]byte              // a SOCKS5 greeting's methods
 	pre  [handshakeBufSize]byte // what sniff read
+	sel  [2]byte                // the method selection sniff writes
+	sn   sniffState
+	// sniffFn is sniffStep, bound once.
+	sniffFn func(fd uintptr) bool
 }
 
 // prefixReader returns the bytes sniff read (and then the error it met, if
@@ -494,9 +498,8 @@ const canSniff = runtime.GOOS == "linux"
 // request's header and address are in (or the buffer is full); anything
 // else (HTTP, authentication, a malformed greeting, an error) ends it at
 // once, and the usual parsers take over from the bytes read, which the
-// caller feeds them first (prefixReader). It returns the bytes read into
-// hs.pre, the read error (io.EOF at end of stream), and whether X'05 00'
-// was written, with the write's error.
+// caller feeds them first (prefixReader). hs.sn says what it read into
+// hs.pre and whether it wrote X'05 00'.
 //
 // What it saves: after writing the method selection it does not try a read
 // that would find nothing (the client sends its request only once it has
@@ -507,73 +510,93 @@ const canSniff = runtime.GOOS == "linux"
 // arrives after that; so when the last read of this RawRead came back
 // short (the queue was empty then), any byte since, a pipelined request
 // included, wakes the wait. A new RawRead or Read always reads first.
-func (hs *handshake) sniff(c net.Conn, noAuth bool) (n int, rerr error, replied bool, werr error) {
+func (hs *handshake) sniff(c net.Conn, noAuth bool) {
+	hs.sn = sniffState{}
 	if !canSniff {
-		return 0, nil, false, nil
+		return
 	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return 0, nil, false, nil
+		return
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return 0, nil, false, nil
+		return
 	}
-	buf := hs.pre[:]
-	drained := false // the last read in this RawRead was short
-	greeting := 0    // the greeting's length, once the selection was written
-	_ = rc.Read(func(fd uintptr) bool {
-		for {
-			switch {
-			case n == 0:
-			case buf[0] != socksVersion:
-				return true // HTTP, or not a proxy protocol
-			case greeting > 0:
-				if socksRequestIn(buf[greeting:n]) {
-					return true
-				}
-			case n < 2:
-			case buf[1] == 0 || !noAuth:
-				return true // the usual path answers these
-			case n < 2+int(buf[1]):
-			default:
-				greeting = 2 + int(buf[1])
-				if !slices.Contains(buf[2:greeting], methodNone) {
-					return true
-				}
-				replied = true
-				if _, werr = c.Write([]byte{socksVersion, methodNone}); werr != nil {
-					return true
-				}
-				if socksRequestIn(buf[greeting:n]) {
-					return true
-				}
-				if drained {
-					return false // the client answers the selection: wait
-				}
-			}
-			if n == len(buf) {
-				return true
-			}
-			k, e := netsys.ReadFD(fd, buf[n:])
-			switch {
-			case e == syscall.EAGAIN:
-				drained = true
-				return false
-			case e != 0:
-				rerr = os.NewSyscallError("read", e)
-				return true
-			case k == 0:
-				rerr = io.EOF
-				return true
-			}
-			drained = k < len(buf)-n
-			n += k
-		}
-	})
+	hs.sn.c, hs.sn.noAuth = c, noAuth
+	if hs.sniffFn == nil {
+		hs.sniffFn = hs.sniffStep // bound once per worker
+	}
 	// An error of the RawRead itself (the handshake deadline, a close) is
 	// met again by the usual path's next read.
-	return n, rerr, replied, werr
+	_ = rc.Read(hs.sniffFn)
+	hs.sn.c = nil
+}
+
+// sniffState is what sniff found; it lives in the worker's handshake, so
+// that the RawRead callback (a method value bound once) allocates nothing.
+type sniffState struct {
+	c        net.Conn
+	noAuth   bool
+	n        int   // bytes read into handshake.pre
+	rerr     error // the read's error: io.EOF at end of stream
+	replied  bool  // X'05 00' was written...
+	werr     error // ...with this error
+	drained  bool  // the last read in this RawRead was short
+	greeting int   // the greeting's length, once the selection was written
+}
+
+// sniffStep is sniff's RawRead callback.
+func (hs *handshake) sniffStep(fd uintptr) bool {
+	st, buf := &hs.sn, hs.pre[:]
+	for {
+		switch n := st.n; {
+		case n == 0:
+		case buf[0] != socksVersion:
+			return true // HTTP, or not a proxy protocol
+		case st.greeting > 0:
+			if socksRequestIn(buf[st.greeting:n]) {
+				return true
+			}
+		case n < 2:
+		case buf[1] == 0 || !st.noAuth:
+			return true // the usual path answers these
+		case n < 2+int(buf[1]):
+		default:
+			st.greeting = 2 + int(buf[1])
+			if !slices.Contains(buf[2:st.greeting], methodNone) {
+				return true
+			}
+			st.replied = true
+			hs.sel = [2]byte{socksVersion, methodNone}
+			if _, st.werr = st.c.Write(hs.sel[:]); st.werr != nil {
+				return true
+			}
+			if socksRequestIn(buf[st.greeting:n]) {
+				return true
+			}
+			if st.drained {
+				return false // the client answers the selection: wait
+			}
+		}
+		if st.n == len(buf) {
+			return true
+		}
+		k, e := netsys.ReadFD(fd, buf[st.n:])
+		switch {
+		case e == syscall.EAGAIN:
+			st.drained = true
+			return false
+		case e != 0:
+			st.rerr = os.NewSyscallError("read", e)
+			return true
+		case k == 0:
+			st.rerr = io.EOF
+			return true
+		}
+		st.drained = k < len(buf)-st.n
+		st.n += k
+	}
 }
 
 // socksRequestIn reports whether b starts with a whole RFC 1928 request
@@ -623,8 +646,8 @@ func (s *Server) handle(c net.Conn, hs *handshake) {
 	// HTTP header section may take.
 	// sniff reads the first bytes (for a SOCKS5 client without
 	// authentication, through to its request), and they go through lr.
-	n, rerr, replied, werr := hs.sniff(c, len(rt.users) == 0)
-	hs.pr = prefixReader{b: hs.pre[:n], err: rerr, c: c}
+	hs.sniff(c, len(rt.users) == 0)
+	hs.pr = prefixReader{b: hs.pre[:hs.sn.n], err: hs.sn.rerr, c: c}
 	hs.lr = io.LimitedReader{R: &hs.pr, N: int64(rt.cfg.maxHeaderBytes())}
 	lr, br := &hs.lr, hs.br
 	br.Reset(lr)
@@ -636,7 +659,7 @@ func (s *Server) handle(c net.Conn, hs *handshake) {
 	if first[0] == socksVersion {
 		lr.N = math.MaxInt64
 		br.Discard(1)
-		s.serveSOCKS(c, br, hs, rt, cl, replied, werr)
+		s.serveSOCKS(c, br, hs, rt, cl)
 		return
 	}
 	_ = c.SetWriteDeadline(handshakeEnd)

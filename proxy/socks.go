@@ -212,9 +212,8 @@ func repFor(f failure) byte {
 }
 
 // serveSOCKS serves one SOCKS5 connection after its version byte.
-// replied says that sniff wrote the method selection X'00' already (werr:
-// the write's error).
-func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, hs *handshake, rt *runtimeConfig, cl *cleanup, replied bool, werr error) {
+// It writes the method selection unless sniff did (hs.sn.replied).
+func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, hs *handshake, rt *runtimeConfig, cl *cleanup) {
 	l := &connLog{proto: "socks5", client: remoteAddr(c), start: s.now()}
 	cl.add(func() { s.finish(rt, l) })
 	fail := func(result, reason string) { l.result, l.reason = result, reason }
@@ -236,8 +235,8 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, hs *handshake, rt *run
 		fail(resultAuth, fmt.Sprintf("client offers methods %v, the proxy needs %d", methods, want))
 		return
 	}
-	if replied {
-		err = werr
+	if hs.sn.replied {
+		err = hs.sn.werr
 	} else {
 		_, err = c.Write([]byte{socksVersion, want})
 	}
