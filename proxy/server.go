@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -350,6 +352,7 @@ func (s *Server) worker(c net.Conn) {
 		s.handle(c, hs)
 		hs.br.Reset(nil) // keep the buffer, not the connection
 		hs.lr = io.LimitedReader{}
+		hs.pr, hs.sn = prefixReader{}, sniffState{}
 		if s.idleWorkers.Add(1) > maxIdleWorkers {
 			s.idleWorkers.Add(-1)
 			return
@@ -455,7 +458,163 @@ const handshakeBufSize = 2048
 type handshake struct {
 	lr   io.LimitedReader
 	br   *bufio.Reader
-	mbuf [255]byte // a SOCKS5 greeting's methods
+	pr   prefixReader
+	mbuf [255]byte              // a SOCKS5 greeting's methods
+	pre  [handshakeBufSize]byte // what sniff read
+	sel  [2]byte                // the method selection sniff writes
+	sn   sniffState
+	// sniffFn is sniffStep, bound once.
+	sniffFn func(fd uintptr) bool
+}
+
+// prefixReader returns the bytes sniff read (and then the error it met, if
+// any), then reads the connection: the handshake's bufio.Reader reads
+// through it.
+type prefixReader struct {
+	b   []byte
+	err error
+	c   net.Conn
+}
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	if len(p.b) > 0 {
+		n := copy(b, p.b)
+		p.b = p.b[n:]
+		return n, nil
+	}
+	if p.err != nil {
+		return 0, p.err
+	}
+	return p.c.Read(b)
+}
+
+// canSniff: sniff's non-blocking read (internal/netsys.ReadFD) exists on
+// Linux only; elsewhere the handshake reads through net.Conn.Read alone.
+const canSniff = runtime.GOOS == "linux"
+
+// sniff reads c's first bytes inside one RawRead and, for a SOCKS5
+// greeting that offers X'00' when noAuth (no users configured), writes the
+// method selection X'05 00' there too and goes on reading until the
+// request's header and address are in (or the buffer is full); anything
+// else (HTTP, authentication, a malformed greeting, an error) ends it at
+// once, and the usual parsers take over from the bytes read, which the
+// caller feeds them first (prefixReader). hs.sn says what it read into
+// hs.pre and whether it wrote X'05 00'.
+//
+// What it saves: after writing the method selection it does not try a read
+// that would find nothing (the client sends its request only once it has
+// the selection), it waits for readability at once. That is safe only
+// inside the RawRead that made the last read: the runtime poller's ready
+// flag is cleared when a RawRead (or Read) starts, and the socket,
+// registered edge-triggered at accept, marks it again for every byte that
+// arrives after that; so when the last read of this RawRead came back
+// short (the queue was empty then), any byte since, a pipelined request
+// included, wakes the wait. A new RawRead or Read always reads first.
+func (hs *handshake) sniff(c net.Conn, noAuth bool) {
+	hs.sn = sniffState{}
+	if !canSniff {
+		return
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	hs.sn.c, hs.sn.noAuth = c, noAuth
+	if hs.sniffFn == nil {
+		hs.sniffFn = hs.sniffStep // bound once per worker
+	}
+	// An error of the RawRead itself (the handshake deadline, a close) is
+	// met again by the usual path's next read.
+	_ = rc.Read(hs.sniffFn)
+	hs.sn.c = nil
+}
+
+// sniffState is what sniff found; it lives in the worker's handshake, so
+// that the RawRead callback (a method value bound once) allocates nothing.
+type sniffState struct {
+	c        net.Conn
+	noAuth   bool
+	n        int   // bytes read into handshake.pre
+	rerr     error // the read's error: io.EOF at end of stream
+	replied  bool  // X'05 00' was written...
+	werr     error // ...with this error
+	drained  bool  // the last read in this RawRead was short
+	greeting int   // the greeting's length, once the selection was written
+}
+
+// sniffStep is sniff's RawRead callback.
+func (hs *handshake) sniffStep(fd uintptr) bool {
+	st, buf := &hs.sn, hs.pre[:]
+	for {
+		switch n := st.n; {
+		case n == 0:
+		case buf[0] != socksVersion:
+			return true // HTTP, or not a proxy protocol
+		case st.greeting > 0:
+			if socksRequestIn(buf[st.greeting:n]) {
+				return true
+			}
+		case n < 2:
+		case buf[1] == 0 || !st.noAuth:
+			return true // the usual path answers these
+		case n < 2+int(buf[1]):
+		default:
+			st.greeting = 2 + int(buf[1])
+			if !slices.Contains(buf[2:st.greeting], methodNone) {
+				return true
+			}
+			st.replied = true
+			hs.sel = [2]byte{socksVersion, methodNone}
+			if _, st.werr = st.c.Write(hs.sel[:]); st.werr != nil {
+				return true
+			}
+			if socksRequestIn(buf[st.greeting:n]) {
+				return true
+			}
+			if st.drained {
+				return false // the client answers the selection: wait
+			}
+		}
+		if st.n == len(buf) {
+			return true
+		}
+		k, e := netsys.ReadFD(fd, buf[st.n:])
+		switch {
+		case e == syscall.EAGAIN:
+			st.drained = true
+			return false
+		case e != 0:
+			st.rerr = os.NewSyscallError("read", e)
+			return true
+		case k == 0:
+			st.rerr = io.EOF
+			return true
+		}
+		st.drained = k < len(buf)-st.n
+		st.n += k
+	}
+}
+
+// socksRequestIn reports whether b starts with a whole RFC 1928 request
+// header and address (or with enough of one for readSOCKSRequest to refuse
+// it).
+func socksRequestIn(b []byte) bool {
+	if len(b) < 5 {
+		return false
+	}
+	switch b[3] {
+	case atypIPv4:
+		return len(b) >= 4+4+2
+	case atypIPv6:
+		return len(b) >= 4+16+2
+	case atypDomain:
+		return len(b) >= 4+1+int(b[4])+2
+	}
+	return true // an address type that is refused
 }
 
 // handle tells SOCKS5 from HTTP by the first byte and serves the
@@ -485,7 +644,11 @@ func (s *Server) handle(c net.Conn, hs *handshake) {
 	// One buffered reader for the handshake: a client's greeting, request
 	// (or HTTP header section) each arrive in one read. lr bounds what an
 	// HTTP header section may take.
-	hs.lr = io.LimitedReader{R: c, N: int64(rt.cfg.maxHeaderBytes())}
+	// sniff reads the first bytes (for a SOCKS5 client without
+	// authentication, through to its request), and they go through lr.
+	hs.sniff(c, len(rt.users) == 0)
+	hs.pr = prefixReader{b: hs.pre[:hs.sn.n], err: hs.sn.rerr, c: c}
+	hs.lr = io.LimitedReader{R: &hs.pr, N: int64(rt.cfg.maxHeaderBytes())}
 	lr, br := &hs.lr, hs.br
 	br.Reset(lr)
 	first, err := br.Peek(1)
@@ -496,7 +659,7 @@ func (s *Server) handle(c net.Conn, hs *handshake) {
 	if first[0] == socksVersion {
 		lr.N = math.MaxInt64
 		br.Discard(1)
-		s.serveSOCKS(c, br, &hs.mbuf, rt, cl)
+		s.serveSOCKS(c, br, hs, rt, cl)
 		return
 	}
 	_ = c.SetWriteDeadline(handshakeEnd)

@@ -212,11 +212,12 @@ func repFor(f failure) byte {
 }
 
 // serveSOCKS serves one SOCKS5 connection after its version byte.
-func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, mbuf *[255]byte, rt *runtimeConfig, cl *cleanup) {
+// It writes the method selection unless sniff did (hs.sn.replied).
+func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, hs *handshake, rt *runtimeConfig, cl *cleanup) {
 	l := &connLog{proto: "socks5", client: remoteAddr(c), start: s.now()}
 	cl.add(func() { s.finish(rt, l) })
 	fail := func(result, reason string) { l.result, l.reason = result, reason }
-	methods, err := readGreeting(br, mbuf)
+	methods, err := readGreeting(br, &hs.mbuf)
 	if err != nil {
 		fail(resultBad, err.Error())
 		return
@@ -234,7 +235,12 @@ func (s *Server) serveSOCKS(c net.Conn, br *bufio.Reader, mbuf *[255]byte, rt *r
 		fail(resultAuth, fmt.Sprintf("client offers methods %v, the proxy needs %d", methods, want))
 		return
 	}
-	if _, err := c.Write([]byte{socksVersion, want}); err != nil {
+	if hs.sn.replied {
+		err = hs.sn.werr
+	} else {
+		_, err = c.Write([]byte{socksVersion, want})
+	}
+	if err != nil {
 		fail(resultBad, err.Error())
 		return
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -259,5 +260,78 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", p.addr.String()); err == nil {
 		t.Error("listener still accepts after Shutdown")
+	}
+}
+
+// TestSOCKSHandshakePieces: a client without authentication gets its
+// tunnel however its greeting and request arrive: pipelined in one write
+// (with data after them), back to back without waiting for the method
+// selection, or byte by byte. The handshake reads them in one RawRead that
+// waits without a read after the selection (sniff); a wait that missed
+// bytes already there would end at the handshake timeout instead.
+func TestSOCKSHandshakePieces(t *testing.T) {
+	echo := echoServer(t, "127.0.0.10")
+	p := startProxy(t, "timeouts: {handshake: 3s}", nil)
+	greet := []byte{5, 1, 0}
+	req := append([]byte{5, 1, 0}, addrBytes(echo)...)
+	name := append([]byte{5, 1, 0}, domainBytes("origin.test", echo.Port())...)
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	cases := []struct {
+		name   string
+		pieces [][]byte // written with a pause between them
+		wait   bool     // read the method selection once the greeting is sent
+	}{
+		{"pipelined with data", [][]byte{cat(greet, req, []byte("ping"))}, false},
+		{"pipelined", [][]byte{cat(greet, req)}, false},
+		{"back to back", [][]byte{greet, req}, false},
+		{"request split", [][]byte{greet, req[:3], req[3:5], req[5:]}, true},
+		{"byte by byte", func() (out [][]byte) {
+			for _, b := range cat(greet, name) {
+				out = append(out, []byte{b})
+			}
+			return out
+		}(), false},
+		{"greeting split, then a name", [][]byte{greet[:1], greet[1:], name}, true},
+	}
+	for _, c := range cases {
+		conn, err := net.Dial("tcp", p.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		got := make([]byte, 0, 16)
+		var b [16]byte
+		sent := 0
+		for i, pc := range c.pieces {
+			if i > 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			conn.Write(pc)
+			if sent += len(pc); c.wait && sent == len(greet) {
+				if _, err := io.ReadFull(conn, b[:2]); err != nil || b[1] != 0 {
+					t.Fatalf("%s: method selection % x: %v", c.name, b[:2], err)
+				}
+				got = append(got, b[:2]...)
+			}
+		}
+		want := 2 + 10 // the selection and a reply with an IPv4 BND.ADDR
+		if _, err := io.ReadFull(conn, b[:want-len(got)]); err != nil {
+			t.Fatalf("%s: reply: %v (after %v)", c.name, err, time.Since(start))
+		}
+		got = append(got, b[:want-len(got)]...)
+		if got[0] != 5 || got[1] != 0 || got[2] != 5 || got[3] != RepSucceeded {
+			t.Fatalf("%s: got % x, want the selection X'05 00' and success", c.name, got)
+		}
+		if el := time.Since(start); el > time.Second {
+			t.Errorf("%s: tunnel set up after %v (the handshake timeout is 3s)", c.name, el)
+		}
+		if !bytes.Contains(c.pieces[0], []byte("ping")) {
+			conn.Write([]byte("ping"))
+		}
+		if _, err := io.ReadFull(conn, b[:4]); err != nil || string(b[:4]) != "ping" {
+			t.Errorf("%s: echo %q, %v", c.name, b[:4], err)
+		}
+		conn.Close()
 	}
 }
