@@ -96,7 +96,7 @@ func TestRelayCopiesBulkShortHop(t *testing.T) {
 		{"no-slot", "reno", 8 << 20, modeSplice, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			before := copyDirs.Load()
+			before, bufs0 := copyDirs.Load(), bufsOut.Load()
 			if c.full {
 				copyDirs.Store(int32(cap(bulkBufs)))
 				defer copyDirs.Store(before)
@@ -131,6 +131,9 @@ func TestRelayCopiesBulkShortHop(t *testing.T) {
 			}
 			if d.mode != c.want {
 				t.Errorf("mode %d at the end, want %d", d.mode, c.want)
+			}
+			if held := bufsOut.Load() - bufs0; held != 0 {
+				t.Errorf("%d buffers still taken after the run, want 0", held)
 			}
 			if !c.full && copyDirs.Load() != before {
 				t.Errorf("%d directions copying after the run, want the %d before it: the slot is not given back", copyDirs.Load(), before)
