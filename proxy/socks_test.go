@@ -335,3 +335,21 @@ func TestSOCKSHandshakePieces(t *testing.T) {
 		conn.Close()
 	}
 }
+
+// TestSOCKSNoAcceptableMethod: with no users configured, a greeting that
+// does not offer X'00' gets X'05 FF' alone (sniff must not answer it with
+// X'05 00' first).
+func TestSOCKSNoAcceptableMethod(t *testing.T) {
+	p := startProxy(t, "timeouts: {handshake: 3s}", nil)
+	conn, err := net.Dial("tcp", p.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	conn.Write([]byte{5, 1, methodUserPass})
+	got, _ := io.ReadAll(conn)
+	if !bytes.Equal(got, []byte{5, methodNoAccept}) {
+		t.Fatalf("answer % x, want 05 ff alone", got)
+	}
+}
