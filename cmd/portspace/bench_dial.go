@@ -181,7 +181,7 @@ one-million-connection run).`,
 	fl.StringVar(&f.fill, "fill", "", "pre-fill levels in percent of the capacity, such as 95 or 0,95: hold that many connections, then measure --conns connections, each closed once open")
 	fl.DurationVar(&f.hold, "hold", 0, "how long to hold the connections after the census")
 	fl.IntVar(&f.rounds, "rounds", 4, "rounds per phase, the dialers' order alternating each round; figures are summed")
-	fl.IntVar(&f.warmup, "warmup", 0, "connections each dialer opens and closes before measuring (0: min(--conns, 1000); -1: none)")
+	fl.IntVar(&f.warmup, "warmup", 0, "connections each dialer opens and closes before measuring, then one unmeasured round (0: min(--conns, 1000); -1: neither)")
 	fl.IntVar(&f.concurrency, "concurrency", bench.DefaultConcurrency, "dials in flight at once")
 	fl.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "timeout of each dial")
 	fl.StringVar(&f.dialers, "dialers", bench.DialerPortspace+","+bench.DialerBaseline, "dialers to run, in order: portspace, net.Dialer")
