@@ -648,9 +648,11 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
 	st := d.init()
-	pl := st.tcp
+	// A pointer, not a copy: the plans are read-only after init, and a
+	// copy whose address the dial passes on is an allocation per dial.
+	pl := &st.tcp
 	if proto == tuple.UDP {
-		pl = st.udp
+		pl = &st.udp
 	}
 	if pl.err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: pl.err}
@@ -672,10 +674,10 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	}
 	if d.FallbackDelay >= 0 && proto == tuple.TCP && fam == famAny {
 		if primaries, fallbacks := partitionFamily(dsts); len(fallbacks) > 0 {
-			return d.dialParallel(ctx, st, &pl, proto, network, primaries, fallbacks)
+			return d.dialParallel(ctx, st, pl, proto, network, primaries, fallbacks)
 		}
 	}
-	return d.dialSerial(ctx, st, &pl, proto, network, dsts)
+	return d.dialSerial(ctx, st, pl, proto, network, dsts)
 }
 
 // deadline is the earlier of now+Timeout and Deadline; ok is false when

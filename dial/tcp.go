@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 
 	"github.com/portspace/portspace/internal/netsys"
@@ -119,12 +120,17 @@ func (d *Dialer) newKernelDialer(pl *plan, src netip.Addr) *net.Dialer {
 		// The Kernel strategy's own options alone: one closure, raw
 		// setsockopts (BenchmarkDialTCP).
 		noPort := src.IsValid()
+		pool := &sync.Pool{New: func() any { return newKernelCtl(noPort, lo, hi) }}
 		return &net.Dialer{
 			KeepAlive:       d.KeepAlive,
 			KeepAliveConfig: d.KeepAliveConfig,
 			ControlContext: func(_ context.Context, _, _ string, c syscall.RawConn) error {
-				var err error
-				if cerr := c.Control(func(fd uintptr) { err = kernelOptions(int(fd), noPort, lo, hi) }); cerr != nil {
+				k := pool.Get().(*kernelCtl)
+				cerr := c.Control(k.fn)
+				err := k.err
+				k.err = nil
+				pool.Put(k)
+				if cerr != nil {
 					return cerr
 				}
 				return err
@@ -142,6 +148,26 @@ func (d *Dialer) newKernelDialer(pl *plan, src netip.Addr) *net.Dialer {
 	}
 	return &nd
 }
+
+// kernelCtl carries the Kernel strategy's options into RawConn.Control
+// and the result back, without a closure per dial: fn is bound once, when
+// the kernelCtl is made, and a Dialer's kernelCtls are pooled (a closure
+// that writes to the dial's error escapes to the heap: two allocations per
+// dial, TestKernelControlAllocs).
+type kernelCtl struct {
+	noPort bool
+	lo, hi uint16
+	err    error
+	fn     func(fd uintptr)
+}
+
+func newKernelCtl(noPort bool, lo, hi uint16) *kernelCtl {
+	k := &kernelCtl{noPort: noPort, lo: lo, hi: hi}
+	k.fn = k.run
+	return k
+}
+
+func (k *kernelCtl) run(fd uintptr) { k.err = kernelOptions(int(fd), k.noPort, k.lo, k.hi) }
 
 // kernelOptions sets the TCP Kernel strategy's socket options on fd:
 // IP_BIND_ADDRESS_NO_PORT with a source (noPort), IP_LOCAL_PORT_RANGE with

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,7 +28,7 @@ type benchDialFlags struct {
 	conns, concurrency, workers, rounds, warmup int
 	hold, timeout                               time.Duration
 	census, json, ipv6, inNetns                 bool
-	cpuProfile                                  string
+	cpuProfile, traceFile                       string
 	role, shard, strategy, udpLock              string
 	// destFlag is the spelling of the destinations flag the user typed
 	// (--destinations, or its alias --dests), for error messages.
@@ -86,6 +87,17 @@ one-million-connection run).`,
 					return fmt.Errorf("bench dial: --cpuprofile: %w", err)
 				}
 				defer pprof.StopCPUProfile()
+			}
+			if f.traceFile != "" {
+				tf, err := os.Create(f.traceFile)
+				if err != nil {
+					return fmt.Errorf("bench dial: --trace: %w", err)
+				}
+				defer tf.Close()
+				if err := trace.Start(tf); err != nil {
+					return fmt.Errorf("bench dial: --trace: %w", err)
+				}
+				defer trace.Stop()
 			}
 			if f.ipv6 && !f.inNetns {
 				exe, err := os.Executable()
@@ -169,7 +181,7 @@ one-million-connection run).`,
 	fl.StringVar(&f.fill, "fill", "", "pre-fill levels in percent of the capacity, such as 95 or 0,95: hold that many connections, then measure --conns connections, each closed once open")
 	fl.DurationVar(&f.hold, "hold", 0, "how long to hold the connections after the census")
 	fl.IntVar(&f.rounds, "rounds", 4, "rounds per phase, the dialers' order alternating each round; figures are summed")
-	fl.IntVar(&f.warmup, "warmup", 0, "connections each dialer opens and closes before measuring (0: min(--conns, 1000); -1: none)")
+	fl.IntVar(&f.warmup, "warmup", 0, "connections each dialer opens and closes before measuring, then one unmeasured round (0: min(--conns, 1000); -1: neither)")
 	fl.IntVar(&f.concurrency, "concurrency", bench.DefaultConcurrency, "dials in flight at once")
 	fl.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "timeout of each dial")
 	fl.StringVar(&f.dialers, "dialers", bench.DialerPortspace+","+bench.DialerBaseline, "dialers to run, in order: portspace, net.Dialer")
@@ -182,6 +194,8 @@ one-million-connection run).`,
 	_ = fl.MarkHidden("in-netns")
 	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "internal: write a CPU profile of the run (runtime/pprof) to this file")
 	_ = fl.MarkHidden("cpuprofile")
+	fl.StringVar(&f.traceFile, "trace", "", "internal: write an execution trace of the run (runtime/trace) to this file")
+	_ = fl.MarkHidden("trace")
 	fl.IntVar(&f.workers, "workers", 0, "spread the run over this many dialer processes and as many listener processes (0: in-process)")
 	fl.StringVar(&f.role, "role", "", "internal: run as a listener or dialer process of --workers")
 	fl.StringVar(&f.shard, "shard", "", "internal: this process's destinations, FIRST-LAST (indices)")

@@ -79,6 +79,11 @@ type Config struct {
 	Rounds int
 	// Warmup is the number of connections each dialer opens and closes
 	// before anything is measured (0: min(Conns, 1000); negative: none).
+	// With a warm-up, each fill level (or the hold phase) also starts
+	// with one unmeasured round of every dialer's phase: the first phase
+	// of a run grows the process's heap and the kernel's socket caches
+	// and is slower, whichever dialer runs it (docs/bench-dial.md, "Stop
+	// 18, second pass").
 	Warmup int
 	// Concurrency is the number of goroutines dialing at once (0: 4).
 	Concurrency int

@@ -152,6 +152,17 @@ func Run(ctx context.Context, cfg Config, dialers []NamedDialer) (*Report, error
 		}
 	}
 	for _, f := range levels {
+		if cfg.warmup() > 0 {
+			// One unmeasured round: the first phase at a level is slower
+			// (the heap and the kernel's caches grow), and it would
+			// always fall to the first dialer.
+			for _, d := range dialers {
+				if err := ctx.Err(); err != nil {
+					return rep, err
+				}
+				r.phase(ctx, d, f, capacity)
+			}
+		}
 		acc := make([]*accum, len(dialers))
 		for round := 0; round < cfg.Rounds; round++ {
 			for k := range dialers {
@@ -183,16 +194,20 @@ func Run(ctx context.Context, cfg Config, dialers []NamedDialer) (*Report, error
 }
 
 // totalDials is the number of dials an in-process Run makes: each dialer's
-// warm-up, then for every fill level, round and dialer the pre-fill and the
-// measured connections.
+// warm-up, then for every fill level, round (and the unmeasured round of
+// a warm-up) and dialer the pre-fill and the measured connections.
 func totalDials(cfg Config, dialers int, levels []float64, capacity int) int64 {
 	n := int64(cfg.warmup()) * int64(dialers)
+	rounds := int64(cfg.Rounds)
+	if cfg.warmup() > 0 {
+		rounds++
+	}
 	for _, f := range levels {
 		pre := 0
 		if f >= 0 {
 			pre = prefillCount(f, capacity)
 		}
-		n += int64(cfg.Rounds) * int64(dialers) * int64(pre+cfg.Conns)
+		n += rounds * int64(dialers) * int64(pre+cfg.Conns)
 	}
 	return n
 }
